@@ -1,0 +1,44 @@
+"""The coordinator role: keeps the pool of volunteers."""
+
+from __future__ import annotations
+
+import grpc
+
+from coordinator_node.pool import Pool
+from coordinator_node.registry import VolunteerRegistry
+from coordinator_node.servicer import CoordinatorServicer
+from coordinator_node.store import CoordinatorStore
+from daemon.roles import RoleContext
+from daemon.rpc.v1 import coordinator_pb2_grpc
+
+
+class CoordinatorRole:
+    name = "coordinator"
+
+    def __init__(self, context: RoleContext) -> None:
+        self._store = CoordinatorStore(context.data_dir)
+        self.pool = Pool(
+            self._store,
+            VolunteerRegistry(context.config.heartbeat_seconds),
+            cluster=context.identity.cluster,
+            protocol_version=context.identity.protocol_version,
+        )
+        self._node_id = context.identity.node_id
+
+    def register(self, server: grpc.aio.Server) -> None:
+        coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(
+            CoordinatorServicer(self.pool, self._node_id), server
+        )
+
+    async def open(self) -> None:
+        await self._store.open()
+        await self.pool.start()
+
+    async def start(self, address: str) -> None:
+        pass
+
+    async def stop(self) -> None:
+        await self.pool.stop()
+
+    async def close(self) -> None:
+        await self._store.close()

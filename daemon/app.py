@@ -1,0 +1,142 @@
+"""A node's lifecycle: data dir -> state -> gRPC server -> discovery -> roles, and back down.
+
+Start-up is ordered so nobody is ever answered by half a node: roles open their state before
+the server takes calls, the address file is written once the server answers, and mDNS
+announces last. Shutdown runs the same steps in reverse and tolerates a partial start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from contextlib import AsyncExitStack
+
+from daemon.config import PROTOCOL_VERSION, NodeConfig
+from daemon.datadir import DataDir
+from daemon.discovery.directory import PeerDirectory
+from daemon.discovery.mdns import RECORD_TTL_SECONDS, MdnsDiscovery, discovery_interfaces
+from daemon.discovery.peers import PeerTable
+from daemon.errors import ConfigError, NodeError
+from daemon.models import NodeIdentity
+from daemon.node_servicer import NodeServicer
+from daemon.resources import measure_resources
+from daemon.roles import START_ORDER, Role, RoleContext, create_role
+from daemon.rpc.v1 import node_pb2_grpc
+from daemon.transport.channels import bind, create_server
+from daemon.version import VERSION
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 2.0
+
+
+def connectable_address(listen_host: str, port: int) -> str:
+    """Where a client on this machine reaches a server bound to `listen_host`."""
+    host = "127.0.0.1" if listen_host in ("0.0.0.0", "", "::") else listen_host
+    return f"{host}:{port}"
+
+
+def validate(config: NodeConfig) -> None:
+    if "volunteer" in config.roles and not config.mdns and not config.coordinator:
+        raise ConfigError(
+            "a volunteer with --no-mdns cannot find a coordinator: pass --coordinator HOST:PORT"
+        )
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        validate(config)
+        self.config = config
+        self._stop = asyncio.Event()
+        self._fatal: NodeError | None = None
+        self.address: str | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _on_fatal(self, error: NodeError) -> None:
+        if self._fatal is None:
+            self._fatal = error
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Serves until asked to stop; raises the NodeError that stopped it, if any."""
+        config = self.config
+        data_dir = DataDir.open(config.data_dir)
+        async with AsyncExitStack() as stack:
+            stack.callback(data_dir.close)
+            identity = NodeIdentity(
+                node_id=data_dir.node_id,
+                hostname=socket.gethostname(),
+                roles=tuple(name for name in START_ORDER if name in config.roles),
+                cluster=config.cluster,
+                version=VERSION,
+                protocol_version=PROTOCOL_VERSION,
+            )
+            directory = (
+                PeerDirectory(PeerTable(ttl=2 * RECORD_TTL_SECONDS)) if config.mdns else None
+            )
+            context = RoleContext(config, identity, data_dir.path, directory, self._on_fatal)
+            roles: list[Role] = [create_role(name, context) for name in identity.roles]
+
+            server = create_server()
+            port = bind(server, config.listen)
+            if port == 0:
+                raise ConfigError(
+                    f"cannot listen on {config.listen}: the port is taken or the address is not "
+                    "this machine's; pass --listen HOST:PORT with a free port (0 picks one)"
+                )
+            self.address = connectable_address(config.listen_host, port)
+            node_pb2_grpc.add_NodeServiceServicer_to_server(
+                NodeServicer(
+                    identity,
+                    address=lambda: self.address or "",
+                    data_dir=str(data_dir.path),
+                    started_at=time.time(),
+                    resources=lambda: measure_resources(data_dir.path),
+                    directory=directory,
+                ),
+                server,
+            )
+            for role in roles:
+                role.register(server)
+            # The exit stack unwinds in reverse: mDNS says goodbye, roles end their streams
+            # while the server still answers, the server stops, and state closes last.
+            for role in roles:
+                await role.open()
+                stack.push_async_callback(role.close)
+
+            await server.start()
+            stack.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
+            for role in roles:
+                stack.push_async_callback(role.stop)
+            data_dir.write_address(self.address)
+
+            if directory is not None:
+                interfaces = discovery_interfaces(config.listen_host, config.mdns_interfaces)
+                mdns = MdnsDiscovery(identity, port, interfaces, directory.table, directory.notify)
+                try:
+                    await mdns.start()
+                except OSError as error:
+                    raise ConfigError(
+                        f"mDNS cannot start on {', '.join(interfaces) or 'any interface'} "
+                        f"({error}); pass --mdns-interfaces ADDR or --no-mdns"
+                    ) from None
+                stack.push_async_callback(mdns.stop)
+
+            for role in roles:
+                await role.start(self.address)
+            log.info(
+                "node %s serving %s at %s (cluster %r, data dir %s)",
+                identity.node_id[:8],
+                ",".join(identity.roles),
+                self.address,
+                config.cluster,
+                data_dir.path,
+            )
+            await self._stop.wait()
+            log.info("stopping")
+        if self._fatal is not None:
+            raise self._fatal

@@ -1,0 +1,350 @@
+"""`node`: the daemon and the commands people and scripts use to talk to it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from daemon import config as config_module
+from daemon.app import Node
+from daemon.client import views
+from daemon.client.locate import Target, browse, locate
+from daemon.errors import NodeError
+from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
+from daemon.transport import convert
+from daemon.transport.channels import open_channel
+from daemon.transport.errors import error_from_rpc
+from daemon.version import VERSION
+
+CALL_TIMEOUT_SECONDS = 5.0
+T = TypeVar("T")
+
+
+# --- the daemon ---------------------------------------------------------------------------
+
+
+def _add_daemon_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "daemon",
+        help="run this machine as a node (coordinator, volunteer, manager, or several)",
+        description=(
+            "Run a node. Settings: flags > VCNODE_* environment > --config file > defaults."
+        ),
+    )
+    parser.add_argument(
+        "--role",
+        dest="roles",
+        metavar="ROLES",
+        help="coordinator, volunteer, manager, or a comma list (coordinator,volunteer)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help=f"state, blobs and lock (default {config_module.default_data_dir()})",
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help=f"gRPC address; port 0 picks a free one (default 0.0.0.0:"
+        f"{config_module.COORDINATOR_PORT} for a coordinator, "
+        f"{config_module.MANAGER_PORT} for a manager, any port otherwise)",
+    )
+    parser.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="the coordinator to join (default: one of the cluster found on mDNS)",
+    )
+    parser.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help=f"keeps meshes on one LAN apart (default {config_module.DEFAULT_CLUSTER!r})",
+    )
+    parser.add_argument(
+        "--no-mdns",
+        dest="mdns",
+        action="store_const",
+        const=False,
+        help="neither announce nor browse on mDNS",
+    )
+    parser.add_argument(
+        "--mdns-interfaces",
+        metavar="ADDRS",
+        help="IPv4 addresses of the interfaces to use for mDNS, comma separated "
+        "(default: the listen address, or every up interface for 0.0.0.0)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        dest="heartbeat_seconds",
+        metavar="SECONDS",
+        help=f"heartbeat interval; a volunteer is lost after 3 missed "
+        f"(default {config_module.DEFAULT_HEARTBEAT_SECONDS:g})",
+    )
+    parser.add_argument("--config", metavar="FILE", type=Path, help="a TOML config file")
+    parser.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
+    limits = parser.add_argument_group("owner's limits (volunteer)")
+    limits.add_argument("--max-cpus", dest="limits.max_cpus", metavar="N")
+    limits.add_argument("--max-memory-mb", dest="limits.max_memory_mb", metavar="MB")
+    limits.add_argument("--max-disk-mb", dest="limits.max_disk_mb", metavar="MB")
+    limits.add_argument("--max-concurrent-tasks", dest="limits.max_concurrent_tasks", metavar="N")
+    limits.add_argument(
+        "--allow-network",
+        dest="limits.allow_network",
+        action="store_const",
+        const=True,
+        help="let tasks that ask for it have a network",
+    )
+    limits.add_argument(
+        "--allow-process-runtime",
+        dest="limits.allow_process_runtime",
+        action="store_const",
+        const=True,
+        help="run tasks as plain processes when Docker is missing (unisolated)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings and where each came from, then exit",
+    )
+    parser.set_defaults(handler=_run_daemon)
+
+
+def _resolve_config(args: argparse.Namespace) -> tuple[config_module.NodeConfig, dict[str, str]]:
+    flag_names = [*config_module.SETTINGS, *(f"limits.{n}" for n in config_module.LIMIT_SETTINGS)]
+    flags = {name: getattr(args, name, None) for name in flag_names}
+    return config_module.resolve(flags, os.environ, args.config)
+
+
+def _run_daemon(args: argparse.Namespace) -> int:
+    config, sources = _resolve_config(args)
+    if args.print_config:
+        sys.stdout.write(config_module.render(config, sources))
+        return 0
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    node = Node(config)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, node.request_stop)
+        await node.run()
+
+    asyncio.run(serve())
+    return 0
+
+
+# --- client commands ----------------------------------------------------------------------
+
+
+def _add_target_arguments(parser: argparse.ArgumentParser, role: str | None) -> None:
+    if role is not None:
+        parser.add_argument(
+            f"--{role}", dest="address", metavar="HOST:PORT", help=f"the {role} to ask"
+        )
+    else:
+        parser.add_argument("--node", dest="address", metavar="HOST:PORT", help="the node to ask")
+    parser.add_argument(
+        "--data-dir", type=Path, metavar="DIR", help="ask the daemon serving from this data dir"
+    )
+    parser.add_argument(
+        "--cluster",
+        default=config_module.DEFAULT_CLUSTER,
+        metavar="NAME",
+        help="the cluster to look for on mDNS",
+    )
+    parser.add_argument(
+        "--mdns-interfaces",
+        default="",
+        metavar="ADDRS",
+        help="IPv4 addresses of the interfaces to browse (default: every up one)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="how long to look on mDNS (default 3)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.set_defaults(role=role)
+
+
+def _target(args: argparse.Namespace) -> Target:
+    return Target(
+        role=args.role,
+        address=args.address,
+        data_dir=args.data_dir,
+        cluster=args.cluster,
+        mdns_interfaces=tuple(a for a in args.mdns_interfaces.split(",") if a),
+        timeout=args.timeout,
+    )
+
+
+async def _call(address: str, what: str, call: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
+    channel = open_channel(address)
+    try:
+        return await call(channel)
+    except grpc.aio.AioRpcError as error:
+        raise error_from_rpc(error, address, what) from None
+    finally:
+        await channel.close()
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+async def _volunteers(args: argparse.Namespace) -> int:
+    address = await locate(_target(args))
+    reply = await _call(
+        address,
+        "coordinator",
+        lambda channel: coordinator_pb2_grpc.CoordinatorServiceStub(channel).ListVolunteers(
+            coordinator_pb2.ListVolunteersRequest(), timeout=CALL_TIMEOUT_SECONDS
+        ),
+    )
+    volunteers = [convert.volunteer_from_proto(v) for v in reply.volunteers]
+    if args.json:
+        _print_json([views.volunteer_json(v) for v in volunteers])
+    else:
+        print(views.volunteers_table(volunteers))
+    return 0
+
+
+async def _peers(args: argparse.Namespace) -> int:
+    target = _target(args)
+    if target.address or target.data_dir:
+        address = await locate(target)
+        reply = await _call(
+            address,
+            "node",
+            lambda channel: node_pb2_grpc.NodeServiceStub(channel).ListPeers(
+                node_pb2.ListPeersRequest(), timeout=CALL_TIMEOUT_SECONDS
+            ),
+        )
+        peers = [convert.peer_from_proto(p) for p in reply.peers]
+    else:
+        peers = await browse(target.cluster, target.mdns_interfaces, target.timeout)
+    if args.json:
+        _print_json([views.peer_json(p) for p in peers])
+    else:
+        print(views.peers_table(peers))
+    return 0
+
+
+async def _status(args: argparse.Namespace) -> int:
+    address = await locate(_target(args))
+
+    async def ask(channel: grpc.aio.Channel) -> tuple[node_pb2.NodeInfo, node_pb2.ListPeersReply]:
+        stub = node_pb2_grpc.NodeServiceStub(channel)
+        info = await stub.GetInfo(node_pb2.GetInfoRequest(), timeout=CALL_TIMEOUT_SECONDS)
+        peers = await stub.ListPeers(node_pb2.ListPeersRequest(), timeout=CALL_TIMEOUT_SECONDS)
+        return info, peers
+
+    info, peer_reply = await _call(address, "node", ask)
+    resources = convert.resources_from_proto(info.resources)
+    peers = [convert.peer_from_proto(p) for p in peer_reply.peers]
+    if args.json:
+        _print_json(
+            {
+                "node_id": info.node_id,
+                "hostname": info.hostname,
+                "roles": list(info.roles),
+                "cluster": info.cluster,
+                "address": info.address,
+                "version": info.version,
+                "protocol_version": info.protocol_version,
+                "data_dir": info.data_dir,
+                "mdns": info.mdns,
+                "started_at": info.started_at,
+                "resources": {
+                    "cpu_cores": resources.cpu_cores,
+                    "memory_mb": resources.memory_mb,
+                    "disk_free_mb": resources.disk_free_mb,
+                    "gpus": resources.gpus,
+                },
+                "peers": [views.peer_json(p) for p in peers],
+            }
+        )
+        return 0
+    print(f"node      {info.node_id} ({info.hostname})")
+    print(f"roles     {', '.join(info.roles)}")
+    print(f"cluster   {info.cluster}")
+    print(f"address   {info.address}")
+    print(f"version   {info.version} (protocol {info.protocol_version})")
+    print(f"up since  {views.ago(info.started_at)}")
+    print(f"data dir  {info.data_dir}")
+    print(
+        f"machine   {resources.cpu_cores} cores, {resources.memory_mb / 1024:.1f} GiB RAM, "
+        f"{resources.disk_free_mb / 1024:.1f} GiB free disk, {resources.gpus} GPUs"
+    )
+    print(f"mdns      {'on' if info.mdns else 'off'}")
+    print()
+    print(views.peers_table(peers) if info.mdns else "peers     (mDNS is off on this node)")
+    return 0
+
+
+def _add_client_parsers(commands: Any) -> None:
+    status = commands.add_parser("status", help="this node and the peers it sees")
+    _add_target_arguments(status, None)
+    status.set_defaults(handler=_async(_status))
+
+    volunteers = commands.add_parser("volunteers", help="the coordinator's volunteers")
+    _add_target_arguments(volunteers, "coordinator")
+    volunteers.set_defaults(handler=_async(_volunteers))
+
+    peers = commands.add_parser(
+        "peers", help="what mDNS sees (a daemon's view with --node/--data-dir, else our own)"
+    )
+    _add_target_arguments(peers, None)
+    peers.set_defaults(handler=_async(_peers))
+
+
+def _async(command: Callable[[argparse.Namespace], Awaitable[int]]) -> Callable[..., int]:
+    def run(args: argparse.Namespace) -> int:
+        return asyncio.run(command(args))  # type: ignore[arg-type]
+
+    return run
+
+
+# --- entry point --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="node",
+        description="vcnode: a volunteer-computing mesh. Run 'node COMMAND --help' for more.",
+    )
+    parser.add_argument("--version", action="version", version=f"vcnode {VERSION}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    _add_daemon_parser(commands)
+    _add_client_parsers(commands)
+    from daemon.demo import add_demo_parser
+
+    add_demo_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except NodeError as error:
+        print(f"node: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,1 @@
+"""What `node status`, `node volunteers` and the other client commands share."""

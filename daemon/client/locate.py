@@ -1,0 +1,109 @@
+"""Finds the daemon a client command should talk to, and says what it tried when none answers.
+
+Order: an explicit HOST:PORT, then the address file of --data-dir, then that of the default
+data dir, then mDNS (a node of the wanted role in the wanted cluster).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.config import PROTOCOL_VERSION, default_data_dir
+from daemon.datadir import read_address
+from daemon.discovery.directory import PeerDirectory
+from daemon.discovery.mdns import MdnsDiscovery, discovery_interfaces
+from daemon.discovery.peers import Peer, PeerTable
+from daemon.errors import UnreachableError
+from daemon.models import NodeIdentity
+from daemon.version import VERSION
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a client command looks for its daemon."""
+
+    role: str | None  # None: any node will do
+    address: str | None
+    data_dir: Path | None
+    cluster: str
+    mdns_interfaces: tuple[str, ...]
+    timeout: float
+
+
+@asynccontextmanager
+async def listening(cluster: str, interfaces: tuple[str, ...]) -> AsyncIterator[PeerDirectory]:
+    """Browses mDNS without announcing anything, as long as the block runs."""
+    directory = PeerDirectory(PeerTable(ttl=3600))
+    identity = NodeIdentity(
+        node_id=f"cli-{uuid.uuid4().hex}",
+        hostname="cli",
+        roles=(),
+        cluster=cluster,
+        version=VERSION,
+        protocol_version=PROTOCOL_VERSION,
+    )
+    discovery = MdnsDiscovery(
+        identity,
+        None,
+        discovery_interfaces("0.0.0.0", interfaces),
+        directory.table,
+        directory.notify,
+    )
+    await discovery.start()
+    try:
+        yield directory
+    finally:
+        await discovery.stop()
+
+
+async def browse(cluster: str, interfaces: tuple[str, ...], seconds: float) -> list[Peer]:
+    """Everything mDNS shows within `seconds`."""
+    async with listening(cluster, interfaces) as directory:
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            await directory.wait_for(lambda _: None, remaining)
+        return directory.table.peers()
+
+
+async def _find_on_mdns(target: Target) -> str | None:
+    def pick(table: PeerTable) -> str | None:
+        for peer in table.peers(lambda p: p.usable):
+            if target.role is None or target.role in peer.roles:
+                return peer.address
+        return None
+
+    async with listening(target.cluster, target.mdns_interfaces) as directory:
+        return await directory.wait_for(pick, target.timeout)
+
+
+async def locate(target: Target) -> str:
+    if target.address:
+        return target.address
+    role_flag = f"--{target.role}" if target.role else "--node"
+    if target.data_dir is not None:
+        address = read_address(target.data_dir)
+        if address:
+            return address
+        raise UnreachableError(
+            f"no daemon is serving from data dir {target.data_dir} (it has no address file); "
+            f"start one with 'node daemon --data-dir {target.data_dir}' "
+            f"or pass {role_flag} HOST:PORT"
+        )
+    default_dir = default_data_dir()
+    address = read_address(default_dir)
+    if address:
+        return address
+    found = await _find_on_mdns(target)
+    if found:
+        return found
+    what = target.role or "node"
+    raise UnreachableError(
+        f"no {what} of cluster {target.cluster!r} answered on mDNS within {target.timeout:g} s, "
+        f"and no daemon serves from the default data dir {default_dir}; "
+        f"pass {role_flag} HOST:PORT or --data-dir DIR"
+    )

@@ -1,0 +1,103 @@
+"""How client commands show things: aligned tables for people, JSON for scripts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from daemon.discovery.peers import Peer
+from daemon.models import Volunteer
+
+
+def ago(timestamp: float, now: float | None = None) -> str:
+    if not timestamp:
+        return "never"
+    seconds = max(0.0, (now or time.time()) - timestamp)
+    if seconds < 60:
+        return f"{seconds:.0f}s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [
+        max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
+    ]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def volunteer_json(volunteer: Volunteer) -> dict[str, Any]:
+    return {
+        "id": volunteer.volunteer_id,
+        "hostname": volunteer.hostname,
+        "state": volunteer.state.value,
+        "connected": volunteer.connected,
+        "cpu_cores": volunteer.resources.cpu_cores,
+        "memory_mb": volunteer.resources.memory_mb,
+        "disk_free_mb": volunteer.resources.disk_free_mb,
+        "gpus": volunteer.resources.gpus,
+        "docker": volunteer.resources.docker_available,
+        "images": list(volunteer.resources.images),
+        "load": asdict(volunteer.load),
+        "limits": asdict(volunteer.limits),
+        "version": volunteer.version,
+        "first_seen": volunteer.first_seen,
+        "last_seen": volunteer.last_seen,
+    }
+
+
+def volunteers_table(volunteers: Sequence[Volunteer]) -> str:
+    if not volunteers:
+        return "no volunteers have joined this coordinator yet"
+    rows = [
+        [
+            v.volunteer_id[:8],
+            v.hostname,
+            str(v.resources.cpu_cores),
+            f"{v.resources.memory_mb / 1024:.1f} GiB",
+            f"{v.load.cpu_percent:.0f}% cpu, {v.load.running_tasks} tasks",
+            v.state.value,
+            ago(v.last_seen),
+        ]
+        for v in volunteers
+    ]
+    return table(["ID", "HOST", "CORES", "RAM", "LOAD", "STATE", "LAST SEEN"], rows)
+
+
+def peer_json(peer: Peer) -> dict[str, Any]:
+    return {
+        "service_name": peer.service_name,
+        "node_id": peer.node_id,
+        "roles": list(peer.roles),
+        "cluster": peer.cluster,
+        "protocol_version": peer.protocol_version,
+        "address": peer.address,
+        "version": peer.version,
+        "last_seen": peer.last_seen,
+        "usable": peer.usable,
+        "skipped_reason": peer.skipped_reason,
+    }
+
+
+def peers_table(peers: Sequence[Peer]) -> str:
+    if not peers:
+        return "no peers seen on mDNS"
+    rows = [
+        [
+            p.node_id[:8] or "?",
+            ",".join(p.roles) or "?",
+            p.cluster or "?",
+            p.address,
+            ago(p.last_seen),
+            f"skipped: {p.skipped_reason}" if p.skipped_reason else "ok",
+        ]
+        for p in peers
+    ]
+    return table(["ID", "ROLES", "CLUSTER", "ADDRESS", "SEEN", "STATUS"], rows)

@@ -1,0 +1,1 @@
+"""Finding peers: mDNS announcements parsed into a peer table with expiry."""

@@ -1,0 +1,205 @@
+"""Announces this node as `_vcnode._tcp` and browses for peers, with python-zeroconf.
+
+Handlers never block: a browse event only schedules a resolve task, kept in a set until it
+ends. Queries ask for unicast answers (QM questions are ~7x faster to first answer here).
+Multicast goes only to the interfaces we were told about, never everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import psutil
+from zeroconf import DNSQuestionType, IPVersion, ServiceStateChange, Zeroconf
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from daemon.discovery.peers import SERVICE_TYPE, PeerTable, parse_announcement, txt_record
+from daemon.models import NodeIdentity
+
+log = logging.getLogger(__name__)
+
+RECORD_TTL_SECONDS = 30
+REFRESH_SECONDS = 5.0
+RESOLVE_TIMEOUT_MS = 1500
+
+
+def discovery_interfaces(listen_host: str, configured: tuple[str, ...] = ()) -> list[str]:
+    """The IPv4 addresses to multicast on: as configured, else the one we listen on, else
+    every interface that is up with an IPv4 address (loopback included)."""
+    if configured:
+        return list(configured)
+    if listen_host not in ("0.0.0.0", "", "::"):
+        try:
+            address = socket.gethostbyname(listen_host)
+        except OSError:
+            return []
+        return [address]
+    stats = psutil.net_if_stats()
+    addresses = []
+    for name, entries in psutil.net_if_addrs().items():
+        if name not in stats or not stats[name].isup:
+            continue
+        for entry in entries:
+            if (
+                entry.family == socket.AF_INET
+                and not ipaddress.ip_address(entry.address).is_link_local
+            ):
+                addresses.append(entry.address)
+    return addresses
+
+
+def announced_addresses(interfaces: list[str]) -> list[str]:
+    """Loopback is announced only when it is all we have: a LAN peer cannot reach it."""
+    remote = [a for a in interfaces if not ipaddress.ip_address(a).is_loopback]
+    return remote or interfaces
+
+
+def instance_name(identity: NodeIdentity) -> str:
+    host = "".join(c if c.isalnum() or c == "-" else "-" for c in identity.hostname)[:40]
+    return f"{host}-{identity.node_id[:8]}.{SERVICE_TYPE}"
+
+
+class MdnsDiscovery:
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        port: int | None,
+        interfaces: list[str],
+        table: PeerTable,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`port` None browses without announcing (what a CLI client does)."""
+        self.identity = identity
+        self.port = port
+        self.interfaces = interfaces
+        self.table = table
+        self._on_change = on_change
+        self._zeroconf: AsyncZeroconf | None = None
+        self._browser: AsyncServiceBrowser | None = None
+        self._info: AsyncServiceInfo | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def own_service_name(self) -> str:
+        return instance_name(self.identity)
+
+    async def start(self) -> None:
+        if not self.interfaces:
+            raise OSError("no network interface to run mDNS on")
+        self._zeroconf = AsyncZeroconf(interfaces=self.interfaces, ip_version=IPVersion.V4Only)
+        if self.port is not None:
+            self._info = AsyncServiceInfo(
+                SERVICE_TYPE,
+                self.own_service_name,
+                addresses=[socket.inet_aton(a) for a in announced_addresses(self.interfaces)],
+                port=self.port,
+                properties=txt_record(
+                    self.identity.node_id,
+                    self.identity.roles,
+                    self.identity.cluster,
+                    self.identity.protocol_version,
+                    self.identity.version,
+                ),
+                server=f"vcnode-{self.identity.node_id[:12]}.local.",
+                host_ttl=RECORD_TTL_SECONDS,
+                other_ttl=RECORD_TTL_SECONDS,
+            )
+            # A restarted node re-announces the same name: its old records may still sit in
+            # peers' caches, and announcing with cache-flush replaces them.
+            await self._zeroconf.async_register_service(self._info, allow_name_change=True)
+        self._browser = AsyncServiceBrowser(
+            self._zeroconf.zeroconf,
+            [SERVICE_TYPE],
+            handlers=[self._on_service_state_change],
+            question_type=DNSQuestionType.QM,
+        )
+        self._spawn(self._refresh_forever())
+        log.info("mDNS on %s as %s", ", ".join(self.interfaces), self.own_service_name)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_service_state_change(
+        self,
+        zeroconf: Zeroconf,
+        service_type: str,
+        name: str,
+        state_change: ServiceStateChange,
+    ) -> None:
+        if name == self.own_service_name:
+            return
+        if state_change is ServiceStateChange.Removed:
+            if self.table.remove(name):
+                self._on_change()
+            return
+        self._spawn(self._resolve(name))
+
+    async def _resolve(self, name: str) -> None:
+        assert self._zeroconf is not None
+        info = AsyncServiceInfo(SERVICE_TYPE, name)
+        found = await info.async_request(
+            self._zeroconf.zeroconf, RESOLVE_TIMEOUT_MS, question_type=DNSQuestionType.QM
+        )
+        if found:
+            self._record(name, info)
+
+    def _record(self, name: str, info: AsyncServiceInfo) -> None:
+        try:
+            addresses = info.parsed_addresses(IPVersion.V4Only)
+        except ValueError:
+            addresses = []
+        peer = parse_announcement(
+            name,
+            info.properties or {},
+            addresses,
+            info.port,
+            cluster=self.identity.cluster,
+            protocol_version=self.identity.protocol_version,
+            now=time.time(),
+        )
+        if peer.node_id == self.identity.node_id:
+            return
+        if self.table.upsert(peer):
+            log.info(
+                "peer %s at %s%s",
+                name,
+                peer.address,
+                f" (skipped: {peer.skipped_reason})" if peer.skipped_reason else "",
+            )
+            self._on_change()
+
+    async def _refresh_forever(self) -> None:
+        """Keeps live peers fresh from zeroconf's cache (no traffic) and expires the rest."""
+        assert self._zeroconf is not None
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            for name in self.table.names():
+                info = AsyncServiceInfo(SERVICE_TYPE, name)
+                if info.load_from_cache(self._zeroconf.zeroconf):
+                    self._record(name, info)
+            if self.table.expire(time.time()):
+                self._on_change()
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._browser is not None:
+            await self._browser.async_cancel()
+        if self._zeroconf is not None:
+            if self._info is not None:
+                # Sends a goodbye, so browsers drop us at once instead of at TTL expiry.
+                await self._zeroconf.async_unregister_service(self._info)
+            await self._zeroconf.async_close()
+        self._zeroconf = None

@@ -1,0 +1,59 @@
+"""NodeService: every daemon answers who it is and what it sees, whatever its roles."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from daemon.discovery.directory import PeerDirectory
+from daemon.models import NodeIdentity, Resources
+from daemon.rpc.v1 import node_pb2, node_pb2_grpc
+from daemon.transport import convert
+
+
+class NodeServicer(node_pb2_grpc.NodeServiceServicer):
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        *,
+        address: Callable[[], str],
+        data_dir: str,
+        started_at: float,
+        resources: Callable[[], Resources],
+        directory: PeerDirectory | None,
+    ) -> None:
+        self._identity = identity
+        self._address = address
+        self._data_dir = data_dir
+        self._started_at = started_at
+        self._resources = resources
+        self._directory = directory
+
+    async def GetInfo(
+        self, request: node_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.NodeInfo:
+        return node_pb2.NodeInfo(
+            node_id=self._identity.node_id,
+            hostname=self._identity.hostname,
+            roles=list(self._identity.roles),
+            version=self._identity.version,
+            protocol_version=self._identity.protocol_version,
+            cluster=self._identity.cluster,
+            address=self._address(),
+            resources=convert.resources_to_proto(self._resources()),
+            started_at=self._started_at,
+            data_dir=self._data_dir,
+            mdns=self._directory is not None,
+        )
+
+    async def Health(
+        self, request: node_pb2.HealthRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.HealthReply:
+        return node_pb2.HealthReply(serving=True)
+
+    async def ListPeers(
+        self, request: node_pb2.ListPeersRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.ListPeersReply:
+        peers = self._directory.table.peers() if self._directory else []
+        return node_pb2.ListPeersReply(peers=[convert.peer_to_proto(p) for p in peers])

@@ -1,0 +1,63 @@
+"""What this machine has and how busy it is, measured with psutil (and Docker, if it answers)."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import logging
+import os
+from pathlib import Path
+
+import psutil
+
+from daemon.models import Load, Resources
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+DOCKER_PROBE_SECONDS = 3.0
+
+
+def count_gpus() -> int:
+    """NVIDIA devices the kernel exposes; other vendors are not detected yet."""
+    return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def measure_resources(
+    data_dir: Path, docker_available: bool = False, images: tuple[str, ...] = ()
+) -> Resources:
+    return Resources(
+        cpu_cores=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
+        memory_mb=psutil.virtual_memory().total // MIB,
+        disk_free_mb=psutil.disk_usage(str(data_dir)).free // MIB,
+        gpus=count_gpus(),
+        docker_available=docker_available,
+        images=images,
+    )
+
+
+def measure_load(running_tasks: int) -> Load:
+    # cpu_percent(None) compares with the previous call: no blocking sample.
+    return Load(
+        cpu_percent=psutil.cpu_percent(None),
+        memory_percent=psutil.virtual_memory().percent,
+        running_tasks=running_tasks,
+    )
+
+
+async def probe_docker() -> tuple[bool, tuple[str, ...]]:
+    """Whether a Docker engine answers, and the image tags it holds."""
+    # Imported here: aiohttp is heavy and a volunteer without Docker never needs it.
+    import aiodocker
+
+    try:
+        async with asyncio.timeout(DOCKER_PROBE_SECONDS):
+            async with aiodocker.Docker() as docker:
+                images = await docker.images.list()
+    except Exception as error:  # any failure means "no usable engine", and we say why
+        log.info("no Docker engine answered (%s); tasks needing containers will be declined", error)
+        return False, ()
+    tags = sorted(
+        {tag for image in images for tag in (image.get("RepoTags") or []) if tag != "<none>:<none>"}
+    )
+    return True, tuple(tags)

@@ -1,0 +1,66 @@
+"""What every role gets from the node, and the registry that maps role names to classes.
+
+The daemon never imports a role package directly; it looks it up here by name, so
+dependencies point one way: roles import `daemon`, never the reverse.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+
+from daemon.config import NodeConfig
+from daemon.discovery.directory import PeerDirectory
+from daemon.errors import NodeError
+from daemon.models import NodeIdentity
+
+ROLE_CLASSES = {
+    "coordinator": "coordinator_node.role:CoordinatorRole",
+    "manager": "manager_node.role:ManagerRole",
+    "volunteer": "daemon.volunteer.role:VolunteerRole",
+}
+# Start order: whoever serves others comes up first; stop runs in reverse.
+START_ORDER = ("coordinator", "manager", "volunteer")
+
+
+@dataclass(frozen=True)
+class RoleContext:
+    config: NodeConfig
+    identity: NodeIdentity
+    data_dir: Path
+    # None when mDNS is off.
+    directory: PeerDirectory | None
+    # A role calls this when it cannot go on (e.g. its coordinator refuses it for good);
+    # the node then stops and exits with the error's message and code.
+    on_fatal: Callable[[NodeError], None]
+
+
+class Role(Protocol):
+    name: str
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Adds this role's servicers; called before the server starts."""
+
+    async def open(self) -> None:
+        """Loads state; called before the server takes its first call."""
+
+    async def start(self, address: str) -> None:
+        """Begins background work once the server answers at `address`."""
+
+    async def stop(self) -> None:
+        """Ends background work and long-lived streams; the server still answers."""
+
+    async def close(self) -> None:
+        """Flushes and closes state; called after the server stopped."""
+
+
+def create_role(name: str, context: RoleContext) -> Role:
+    module_name, class_name = ROLE_CLASSES[name].split(":")
+    role_class = getattr(importlib.import_module(module_name), class_name)
+    role: Role = role_class(context)
+    return role

@@ -1,0 +1,1 @@
+"""gRPC plumbing: every server and channel is built here, so credentials plug in in one place."""

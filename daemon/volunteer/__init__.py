@@ -1,0 +1,1 @@
+"""The volunteer role: a donated machine's side of the pool."""
