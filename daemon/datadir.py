@@ -62,6 +62,9 @@ class DataDir:
             raise DataDirError(f"cannot lock data dir {path}: {error.strerror}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # Holding the lock proves whoever wrote an address file is gone (e.g. killed):
+        # remove it so no client dials a dead address until we serve again.
+        (path / ADDRESS_FILE).unlink(missing_ok=True)
         try:
             node_id = cls._load_node_id(path)
         except OSError as error:

@@ -25,13 +25,7 @@ class VolunteerRole:
         self._context = context
         self._store = VolunteerStore(context.data_dir)
         self._running_tasks = 0
-        self.link = CoordinatorLink(
-            explicit_address=context.config.coordinator,
-            directory=context.directory,
-            registration=self._registration,
-            load=self._load,
-            heartbeat_seconds=context.config.heartbeat_seconds,
-        )
+        self.link: CoordinatorLink | None = None
         self._task: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -41,6 +35,17 @@ class VolunteerRole:
         await self._store.open()
 
     async def start(self, address: str) -> None:
+        config = self._context.config
+        coordinator = config.coordinator
+        if coordinator is None and "coordinator" in self._context.identity.roles:
+            coordinator = address  # our own coordinator: mDNS rightly hides us from ourselves
+        self.link = CoordinatorLink(
+            explicit_address=coordinator,
+            directory=self._context.directory,
+            registration=self._registration,
+            load=self._load,
+            heartbeat_seconds=config.heartbeat_seconds,
+        )
         self._task = asyncio.get_running_loop().create_task(self.link.run())
         self._task.add_done_callback(self._on_link_done)
 

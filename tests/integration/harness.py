@@ -1,0 +1,170 @@
+"""Real daemons as real processes, and the real CLI, for integration tests.
+
+Every wait polls for its condition against a deadline; nothing sleeps to let time pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+POLL_SECONDS = 0.05
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
+    """Polls `condition` until it returns something truthy; fails the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(POLL_SECONDS)
+
+
+def unique_cluster() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def node_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "daemon", *args]
+
+
+def run_cli(
+    *args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        node_command(*args), capture_output=True, text=True, timeout=timeout, check=False, env=env
+    )
+
+
+def cli_json(*args: str) -> Any:
+    result = run_cli(*args, "--json")
+    assert result.returncode == 0, f"node {' '.join(args)} failed: {result.stderr}"
+    return json.loads(result.stdout)
+
+
+@dataclass
+class Daemon:
+    """One `node daemon` child process with its own data dir and log file."""
+
+    data_dir: Path
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir.with_name(self.data_dir.name + ".log")
+
+    def start(self) -> Daemon:
+        self.started_at = time.time()
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            node_command("daemon", "--data-dir", str(self.data_dir), *self.args),
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        return self
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def address(self, timeout: float = 20) -> str:
+        """Waits until the daemon serves and returns the address it wrote."""
+
+        def written() -> str | None:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log}")
+            path = self.data_dir / "address"
+            try:
+                # A killed predecessor's file may linger until this process takes the lock.
+                if path.stat().st_mtime < self.started_at:
+                    return None
+                return path.read_text().strip() or None
+            except FileNotFoundError:
+                return None
+
+        return wait_until(written, timeout, f"daemon in {self.data_dir} to serve")
+
+    @property
+    def node_id(self) -> str:
+        return (self.data_dir / "node_id").read_text().strip()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout: float = 15) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def wait_exit(self, timeout: float = 20) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+
+class Daemons:
+    """Starts daemons under one tmp dir and stops whatever is left at the end of a test."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[Daemon] = []
+
+    def start(self, name: str, *args: str, data_dir: Path | None = None) -> Daemon:
+        daemon = Daemon(data_dir or self.root / name, list(args)).start()
+        self.started.append(daemon)
+        return daemon
+
+    def start_script(self, name: str, script: Path) -> Daemon:
+        """Any other program (e.g. a foreign mDNS announcer), stopped with the rest."""
+        daemon = Daemon(self.root / name, [])
+        log = daemon.log_path.open("ab")
+        daemon.process = subprocess.Popen([sys.executable, str(script)], stdout=log, stderr=log)
+        log.close()
+        self.started.append(daemon)
+        return daemon
+
+    def stop_all(self) -> None:
+        for daemon in self.started:
+            if daemon.process is not None and daemon.process.poll() is None:
+                daemon.process.kill()
+                daemon.process.wait(timeout=10)
+
+
+def volunteers_by_id(coordinator: Daemon) -> dict[str, dict[str, Any]]:
+    listing = cli_json("volunteers", "--data-dir", str(coordinator.data_dir))
+    return {volunteer["id"]: volunteer for volunteer in listing}
+
+
+def list_volunteers(address: str) -> dict[str, Any]:
+    """The coordinator's registry straight over gRPC (fast enough to poll), by volunteer id."""
+    import grpc
+
+    from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        try:
+            reply = stub.ListVolunteers(coordinator_pb2.ListVolunteersRequest(), timeout=2)
+        except grpc.RpcError:
+            return {}
+    return {v.volunteer_id: v for v in reply.volunteers}

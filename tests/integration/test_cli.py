@@ -1,0 +1,155 @@
+"""The client commands, for people and for scripts, against real daemons."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import (
+    Daemons,
+    cli_json,
+    list_volunteers,
+    run_cli,
+    unique_cluster,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_status_and_volunteers_for_people_and_scripts(daemons: Daemons) -> None:
+    cluster = unique_cluster()
+    coordinator = daemons.start(
+        "coordinator", "--role", "coordinator,manager", "--listen", "127.0.0.1:0",
+        "--cluster", cluster, "--no-mdns",
+    )  # fmt: skip
+    address = coordinator.address()
+    volunteer = daemons.start(
+        "volunteer", "--role", "volunteer", "--listen", "127.0.0.1:0", "--cluster", cluster,
+        "--no-mdns", "--coordinator", address, "--max-concurrent-tasks", "3",
+    )  # fmt: skip
+    volunteer.address()
+    wait_until(lambda: volunteer.node_id in list_volunteers(address), 10, "volunteer to join")
+
+    status = cli_json("status", "--data-dir", str(coordinator.data_dir))
+    assert status["node_id"] == coordinator.node_id
+    assert status["roles"] == ["coordinator", "manager"]
+    assert status["cluster"] == cluster
+    assert status["address"] == address
+    assert status["mdns"] is False
+
+    [listed] = cli_json("volunteers", "--coordinator", address)
+    assert listed["id"] == volunteer.node_id
+    assert listed["state"] == "online"
+    assert listed["limits"]["max_concurrent_tasks"] == 3
+
+    table = run_cli("volunteers", "--data-dir", str(coordinator.data_dir))
+    assert table.returncode == 0
+    header, row = table.stdout.splitlines()
+    assert header.split() == ["ID", "HOST", "CORES", "RAM", "LOAD", "STATE", "LAST", "SEEN"]
+    assert row.startswith(volunteer.node_id[:8])
+    assert " online " in row
+
+    text = run_cli("status", "--data-dir", str(volunteer.data_dir))
+    assert text.returncode == 0
+    assert f"node      {volunteer.node_id}" in text.stdout
+    assert "roles     volunteer" in text.stdout
+
+
+def test_peers_shows_other_clusters_and_malformed_announcements_as_skipped(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    cluster = unique_cluster()
+    ours = daemons.start(
+        "ours", "--role", "coordinator", "--listen", "127.0.0.1:0", "--cluster", cluster
+    )
+    theirs = daemons.start(
+        "theirs", "--role", "coordinator", "--listen", "127.0.0.1:0", "--cluster", "elsewhere"
+    )
+    ours.address()
+    theirs.address()
+    stranger = tmp_path / "stranger.py"
+    stranger.write_text(STRANGER_SCRIPT)
+    daemons.start_script("stranger", stranger)
+
+    def peers_seen() -> list[dict[str, object]] | None:
+        peers = cli_json("peers", "--data-dir", str(ours.data_dir))
+        ids = {peer["node_id"] for peer in peers}
+        return peers if theirs.node_id in ids and "" in ids else None
+
+    peers = wait_until(peers_seen, 15, "the other cluster and the stranger on mDNS")
+    by_id = {peer["node_id"]: peer for peer in peers}
+    assert by_id[theirs.node_id]["skipped_reason"] == "other cluster 'elsewhere'"
+    assert by_id[""]["skipped_reason"].startswith("TXT record lacks id")
+    assert all(not peer["usable"] for peer in peers)
+    assert ours.process is not None and ours.process.poll() is None, "a bad record crashed us"
+
+
+STRANGER_SCRIPT = """
+import asyncio, socket, sys
+from zeroconf import IPVersion
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+async def main():
+    zc = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    info = AsyncServiceInfo(
+        "_vcnode._tcp.local.", "stranger-%d._vcnode._tcp.local." % __import__("os").getpid(),
+        addresses=[socket.inet_aton("127.0.0.1")], port=9,
+        properties={"roles": "coordinator", "proto": "x"}, server="stranger.local.",
+    )
+    await zc.async_register_service(info)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_print_config_shows_precedence_and_sources(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('role = "volunteer"\ncluster = "from-file"\nheartbeat_seconds = 7\n')
+    env = {**os.environ, "VCNODE_CLUSTER": "from-env", "VCNODE_HEARTBEAT": "3"}
+    result = run_cli(
+        "daemon", "--config", str(config), "--heartbeat", "2", "--print-config", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    effective = tomllib.loads(result.stdout)
+    assert effective["roles"] == ["volunteer"]
+    assert effective["cluster"] == "from-env"
+    assert effective["heartbeat_seconds"] == 2.0
+    assert "# environment variable VCNODE_CLUSTER" in result.stdout
+    assert "# flag --heartbeat" in result.stdout
+    assert f"# {config} (role)" in result.stdout
+
+
+def test_no_daemon_found_says_what_was_tried(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("volunteers", "--data-dir", str(empty))
+    assert result.returncode == 3
+    assert f"no daemon is serving from data dir {empty}" in result.stderr
+
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    cluster = unique_cluster()
+    result = run_cli(
+        "volunteers", "--cluster", cluster, "--mdns-interfaces", "127.0.0.1", "--timeout", "0.5",
+        env=env,
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert f"no coordinator of cluster '{cluster}' answered on mDNS within 0.5 s" in result.stderr
+    assert "pass --coordinator HOST:PORT" in result.stderr
+
+
+def test_sigterm_stops_cleanly_and_removes_the_address_file(daemons: Daemons) -> None:
+    node = daemons.start(
+        "node", "--role", "coordinator,manager,volunteer", "--listen", "127.0.0.1:0",
+        "--cluster", unique_cluster(),
+    )  # fmt: skip
+    address = node.address()
+    wait_until(lambda: node.node_id in list_volunteers(address), 10, "own volunteer to join")
+    assert node.terminate() == 0, node.log
+    assert not (node.data_dir / "address").exists()
+    for state_file in ("coordinator.db", "manager.db", "volunteer.db"):
+        assert (node.data_dir / state_file).exists()
