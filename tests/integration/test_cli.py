@@ -85,7 +85,8 @@ def test_peers_shows_other_clusters_and_malformed_announcements_as_skipped(
     assert by_id[theirs.node_id]["skipped_reason"] == "other cluster 'elsewhere'"
     assert by_id[""]["skipped_reason"].startswith("TXT record lacks id")
     assert all(not peer["usable"] for peer in peers)
-    assert ours.process is not None and ours.process.poll() is None, "a bad record crashed us"
+    assert ours.process is not None
+    assert ours.process.poll() is None, "a bad record crashed us"
 
 
 STRANGER_SCRIPT = """
