@@ -1,8 +1,13 @@
 """Announces this node as `_vcnode._tcp` and browses for peers, with python-zeroconf.
 
+Two browsers feed one peer table. A continuous one on the shared mDNS port hears
+announcements and goodbyes for as long as the node runs. A quick first sweep asks from a
+socket of its own (a "legacy unicast" query, answered straight to it): when several
+processes on one host share port 5353, answers sent to that port reach only one of them at
+random, and the multicast path took ~1.1 s here against ~0.05 s for the sweep.
+
 Handlers never block: a browse event only schedules a resolve task, kept in a set until it
-ends. Queries ask for unicast answers (QM questions are ~7x faster to first answer here).
-Multicast goes only to the interfaces we were told about, never everywhere.
+ends. Multicast goes only to the interfaces we were told about, never everywhere.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ log = logging.getLogger(__name__)
 RECORD_TTL_SECONDS = 30
 REFRESH_SECONDS = 5.0
 RESOLVE_TIMEOUT_MS = 1500
+QUICK_SWEEP_SECONDS = 3.0
 
 
 def discovery_interfaces(listen_host: str, configured: tuple[str, ...] = ()) -> list[str]:
@@ -82,7 +88,7 @@ class MdnsDiscovery:
         self.table = table
         self._on_change = on_change
         self._zeroconf: AsyncZeroconf | None = None
-        self._browser: AsyncServiceBrowser | None = None
+        self._browsers: list[AsyncServiceBrowser] = []
         self._info: AsyncServiceInfo | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -114,12 +120,8 @@ class MdnsDiscovery:
             # A restarted node re-announces the same name: its old records may still sit in
             # peers' caches, and announcing with cache-flush replaces them.
             await self._zeroconf.async_register_service(self._info, allow_name_change=True)
-        self._browser = AsyncServiceBrowser(
-            self._zeroconf.zeroconf,
-            [SERVICE_TYPE],
-            handlers=[self._on_service_state_change],
-            question_type=DNSQuestionType.QM,
-        )
+        self._browse(self._zeroconf, DNSQuestionType.QM)
+        self._spawn(self._quick_sweep())
         self._spawn(self._refresh_forever())
         log.info("mDNS on %s as %s", ", ".join(self.interfaces), self.own_service_name)
 
@@ -128,26 +130,45 @@ class MdnsDiscovery:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _on_service_state_change(
-        self,
-        zeroconf: Zeroconf,
-        service_type: str,
-        name: str,
-        state_change: ServiceStateChange,
-    ) -> None:
-        if name == self.own_service_name:
-            return
-        if state_change is ServiceStateChange.Removed:
-            if self.table.remove(name):
-                self._on_change()
-            return
-        self._spawn(self._resolve(name))
+    def _browse(
+        self, instance: AsyncZeroconf, question_type: DNSQuestionType
+    ) -> AsyncServiceBrowser:
+        # zeroconf calls handlers with these keyword names.
+        def on_change(
+            zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+        ) -> None:
+            if name == self.own_service_name:
+                return
+            if state_change is ServiceStateChange.Removed:
+                if self.table.remove(name):
+                    self._on_change()
+                return
+            self._spawn(self._resolve(instance, name, question_type))
 
-    async def _resolve(self, name: str) -> None:
-        assert self._zeroconf is not None
+        browser = AsyncServiceBrowser(
+            instance.zeroconf, [SERVICE_TYPE], handlers=[on_change], question_type=question_type
+        )
+        self._browsers.append(browser)
+        return browser
+
+    async def _quick_sweep(self) -> None:
+        sweeper = AsyncZeroconf(
+            interfaces=self.interfaces, ip_version=IPVersion.V4Only, unicast=True
+        )
+        browser = self._browse(sweeper, DNSQuestionType.QU)
+        try:
+            await asyncio.sleep(QUICK_SWEEP_SECONDS)
+        finally:
+            self._browsers.remove(browser)
+            await browser.async_cancel()
+            await sweeper.async_close()
+
+    async def _resolve(
+        self, instance: AsyncZeroconf, name: str, question_type: DNSQuestionType
+    ) -> None:
         info = AsyncServiceInfo(SERVICE_TYPE, name)
         found = await info.async_request(
-            self._zeroconf.zeroconf, RESOLVE_TIMEOUT_MS, question_type=DNSQuestionType.QM
+            instance.zeroconf, RESOLVE_TIMEOUT_MS, question_type=question_type
         )
         if found:
             self._record(name, info)
@@ -195,8 +216,9 @@ class MdnsDiscovery:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._browser is not None:
-            await self._browser.async_cancel()
+        for browser in self._browsers:
+            await browser.async_cancel()
+        self._browsers.clear()
         if self._zeroconf is not None:
             if self._info is not None:
                 # Sends a goodbye, so browsers drop us at once instead of at TTL expiry.

@@ -1,0 +1,35 @@
+"""Runs every benchmark, or the one named: `python -m benchmarks [NAME]`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from benchmarks import discovery, idle
+from benchmarks.report import Figure
+
+# figure name -> the benchmark that measures it (one run may measure several figures)
+BENCHMARKS: dict[str, Callable[[], list[Figure]]] = {
+    "idle_rss": idle.run,
+    "idle_cpu": idle.run,
+    "discovery_latency": discovery.run,
+}
+
+
+def main(argv: list[str]) -> int:
+    wanted = argv[0] if argv else None
+    if wanted is not None and wanted not in BENCHMARKS:
+        print(f"unknown benchmark {wanted!r}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    runs = [BENCHMARKS[wanted]] if wanted else list(dict.fromkeys(BENCHMARKS.values()))
+    failed = False
+    for run in runs:
+        for figure in run():
+            if wanted is None or figure.name == wanted:
+                print(figure.line(), flush=True)
+                failed |= not figure.passed
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
