@@ -112,6 +112,7 @@ class MdnsDiscovery:
                     self.identity.cluster,
                     self.identity.protocol_version,
                     self.identity.version,
+                    self.port,
                 ),
                 server=f"vcnode-{self.identity.node_id[:12]}.local.",
                 host_ttl=RECORD_TTL_SECONDS,

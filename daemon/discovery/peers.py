@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 SERVICE_TYPE = "_vcnode._tcp.local."
-TXT_KEYS = ("id", "roles", "cluster", "proto", "version")
+TXT_KEYS = ("id", "roles", "cluster", "proto", "version", "port")
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,21 @@ class Peer:
 
 
 def txt_record(
-    node_id: str, roles: tuple[str, ...], cluster: str, protocol_version: int, version: str
+    node_id: str,
+    roles: tuple[str, ...],
+    cluster: str,
+    protocol_version: int,
+    version: str,
+    port: int,
 ) -> dict[str, str]:
+    """The port is in the SRV record too; TXT repeats it for tools that show only TXT."""
     return {
         "id": node_id,
         "roles": ",".join(roles),
         "cluster": cluster,
         "proto": str(protocol_version),
         "version": version,
+        "port": str(port),
     }
 
 
