@@ -7,7 +7,7 @@ PROTOS := $(wildcard proto/daemon/rpc/v1/*.proto)
 PROTOC = $(PY) -m grpc_tools.protoc -Iproto --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
 
-.PHONY: setup proto check-proto lint typecheck test demo bench clean
+.PHONY: setup proto check-proto lint typecheck test demo bench image clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,10 @@ demo: $(STAMP)
 # `make bench BENCH=idle_rss` runs one benchmark alone.
 bench: $(STAMP)
 	$(PY) -m benchmarks $(BENCH)
+
+# The built-in worker image (python3 + numpy), built offline from Debian packages.
+image:
+	bash images/worker/build.sh vcnode/worker:1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

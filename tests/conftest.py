@@ -28,3 +28,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("docker"):
             item.add_marker(skip)
+
+
+WORKER_IMAGE = "vcnode/worker:1"
+
+
+@pytest.fixture(scope="session")
+def worker_image() -> str:
+    """The built-in worker image, built offline on first use (about a minute)."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "images" / "worker" / "build.sh"
+    result = subprocess.run(
+        ["bash", str(script), WORKER_IMAGE], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(f"building {WORKER_IMAGE} failed:\n{result.stdout}\n{result.stderr}")
+    return WORKER_IMAGE

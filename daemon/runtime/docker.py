@@ -1,0 +1,146 @@
+"""Tasks in locked-down Docker containers, through aiodocker.
+
+Defaults are the safest that still run a task: no network unless asked (and allowed),
+read-only root with a small tmpfs /tmp, every capability dropped, no-new-privileges, user
+nobody, memory (without swap), CPU and pids limits, a wall-clock timeout, and the
+container always removed. Only /input (read-only) and /output of the host are visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aiodocker
+
+from daemon.runtime.spec import (
+    ProgressCallback,
+    RunResult,
+    RunSpec,
+    failure_for_exit,
+    tail,
+    watch_progress,
+)
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+NOBODY = "65534:65534"
+LOG_TAIL_LINES = 200
+
+
+class ImageMissingError(Exception):
+    pass
+
+
+def container_config(spec: RunSpec) -> dict[str, Any]:
+    """The Docker create request for a task (pure, so the lockdown itself is testable)."""
+    memory = spec.memory_mb * MIB
+    return {
+        "Image": spec.image,
+        "Cmd": list(spec.command),
+        "User": NOBODY,
+        "WorkingDir": "/tmp",
+        "Env": [
+            "VCNODE_INPUT=/input",
+            "VCNODE_OUTPUT=/output",
+            *(f"{key}={value}" for key, value in spec.env.items()),
+        ],
+        "NetworkDisabled": not spec.network,
+        "Labels": {"vcnode.run": spec.run_id},
+        "HostConfig": {
+            "Binds": [f"{spec.input_dir}:/input:ro", f"{spec.output_dir}:/output:rw"],
+            "ReadonlyRootfs": True,
+            "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={spec.tmp_mb}m"},
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges:true"],
+            "Memory": memory,
+            "MemorySwap": memory,  # equal to Memory: no swap on the volunteer's disk
+            "NanoCpus": int(spec.cpus * 1e9),
+            "PidsLimit": spec.pids_limit,
+            "NetworkMode": "bridge" if spec.network else "none",
+            "Init": False,
+        },
+    }
+
+
+class DockerRuntime:
+    name = "docker"
+    isolated = True
+
+    def __init__(self) -> None:
+        self._docker: aiodocker.Docker | None = None
+
+    def _client(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker()
+        return self._docker
+
+    async def image_id(self, image: str) -> str | None:
+        try:
+            found = await self._client().images.inspect(image)
+        except aiodocker.DockerError as error:
+            if error.status == 404:
+                return None
+            raise
+        return str(found["Id"])
+
+    async def run(self, spec: RunSpec, on_progress: ProgressCallback) -> RunResult:
+        docker = self._client()
+        if await self.image_id(spec.image) is None:
+            raise ImageMissingError(f"image {spec.image} is not on this volunteer")
+        container = await docker.containers.create(
+            config=container_config(spec), name=f"vcnode-{spec.run_id}"
+        )
+        started_at = time.time()
+        progress = asyncio.get_running_loop().create_task(
+            watch_progress(spec.output_dir, on_progress)
+        )
+        try:
+            await container.start()
+            failure = ""
+            try:
+                async with asyncio.timeout(spec.timeout_seconds):
+                    await container.wait()
+            except TimeoutError:
+                with contextlib.suppress(aiodocker.DockerError):
+                    await container.kill()
+                failure = f"timed out after {spec.timeout_seconds:g} s (killed)"
+            finished_at = time.time()
+            state = (await container.show())["State"]
+            exit_code = state.get("ExitCode")
+            if not failure and state.get("OOMKilled"):
+                failure = f"out of memory: needed more than its {spec.memory_mb} MiB limit (killed)"
+            failure = failure or failure_for_exit(exit_code)
+            stdout = await container.log(stdout=True, tail=LOG_TAIL_LINES)
+            stderr = await container.log(stderr=True, tail=LOG_TAIL_LINES)
+            return RunResult(
+                exit_code=exit_code,
+                failure=failure,
+                stdout_tail=tail("".join(stdout)),
+                stderr_tail=tail("".join(stderr)),
+                started_at=started_at,
+                finished_at=finished_at,
+            )
+        finally:
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
+            # Shielded: a cancelled task must still not leave its container behind.
+            await asyncio.shield(self._remove(container))
+
+    @staticmethod
+    async def _remove(container: Any) -> None:
+        try:
+            await container.delete(force=True)
+        except aiodocker.DockerError as error:
+            if error.status != 404:
+                log.warning("could not remove container %s: %s", container.id, error)
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None

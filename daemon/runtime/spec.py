@@ -1,0 +1,92 @@
+"""What a runtime is asked to run, and what it reports back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+TAIL_BYTES = 8192
+PROGRESS_FILE = ".progress"
+PROGRESS_POLL_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    image: str
+    command: tuple[str, ...]
+    # Mounted read-only at /input and writable at /output; nothing else of the host.
+    input_dir: Path
+    output_dir: Path
+    cpus: float
+    memory_mb: int
+    timeout_seconds: float
+    network: bool = False
+    pids_limit: int = 256
+    tmp_mb: int = 64
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int | None
+    # Empty on success; otherwise why, in words a person can act on.
+    failure: str
+    stdout_tail: str
+    stderr_tail: str
+    started_at: float
+    finished_at: float
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.failure
+
+
+ProgressCallback = Callable[[float], None]
+
+
+class Runtime(Protocol):
+    name: str
+    # False for the process runtime: every place that shows the volunteer must say so.
+    isolated: bool
+
+    async def run(self, spec: RunSpec, on_progress: ProgressCallback) -> RunResult:
+        """Runs to completion (or timeout); cancelling the caller stops the run."""
+        ...
+
+
+def failure_for_exit(exit_code: int | None) -> str:
+    if exit_code == 0:
+        return ""
+    if exit_code is None:
+        return "did not exit"
+    return f"exited with code {exit_code}"
+
+
+def tail(text: bytes | str, limit: int = TAIL_BYTES) -> str:
+    data = text.encode() if isinstance(text, str) else text
+    return data[-limit:].decode("utf-8", errors="replace")
+
+
+def read_progress(output_dir: Path) -> float | None:
+    """The task's own progress, 0-100, from /output/.progress; None if absent or garbled."""
+    try:
+        text = (output_dir / PROGRESS_FILE).read_text(encoding="utf-8", errors="replace")
+        value = float(text.strip().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return min(100.0, max(0.0, value))
+
+
+async def watch_progress(output_dir: Path, on_progress: ProgressCallback) -> None:
+    """Reports each new value the task writes to its progress file, until cancelled."""
+    last: float | None = None
+    while True:
+        await asyncio.sleep(PROGRESS_POLL_SECONDS)
+        value = await asyncio.to_thread(read_progress, output_dir)
+        if value is not None and value != last:
+            last = value
+            on_progress(value)
