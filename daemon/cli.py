@@ -124,11 +124,20 @@ def _resolve_config(args: argparse.Namespace) -> tuple[config_module.NodeConfig,
     return config_module.resolve(flags, os.environ, args.config)
 
 
+def _keep_numpy_out() -> None:
+    """sqlite-utils imports numpy whenever it can, which costs every daemon ~15 MiB. Only a
+    manager handles arrays (splitting and merging); on a volunteer's donated machine or a
+    coordinator, make the import fail so sqlite-utils goes without."""
+    sys.modules.setdefault("numpy", None)  # type: ignore[arg-type]
+
+
 def _run_daemon(args: argparse.Namespace) -> int:
     config, sources = _resolve_config(args)
     if args.print_config:
         sys.stdout.write(config_module.render(config, sources))
         return 0
+    if "manager" not in config.roles:
+        _keep_numpy_out()
     logging.basicConfig(
         level=config.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
