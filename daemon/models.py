@@ -78,3 +78,87 @@ class NodeIdentity:
     cluster: str
     version: str
     protocol_version: int
+
+
+# --- tasks ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResourceRequest:
+    cpus: float = 1.0
+    memory_mb: int = 256
+    disk_mb: int = 0
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file by content: its name in /input or /output, sha256 and size in bytes."""
+
+    name: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    task_id: str
+    workflow_id: str
+    image: str
+    command: tuple[str, ...]
+    resources: ResourceRequest
+    timeout_seconds: int
+    inputs: tuple[FileRef, ...] = ()
+    outputs: tuple[str, ...] = ()
+    network: bool = False
+    manager_address: str = ""
+    attempt: int = 0
+    retries: int = 0
+    image_id: str = ""
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task_id: str
+    attempt: int
+    exit_code: int
+    # Empty on success; otherwise why the task failed, in words a person can act on.
+    error: str
+    outputs: tuple[FileRef, ...] = ()
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.error
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    OFFERED = "offered"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """Something that happened to a task, as the coordinator tells its manager."""
+
+    task_id: str
+    workflow_id: str
+    kind: str
+    at: float
+    attempt: int = 0
+    volunteer_id: str = ""
+    message: str = ""
+    percent: float = 0.0
+    result: TaskResult | None = None
+    sequence: int = 0

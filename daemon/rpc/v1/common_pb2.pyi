@@ -190,6 +190,8 @@ class TaskSpec(_message.Message):
     NETWORK_FIELD_NUMBER: _builtins.int
     MANAGER_ADDRESS_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     workflow_id: _builtins.str
     image: _builtins.str
@@ -198,6 +200,10 @@ class TaskSpec(_message.Message):
     manager_address: _builtins.str
     """Where the volunteer pulls inputs from and pushes outputs to (TransferService)."""
     attempt: _builtins.int
+    retries: _builtins.int
+    """How often a task that fails by itself (exit code, timeout, memory) is run again."""
+    image_id: _builtins.str
+    """The expected image ID (sha256:...), when the task pins one; empty otherwise."""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -220,10 +226,12 @@ class TaskSpec(_message.Message):
         network: _builtins.bool = ...,
         manager_address: _builtins.str = ...,
         attempt: _builtins.int = ...,
+        retries: _builtins.int = ...,
+        image_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "image", b"image", "inputs", b"inputs", "manager_address", b"manager_address", "network", b"network", "outputs", b"outputs", "resources", b"resources", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "image", b"image", "image_id", b"image_id", "inputs", b"inputs", "manager_address", b"manager_address", "network", b"network", "outputs", b"outputs", "resources", b"resources", "retries", b"retries", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

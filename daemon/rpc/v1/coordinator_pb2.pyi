@@ -439,17 +439,24 @@ class WatchTasksRequest(_message.Message):
 
     MANAGER_ID_FIELD_NUMBER: _builtins.int
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     manager_id: _builtins.str
     workflow_id: _builtins.str
+    """Empty: every workflow of this manager."""
+    after_sequence: _builtins.int
+    """Replays stored events after this sequence number first, so a manager that was away
+    misses nothing.
+    """
     def __init__(
         self,
         *,
         manager_id: _builtins.str = ...,
         workflow_id: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["manager_id", b"manager_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "manager_id", b"manager_id", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -468,15 +475,20 @@ class TaskEvent(_message.Message):
     PERCENT_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     workflow_id: _builtins.str
     kind: _builtins.str
-    """queued, offered, declined, running, progress, completed, failed, cancelled, requeued."""
+    """queued, offered, declined, running, progress, completed, failed, cancelled, requeued,
+    unschedulable.
+    """
     attempt: _builtins.int
     volunteer_id: _builtins.str
     message: _builtins.str
     percent: _builtins.float
     at: _builtins.float
+    sequence: _builtins.int
+    """Increases by one per event stored by this coordinator."""
     @_builtins.property
     def result(self) -> _common_pb2.TaskResult: ...
     def __init__(
@@ -491,10 +503,11 @@ class TaskEvent(_message.Message):
         percent: _builtins.float = ...,
         result: _common_pb2.TaskResult | None = ...,
         at: _builtins.float = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "attempt", b"attempt", "kind", b"kind", "message", b"message", "percent", b"percent", "result", b"result", "task_id", b"task_id", "volunteer_id", b"volunteer_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "attempt", b"attempt", "kind", b"kind", "message", b"message", "percent", b"percent", "result", b"result", "sequence", b"sequence", "task_id", b"task_id", "volunteer_id", b"volunteer_id", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

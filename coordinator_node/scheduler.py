@@ -1,0 +1,368 @@
+"""The task scheduler as a pure state machine: stimuli in, instructions out.
+
+No I/O and no clock. The pool (the I/O shell) feeds it what happened: tasks submitted,
+volunteers coming and going, offers accepted or declined, results. It answers with what to
+do: offers and cancels to send, events to publish, task records to save.
+
+Rules:
+- A task is offered to one connected volunteer at a time that fits it (resources, owner's
+  limits, free slots) and has not just declined it; FIFO, spreading over the least busy.
+- Every offer has a number (`attempt`). Answers and results carry it, so anything about an
+  older attempt (a late result from a volunteer we gave up on) is ignored, never counted.
+- A volunteer that is lost takes its tasks back to the queue; after `max_attempts` offers a
+  task fails. A task that fails by itself is run again `retries` times, then fails.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from daemon.models import (
+    OwnerLimits,
+    Resources,
+    TaskEvent,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+)
+
+DEFAULT_OFFER_TIMEOUT_SECONDS = 15.0
+DEFAULT_MAX_ATTEMPTS = 5
+# A volunteer that declined a task is not asked about it again for this long.
+DECLINE_COOLDOWN_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A connected volunteer, as far as matching is concerned."""
+
+    volunteer_id: str
+    resources: Resources
+    limits: OwnerLimits
+
+    @property
+    def slots(self) -> int:
+        return max(1, self.limits.max_concurrent_tasks)
+
+
+@dataclass
+class ScheduledTask:
+    spec: TaskSpec
+    manager_id: str
+    state: TaskState = TaskState.QUEUED
+    # Number of the latest offer; 0 before the first.
+    attempt: int = 0
+    failures: int = 0
+    volunteer_id: str = ""
+    offered_at: float = 0.0
+    error: str = ""
+    result: TaskResult | None = None
+    declined_at: dict[str, float] = field(default_factory=dict)
+    unschedulable_reported: bool = False
+
+
+# --- instructions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendOffer:
+    volunteer_id: str
+    task: TaskSpec
+
+
+@dataclass(frozen=True)
+class SendCancel:
+    volunteer_id: str
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Publish:
+    manager_id: str
+    event: TaskEvent
+
+
+@dataclass(frozen=True)
+class SaveTask:
+    task: ScheduledTask
+
+
+Instruction = SendOffer | SendCancel | Publish | SaveTask
+
+
+def unfit_reason(request: TaskSpec, candidate: Candidate) -> str | None:
+    """Why this volunteer can never run this task, or None if it can."""
+    resources, limits = candidate.resources, candidate.limits
+    wanted = request.resources
+
+    def cap(machine: float, owner_limit: float) -> float:
+        return min(machine, owner_limit or math.inf)
+
+    memory = cap(resources.memory_mb, limits.max_memory_mb)
+    if wanted.memory_mb > memory:
+        return f"needs {wanted.memory_mb} MiB of memory, has {memory:g}"
+    cpus = cap(resources.cpu_cores, limits.max_cpus)
+    if wanted.cpus > cpus:
+        return f"needs {wanted.cpus:g} CPUs, has {cpus:g}"
+    disk = cap(resources.disk_free_mb, limits.max_disk_mb)
+    if wanted.disk_mb > disk:
+        return f"needs {wanted.disk_mb} MiB of disk, has {disk:g}"
+    if wanted.gpus > resources.gpus:
+        return f"needs {wanted.gpus} GPUs, has {resources.gpus}"
+    if request.network and not limits.allow_network:
+        return "needs a network, which its owner does not allow"
+    if not resources.docker_available and not limits.allow_process_runtime:
+        return "has no Docker engine and does not allow the process runtime"
+    return None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        offer_timeout: float = DEFAULT_OFFER_TIMEOUT_SECONDS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> None:
+        self.offer_timeout = offer_timeout
+        self.max_attempts = max_attempts
+        self.tasks: dict[str, ScheduledTask] = {}
+        self._candidates: dict[str, Candidate] = {}
+        self._assigned: dict[str, set[str]] = {}
+
+    # --- stimuli --------------------------------------------------------------------------
+
+    def restore(self, tasks: Iterable[ScheduledTask]) -> None:
+        """Loads saved tasks after a restart. Offers died with their streams; running
+        tasks stay with their volunteer until it reconnects without them or is lost."""
+        for task in tasks:
+            if task.state is TaskState.OFFERED:
+                task.state = TaskState.QUEUED
+                task.volunteer_id = ""
+            self.tasks[task.spec.task_id] = task
+            if task.state is TaskState.RUNNING:
+                self._assigned.setdefault(task.volunteer_id, set()).add(task.spec.task_id)
+
+    def submit(self, manager_id: str, specs: Iterable[TaskSpec], now: float) -> list[Instruction]:
+        out: list[Instruction] = []
+        for spec in specs:
+            if spec.task_id in self.tasks:
+                continue  # a manager resubmitting after a lost reply: already ours
+            task = ScheduledTask(spec=spec, manager_id=manager_id)
+            self.tasks[spec.task_id] = task
+            out += [SaveTask(task), self._event(task, "queued", now)]
+        return out + self._dispatch(now)
+
+    def volunteer_joined(
+        self, candidate: Candidate, running_task_ids: Iterable[str], now: float
+    ) -> list[Instruction]:
+        vid = candidate.volunteer_id
+        self._candidates[vid] = candidate
+        still_running = set(running_task_ids)
+        out: list[Instruction] = []
+        for task_id in sorted(self._assigned.get(vid, set()) - still_running):
+            out += self._requeue(self.tasks[task_id], now, "its volunteer restarted without it")
+        return out + self._dispatch(now)
+
+    def volunteer_disconnected(self, volunteer_id: str, now: float) -> list[Instruction]:
+        """Its stream closed: no more offers, and pending offers are void. Running tasks
+        stay: the volunteer may reconnect and report them."""
+        self._candidates.pop(volunteer_id, None)
+        out: list[Instruction] = []
+        for task_id in sorted(self._assigned.get(volunteer_id, set())):
+            task = self.tasks[task_id]
+            if task.state is TaskState.OFFERED:
+                out += self._requeue(task, now, "its volunteer disconnected before answering")
+        return out + self._dispatch(now)
+
+    def volunteer_lost(self, volunteer_id: str, now: float) -> list[Instruction]:
+        self._candidates.pop(volunteer_id, None)
+        out: list[Instruction] = []
+        for task_id in sorted(self._assigned.get(volunteer_id, set())):
+            out += self._requeue(self.tasks[task_id], now, "its volunteer was lost")
+        return out + self._dispatch(now)
+
+    def accepted(
+        self, volunteer_id: str, task_id: str, attempt: int, now: float
+    ) -> list[Instruction]:
+        task = self.tasks.get(task_id)
+        if not self._is_current(task, volunteer_id, attempt, TaskState.OFFERED):
+            # We no longer want this volunteer to run it (offer timed out, cancelled, ...).
+            return [SendCancel(volunteer_id, task_id, "the offer is no longer valid")]
+        assert task is not None
+        task.state = TaskState.RUNNING
+        return [SaveTask(task), self._event(task, "running", now)]
+
+    def declined(
+        self, volunteer_id: str, task_id: str, attempt: int, reason: str, now: float
+    ) -> list[Instruction]:
+        task = self.tasks.get(task_id)
+        if not self._is_current(task, volunteer_id, attempt, TaskState.OFFERED):
+            return []
+        assert task is not None
+        self._release(task)
+        task.state = TaskState.QUEUED
+        task.declined_at[volunteer_id] = now
+        return [
+            SaveTask(task),
+            self._event(task, "declined", now, volunteer_id=volunteer_id, message=reason),
+            *self._dispatch(now),
+        ]
+
+    def progressed(
+        self, volunteer_id: str, task_id: str, attempt: int, percent: float, now: float
+    ) -> list[Instruction]:
+        task = self.tasks.get(task_id)
+        if not self._is_current(task, volunteer_id, attempt, TaskState.RUNNING):
+            return []
+        assert task is not None
+        return [self._event(task, "progress", now, percent=percent)]
+
+    def finished(self, volunteer_id: str, result: TaskResult, now: float) -> list[Instruction]:
+        task = self.tasks.get(result.task_id)
+        if not self._is_current(task, volunteer_id, result.attempt, TaskState.RUNNING):
+            return []  # late or duplicate: the attempt it belongs to is over
+        assert task is not None
+        self._release(task)
+        task.result = result
+        if result.succeeded:
+            task.state = TaskState.COMPLETED
+            task.error = ""
+            out: list[Instruction] = [SaveTask(task), self._event(task, "completed", now)]
+        else:
+            task.failures += 1
+            if task.failures <= task.spec.retries:
+                task.state = TaskState.QUEUED
+                message = f"{result.error}; retry {task.failures} of {task.spec.retries}"
+                out = [SaveTask(task), self._event(task, "requeued", now, message=message)]
+            else:
+                task.state = TaskState.FAILED
+                task.error = result.error
+                out = [SaveTask(task), self._event(task, "failed", now, message=result.error)]
+        return out + self._dispatch(now)
+
+    def cancel(self, workflow_id: str, task_ids: Iterable[str], now: float) -> list[Instruction]:
+        wanted = set(task_ids)
+        out: list[Instruction] = []
+        for task in self.tasks.values():
+            if task.state.finished:
+                continue
+            if task.spec.workflow_id != workflow_id and task.spec.task_id not in wanted:
+                continue
+            if task.state in (TaskState.OFFERED, TaskState.RUNNING):
+                out.append(SendCancel(task.volunteer_id, task.spec.task_id, "cancelled"))
+                self._release(task)
+            task.state = TaskState.CANCELLED
+            out += [SaveTask(task), self._event(task, "cancelled", now)]
+        return out + self._dispatch(now)
+
+    def tick(self, now: float) -> list[Instruction]:
+        """Offers unanswered for too long count as declined; then dispatch again."""
+        out: list[Instruction] = []
+        for task in self.tasks.values():
+            if task.state is TaskState.OFFERED and now - task.offered_at >= self.offer_timeout:
+                out += self.declined(
+                    task.volunteer_id,
+                    task.spec.task_id,
+                    task.attempt,
+                    f"no answer within {self.offer_timeout:g} s",
+                    now,
+                )
+        return out + self._dispatch(now)
+
+    # --- queries --------------------------------------------------------------------------
+
+    def running_on(self, volunteer_id: str) -> set[str]:
+        return set(self._assigned.get(volunteer_id, set()))
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _is_current(
+        self, task: ScheduledTask | None, volunteer_id: str, attempt: int, state: TaskState
+    ) -> bool:
+        return (
+            task is not None
+            and task.state is state
+            and task.volunteer_id == volunteer_id
+            and task.attempt == attempt
+        )
+
+    def _release(self, task: ScheduledTask) -> None:
+        self._assigned.get(task.volunteer_id, set()).discard(task.spec.task_id)
+
+    def _requeue(self, task: ScheduledTask, now: float, why: str) -> list[Instruction]:
+        self._release(task)
+        if task.attempt >= self.max_attempts:
+            task.state = TaskState.FAILED
+            task.error = f"gave up after {task.attempt} attempts: {why}"
+            return [SaveTask(task), self._event(task, "failed", now, message=task.error)]
+        task.state = TaskState.QUEUED
+        return [SaveTask(task), self._event(task, "requeued", now, message=why)]
+
+    def _dispatch(self, now: float) -> list[Instruction]:
+        out: list[Instruction] = []
+        for task in self.tasks.values():
+            if task.state is not TaskState.QUEUED:
+                continue
+            fitting = [c for c in self._candidates.values() if unfit_reason(task.spec, c) is None]
+            if not fitting:
+                if self._candidates and not task.unschedulable_reported:
+                    task.unschedulable_reported = True
+                    out.append(self._unschedulable(task, now))
+                continue
+            ready = [
+                c
+                for c in fitting
+                if len(self._assigned.get(c.volunteer_id, ())) < c.slots
+                and now - task.declined_at.get(c.volunteer_id, -math.inf)
+                >= DECLINE_COOLDOWN_SECONDS
+            ]
+            if not ready:
+                continue
+            chosen = max(
+                ready,
+                key=lambda c: (
+                    c.slots - len(self._assigned.get(c.volunteer_id, ())),
+                    c.volunteer_id,
+                ),
+            )
+            task.attempt += 1
+            task.state = TaskState.OFFERED
+            task.volunteer_id = chosen.volunteer_id
+            task.offered_at = now
+            self._assigned.setdefault(chosen.volunteer_id, set()).add(task.spec.task_id)
+            out += [
+                SaveTask(task),
+                SendOffer(chosen.volunteer_id, replace(task.spec, attempt=task.attempt)),
+                self._event(task, "offered", now),
+            ]
+        return out
+
+    def _unschedulable(self, task: ScheduledTask, now: float) -> Publish:
+        reasons = sorted(
+            {
+                f"{c.volunteer_id[:8]}: {unfit_reason(task.spec, c)}"
+                for c in self._candidates.values()
+            }
+        )
+        return self._event(
+            task,
+            "unschedulable",
+            now,
+            message="no volunteer can run it (" + "; ".join(reasons) + ")",
+        )
+
+    @staticmethod
+    def _event(task: ScheduledTask, kind: str, now: float, **details: object) -> Publish:
+        fields: dict[str, object] = {
+            "task_id": task.spec.task_id,
+            "workflow_id": task.spec.workflow_id,
+            "kind": kind,
+            "at": now,
+            "attempt": task.attempt,
+            "volunteer_id": task.volunteer_id,
+            "result": task.result if kind in ("completed", "failed") else None,
+        }
+        fields.update(details)
+        return Publish(task.manager_id, TaskEvent(**fields))  # type: ignore[arg-type]

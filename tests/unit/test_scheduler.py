@@ -1,0 +1,245 @@
+"""The scheduler state machine, driven stimulus by stimulus with explicit times."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from coordinator_node.scheduler import (
+    Candidate,
+    Instruction,
+    Publish,
+    SaveTask,
+    Scheduler,
+    ScheduledTask,
+    SendCancel,
+    SendOffer,
+    unfit_reason,
+)
+from daemon.models import OwnerLimits, ResourceRequest, Resources, TaskResult, TaskSpec, TaskState
+
+MANAGER = "manager-1"
+
+
+def spec(task_id: str, memory_mb: int = 256, retries: int = 0, **overrides: object) -> TaskSpec:
+    base = TaskSpec(
+        task_id=task_id,
+        workflow_id="wf",
+        image="vcnode/worker:1",
+        command=("true",),
+        resources=ResourceRequest(cpus=1, memory_mb=memory_mb),
+        timeout_seconds=60,
+        retries=retries,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def volunteer(vid: str, memory_mb: int = 4096, slots: int = 1, **limits: object) -> Candidate:
+    return Candidate(
+        vid,
+        Resources(cpu_cores=4, memory_mb=memory_mb, disk_free_mb=10_000, docker_available=True),
+        OwnerLimits(max_concurrent_tasks=slots, **limits),  # type: ignore[arg-type]
+    )
+
+
+def offers(instructions: list[Instruction]) -> list[tuple[str, str, int]]:
+    return [
+        (i.volunteer_id, i.task.task_id, i.task.attempt)
+        for i in instructions
+        if isinstance(i, SendOffer)
+    ]
+
+
+def events(instructions: list[Instruction]) -> list[tuple[str, str]]:
+    return [(i.event.task_id, i.event.kind) for i in instructions if isinstance(i, Publish)]
+
+
+def ok(task_id: str, attempt: int) -> TaskResult:
+    return TaskResult(task_id=task_id, attempt=attempt, exit_code=0, error="")
+
+
+def failed(task_id: str, attempt: int, error: str = "exited with code 3") -> TaskResult:
+    return TaskResult(task_id=task_id, attempt=attempt, exit_code=3, error=error)
+
+
+def test_task_is_queued_then_offered_when_a_volunteer_joins() -> None:
+    scheduler = Scheduler()
+    out = scheduler.submit(MANAGER, [spec("t1")], now=0)
+    assert events(out) == [("t1", "queued")]
+    assert offers(out) == []
+    out = scheduler.volunteer_joined(volunteer("v1"), [], now=1)
+    assert offers(out) == [("v1", "t1", 1)]
+    assert scheduler.tasks["t1"].state is TaskState.OFFERED
+
+
+def test_offers_respect_slots_and_spread_over_volunteers() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1", slots=2), [], now=0)
+    scheduler.volunteer_joined(volunteer("v2", slots=1), [], now=0)
+    out = scheduler.submit(MANAGER, [spec(f"t{i}") for i in range(5)], now=1)
+    made = offers(out)
+    assert len(made) == 3, "two slots on v1 and one on v2"
+    assert sorted(v for v, _, _ in made) == ["v1", "v1", "v2"]
+    assert [t for _, t, _ in made] == ["t0", "t1", "t2"], "FIFO"
+
+
+def test_accept_run_complete_frees_the_slot_for_the_next_task() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1"), spec("t2")], now=0)
+    assert events(scheduler.accepted("v1", "t1", 1, now=1)) == [("t1", "running")]
+    out = scheduler.finished("v1", ok("t1", 1), now=2)
+    assert ("t1", "completed") in events(out)
+    assert offers(out) == [("v1", "t2", 1)]
+    assert scheduler.tasks["t1"].state is TaskState.COMPLETED
+
+
+def test_decline_offers_elsewhere_and_records_the_reason() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.volunteer_joined(volunteer("v2"), [], now=0)
+    [(first, _, _)] = offers(scheduler.submit(MANAGER, [spec("t1")], now=0))
+    out = scheduler.declined(first, "t1", 1, "busy", now=1)
+    declined = [i.event for i in out if isinstance(i, Publish) and i.event.kind == "declined"]
+    assert declined[0].message == "busy"
+    assert declined[0].volunteer_id == first
+    [(second, _, attempt)] = offers(out)
+    assert second != first
+    assert attempt == 2
+
+
+def test_a_decliner_is_asked_again_only_after_a_cooldown() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1")], now=0)
+    assert offers(scheduler.declined("v1", "t1", 1, "outside its hours", now=1)) == []
+    assert offers(scheduler.tick(now=10)) == []
+    assert offers(scheduler.tick(now=32)) == [("v1", "t1", 2)]
+
+
+def test_unanswered_offer_times_out_and_goes_elsewhere() -> None:
+    scheduler = Scheduler(offer_timeout=5)
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1")], now=0)
+    scheduler.volunteer_joined(volunteer("v2"), [], now=1)
+    assert offers(scheduler.tick(now=4)) == []
+    out = scheduler.tick(now=5)
+    assert ("t1", "declined") in events(out)
+    assert offers(out) == [("v2", "t1", 2)]
+
+
+def test_lost_volunteer_requeues_and_its_late_result_is_ignored() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1")], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1)
+    out = scheduler.volunteer_lost("v1", now=10)
+    assert ("t1", "requeued") in events(out)
+    out = scheduler.volunteer_joined(volunteer("v2"), [], now=11)
+    assert offers(out) == [("v2", "t1", 2)]
+    scheduler.accepted("v2", "t1", 2, now=12)
+    assert scheduler.finished("v1", ok("t1", 1), now=13) == [], "late result counted"
+    completed = scheduler.finished("v2", ok("t1", 2), now=14)
+    assert ("t1", "completed") in events(completed)
+    assert scheduler.finished("v2", ok("t1", 2), now=15) == [], "duplicate result counted"
+
+
+def test_task_fails_after_max_attempts_of_lost_volunteers() -> None:
+    scheduler = Scheduler(max_attempts=2)
+    scheduler.submit(MANAGER, [spec("t1")], now=0)
+    for attempt, vid in enumerate(["v1", "v2"], start=1):
+        scheduler.volunteer_joined(volunteer(vid), [], now=attempt)
+        scheduler.accepted(vid, "t1", attempt, now=attempt)
+        out = scheduler.volunteer_lost(vid, now=attempt)
+    assert ("t1", "failed") in events(out)
+    assert scheduler.tasks["t1"].error == "gave up after 2 attempts: its volunteer was lost"
+
+
+def test_task_failure_is_retried_then_final_with_its_reason() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1", retries=1)], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1)
+    out = scheduler.finished("v1", failed("t1", 1), now=2)
+    assert ("t1", "requeued") in events(out)
+    assert offers(out) == [("v1", "t1", 2)]
+    scheduler.accepted("v1", "t1", 2, now=3)
+    out = scheduler.finished("v1", failed("t1", 2, "timed out after 5 s (killed)"), now=4)
+    final = [i.event for i in out if isinstance(i, Publish) and i.event.kind == "failed"]
+    assert final[0].message == "timed out after 5 s (killed)"
+    assert final[0].result is not None
+    assert scheduler.tasks["t1"].state is TaskState.FAILED
+
+
+def test_task_no_volunteer_can_hold_is_reported_unschedulable_once() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1", memory_mb=1024), [], now=0)
+    out = scheduler.submit(MANAGER, [spec("big", memory_mb=8192)], now=0)
+    reports = [i.event for i in out if isinstance(i, Publish) and i.event.kind == "unschedulable"]
+    assert len(reports) == 1
+    assert "needs 8192 MiB of memory, has 1024" in reports[0].message
+    assert events(scheduler.tick(now=1)) == []
+    assert offers(scheduler.volunteer_joined(volunteer("v2", memory_mb=16384), [], now=2)) == [
+        ("v2", "big", 1)
+    ]
+
+
+def test_owner_limits_are_respected_in_matching() -> None:
+    capped = volunteer("v1", memory_mb=16384, max_memory_mb=512)
+    assert unfit_reason(spec("t", memory_mb=1024), capped) == "needs 1024 MiB of memory, has 512"
+    assert unfit_reason(spec("t", network=True), volunteer("v1")) == (
+        "needs a network, which its owner does not allow"
+    )
+    assert unfit_reason(spec("t", network=True), volunteer("v1", allow_network=True)) is None
+    no_docker = Candidate(
+        "v1", Resources(cpu_cores=2, memory_mb=4096, disk_free_mb=1000), OwnerLimits()
+    )
+    assert "no Docker engine" in (unfit_reason(spec("t"), no_docker) or "")
+
+
+def test_cancel_stops_running_tasks_and_drops_queued_ones() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1"), spec("t2")], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1)
+    out = scheduler.cancel("wf", [], now=2)
+    assert [i for i in out if isinstance(i, SendCancel)] == [SendCancel("v1", "t1", "cancelled")]
+    assert {t.state for t in scheduler.tasks.values()} == {TaskState.CANCELLED}
+    assert offers(out) == []
+
+
+def test_stale_accept_is_answered_with_a_cancel() -> None:
+    scheduler = Scheduler(offer_timeout=1)
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1")], now=0)
+    scheduler.tick(now=1)  # the offer expires
+    assert scheduler.accepted("v1", "t1", 1, now=2) == [
+        SendCancel("v1", "t1", "the offer is no longer valid")
+    ]
+
+
+def test_reconnect_keeps_running_tasks_the_volunteer_still_has() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1"), spec("t2")], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1)
+    scheduler.volunteer_disconnected("v1", now=2)
+    out = scheduler.volunteer_joined(volunteer("v1"), ["t1"], now=3)
+    assert scheduler.tasks["t1"].state is TaskState.RUNNING
+    assert ("t1", "requeued") not in events(out)
+    out = scheduler.volunteer_joined(volunteer("v1"), [], now=4)
+    assert ("t1", "requeued") in events(out), "a task the volunteer no longer has goes back"
+
+
+def test_restore_requeues_offers_and_keeps_running_tasks() -> None:
+    offered = ScheduledTask(spec("t1"), MANAGER, TaskState.OFFERED, attempt=1, volunteer_id="v1")
+    running = ScheduledTask(spec("t2"), MANAGER, TaskState.RUNNING, attempt=1, volunteer_id="v1")
+    scheduler = Scheduler()
+    scheduler.restore([offered, running])
+    assert scheduler.tasks["t1"].state is TaskState.QUEUED
+    assert scheduler.running_on("v1") == {"t2"}
+
+
+def test_every_change_is_saved() -> None:
+    scheduler = Scheduler()
+    out = scheduler.submit(MANAGER, [spec("t1")], now=0)
+    assert [i.task.spec.task_id for i in out if isinstance(i, SaveTask)] == ["t1"]
