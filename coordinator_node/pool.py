@@ -1,5 +1,6 @@
-"""The coordinator's I/O shell: runs the registry state machine, persists what it changes,
-and ends volunteer sessions. The servicer calls in; nothing here knows about protobuf."""
+"""The coordinator's I/O shell: feeds the registry and scheduler state machines, persists
+what they change, delivers offers and cancels to volunteer sessions and events to managers.
+The servicer calls in; nothing here knows about protobuf."""
 
 from __future__ import annotations
 
@@ -7,21 +8,47 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from coordinator_node.registry import SessionToken, VolunteerRegistry, registration_problem
+from coordinator_node.scheduler import (
+    Candidate,
+    Instruction,
+    Publish,
+    SaveTask,
+    ScheduledTask,
+    Scheduler,
+    SendCancel,
+    SendOffer,
+)
 from coordinator_node.store import CoordinatorStore
 from daemon.errors import RejectedError
-from daemon.models import Load, Registration, Volunteer, VolunteerState
+from daemon.models import (
+    Load,
+    Registration,
+    TaskEvent,
+    TaskResult,
+    TaskSpec,
+    Volunteer,
+    VolunteerState,
+)
 
 log = logging.getLogger(__name__)
+
+Outgoing = SendOffer | SendCancel
+# A stimulus for the scheduler, given the time it happens.
+Stimulus = Callable[[float], list[Instruction]]
 
 
 @dataclass
 class PoolSession:
     token: SessionToken
-    # Set when the coordinator ends the session (replaced by a newer one, or shutting down).
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # What to send the volunteer; None ends the session.
+    outbox: asyncio.Queue[Outgoing | None] = field(default_factory=asyncio.Queue)
+
+    def close(self) -> None:
+        self.outbox.put_nowait(None)
 
 
 class Pool:
@@ -29,15 +56,21 @@ class Pool:
         self,
         store: CoordinatorStore,
         registry: VolunteerRegistry,
+        scheduler: Scheduler,
         cluster: str,
         protocol_version: int,
     ) -> None:
         self._store = store
         self._registry = registry
+        self._scheduler = scheduler
         self._cluster = cluster
         self._protocol_version = protocol_version
         self._sessions: dict[str, PoolSession] = {}
-        self._expiry_task: asyncio.Task[None] | None = None
+        self._watchers: dict[str, set[asyncio.Queue[TaskEvent]]] = {}
+        # One stimulus at a time: the state machines are not re-entrant, and saves must
+        # reach the store in the order the changes happened.
+        self._lock = asyncio.Lock()
+        self._maintenance: asyncio.Task[None] | None = None
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -46,49 +79,173 @@ class Pool:
     async def start(self) -> None:
         known = await self._store.load_volunteers()
         self._registry.restore(known, time.time())
+        tasks = await self._store.load_tasks()
+        self._scheduler.restore(tasks)
         online = sum(v.state is VolunteerState.ONLINE for v in known)
-        log.info("registry restored: %d volunteers known, %d were online", len(known), online)
-        self._expiry_task = asyncio.get_running_loop().create_task(self._expire_forever())
+        unfinished = sum(not t.state.finished for t in tasks)
+        log.info(
+            "restored %d volunteers (%d were online) and %d tasks (%d unfinished)",
+            len(known),
+            online,
+            len(tasks),
+            unfinished,
+        )
+        self._maintenance = asyncio.get_running_loop().create_task(self._maintain_forever())
+
+    # --- volunteers -------------------------------------------------------------------------
 
     async def join(self, registration: Registration) -> PoolSession:
         problem = registration_problem(registration, self._cluster, self._protocol_version)
         if problem:
             log.warning("refused volunteer %s: %s", registration.volunteer_id, problem)
             raise RejectedError(problem)
-        token, volunteer = self._registry.connect(registration, time.time())
-        replaced = self._sessions.get(token.volunteer_id)
-        if replaced is not None:
-            replaced.closed.set()
-        session = PoolSession(token)
-        self._sessions[token.volunteer_id] = session
-        await self._store.save_volunteers([volunteer], event="online")
-        log.info("volunteer %s (%s) online", volunteer.volunteer_id, volunteer.hostname)
+        async with self._lock:
+            now = time.time()
+            token, volunteer = self._registry.connect(registration, now)
+            replaced = self._sessions.get(token.volunteer_id)
+            if replaced is not None:
+                replaced.close()
+            session = PoolSession(token)
+            self._sessions[token.volunteer_id] = session
+            await self._store.save_volunteers([volunteer], event="online")
+            log.info("volunteer %s (%s) online", volunteer.volunteer_id, volunteer.hostname)
+            await self._execute(
+                self._scheduler.volunteer_joined(
+                    _candidate(volunteer), registration.running_task_ids, now
+                )
+            )
         return session
 
     async def heartbeat(self, session: PoolSession, load: Load) -> None:
-        previous = self._registry.get(session.token.volunteer_id)
-        volunteer = self._registry.heartbeat(session.token, load, time.time())
-        if volunteer is None:
-            return
-        came_back = previous is not None and previous.state is VolunteerState.LOST
-        await self._store.save_volunteers([volunteer], event="online" if came_back else None)
+        async with self._lock:
+            previous = self._registry.get(session.token.volunteer_id)
+            now = time.time()
+            volunteer = self._registry.heartbeat(session.token, load, now)
+            if volunteer is None:
+                return
+            came_back = previous is not None and previous.state is VolunteerState.LOST
+            await self._store.save_volunteers([volunteer], event="online" if came_back else None)
+            if came_back:
+                log.info("volunteer %s is back", volunteer.volunteer_id)
+                running = self._scheduler.running_on(volunteer.volunteer_id)
+                await self._execute(
+                    self._scheduler.volunteer_joined(_candidate(volunteer), running, now)
+                )
 
     async def leave(self, session: PoolSession) -> None:
-        volunteer = self._registry.disconnect(session.token, time.time())
-        if self._sessions.get(session.token.volunteer_id) is session:
-            del self._sessions[session.token.volunteer_id]
-        if volunteer is not None:
-            log.info("volunteer %s disconnected", volunteer.volunteer_id)
+        async with self._lock:
+            now = time.time()
+            volunteer = self._registry.disconnect(session.token, now)
+            if self._sessions.get(session.token.volunteer_id) is session:
+                del self._sessions[session.token.volunteer_id]
+            if volunteer is not None:
+                log.info("volunteer %s disconnected", volunteer.volunteer_id)
+                await self._execute(
+                    self._scheduler.volunteer_disconnected(volunteer.volunteer_id, now)
+                )
 
     def volunteers(self) -> list[Volunteer]:
         return self._registry.volunteers()
 
-    async def _expire_forever(self) -> None:
-        # Checking four times per interval bounds how late a `lost` can be to 1/4 interval.
+    # --- what volunteers report -----------------------------------------------------------
+
+    async def accepted(self, session: PoolSession, task_id: str, attempt: int) -> None:
+        await self._stimulus(
+            session,
+            lambda now: self._scheduler.accepted(session.token.volunteer_id, task_id, attempt, now),
+        )
+
+    async def declined(self, session: PoolSession, task_id: str, attempt: int, reason: str) -> None:
+        vid = session.token.volunteer_id
+        log.info("volunteer %s declined %s: %s", vid, task_id, reason)
+        await self._stimulus(
+            session, lambda now: self._scheduler.declined(vid, task_id, attempt, reason, now)
+        )
+
+    async def progressed(
+        self, session: PoolSession, task_id: str, attempt: int, percent: float
+    ) -> None:
+        vid = session.token.volunteer_id
+        await self._stimulus(
+            session, lambda now: self._scheduler.progressed(vid, task_id, attempt, percent, now)
+        )
+
+    async def finished(self, session: PoolSession, result: TaskResult) -> None:
+        vid = session.token.volunteer_id
+        await self._stimulus(session, lambda now: self._scheduler.finished(vid, result, now))
+
+    async def _stimulus(self, session: PoolSession, handle: Stimulus) -> None:
+        async with self._lock:
+            if not self._registry.is_current(session.token):
+                return  # a replaced session: its word no longer counts
+            await self._execute(handle(time.time()))
+
+    # --- what managers ask ----------------------------------------------------------------
+
+    async def submit(self, manager_id: str, specs: Sequence[TaskSpec]) -> int:
+        async with self._lock:
+            before = len(self._scheduler.tasks)
+            await self._execute(self._scheduler.submit(manager_id, specs, time.time()))
+            return len(self._scheduler.tasks) - before
+
+    async def cancel(self, workflow_id: str, task_ids: Iterable[str]) -> int:
+        async with self._lock:
+            instructions = self._scheduler.cancel(workflow_id, task_ids, time.time())
+            await self._execute(instructions)
+        return sum(isinstance(i, Publish) and i.event.kind == "cancelled" for i in instructions)
+
+    async def watch(
+        self, manager_id: str, workflow_id: str, after_sequence: int
+    ) -> AsyncIterator[TaskEvent]:
+        """Stored events after `after_sequence`, then live ones, with no gap and no repeat."""
+        queue: asyncio.Queue[TaskEvent] = asyncio.Queue()
+        self._watchers.setdefault(manager_id, set()).add(queue)
+        try:
+            last = after_sequence
+            for event in await self._store.task_events(manager_id, workflow_id, after_sequence):
+                yield event
+                last = event.sequence
+            while True:
+                event = await queue.get()
+                if event.sequence <= last or workflow_id not in ("", event.workflow_id):
+                    continue
+                yield event
+                last = event.sequence
+        finally:
+            self._watchers[manager_id].discard(queue)
+
+    # --- the shell ------------------------------------------------------------------------
+
+    async def _execute(self, instructions: Sequence[Instruction]) -> None:
+        """Saves first, then tells: a crash in between loses a message, never a state."""
+        saved: dict[str, ScheduledTask] = {}
+        for instruction in instructions:
+            if isinstance(instruction, SaveTask):
+                saved[instruction.task.spec.task_id] = instruction.task
+        await self._store.save_tasks(list(saved.values()))
+        published = await self._store.append_events(
+            [(i.manager_id, i.event) for i in instructions if isinstance(i, Publish)]
+        )
+        for event, instruction in zip(
+            published, (i for i in instructions if isinstance(i, Publish)), strict=True
+        ):
+            for queue in self._watchers.get(instruction.manager_id, ()):
+                queue.put_nowait(event)
+        for instruction in instructions:
+            if isinstance(instruction, SendOffer | SendCancel):
+                session = self._sessions.get(instruction.volunteer_id)
+                if session is not None:
+                    session.outbox.put_nowait(instruction)
+
+    async def _maintain_forever(self) -> None:
+        # Four checks per heartbeat interval bound how late a `lost` can be to 1/4 interval.
         while True:
             await asyncio.sleep(self._registry.heartbeat_seconds / 4)
-            lost = self._registry.expire(time.time())
-            if lost:
+            async with self._lock:
+                now = time.time()
+                lost = self._registry.expire(now)
+                if lost:
+                    await self._store.save_volunteers(lost, event="lost")
                 for volunteer in lost:
                     log.warning(
                         "volunteer %s (%s) lost: no word for %.1f s",
@@ -96,12 +253,17 @@ class Pool:
                         volunteer.hostname,
                         self._registry.lost_after_seconds,
                     )
-                await self._store.save_volunteers(lost, event="lost")
+                    await self._execute(self._scheduler.volunteer_lost(volunteer.volunteer_id, now))
+                await self._execute(self._scheduler.tick(now))
 
     async def stop(self) -> None:
         for session in self._sessions.values():
-            session.closed.set()
-        if self._expiry_task is not None:
-            self._expiry_task.cancel()
+            session.close()
+        if self._maintenance is not None:
+            self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry_task
+                await self._maintenance
+
+
+def _candidate(volunteer: Volunteer) -> Candidate:
+    return Candidate(volunteer.volunteer_id, volunteer.resources, volunteer.limits)

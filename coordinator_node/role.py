@@ -6,6 +6,7 @@ import grpc
 
 from coordinator_node.pool import Pool
 from coordinator_node.registry import VolunteerRegistry
+from coordinator_node.scheduler import Scheduler
 from coordinator_node.servicer import CoordinatorServicer
 from coordinator_node.store import CoordinatorStore
 from daemon.roles import RoleContext
@@ -20,6 +21,7 @@ class CoordinatorRole:
         self.pool = Pool(
             self._store,
             VolunteerRegistry(context.config.heartbeat_seconds),
+            Scheduler(),
             cluster=context.identity.cluster,
             protocol_version=context.identity.protocol_version,
         )

@@ -6,16 +6,27 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 
-from coordinator_node.pool import Pool, PoolSession
+from coordinator_node.pool import Outgoing, Pool, PoolSession
+from coordinator_node.scheduler import SendOffer
 from daemon.errors import RejectedError
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.transport import convert
-from daemon.transport.errors import abort_not_available
 
 log = logging.getLogger(__name__)
+
+
+def _outgoing_to_proto(message: Outgoing) -> coordinator_pb2.CoordinatorMessage:
+    if isinstance(message, SendOffer):
+        return coordinator_pb2.CoordinatorMessage(
+            offer=coordinator_pb2.TaskOffer(task=convert.task_spec_to_proto(message.task))
+        )
+    return coordinator_pb2.CoordinatorMessage(
+        cancel=coordinator_pb2.CancelTask(task_id=message.task_id, reason=message.reason)
+    )
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
@@ -39,6 +50,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             session = await self._pool.join(convert.registration_from_proto(first.register))
         except RejectedError as error:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        reader = asyncio.get_running_loop().create_task(
+            self._read_session(request_iterator, session)
+        )
         try:
             yield coordinator_pb2.CoordinatorMessage(
                 welcome=coordinator_pb2.Welcome(
@@ -46,18 +60,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                     heartbeat_seconds=self._pool.heartbeat_seconds,
                 )
             )
-            reader = asyncio.get_running_loop().create_task(
-                self._read_session(request_iterator, session)
-            )
-            closed = asyncio.get_running_loop().create_task(session.closed.wait())
-            try:
-                await asyncio.wait({reader, closed}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (reader, closed):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                        await task
+            while (outgoing := await session.outbox.get()) is not None:
+                yield _outgoing_to_proto(outgoing)
         finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await reader
             await self._pool.leave(session)
 
     async def _read_session(
@@ -65,16 +73,32 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         request_iterator: AsyncIterator[coordinator_pb2.VolunteerMessage],
         session: PoolSession,
     ) -> None:
-        async for message in request_iterator:
-            kind = message.WhichOneof("kind")
-            if kind == "heartbeat":
-                await self._pool.heartbeat(session, convert.load_from_proto(message.heartbeat.load))
-            else:
-                log.warning(
-                    "volunteer %s sent %s, which this coordinator does not handle yet",
-                    session.token.volunteer_id,
-                    kind,
-                )
+        try:
+            async for message in request_iterator:
+                await self._handle(session, message)
+        finally:
+            session.close()  # the volunteer hung up: end our side too
+
+    async def _handle(
+        self, session: PoolSession, message: coordinator_pb2.VolunteerMessage
+    ) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "heartbeat":
+            await self._pool.heartbeat(session, convert.load_from_proto(message.heartbeat.load))
+        elif kind == "accept":
+            await self._pool.accepted(session, message.accept.task_id, message.accept.attempt)
+        elif kind == "decline":
+            decline = message.decline
+            await self._pool.declined(session, decline.task_id, decline.attempt, decline.reason)
+        elif kind == "progress":
+            progress = message.progress
+            await self._pool.progressed(
+                session, progress.task_id, progress.attempt, progress.percent
+            )
+        elif kind == "result":
+            await self._pool.finished(session, convert.task_result_from_proto(message.result))
+        else:
+            log.warning("volunteer %s sent an unexpected %s", session.token.volunteer_id, kind)
 
     async def ListVolunteers(
         self,
@@ -88,17 +112,28 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def SubmitTasks(
         self, request: coordinator_pb2.SubmitTasksRequest, context: grpc.aio.ServicerContext
     ) -> coordinator_pb2.SubmitTasksReply:
-        await abort_not_available(context, "task submission")
-        raise AssertionError("unreachable: abort raises")
+        if not request.manager_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "manager_id is required")
+        specs = [
+            replace(
+                convert.task_spec_from_proto(task),
+                manager_address=task.manager_address or request.manager_address,
+            )
+            for task in request.tasks
+        ]
+        accepted = await self._pool.submit(request.manager_id, specs)
+        return coordinator_pb2.SubmitTasksReply(accepted=accepted)
 
     async def WatchTasks(
         self, request: coordinator_pb2.WatchTasksRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[coordinator_pb2.TaskEvent]:
-        await abort_not_available(context, "watching tasks")
-        yield coordinator_pb2.TaskEvent()  # unreachable: makes this a generator, as gRPC expects
+        async for event in self._pool.watch(
+            request.manager_id, request.workflow_id, request.after_sequence
+        ):
+            yield convert.task_event_to_proto(event)
 
     async def CancelTasks(
         self, request: coordinator_pb2.CancelTasksRequest, context: grpc.aio.ServicerContext
     ) -> coordinator_pb2.CancelTasksReply:
-        await abort_not_available(context, "cancelling tasks")
-        raise AssertionError("unreachable: abort raises")
+        cancelled = await self._pool.cancel(request.workflow_id, request.task_ids)
+        return coordinator_pb2.CancelTasksReply(cancelled=cancelled)

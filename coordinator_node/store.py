@@ -5,14 +5,23 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from daemon.models import Load, OwnerLimits, Resources, Volunteer, VolunteerState
-from daemon.store import Database, Migration
+from coordinator_node.scheduler import ScheduledTask
+from daemon.models import (
+    Load,
+    OwnerLimits,
+    Resources,
+    TaskEvent,
+    TaskState,
+    Volunteer,
+    VolunteerState,
+)
+from daemon.store import Database, Migration, codecs
 
 
 def _initial_schema(db: sqlite_utils.Database) -> None:
@@ -67,7 +76,86 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = (Migration("coordinator/0001_initial", _initial_schema),)
+def _task_details(db: sqlite_utils.Database) -> None:
+    """What the scheduler needs to resume after a restart, and the events' addressees."""
+    db.execute("ALTER TABLE tasks ADD COLUMN failures INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE tasks ADD COLUMN result TEXT")
+    db.execute("ALTER TABLE events ADD COLUMN manager_id TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE events ADD COLUMN workflow_id TEXT NOT NULL DEFAULT ''")
+    db.execute("CREATE INDEX events_by_manager ON events (manager_id, id)")
+
+
+MIGRATIONS = (
+    Migration("coordinator/0001_initial", _initial_schema),
+    Migration("coordinator/0002_task_details", _task_details),
+)
+
+
+def _task_row(task: ScheduledTask) -> dict[str, Any]:
+    return {
+        "id": task.spec.task_id,
+        "workflow_id": task.spec.workflow_id,
+        "manager_id": task.manager_id,
+        "manager_address": task.spec.manager_address,
+        "spec": codecs.dump(task.spec),
+        "state": task.state.value,
+        "attempts": task.attempt,
+        "failures": task.failures,
+        "max_attempts": 0,
+        "volunteer_id": task.volunteer_id or None,
+        "last_error": task.error or None,
+        "result": codecs.dump(task.result) if task.result else None,
+        "created_at": time.time(),
+        "updated_at": time.time(),
+    }
+
+
+def _task_from_row(row: dict[str, Any]) -> ScheduledTask:
+    return ScheduledTask(
+        spec=codecs.task_spec_from_json(row["spec"]),
+        manager_id=row["manager_id"],
+        state=TaskState(row["state"]),
+        attempt=row["attempts"],
+        failures=row["failures"],
+        volunteer_id=row["volunteer_id"] or "",
+        error=row["last_error"] or "",
+        result=codecs.task_result_from_json(row["result"]),
+    )
+
+
+def _event_row(manager_id: str, event: TaskEvent) -> dict[str, Any]:
+    payload = {
+        "attempt": event.attempt,
+        "volunteer_id": event.volunteer_id,
+        "message": event.message,
+        "percent": event.percent,
+        "result": asdict(event.result) if event.result else None,
+    }
+    return {
+        "at": event.at,
+        "kind": event.kind,
+        "subject": event.task_id,
+        "data": json.dumps(payload),
+        "manager_id": manager_id,
+        "workflow_id": event.workflow_id,
+    }
+
+
+def _event_from_row(row: dict[str, Any]) -> TaskEvent:
+    payload = json.loads(row["data"])
+    result = payload.get("result")
+    return TaskEvent(
+        task_id=row["subject"],
+        workflow_id=row["workflow_id"],
+        kind=row["kind"],
+        at=row["at"],
+        attempt=payload.get("attempt", 0),
+        volunteer_id=payload.get("volunteer_id", ""),
+        message=payload.get("message", ""),
+        percent=payload.get("percent", 0.0),
+        result=codecs.task_result_from_json(json.dumps(result)) if result else None,
+        sequence=row["id"],
+    )
 
 
 def _volunteer_row(volunteer: Volunteer) -> dict[str, Any]:
@@ -151,5 +239,65 @@ class CoordinatorStore:
         def read(db: sqlite_utils.Database) -> list[dict[str, Any]]:
             where = "kind = ?" if kind else None
             return list(db["events"].rows_where(where, [kind] if kind else [], order_by="id"))
+
+        return await self.database.read(read)
+
+    async def save_tasks(self, tasks: Sequence[ScheduledTask]) -> None:
+        rows = [_task_row(task) for task in tasks]
+        if not rows:
+            return
+
+        def write(db: sqlite_utils.Database) -> None:
+            db.conn.executemany(
+                """INSERT INTO tasks (id, workflow_id, manager_id, manager_address, spec, state,
+                     attempts, failures, max_attempts, volunteer_id, last_error, result,
+                     created_at, updated_at)
+                   VALUES (:id, :workflow_id, :manager_id, :manager_address, :spec, :state,
+                     :attempts, :failures, :max_attempts, :volunteer_id, :last_error, :result,
+                     :created_at, :updated_at)
+                   ON CONFLICT(id) DO UPDATE SET state=excluded.state,
+                     attempts=excluded.attempts, failures=excluded.failures,
+                     volunteer_id=excluded.volunteer_id, last_error=excluded.last_error,
+                     result=excluded.result, updated_at=excluded.updated_at""",
+                rows,
+            )
+
+        await self.database.run(write)
+
+    async def load_tasks(self) -> list[ScheduledTask]:
+        def read(db: sqlite_utils.Database) -> list[ScheduledTask]:
+            return [_task_from_row(row) for row in db["tasks"].rows_where(order_by="rowid")]
+
+        return await self.database.read(read)
+
+    async def append_events(self, events: Sequence[tuple[str, TaskEvent]]) -> list[TaskEvent]:
+        """Stores (manager id, event) pairs; returns the events with their sequence numbers."""
+        if not events:
+            return []
+
+        def write(db: sqlite_utils.Database) -> list[TaskEvent]:
+            stored = []
+            for manager_id, event in events:
+                row = _event_row(manager_id, event)
+                cursor = db.conn.execute(
+                    """INSERT INTO events (at, kind, subject, data, manager_id, workflow_id)
+                       VALUES (:at, :kind, :subject, :data, :manager_id, :workflow_id)""",
+                    row,
+                )
+                stored.append(replace(event, sequence=int(cursor.lastrowid or 0)))
+            return stored
+
+        return await self.database.run(write)
+
+    async def task_events(
+        self, manager_id: str, workflow_id: str, after_sequence: int
+    ) -> list[TaskEvent]:
+        def read(db: sqlite_utils.Database) -> list[TaskEvent]:
+            where = "manager_id = ? AND id > ?"
+            args: list[Any] = [manager_id, after_sequence]
+            if workflow_id:
+                where += " AND workflow_id = ?"
+                args.append(workflow_id)
+            return [_event_from_row(r) for r in db["events"].rows_where(where, args, order_by="id")]
 
         return await self.database.read(read)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from daemon.discovery.peers import Peer
 from daemon.models import (
+    FileRef,
     Load,
     OwnerLimits,
     Registration,
+    ResourceRequest,
     Resources,
+    TaskEvent,
+    TaskResult,
+    TaskSpec,
     Volunteer,
     VolunteerState,
 )
@@ -157,4 +162,118 @@ def peer_from_proto(message: node_pb2.Peer) -> Peer:
         version=message.version,
         last_seen=message.last_seen,
         skipped_reason=message.skipped_reason,
+    )
+
+
+def file_ref_to_proto(ref: FileRef) -> common_pb2.FileRef:
+    return common_pb2.FileRef(name=ref.name, sha256=ref.sha256, size=ref.size)
+
+
+def file_ref_from_proto(message: common_pb2.FileRef) -> FileRef:
+    return FileRef(name=message.name, sha256=message.sha256, size=message.size)
+
+
+def task_spec_to_proto(spec: TaskSpec) -> common_pb2.TaskSpec:
+    return common_pb2.TaskSpec(
+        task_id=spec.task_id,
+        workflow_id=spec.workflow_id,
+        image=spec.image,
+        command=list(spec.command),
+        resources=common_pb2.ResourceRequest(
+            cpus=spec.resources.cpus,
+            memory_mb=spec.resources.memory_mb,
+            disk_mb=spec.resources.disk_mb,
+            gpus=spec.resources.gpus,
+        ),
+        timeout_seconds=spec.timeout_seconds,
+        inputs=[file_ref_to_proto(ref) for ref in spec.inputs],
+        outputs=list(spec.outputs),
+        network=spec.network,
+        manager_address=spec.manager_address,
+        attempt=spec.attempt,
+        retries=spec.retries,
+        image_id=spec.image_id,
+    )
+
+
+def task_spec_from_proto(message: common_pb2.TaskSpec) -> TaskSpec:
+    return TaskSpec(
+        task_id=message.task_id,
+        workflow_id=message.workflow_id,
+        image=message.image,
+        command=tuple(message.command),
+        resources=ResourceRequest(
+            cpus=message.resources.cpus,
+            memory_mb=message.resources.memory_mb,
+            disk_mb=message.resources.disk_mb,
+            gpus=message.resources.gpus,
+        ),
+        timeout_seconds=message.timeout_seconds,
+        inputs=tuple(file_ref_from_proto(ref) for ref in message.inputs),
+        outputs=tuple(message.outputs),
+        network=message.network,
+        manager_address=message.manager_address,
+        attempt=message.attempt,
+        retries=message.retries,
+        image_id=message.image_id,
+    )
+
+
+def task_result_to_proto(result: TaskResult) -> common_pb2.TaskResult:
+    return common_pb2.TaskResult(
+        task_id=result.task_id,
+        attempt=result.attempt,
+        exit_code=result.exit_code,
+        error=result.error,
+        outputs=[file_ref_to_proto(ref) for ref in result.outputs],
+        started_at=result.started_at,
+        finished_at=result.finished_at,
+        stdout_tail=result.stdout_tail,
+        stderr_tail=result.stderr_tail,
+    )
+
+
+def task_result_from_proto(message: common_pb2.TaskResult) -> TaskResult:
+    return TaskResult(
+        task_id=message.task_id,
+        attempt=message.attempt,
+        exit_code=message.exit_code,
+        error=message.error,
+        outputs=tuple(file_ref_from_proto(ref) for ref in message.outputs),
+        started_at=message.started_at,
+        finished_at=message.finished_at,
+        stdout_tail=message.stdout_tail,
+        stderr_tail=message.stderr_tail,
+    )
+
+
+def task_event_to_proto(event: TaskEvent) -> coordinator_pb2.TaskEvent:
+    message = coordinator_pb2.TaskEvent(
+        task_id=event.task_id,
+        workflow_id=event.workflow_id,
+        kind=event.kind,
+        attempt=event.attempt,
+        volunteer_id=event.volunteer_id,
+        message=event.message,
+        percent=event.percent,
+        at=event.at,
+        sequence=event.sequence,
+    )
+    if event.result is not None:
+        message.result.CopyFrom(task_result_to_proto(event.result))
+    return message
+
+
+def task_event_from_proto(message: coordinator_pb2.TaskEvent) -> TaskEvent:
+    return TaskEvent(
+        task_id=message.task_id,
+        workflow_id=message.workflow_id,
+        kind=message.kind,
+        at=message.at,
+        attempt=message.attempt,
+        volunteer_id=message.volunteer_id,
+        message=message.message,
+        percent=message.percent,
+        result=task_result_from_proto(message.result) if message.HasField("result") else None,
+        sequence=message.sequence,
     )
