@@ -1,0 +1,181 @@
+"""One workflow's progress as a pure state machine: coordinator events in, task states out.
+
+Tasks wait until every task they depend on completed; only then are they handed to the
+coordinator. A task that fails for good makes everything downstream of it `skipped`. The
+workflow is finished when no task can still change, and its state says how it ended.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from daemon.models import FileRef, TaskEvent, TaskResult
+
+
+class TaskStatus(StrEnum):
+    WAITING = "waiting"  # for its dependencies
+    QUEUED = "queued"  # handed to the coordinator, not running yet
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # a dependency failed or was cancelled
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+
+_FINISHED = {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.SKIPPED}
+
+
+class WorkflowState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    MERGING = "merging"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class WorkflowTask:
+    task_id: str
+    name: str
+    depends_on: tuple[str, ...] = ()  # names of tasks in the same workflow
+    status: TaskStatus = TaskStatus.WAITING
+    attempts: int = 0
+    volunteer_id: str = ""
+    percent: float = 0.0
+    message: str = ""
+    outputs: tuple[FileRef, ...] = ()
+    result: TaskResult | None = None
+
+
+@dataclass
+class WorkflowRun:
+    workflow_id: str
+    tasks: dict[str, WorkflowTask] = field(default_factory=dict)  # by task id
+    cancelled: bool = False
+
+    @classmethod
+    def of(cls, workflow_id: str, tasks: Iterable[WorkflowTask]) -> WorkflowRun:
+        return cls(workflow_id, {task.task_id: task for task in tasks})
+
+    def _by_name(self) -> dict[str, WorkflowTask]:
+        return {task.name: task for task in self.tasks.values()}
+
+    def take_ready(self) -> list[WorkflowTask]:
+        """Waiting tasks whose dependencies all completed, now marked queued."""
+        if self.cancelled:
+            return []
+        by_name = self._by_name()
+        ready = [
+            task
+            for task in self.tasks.values()
+            if task.status is TaskStatus.WAITING
+            and all(by_name[dep].status is TaskStatus.COMPLETED for dep in task.depends_on)
+        ]
+        for task in ready:
+            task.status = TaskStatus.QUEUED
+        return ready
+
+    def apply(self, event: TaskEvent, outputs_verified: bool = True) -> WorkflowTask | None:
+        """Updates the task the event is about; returns it, or None if the event is not ours
+        or changes nothing. A `completed` event counts only once its outputs are verified."""
+        task = self.tasks.get(event.task_id)
+        if task is None or task.status.finished:
+            return None
+        task.attempts = max(task.attempts, event.attempt)
+        if event.volunteer_id:
+            task.volunteer_id = event.volunteer_id
+        kind = event.kind
+        if kind in ("queued", "offered", "declined", "requeued", "unschedulable"):
+            task.status = TaskStatus.QUEUED
+            task.percent = 0.0
+            if kind in ("requeued", "unschedulable", "declined"):
+                task.message = f"{kind}: {event.message}"
+        elif kind == "running":
+            task.status = TaskStatus.RUNNING
+            task.message = ""
+        elif kind == "progress":
+            task.status = TaskStatus.RUNNING
+            task.percent = event.percent
+        elif kind == "completed":
+            task.result = event.result
+            if outputs_verified:
+                task.status = TaskStatus.COMPLETED
+                task.percent = 100.0
+                task.outputs = event.result.outputs if event.result else ()
+                task.message = ""
+            else:
+                task.status = TaskStatus.FAILED
+                task.message = "its outputs did not arrive intact at the manager"
+                self._skip_dependents(task)
+        elif kind == "failed":
+            task.status = TaskStatus.FAILED
+            task.result = event.result
+            task.message = event.message
+            self._skip_dependents(task)
+        elif kind == "cancelled":
+            task.status = TaskStatus.CANCELLED
+            self._skip_dependents(task)
+        else:
+            return None
+        return task
+
+    def cancel(self) -> list[WorkflowTask]:
+        """Marks every unfinished task cancelled; returns those the coordinator holds."""
+        self.cancelled = True
+        held = []
+        for task in self.tasks.values():
+            if task.status.finished:
+                continue
+            if task.status is not TaskStatus.WAITING:
+                held.append(task)
+            task.status = TaskStatus.CANCELLED
+        return held
+
+    def _skip_dependents(self, failed: WorkflowTask) -> None:
+        blocked = {failed.name}
+        changed = True
+        while changed:
+            changed = False
+            for task in self.tasks.values():
+                if task.status is TaskStatus.WAITING and blocked & set(task.depends_on):
+                    task.status = TaskStatus.SKIPPED
+                    task.message = f"skipped: {failed.name} did not complete"
+                    blocked.add(task.name)
+                    changed = True
+
+    @property
+    def finished(self) -> bool:
+        return all(task.status.finished for task in self.tasks.values())
+
+    def state(self) -> WorkflowState:
+        """How the workflow stands, the merge step aside (the shell adds MERGING)."""
+        statuses = Counter(task.status for task in self.tasks.values())
+        if self.cancelled:
+            return WorkflowState.CANCELLED
+        if self.finished:
+            if statuses[TaskStatus.COMPLETED] == len(self.tasks):
+                return WorkflowState.COMPLETED
+            return WorkflowState.FAILED
+        if (
+            statuses[TaskStatus.RUNNING]
+            or statuses[TaskStatus.COMPLETED]
+            or statuses[TaskStatus.FAILED]
+        ):
+            return WorkflowState.RUNNING
+        return WorkflowState.QUEUED
+
+    def counts(self) -> dict[str, int]:
+        statuses = Counter(task.status.value for task in self.tasks.values())
+        waiting = statuses.pop(TaskStatus.WAITING.value, 0)
+        statuses[TaskStatus.QUEUED.value] += waiting
+        return {status.value: statuses.get(status.value, 0) for status in TaskStatus} | {
+            "total": len(self.tasks)
+        }

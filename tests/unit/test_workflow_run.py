@@ -1,0 +1,105 @@
+"""A workflow's progress from coordinator events, dependencies included."""
+
+from __future__ import annotations
+
+from daemon.models import FileRef, TaskEvent, TaskResult
+from manager_node.workflow import TaskStatus, WorkflowRun, WorkflowState, WorkflowTask
+
+
+def event(task_id: str, kind: str, **fields: object) -> TaskEvent:
+    return TaskEvent(task_id=task_id, workflow_id="wf", kind=kind, at=0.0, **fields)  # type: ignore[arg-type]
+
+
+def diamond() -> WorkflowRun:
+    """a -> (b, c) -> d"""
+    return WorkflowRun.of(
+        "wf",
+        [
+            WorkflowTask("wf.a", "a"),
+            WorkflowTask("wf.b", "b", depends_on=("a",)),
+            WorkflowTask("wf.c", "c", depends_on=("a",)),
+            WorkflowTask("wf.d", "d", depends_on=("b", "c")),
+        ],
+    )
+
+
+def completed(task_id: str) -> TaskEvent:
+    output = FileRef("out", "0" * 64, 1)
+    result = TaskResult(task_id=task_id, attempt=1, exit_code=0, error="", outputs=(output,))
+    return event(task_id, "completed", attempt=1, result=result)
+
+
+def test_tasks_become_ready_in_dependency_order() -> None:
+    run = diamond()
+    assert [t.name for t in run.take_ready()] == ["a"]
+    assert run.take_ready() == [], "a task is handed over once"
+    run.apply(completed("wf.a"))
+    assert sorted(t.name for t in run.take_ready()) == ["b", "c"]
+    run.apply(completed("wf.b"))
+    assert run.take_ready() == [], "d still waits for c"
+    run.apply(completed("wf.c"))
+    assert [t.name for t in run.take_ready()] == ["d"]
+    run.apply(completed("wf.d"))
+    assert run.state() is WorkflowState.COMPLETED
+    assert run.tasks["wf.d"].outputs[0].name == "out"
+
+
+def test_a_failure_skips_everything_downstream_and_fails_the_workflow() -> None:
+    run = diamond()
+    run.take_ready()
+    run.apply(completed("wf.a"))
+    run.take_ready()
+    run.apply(event("wf.b", "failed", message="exited with code 3"))
+    assert run.tasks["wf.d"].status is TaskStatus.SKIPPED
+    assert run.tasks["wf.d"].message == "skipped: b did not complete"
+    assert run.state() is WorkflowState.RUNNING, "c is still going"
+    run.apply(completed("wf.c"))
+    assert run.finished
+    assert run.state() is WorkflowState.FAILED
+    assert run.tasks["wf.b"].message == "exited with code 3"
+
+
+def test_unverified_outputs_fail_the_task() -> None:
+    run = diamond()
+    run.take_ready()
+    run.apply(completed("wf.a"), outputs_verified=False)
+    assert run.tasks["wf.a"].status is TaskStatus.FAILED
+    assert "did not arrive intact" in run.tasks["wf.a"].message
+
+
+def test_progress_and_requeue_are_tracked() -> None:
+    run = diamond()
+    run.take_ready()
+    run.apply(event("wf.a", "running", attempt=1, volunteer_id="v1"))
+    run.apply(event("wf.a", "progress", attempt=1, percent=42.0))
+    assert run.tasks["wf.a"].percent == 42.0
+    assert run.state() is WorkflowState.RUNNING
+    run.apply(event("wf.a", "requeued", attempt=1, message="its volunteer was lost"))
+    assert run.tasks["wf.a"].status is TaskStatus.QUEUED
+    assert run.tasks["wf.a"].message == "requeued: its volunteer was lost"
+
+
+def test_events_after_a_task_finished_change_nothing() -> None:
+    run = diamond()
+    run.take_ready()
+    run.apply(completed("wf.a"))
+    assert run.apply(event("wf.a", "failed", message="late")) is None
+    assert run.tasks["wf.a"].status is TaskStatus.COMPLETED
+    assert run.apply(event("other.x", "running")) is None
+
+
+def test_cancel_returns_what_the_coordinator_holds() -> None:
+    run = diamond()
+    run.take_ready()
+    held = run.cancel()
+    assert [t.name for t in held] == ["a"]
+    assert run.state() is WorkflowState.CANCELLED
+    assert run.take_ready() == []
+
+
+def test_counts_fold_waiting_into_queued() -> None:
+    run = diamond()
+    run.take_ready()
+    counts = run.counts()
+    assert counts["queued"] == 4
+    assert counts["total"] == 4
