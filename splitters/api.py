@@ -1,0 +1,246 @@
+"""The splitter plugin API: what a workflow type implements, and how its parameters are checked.
+
+A splitter turns a workflow's parameters into tasks (`split`), the outputs of those tasks into
+result files (`merge`), and says beforehand what the tasks will ask for (`estimate`). The
+manager runs split and merge; each task runs in a container on some volunteer, seeing its
+inputs read-only at /input/<name> and writing its declared outputs to /output/<name>.
+
+This module imports no numpy: daemons without the manager role load the registry too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from daemon.errors import NodeError
+
+# One record for "what a task asks for" across the codebase: the scheduler and the
+# volunteer policy read the very type that splitters fill in.
+from daemon.models import ResourceRequest
+
+__all__ = [
+    "DEFAULT_IMAGE",
+    "PROGRESS_FILE",
+    "Estimate",
+    "MergeError",
+    "Parameter",
+    "ResourceRequest",
+    "Splitter",
+    "SplitterError",
+    "TaskTemplate",
+    "validate_parameters",
+]
+
+# The generic worker image: python3 + numpy 1.24 (Debian bookworm); built by `make image`.
+DEFAULT_IMAGE = "vcnode/worker:1"
+# Where a task may write its progress (0-100); never a declared output.
+PROGRESS_FILE = ".progress"
+
+
+class SplitterError(NodeError):
+    """A workflow's parameters cannot be used; `key` names the one to fix."""
+
+    exit_code = 2
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+class MergeError(NodeError):
+    """The tasks' outputs do not add up to a result (missing or inconsistent files)."""
+
+
+def _check_plain_name(name: str, what: str) -> None:
+    # The volunteer refuses anything else, so a splitter finds out here, at split time.
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name == PROGRESS_FILE:
+        raise ValueError(f"{what} name {name!r} is not a plain file name")
+
+
+@dataclass(frozen=True)
+class TaskTemplate:
+    """One task as a splitter describes it; the manager gives it an id and content hashes.
+
+    `command` runs in `image` with the working directory /tmp; words that start with /input
+    or /output are rewritten for the process runtime, so write paths that way.
+    """
+
+    name: str  # unique within the workflow
+    command: tuple[str, ...]
+    # Name under /input -> the local file (in the workdir) that becomes it.
+    inputs: Mapping[str, Path]
+    outputs: tuple[str, ...]
+    resources: ResourceRequest
+    timeout_seconds: int
+    image: str = DEFAULT_IMAGE
+    depends_on: tuple[str, ...] = ()  # names of other tasks of the same workflow
+    retries: int = 0
+
+    def __post_init__(self) -> None:
+        _check_plain_name(self.name, "task")
+        if not self.command:
+            raise ValueError(f"task {self.name} has an empty command")
+        for input_name in self.inputs:
+            _check_plain_name(input_name, f"task {self.name} input")
+        for output_name in self.outputs:
+            _check_plain_name(output_name, f"task {self.name} output")
+        if self.timeout_seconds <= 0:
+            raise ValueError(f"task {self.name} needs a positive timeout")
+        if self.retries < 0:
+            raise ValueError(f"task {self.name} cannot have negative retries")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a workflow will ask of the pool, before anything is written."""
+
+    task_count: int
+    resources: ResourceRequest  # per task
+    seconds_per_task: float
+
+
+# Types a parameter may have. `Path` means an existing file: relative paths are taken from
+# the workflow file's directory.
+PARAMETER_TYPES: tuple[type, ...] = (int, float, bool, str, Path)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One key a splitter understands. Without a default and not required, it is None when
+    absent: the splitter decides what absence means (e.g. `a` or `size`)."""
+
+    name: str
+    type: type
+    help: str
+    default: Any = None
+    required: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.type not in PARAMETER_TYPES:
+            raise ValueError(f"parameter {self.name}: unsupported type {self.type.__name__}")
+        if self.required and self.default is not None:
+            raise ValueError(f"parameter {self.name}: required parameters have no default")
+
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _describe(value: object) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _coerce(parameter: Parameter, value: object, base_dir: Path) -> Any:
+    """The value as the parameter's type; strings (from `--set key=value`) are parsed."""
+    key, kind = parameter.name, parameter.type
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+    elif kind is int:
+        # bool is an int to Python, never to a person writing a workflow.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+    elif kind is float:
+        number: float | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+        if number is not None:
+            if not math.isfinite(number):
+                raise SplitterError(key, f"must be a finite number, got {value!r}")
+            return number
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif kind is Path:
+        if isinstance(value, str | Path) and str(value).strip():
+            path = Path(str(value).strip()).expanduser()
+            path = path if path.is_absolute() else base_dir / path
+            if not path.is_file():
+                raise SplitterError(key, f"no such file: {path}")
+            return path
+        raise SplitterError(key, f"expected a file path, got {_describe(value)}")
+    raise SplitterError(key, f"expected {_TYPE_WORDS[kind]}, got {_describe(value)}")
+
+
+def _check_value(parameter: Parameter, value: Any) -> None:
+    key = parameter.name
+    if parameter.choices and value not in parameter.choices:
+        allowed = ", ".join(str(choice) for choice in parameter.choices)
+        raise SplitterError(key, f"must be one of {allowed}, got {value!r}")
+    if parameter.minimum is not None and value < parameter.minimum:
+        raise SplitterError(key, f"must be at least {parameter.minimum:g}, got {value!r}")
+    if parameter.maximum is not None and value > parameter.maximum:
+        raise SplitterError(key, f"must be at most {parameter.maximum:g}, got {value!r}")
+
+
+def validate_parameters(
+    schema: tuple[Parameter, ...], raw: Mapping[str, Any], base_dir: Path
+) -> dict[str, Any]:
+    """Every key of `schema`, coerced and checked; absent optional ones get their default.
+
+    Raises SplitterError naming the first key that is unknown, missing, of the wrong type
+    or out of range. A None value counts as absent (JSON has null, TOML does not).
+    """
+    by_name = {parameter.name: parameter for parameter in schema}
+    for key in raw:
+        if key not in by_name:
+            known = ", ".join(sorted(by_name)) or "none"
+            raise SplitterError(key, f"unknown parameter (this workflow type takes: {known})")
+    params: dict[str, Any] = {}
+    for parameter in schema:
+        value = raw.get(parameter.name)
+        if value is None:
+            if parameter.required:
+                raise SplitterError(parameter.name, f"required: {parameter.help}")
+            params[parameter.name] = parameter.default
+            continue
+        coerced = _coerce(parameter, value, base_dir)
+        _check_value(parameter, coerced)
+        params[parameter.name] = coerced
+    return params
+
+
+class Splitter(Protocol):
+    """A workflow type. `params` below are what `validate_parameters(parameters, ...)`
+    returned; a splitter checks what one key cannot say alone (shapes, grid sizes) itself
+    and raises SplitterError naming the key to fix."""
+
+    name: str
+    description: str
+    parameters: tuple[Parameter, ...]
+
+    def split(self, params: Mapping[str, Any], workdir: Path) -> list[TaskTemplate]:
+        """Writes the tasks' input files into `workdir` and describes the tasks."""
+        ...
+
+    def merge(self, outputs: Mapping[str, Mapping[str, Path]], workdir: Path) -> list[Path]:
+        """Task name -> output name -> local file, for every task; returns the result files
+        it wrote into `workdir`. Raises MergeError when the outputs do not fit together."""
+        ...
+
+    def estimate(self, params: Mapping[str, Any]) -> Estimate:
+        """Task count, per-task resources and a rough time, without writing anything."""
+        ...
