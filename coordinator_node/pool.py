@@ -36,7 +36,16 @@ from daemon.models import (
 
 log = logging.getLogger(__name__)
 
-Outgoing = SendOffer | SendCancel
+
+@dataclass(frozen=True)
+class AckResult:
+    """Tells a volunteer its result arrived, so it stops keeping it for re-sending."""
+
+    task_id: str
+    attempt: int
+
+
+Outgoing = SendOffer | SendCancel | AckResult
 # A stimulus for the scheduler, given the time it happens.
 Stimulus = Callable[[float], list[Instruction]]
 
@@ -173,6 +182,8 @@ class Pool:
     async def finished(self, session: PoolSession, result: TaskResult) -> None:
         vid = session.token.volunteer_id
         await self._stimulus(session, lambda now: self._scheduler.finished(vid, result, now))
+        # Acknowledged even when it did not count (late, duplicate): it is safely here.
+        session.outbox.put_nowait(AckResult(result.task_id, result.attempt))
 
     async def _stimulus(self, session: PoolSession, handle: Stimulus) -> None:
         async with self._lock:

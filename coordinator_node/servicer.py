@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import grpc
 
-from coordinator_node.pool import Outgoing, Pool, PoolSession
+from coordinator_node.pool import AckResult, Outgoing, Pool, PoolSession
 from coordinator_node.scheduler import SendOffer
 from daemon.errors import RejectedError
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
@@ -23,6 +23,12 @@ def _outgoing_to_proto(message: Outgoing) -> coordinator_pb2.CoordinatorMessage:
     if isinstance(message, SendOffer):
         return coordinator_pb2.CoordinatorMessage(
             offer=coordinator_pb2.TaskOffer(task=convert.task_spec_to_proto(message.task))
+        )
+    if isinstance(message, AckResult):
+        return coordinator_pb2.CoordinatorMessage(
+            result_ack=coordinator_pb2.TaskResultAck(
+                task_id=message.task_id, attempt=message.attempt
+            )
         )
     return coordinator_pb2.CoordinatorMessage(
         cancel=coordinator_pb2.CancelTask(task_id=message.task_id, reason=message.reason)

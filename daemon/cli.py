@@ -17,7 +17,7 @@ import grpc
 
 from daemon import config as config_module
 from daemon.app import Node
-from daemon.client import views
+from daemon.client import views, workflows
 from daemon.client.locate import Target, browse, locate
 from daemon.errors import NodeError
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
@@ -255,6 +255,9 @@ async def _peers(args: argparse.Namespace) -> int:
 
 
 async def _status(args: argparse.Namespace) -> int:
+    if args.workflow:
+        args.role = "manager"
+        return await workflows.status(await locate(_target(args)), args)
     address = await locate(_target(args))
 
     async def ask(channel: grpc.aio.Channel) -> tuple[node_pb2.NodeInfo, node_pb2.ListPeersReply]:
@@ -307,7 +310,10 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 def _add_client_parsers(commands: Any) -> None:
-    status = commands.add_parser("status", help="this node and the peers it sees")
+    status = commands.add_parser(
+        "status", help="this node and the peers it sees, or a workflow's progress"
+    )
+    status.add_argument("workflow", nargs="?", help="a workflow id: show its tasks instead")
     _add_target_arguments(status, None)
     status.set_defaults(handler=_async(_status))
 
@@ -320,6 +326,59 @@ def _add_client_parsers(commands: Any) -> None:
     )
     _add_target_arguments(peers, None)
     peers.set_defaults(handler=_async(_peers))
+
+
+def _add_workflow_parsers(commands: Any) -> None:
+    submit = commands.add_parser("submit", help="split a workflow into tasks and run them")
+    submit.add_argument("workflow", type=Path, help="a workflow file (TOML)")
+    submit.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a [parameters] value (repeatable)",
+    )
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="show progress until the workflow ends; exit 0 only if it completed",
+    )
+    _add_target_arguments(submit, "manager")
+    submit.set_defaults(handler=_on_manager(workflows.submit))
+
+    for name, handler, help_text in (
+        ("watch", workflows.watch, "print a workflow's events as they happen"),
+        ("cancel", workflows.cancel, "cancel a workflow; its running containers are stopped"),
+    ):
+        parser = commands.add_parser(name, help=help_text)
+        parser.add_argument("workflow", help="the workflow id")
+        _add_target_arguments(parser, "manager")
+        parser.set_defaults(handler=_on_manager(handler))
+
+    results = commands.add_parser("results", help="download a workflow's merged results")
+    results.add_argument("workflow", help="the workflow id")
+    results.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="where to write the result files (default: here)",
+    )
+    _add_target_arguments(results, "manager")
+    results.set_defaults(handler=_on_manager(workflows.results))
+
+    listing = commands.add_parser("workflows", help="the manager's workflows")
+    _add_target_arguments(listing, "manager")
+    listing.set_defaults(handler=_on_manager(workflows.list_workflows))
+
+
+def _on_manager(
+    command: Callable[[str, argparse.Namespace], Awaitable[int]],
+) -> Callable[[argparse.Namespace], int]:
+    async def run(args: argparse.Namespace) -> int:
+        return await command(await locate(_target(args)), args)
+
+    return _async(run)
 
 
 def _async(command: Callable[[argparse.Namespace], Awaitable[int]]) -> Callable[..., int]:
@@ -341,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_daemon_parser(commands)
     _add_client_parsers(commands)
+    _add_workflow_parsers(commands)
     from daemon.demo import add_demo_parser
 
     add_demo_parser(commands)

@@ -1,32 +1,72 @@
-"""The manager role: owns workflows and their files."""
+"""The manager role: owns workflows, serves their inputs, receives and merges their outputs."""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
 
 import grpc
 
 from daemon.roles import RoleContext
-from daemon.rpc.v1 import manager_pb2_grpc
+from daemon.rpc.v1 import manager_pb2_grpc, transfer_pb2_grpc
+from daemon.transfer.blobstore import BlobStore
+from daemon.transfer.servicer import TransferServicer
+from manager_node.coordinator_client import CoordinatorClient
+from manager_node.manager import WorkflowManager
 from manager_node.servicer import ManagerServicer
 from manager_node.store import ManagerStore
+
+GIB = 1024**3
+MAX_BLOB_BYTES = 64 * GIB
+BLOB_QUOTA_BYTES = 512 * GIB
 
 
 class ManagerRole:
     name = "manager"
 
     def __init__(self, context: RoleContext) -> None:
+        self._context = context
         self._store = ManagerStore(context.data_dir)
+        self._blobs = BlobStore(
+            context.data_dir / "blobs", max_blob_bytes=MAX_BLOB_BYTES, quota_bytes=BLOB_QUOTA_BYTES
+        )
+        self.manager = WorkflowManager(self._store, self._blobs, context.data_dir / "workflows")
+        self._following: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
-        manager_pb2_grpc.add_ManagerServiceServicer_to_server(ManagerServicer(self._store), server)
+        manager_pb2_grpc.add_ManagerServiceServicer_to_server(
+            ManagerServicer(self.manager, self._store), server
+        )
+        transfer_pb2_grpc.add_TransferServiceServicer_to_server(
+            TransferServicer(self._blobs, self.manager), server
+        )
 
     async def open(self) -> None:
         await self._store.open()
+        await self._blobs.open()
+        await self.manager.open()
 
     async def start(self, address: str) -> None:
-        pass
+        config = self._context.config
+        coordinator = config.coordinator
+        if coordinator is None and "coordinator" in self._context.identity.roles:
+            coordinator = address
+        client = CoordinatorClient(
+            manager_id=self._context.identity.node_id,
+            explicit_address=coordinator,
+            directory=self._context.directory,
+            on_event=self.manager.on_event,
+            after_sequence=self.manager.last_sequence,
+        )
+        await self.manager.start(client, address)
+        self._following = asyncio.get_running_loop().create_task(client.run(address))
 
     async def stop(self) -> None:
-        pass
+        if self._following is not None:
+            self._following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._following
+        await self.manager.stop()
 
     async def close(self) -> None:
         await self._store.close()

@@ -1,8 +1,4 @@
-"""ManagerService over gRPC: converts messages, calls the store, maps errors.
-
-Submission, watching, results and cancel arrive with task execution; until then the
-generated base class answers them UNIMPLEMENTED.
-"""
+"""ManagerService over gRPC: converts messages, calls the workflow manager, maps errors."""
 
 from __future__ import annotations
 
@@ -13,8 +9,21 @@ import grpc
 
 from daemon.errors import NotFoundError
 from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
-from daemon.transport.errors import abort_not_available, maps_errors
+from daemon.transport import convert
+from daemon.transport.errors import maps_errors
+from manager_node.manager import WorkflowManager, WorkflowUpdate
 from manager_node.store import ManagerStore, WorkflowRow
+
+
+def _counts(counts: dict[str, int]) -> manager_pb2.WorkflowCounts:
+    return manager_pb2.WorkflowCounts(
+        queued=counts.get("queued", 0) + counts.get("waiting", 0),
+        running=counts.get("running", 0),
+        completed=counts.get("completed", 0),
+        failed=counts.get("failed", 0) + counts.get("skipped", 0),
+        cancelled=counts.get("cancelled", 0),
+        total=counts.get("total", 0),
+    )
 
 
 def _workflow_to_proto(workflow: WorkflowRow) -> manager_pb2.WorkflowStatus:
@@ -24,14 +33,7 @@ def _workflow_to_proto(workflow: WorkflowRow) -> manager_pb2.WorkflowStatus:
         name=workflow.name,
         type=workflow.type,
         state=workflow.state,
-        counts=manager_pb2.WorkflowCounts(
-            queued=states["queued"],
-            running=states["running"],
-            completed=states["completed"],
-            failed=states["failed"],
-            cancelled=states["cancelled"],
-            total=len(workflow.tasks),
-        ),
+        counts=_counts({**states, "total": len(workflow.tasks)}),
         tasks=[
             manager_pb2.TaskStatus(
                 task_id=task.task_id,
@@ -45,19 +47,44 @@ def _workflow_to_proto(workflow: WorkflowRow) -> manager_pb2.WorkflowStatus:
         ],
         created_at=workflow.created_at,
         updated_at=workflow.updated_at,
+        error=workflow.error,
+    )
+
+
+def _update_to_proto(update: WorkflowUpdate) -> manager_pb2.WorkflowEvent:
+    return manager_pb2.WorkflowEvent(
+        workflow_id=update.workflow_id,
+        task_id=update.task_id,
+        kind=update.kind,
+        message=update.message,
+        at=update.at,
+        counts=_counts(update.counts),
     )
 
 
 class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
-    def __init__(self, store: ManagerStore) -> None:
+    def __init__(self, manager: WorkflowManager, store: ManagerStore) -> None:
+        self._manager = manager
         self._store = store
 
     @maps_errors
-    async def ListWorkflows(
-        self, request: manager_pb2.ListWorkflowsRequest, context: grpc.aio.ServicerContext
-    ) -> manager_pb2.ListWorkflowsReply:
-        workflows = await self._store.workflows()
-        return manager_pb2.ListWorkflowsReply(workflows=[_workflow_to_proto(w) for w in workflows])
+    async def SubmitWorkflow(
+        self, request: manager_pb2.SubmitWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> manager_pb2.SubmitWorkflowReply:
+        submitted = await self._manager.submit(
+            request.workflow_toml,
+            dict(request.overrides),
+            [convert.file_ref_from_proto(ref) for ref in request.files],
+        )
+        return manager_pb2.SubmitWorkflowReply(
+            workflow_id=submitted.workflow_id, task_count=submitted.task_count
+        )
+
+    async def WatchWorkflow(
+        self, request: manager_pb2.WatchWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[manager_pb2.WorkflowEvent]:
+        async for update in self._manager.watch(request.workflow_id):
+            yield _update_to_proto(update)
 
     @maps_errors
     async def GetWorkflowStatus(
@@ -68,26 +95,26 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             raise NotFoundError(f"no workflow {request.workflow_id!r} on this manager")
         return _workflow_to_proto(found[0])
 
-    async def SubmitWorkflow(
-        self, request: manager_pb2.SubmitWorkflowRequest, context: grpc.aio.ServicerContext
-    ) -> manager_pb2.SubmitWorkflowReply:
-        await abort_not_available(context, "workflow submission")
-        raise AssertionError("unreachable: abort raises")
-
-    async def WatchWorkflow(
-        self, request: manager_pb2.WatchWorkflowRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[manager_pb2.WorkflowEvent]:
-        await abort_not_available(context, "watching a workflow")
-        yield manager_pb2.WorkflowEvent()  # unreachable: makes this a generator, as gRPC expects
-
+    @maps_errors
     async def GetResults(
         self, request: manager_pb2.GetResultsRequest, context: grpc.aio.ServicerContext
     ) -> manager_pb2.GetResultsReply:
-        await abort_not_available(context, "fetching results")
-        raise AssertionError("unreachable: abort raises")
+        found = await self._store.workflows(request.workflow_id)
+        if not found:
+            raise NotFoundError(f"no workflow {request.workflow_id!r} on this manager")
+        files = await self._store.files(request.workflow_id, "result")
+        return manager_pb2.GetResultsReply(files=[convert.file_ref_to_proto(f) for f in files])
 
+    @maps_errors
     async def CancelWorkflow(
         self, request: manager_pb2.CancelWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> manager_pb2.CancelWorkflowReply:
-        await abort_not_available(context, "cancelling a workflow")
-        raise AssertionError("unreachable: abort raises")
+        cancelled = await self._manager.cancel(request.workflow_id)
+        return manager_pb2.CancelWorkflowReply(cancelled_tasks=cancelled)
+
+    @maps_errors
+    async def ListWorkflows(
+        self, request: manager_pb2.ListWorkflowsRequest, context: grpc.aio.ServicerContext
+    ) -> manager_pb2.ListWorkflowsReply:
+        workflows = await self._store.workflows()
+        return manager_pb2.ListWorkflowsReply(workflows=[_workflow_to_proto(w) for w in workflows])

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
-from daemon.store import Database, Migration
+from daemon.models import FileRef, TaskSpec
+from daemon.store import Database, Migration, codecs
+from manager_node.workflow import TaskStatus, WorkflowTask
 
 
 def _initial_schema(db: sqlite_utils.Database) -> None:
@@ -51,7 +56,38 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX files_by_workflow ON files (workflow_id)")
 
 
-MIGRATIONS = (Migration("manager/0001_initial", _initial_schema),)
+def _meta(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+def _workflow_error(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE workflows ADD COLUMN error TEXT NOT NULL DEFAULT ''")
+
+
+MIGRATIONS = (
+    Migration("manager/0001_initial", _initial_schema),
+    Migration("manager/0002_meta", _meta),
+    Migration("manager/0003_workflow_error", _workflow_error),
+)
+COORDINATOR_SEQUENCE = "coordinator_sequence"
+
+
+@dataclass(frozen=True)
+class NewTask:
+    spec: TaskSpec
+    name: str
+    depends_on: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """An unfinished workflow as saved: enough to rebuild its WorkflowRun after a restart."""
+
+    workflow_id: str
+    type: str
+    state: str
+    tasks: tuple[WorkflowTask, ...]
+    specs: dict[str, TaskSpec]
 
 
 @dataclass(frozen=True)
@@ -73,6 +109,7 @@ class WorkflowRow:
     created_at: float
     updated_at: float
     tasks: tuple[TaskRow, ...]
+    error: str = ""
 
 
 class ManagerStore:
@@ -114,8 +151,170 @@ class ManagerStore:
                         created_at=row["created_at"],
                         updated_at=row["updated_at"],
                         tasks=tasks,
+                        error=row["error"],
                     )
                 )
             return found
 
         return await self.database.read(read)
+
+    async def create_workflow(
+        self,
+        workflow_id: str,
+        name: str,
+        workflow_type: str,
+        parameters: dict[str, Any],
+        tasks: list[NewTask],
+        inputs: list[FileRef],
+    ) -> None:
+        now = time.time()
+
+        def write(db: sqlite_utils.Database) -> None:
+            db.execute(
+                "INSERT INTO workflows (id, name, type, state, spec, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+                (workflow_id, name, workflow_type, json.dumps(parameters, default=str), now, now),
+            )
+            db.conn.executemany(
+                "INSERT INTO tasks (id, workflow_id, name, state, spec, depends_on, updated_at) "
+                "VALUES (?, ?, ?, 'waiting', ?, ?, ?)",
+                [
+                    (
+                        t.spec.task_id,
+                        workflow_id,
+                        t.name,
+                        codecs.dump(t.spec),
+                        json.dumps(list(t.depends_on)),
+                        now,
+                    )
+                    for t in tasks
+                ],
+            )
+            self._insert_files(db, workflow_id, None, "input", inputs)
+
+        await self.database.run(write)
+
+    @staticmethod
+    def _insert_files(
+        db: sqlite_utils.Database,
+        workflow_id: str,
+        task_id: str | None,
+        role: str,
+        refs: list[FileRef],
+    ) -> None:
+        db.conn.executemany(
+            "INSERT INTO files (workflow_id, task_id, role, name, sha256, size) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(workflow_id, task_id, role, r.name, r.sha256, r.size) for r in refs],
+        )
+
+    async def save_task(self, task: WorkflowTask) -> None:
+        def write(db: sqlite_utils.Database) -> None:
+            db.execute(
+                "UPDATE tasks SET state = ?, attempts = ?, volunteer_id = ?, error = ?, "
+                "result = ?, updated_at = ? WHERE id = ?",
+                (
+                    task.status.value,
+                    task.attempts,
+                    task.volunteer_id or None,
+                    task.message or None,
+                    codecs.dump(task.result) if task.result else None,
+                    time.time(),
+                    task.task_id,
+                ),
+            )
+            if task.status is TaskStatus.COMPLETED and task.outputs:
+                workflow_id = db.execute(
+                    "SELECT workflow_id FROM tasks WHERE id = ?", (task.task_id,)
+                ).fetchone()[0]
+                self._insert_files(db, workflow_id, task.task_id, "output", list(task.outputs))
+
+        await self.database.run(write)
+
+    async def set_workflow_state(self, workflow_id: str, state: str, error: str = "") -> None:
+        def write(db: sqlite_utils.Database) -> None:
+            db.execute(
+                "UPDATE workflows SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+                (state, error, time.time(), workflow_id),
+            )
+
+        await self.database.run(write)
+
+    async def add_results(self, workflow_id: str, refs: list[FileRef]) -> None:
+        await self.database.run(
+            lambda db: self._insert_files(db, workflow_id, None, "result", refs)
+        )
+
+    async def files(self, workflow_id: str, role: str) -> list[FileRef]:
+        def read(db: sqlite_utils.Database) -> list[FileRef]:
+            rows = db.execute(
+                "SELECT name, sha256, size FROM files WHERE workflow_id = ? AND role = ? "
+                "ORDER BY rowid",
+                (workflow_id, role),
+            ).fetchall()
+            return [FileRef(name, sha256, size) for name, sha256, size in rows]
+
+        return await self.database.read(read)
+
+    async def shareable_blobs(self) -> set[str]:
+        """Blobs volunteers and clients may download: task inputs and merged results."""
+
+        def read(db: sqlite_utils.Database) -> set[str]:
+            rows = db.execute("SELECT sha256 FROM files WHERE role IN ('input', 'result')")
+            return {row[0] for row in rows.fetchall()}
+
+        return await self.database.read(read)
+
+    async def unfinished_runs(self) -> list[StoredRun]:
+        def read(db: sqlite_utils.Database) -> list[StoredRun]:
+            runs = []
+            for workflow in db["workflows"].rows_where(
+                "state IN ('queued', 'running', 'merging')", order_by="created_at"
+            ):
+                tasks, specs = [], {}
+                for row in db["tasks"].rows_where(
+                    "workflow_id = ?", [workflow["id"]], order_by="rowid"
+                ):
+                    spec = codecs.task_spec_from_json(row["spec"])
+                    specs[spec.task_id] = spec
+                    result = codecs.task_result_from_json(row["result"])
+                    status = TaskStatus(row["state"])
+                    tasks.append(
+                        WorkflowTask(
+                            task_id=row["id"],
+                            name=row["name"],
+                            depends_on=tuple(json.loads(row["depends_on"])),
+                            status=status,
+                            attempts=row["attempts"],
+                            volunteer_id=row["volunteer_id"] or "",
+                            message=row["error"] or "",
+                            outputs=result.outputs
+                            if result and status is TaskStatus.COMPLETED
+                            else (),
+                            result=result,
+                        )
+                    )
+                runs.append(
+                    StoredRun(
+                        workflow["id"], workflow["type"], workflow["state"], tuple(tasks), specs
+                    )
+                )
+            return runs
+
+        return await self.database.read(read)
+
+    async def meta(self, key: str) -> str | None:
+        def read(db: sqlite_utils.Database) -> str | None:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return row[0] if row else None
+
+        return await self.database.read(read)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self.database.run(
+            lambda db: db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+        )

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 import grpc
 
 from daemon.discovery.directory import PeerDirectory
-from daemon.discovery.peers import PeerTable
+from daemon.discovery.finder import CoordinatorFinder
 from daemon.errors import RejectedError
-from daemon.models import Load, Registration
+from daemon.models import Load, Registration, TaskResult, TaskSpec
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
@@ -26,9 +26,18 @@ from daemon.volunteer.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
-# How long a coordinator that failed us is tried only when no other one is known.
-FAILED_COOLDOWN_SECONDS = 30.0
-DISCOVERY_WAIT_SECONDS = 5.0
+
+class SessionHandler(Protocol):
+    """What the volunteer does with what its coordinator says."""
+
+    async def on_connected(self) -> None:
+        """Welcomed: a good moment to re-send results the coordinator has not acknowledged."""
+
+    async def on_offer(self, task: TaskSpec) -> None: ...
+
+    async def on_cancel(self, task_id: str, reason: str) -> None: ...
+
+    async def on_result_ack(self, task_id: str, attempt: int) -> None: ...
 
 
 class CoordinatorLink:
@@ -39,30 +48,30 @@ class CoordinatorLink:
         directory: PeerDirectory | None,
         registration: Callable[[], Awaitable[Registration]],
         load: Callable[[], Load],
+        handler: SessionHandler,
         heartbeat_seconds: float,
         backoff: Backoff | None = None,
     ) -> None:
-        if explicit_address is None and directory is None:
-            raise ValueError("a volunteer needs --coordinator or mDNS")
-        self._explicit_address = explicit_address
-        self._directory = directory
+        self._finder = CoordinatorFinder(explicit_address, directory)
         self._registration = registration
         self._load = load
+        self._handler = handler
         self._default_heartbeat = heartbeat_seconds
+        # Outlives sessions: what could not be sent before a stream broke goes on the next.
+        self._outgoing: asyncio.Queue[coordinator_pb2.VolunteerMessage] = asyncio.Queue()
         self._backoff = backoff or Backoff()
-        self._failed_at: dict[str, float] = {}
         self.connected_to: str | None = None
 
     async def run(self) -> None:
         """Keeps a session open until cancelled. Raises RejectedError only when the explicitly
         named coordinator refuses us, since retrying it cannot help."""
         while True:
-            address = await self._choose_coordinator()
+            address = await self._finder.next_address()
             try:
                 await self._run_session(address)
                 log.warning("coordinator %s closed the session", address)
             except RejectedError as error:
-                if self._explicit_address is not None:
+                if self._finder.explicit_address is not None:
                     raise
                 log.error("coordinator %s refused us: %s", address, error)
             except grpc.aio.AioRpcError as error:
@@ -71,53 +80,55 @@ class CoordinatorLink:
                 )
             if self.connected_to is not None:  # we were welcomed: the address worked
                 self._backoff.reset()
-                self._failed_at.pop(address, None)
+                self._finder.worked(address)
             else:
-                self._failed_at[address] = time.monotonic()
+                self._finder.failed(address)
             self.connected_to = None
             delay = self._backoff.next_delay()
             log.info("reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
 
-    async def _choose_coordinator(self) -> str:
-        if self._explicit_address is not None:
-            return self._explicit_address
-        assert self._directory is not None
-        waiting_logged = False
-        while True:
-            address = await self._directory.wait_for(self._best_coordinator, DISCOVERY_WAIT_SECONDS)
-            if address is not None:
-                return address
-            if not waiting_logged:
-                log.warning("no coordinator of our cluster found on mDNS yet; still looking")
-                waiting_logged = True
+    # --- what the volunteer tells its coordinator ----------------------------------------
 
-    def _best_coordinator(self, table: PeerTable) -> str | None:
-        now = time.monotonic()
-        candidates = [peer.address for peer in table.coordinators()]
-        if not candidates:
-            return None
-        # Coordinators that have not failed recently first, then the one that failed longest ago.
-        return min(
-            candidates,
-            key=lambda a: (
-                now - self._failed_at.get(a, -1e9) < FAILED_COOLDOWN_SECONDS,
-                self._failed_at.get(a, -1e9),
-            ),
+    def send_accept(self, task_id: str, attempt: int) -> None:
+        self._send(accept=coordinator_pb2.TaskAccept(task_id=task_id, attempt=attempt))
+
+    def send_decline(self, task_id: str, attempt: int, reason: str) -> None:
+        self._send(
+            decline=coordinator_pb2.TaskDecline(task_id=task_id, attempt=attempt, reason=reason)
         )
+
+    def send_progress(self, task_id: str, attempt: int, percent: float) -> None:
+        self._send(
+            progress=coordinator_pb2.TaskProgress(task_id=task_id, attempt=attempt, percent=percent)
+        )
+
+    def send_result(self, result: TaskResult) -> None:
+        self._send(result=convert.task_result_to_proto(result))
+
+    def _send(self, **kind: Any) -> None:
+        self._outgoing.put_nowait(coordinator_pb2.VolunteerMessage(**kind))
+
+    async def _drain(
+        self, first: coordinator_pb2.VolunteerMessage
+    ) -> AsyncIterator[coordinator_pb2.VolunteerMessage]:
+        yield first
+        while True:
+            yield await self._outgoing.get()
+
+    # --- sessions ---------------------------------------------------------------------------
 
     async def _run_session(self, address: str) -> None:
         """One session, until the stream ends; sets `connected_to` once welcomed."""
-        outbox: asyncio.Queue[coordinator_pb2.VolunteerMessage] = asyncio.Queue()
         registration = await self._registration()
-        outbox.put_nowait(
-            coordinator_pb2.VolunteerMessage(register=convert.registration_to_proto(registration))
+        register = coordinator_pb2.VolunteerMessage(
+            register=convert.registration_to_proto(registration)
         )
         channel = open_channel(address)
         heartbeats: asyncio.Task[None] | None = None
         try:
             stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-            call = stub.VolunteerSession(_drain(outbox))
+            call = stub.VolunteerSession(self._drain(register))
             try:
                 first = await call.read()
             except grpc.aio.AioRpcError as error:
@@ -134,14 +145,10 @@ class CoordinatorLink:
                 address,
                 interval,
             )
-            heartbeats = asyncio.get_running_loop().create_task(
-                self._heartbeat_forever(outbox, interval)
-            )
+            heartbeats = asyncio.get_running_loop().create_task(self._heartbeat_forever(interval))
+            await self._handler.on_connected()
             while (message := await call.read()) is not grpc.aio.EOF:
-                log.info(
-                    "coordinator sent %s; task execution is not enabled on this node yet",
-                    message.WhichOneof("kind"),
-                )
+                await self._dispatch(message)
         finally:
             if heartbeats is not None:
                 heartbeats.cancel()
@@ -149,19 +156,21 @@ class CoordinatorLink:
                     await heartbeats
             await channel.close()
 
-    async def _heartbeat_forever(
-        self, outbox: asyncio.Queue[coordinator_pb2.VolunteerMessage], interval: float
-    ) -> None:
+    async def _dispatch(self, message: coordinator_pb2.CoordinatorMessage) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "offer":
+            await self._handler.on_offer(convert.task_spec_from_proto(message.offer.task))
+        elif kind == "cancel":
+            await self._handler.on_cancel(message.cancel.task_id, message.cancel.reason)
+        elif kind == "result_ack":
+            ack = message.result_ack
+            await self._handler.on_result_ack(ack.task_id, ack.attempt)
+        else:
+            log.warning("coordinator sent an unexpected %s", kind)
+
+    async def _heartbeat_forever(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            load = convert.load_to_proto(self._load())
-            outbox.put_nowait(
-                coordinator_pb2.VolunteerMessage(heartbeat=coordinator_pb2.Heartbeat(load=load))
+            self._send(
+                heartbeat=coordinator_pb2.Heartbeat(load=convert.load_to_proto(self._load()))
             )
-
-
-async def _drain(
-    outbox: asyncio.Queue[coordinator_pb2.VolunteerMessage],
-) -> AsyncIterator[coordinator_pb2.VolunteerMessage]:
-    while True:
-        yield await outbox.get()

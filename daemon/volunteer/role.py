@@ -1,4 +1,4 @@
-"""The volunteer role: reports this machine to a coordinator and keeps that session alive."""
+"""The volunteer role: reports this machine to a coordinator and runs the tasks it accepts."""
 
 from __future__ import annotations
 
@@ -12,10 +12,19 @@ from daemon.errors import NodeError, RejectedError
 from daemon.models import Load, Registration
 from daemon.resources import measure_load, measure_resources, probe_docker
 from daemon.roles import RoleContext
+from daemon.runtime.docker import DockerRuntime
+from daemon.runtime.process import ProcessRuntime
+from daemon.runtime.spec import Runtime
+from daemon.volunteer.blobs import BlobTransfers
 from daemon.volunteer.link import CoordinatorLink
 from daemon.volunteer.store import VolunteerStore
+from daemon.volunteer.worker import TaskWorker, WorkerConfig
 
 log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+# Inputs kept for reuse when the owner set no disk cap.
+DEFAULT_CACHE_BYTES = 20 * 1024**3
 
 
 class VolunteerRole:
@@ -24,17 +33,55 @@ class VolunteerRole:
     def __init__(self, context: RoleContext) -> None:
         self._context = context
         self._store = VolunteerStore(context.data_dir)
-        self._running_tasks = 0
+        limits = context.config.limits
+        cache_bytes = limits.max_disk_mb * MIB if limits.max_disk_mb else DEFAULT_CACHE_BYTES
+        self._transfers = BlobTransfers(context.data_dir / "blobs", cache_bytes)
+        self._docker: DockerRuntime | None = None
+        self._docker_available = False
+        self._images: tuple[str, ...] = ()
+        self.worker: TaskWorker | None = None
         self.link: CoordinatorLink | None = None
         self._task: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
-        """The volunteer serves nothing of its own yet: it only dials out."""
+        """The volunteer serves nothing of its own: it only dials out."""
 
     async def open(self) -> None:
         await self._store.open()
+        await self._transfers.open()
+        self._docker_available, self._images = await probe_docker()
+        limits = self._context.config.limits
+        runtime: Runtime | None = None
+        if self._docker_available:
+            self._docker = runtime = DockerRuntime()
+        elif limits.allow_process_runtime:
+            runtime = ProcessRuntime(self._context.data_dir / "scratch")
+            log.warning(
+                "no Docker engine: tasks will run as plain processes, UNISOLATED, as the "
+                "owner allowed (--allow-process-runtime)"
+            )
+        else:
+            log.warning(
+                "no Docker engine and the process runtime is not allowed: this volunteer "
+                "will decline every task"
+            )
+        self.worker = TaskWorker(
+            WorkerConfig(tasks_dir=self._context.data_dir / "tasks", limits=limits),
+            self._store,
+            self._transfers,
+            runtime,
+            resources=lambda: measure_resources(
+                self._context.data_dir, self._docker_available, self._images
+            ),
+            image_id=self._image_id,
+        )
+        await self.worker.open()
+
+    async def _image_id(self, image: str) -> str | None:
+        return await self._docker.image_id(image) if self._docker else None
 
     async def start(self, address: str) -> None:
+        assert self.worker is not None
         config = self._context.config
         coordinator = config.coordinator
         if coordinator is None and "coordinator" in self._context.identity.roles:
@@ -44,8 +91,10 @@ class VolunteerRole:
             directory=self._context.directory,
             registration=self._registration,
             load=self._load,
+            handler=self.worker,
             heartbeat_seconds=config.heartbeat_seconds,
         )
+        self.worker.attach(self.link)
         self._task = asyncio.get_running_loop().create_task(self.link.run())
         self._task.add_done_callback(self._on_link_done)
 
@@ -62,7 +111,8 @@ class VolunteerRole:
             self._context.on_fatal(NodeError(f"coordinator link failed: {error!r}"))
 
     async def _registration(self) -> Registration:
-        docker_available, images = await probe_docker()
+        assert self.worker is not None
+        self._docker_available, self._images = await probe_docker()
         identity = self._context.identity
         return Registration(
             volunteer_id=identity.node_id,
@@ -70,19 +120,26 @@ class VolunteerRole:
             cluster=identity.cluster,
             protocol_version=identity.protocol_version,
             version=identity.version,
-            resources=measure_resources(self._context.data_dir, docker_available, images),
+            resources=measure_resources(
+                self._context.data_dir, self._docker_available, self._images
+            ),
             limits=self._context.config.limits,
-            running_task_ids=await self._store.running_task_ids(),
+            running_task_ids=self.worker.running_task_ids(),
         )
 
     def _load(self) -> Load:
-        return measure_load(self._running_tasks)
+        running = len(self.worker.running_task_ids()) if self.worker else 0
+        return measure_load(running)
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.worker is not None:
+            await self.worker.stop()
 
     async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
         await self._store.close()

@@ -3,11 +3,13 @@ results not yet delivered to their manager."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import sqlite_utils
 
-from daemon.store import Database, Migration
+from daemon.models import TaskResult, TaskSpec
+from daemon.store import Database, Migration, codecs
 
 
 def _initial_schema(db: sqlite_utils.Database) -> None:
@@ -61,9 +63,67 @@ class VolunteerStore:
     async def close(self) -> None:
         await self.database.close()
 
-    async def running_task_ids(self) -> tuple[str, ...]:
-        def read(db: sqlite_utils.Database) -> tuple[str, ...]:
-            rows = db.execute("SELECT id FROM tasks WHERE state = 'running' ORDER BY id")
-            return tuple(row[0] for row in rows.fetchall())
+    async def record_task(self, spec: TaskSpec, state: str) -> None:
+        now = time.time()
+
+        def write(db: sqlite_utils.Database) -> None:
+            db.execute(
+                """INSERT INTO tasks
+                     (id, attempt, workflow_id, spec, state, received_at, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(id, attempt) DO UPDATE SET state=excluded.state,
+                     updated_at=excluded.updated_at""",
+                (spec.task_id, spec.attempt, spec.workflow_id, codecs.dump(spec), state, now, now),
+            )
+
+        await self.database.run(write)
+
+    async def abandon_unfinished(self) -> int:
+        """After a restart: runs that were in progress died with the old process."""
+
+        def write(db: sqlite_utils.Database) -> int:
+            cursor = db.execute(
+                "UPDATE tasks SET state = 'abandoned', updated_at = ? "
+                "WHERE state NOT IN ('finished', 'cancelled', 'abandoned')",
+                (time.time(),),
+            )
+            return int(cursor.rowcount)
+
+        return await self.database.run(write)
+
+    async def save_result(self, result: TaskResult, manager_address: str) -> None:
+        """Keeps the result in the outbox until the coordinator acknowledges it."""
+        now = time.time()
+
+        def write(db: sqlite_utils.Database) -> None:
+            db.execute(
+                "UPDATE tasks SET state = 'finished', result = ?, updated_at = ? "
+                "WHERE id = ? AND attempt = ?",
+                (codecs.dump(result), now, result.task_id, result.attempt),
+            )
+            db.execute(
+                """INSERT INTO outbox (task_id, attempt, manager_address, result, created_at)
+                   VALUES (?, ?, ?, ?, ?)""",
+                (result.task_id, result.attempt, manager_address, codecs.dump(result), now),
+            )
+
+        await self.database.run(write)
+
+    async def acknowledge(self, task_id: str, attempt: int) -> None:
+        def write(db: sqlite_utils.Database) -> None:
+            db.execute(
+                "UPDATE outbox SET delivered_at = ? "
+                "WHERE task_id = ? AND attempt = ? AND delivered_at IS NULL",
+                (time.time(), task_id, attempt),
+            )
+
+        await self.database.run(write)
+
+    async def unacknowledged_results(self) -> list[TaskResult]:
+        def read(db: sqlite_utils.Database) -> list[TaskResult]:
+            rows = db.execute(
+                "SELECT result FROM outbox WHERE delivered_at IS NULL ORDER BY id"
+            ).fetchall()
+            return [r for r in (codecs.task_result_from_json(row[0]) for row in rows) if r]
 
         return await self.database.read(read)

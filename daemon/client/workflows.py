@@ -1,0 +1,359 @@
+"""`node submit`, `node status WORKFLOW`, `node watch`, `node results`, `node cancel`,
+`node workflows`: gRPC clients of a manager daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+
+from daemon.client import views
+from daemon.errors import NodeError
+from daemon.models import FileRef
+from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
+from daemon.transfer.blobstore import BlobStore
+from daemon.transfer.client import download, upload
+from daemon.transport import convert
+from daemon.transport.channels import open_channel
+from daemon.transport.errors import error_from_rpc
+from daemon.volunteer.blobs import sha256_file
+from manager_node.spec import parse_overrides, parse_workflow
+from splitters.api import SplitterError
+from splitters.registry import get_splitter
+
+CALL_TIMEOUT_SECONDS = 30.0
+INPUT_PURPOSE = "input"
+FINAL_STATES = {"completed", "failed", "cancelled"}
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def _stub(channel: grpc.aio.Channel) -> manager_pb2_grpc.ManagerServiceStub:
+    return manager_pb2_grpc.ManagerServiceStub(channel)
+
+
+def resolve_input(value: str, workflow_dir: Path, key: str) -> Path:
+    """Relative paths are looked up beside the workflow file, then in the current dir."""
+    path = Path(value).expanduser()
+    for candidate in [path] if path.is_absolute() else [workflow_dir / path, Path.cwd() / path]:
+        if candidate.is_file():
+            return candidate
+    raise SplitterError(key, f"file {value} not found (looked beside the workflow file and in .)")
+
+
+async def submit(address: str, args: argparse.Namespace) -> int:
+    workflow_path: Path = args.workflow
+    try:
+        text = await asyncio.to_thread(workflow_path.read_text, encoding="utf-8")
+    except OSError as error:
+        raise NodeError(f"cannot read workflow file {workflow_path}: {error.strerror}") from None
+    overrides = parse_overrides(args.set or [])
+    workflow = parse_workflow(text, overrides)
+    splitter = get_splitter(workflow.type)
+    files: list[FileRef] = []
+    for parameter in splitter.parameters:
+        value = workflow.parameters.get(parameter.name)
+        if parameter.type is not Path or value is None:
+            continue
+        path = resolve_input(str(value), workflow_path.parent, parameter.name)
+        sha256, size = await asyncio.to_thread(sha256_file, path)
+        await upload(address, path, sha256, size, INPUT_PURPOSE)
+        files.append(FileRef(parameter.name, sha256, size))
+    channel = open_channel(address)
+    try:
+        reply = await _stub(channel).SubmitWorkflow(
+            manager_pb2.SubmitWorkflowRequest(
+                workflow_toml=text,
+                overrides=overrides,
+                files=[convert.file_ref_to_proto(ref) for ref in files],
+            ),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+        if args.json and not args.wait:
+            _print_json({"workflow_id": reply.workflow_id, "tasks": reply.task_count})
+            return 0
+        if not args.json:
+            print(f"submitted {reply.workflow_id}: {reply.task_count} tasks")
+        if not args.wait:
+            return 0
+        state = await _follow(channel, reply.workflow_id, ProgressBar(sys.stderr))
+        status = await _stub(channel).GetWorkflowStatus(
+            manager_pb2.GetWorkflowStatusRequest(workflow_id=reply.workflow_id),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+    except grpc.aio.AioRpcError as error:
+        raise error_from_rpc(error, address, "manager") from None
+    finally:
+        await channel.close()
+    if args.json:
+        _print_json({"workflow_id": reply.workflow_id, **_status_json(status)})
+    else:
+        _print_outcome(status)
+    return 0 if state == "completed" else 1
+
+
+class ProgressBar:
+    """One line, redrawn in place on a terminal; a line per change elsewhere."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._started = time.monotonic()
+        self._last = ""
+        self._tty = stream.isatty()
+
+    def show(self, counts: manager_pb2.WorkflowCounts, note: str = "") -> None:
+        done = counts.completed + counts.failed + counts.cancelled
+        total = max(counts.total, 1)
+        filled = round(self.WIDTH * done / total)
+        elapsed = time.monotonic() - self._started
+        rate = counts.completed / elapsed if elapsed > 0 else 0.0
+        remaining = counts.total - done
+        eta = f"ETA {remaining / rate:.0f}s" if rate > 0 and remaining else "ETA --"
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        line = (
+            f"[{bar}] {counts.completed}/{counts.total} done, "
+            f"{counts.running} running, {counts.failed} failed, {counts.queued} queued | "
+            f"{rate:.2f} tasks/s | {eta}" + (f" | {note}" if note else "")
+        )
+        if line == self._last:
+            return
+        self._last = line
+        if self._tty:
+            self._stream.write("\r\033[K" + line)
+        else:
+            self._stream.write(line + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._tty and self._last:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+async def _follow(channel: grpc.aio.Channel, workflow_id: str, bar: ProgressBar) -> str:
+    """Shows progress until the workflow ends; returns its final state."""
+    state = ""
+    try:
+        async for event in _stub(channel).WatchWorkflow(
+            manager_pb2.WatchWorkflowRequest(workflow_id=workflow_id)
+        ):
+            note = "merging" if event.kind == "merging" else ""
+            bar.show(event.counts, note)
+            if event.kind in FINAL_STATES and not event.task_id:
+                state = event.kind
+    finally:
+        bar.close()
+    if not state:
+        status = await _stub(channel).GetWorkflowStatus(
+            manager_pb2.GetWorkflowStatusRequest(workflow_id=workflow_id),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+        state = status.state
+    return state
+
+
+def _status_json(status: manager_pb2.WorkflowStatus) -> dict[str, Any]:
+    return {
+        "workflow_id": status.workflow_id,
+        "name": status.name,
+        "type": status.type,
+        "state": status.state,
+        "error": status.error,
+        "counts": {
+            "queued": status.counts.queued,
+            "running": status.counts.running,
+            "completed": status.counts.completed,
+            "failed": status.counts.failed,
+            "cancelled": status.counts.cancelled,
+            "total": status.counts.total,
+        },
+        "tasks": [
+            {
+                "task_id": task.task_id,
+                "name": task.name,
+                "state": task.state,
+                "attempts": task.attempts,
+                "error": task.error,
+                "volunteer_id": task.volunteer_id,
+            }
+            for task in status.tasks
+        ],
+        "created_at": status.created_at,
+        "updated_at": status.updated_at,
+    }
+
+
+def _print_outcome(status: manager_pb2.WorkflowStatus) -> None:
+    print(f"workflow  {status.workflow_id} ({status.type})")
+    print(f"state     {status.state}" + (f": {status.error}" if status.error else ""))
+    counts = status.counts
+    print(
+        f"tasks     {counts.completed} completed, {counts.running} running, "
+        f"{counts.failed} failed, {counts.queued} queued, {counts.cancelled} cancelled "
+        f"of {counts.total}"
+    )
+    rows = [
+        [t.name, t.state, str(t.attempts), t.volunteer_id[:8], t.error]
+        for t in status.tasks
+        if t.state != "completed" or status.state != "completed"
+    ]
+    if rows:
+        print()
+        print(views.table(["TASK", "STATE", "ATTEMPTS", "VOLUNTEER", "REASON"], rows))
+
+
+async def status(address: str, args: argparse.Namespace) -> int:
+    channel = open_channel(address)
+    try:
+        reply = await _stub(channel).GetWorkflowStatus(
+            manager_pb2.GetWorkflowStatusRequest(workflow_id=args.workflow),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+    except grpc.aio.AioRpcError as error:
+        raise error_from_rpc(error, address, "manager") from None
+    finally:
+        await channel.close()
+    if args.json:
+        _print_json(_status_json(reply))
+    else:
+        _print_outcome(reply)
+    return 0
+
+
+async def watch(address: str, args: argparse.Namespace) -> int:
+    channel = open_channel(address)
+    try:
+        async for event in _stub(channel).WatchWorkflow(
+            manager_pb2.WatchWorkflowRequest(workflow_id=args.workflow)
+        ):
+            if args.json:
+                sys.stdout.write(
+                    json.dumps(
+                        {
+                            "workflow_id": event.workflow_id,
+                            "task_id": event.task_id,
+                            "kind": event.kind,
+                            "message": event.message,
+                            "at": event.at,
+                        }
+                    )
+                    + "\n"
+                )
+            else:
+                subject = event.task_id or event.workflow_id
+                at = time.strftime("%H:%M:%S", time.localtime(event.at))
+                print(
+                    f"{at} {subject} {event.kind}" + (f": {event.message}" if event.message else "")
+                )
+            sys.stdout.flush()
+        final = await _stub(channel).GetWorkflowStatus(
+            manager_pb2.GetWorkflowStatusRequest(workflow_id=args.workflow),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+    except grpc.aio.AioRpcError as error:
+        raise error_from_rpc(error, address, "manager") from None
+    finally:
+        await channel.close()
+    return 0 if final.state == "completed" else 1
+
+
+async def results(address: str, args: argparse.Namespace) -> int:
+    channel = open_channel(address)
+    try:
+        reply = await _stub(channel).GetResults(
+            manager_pb2.GetResultsRequest(workflow_id=args.workflow),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+        refs = [convert.file_ref_from_proto(ref) for ref in reply.files]
+        if not refs:
+            status = await _stub(channel).GetWorkflowStatus(
+                manager_pb2.GetWorkflowStatusRequest(workflow_id=args.workflow),
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+            raise NodeError(
+                f"workflow {args.workflow} has no results yet (it is {status.state}); "
+                f"see 'node status {args.workflow}'"
+            )
+    except grpc.aio.AioRpcError as error:
+        raise error_from_rpc(error, address, "manager") from None
+    finally:
+        await channel.close()
+    out: Path = args.output
+    await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".vcnode-download-") as scratch:
+        store = BlobStore(Path(scratch), max_blob_bytes=2**62, quota_bytes=2**62)
+        await store.open()
+        written: list[dict[str, Any]] = []
+        for ref in refs:
+            path = await download(address, ref.sha256, ref.size, store)
+            target = out / Path(ref.name).name
+            await asyncio.to_thread(shutil.move, path, target)
+            written.append(
+                {"name": target.name, "path": str(target), "sha256": ref.sha256, "size": ref.size}
+            )
+    if args.json:
+        _print_json(written)
+    else:
+        for item in written:
+            print(f"{item['path']}  ({item['size']} bytes, sha256 {item['sha256'][:12]})")
+    return 0
+
+
+async def cancel(address: str, args: argparse.Namespace) -> int:
+    channel = open_channel(address)
+    try:
+        reply = await _stub(channel).CancelWorkflow(
+            manager_pb2.CancelWorkflowRequest(workflow_id=args.workflow),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+    except grpc.aio.AioRpcError as error:
+        raise error_from_rpc(error, address, "manager") from None
+    finally:
+        await channel.close()
+    if args.json:
+        _print_json({"workflow_id": args.workflow, "cancelled_tasks": reply.cancelled_tasks})
+    else:
+        print(f"cancelled {args.workflow} ({reply.cancelled_tasks} tasks were queued or running)")
+    return 0
+
+
+async def list_workflows(address: str, args: argparse.Namespace) -> int:
+    channel = open_channel(address)
+    try:
+        reply = await _stub(channel).ListWorkflows(
+            manager_pb2.ListWorkflowsRequest(), timeout=CALL_TIMEOUT_SECONDS
+        )
+    except grpc.aio.AioRpcError as error:
+        raise error_from_rpc(error, address, "manager") from None
+    finally:
+        await channel.close()
+    if args.json:
+        _print_json([_status_json(w) for w in reply.workflows])
+        return 0
+    if not reply.workflows:
+        print("no workflows on this manager yet")
+        return 0
+    rows = [
+        [
+            w.workflow_id,
+            w.type,
+            w.state,
+            f"{w.counts.completed}/{w.counts.total}",
+            views.ago(w.created_at),
+        ]
+        for w in reply.workflows
+    ]
+    print(views.table(["WORKFLOW", "TYPE", "STATE", "DONE", "SUBMITTED"], rows))
+    return 0

@@ -1,0 +1,323 @@
+"""Runs the tasks a volunteer accepts: fetch inputs, run, upload outputs, report.
+
+One asyncio task per accepted offer, kept in `_pipelines` until it ends; a cancel from the
+coordinator cancels it, and the runtime then kills and removes the container. Results go to
+the store's outbox before they are sent, and stay there until the coordinator acknowledges
+them, so neither a broken stream nor a restart loses one.
+
+Everything a peer names is checked before it touches the disk: input and output names are
+plain file names, and outputs are read only if they are regular files (a task could leave a
+symlink to anything on the host in /output).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from daemon.errors import NodeError, UnreachableError
+from daemon.models import FileRef, OwnerLimits, Resources, TaskResult, TaskSpec
+from daemon.runtime.spec import PROGRESS_FILE, RunResult, RunSpec, Runtime
+from daemon.volunteer.backoff import Backoff
+from daemon.volunteer.policy import Situation, decline_reason
+from daemon.volunteer.store import VolunteerStore
+
+log = logging.getLogger(__name__)
+
+UPLOAD_RETRY_MAX_SECONDS = 30.0
+
+
+class Transfers(Protocol):
+    """Moves blobs between this volunteer and a manager."""
+
+    async def fetch(self, manager_address: str, ref: FileRef) -> Path:
+        """A verified local copy of the blob (from the cache when held already)."""
+        ...
+
+    async def send(self, manager_address: str, path: Path, purpose: str) -> FileRef:
+        """Uploads a file; returns its name, sha256 and size as the manager verified them."""
+        ...
+
+
+class Reporter(Protocol):
+    """The coordinator link, as far as the worker is concerned."""
+
+    def send_accept(self, task_id: str, attempt: int) -> None: ...
+
+    def send_decline(self, task_id: str, attempt: int, reason: str) -> None: ...
+
+    def send_progress(self, task_id: str, attempt: int, percent: float) -> None: ...
+
+    def send_result(self, result: TaskResult) -> None: ...
+
+
+class TaskFailedError(Exception):
+    """A step failed in a way that ends this attempt; the message is for the user."""
+
+
+def check_file_name(name: str, what: str) -> str:
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or name == PROGRESS_FILE
+    ):
+        raise TaskFailedError(f"{what} name {name!r} is not a plain file name")
+    return name
+
+
+def regular_file(directory: Path, name: str) -> Path | None:
+    """The file if it is a regular file right in `directory` (not a symlink), else None."""
+    path = directory / name
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return path if stat.S_ISREG(info.st_mode) else None
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    tasks_dir: Path
+    limits: OwnerLimits
+
+
+class TaskWorker:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        store: VolunteerStore,
+        transfers: Transfers,
+        runtime: Runtime | None,
+        resources: Callable[[], Resources],
+        image_id: Callable[[str], Awaitable[str | None]],
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._transfers = transfers
+        self._runtime = runtime
+        self._resources = resources
+        self._image_id = image_id
+        self._reporter: Reporter | None = None
+        self._pipelines: dict[str, asyncio.Task[None]] = {}
+        self._unacknowledged: set[tuple[str, int]] = set()
+
+    def attach(self, reporter: Reporter) -> None:
+        self._reporter = reporter
+
+    @property
+    def reporter(self) -> Reporter:
+        assert self._reporter is not None, "attach() a reporter first"
+        return self._reporter
+
+    async def open(self) -> None:
+        abandoned = await self._store.abandon_unfinished()
+        if abandoned:
+            log.warning("%d task runs were cut short by a restart", abandoned)
+        for result in await self._store.unacknowledged_results():
+            self._unacknowledged.add((result.task_id, result.attempt))
+
+    def running_task_ids(self) -> tuple[str, ...]:
+        """Tasks the coordinator should keep with us: running, or with a result in flight."""
+        return tuple(sorted(set(self._pipelines) | {tid for tid, _ in self._unacknowledged}))
+
+    # --- what the coordinator says ----------------------------------------------------------
+
+    async def on_connected(self) -> None:
+        for result in await self._store.unacknowledged_results():
+            self.reporter.send_result(result)
+
+    async def on_offer(self, task: TaskSpec) -> None:
+        runtime_name = self._runtime.name if self._runtime else None
+        image_id = await self._image_id(task.image) if runtime_name == "docker" else None
+        situation = Situation(
+            resources=self._resources(),
+            limits=self._config.limits,
+            running=len(self._pipelines),
+            runtime=runtime_name,
+            image_id=image_id,
+        )
+        reason = decline_reason(task, situation)
+        if reason is None and task.task_id in self._pipelines:
+            reason = "already running this task"
+        if reason is not None:
+            log.info("declined %s (attempt %d): %s", task.task_id, task.attempt, reason)
+            self.reporter.send_decline(task.task_id, task.attempt, reason)
+            return
+        await self._store.record_task(task, "accepted")
+        self.reporter.send_accept(task.task_id, task.attempt)
+        pipeline = asyncio.get_running_loop().create_task(self._pipeline(task))
+        self._pipelines[task.task_id] = pipeline
+        pipeline.add_done_callback(lambda _: self._pipelines.pop(task.task_id, None))
+
+    async def on_cancel(self, task_id: str, reason: str) -> None:
+        pipeline = self._pipelines.get(task_id)
+        if pipeline is not None:
+            log.info("cancelling %s: %s", task_id, reason)
+            pipeline.cancel()
+
+    async def on_result_ack(self, task_id: str, attempt: int) -> None:
+        self._unacknowledged.discard((task_id, attempt))
+        await self._store.acknowledge(task_id, attempt)
+
+    # --- one task ---------------------------------------------------------------------------
+
+    async def _pipeline(self, task: TaskSpec) -> None:
+        workdir = self._config.tasks_dir / f"{task.task_id}.{task.attempt}"
+        try:
+            result = await self._attempt(task, workdir)
+        except Exception as error:  # a bug here must still end the attempt with a result
+            log.exception("task %s (attempt %d) broke the volunteer", task.task_id, task.attempt)
+            result = TaskResult(
+                task_id=task.task_id,
+                attempt=task.attempt,
+                exit_code=-1,
+                error=f"volunteer error: {error!r}",
+            )
+        except asyncio.CancelledError:
+            await asyncio.shield(self._store.record_task(task, "cancelled"))
+            raise
+        finally:
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+        await self._store.save_result(result, task.manager_address)
+        self._unacknowledged.add((result.task_id, result.attempt))
+        self.reporter.send_result(result)
+        log.info(
+            "task %s (attempt %d) %s",
+            task.task_id,
+            task.attempt,
+            "completed" if result.succeeded else f"failed: {result.error}",
+        )
+
+    async def _attempt(self, task: TaskSpec, workdir: Path) -> TaskResult:
+        assert self._runtime is not None
+        input_dir, output_dir = workdir / "input", workdir / "output"
+        try:
+            await self._store.record_task(task, "fetching")
+            await self._fetch_inputs(task, input_dir, copy=not self._runtime.isolated)
+            await asyncio.to_thread(_make_output_dir, output_dir)
+            await self._store.record_task(task, "running")
+            run = await self._runtime.run(
+                self._run_spec(task, input_dir, output_dir), self._progress(task)
+            )
+            outputs: tuple[FileRef, ...] = ()
+            error = run.failure
+            if run.succeeded:
+                await self._store.record_task(task, "uploading")
+                outputs = await self._upload_outputs(task, output_dir)
+        except TaskFailedError as failure:
+            return TaskResult(
+                task_id=task.task_id, attempt=task.attempt, exit_code=-1, error=str(failure)
+            )
+        return _result(task, run, error, outputs)
+
+    def _run_spec(self, task: TaskSpec, input_dir: Path, output_dir: Path) -> RunSpec:
+        limits = self._config.limits
+        cpus = task.resources.cpus or 1.0
+        if limits.max_cpus:
+            cpus = min(cpus, limits.max_cpus)
+        return RunSpec(
+            run_id=f"{task.task_id}.{task.attempt}",
+            image=task.image,
+            command=task.command,
+            input_dir=input_dir,
+            output_dir=output_dir,
+            cpus=cpus,
+            memory_mb=task.resources.memory_mb,
+            timeout_seconds=float(task.timeout_seconds),
+            network=task.network and limits.allow_network,
+        )
+
+    def _progress(self, task: TaskSpec) -> Callable[[float], None]:
+        def report(percent: float) -> None:
+            self.reporter.send_progress(task.task_id, task.attempt, percent)
+
+        return report
+
+    async def _fetch_inputs(self, task: TaskSpec, input_dir: Path, *, copy: bool) -> None:
+        await asyncio.to_thread(input_dir.mkdir, parents=True)
+        for ref in task.inputs:
+            name = check_file_name(ref.name, "input")
+            try:
+                cached = await self._transfers.fetch(task.manager_address, ref)
+            except NodeError as error:
+                raise TaskFailedError(f"could not fetch input {name}: {error}") from None
+            target = input_dir / name
+            # The cache must never be writable by a task: containers see inputs read-only,
+            # but a plain process could write through a hard link.
+            if copy:
+                await asyncio.to_thread(shutil.copyfile, cached, target)
+            else:
+                await asyncio.to_thread(os.link, cached, target)
+
+    async def _upload_outputs(self, task: TaskSpec, output_dir: Path) -> tuple[FileRef, ...]:
+        names = task.outputs or await asyncio.to_thread(_written_files, output_dir)
+        files = []
+        for name in names:
+            path = await asyncio.to_thread(
+                regular_file, output_dir, check_file_name(name, "output")
+            )
+            if path is None:
+                raise TaskFailedError(f"the task did not write its output {name} (a regular file)")
+            files.append(path)
+        return tuple([await self._upload_until_delivered(task, path) for path in files])
+
+    async def _upload_until_delivered(self, task: TaskSpec, path: Path) -> FileRef:
+        """Keeps trying while the manager is away: outputs are too costly to lose."""
+        backoff = Backoff(initial=1.0, maximum=UPLOAD_RETRY_MAX_SECONDS)
+        purpose = f"{task.task_id}:{task.attempt}"
+        while True:
+            try:
+                return await self._transfers.send(task.manager_address, path, purpose)
+            except UnreachableError as error:
+                delay = backoff.next_delay()
+                log.warning(
+                    "upload of %s for %s failed (%s); retrying in %.1f s",
+                    path.name,
+                    task.task_id,
+                    error,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            except NodeError as error:
+                raise TaskFailedError(f"the manager refused output {path.name}: {error}") from None
+
+    async def stop(self) -> None:
+        for pipeline in list(self._pipelines.values()):
+            pipeline.cancel()
+        for pipeline in list(self._pipelines.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await pipeline
+
+
+def _make_output_dir(path: Path) -> None:
+    path.mkdir(parents=True)
+    path.chmod(0o777)  # the container runs as nobody
+
+
+def _written_files(output_dir: Path) -> tuple[str, ...]:
+    return tuple(sorted(p.name for p in output_dir.iterdir() if p.name != PROGRESS_FILE))
+
+
+def _result(task: TaskSpec, run: RunResult, error: str, outputs: tuple[FileRef, ...]) -> TaskResult:
+    return TaskResult(
+        task_id=task.task_id,
+        attempt=task.attempt,
+        exit_code=run.exit_code if run.exit_code is not None else -1,
+        error=error,
+        outputs=outputs,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        stdout_tail=run.stdout_tail,
+        stderr_tail=run.stderr_tail,
+    )

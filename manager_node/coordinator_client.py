@@ -1,0 +1,135 @@
+"""The manager's side of the coordinator: hand over tasks, follow their events, cancel.
+
+Tasks to hand over wait in a queue while no coordinator answers; the coordinator ignores a
+task it already has, so sending one twice is harmless. Events are followed from the last
+sequence number the manager stored, so a manager or coordinator restart loses none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+
+from daemon.discovery.directory import PeerDirectory
+from daemon.discovery.finder import CoordinatorFinder
+from daemon.models import TaskEvent, TaskSpec
+from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
+from daemon.transport import convert
+from daemon.transport.channels import open_channel
+from daemon.volunteer.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT_SECONDS = 10.0
+
+EventHandler = Callable[[TaskEvent], Awaitable[None]]
+
+
+class CoordinatorClient:
+    def __init__(
+        self,
+        *,
+        manager_id: str,
+        explicit_address: str | None,
+        directory: PeerDirectory | None,
+        on_event: EventHandler,
+        after_sequence: Callable[[], Awaitable[int]],
+    ) -> None:
+        self._manager_id = manager_id
+        self._finder = CoordinatorFinder(explicit_address, directory)
+        self._on_event = on_event
+        self._after_sequence = after_sequence
+        self._manager_address = ""
+        self._to_submit: list[TaskSpec] = []
+        self._to_cancel: list[str] = []
+        self._work = asyncio.Event()
+        self._stub: coordinator_pb2_grpc.CoordinatorServiceStub | None = None
+
+    def submit(self, specs: Sequence[TaskSpec]) -> None:
+        self._to_submit.extend(specs)
+        self._work.set()
+
+    def cancel(self, workflow_id: str) -> None:
+        self._to_cancel.append(workflow_id)
+        self._work.set()
+
+    async def run(self, manager_address: str) -> None:
+        """Stays connected until cancelled."""
+        self._manager_address = manager_address
+        backoff = Backoff()
+        while True:
+            address = await self._finder.next_address()
+            channel = open_channel(address)
+            self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+            sender = asyncio.get_running_loop().create_task(self._send_forever())
+            try:
+                await self._follow_events(address, backoff)
+            except grpc.aio.AioRpcError as error:
+                log.warning("coordinator %s: %s", address, error.details() or error.code().name)
+                self._finder.failed(address)
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                    await sender
+                self._stub = None
+                await channel.close()
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _follow_events(self, address: str, backoff: Backoff) -> None:
+        assert self._stub is not None
+        request = coordinator_pb2.WatchTasksRequest(
+            manager_id=self._manager_id, after_sequence=await self._after_sequence()
+        )
+        first = True
+        async for message in self._stub.WatchTasks(request):
+            if first:
+                log.info("following task events from coordinator %s", address)
+                self._finder.worked(address)
+                backoff.reset()
+                first = False
+            await self._on_event(convert.task_event_from_proto(message))
+
+    async def _send_forever(self) -> None:
+        """Delivers queued submissions and cancels; keeps them queued while calls fail."""
+        backoff = Backoff()
+        if self._to_submit or self._to_cancel:
+            self._work.set()
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            try:
+                await self._send_queued()
+                backoff.reset()
+            except grpc.aio.AioRpcError as error:
+                delay = backoff.next_delay()
+                log.warning(
+                    "handing tasks to the coordinator failed (%s); retrying in %.1f s",
+                    error.details() or error.code().name,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                self._work.set()
+
+    async def _send_queued(self) -> None:
+        assert self._stub is not None
+        while self._to_submit:
+            batch = self._to_submit[:500]
+            await self._stub.SubmitTasks(
+                coordinator_pb2.SubmitTasksRequest(
+                    manager_id=self._manager_id,
+                    manager_address=self._manager_address,
+                    tasks=[convert.task_spec_to_proto(spec) for spec in batch],
+                ),
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+            del self._to_submit[: len(batch)]
+        while self._to_cancel:
+            await self._stub.CancelTasks(
+                coordinator_pb2.CancelTasksRequest(workflow_id=self._to_cancel[0]),
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+            del self._to_cancel[0]

@@ -1,0 +1,332 @@
+"""The manager's I/O shell: turns workflow files into tasks, follows them through the
+coordinator's events, verifies outputs, merges results, and tells watchers.
+
+Blobs are shared only on purpose: a volunteer may download a workflow's inputs and a client
+its merged results; an upload is accepted only for a task of ours that is still going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import NodeError, NotFoundError
+from daemon.models import FileRef, TaskEvent, TaskSpec
+from daemon.transfer.blobstore import BlobStore
+from manager_node.coordinator_client import CoordinatorClient
+from manager_node.spec import parse_workflow
+from manager_node.store import COORDINATOR_SEQUENCE, ManagerStore, NewTask
+from manager_node.workflow import WorkflowRun, WorkflowState, WorkflowTask
+from splitters.api import Splitter, SplitterError, TaskTemplate, validate_parameters
+from splitters.registry import get_splitter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkflowUpdate:
+    workflow_id: str
+    task_id: str
+    kind: str
+    message: str
+    at: float
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Submitted:
+    workflow_id: str
+    task_count: int
+
+
+class WorkflowManager:
+    def __init__(self, store: ManagerStore, blobs: BlobStore, workdir: Path) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._workdir = workdir
+        self.coordinator: CoordinatorClient | None = None
+        self.address = ""
+        self._runs: dict[str, WorkflowRun] = {}
+        self._types: dict[str, str] = {}
+        self._specs: dict[str, TaskSpec] = {}
+        self._shareable: set[str] = set()
+        self._watchers: dict[str, set[asyncio.Queue[WorkflowUpdate | None]]] = {}
+        self._merges: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self._shareable = await self._store.shareable_blobs()
+        for stored in await self._store.unfinished_runs():
+            run = WorkflowRun.of(stored.workflow_id, stored.tasks)
+            self._runs[stored.workflow_id] = run
+            self._types[stored.workflow_id] = stored.type
+            self._specs.update(stored.specs)
+            if stored.state == WorkflowState.MERGING.value:
+                self._start_merge(stored.workflow_id)
+        if self._runs:
+            log.info("resuming %d unfinished workflows", len(self._runs))
+
+    async def start(self, coordinator: CoordinatorClient, address: str) -> None:
+        """Hands over, again, what was ready before a restart (the coordinator dedupes)."""
+        self.coordinator = coordinator
+        self.address = address
+        for run in self._runs.values():
+            held = [t for t in run.tasks.values() if t.status.value in ("queued", "running")]
+            coordinator.submit([self._specs[t.task_id] for t in held])
+            await self._hand_over_ready(run)
+
+    # --- transfer policy ------------------------------------------------------------------
+
+    async def may_download(self, sha256: str) -> bool:
+        return sha256 in self._shareable
+
+    async def may_upload(self, sha256: str, size: int, purpose: str) -> bool:
+        """Input files a client sends with a workflow (purpose "input"), and outputs of a
+        task of ours still going (purpose "task_id:attempt")."""
+        if purpose == "input":
+            return True
+        task_id, _, _ = purpose.rpartition(":")
+        spec = self._specs.get(task_id)
+        run = self._runs.get(spec.workflow_id) if spec else None
+        task = run.tasks.get(task_id) if run else None
+        return task is not None and not task.status.finished
+
+    # --- submission -----------------------------------------------------------------------
+
+    async def submit(
+        self, workflow_text: str, overrides: dict[str, str], files: Sequence[FileRef]
+    ) -> Submitted:
+        workflow = parse_workflow(workflow_text, overrides)
+        splitter = get_splitter(workflow.type)
+        workflow_id = new_workflow_id(workflow.name)
+        workdir = self._workdir / workflow_id
+        try:
+            raw = await self._materialize_files(splitter, dict(workflow.parameters), files, workdir)
+            params = validate_parameters(splitter.parameters, raw, workdir / "inputs")
+            templates = await asyncio.to_thread(_split, splitter, params, workdir / "split")
+            if not templates:
+                raise SplitterError("parameters", "the split produced no tasks")
+            tasks = [await self._task(workflow_id, t) for t in templates]
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+            raise
+        inputs = sorted({ref for new in tasks for ref in new.spec.inputs}, key=lambda r: r.name)
+        await self._store.create_workflow(
+            workflow_id, workflow.name, workflow.type, params, tasks, inputs
+        )
+        async with self._lock:
+            self._shareable |= {ref.sha256 for ref in inputs}
+            for new in tasks:
+                self._specs[new.spec.task_id] = new.spec
+            run = WorkflowRun.of(
+                workflow_id,
+                [WorkflowTask(new.spec.task_id, new.name, new.depends_on) for new in tasks],
+            )
+            self._runs[workflow_id] = run
+            self._types[workflow_id] = workflow.type
+            await self._hand_over_ready(run)
+        log.info("workflow %s: %d tasks (%s)", workflow_id, len(tasks), workflow.type)
+        return Submitted(workflow_id, len(tasks))
+
+    async def _materialize_files(
+        self,
+        splitter: Splitter,
+        raw: dict[str, object],
+        files: Sequence[FileRef],
+        workdir: Path,
+    ) -> dict[str, object]:
+        """File parameters arrive as blobs the client uploaded; the splitter wants paths."""
+        uploaded = {ref.name: ref for ref in files}
+        for parameter in splitter.parameters:
+            if parameter.type is not Path or raw.get(parameter.name) is None:
+                continue
+            ref = uploaded.get(parameter.name)
+            if ref is None or not await self._blobs.has(ref.sha256):
+                raise SplitterError(
+                    parameter.name, f"file {raw[parameter.name]} was not uploaded with the workflow"
+                )
+            target = workdir / "inputs" / f"{parameter.name}{Path(str(raw[parameter.name])).suffix}"
+            await asyncio.to_thread(_link_or_copy, await self._blobs.path(ref.sha256), target)
+            raw[parameter.name] = str(target)
+        return raw
+
+    async def _task(self, workflow_id: str, template: TaskTemplate) -> NewTask:
+        inputs = []
+        for name, path in sorted(template.inputs.items()):
+            sha256, size = await self._blobs.put_file(path)
+            inputs.append(FileRef(name, sha256, size))
+        spec = TaskSpec(
+            task_id=f"{workflow_id}.{template.name}",
+            workflow_id=workflow_id,
+            image=template.image,
+            command=template.command,
+            resources=template.resources,
+            timeout_seconds=template.timeout_seconds,
+            inputs=tuple(inputs),
+            outputs=template.outputs,
+            manager_address=self.address,
+            retries=template.retries,
+        )
+        return NewTask(spec, template.name, template.depends_on)
+
+    async def _hand_over_ready(self, run: WorkflowRun) -> None:
+        ready = run.take_ready()
+        for task in ready:
+            await self._store.save_task(task)
+        if ready and self.coordinator is not None:
+            self.coordinator.submit([self._specs[task.task_id] for task in ready])
+
+    # --- following the coordinator --------------------------------------------------------
+
+    async def last_sequence(self) -> int:
+        return int(await self._store.meta(COORDINATOR_SEQUENCE) or 0)
+
+    async def on_event(self, event: TaskEvent) -> None:
+        async with self._lock:
+            run = self._runs.get(event.workflow_id)
+            if run is not None:
+                verified = event.kind != "completed" or await self._outputs_arrived(event)
+                task = run.apply(event, outputs_verified=verified)
+                if task is not None:
+                    await self._store.save_task(task)
+                    await self._publish(run, event.task_id, event.kind, task.message)
+                    await self._hand_over_ready(run)
+                    if run.finished:
+                        await self._finish(run)
+            await self._store.set_meta(COORDINATOR_SEQUENCE, str(event.sequence))
+
+    async def _outputs_arrived(self, event: TaskEvent) -> bool:
+        """Volunteers upload outputs before reporting; each must be here, whole."""
+        if event.result is None:
+            return False
+        for ref in event.result.outputs:
+            if (
+                not await self._blobs.has(ref.sha256)
+                or await self._blobs.size(ref.sha256) != ref.size
+            ):
+                log.warning("task %s: output %s did not arrive intact", event.task_id, ref.name)
+                return False
+        return True
+
+    async def _finish(self, run: WorkflowRun) -> None:
+        state = run.state()
+        if state is WorkflowState.COMPLETED:
+            await self._store.set_workflow_state(run.workflow_id, WorkflowState.MERGING.value)
+            await self._publish(run, "", "merging", "all tasks completed; merging results")
+            self._start_merge(run.workflow_id)
+            return
+        await self._end(run.workflow_id, state, "")
+
+    def _start_merge(self, workflow_id: str) -> None:
+        merge = asyncio.get_running_loop().create_task(self._merge(workflow_id))
+        self._merges.add(merge)
+        merge.add_done_callback(self._merges.discard)
+
+    async def _merge(self, workflow_id: str) -> None:
+        run = self._runs[workflow_id]
+        splitter = get_splitter(self._types[workflow_id])
+        try:
+            outputs = {
+                task.name: {ref.name: await self._blobs.path(ref.sha256) for ref in task.outputs}
+                for task in run.tasks.values()
+            }
+            merged = await asyncio.to_thread(
+                _merge, splitter, outputs, self._workdir / workflow_id / "merge"
+            )
+            results = []
+            for path in merged:
+                sha256, size = await self._blobs.put_file(path)
+                results.append(FileRef(path.name, sha256, size))
+        except (NodeError, OSError) as error:
+            log.error("workflow %s: merge failed: %s", workflow_id, error)
+            await self._end(workflow_id, WorkflowState.FAILED, f"merge failed: {error}")
+            return
+        await self._store.add_results(workflow_id, results)
+        self._shareable |= {ref.sha256 for ref in results}
+        await self._end(workflow_id, WorkflowState.COMPLETED, "")
+
+    async def _end(self, workflow_id: str, state: WorkflowState, message: str) -> None:
+        await self._store.set_workflow_state(workflow_id, state.value, message)
+        run = self._runs.pop(workflow_id)
+        log.info("workflow %s %s%s", workflow_id, state.value, f": {message}" if message else "")
+        await self._publish(run, "", state.value, message)
+        for queue in self._watchers.pop(workflow_id, set()):
+            queue.put_nowait(None)
+
+    # --- what clients ask -----------------------------------------------------------------
+
+    async def cancel(self, workflow_id: str) -> int:
+        async with self._lock:
+            run = self._runs.get(workflow_id)
+            if run is None:
+                raise NotFoundError(f"no running workflow {workflow_id!r} on this manager")
+            held = run.cancel()
+            for task in run.tasks.values():
+                await self._store.save_task(task)
+            if held and self.coordinator is not None:
+                self.coordinator.cancel(workflow_id)
+            await self._end(workflow_id, WorkflowState.CANCELLED, "cancelled by the user")
+        return len(held)
+
+    async def watch(self, workflow_id: str) -> AsyncIterator[WorkflowUpdate]:
+        """Updates until the workflow ends; nothing more if it already has."""
+        queue: asyncio.Queue[WorkflowUpdate | None] = asyncio.Queue()
+        async with self._lock:
+            run = self._runs.get(workflow_id)
+            if run is None:
+                return
+            self._watchers.setdefault(workflow_id, set()).add(queue)
+            queue.put_nowait(self._update(run, "", "status", ""))
+        try:
+            while (update := await queue.get()) is not None:
+                yield update
+        finally:
+            self._watchers.get(workflow_id, set()).discard(queue)
+
+    async def _publish(self, run: WorkflowRun, task_id: str, kind: str, message: str) -> None:
+        update = self._update(run, task_id, kind, message)
+        for queue in self._watchers.get(run.workflow_id, ()):
+            queue.put_nowait(update)
+
+    @staticmethod
+    def _update(run: WorkflowRun, task_id: str, kind: str, message: str) -> WorkflowUpdate:
+        return WorkflowUpdate(run.workflow_id, task_id, kind, message, time.time(), run.counts())
+
+    async def stop(self) -> None:
+        for merge in list(self._merges):
+            merge.cancel()
+        for queues in self._watchers.values():
+            for queue in queues:
+                queue.put_nowait(None)
+
+
+def _split(splitter: Splitter, params: dict[str, Any], workdir: Path) -> list[TaskTemplate]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return splitter.split(params, workdir)
+
+
+def _merge(splitter: Splitter, outputs: dict[str, dict[str, Path]], workdir: Path) -> list[Path]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return splitter.merge(outputs, workdir)
+
+
+def new_workflow_id(name: str) -> str:
+    """Readable and unique; safe as a directory name whatever the client called it."""
+    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in name[:24]).strip("-")
+    return f"{stem or 'workflow'}-{uuid.uuid4().hex[:8]}"
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
