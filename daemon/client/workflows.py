@@ -127,9 +127,11 @@ class ProgressBar:
             f"{counts.running} running, {counts.failed} failed, {counts.queued} queued | "
             f"{rate:.2f} tasks/s | {eta}" + (f" | {note}" if note else "")
         )
-        if line == self._last:
+        # Off a terminal, a new line only when the counts change, not the rate.
+        key = line if self._tty else line.split(" | ")[0] + note
+        if key == self._last:
             return
-        self._last = line
+        self._last = key
         if self._tty:
             self._stream.write("\r\033[K" + line)
         else:
