@@ -22,7 +22,7 @@ from daemon.errors import NodeError, NotFoundError
 from daemon.models import FileRef, TaskEvent, TaskSpec
 from daemon.transfer.blobstore import BlobStore
 from manager_node.coordinator_client import CoordinatorClient
-from manager_node.spec import parse_workflow
+from manager_node.spec import EXPLICIT_TYPE, ExplicitTask, parse_workflow
 from manager_node.store import COORDINATOR_SEQUENCE, ManagerStore, NewTask
 from manager_node.workflow import WorkflowRun, WorkflowState, WorkflowTask
 from splitters.api import Splitter, SplitterError, TaskTemplate, validate_parameters
@@ -55,7 +55,7 @@ class WorkflowManager:
         self.coordinator: CoordinatorClient | None = None
         self.address = ""
         self._runs: dict[str, WorkflowRun] = {}
-        self._types: dict[str, str] = {}
+        self._types: dict[str, str] = {}  # workflow id -> splitter name (or "tasks")
         self._specs: dict[str, TaskSpec] = {}
         self._shareable: set[str] = set()
         self._watchers: dict[str, set[asyncio.Queue[WorkflowUpdate | None]]] = {}
@@ -105,16 +105,22 @@ class WorkflowManager:
         self, workflow_text: str, overrides: dict[str, str], files: Sequence[FileRef]
     ) -> Submitted:
         workflow = parse_workflow(workflow_text, overrides)
-        splitter = get_splitter(workflow.type)
         workflow_id = new_workflow_id(workflow.name)
         workdir = self._workdir / workflow_id
+        params: dict[str, Any] = {}
         try:
-            raw = await self._materialize_files(splitter, dict(workflow.parameters), files, workdir)
-            params = validate_parameters(splitter.parameters, raw, workdir / "inputs")
-            templates = await asyncio.to_thread(_split, splitter, params, workdir / "split")
-            if not templates:
-                raise SplitterError("parameters", "the split produced no tasks")
-            tasks = [await self._task(workflow_id, t) for t in templates]
+            if workflow.type == EXPLICIT_TYPE:
+                tasks = await self._explicit_tasks(workflow_id, workflow.tasks, files)
+            else:
+                splitter = get_splitter(workflow.type)
+                raw = await self._materialize_files(
+                    splitter, dict(workflow.parameters), files, workdir
+                )
+                params = validate_parameters(splitter.parameters, raw, workdir / "inputs")
+                templates = await asyncio.to_thread(_split, splitter, params, workdir / "split")
+                if not templates:
+                    raise SplitterError("parameters", "the split produced no tasks")
+                tasks = [await self._task(workflow_id, t) for t in templates]
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
             raise
@@ -157,6 +163,38 @@ class WorkflowManager:
             await asyncio.to_thread(_link_or_copy, await self._blobs.path(ref.sha256), target)
             raw[parameter.name] = str(target)
         return raw
+
+    async def _explicit_tasks(
+        self, workflow_id: str, entries: Sequence[ExplicitTask], files: Sequence[FileRef]
+    ) -> list[NewTask]:
+        """`[[tasks]]` workflows: the client uploaded every input, named as written."""
+        uploaded = {ref.name: ref for ref in files}
+        tasks = []
+        for index, entry in enumerate(entries):
+            inputs = []
+            for name, source in sorted(entry.inputs.items()):
+                ref = uploaded.get(source)
+                if ref is None or not await self._blobs.has(ref.sha256):
+                    raise SplitterError(
+                        f"tasks[{index}].inputs",
+                        f"file {source} was not uploaded with the workflow",
+                    )
+                inputs.append(FileRef(name, ref.sha256, ref.size))
+            spec = TaskSpec(
+                task_id=f"{workflow_id}.{entry.name}",
+                workflow_id=workflow_id,
+                image=entry.image,
+                command=entry.command,
+                resources=entry.resources,
+                timeout_seconds=entry.timeout_seconds,
+                inputs=tuple(inputs),
+                outputs=entry.outputs,
+                network=entry.network,
+                manager_address=self.address,
+                retries=entry.retries,
+            )
+            tasks.append(NewTask(spec, entry.name, entry.depends_on))
+        return tasks
 
     async def _task(self, workflow_id: str, template: TaskTemplate) -> NewTask:
         inputs = []
@@ -232,8 +270,15 @@ class WorkflowManager:
 
     async def _merge(self, workflow_id: str) -> None:
         run = self._runs[workflow_id]
-        splitter = get_splitter(self._types[workflow_id])
         try:
+            if self._types[workflow_id] == EXPLICIT_TYPE:
+                # Nothing to merge: every task's outputs are the results.
+                results = [ref for task in run.tasks.values() for ref in task.outputs]
+                await self._store.add_results(workflow_id, results)
+                self._shareable |= {ref.sha256 for ref in results}
+                await self._end(workflow_id, WorkflowState.COMPLETED, "")
+                return
+            splitter = get_splitter(self._types[workflow_id])
             outputs = {
                 task.name: {ref.name: await self._blobs.path(ref.sha256) for ref in task.outputs}
                 for task in run.tasks.values()

@@ -25,7 +25,7 @@ from daemon.transport import convert
 from daemon.transport.channels import open_channel
 from daemon.transport.errors import error_from_rpc
 from daemon.volunteer.blobs import sha256_file
-from manager_node.spec import parse_overrides, parse_workflow
+from manager_node.spec import EXPLICIT_TYPE, parse_overrides, parse_workflow
 from splitters.api import SplitterError
 from splitters.registry import get_splitter
 
@@ -59,16 +59,22 @@ async def submit(address: str, args: argparse.Namespace) -> int:
         raise NodeError(f"cannot read workflow file {workflow_path}: {error.strerror}") from None
     overrides = parse_overrides(args.set or [])
     workflow = parse_workflow(text, overrides)
-    splitter = get_splitter(workflow.type)
+    # Files the workflow reads travel first, as blobs; the manager finds them by name.
+    to_upload: list[tuple[str, Path]] = []
+    if workflow.type == EXPLICIT_TYPE:
+        for source in workflow.input_files():
+            to_upload.append((source, resolve_input(source, workflow_path.parent, "inputs")))
+    else:
+        for parameter in get_splitter(workflow.type).parameters:
+            value = workflow.parameters.get(parameter.name)
+            if parameter.type is Path and value is not None:
+                path = resolve_input(str(value), workflow_path.parent, parameter.name)
+                to_upload.append((parameter.name, path))
     files: list[FileRef] = []
-    for parameter in splitter.parameters:
-        value = workflow.parameters.get(parameter.name)
-        if parameter.type is not Path or value is None:
-            continue
-        path = resolve_input(str(value), workflow_path.parent, parameter.name)
+    for name, path in to_upload:
         sha256, size = await asyncio.to_thread(sha256_file, path)
         await upload(address, path, sha256, size, INPUT_PURPOSE)
-        files.append(FileRef(parameter.name, sha256, size))
+        files.append(FileRef(name, sha256, size))
     channel = open_channel(address)
     try:
         reply = await _stub(channel).SubmitWorkflow(

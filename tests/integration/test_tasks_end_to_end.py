@@ -1,0 +1,215 @@
+"""Workflows through the whole mesh: real daemons as processes, real Docker, real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from splitters.blocks import generate
+from tests.integration.harness import (
+    Daemon,
+    Daemons,
+    cli_json,
+    list_volunteers,
+    run_cli,
+    unique_cluster,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+HEARTBEAT = "0.5"
+
+
+def start_mesh(daemons: Daemons, volunteers: int = 2) -> tuple[Daemon, list[Daemon]]:
+    cluster = unique_cluster()
+    common = ["--listen", "127.0.0.1:0", "--cluster", cluster, "--heartbeat", HEARTBEAT]
+    manager = daemons.start("manager", "--role", "coordinator,manager", *common)
+    address = manager.address()
+    started = [
+        daemons.start(f"volunteer-{i}", "--role", "volunteer", *common) for i in range(volunteers)
+    ]
+    ids = {v.address() and v.node_id for v in started}
+    wait_until(
+        lambda: ids <= {vid for vid, v in list_volunteers(address).items() if v.connected},
+        15,
+        "volunteers to join",
+    )
+    return manager, started
+
+
+def submit(manager: Daemon, workflow: Path, *extra: str) -> dict[str, Any]:
+    result = run_cli(
+        "submit", str(workflow), "--data-dir", str(manager.data_dir), "--json", *extra, timeout=240
+    )
+    assert result.stdout, f"submit printed nothing: {result.stderr}\n{manager.log}"
+    reply: dict[str, Any] = json.loads(result.stdout)
+    reply["exit_code"] = result.returncode
+    return reply
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_matrix_multiplication_merges_to_the_true_product(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    manager, _ = start_mesh(daemons)
+    workflow = write(
+        tmp_path / "matmul.toml",
+        '[workflow]\nname = "mm"\ntype = "matrix_multiplication"\n\n'
+        "[parameters]\nsize = 96\nseed = 11\nblocks = 2\n",
+    )
+    reply = submit(manager, workflow, "--wait")
+    assert reply["exit_code"] == 0, reply
+    assert reply["state"] == "completed"
+    assert reply["counts"]["completed"] == 4
+    out = tmp_path / "results"
+    assert (
+        run_cli(
+            "results", reply["workflow_id"], "--data-dir", str(manager.data_dir), "-o", str(out)
+        ).returncode
+        == 0
+    )
+    a, b = generate(96, 11)
+    np.testing.assert_allclose(np.load(out / "C.npy"), a @ b, rtol=1e-12, atol=1e-9)
+
+
+def test_failing_tasks_end_failed_with_their_reason(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    manager, _ = start_mesh(daemons)
+    workflow = write(
+        tmp_path / "failures.toml",
+        """
+[workflow]
+name = "failures"
+
+[[tasks]]
+name = "fine"
+command = ["sh", "-c", "echo ok > /output/ok.txt"]
+outputs = ["ok.txt"]
+
+[[tasks]]
+name = "hungry"
+command = ["python3", "-c", "x = bytearray(400 * 1024 * 1024); print(len(x))"]
+resources = { memory_mb = 64 }
+
+[[tasks]]
+name = "slow"
+command = ["sleep", "60"]
+timeout = 2
+
+[[tasks]]
+name = "broken"
+command = ["sh", "-c", "echo boom >&2; exit 3"]
+""",
+    )
+    reply = submit(manager, workflow, "--wait")
+    assert reply["exit_code"] == 1
+    assert reply["state"] == "failed"
+    status = cli_json("status", reply["workflow_id"], "--data-dir", str(manager.data_dir))
+    tasks = {task["name"]: task for task in status["tasks"]}
+    assert tasks["fine"]["state"] == "completed"
+    assert tasks["hungry"]["state"] == "failed"
+    assert tasks["hungry"]["error"] == "out of memory: needed more than its 64 MiB limit (killed)"
+    assert tasks["slow"]["error"] == "timed out after 2 s (killed)"
+    assert tasks["broken"]["error"] == "exited with code 3"
+    text = run_cli("status", reply["workflow_id"], "--data-dir", str(manager.data_dir)).stdout
+    assert "timed out after 2 s (killed)" in text
+
+
+def test_a_task_sees_no_network_no_root_and_only_output_writable(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    manager, _ = start_mesh(daemons, volunteers=1)
+    write(tmp_path / "data.txt", "input data")
+    probe = (
+        "exec > /output/report.txt 2>&1;"
+        " echo uid=$(id -u);"
+        " echo interfaces=$(cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' ' | tr '\\n' ,);"
+        # No route anywhere: checked without sending a packet.
+        " echo routes=$(tail -n +2 /proc/net/route | wc -l);"
+        " touch /etc/x 2>/dev/null && echo root_fs=writable || echo root_fs=readonly;"
+        " touch /input/x 2>/dev/null && echo input=writable || echo input=readonly;"
+        " cat /input/data.txt; echo"
+    )
+    workflow = write(
+        tmp_path / "probe.toml",
+        f"""
+[workflow]
+name = "probe"
+
+[[tasks]]
+name = "probe"
+command = ["sh", "-c", {json.dumps(probe)}]
+inputs = ["data.txt"]
+outputs = ["report.txt"]
+""",
+    )
+    reply = submit(manager, workflow, "--wait")
+    assert reply["exit_code"] == 0, reply
+    out = tmp_path / "results"
+    run_cli("results", reply["workflow_id"], "--data-dir", str(manager.data_dir), "-o", str(out))
+    report = (out / "report.txt").read_text().split("\n")
+    assert report[:6] == [
+        "uid=65534",
+        "interfaces=lo,",
+        "routes=0",
+        "root_fs=readonly",
+        "input=readonly",
+        "input data",
+    ]
+
+
+def test_killing_a_volunteer_mid_task_still_completes_once(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    manager, volunteers = start_mesh(daemons)
+    tasks = "".join(
+        f"""
+[[tasks]]
+name = "step-{i}"
+command = ["sh", "-c", "sleep 2; echo {i} > /output/out-{i}.txt"]
+outputs = ["out-{i}.txt"]
+"""
+        for i in range(4)
+    )
+    workflow = write(tmp_path / "steps.toml", '[workflow]\nname = "steps"\n' + tasks)
+    reply = submit(manager, workflow)
+    workflow_id = reply["workflow_id"]
+    victim = volunteers[0]
+
+    def running_on_victim() -> bool:
+        status = cli_json("status", workflow_id, "--data-dir", str(manager.data_dir))
+        return any(
+            t["state"] == "running" and t["volunteer_id"] == victim.node_id for t in status["tasks"]
+        )
+
+    wait_until(running_on_victim, 30, "a task to run on the victim")
+    victim.kill()
+
+    def finished() -> dict[str, Any] | None:
+        status: dict[str, Any] = cli_json(
+            "status", workflow_id, "--data-dir", str(manager.data_dir)
+        )
+        return status if status["state"] in ("completed", "failed") else None
+
+    status = wait_until(finished, 90, "the workflow to finish")
+    assert status["state"] == "completed", status
+    assert any(t["attempts"] >= 2 for t in status["tasks"]), "no task was retried"
+    out = tmp_path / "results"
+    listing = json.loads(
+        run_cli(
+            "results", workflow_id, "--data-dir", str(manager.data_dir), "-o", str(out), "--json"
+        ).stdout
+    )
+    assert sorted(item["name"] for item in listing) == [f"out-{i}.txt" for i in range(4)]
+    for i in range(4):
+        assert (out / f"out-{i}.txt").read_text().strip() == str(i)
