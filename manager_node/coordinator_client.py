@@ -14,13 +14,13 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
+from daemon.backoff import Backoff
 from daemon.discovery.directory import PeerDirectory
 from daemon.discovery.finder import CoordinatorFinder
 from daemon.models import TaskEvent, TaskSpec
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
-from daemon.volunteer.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

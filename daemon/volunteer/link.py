@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from daemon.backoff import Backoff
 from daemon.discovery.directory import PeerDirectory
 from daemon.discovery.finder import CoordinatorFinder
 from daemon.errors import RejectedError
@@ -22,7 +23,6 @@ from daemon.models import Load, Registration, TaskResult, TaskSpec
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
-from daemon.volunteer.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

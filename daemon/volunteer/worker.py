@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from daemon.backoff import Backoff
 from daemon.errors import NodeError, UnreachableError
 from daemon.models import FileRef, OwnerLimits, Resources, TaskResult, TaskSpec
 from daemon.runtime.spec import PROGRESS_FILE, RunResult, RunSpec, Runtime
-from daemon.volunteer.backoff import Backoff
 from daemon.volunteer.policy import Situation, decline_reason
 from daemon.volunteer.store import VolunteerStore
 
