@@ -33,6 +33,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
+def runtime_of(volunteer: Volunteer) -> str:
+    """How its tasks run: said wherever a volunteer is shown, since one is unisolated."""
+    if volunteer.resources.docker_available:
+        return "docker"
+    if volunteer.limits.allow_process_runtime:
+        return "process (UNISOLATED)"
+    return "none"
+
+
 def volunteer_json(volunteer: Volunteer) -> dict[str, Any]:
     return {
         "id": volunteer.volunteer_id,
@@ -44,6 +53,8 @@ def volunteer_json(volunteer: Volunteer) -> dict[str, Any]:
         "disk_free_mb": volunteer.resources.disk_free_mb,
         "gpus": volunteer.resources.gpus,
         "docker": volunteer.resources.docker_available,
+        "runtime": runtime_of(volunteer),
+        "isolated": volunteer.resources.docker_available,
         "images": list(volunteer.resources.images),
         "load": asdict(volunteer.load),
         "limits": asdict(volunteer.limits),
@@ -63,12 +74,13 @@ def volunteers_table(volunteers: Sequence[Volunteer]) -> str:
             str(v.resources.cpu_cores),
             f"{v.resources.memory_mb / 1024:.1f} GiB",
             f"{v.load.cpu_percent:.0f}% cpu, {v.load.running_tasks} tasks",
+            runtime_of(v),
             v.state.value,
             ago(v.last_seen),
         ]
         for v in volunteers
     ]
-    return table(["ID", "HOST", "CORES", "RAM", "LOAD", "STATE", "LAST SEEN"], rows)
+    return table(["ID", "HOST", "CORES", "RAM", "LOAD", "RUNTIME", "STATE", "LAST SEEN"], rows)
 
 
 def peer_json(peer: Peer) -> dict[str, Any]:

@@ -61,6 +61,7 @@ class Daemon:
 
     data_dir: Path
     args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     log_path: Path = field(init=False)
@@ -75,7 +76,7 @@ class Daemon:
             node_command("daemon", "--data-dir", str(self.data_dir), *self.args),
             stdout=log,
             stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         log.close()
         return self
@@ -129,8 +130,14 @@ class Daemons:
         self.root = root
         self.started: list[Daemon] = []
 
-    def start(self, name: str, *args: str, data_dir: Path | None = None) -> Daemon:
-        daemon = Daemon(data_dir or self.root / name, list(args)).start()
+    def start(
+        self,
+        name: str,
+        *args: str,
+        data_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Daemon:
+        daemon = Daemon(data_dir or self.root / name, list(args), env or {}).start()
         self.started.append(daemon)
         return daemon
 

@@ -45,11 +45,14 @@ def test_status_and_volunteers_for_people_and_scripts(daemons: Daemons) -> None:
     assert listed["id"] == volunteer.node_id
     assert listed["state"] == "online"
     assert listed["limits"]["max_concurrent_tasks"] == 3
+    assert listed["runtime"] in ("docker", "none")
 
     table = run_cli("volunteers", "--data-dir", str(coordinator.data_dir))
     assert table.returncode == 0
     header, row = table.stdout.splitlines()
-    assert header.split() == ["ID", "HOST", "CORES", "RAM", "LOAD", "STATE", "LAST", "SEEN"]
+    assert header.split() == [
+        "ID", "HOST", "CORES", "RAM", "LOAD", "RUNTIME", "STATE", "LAST", "SEEN",
+    ]  # fmt: skip
     assert row.startswith(volunteer.node_id[:8])
     assert " online " in row
 
