@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +214,29 @@ outputs = ["out-{i}.txt"]
     assert sorted(item["name"] for item in listing) == [f"out-{i}.txt" for i in range(4)]
     for i in range(4):
         assert (out / f"out-{i}.txt").read_text().strip() == str(i)
+
+
+def test_cancel_stops_running_containers(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    manager, _ = start_mesh(daemons)
+    tasks = "".join(
+        f'\n[[tasks]]\nname = "long-{i}"\ncommand = ["sleep", "300"]\n' for i in range(3)
+    )
+    workflow = write(tmp_path / "long.toml", '[workflow]\nname = "long"\n' + tasks)
+    workflow_id = submit(manager, workflow)["workflow_id"]
+
+    def running_containers() -> list[str]:
+        labels = subprocess.run(
+            ["docker", "ps", "--format", "{{.Labels}}", "--filter", "label=vcnode.run"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        return [line for line in labels.splitlines() if workflow_id in line]
+
+    wait_until(lambda: len(running_containers()) == 2, 30, "two containers running")
+    cancelled = run_cli("cancel", workflow_id, "--data-dir", str(manager.data_dir))
+    assert cancelled.returncode == 0, cancelled.stderr
+    wait_until(lambda: running_containers() == [], 30, "the containers to be stopped")
+    status = cli_json("status", workflow_id, "--data-dir", str(manager.data_dir))
+    assert status["state"] == "cancelled"
+    assert {t["state"] for t in status["tasks"]} == {"cancelled"}
