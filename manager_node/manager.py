@@ -14,7 +14,7 @@ import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from daemon.errors import NodeError, NotFoundError
 from daemon.models import FileRef, TaskEvent, TaskSpec
 from daemon.transfer.blobstore import BlobStore
 from manager_node.coordinator_client import CoordinatorClient
+from manager_node.images import ImageArchives
 from manager_node.spec import EXPLICIT_TYPE, ExplicitTask, parse_workflow
 from manager_node.store import COORDINATOR_SEQUENCE, ManagerStore, NewTask
 from manager_node.workflow import WorkflowRun, WorkflowState, WorkflowTask
@@ -48,10 +49,13 @@ class Submitted:
 
 
 class WorkflowManager:
-    def __init__(self, store: ManagerStore, blobs: BlobStore, workdir: Path) -> None:
+    def __init__(
+        self, store: ManagerStore, blobs: BlobStore, workdir: Path, images: ImageArchives
+    ) -> None:
         self._store = store
         self._blobs = blobs
         self._workdir = workdir
+        self._images = images
         self.coordinator: CoordinatorClient | None = None
         self.address = ""
         self._runs: dict[str, WorkflowRun] = {}
@@ -121,10 +125,14 @@ class WorkflowManager:
                 if not templates:
                     raise SplitterError("parameters", "the split produced no tasks")
                 tasks = [await self._task(workflow_id, t) for t in templates]
+            tasks = await self._attach_images(tasks)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
             raise
-        inputs = sorted({ref for new in tasks for ref in new.spec.inputs}, key=lambda r: r.name)
+        inputs = sorted(
+            {ref for new in tasks for ref in (*new.spec.inputs, new.spec.image_archive) if ref},
+            key=lambda r: r.name,
+        )
         await self._store.create_workflow(
             workflow_id, workflow.name, workflow.type, params, tasks, inputs
         )
@@ -214,6 +222,20 @@ class WorkflowManager:
             retries=template.retries,
         )
         return NewTask(spec, template.name, template.depends_on)
+
+    async def _attach_images(self, tasks: list[NewTask]) -> list[NewTask]:
+        """Pins each image this host holds and offers its archive to volunteers lacking it."""
+        archives = {}
+        for image in sorted({new.spec.image for new in tasks}):
+            archives[image] = await self._images.archive_for(image)
+        attached = []
+        for new in tasks:
+            found = archives[new.spec.image]
+            if found is not None:
+                image_id, archive = found
+                new = replace(new, spec=replace(new.spec, image_id=image_id, image_archive=archive))
+            attached.append(new)
+        return attached
 
     async def _hand_over_ready(self, run: WorkflowRun) -> None:
         ready = run.take_ready()
@@ -348,6 +370,7 @@ class WorkflowManager:
     async def stop(self) -> None:
         for merge in list(self._merges):
             merge.cancel()
+        await self._images.close()
         for queues in self._watchers.values():
             for queue in queues:
                 queue.put_nowait(None)

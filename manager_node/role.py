@@ -12,6 +12,7 @@ from daemon.rpc.v1 import manager_pb2_grpc, transfer_pb2_grpc
 from daemon.transfer.blobstore import BlobStore
 from daemon.transfer.servicer import TransferServicer
 from manager_node.coordinator_client import CoordinatorClient
+from manager_node.images import ImageArchives
 from manager_node.manager import WorkflowManager
 from manager_node.servicer import ManagerServicer
 from manager_node.store import ManagerStore
@@ -30,7 +31,10 @@ class ManagerRole:
         self._blobs = BlobStore(
             context.data_dir / "blobs", max_blob_bytes=MAX_BLOB_BYTES, quota_bytes=BLOB_QUOTA_BYTES
         )
-        self.manager = WorkflowManager(self._store, self._blobs, context.data_dir / "workflows")
+        images = ImageArchives(self._blobs, self._store, context.data_dir / "images")
+        self.manager = WorkflowManager(
+            self._store, self._blobs, context.data_dir / "workflows", images
+        )
         self._following: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 NOBODY = "65534:65534"
 LOG_TAIL_LINES = 200
+EXPORT_CHUNK_BYTES = 1 << 20
 
 
 class ImageMissingError(Exception):
@@ -87,6 +89,22 @@ class DockerRuntime:
                 return None
             raise
         return str(found["Id"])
+
+    async def export_image(self, image: str, target: Path) -> str:
+        """Writes `docker save IMAGE` to `target`; returns the image's ID."""
+        image_id = await self.image_id(image)
+        if image_id is None:
+            raise ImageMissingError(f"image {image} is not here to export")
+        with target.open("wb") as archive:
+            async with self._client().images.export_image(image) as stream:
+                while chunk := await stream.read(EXPORT_CHUNK_BYTES):
+                    await asyncio.to_thread(archive.write, chunk)
+        return image_id
+
+    async def load_image(self, archive: Path) -> None:
+        """`docker load` of an archive another node exported."""
+        with archive.open("rb") as data:
+            await self._client().images.import_image(data=data)
 
     async def run(self, spec: RunSpec, on_progress: ProgressCallback) -> RunResult:
         docker = self._client()

@@ -50,7 +50,8 @@ def decline_reason(task: TaskSpec, situation: Situation) -> str | None:
         return "network not allowed by the owner"
     if situation.runtime is None:
         return "no Docker engine here and the owner does not allow the process runtime"
-    if situation.runtime == "docker":
+    if situation.runtime == "docker" and task.image_archive is None:
+        # Without an archive from the manager, only the local image can serve.
         if situation.image_id is None:
             return f"image {task.image} is not on this volunteer"
         if task.image_id and task.image_id != situation.image_id:

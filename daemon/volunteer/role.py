@@ -74,6 +74,7 @@ class VolunteerRole:
                 self._context.data_dir, self._docker_available, self._images
             ),
             image_id=self._image_id,
+            load_image=self._docker.load_image if self._docker else None,
         )
         await self.worker.open()
 

@@ -101,6 +101,7 @@ class TaskWorker:
         runtime: Runtime | None,
         resources: Callable[[], Resources],
         image_id: Callable[[str], Awaitable[str | None]],
+        load_image: Callable[[Path], Awaitable[None]] | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -108,6 +109,9 @@ class TaskWorker:
         self._runtime = runtime
         self._resources = resources
         self._image_id = image_id
+        self._load_image = load_image
+        # One image load at a time: two tasks of a new image must not both load it.
+        self._image_lock = asyncio.Lock()
         self._reporter: Reporter | None = None
         self._pipelines: dict[str, asyncio.Task[None]] = {}
         self._unacknowledged: set[tuple[str, int]] = set()
@@ -205,6 +209,7 @@ class TaskWorker:
         try:
             await self._store.record_task(task, "fetching")
             await self._fetch_inputs(task, input_dir, copy=not self._runtime.isolated)
+            await self._ensure_image(task)
             await asyncio.to_thread(_make_output_dir, output_dir)
             await self._store.record_task(task, "running")
             run = await self._runtime.run(
@@ -220,6 +225,30 @@ class TaskWorker:
                 task_id=task.task_id, attempt=task.attempt, exit_code=-1, error=str(failure)
             )
         return _result(task, run, error, outputs)
+
+    async def _ensure_image(self, task: TaskSpec) -> None:
+        """Loads the task's image from the manager's archive when it is missing here, and
+        checks it is the image the task pins."""
+        if self._load_image is None:
+            return  # the process runtime has no images
+        async with self._image_lock:
+            current = await self._image_id(task.image)
+            if current is not None and task.image_id in ("", current):
+                return
+            if task.image_archive is None:
+                raise TaskFailedError(f"image {task.image} is not on this volunteer")
+            try:
+                archive = await self._transfers.fetch(task.manager_address, task.image_archive)
+            except NodeError as error:
+                raise TaskFailedError(f"could not fetch image {task.image}: {error}") from None
+            await self._load_image(archive)
+            loaded = await self._image_id(task.image)
+            if loaded is None or task.image_id not in ("", loaded):
+                raise TaskFailedError(
+                    f"the manager's archive of {task.image} gave image {loaded}, "
+                    f"not {task.image_id}"
+                )
+            log.info("loaded image %s (%s) from the manager", task.image, loaded[:19])
 
     def _run_spec(self, task: TaskSpec, input_dir: Path, output_dir: Path) -> RunSpec:
         limits = self._config.limits

@@ -1,0 +1,111 @@
+"""A volunteer whose Docker engine lacks the task's image gets it from the manager.
+
+The volunteer runs against a second Docker engine of its own (its own image store, as on
+another machine), so the image can only arrive over TransferService.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import (
+    Daemons,
+    list_volunteers,
+    run_cli,
+    unique_cluster,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+
+def image_id(image: str, host: str | None = None) -> str | None:
+    command = [
+        "docker",
+        *(["-H", host] if host else []),
+        "image",
+        "inspect",
+        "-f",
+        "{{.Id}}",
+        image,
+    ]
+    found = subprocess.run(command, capture_output=True, text=True, check=False)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+@pytest.fixture
+def second_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`unix://SOCKET` of a second dockerd with an empty image store."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run as root to start a second Docker engine")
+        pytest.skip("starting a second Docker engine needs root")
+    root = tmp_path_factory.mktemp("engine")
+    socket = f"unix://{root}/docker.sock"
+    log = (root / "dockerd.log").open("wb")
+    engine = subprocess.Popen(
+        [
+            "dockerd", "--data-root", f"{root}/data", "--exec-root", f"{root}/exec",
+            "--pidfile", f"{root}/docker.pid", "-H", socket,
+            "--bridge=none", "--iptables=false", "--ip-masq=false",
+        ],
+        stdout=log, stderr=log,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: (
+                subprocess.run(
+                    ["docker", "-H", socket, "info"], capture_output=True, check=False
+                ).returncode
+                == 0
+            ),
+            30,
+            "the second Docker engine",
+        )
+        yield socket
+    finally:
+        engine.send_signal(signal.SIGTERM)
+        engine.wait(timeout=30)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_volunteer_loads_the_image_from_the_manager(
+    daemons: Daemons, tmp_path: Path, worker_image: str, second_engine: str
+) -> None:
+    assert image_id(worker_image, second_engine) is None
+    cluster = unique_cluster()
+    common = ["--listen", "127.0.0.1:0", "--cluster", cluster, "--heartbeat", "0.5"]
+    manager = daemons.start("manager", "--role", "coordinator,manager", *common)
+    address = manager.address()
+    volunteer = daemons.start(
+        "volunteer", "--role", "volunteer", *common, env={"DOCKER_HOST": second_engine}
+    )
+    volunteer.address()
+    wait_until(lambda: volunteer.node_id in list_volunteers(address), 15, "volunteer to join")
+    workflow = tmp_path / "w.toml"
+    script = "import numpy; open('/output/v.txt', 'w').write(numpy.__version__)"
+    workflow.write_text(
+        '[workflow]\nname = "image"\n\n[[tasks]]\nname = "hello"\n'
+        f"command = {json.dumps(['python3', '-c', script])}\n"
+        'outputs = ["v.txt"]\n'
+    )
+    submitted = run_cli(
+        "submit", str(workflow), "--data-dir", str(manager.data_dir), "--wait", "--json",
+        timeout=300,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr + volunteer.log + manager.log
+    assert "loaded image vcnode/worker:1" in volunteer.log
+    assert image_id(worker_image, second_engine) == image_id(worker_image)
+    out = tmp_path / "out"
+    workflow_id = json.loads(submitted.stdout)["workflow_id"]
+    run_cli("results", workflow_id, "--data-dir", str(manager.data_dir), "-o", str(out))
+    assert (out / "v.txt").read_text().startswith("1.")
