@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from daemon.capacity import capacity_problem
 from daemon.models import (
     OwnerLimits,
     Resources,
@@ -95,28 +96,12 @@ Instruction = SendOffer | SendCancel | Publish | SaveTask
 
 def unfit_reason(request: TaskSpec, candidate: Candidate) -> str | None:
     """Why this volunteer can never run this task, or None if it can."""
-    resources, limits = candidate.resources, candidate.limits
-    wanted = request.resources
-
-    def cap(machine: float, owner_limit: float) -> float:
-        return min(machine, owner_limit or math.inf)
-
-    memory = cap(resources.memory_mb, limits.max_memory_mb)
-    if wanted.memory_mb > memory:
-        return f"needs {wanted.memory_mb} MiB of memory, has {memory:g}"
-    cpus = cap(resources.cpu_cores, limits.max_cpus)
-    if wanted.cpus > cpus:
-        return f"needs {wanted.cpus:g} CPUs, has {cpus:g}"
-    disk = cap(resources.disk_free_mb, limits.max_disk_mb)
-    if wanted.disk_mb > disk:
-        return f"needs {wanted.disk_mb} MiB of disk, has {disk:g}"
-    if wanted.gpus > resources.gpus:
-        return f"needs {wanted.gpus} GPUs, has {resources.gpus}"
-    if request.network and not limits.allow_network:
-        return "needs a network, which its owner does not allow"
-    if not resources.docker_available and not limits.allow_process_runtime:
-        return "has no Docker engine and does not allow the process runtime"
-    return None
+    problem = capacity_problem(request, candidate.resources, candidate.limits)
+    if problem is None and not (
+        candidate.resources.docker_available or candidate.limits.allow_process_runtime
+    ):
+        problem = "has no Docker engine and does not allow the process runtime"
+    return problem
 
 
 class Scheduler:

@@ -188,20 +188,7 @@ class WorkflowManager:
                         f"file {source} was not uploaded with the workflow",
                     )
                 inputs.append(FileRef(name, ref.sha256, ref.size))
-            spec = TaskSpec(
-                task_id=f"{workflow_id}.{entry.name}",
-                workflow_id=workflow_id,
-                image=entry.image,
-                command=entry.command,
-                resources=entry.resources,
-                timeout_seconds=entry.timeout_seconds,
-                inputs=tuple(inputs),
-                outputs=entry.outputs,
-                network=entry.network,
-                manager_address=self.address,
-                retries=entry.retries,
-            )
-            tasks.append(NewTask(spec, entry.name, entry.depends_on))
+            tasks.append(self._new_task(workflow_id, entry, tuple(inputs)))
         return tasks
 
     async def _task(self, workflow_id: str, template: TaskTemplate) -> NewTask:
@@ -209,19 +196,28 @@ class WorkflowManager:
         for name, path in sorted(template.inputs.items()):
             sha256, size = await self._blobs.put_file(path)
             inputs.append(FileRef(name, sha256, size))
+        return self._new_task(workflow_id, template, tuple(inputs))
+
+    def _new_task(
+        self,
+        workflow_id: str,
+        entry: TaskTemplate | ExplicitTask,
+        inputs: tuple[FileRef, ...],
+    ) -> NewTask:
         spec = TaskSpec(
-            task_id=f"{workflow_id}.{template.name}",
+            task_id=f"{workflow_id}.{entry.name}",
             workflow_id=workflow_id,
-            image=template.image,
-            command=template.command,
-            resources=template.resources,
-            timeout_seconds=template.timeout_seconds,
-            inputs=tuple(inputs),
-            outputs=template.outputs,
+            image=entry.image,
+            command=entry.command,
+            resources=entry.resources,
+            timeout_seconds=entry.timeout_seconds,
+            inputs=inputs,
+            outputs=entry.outputs,
+            network=isinstance(entry, ExplicitTask) and entry.network,
             manager_address=self.address,
-            retries=template.retries,
+            retries=entry.retries,
         )
-        return NewTask(spec, template.name, template.depends_on)
+        return NewTask(spec, entry.name, entry.depends_on)
 
     async def _attach_images(self, tasks: list[NewTask]) -> list[NewTask]:
         """Pins each image this host holds and offers its archive to volunteers lacking it."""

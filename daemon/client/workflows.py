@@ -10,6 +10,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,6 +42,28 @@ def _print_json(value: Any) -> None:
 
 def _stub(channel: grpc.aio.Channel) -> manager_pb2_grpc.ManagerServiceStub:
     return manager_pb2_grpc.ManagerServiceStub(channel)
+
+
+@asynccontextmanager
+async def manager_at(address: str) -> AsyncIterator[manager_pb2_grpc.ManagerServiceStub]:
+    """A manager stub whose failed calls become errors that say what to do."""
+    channel = open_channel(address)
+    try:
+        yield _stub(channel)
+    except grpc.aio.AioRpcError as error:
+        raise error_from_rpc(error, address, "manager") from None
+    finally:
+        await channel.close()
+
+
+async def _workflow_status(
+    manager: manager_pb2_grpc.ManagerServiceStub, workflow_id: str
+) -> manager_pb2.WorkflowStatus:
+    status: manager_pb2.WorkflowStatus = await manager.GetWorkflowStatus(
+        manager_pb2.GetWorkflowStatusRequest(workflow_id=workflow_id),
+        timeout=CALL_TIMEOUT_SECONDS,
+    )
+    return status
 
 
 def resolve_input(value: str, workflow_dir: Path, key: str) -> Path:
@@ -75,9 +99,8 @@ async def submit(address: str, args: argparse.Namespace) -> int:
         sha256, size = await asyncio.to_thread(sha256_file, path)
         await upload(address, path, sha256, size, INPUT_PURPOSE)
         files.append(FileRef(name, sha256, size))
-    channel = open_channel(address)
-    try:
-        reply = await _stub(channel).SubmitWorkflow(
+    async with manager_at(address) as manager:
+        reply = await manager.SubmitWorkflow(
             manager_pb2.SubmitWorkflowRequest(
                 workflow_toml=text,
                 overrides=overrides,
@@ -92,15 +115,8 @@ async def submit(address: str, args: argparse.Namespace) -> int:
             print(f"submitted {reply.workflow_id}: {reply.task_count} tasks")
         if not args.wait:
             return 0
-        state = await _follow(channel, reply.workflow_id, ProgressBar(sys.stderr))
-        status = await _stub(channel).GetWorkflowStatus(
-            manager_pb2.GetWorkflowStatusRequest(workflow_id=reply.workflow_id),
-            timeout=CALL_TIMEOUT_SECONDS,
-        )
-    except grpc.aio.AioRpcError as error:
-        raise error_from_rpc(error, address, "manager") from None
-    finally:
-        await channel.close()
+        state = await _follow(manager, reply.workflow_id, ProgressBar(sys.stderr))
+        status = await _workflow_status(manager, reply.workflow_id)
     if args.json:
         _print_json({"workflow_id": reply.workflow_id, **_status_json(status)})
     else:
@@ -150,11 +166,13 @@ class ProgressBar:
             self._stream.flush()
 
 
-async def _follow(channel: grpc.aio.Channel, workflow_id: str, bar: ProgressBar) -> str:
+async def _follow(
+    manager: manager_pb2_grpc.ManagerServiceStub, workflow_id: str, bar: ProgressBar
+) -> str:
     """Shows progress until the workflow ends; returns its final state."""
     state = ""
     try:
-        async for event in _stub(channel).WatchWorkflow(
+        async for event in manager.WatchWorkflow(
             manager_pb2.WatchWorkflowRequest(workflow_id=workflow_id)
         ):
             note = "merging" if event.kind == "merging" else ""
@@ -164,11 +182,7 @@ async def _follow(channel: grpc.aio.Channel, workflow_id: str, bar: ProgressBar)
     finally:
         bar.close()
     if not state:
-        status = await _stub(channel).GetWorkflowStatus(
-            manager_pb2.GetWorkflowStatusRequest(workflow_id=workflow_id),
-            timeout=CALL_TIMEOUT_SECONDS,
-        )
-        state = status.state
+        state = (await _workflow_status(manager, workflow_id)).state
     return state
 
 
@@ -223,16 +237,8 @@ def _print_outcome(status: manager_pb2.WorkflowStatus) -> None:
 
 
 async def status(address: str, args: argparse.Namespace) -> int:
-    channel = open_channel(address)
-    try:
-        reply = await _stub(channel).GetWorkflowStatus(
-            manager_pb2.GetWorkflowStatusRequest(workflow_id=args.workflow),
-            timeout=CALL_TIMEOUT_SECONDS,
-        )
-    except grpc.aio.AioRpcError as error:
-        raise error_from_rpc(error, address, "manager") from None
-    finally:
-        await channel.close()
+    async with manager_at(address) as manager:
+        reply = await _workflow_status(manager, args.workflow)
     if args.json:
         _print_json(_status_json(reply))
     else:
@@ -241,9 +247,8 @@ async def status(address: str, args: argparse.Namespace) -> int:
 
 
 async def watch(address: str, args: argparse.Namespace) -> int:
-    channel = open_channel(address)
-    try:
-        async for event in _stub(channel).WatchWorkflow(
+    async with manager_at(address) as manager:
+        async for event in manager.WatchWorkflow(
             manager_pb2.WatchWorkflowRequest(workflow_id=args.workflow)
         ):
             if args.json:
@@ -266,38 +271,23 @@ async def watch(address: str, args: argparse.Namespace) -> int:
                     f"{at} {subject} {event.kind}" + (f": {event.message}" if event.message else "")
                 )
             sys.stdout.flush()
-        final = await _stub(channel).GetWorkflowStatus(
-            manager_pb2.GetWorkflowStatusRequest(workflow_id=args.workflow),
-            timeout=CALL_TIMEOUT_SECONDS,
-        )
-    except grpc.aio.AioRpcError as error:
-        raise error_from_rpc(error, address, "manager") from None
-    finally:
-        await channel.close()
+        final = await _workflow_status(manager, args.workflow)
     return 0 if final.state == "completed" else 1
 
 
 async def results(address: str, args: argparse.Namespace) -> int:
-    channel = open_channel(address)
-    try:
-        reply = await _stub(channel).GetResults(
+    async with manager_at(address) as manager:
+        reply = await manager.GetResults(
             manager_pb2.GetResultsRequest(workflow_id=args.workflow),
             timeout=CALL_TIMEOUT_SECONDS,
         )
         refs = [convert.file_ref_from_proto(ref) for ref in reply.files]
         if not refs:
-            status = await _stub(channel).GetWorkflowStatus(
-                manager_pb2.GetWorkflowStatusRequest(workflow_id=args.workflow),
-                timeout=CALL_TIMEOUT_SECONDS,
-            )
+            status = await _workflow_status(manager, args.workflow)
             raise NodeError(
                 f"workflow {args.workflow} has no results yet (it is {status.state}); "
                 f"see 'node status {args.workflow}'"
             )
-    except grpc.aio.AioRpcError as error:
-        raise error_from_rpc(error, address, "manager") from None
-    finally:
-        await channel.close()
     out: Path = args.output
     await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".vcnode-download-") as scratch:
@@ -320,16 +310,11 @@ async def results(address: str, args: argparse.Namespace) -> int:
 
 
 async def cancel(address: str, args: argparse.Namespace) -> int:
-    channel = open_channel(address)
-    try:
-        reply = await _stub(channel).CancelWorkflow(
+    async with manager_at(address) as manager:
+        reply = await manager.CancelWorkflow(
             manager_pb2.CancelWorkflowRequest(workflow_id=args.workflow),
             timeout=CALL_TIMEOUT_SECONDS,
         )
-    except grpc.aio.AioRpcError as error:
-        raise error_from_rpc(error, address, "manager") from None
-    finally:
-        await channel.close()
     if args.json:
         _print_json({"workflow_id": args.workflow, "cancelled_tasks": reply.cancelled_tasks})
     else:
@@ -338,15 +323,10 @@ async def cancel(address: str, args: argparse.Namespace) -> int:
 
 
 async def list_workflows(address: str, args: argparse.Namespace) -> int:
-    channel = open_channel(address)
-    try:
-        reply = await _stub(channel).ListWorkflows(
+    async with manager_at(address) as manager:
+        reply = await manager.ListWorkflows(
             manager_pb2.ListWorkflowsRequest(), timeout=CALL_TIMEOUT_SECONDS
         )
-    except grpc.aio.AioRpcError as error:
-        raise error_from_rpc(error, address, "manager") from None
-    finally:
-        await channel.close()
     if args.json:
         _print_json([_status_json(w) for w in reply.workflows])
         return 0

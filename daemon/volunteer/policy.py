@@ -6,9 +6,9 @@ word: the volunteer checks again against what it really has right now.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from daemon.capacity import capacity_problem
 from daemon.models import OwnerLimits, Resources, TaskSpec
 
 
@@ -26,28 +26,12 @@ class Situation:
 
 
 def decline_reason(task: TaskSpec, situation: Situation) -> str | None:
-    limits, resources = situation.limits, situation.resources
-    wanted = task.resources
-    slots = max(1, limits.max_concurrent_tasks)
+    slots = max(1, situation.limits.max_concurrent_tasks)
     if situation.running >= slots:
         return f"busy: running {situation.running} of {slots} tasks"
-
-    def cap(machine: float, owner_limit: float) -> float:
-        return min(machine, owner_limit or math.inf)
-
-    memory = cap(resources.memory_mb, limits.max_memory_mb)
-    if wanted.memory_mb > memory:
-        return f"not enough memory: needs {wanted.memory_mb} MiB, may use {memory:g}"
-    cpus = cap(resources.cpu_cores, limits.max_cpus)
-    if wanted.cpus > cpus:
-        return f"not enough CPUs: needs {wanted.cpus:g}, may use {cpus:g}"
-    disk = cap(resources.disk_free_mb, limits.max_disk_mb)
-    if wanted.disk_mb > disk:
-        return f"not enough disk: needs {wanted.disk_mb} MiB, may use {disk:g}"
-    if wanted.gpus > resources.gpus:
-        return f"not enough GPUs: needs {wanted.gpus}, has {resources.gpus}"
-    if task.network and not limits.allow_network:
-        return "network not allowed by the owner"
+    problem = capacity_problem(task, situation.resources, situation.limits)
+    if problem is not None:
+        return problem
     if situation.runtime is None:
         return "no Docker engine here and the owner does not allow the process runtime"
     if situation.runtime == "docker" and task.image_archive is None:

@@ -176,7 +176,7 @@ def test_task_no_volunteer_can_hold_is_reported_unschedulable_once() -> None:
     out = scheduler.submit(MANAGER, [spec("big", memory_mb=8192)], now=0)
     reports = [i.event for i in out if isinstance(i, Publish) and i.event.kind == "unschedulable"]
     assert len(reports) == 1
-    assert "needs 8192 MiB of memory, has 1024" in reports[0].message
+    assert "not enough memory: needs 8192 MiB, may use 1024" in reports[0].message
     assert events(scheduler.tick(now=1)) == []
     assert offers(scheduler.volunteer_joined(volunteer("v2", memory_mb=16384), [], now=2)) == [
         ("v2", "big", 1)
@@ -185,9 +185,11 @@ def test_task_no_volunteer_can_hold_is_reported_unschedulable_once() -> None:
 
 def test_owner_limits_are_respected_in_matching() -> None:
     capped = volunteer("v1", memory_mb=16384, max_memory_mb=512)
-    assert unfit_reason(spec("t", memory_mb=1024), capped) == "needs 1024 MiB of memory, has 512"
+    assert unfit_reason(spec("t", memory_mb=1024), capped) == (
+        "not enough memory: needs 1024 MiB, may use 512"
+    )
     assert unfit_reason(spec("t", network=True), volunteer("v1")) == (
-        "needs a network, which its owner does not allow"
+        "network not allowed by the owner"
     )
     assert unfit_reason(spec("t", network=True), volunteer("v1", allow_network=True)) is None
     no_docker = Candidate(
