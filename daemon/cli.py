@@ -315,6 +315,12 @@ def _add_client_parsers(commands: Any) -> None:
     )
     status.add_argument("workflow", nargs="?", help="a workflow id: show its tasks instead")
     _add_target_arguments(status, None)
+    status.add_argument(
+        "--manager",
+        dest="address",
+        metavar="HOST:PORT",
+        help="the manager to ask about WORKFLOW (same as --node)",
+    )
     status.set_defaults(handler=_async(_status))
 
     volunteers = commands.add_parser("volunteers", help="the coordinator's volunteers")

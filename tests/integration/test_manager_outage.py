@@ -1,0 +1,78 @@
+"""A manager that goes away mid-task loses nothing: the volunteer keeps the outputs and
+delivers them when the manager is back, and the manager catches up on the events it missed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import (
+    Daemons,
+    cli_json,
+    list_volunteers,
+    run_cli,
+    unique_cluster,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+
+def test_outputs_reach_a_manager_that_was_down_when_the_task_ended(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    cluster = unique_cluster()
+    common = ["--cluster", cluster, "--heartbeat", "0.5", "--no-mdns"]
+    coordinator = daemons.start(
+        "coordinator", "--role", "coordinator", "--listen", "127.0.0.1:0", *common
+    )
+    coordinator_address = coordinator.address()
+    manager_args = ["--role", "manager", "--coordinator", coordinator_address, *common]
+    manager = daemons.start("manager", *manager_args, "--listen", "127.0.0.1:0")
+    manager_address = manager.address()
+    volunteer = daemons.start(
+        "volunteer", "--role", "volunteer", "--listen", "127.0.0.1:0",
+        "--coordinator", coordinator_address, *common,
+    )  # fmt: skip
+    volunteer.address()
+    wait_until(lambda: volunteer.node_id in list_volunteers(coordinator_address), 15, "join")
+
+    workflow = tmp_path / "slow.toml"
+    workflow.write_text(
+        '[workflow]\nname = "slow"\n\n[[tasks]]\nname = "late"\n'
+        'command = ["sh", "-c", "sleep 3; echo done > /output/late.txt"]\n'
+        'outputs = ["late.txt"]\n'
+    )
+    workflow_id = cli_json("submit", str(workflow), "--manager", manager_address)["workflow_id"]
+    wait_until(
+        lambda: (
+            cli_json("status", workflow_id, "--manager", manager_address)["tasks"][0]["state"]
+            == "running"
+        ),
+        30,
+        "the task to run",
+    )
+    manager.kill()
+    wait_until(lambda: "upload of late.txt" in volunteer.log, 30, "a failed upload attempt")
+
+    restarted = daemons.start(
+        "manager", *manager_args, "--listen", manager_address, data_dir=manager.data_dir
+    )
+    assert restarted.address() == manager_address
+
+    def finished() -> dict[str, object] | None:
+        status: dict[str, object] = cli_json("status", workflow_id, "--manager", manager_address)
+        return status if status["state"] in ("completed", "failed") else None
+
+    status = wait_until(finished, 60, "the workflow to finish after the manager came back")
+    assert status["state"] == "completed", status
+    out = tmp_path / "out"
+    listing = json.loads(
+        run_cli(
+            "results", workflow_id, "--manager", manager_address, "-o", str(out), "--json"
+        ).stdout
+    )
+    assert [item["name"] for item in listing] == ["late.txt"]
+    assert (out / "late.txt").read_text().strip() == "done"
