@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 NOBODY = "65534:65534"
 LOG_TAIL_LINES = 200
+OWNER_LABEL = "vcnode.volunteer"
 EXPORT_CHUNK_BYTES = 1 << 20
 
 
@@ -38,8 +39,9 @@ class ImageMissingError(Exception):
     pass
 
 
-def container_config(spec: RunSpec) -> dict[str, Any]:
-    """The Docker create request for a task (pure, so the lockdown itself is testable)."""
+def container_config(spec: RunSpec, owner: str = "") -> dict[str, Any]:
+    """The Docker create request for a task (pure, so the lockdown itself is testable).
+    `owner` labels the container with the volunteer that runs it."""
     memory = spec.memory_mb * MIB
     return {
         "Image": spec.image,
@@ -52,7 +54,7 @@ def container_config(spec: RunSpec) -> dict[str, Any]:
             *(f"{key}={value}" for key, value in spec.env.items()),
         ],
         "NetworkDisabled": not spec.network,
-        "Labels": {"vcnode.run": spec.run_id},
+        "Labels": {"vcnode.run": spec.run_id, OWNER_LABEL: owner},
         "HostConfig": {
             "Binds": [f"{spec.input_dir}:/input:ro", f"{spec.output_dir}:/output:rw"],
             "ReadonlyRootfs": True,
@@ -73,7 +75,9 @@ class DockerRuntime:
     name = "docker"
     isolated = True
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str = "") -> None:
+        """`owner`: the volunteer id its containers are labelled with."""
+        self._owner = owner
         self._docker: aiodocker.Docker | None = None
 
     def _client(self) -> aiodocker.Docker:
@@ -89,6 +93,18 @@ class DockerRuntime:
                 return None
             raise
         return str(found["Id"])
+
+    async def remove_leftovers(self) -> int:
+        """Removes containers this volunteer left behind when it was killed: their runs are
+        over for the pool (the tasks went elsewhere), and nobody would enforce their timeout."""
+        if not self._owner:
+            return 0
+        leftovers = await self._client().containers.list(
+            all=True, filters={"label": [f"{OWNER_LABEL}={self._owner}"]}
+        )
+        for container in leftovers:
+            await self._remove(container)
+        return len(leftovers)
 
     async def export_image(self, image: str, target: Path) -> str:
         """Writes `docker save IMAGE` to `target`; returns the image's ID."""
@@ -111,7 +127,7 @@ class DockerRuntime:
         if await self.image_id(spec.image) is None:
             raise ImageMissingError(f"image {spec.image} is not on this volunteer")
         container = await docker.containers.create(
-            config=container_config(spec), name=f"vcnode-{spec.run_id}"
+            config=container_config(spec, self._owner), name=f"vcnode-{spec.run_id}"
         )
         started_at = time.time()
         progress = asyncio.get_running_loop().create_task(

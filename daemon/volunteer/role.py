@@ -53,7 +53,11 @@ class VolunteerRole:
         limits = self._context.config.limits
         runtime: Runtime | None = None
         if self._docker_available:
-            self._docker = runtime = DockerRuntime()
+            self._docker = runtime = DockerRuntime(owner=self._context.identity.node_id)
+            if removed := await self._docker.remove_leftovers():
+                log.warning(
+                    "removed %d containers left by a previous run of this volunteer", removed
+                )
         elif limits.allow_process_runtime:
             runtime = ProcessRuntime(self._context.data_dir / "scratch")
             log.warning(

@@ -215,6 +215,19 @@ outputs = ["out-{i}.txt"]
     for i in range(4):
         assert (out / f"out-{i}.txt").read_text().strip() == str(i)
 
+    # Restarted, the victim removes the container its killed self left behind.
+    assert containers_of(victim.node_id), "the killed volunteer left no container to clean"
+    daemons.start(victim.data_dir.name, *victim.args, data_dir=victim.data_dir).address()
+    wait_until(lambda: not containers_of(victim.node_id), 30, "leftover containers removed")
+
+
+def containers_of(volunteer_id: str) -> list[str]:
+    listing = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=vcnode.volunteer={volunteer_id}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return listing.stdout.split()
+
 
 def test_cancel_stops_running_containers(
     daemons: Daemons, tmp_path: Path, worker_image: str
