@@ -95,10 +95,14 @@ async def submit(address: str, args: argparse.Namespace) -> int:
                 path = resolve_input(str(value), workflow_path.parent, parameter.name)
                 to_upload.append((parameter.name, path))
     files: list[FileRef] = []
-    for name, path in to_upload:
-        sha256, size = await asyncio.to_thread(sha256_file, path)
-        await upload(address, path, sha256, size, INPUT_PURPOSE)
-        files.append(FileRef(name, sha256, size))
+    uploads = open_channel(address)  # one channel for every file: a new one costs ~10 ms
+    try:
+        for name, path in to_upload:
+            sha256, size = await asyncio.to_thread(sha256_file, path)
+            await upload(uploads, path, sha256, size, INPUT_PURPOSE)
+            files.append(FileRef(name, sha256, size))
+    finally:
+        await uploads.close()
     async with manager_at(address) as manager:
         reply = await manager.SubmitWorkflow(
             manager_pb2.SubmitWorkflowRequest(

@@ -123,12 +123,14 @@ class DockerRuntime:
             await self._client().images.import_image(data=data)
 
     async def run(self, spec: RunSpec, on_progress: ProgressCallback) -> RunResult:
-        docker = self._client()
-        if await self.image_id(spec.image) is None:
-            raise ImageMissingError(f"image {spec.image} is not on this volunteer")
-        container = await docker.containers.create(
-            config=container_config(spec, self._owner), name=f"vcnode-{spec.run_id}"
-        )
+        try:
+            container = await self._client().containers.create(
+                config=container_config(spec, self._owner), name=f"vcnode-{spec.run_id}"
+            )
+        except aiodocker.DockerError as error:
+            if error.status == 404:
+                raise ImageMissingError(f"image {spec.image} is not on this volunteer") from None
+            raise
         started_at = time.time()
         progress = asyncio.get_running_loop().create_task(
             watch_progress(spec.output_dir, on_progress)

@@ -145,6 +145,7 @@ class VolunteerRole:
             await self.worker.stop()
 
     async def close(self) -> None:
+        await self._transfers.close()
         if self._docker is not None:
             await self._docker.close()
         await self._store.close()
