@@ -115,8 +115,8 @@ class TaskSpec:
     attempt: int = 0
     retries: int = 0
     image_id: str = ""
-    # The image as a `docker save` archive on the manager, for volunteers that lack it.
-    image_archive: FileRef | None = None
+    # The manager can export the image for volunteers that lack it.
+    image_from_manager: bool = False
 
 
 @dataclass(frozen=True)

@@ -129,10 +129,7 @@ class WorkflowManager:
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
             raise
-        inputs = sorted(
-            {ref for new in tasks for ref in (*new.spec.inputs, new.spec.image_archive) if ref},
-            key=lambda r: r.name,
-        )
+        inputs = sorted({ref for new in tasks for ref in new.spec.inputs}, key=lambda r: r.name)
         await self._store.create_workflow(
             workflow_id, workflow.name, workflow.type, params, tasks, inputs
         )
@@ -220,18 +217,20 @@ class WorkflowManager:
         return NewTask(spec, entry.name, entry.depends_on)
 
     async def _attach_images(self, tasks: list[NewTask]) -> list[NewTask]:
-        """Pins each image this host holds and offers its archive to volunteers lacking it."""
-        archives = {}
-        for image in sorted({new.spec.image for new in tasks}):
-            archives[image] = await self._images.archive_for(image)
-        attached = []
-        for new in tasks:
-            found = archives[new.spec.image]
-            if found is not None:
-                image_id, archive = found
-                new = replace(new, spec=replace(new.spec, image_id=image_id, image_archive=archive))
-            attached.append(new)
-        return attached
+        """Pins each task to the ID of the image this host holds, which the manager can then
+        export for volunteers that lack it."""
+        ids = {image: await self._images.image_id(image) for image in {t.spec.image for t in tasks}}
+        return [
+            replace(new, spec=replace(new.spec, image_id=image_id, image_from_manager=True))
+            if (image_id := ids[new.spec.image])
+            else new
+            for new in tasks
+        ]
+
+    async def image_archive(self, image: str, image_id: str) -> FileRef:
+        archive = await self._images.archive(image, image_id)
+        self._shareable.add(archive.sha256)
+        return archive
 
     async def _hand_over_ready(self, run: WorkflowRun) -> None:
         ready = run.take_ready()

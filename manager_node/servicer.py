@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from daemon.errors import NotFoundError
-from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
+from daemon.rpc.v1 import common_pb2, manager_pb2, manager_pb2_grpc
 from daemon.transport import convert
 from daemon.transport.errors import maps_errors
 from manager_node.manager import WorkflowManager, WorkflowUpdate
@@ -111,6 +111,13 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
     ) -> manager_pb2.CancelWorkflowReply:
         cancelled = await self._manager.cancel(request.workflow_id)
         return manager_pb2.CancelWorkflowReply(cancelled_tasks=cancelled)
+
+    @maps_errors
+    async def GetImageArchive(
+        self, request: manager_pb2.GetImageArchiveRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.FileRef:
+        archive = await self._manager.image_archive(request.image, request.image_id)
+        return convert.file_ref_to_proto(archive)
 
     @maps_errors
     async def ListWorkflows(

@@ -19,8 +19,6 @@ def task_spec_from_json(text: str) -> TaskSpec:
     data["command"] = tuple(data["command"])
     data["inputs"] = tuple(FileRef(**item) for item in data["inputs"])
     data["outputs"] = tuple(data["outputs"])
-    archive = data.get("image_archive")
-    data["image_archive"] = FileRef(**archive) if archive else None
     return TaskSpec(**data)
 
 

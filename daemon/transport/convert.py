@@ -193,7 +193,7 @@ def task_spec_to_proto(spec: TaskSpec) -> common_pb2.TaskSpec:
         attempt=spec.attempt,
         retries=spec.retries,
         image_id=spec.image_id,
-        image_archive=file_ref_to_proto(spec.image_archive) if spec.image_archive else None,
+        image_from_manager=spec.image_from_manager,
     )
 
 
@@ -217,11 +217,7 @@ def task_spec_from_proto(message: common_pb2.TaskSpec) -> TaskSpec:
         attempt=message.attempt,
         retries=message.retries,
         image_id=message.image_id,
-        image_archive=(
-            file_ref_from_proto(message.image_archive)
-            if message.HasField("image_archive")
-            else None
-        ),
+        image_from_manager=message.image_from_manager,
     )
 
 

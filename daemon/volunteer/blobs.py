@@ -9,11 +9,16 @@ from pathlib import Path
 import grpc
 
 from daemon.models import FileRef
+from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
 from daemon.transfer.blobstore import BlobStore
 from daemon.transfer.client import download, upload
+from daemon.transport import convert
 from daemon.transport.channels import open_channel
+from daemon.transport.errors import error_from_rpc
 
 GIB = 1024**3
+# Exporting a large image on the manager's first request takes a while.
+EXPORT_TIMEOUT_SECONDS = 600.0
 HASH_BLOCK_BYTES = 1 << 20
 
 
@@ -48,6 +53,17 @@ class BlobTransfers:
         sha256, size = await asyncio.to_thread(sha256_file, path)
         await upload(self._channel(manager_address), path, sha256, size, purpose)
         return FileRef(path.name, sha256, size)
+
+    async def image_archive(self, manager_address: str, image: str, image_id: str) -> FileRef:
+        stub = manager_pb2_grpc.ManagerServiceStub(self._channel(manager_address))
+        try:
+            reply = await stub.GetImageArchive(
+                manager_pb2.GetImageArchiveRequest(image=image, image_id=image_id),
+                timeout=EXPORT_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error, manager_address, "manager") from None
+        return convert.file_ref_from_proto(reply)
 
     async def close(self) -> None:
         for channel in self._channels.values():

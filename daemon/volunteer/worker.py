@@ -46,6 +46,10 @@ class Transfers(Protocol):
         """Uploads a file; returns its name, sha256 and size as the manager verified them."""
         ...
 
+    async def image_archive(self, manager_address: str, image: str, image_id: str) -> FileRef:
+        """Asks the manager to export a task's image; returns the archive blob to fetch."""
+        ...
+
 
 class Reporter(Protocol):
     """The coordinator link, as far as the worker is concerned."""
@@ -235,10 +239,13 @@ class TaskWorker:
             current = await self._image_id(task.image)
             if current is not None and task.image_id in ("", current):
                 return
-            if task.image_archive is None:
+            if not task.image_from_manager:
                 raise TaskFailedError(f"image {task.image} is not on this volunteer")
             try:
-                archive = await self._transfers.fetch(task.manager_address, task.image_archive)
+                ref = await self._transfers.image_archive(
+                    task.manager_address, task.image, task.image_id
+                )
+                archive = await self._transfers.fetch(task.manager_address, ref)
             except NodeError as error:
                 raise TaskFailedError(f"could not fetch image {task.image}: {error}") from None
             await self._load_image(archive)

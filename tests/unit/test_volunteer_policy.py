@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from daemon.models import FileRef, OwnerLimits, ResourceRequest, Resources, TaskSpec
+from daemon.models import OwnerLimits, ResourceRequest, Resources, TaskSpec
 from daemon.volunteer.policy import Situation, decline_reason
 
 TASK = TaskSpec(
@@ -76,8 +76,7 @@ def test_process_runtime_needs_no_image() -> None:
     assert decline_reason(TASK, replace(HERE, runtime="process", image_id=None)) is None
 
 
-def test_a_missing_image_is_fine_when_the_task_brings_its_archive() -> None:
-    archive = FileRef("image.tar", "a" * 64, 1000)
-    task = replace(TASK, image_id="sha256:def", image_archive=archive)
+def test_a_missing_image_is_fine_when_the_manager_can_export_it() -> None:
+    task = replace(TASK, image_id="sha256:def", image_from_manager=True)
     assert decline_reason(task, replace(HERE, image_id=None)) is None
     assert decline_reason(task, HERE) is None, "a different local image is replaced by loading"

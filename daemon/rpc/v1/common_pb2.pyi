@@ -192,7 +192,7 @@ class TaskSpec(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
     IMAGE_ID_FIELD_NUMBER: _builtins.int
-    IMAGE_ARCHIVE_FIELD_NUMBER: _builtins.int
+    IMAGE_FROM_MANAGER_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     workflow_id: _builtins.str
     image: _builtins.str
@@ -205,6 +205,10 @@ class TaskSpec(_message.Message):
     """How often a task that fails by itself (exit code, timeout, memory) is run again."""
     image_id: _builtins.str
     """The expected image ID (sha256:...), when the task pins one; empty otherwise."""
+    image_from_manager: _builtins.bool
+    """The manager can export the image (ManagerService.GetImageArchive) for volunteers
+    that lack it.
+    """
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -213,10 +217,6 @@ class TaskSpec(_message.Message):
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileRef]: ...
     @_builtins.property
     def outputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def image_archive(self) -> Global___FileRef:
-        """The image as a `docker save` archive on the manager, for volunteers that lack it."""
-
     def __init__(
         self,
         *,
@@ -233,11 +233,11 @@ class TaskSpec(_message.Message):
         attempt: _builtins.int = ...,
         retries: _builtins.int = ...,
         image_id: _builtins.str = ...,
-        image_archive: Global___FileRef | None = ...,
+        image_from_manager: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["image_archive", b"image_archive", "resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "image", b"image", "image_archive", b"image_archive", "image_id", b"image_id", "inputs", b"inputs", "manager_address", b"manager_address", "network", b"network", "outputs", b"outputs", "resources", b"resources", "retries", b"retries", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "image", b"image", "image_from_manager", b"image_from_manager", "image_id", b"image_id", "inputs", b"inputs", "manager_address", b"manager_address", "network", b"network", "outputs", b"outputs", "resources", b"resources", "retries", b"retries", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

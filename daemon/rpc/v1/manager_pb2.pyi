@@ -20,6 +20,29 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class GetImageArchiveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    image: _builtins.str
+    image_id: _builtins.str
+    """The ID the task pins; the manager refuses if its image no longer has it."""
+    def __init__(
+        self,
+        *,
+        image: _builtins.str = ...,
+        image_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "image_id", b"image_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetImageArchiveRequest: _TypeAlias = GetImageArchiveRequest  # noqa: Y015
+
+@_typing.final
 class SubmitWorkflowRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

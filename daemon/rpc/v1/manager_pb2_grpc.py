@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from daemon.rpc.v1 import common_pb2 as daemon_dot_rpc_dot_v1_dot_common__pb2
 from daemon.rpc.v1 import manager_pb2 as daemon_dot_rpc_dot_v1_dot_manager__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -64,6 +65,11 @@ class ManagerServiceStub:
                 request_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ListWorkflowsRequest.SerializeToString,
                 response_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ListWorkflowsReply.FromString,
                 _registered_method=True)
+        self.GetImageArchive = channel.unary_unary(
+                '/vcnode.v1.ManagerService/GetImageArchive',
+                request_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.GetImageArchiveRequest.SerializeToString,
+                response_deserializer=daemon_dot_rpc_dot_v1_dot_common__pb2.FileRef.FromString,
+                _registered_method=True)
 
 
 class ManagerServiceServicer:
@@ -105,6 +111,14 @@ class ManagerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetImageArchive(self, request, context):
+        """A task's image as a `docker save` archive blob (fetch it with TransferService), for a
+        volunteer that lacks it. Exported on first request, then kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +151,11 @@ def add_ManagerServiceServicer_to_server(servicer, server):
                     servicer.ListWorkflows,
                     request_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ListWorkflowsRequest.FromString,
                     response_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ListWorkflowsReply.SerializeToString,
+            ),
+            'GetImageArchive': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImageArchive,
+                    request_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.GetImageArchiveRequest.FromString,
+                    response_serializer=daemon_dot_rpc_dot_v1_dot_common__pb2.FileRef.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +320,33 @@ class ManagerService:
             '/vcnode.v1.ManagerService/ListWorkflows',
             daemon_dot_rpc_dot_v1_dot_manager__pb2.ListWorkflowsRequest.SerializeToString,
             daemon_dot_rpc_dot_v1_dot_manager__pb2.ListWorkflowsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImageArchive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vcnode.v1.ManagerService/GetImageArchive',
+            daemon_dot_rpc_dot_v1_dot_manager__pb2.GetImageArchiveRequest.SerializeToString,
+            daemon_dot_rpc_dot_v1_dot_common__pb2.FileRef.FromString,
             options,
             channel_credentials,
             insecure,

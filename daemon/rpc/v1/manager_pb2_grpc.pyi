@@ -4,6 +4,7 @@ isort:skip_file
 The manager owns workflows: what `node submit`, `node status`, `node results` call."""
 
 from collections import abc as _abc
+from daemon.rpc.v1 import common_pb2 as _common_pb2
 from daemon.rpc.v1 import manager_pb2 as _manager_pb2
 from grpc import aio as _aio
 import abc as _abc_1
@@ -37,6 +38,10 @@ class ManagerServiceStub:
     GetResults: _grpc.UnaryUnaryMultiCallable[_manager_pb2.GetResultsRequest, _manager_pb2.GetResultsReply]
     CancelWorkflow: _grpc.UnaryUnaryMultiCallable[_manager_pb2.CancelWorkflowRequest, _manager_pb2.CancelWorkflowReply]
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_manager_pb2.ListWorkflowsRequest, _manager_pb2.ListWorkflowsReply]
+    GetImageArchive: _grpc.UnaryUnaryMultiCallable[_manager_pb2.GetImageArchiveRequest, _common_pb2.FileRef]
+    """A task's image as a `docker save` archive blob (fetch it with TransferService), for a
+    volunteer that lacks it. Exported on first request, then kept.
+    """
 
 @_typing.type_check_only
 class ManagerServiceAsyncStub(ManagerServiceStub):
@@ -47,6 +52,10 @@ class ManagerServiceAsyncStub(ManagerServiceStub):
     GetResults: _aio.UnaryUnaryMultiCallable[_manager_pb2.GetResultsRequest, _manager_pb2.GetResultsReply]  # type: ignore[assignment]
     CancelWorkflow: _aio.UnaryUnaryMultiCallable[_manager_pb2.CancelWorkflowRequest, _manager_pb2.CancelWorkflowReply]  # type: ignore[assignment]
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_manager_pb2.ListWorkflowsRequest, _manager_pb2.ListWorkflowsReply]  # type: ignore[assignment]
+    GetImageArchive: _aio.UnaryUnaryMultiCallable[_manager_pb2.GetImageArchiveRequest, _common_pb2.FileRef]  # type: ignore[assignment]
+    """A task's image as a `docker save` archive blob (fetch it with TransferService), for a
+    volunteer that lacks it. Exported on first request, then kept.
+    """
 
 class ManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -90,5 +99,15 @@ class ManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _manager_pb2.ListWorkflowsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_manager_pb2.ListWorkflowsReply, _abc.Awaitable[_manager_pb2.ListWorkflowsReply]]: ...
+
+    @_abc_1.abstractmethod
+    def GetImageArchive(
+        self,
+        request: _manager_pb2.GetImageArchiveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.FileRef, _abc.Awaitable[_common_pb2.FileRef]]:
+        """A task's image as a `docker save` archive blob (fetch it with TransferService), for a
+        volunteer that lacks it. Exported on first request, then kept.
+        """
 
 def add_ManagerServiceServicer_to_server(servicer: ManagerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
