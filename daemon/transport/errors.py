@@ -61,10 +61,3 @@ def error_from_rpc(error: grpc.aio.AioRpcError, address: str, what: str) -> Node
         return NodeError(f"the node at {address} is not a {what}: {detail}")
     return NodeError(f"{what} at {address} failed: {detail}")
 
-
-async def abort_not_available(context: grpc.aio.ServicerContext, what: str) -> None:
-    """For calls the contract defines but this version of the node does not serve yet."""
-    await context.abort(
-        grpc.StatusCode.UNIMPLEMENTED,
-        f"{what} is not available in this version of vcnode; it arrives with task execution",
-    )
