@@ -6,7 +6,8 @@ do: offers and cancels to send, events to publish, task records to save.
 
 Rules:
 - A task is offered to one connected volunteer at a time that fits it (resources, owner's
-  limits, free slots) and has not just declined it; FIFO, spreading over the least busy.
+  limits, room) and has not just declined it; FIFO, spreading over the least busy. A
+  volunteer holds one task beyond its slots, whose inputs it fetches while it is busy.
 - Every offer has a number (`attempt`). Answers and results carry it, so anything about an
   older attempt (a late result from a volunteer we gave up on) is ignored, never counted.
 - A volunteer that is lost takes its tasks back to the queue; after `max_attempts` offers a
@@ -19,7 +20,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from daemon.capacity import capacity_problem
+from daemon.capacity import capacity_problem, held_tasks
 from daemon.models import (
     OwnerLimits,
     Resources,
@@ -44,8 +45,9 @@ class Candidate:
     limits: OwnerLimits
 
     @property
-    def slots(self) -> int:
-        return max(1, self.limits.max_concurrent_tasks)
+    def capacity(self) -> int:
+        """Tasks it may hold: its slots plus one fetched ahead."""
+        return held_tasks(self.limits)
 
 
 @dataclass
@@ -299,7 +301,7 @@ class Scheduler:
             ready = [
                 c
                 for c in fitting
-                if len(self._assigned.get(c.volunteer_id, ())) < c.slots
+                if len(self._assigned.get(c.volunteer_id, ())) < c.capacity
                 and now - task.declined_at.get(c.volunteer_id, -math.inf)
                 >= DECLINE_COOLDOWN_SECONDS
             ]
@@ -308,7 +310,7 @@ class Scheduler:
             chosen = max(
                 ready,
                 key=lambda c: (
-                    c.slots - len(self._assigned.get(c.volunteer_id, ())),
+                    c.capacity - len(self._assigned.get(c.volunteer_id, ())),
                     c.volunteer_id,
                 ),
             )

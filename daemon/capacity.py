@@ -8,6 +8,21 @@ import math
 from daemon.models import OwnerLimits, Resources, TaskSpec
 
 
+# Tasks a volunteer takes beyond its free slots, to fetch their inputs while its containers
+# run (work buffering, as BOINC does): the next task starts the moment a slot frees.
+PREFETCH_TASKS = 1
+
+
+def task_slots(limits: OwnerLimits) -> int:
+    """How many tasks run at once on a volunteer."""
+    return max(1, limits.max_concurrent_tasks)
+
+
+def held_tasks(limits: OwnerLimits) -> int:
+    """How many tasks a volunteer holds at once: running, or fetched and waiting."""
+    return task_slots(limits) + PREFETCH_TASKS
+
+
 def _cap(machine: float, owner_limit: float) -> float:
     return min(machine, owner_limit or math.inf)
 

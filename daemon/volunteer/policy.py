@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from daemon.capacity import capacity_problem
+from daemon.capacity import capacity_problem, held_tasks
 from daemon.models import OwnerLimits, Resources, TaskSpec
 
 
@@ -26,9 +26,9 @@ class Situation:
 
 
 def decline_reason(task: TaskSpec, situation: Situation) -> str | None:
-    slots = max(1, situation.limits.max_concurrent_tasks)
-    if situation.running >= slots:
-        return f"busy: running {situation.running} of {slots} tasks"
+    most = held_tasks(situation.limits)
+    if situation.running >= most:
+        return f"busy: holding {situation.running} of {most} tasks"
     problem = capacity_problem(task, situation.resources, situation.limits)
     if problem is not None:
         return problem

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from daemon.backoff import Backoff
+from daemon.capacity import task_slots
 from daemon.errors import NodeError, UnreachableError
 from daemon.models import FileRef, OwnerLimits, Resources, TaskResult, TaskSpec
 from daemon.runtime.spec import PROGRESS_FILE, RunResult, RunSpec, Runtime
@@ -118,6 +119,7 @@ class TaskWorker:
         self._image_lock = asyncio.Lock()
         self._reporter: Reporter | None = None
         self._pipelines: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(task_slots(config.limits))
         self._unacknowledged: set[tuple[str, int]] = set()
 
     def attach(self, reporter: Reporter) -> None:
@@ -215,10 +217,13 @@ class TaskWorker:
             await self._fetch_inputs(task, input_dir, copy=not self._runtime.isolated)
             await self._ensure_image(task)
             await asyncio.to_thread(_make_output_dir, output_dir)
-            await self._store.record_task(task, "running")
-            run = await self._runtime.run(
-                self._run_spec(task, input_dir, output_dir), self._progress(task)
-            )
+            # Inputs are here; the container waits for a free slot (we hold one task more
+            # than we run, so the next one is ready the moment a slot frees).
+            async with self._slots:
+                await self._store.record_task(task, "running")
+                run = await self._runtime.run(
+                    self._run_spec(task, input_dir, output_dir), self._progress(task)
+                )
             outputs: tuple[FileRef, ...] = ()
             error = run.failure
             if run.succeeded:

@@ -71,25 +71,27 @@ def test_task_is_queued_then_offered_when_a_volunteer_joins() -> None:
     assert scheduler.tasks["t1"].state is TaskState.OFFERED
 
 
-def test_offers_respect_slots_and_spread_over_volunteers() -> None:
+def test_offers_fill_slots_plus_one_ahead_and_spread_over_volunteers() -> None:
     scheduler = Scheduler()
     scheduler.volunteer_joined(volunteer("v1", slots=2), [], now=0)
     scheduler.volunteer_joined(volunteer("v2", slots=1), [], now=0)
-    out = scheduler.submit(MANAGER, [spec(f"t{i}") for i in range(5)], now=1)
+    out = scheduler.submit(MANAGER, [spec(f"t{i}") for i in range(7)], now=1)
     made = offers(out)
-    assert len(made) == 3, "two slots on v1 and one on v2"
-    assert sorted(v for v, _, _ in made) == ["v1", "v1", "v2"]
-    assert [t for _, t, _ in made] == ["t0", "t1", "t2"], "FIFO"
+    assert len(made) == 5, "v1 holds 2 + 1 ahead, v2 holds 1 + 1 ahead"
+    assert sorted(v for v, _, _ in made) == ["v1", "v1", "v1", "v2", "v2"]
+    assert [t for _, t, _ in made] == ["t0", "t1", "t2", "t3", "t4"], "FIFO"
+    assert made[0][0] == "v1", "the least busy volunteer first"
 
 
-def test_accept_run_complete_frees_the_slot_for_the_next_task() -> None:
+def test_accept_run_complete_frees_room_for_the_next_task() -> None:
     scheduler = Scheduler()
     scheduler.volunteer_joined(volunteer("v1"), [], now=0)
-    scheduler.submit(MANAGER, [spec("t1"), spec("t2")], now=0)
+    out = scheduler.submit(MANAGER, [spec("t1"), spec("t2"), spec("t3")], now=0)
+    assert offers(out) == [("v1", "t1", 1), ("v1", "t2", 1)], "one slot and one ahead"
     assert events(scheduler.accepted("v1", "t1", 1, now=1)) == [("t1", "running")]
     out = scheduler.finished("v1", ok("t1", 1), now=2)
     assert ("t1", "completed") in events(out)
-    assert offers(out) == [("v1", "t2", 1)]
+    assert offers(out) == [("v1", "t3", 1)]
     assert scheduler.tasks["t1"].state is TaskState.COMPLETED
 
 
@@ -201,10 +203,13 @@ def test_owner_limits_are_respected_in_matching() -> None:
 def test_cancel_stops_running_tasks_and_drops_queued_ones() -> None:
     scheduler = Scheduler()
     scheduler.volunteer_joined(volunteer("v1"), [], now=0)
-    scheduler.submit(MANAGER, [spec("t1"), spec("t2")], now=0)
+    scheduler.submit(MANAGER, [spec("t1"), spec("t2"), spec("t3")], now=0)
     scheduler.accepted("v1", "t1", 1, now=1)
     out = scheduler.cancel("wf", [], now=2)
-    assert [i for i in out if isinstance(i, SendCancel)] == [SendCancel("v1", "t1", "cancelled")]
+    assert [i for i in out if isinstance(i, SendCancel)] == [
+        SendCancel("v1", "t1", "cancelled"),
+        SendCancel("v1", "t2", "cancelled"),
+    ], "the running task and the one offered ahead; t3 was only queued"
     assert {t.state for t in scheduler.tasks.values()} == {TaskState.CANCELLED}
     assert offers(out) == []
 

@@ -33,7 +33,7 @@ def test_a_task_that_fits_is_accepted() -> None:
 @pytest.mark.parametrize(
     ("task", "situation", "reason"),
     [
-        (TASK, replace(HERE, running=2), "busy: running 2 of 2 tasks"),
+        (TASK, replace(HERE, running=3), "busy: holding 3 of 3 tasks"),
         (
             replace(TASK, resources=ResourceRequest(memory_mb=1024)),
             replace(HERE, limits=OwnerLimits(max_memory_mb=768)),
