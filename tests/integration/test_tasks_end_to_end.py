@@ -253,3 +253,28 @@ def test_cancel_stops_running_containers(
     status = cli_json("status", workflow_id, "--data-dir", str(manager.data_dir))
     assert status["state"] == "cancelled"
     assert {t["state"] for t in status["tasks"]} == {"cancelled"}
+
+
+def test_tasks_run_in_dependency_order(daemons: Daemons, tmp_path: Path, worker_image: str) -> None:
+    manager, _ = start_mesh(daemons)
+    clock = "python3 -c 'import time; print(repr(time.time()))'"
+    graph = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
+    tasks = "".join(
+        f"""
+[[tasks]]
+name = "{name}"
+command = ["sh", "-c", "{clock} > /output/{name}.txt; sleep 0.5; {clock} >> /output/{name}.txt"]
+outputs = ["{name}.txt"]
+depends_on = {json.dumps(deps)}
+"""
+        for name, deps in graph.items()
+    )
+    workflow = write(tmp_path / "dag.toml", '[workflow]\nname = "dag"\n' + tasks)
+    reply = submit(manager, workflow, "--wait")
+    assert reply["exit_code"] == 0, reply
+    out = tmp_path / "out"
+    run_cli("results", reply["workflow_id"], "--data-dir", str(manager.data_dir), "-o", str(out))
+    spans = {name: [float(t) for t in (out / f"{name}.txt").read_text().split()] for name in graph}
+    for name, deps in graph.items():
+        for dep in deps:
+            assert spans[name][0] >= spans[dep][1], f"{name} started before {dep} ended"
