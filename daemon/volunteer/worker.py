@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
+import re
 import shutil
 import stat
 from collections.abc import Awaitable, Callable
@@ -79,6 +81,14 @@ def check_file_name(name: str, what: str) -> str:
     ):
         raise TaskFailedError(f"{what} name {name!r} is not a plain file name")
     return name
+
+
+def run_id(task: TaskSpec) -> str:
+    """A name for this attempt that is safe as a path component and a container name,
+    whatever a peer put in the task id, and still unique (a digest of the original)."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", task.task_id)[:80].lstrip(".-_") or "task"
+    digest = hashlib.sha256(f"{task.task_id}\0{task.attempt}".encode()).hexdigest()[:10]
+    return f"{readable}.{task.attempt}-{digest}"
 
 
 def regular_file(directory: Path, name: str) -> Path | None:
@@ -183,7 +193,7 @@ class TaskWorker:
     # --- one task ---------------------------------------------------------------------------
 
     async def _pipeline(self, task: TaskSpec) -> None:
-        workdir = self._config.tasks_dir / f"{task.task_id}.{task.attempt}"
+        workdir = self._config.tasks_dir / run_id(task)
         try:
             result = await self._attempt(task, workdir)
         except Exception as error:  # a bug here must still end the attempt with a result
@@ -268,7 +278,7 @@ class TaskWorker:
         if limits.max_cpus:
             cpus = min(cpus, limits.max_cpus)
         return RunSpec(
-            run_id=f"{task.task_id}.{task.attempt}",
+            run_id=run_id(task),
             image=task.image,
             command=task.command,
             input_dir=input_dir,
