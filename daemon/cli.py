@@ -373,6 +373,19 @@ def _add_workflow_parsers(commands: Any) -> None:
     _add_target_arguments(results, "manager")
     results.set_defaults(handler=_on_manager(workflows.results))
 
+    validate = commands.add_parser(
+        "validate", help="check a workflow file (parameters, files, split); submits nothing"
+    )
+    validate.add_argument("workflow", type=Path, help="a workflow file (TOML)")
+    validate.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a [parameters] value (repeatable)",
+    )
+    validate.add_argument("--json", action="store_true", help="print JSON for scripts")
+    validate.set_defaults(handler=workflows.validate)
+
     listing = commands.add_parser("workflows", help="the manager's workflows")
     _add_target_arguments(listing, "manager")
     listing.set_defaults(handler=_on_manager(workflows.list_workflows))

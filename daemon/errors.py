@@ -19,6 +19,13 @@ class DataDirError(NodeError):
     exit_code = 2
 
 
+class InvalidInputError(NodeError):
+    """A request that cannot be right as given (a workflow file, a parameter); the message
+    names what to change. Nothing was done."""
+
+    exit_code = 2
+
+
 class NotFoundError(NodeError):
     """A named thing (workflow, task, blob) does not exist."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from daemon.errors import NodeError
+from daemon.errors import InvalidInputError, NodeError
 
 # One record for "what a task asks for" across the codebase: the scheduler and the
 # volunteer policy read the very type that splitters fill in.
@@ -41,7 +41,7 @@ DEFAULT_IMAGE = "vcnode/worker:1"
 PROGRESS_FILE = ".progress"
 
 
-class SplitterError(NodeError):
+class SplitterError(InvalidInputError):
     """A workflow's parameters cannot be used; `key` names the one to fix."""
 
     exit_code = 2

@@ -28,7 +28,7 @@ from daemon.transport.channels import open_channel
 from daemon.transport.errors import error_from_rpc
 from daemon.volunteer.blobs import sha256_file
 from manager_node.spec import EXPLICIT_TYPE, parse_overrides, parse_workflow
-from splitters.api import SplitterError
+from splitters.api import SplitterError, validate_parameters
 from splitters.registry import get_splitter
 
 CALL_TIMEOUT_SECONDS = 30.0
@@ -73,6 +73,38 @@ def resolve_input(value: str, workflow_dir: Path, key: str) -> Path:
         if candidate.is_file():
             return candidate
     raise SplitterError(key, f"file {value} not found (looked beside the workflow file and in .)")
+
+
+def validate(args: argparse.Namespace) -> int:
+    """Checks a workflow file here, without a manager: parameters, files, the split."""
+    workflow_path: Path = args.workflow
+    try:
+        text = workflow_path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise NodeError(f"cannot read workflow file {workflow_path}: {error.strerror}") from None
+    workflow = parse_workflow(text, parse_overrides(args.set or []))
+    if workflow.type == EXPLICIT_TYPE:
+        for source in workflow.input_files():
+            resolve_input(source, workflow_path.parent, "inputs")
+        task_count = len(workflow.tasks)
+    else:
+        splitter = get_splitter(workflow.type)
+        raw = dict(workflow.parameters)
+        for parameter in splitter.parameters:
+            if parameter.type is Path and raw.get(parameter.name) is not None:
+                raw[parameter.name] = str(
+                    resolve_input(str(raw[parameter.name]), workflow_path.parent, parameter.name)
+                )
+        params = validate_parameters(splitter.parameters, raw, workflow_path.parent)
+        estimate = splitter.estimate(params)
+        task_count = estimate.task_count
+        if task_count == 0:
+            raise SplitterError("parameters", "the split would produce no tasks")
+    if args.json:
+        _print_json({"valid": True, "type": workflow.type, "tasks": task_count})
+    else:
+        print(f"{workflow_path}: valid, {task_count} tasks ({workflow.type})")
+    return 0
 
 
 async def submit(address: str, args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import grpc
 
 from daemon.errors import (
     ConfigError,
+    InvalidInputError,
     NodeError,
     NotFoundError,
     RejectedError,
@@ -20,6 +21,7 @@ _CODES: list[tuple[type[NodeError], grpc.StatusCode]] = [
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (RejectedError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
 ]
 
 R = TypeVar("R")
@@ -55,9 +57,10 @@ def error_from_rpc(error: grpc.aio.AioRpcError, address: str, what: str) -> Node
         return UnreachableError(f"no {what} answered at {address} ({detail})")
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFoundError(detail)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidInputError(detail)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return RejectedError(detail)
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return NodeError(f"the node at {address} is not a {what}: {detail}")
     return NodeError(f"{what} at {address} failed: {detail}")
-

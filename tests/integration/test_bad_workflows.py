@@ -1,0 +1,70 @@
+"""Bad workflow files: a clear error naming the key, exit 2, and nothing submitted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Daemons, cli_json, run_cli
+
+pytestmark = pytest.mark.integration
+
+CASES = {
+    "unknown type": ('[workflow]\ntype = "nope"\n', "workflow.type: unknown workflow type 'nope'"),
+    "bad parameter": (
+        '[workflow]\ntype = "matrix_multiplication"\n[parameters]\nsize = 64\nblocks = 0\n',
+        "blocks: must be at least 1",
+    ),
+    "mistyped parameter": (
+        '[workflow]\ntype = "matrix_multiplication"\n[parameters]\nsize = "big"\n',
+        "size:",
+    ),
+    "cycle": (
+        '[workflow]\nname = "c"\n[[tasks]]\nname = "a"\ncommand = ["true"]\ndepends_on = ["b"]\n'
+        '[[tasks]]\nname = "b"\ncommand = ["true"]\ndepends_on = ["a"]\n',
+        "depends_on: cycle: a -> b -> a",
+    ),
+    "missing input file": (
+        '[workflow]\ntype = "matrix_multiplication"\n[parameters]\na = "no.npy"\nb = "no.npy"\n',
+        "a: file no.npy not found",
+    ),
+    "not TOML": ("[workflow\n", "not valid TOML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_workflow_is_refused_with_its_key(case: str, daemons: Daemons, tmp_path: Path) -> None:
+    text, message = CASES[case]
+    workflow = tmp_path / "bad.toml"
+    workflow.write_text(text)
+    checked = run_cli("validate", str(workflow))
+    assert checked.returncode == 2
+    assert message in checked.stderr
+
+    manager = daemons.start(
+        "manager", "--role", "coordinator,manager", "--listen", "127.0.0.1:0", "--no-mdns"
+    )
+    manager.address()
+    submitted = run_cli("submit", str(workflow), "--data-dir", str(manager.data_dir))
+    assert submitted.returncode == 2, submitted.stderr
+    assert message in submitted.stderr
+    assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []
+
+
+def test_a_parameter_only_the_manager_checks_comes_back_as_bad_input(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    """The client sends --set values as strings; the manager types them."""
+    workflow = tmp_path / "mm.toml"
+    workflow.write_text('[workflow]\ntype = "matrix_multiplication"\n[parameters]\nsize = 64\n')
+    manager = daemons.start(
+        "manager", "--role", "coordinator,manager", "--listen", "127.0.0.1:0", "--no-mdns"
+    )
+    manager.address()
+    submitted = run_cli(
+        "submit", str(workflow), "--data-dir", str(manager.data_dir), "--set", "blocks=-3"
+    )
+    assert submitted.returncode == 2, submitted.stderr
+    assert "blocks: must be at least 1" in submitted.stderr
+    assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []
