@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from benchmarks import discovery, idle
+from benchmarks import discovery, idle, task_overhead, transfer
 from benchmarks.report import Figure
 
 # figure name -> the benchmark that measures it (one run may measure several figures)
@@ -13,6 +13,11 @@ BENCHMARKS: dict[str, Callable[[], list[Figure]]] = {
     "idle_rss": idle.run,
     "idle_cpu": idle.run,
     "discovery_latency": discovery.run,
+    "transfer_download_ratio": transfer.run,
+    "transfer_upload_ratio": transfer.run,
+    "transfer_peak_rss_server": transfer.run,
+    "transfer_peak_rss_client": transfer.run,
+    "task_overhead_ratio": task_overhead.run,
 }
 
 

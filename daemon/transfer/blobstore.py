@@ -7,8 +7,7 @@
 A blob enters complete/ only by an atomic rename after its size and sha256 matched and the
 file was fsynced, so a reader never sees half a blob or a wrong one. Ids are checked before
 any path is built from them. The event loop never waits on the disk: file work runs on
-threads, and a writer owns one thread so its chunks land in order while the loop receives
-the next ones.
+threads (see writer.py for how a blob is received).
 
 One BlobStore per root: it keeps the byte counts the quota is checked against in memory
 (counted once, on first use), and it is the only writer of its files.
@@ -21,14 +20,9 @@ import contextlib
 import hashlib
 import os
 import uuid
-import zlib
-from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import TypeVar
 
 from daemon.errors import NotFoundError
 from daemon.transfer.blobid import check_blob_id, is_blob_id
@@ -37,17 +31,12 @@ from daemon.transfer.errors import (
     BlobExistsError,
     BlobTooLargeError,
     ContentMismatchError,
-    CorruptChunkError,
     OffsetMismatchError,
     QuotaExceededError,
-    TransferError,
 )
+from daemon.transfer.sink import FileSink, publish
+from daemon.transfer.writer import BlobWriter, Outcome
 
-T = TypeVar("T")
-
-# Chunks a writer accepts before the caller waits for the disk: bounds a writer's memory to
-# a few MiB while letting receiving and writing overlap.
-MAX_IN_FLIGHT = 4
 IMPORT_PREFIX = ".import-"
 
 
@@ -74,201 +63,6 @@ class StoreUsage:
 class _Scan:
     complete_bytes: int
     partial_sizes: dict[str, int]
-
-
-class Outcome(Enum):
-    """How a writer ended."""
-
-    PARTIAL = "partial"  # kept to resume later
-    COMPLETE = "complete"
-    DISCARDED = "discarded"
-
-
-async def _await_even_if_cancelled(future: asyncio.Future[T]) -> T:
-    """Waits for work on a thread to end even when our task is cancelled meanwhile: the file
-    it touches must not be handed to anyone else before then."""
-    cancelled = False
-    while not future.done():
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return future.result()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _publish(source: Path, target: Path) -> bool:
-    """Renames a verified, fsynced file into place; False if the blob was there already."""
-    if target.exists():
-        source.unlink()
-        return False
-    target.parent.mkdir(exist_ok=True)
-    os.replace(source, target)
-    _fsync_dir(target.parent)
-    return True
-
-
-class BlobWriter:
-    """Receives one blob in order. Get one from `BlobStore.receive`.
-
-    `append` queues a chunk for the writer's own thread and returns at once unless
-    MAX_IN_FLIGHT chunks are waiting; a failure (bad CRC, disk error) comes out of a later
-    `append` or of `finish`, and nothing after the failed chunk is written.
-    """
-
-    def __init__(
-        self, sha256: str, size: int, offset: int, fd: int, partial: Path, target: Path
-    ) -> None:
-        self.sha256 = sha256
-        self.size = size
-        self.offset = offset
-        self._fd = fd
-        self._partial = partial
-        self._target = target
-        self._received = offset
-        # Bytes on disk; only the writer thread changes it.
-        self.written = offset
-        self._hasher = hashlib.sha256()
-        self._failure: BaseException | None = None
-        self._pending: deque[asyncio.Future[None]] = deque()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-writer")
-        self._outcome = Outcome.PARTIAL
-        self._closed = False
-        if offset:
-            self._submit(self._hash_held_part)
-
-    @property
-    def received(self) -> int:
-        """Where the next chunk must start: bytes held before plus bytes accepted since."""
-        return self._received
-
-    @property
-    def outcome(self) -> Outcome:
-        return self._outcome
-
-    async def append(self, data: bytes, crc32: int | None = None) -> None:
-        """Queues `data` to be written at `received`; with `crc32`, it is checked first."""
-        if self._closed or self._outcome is not Outcome.PARTIAL:
-            raise RuntimeError("append() on a finished or closed BlobWriter")
-        if self._received + len(data) > self.size:
-            raise ContentMismatchError(
-                f"blob {_short(self.sha256)}: data runs past its declared size of "
-                f"{self.size} bytes (chunk at {self._received}, {len(data)} bytes)"
-            )
-        self._received += len(data)
-        self._submit(self._write, data, crc32)
-        while len(self._pending) > MAX_IN_FLIGHT:
-            await self._pending.popleft()
-
-    async def finish(self) -> Path:
-        """Verifies size and sha256, then makes the blob visible and returns its path.
-
-        A short blob stays partial (to resume); a wrong one is discarded. Either raises
-        ContentMismatchError.
-        """
-        while self._pending:
-            await self._pending.popleft()
-        if self._received != self.size:
-            raise ContentMismatchError(
-                f"blob {_short(self.sha256)}: received {self._received} of its "
-                f"{self.size} bytes; the part held is kept to resume"
-            )
-        loop = asyncio.get_running_loop()
-        return await _await_even_if_cancelled(loop.run_in_executor(self._executor, self._commit))
-
-    async def close(self) -> None:
-        """Ends the writer; unless finished, what was written stays as the partial."""
-        if self._closed:
-            return
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        closing = loop.run_in_executor(self._executor, self._close_file)
-        self._executor.shutdown(wait=False)
-        # Queued writes come first (one thread, in order); their errors were or will be
-        # reported through append/finish, or do not matter any more.
-        for job in self._pending:
-            job.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._pending.clear()
-        await _await_even_if_cancelled(closing)
-
-    def _submit(self, work: Callable[..., None], *args: object) -> None:
-        loop = asyncio.get_running_loop()
-        self._pending.append(loop.run_in_executor(self._executor, work, *args))
-
-    # --- on the writer's thread -------------------------------------------------------------
-
-    def _hash_held_part(self) -> None:
-        """A resumed writer has to hash what it holds already: hash states are not saved."""
-        buffer = bytearray(CHUNK_BYTES)
-        view = memoryview(buffer)
-        position = 0
-        while position < self.offset:
-            count = os.preadv(
-                self._fd, [view[: min(CHUNK_BYTES, self.offset - position)]], position
-            )
-            if count == 0:
-                self._failure = OffsetMismatchError(
-                    f"blob {_short(self.sha256)}: the held part shrank while resuming"
-                )
-                raise self._failure
-            self._hasher.update(view[:count])
-            position += count
-
-    def _write(self, data: bytes, crc32: int | None) -> None:
-        if self._failure is not None:
-            raise self._failure
-        if crc32 is not None and zlib.crc32(data) != crc32:
-            self._failure = CorruptChunkError(
-                f"blob {_short(self.sha256)}: the chunk at offset {self.written} "
-                f"({len(data)} bytes) fails its CRC-32 check; nothing from it was written"
-            )
-            raise self._failure
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
-        except OSError as error:
-            self._failure = TransferError(
-                f"blob {_short(self.sha256)}: cannot write {self._partial} ({error.strerror})"
-            )
-            raise self._failure from error
-        self._hasher.update(data)
-        self.written += len(data)
-
-    def _commit(self) -> Path:
-        if self._failure is not None:
-            raise self._failure
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = -1
-        digest = self._hasher.hexdigest()
-        if digest != self.sha256:
-            self._partial.unlink(missing_ok=True)
-            self.written = 0
-            self._outcome = Outcome.DISCARDED
-            raise ContentMismatchError(
-                f"blob {_short(self.sha256)}: the {self.size} bytes received hash to "
-                f"{digest}, not to the blob's id; discarded"
-            )
-        _publish(self._partial, self._target)
-        self._outcome = Outcome.COMPLETE
-        return self._target
-
-    def _close_file(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if self._outcome is Outcome.PARTIAL and self.written == 0:
-            self._partial.unlink(missing_ok=True)
 
 
 class BlobStore:
@@ -471,24 +265,13 @@ class BlobStore:
 
     async def _open_writer(self, sha256: str, size: int, offset: int) -> BlobWriter:
         partial = self._partial_path(sha256)
-
-        def open_partial() -> int:
-            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-            found = os.fstat(fd).st_size
-            if found != offset:
-                os.close(fd)
-                raise OffsetMismatchError(
-                    f"blob {_short(sha256)}: {found} bytes are held on disk, not {offset}; "
-                    "ask Stat and resume from there"
-                )
-            return fd
-
         try:
-            fd = await asyncio.to_thread(open_partial)
+            sink = await asyncio.to_thread(FileSink, partial, offset)
         except OffsetMismatchError:
+            # Our count was off (a file changed under us): believe the disk from now on.
             self._partial_sizes[sha256] = (await asyncio.to_thread(partial.stat)).st_size
             raise
-        return BlobWriter(sha256, size, offset, fd, partial, self._complete_path(sha256))
+        return BlobWriter(sha256, size, offset, sink, partial, self._complete_path(sha256))
 
     def _settle(self, writer: BlobWriter) -> None:
         if writer.outcome is Outcome.COMPLETE:
@@ -522,7 +305,7 @@ class BlobStore:
             await self._lock(sha256)
             try:
                 target = self._complete_path(sha256)
-                if await asyncio.to_thread(_publish, temporary, target):
+                if await asyncio.to_thread(publish, temporary, target):
                     self._complete_bytes += size
                 await self._drop_partial(sha256)
             finally:

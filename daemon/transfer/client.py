@@ -28,6 +28,7 @@ from daemon.transfer.errors import (
     CorruptChunkError,
     OffsetMismatchError,
 )
+from daemon.transfer.memory import keep_freed_memory
 from daemon.transfer.status import RETRYABLE, UPLOAD_ACCEPTED_KEY, error_from_status
 from daemon.transport.channels import open_channel
 
@@ -98,6 +99,7 @@ async def download(
     `store`; returns its path there. Resumes from what the store holds of it already, and
     again from where a broken stream left off, up to `retries` times without progress."""
     check_blob_id(sha256)
+    keep_freed_memory()
     if await store.has(sha256):
         return await store.path(sha256)
     attempts = _Attempts(retries)
@@ -115,6 +117,10 @@ async def download(
                 failure: NodeError = error_from_status(error, address)
             except CorruptChunkError as error:
                 failure = error  # damaged on the way; the good part before it is kept
+            except OffsetMismatchError as error:
+                # Another download of the blob into this store ended meanwhile, or the peer
+                # skipped ahead: start again from what the store holds now.
+                failure = error
             except ContentMismatchError as error:
                 # A resumed partial can be bad (a crash tore its tail): it was discarded,
                 # so start over once. A fresh copy that does not match will not improve.
@@ -161,6 +167,7 @@ async def upload(
     the peer verified. Resumes after a broken stream, up to `retries` times without
     progress; a refusal (policy, quota, checksum) raises at once."""
     check_blob_id(sha256)
+    keep_freed_memory()
     held = (await asyncio.to_thread(path.stat)).st_size
     if held != size:
         raise ContentMismatchError(f"{path} holds {held} bytes, not the {size} declared")

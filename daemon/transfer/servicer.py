@@ -23,6 +23,7 @@ from daemon.transfer.errors import (
     PolicyRefusedError,
     TransferError,
 )
+from daemon.transfer.memory import keep_freed_memory
 from daemon.transfer.status import UPLOAD_ACCEPTED, status_for
 
 R = TypeVar("R")
@@ -84,6 +85,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     def __init__(self, store: BlobStore, policy: TransferPolicy) -> None:
         self._store = store
         self._policy = policy
+        keep_freed_memory()
 
     async def Download(
         self, request: transfer_pb2.DownloadRequest, context: grpc.aio.ServicerContext
@@ -154,6 +156,8 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     async def Stat(
         self, request: transfer_pb2.StatRequest, context: grpc.aio.ServicerContext
     ) -> transfer_pb2.StatReply:
+        # Not asked of the policy: it tells sizes only, and an uploader needs it to resume
+        # a blob it may not download.
         sha256 = check_blob_id(request.sha256)
         try:
             return transfer_pb2.StatReply(complete=True, size=await self._store.size(sha256))

@@ -26,8 +26,11 @@ name = "plain"
 
 [[tasks]]
 name = "upper"
-command = ["{python}", "-c", "import sys; open(sys.argv[2], 'w').write(open(sys.argv[1]).read().upper())",
-           "/input/in.txt", "/output/out.txt"]
+command = [
+    "{python}", "-c",
+    "import sys; open(sys.argv[2], 'w').write(open(sys.argv[1]).read().upper())",
+    "/input/in.txt", "/output/out.txt",
+]
 inputs = ["in.txt"]
 outputs = ["out.txt"]
 """

@@ -1,0 +1,328 @@
+"""transfer_*: 1 GiB over loopback with sha256 verified on receipt, our gRPC TransferService
+against an aiohttp baseline measured in the same run.
+
+- transfer_download_ratio: gRPC download throughput / aiohttp static file -> hashing client
+- transfer_upload_ratio: gRPC upload throughput / aiohttp client -> handler hashing as it writes
+- transfer_peak_rss_server, transfer_peak_rss_client: the gRPC ends' peak RSS over all rounds
+
+Every end runs in its own process (so RSS is per end); both baselines write the received
+bytes to a file, as the gRPC ends write them into their blob store (which also fsyncs them
+before a blob becomes visible). Files live under /tmp and are removed at the end.
+
+`python -m benchmarks.transfer ROLE ARGS...` runs one end; `run()` drives them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import Figure
+
+SIZE = 1 << 30
+ROUNDS = 3
+BLOCK = 1 << 20
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _report(seconds: float) -> None:
+    print(json.dumps({"seconds": seconds, "rss_mib": _max_rss_mib()}), flush=True)
+
+
+# --- the ends, each in its own process ------------------------------------------------------
+
+
+async def _serve_commands(on_delete: Callable[[str], Awaitable[None]]) -> None:
+    """Answers the driver on stdin: `delete SHA`, `rss`; stops at EOF."""
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        command, _, argument = line.strip().partition(" ")
+        if command == "delete":
+            await on_delete(argument)
+            print("ok", flush=True)
+        elif command == "rss":
+            print(f"{_max_rss_mib():.1f}", flush=True)
+
+
+async def grpc_serve(store_dir: str, source: str) -> None:
+    from daemon.rpc.v1 import transfer_pb2_grpc
+    from daemon.transfer.blobstore import BlobStore
+    from daemon.transfer.servicer import AllowAll, TransferServicer
+    from daemon.transport.channels import bind, create_server
+
+    store = BlobStore(Path(store_dir), max_blob_bytes=2 * SIZE, quota_bytes=8 * SIZE)
+    await store.put_file(Path(source))
+    server = create_server()
+    transfer_pb2_grpc.add_TransferServiceServicer_to_server(
+        TransferServicer(store, AllowAll()), server
+    )
+    port = bind(server, "127.0.0.1:0")
+    await server.start()
+    print(f"ready 127.0.0.1:{port}", flush=True)
+
+    async def delete(sha256: str) -> None:
+        await store.delete(sha256)
+
+    await _serve_commands(delete)
+    await server.stop(None)
+
+
+async def grpc_download(address: str, sha256: str, size: str, store_dir: str) -> None:
+    from daemon.transfer.blobstore import BlobStore
+    from daemon.transfer.client import download
+
+    store = BlobStore(Path(store_dir), max_blob_bytes=2 * SIZE, quota_bytes=4 * SIZE)
+    await store.open()
+    started = time.perf_counter()
+    await download(address, sha256, int(size), store)
+    _report(time.perf_counter() - started)
+
+
+async def grpc_upload(address: str, source: str, sha256: str, size: str) -> None:
+    from daemon.transfer.client import upload
+
+    started = time.perf_counter()
+    await upload(address, Path(source), sha256, int(size), "benchmark")
+    _report(time.perf_counter() - started)
+
+
+async def http_serve(received_dir: str, source: str) -> None:
+    from aiohttp import web
+
+    async def upload(request: web.Request) -> web.Response:
+        hasher = hashlib.sha256()
+        path = Path(received_dir) / uuid.uuid4().hex
+        with path.open("wb", buffering=0) as out:
+            async for block in request.content.iter_chunked(BLOCK):
+                hasher.update(block)
+                out.write(block)
+        if hasher.hexdigest() != request.match_info["sha256"]:
+            path.unlink()
+            raise web.HTTPBadRequest(text="sha256 mismatch")
+        return web.json_response({"sha256": hasher.hexdigest(), "size": path.stat().st_size})
+
+    async def blob(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(source)
+
+    app = web.Application(client_max_size=2 * SIZE)
+    app.router.add_get("/blob", blob)
+    app.router.add_post("/upload/{sha256}", upload)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    print(f"ready 127.0.0.1:{port}", flush=True)
+
+    async def delete(_: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, received_dir)
+        await asyncio.to_thread(os.mkdir, received_dir)
+
+    await _serve_commands(delete)
+    await runner.cleanup()
+
+
+async def http_download(address: str, sha256: str, size: str, dest_dir: str) -> None:
+    import aiohttp
+
+    started = time.perf_counter()
+    hasher = hashlib.sha256()
+    path = Path(dest_dir) / sha256
+    async with (
+        aiohttp.ClientSession(read_bufsize=BLOCK) as session,
+        session.get(f"http://{address}/blob") as response,
+    ):
+        response.raise_for_status()
+        with path.open("wb", buffering=0) as out:
+            async for block in response.content.iter_chunked(BLOCK):
+                hasher.update(block)
+                out.write(block)
+    if hasher.hexdigest() != sha256 or path.stat().st_size != int(size):
+        raise SystemExit("http download: sha256 mismatch")
+    _report(time.perf_counter() - started)
+
+
+async def http_upload(address: str, source: str, sha256: str, size: str) -> None:
+    import aiohttp
+
+    async def blocks() -> AsyncIterator[bytes]:
+        # Plain blocking reads, as a simple client does; they come from the page cache.
+        with Path(source).open("rb", buffering=0) as reader:  # noqa: ASYNC230
+            while block := reader.read(BLOCK):
+                yield block
+
+    started = time.perf_counter()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"http://{address}/upload/{sha256}", data=blocks()) as response,
+    ):
+        response.raise_for_status()
+        reply = await response.json()
+    if reply["size"] != int(size):
+        raise SystemExit("http upload: size mismatch")
+    _report(time.perf_counter() - started)
+
+
+ROLES: dict[str, Callable[..., Coroutine[Any, Any, None]]] = {
+    "grpc-serve": grpc_serve,
+    "grpc-download": grpc_download,
+    "grpc-upload": grpc_upload,
+    "http-serve": http_serve,
+    "http-download": http_download,
+    "http-upload": http_upload,
+}
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+
+def _command(role: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.transfer", role, *args]
+
+
+class _Server:
+    def __init__(self, role: str, *args: str) -> None:
+        self.process = subprocess.Popen(
+            _command(role, *args),
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().split()
+        if not line or line[0] != "ready":
+            self.stop()
+            raise RuntimeError(f"{role} did not start")
+        self.address = line[1]
+
+    def ask(self, command: str) -> str:
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.process.stdout.readline().strip()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _client(role: str, *args: str) -> tuple[float, float]:
+    """Runs one transfer end to end; returns (MiB/s, peak RSS MiB)."""
+    result = subprocess.run(
+        _command(role, *args), cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{role} failed:\n{result.stderr[-2000:]}")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return SIZE / 2**20 / report["seconds"], report["rss_mib"]
+
+
+def _make_source(path: Path) -> str:
+    rng = random.Random(1)
+    hasher = hashlib.sha256()
+    with path.open("wb") as out:
+        for _ in range(SIZE // BLOCK):
+            block = rng.randbytes(BLOCK)
+            hasher.update(block)
+            out.write(block)
+    return hasher.hexdigest()
+
+
+def _settle(*dirs: Path) -> None:
+    """Empties the receiving dirs and flushes dirty pages, so a round starts clean."""
+    for directory in dirs:
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir()
+    os.sync()
+
+
+def run() -> list[Figure]:
+    with tempfile.TemporaryDirectory(prefix="vcnode-bench-transfer-", dir="/tmp") as tmp:
+        root = Path(tmp)
+        source = root / "source.bin"
+        sha256 = _make_source(source)
+        size = str(SIZE)
+        received = root / "received"
+        received.mkdir()
+        (root / "http-received").mkdir()
+        speeds: dict[str, list[float]] = {}
+        client_rss: list[float] = []
+        with contextlib.ExitStack() as stack:
+            grpc_server = _Server("grpc-serve", str(root / "server-store"), str(source))
+            stack.callback(grpc_server.stop)
+            http_server = _Server("http-serve", str(root / "http-received"), str(source))
+            stack.callback(http_server.stop)
+            servers = {"grpc": grpc_server, "http": http_server}
+
+            def transfer(kind: str, direction: str, measured: bool = True) -> None:
+                server = servers[kind]
+                if direction == "download":
+                    args = (server.address, sha256, size, str(received))
+                else:
+                    args = (server.address, str(source), sha256, size)
+                speed, rss = _client(f"{kind}-{direction}", *args)
+                if direction == "upload":
+                    server.ask(f"delete {sha256}")
+                _settle(received)
+                if measured:
+                    speeds.setdefault(f"{kind}_{direction}", []).append(speed)
+                    if kind == "grpc":
+                        client_rss.append(rss)
+
+            _settle(received)
+            for direction in ("download", "upload"):
+                if direction == "upload":
+                    # The server held the blob to serve it; now it has to receive it.
+                    grpc_server.ask(f"delete {sha256}")
+                # One unmeasured round each: the first run after start-up pays for memory the
+                # machine has not touched yet, whoever runs first.
+                for kind in ("grpc", "http"):
+                    transfer(kind, direction, measured=False)
+                for round_ in range(ROUNDS):
+                    for kind in ("grpc", "http") if round_ % 2 else ("http", "grpc"):
+                        transfer(kind, direction)
+            server_rss = float(grpc_server.ask("rss"))
+    median = {name: statistics.median(values) for name, values in speeds.items()}
+    for name, values in sorted(speeds.items()):
+        shown = ", ".join(f"{v:.0f}" for v in values)
+        print(f"# transfer {name}: median {median[name]:.0f} MiB/s ({shown})", file=sys.stderr)
+    download = median["grpc_download"] / median["http_download"]
+    upload = median["grpc_upload"] / median["http_upload"]
+    return [
+        Figure("transfer_download_ratio", download, "x", ">=", 1.0),
+        Figure("transfer_upload_ratio", upload, "x", ">=", 1.0),
+        Figure("transfer_peak_rss_server", server_rss, "MiB", "<=", 150),
+        Figure("transfer_peak_rss_client", max(client_rss), "MiB", "<=", 150),
+    ]
+
+
+if __name__ == "__main__":
+    role, *arguments = sys.argv[1:]
+    asyncio.run(ROLES[role](*arguments))
