@@ -7,7 +7,6 @@ import math
 
 from daemon.models import OwnerLimits, Resources, TaskSpec
 
-
 # Tasks a volunteer takes beyond its free slots, to fetch their inputs while its containers
 # run (work buffering, as BOINC does): the next task starts the moment a slot frees.
 PREFETCH_TASKS = 1
