@@ -16,7 +16,8 @@ class Backoff:
 
     def next_delay(self) -> float:
         """Half the exponential step fixed, half random ("equal jitter")."""
-        step = min(self.maximum, self.initial * 2**self._failures)
+        # The exponent is capped: past ~1024 failures 2**n no longer fits a float.
+        step = min(self.maximum, self.initial * 2 ** min(self._failures, 64))
         self._failures += 1
         return float(step / 2 + self._rng.uniform(0, step / 2))
 

@@ -6,6 +6,7 @@ from, so an error can say exactly which file, variable or flag is wrong.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -107,7 +108,7 @@ def _parse_positive_float(value: Any) -> float:
 
 
 def _parse_non_negative_int(value: Any) -> int:
-    if isinstance(value, bool):
+    if isinstance(value, bool | float):
         raise ValueError(f"expected a whole number, got {value!r}")
     try:
         number = int(value)
@@ -120,7 +121,10 @@ def _parse_non_negative_int(value: Any) -> int:
 
 def _parse_address(value: Any) -> str:
     text = str(value).strip()
-    split_host_port(text, "address")
+    try:
+        split_host_port(text, "address")
+    except ConfigError as error:  # resolve() adds where the value came from
+        raise ValueError(str(error)) from None
     return text
 
 
@@ -290,7 +294,8 @@ def render(config: NodeConfig, sources: Mapping[str, str]) -> str:
             return str(value)
         if isinstance(value, tuple):
             return "[" + ", ".join(toml_value(item) for item in value) + "]"
-        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # JSON's string escapes are all valid in a TOML basic string (newlines included).
+        return json.dumps(str(value))
 
     lines = []
     for name in SETTINGS:

@@ -62,6 +62,13 @@ def _text(properties: Mapping[bytes, bytes | None], key: str) -> str:
     return value.decode("utf-8", errors="replace").strip()
 
 
+def _whole_number(text: str) -> int | None:
+    """`text` as a plain ASCII number, else None (`"²".isdigit()` is true, int() fails)."""
+    if not text.isascii() or not text.isdecimal():
+        return None
+    return int(text)
+
+
 def choose_host(addresses: list[str]) -> str:
     """Prefers an address another machine can reach; loopback only if that is all there is."""
     usable = [a for a in addresses if not ipaddress.ip_address(a).is_link_local]
@@ -82,12 +89,13 @@ def parse_announcement(
     """Turns one resolved service into a Peer, marking it skipped when we cannot use it."""
     fields = {key: _text(properties, key) for key in TXT_KEYS}
     proto_text = fields["proto"]
+    protocol = _whole_number(proto_text)
     peer = Peer(
         service_name=service_name,
         node_id=fields["id"],
         roles=tuple(role for role in fields["roles"].split(",") if role),
         cluster=fields["cluster"],
-        protocol_version=int(proto_text) if proto_text.isdigit() else 0,
+        protocol_version=protocol if protocol is not None else 0,
         host=choose_host(addresses),
         port=port or 0,
         version=fields["version"],
@@ -96,7 +104,7 @@ def parse_announcement(
     missing = [key for key in ("id", "roles", "cluster", "proto") if not fields[key]]
     if missing:
         reason = f"TXT record lacks {', '.join(missing)}"
-    elif not proto_text.isdigit():
+    elif protocol is None:
         reason = f"TXT proto={proto_text!r} is not a number"
     elif peer.cluster != cluster:
         reason = f"other cluster {peer.cluster!r}"

@@ -1,0 +1,94 @@
+"""The coordinator's volunteer records in real SQLite: exact round trips and an event log."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from coordinator_node.store import CoordinatorStore
+from daemon.models import Load, OwnerLimits, Resources, Volunteer, VolunteerState
+
+VOLUNTEER = Volunteer(
+    volunteer_id="v1",
+    hostname="lab-1",
+    version="0.1.0",
+    resources=Resources(
+        cpu_cores=8,
+        memory_mb=16384,
+        disk_free_mb=120_000,
+        gpus=1,
+        docker_available=True,
+        images=("vcnode/worker:1", "python:3.12-slim"),
+    ),
+    limits=OwnerLimits(
+        max_cpus=4,
+        max_memory_mb=8192,
+        max_disk_mb=10_000,
+        max_concurrent_tasks=2,
+        allow_network=True,
+        allow_process_runtime=True,
+    ),
+    state=VolunteerState.LOST,
+    first_seen=1.1,
+    last_seen=1_700_000_123.456,
+    load=Load(cpu_percent=12.5, memory_percent=33.3, running_tasks=2),
+)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[CoordinatorStore]:
+    opened = CoordinatorStore(tmp_path)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+async def test_a_volunteer_round_trips_exactly(store: CoordinatorStore) -> None:
+    await store.save_volunteers([VOLUNTEER])
+    [loaded] = await store.load_volunteers()
+    assert loaded == VOLUNTEER
+    assert isinstance(loaded.resources.images, tuple)
+
+
+async def test_volunteers_survive_a_reopen(tmp_path: Path) -> None:
+    other = replace(VOLUNTEER, volunteer_id="v2", resources=Resources(1, 512, 10))
+    first = CoordinatorStore(tmp_path)
+    await first.open()
+    await first.save_volunteers([VOLUNTEER, other])
+    await first.close()
+    second = CoordinatorStore(tmp_path)
+    await second.open()
+    try:
+        loaded = await second.load_volunteers()
+    finally:
+        await second.close()
+    assert sorted(loaded, key=lambda v: v.volunteer_id) == [VOLUNTEER, other]
+
+
+async def test_saving_again_updates_the_record(store: CoordinatorStore) -> None:
+    await store.save_volunteers([VOLUNTEER])
+    back = replace(VOLUNTEER, state=VolunteerState.ONLINE, last_seen=2e9, load=Load())
+    await store.save_volunteers([back])
+    assert await store.load_volunteers() == [back]
+
+
+async def test_events_are_written_only_when_asked(store: CoordinatorStore) -> None:
+    other = replace(VOLUNTEER, volunteer_id="v2", state=VolunteerState.ONLINE)
+    await store.save_volunteers([VOLUNTEER, other])
+    assert await store.events() == []
+    await store.save_volunteers([VOLUNTEER, other], event="volunteer_seen")
+    await store.save_volunteers([VOLUNTEER], event="volunteer_lost")
+    seen = await store.events("volunteer_seen")
+    assert [(row["subject"], json.loads(row["data"])) for row in seen] == [
+        ("v1", {"state": "lost"}),
+        ("v2", {"state": "online"}),
+    ]
+    assert [row["kind"] for row in await store.events()] == [
+        "volunteer_seen",
+        "volunteer_seen",
+        "volunteer_lost",
+    ]
