@@ -19,11 +19,10 @@ from daemon import config as config_module
 from daemon.app import Node
 from daemon.client import views, workflows
 from daemon.client.locate import Target, browse, locate
+from daemon.client.rpc import connected
 from daemon.errors import NodeError
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
 from daemon.transport import convert
-from daemon.transport.channels import open_channel
-from daemon.transport.errors import error_from_rpc
 from daemon.version import VERSION
 
 CALL_TIMEOUT_SECONDS = 5.0
@@ -203,13 +202,8 @@ def _target(args: argparse.Namespace) -> Target:
 
 
 async def _call(address: str, what: str, call: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
-    channel = open_channel(address)
-    try:
+    async with connected(address, what) as channel:
         return await call(channel)
-    except grpc.aio.AioRpcError as error:
-        raise error_from_rpc(error, address, what) from None
-    finally:
-        await channel.close()
 
 
 def _print_json(value: Any) -> None:

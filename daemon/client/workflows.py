@@ -18,16 +18,15 @@ from typing import Any, TextIO
 import grpc
 
 from daemon.client import views
+from daemon.client.rpc import connected
 from daemon.errors import NodeError
 from daemon.models import FileRef
 from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
 from daemon.transfer.blobstore import BlobStore
 from daemon.transfer.client import download, upload
 from daemon.transport import convert
-from daemon.transport.channels import open_channel
-from daemon.transport.errors import error_from_rpc
 from daemon.volunteer.blobs import sha256_file
-from manager_node.spec import EXPLICIT_TYPE, parse_overrides, parse_workflow
+from manager_node.spec import EXPLICIT_TYPE, WorkflowFile, parse_overrides, parse_workflow
 from splitters.api import SplitterError, validate_parameters
 from splitters.registry import get_splitter
 
@@ -46,14 +45,8 @@ def _stub(channel: grpc.aio.Channel) -> manager_pb2_grpc.ManagerServiceStub:
 
 @asynccontextmanager
 async def manager_at(address: str) -> AsyncIterator[manager_pb2_grpc.ManagerServiceStub]:
-    """A manager stub whose failed calls become errors that say what to do."""
-    channel = open_channel(address)
-    try:
+    async with connected(address, "manager") as channel:
         yield _stub(channel)
-    except grpc.aio.AioRpcError as error:
-        raise error_from_rpc(error, address, "manager") from None
-    finally:
-        await channel.close()
 
 
 async def _workflow_status(
@@ -75,66 +68,64 @@ def resolve_input(value: str, workflow_dir: Path, key: str) -> Path:
     raise SplitterError(key, f"file {value} not found (looked beside the workflow file and in .)")
 
 
-def validate(args: argparse.Namespace) -> int:
-    """Checks a workflow file here, without a manager: parameters, files, the split."""
+def read_workflow(args: argparse.Namespace) -> tuple[str, dict[str, str], WorkflowFile]:
+    """The workflow file's text, the `--set` overrides, and the parsed workflow."""
     workflow_path: Path = args.workflow
     try:
         text = workflow_path.read_text(encoding="utf-8")
     except OSError as error:
         raise NodeError(f"cannot read workflow file {workflow_path}: {error.strerror}") from None
-    workflow = parse_workflow(text, parse_overrides(args.set or []))
+    overrides = parse_overrides(args.set or [])
+    return text, overrides, parse_workflow(text, overrides)
+
+
+def local_files(workflow: WorkflowFile, workflow_dir: Path) -> list[tuple[str, Path]]:
+    """The files the workflow reads from this machine, by the name the manager knows them
+    under: the path as written for `[[tasks]]`, the parameter's name for a splitter."""
     if workflow.type == EXPLICIT_TYPE:
-        for source in workflow.input_files():
-            resolve_input(source, workflow_path.parent, "inputs")
+        return [
+            (source, resolve_input(source, workflow_dir, "inputs"))
+            for source in workflow.input_files()
+        ]
+    return [
+        (parameter.name, resolve_input(str(value), workflow_dir, parameter.name))
+        for parameter in get_splitter(workflow.type).parameters
+        if parameter.type is Path and (value := workflow.parameters.get(parameter.name)) is not None
+    ]
+
+
+def validate(args: argparse.Namespace) -> int:
+    """Checks a workflow file here, without a manager: parameters, files, the split."""
+    _, _, workflow = read_workflow(args)
+    workflow_dir = args.workflow.parent
+    files = local_files(workflow, workflow_dir)
+    if workflow.type == EXPLICIT_TYPE:
         task_count = len(workflow.tasks)
     else:
         splitter = get_splitter(workflow.type)
-        raw = dict(workflow.parameters)
-        for parameter in splitter.parameters:
-            if parameter.type is Path and raw.get(parameter.name) is not None:
-                raw[parameter.name] = str(
-                    resolve_input(str(raw[parameter.name]), workflow_path.parent, parameter.name)
-                )
-        params = validate_parameters(splitter.parameters, raw, workflow_path.parent)
-        estimate = splitter.estimate(params)
-        task_count = estimate.task_count
+        raw = {**workflow.parameters, **{name: str(path) for name, path in files}}
+        params = validate_parameters(splitter.parameters, raw, workflow_dir)
+        task_count = splitter.estimate(params).task_count
         if task_count == 0:
             raise SplitterError("parameters", "the split would produce no tasks")
     if args.json:
         _print_json({"valid": True, "type": workflow.type, "tasks": task_count})
     else:
-        print(f"{workflow_path}: valid, {task_count} tasks ({workflow.type})")
+        print(f"{args.workflow}: valid, {task_count} tasks ({workflow.type})")
     return 0
 
 
 async def submit(address: str, args: argparse.Namespace) -> int:
-    workflow_path: Path = args.workflow
-    try:
-        text = await asyncio.to_thread(workflow_path.read_text, encoding="utf-8")
-    except OSError as error:
-        raise NodeError(f"cannot read workflow file {workflow_path}: {error.strerror}") from None
-    overrides = parse_overrides(args.set or [])
-    workflow = parse_workflow(text, overrides)
+    text, overrides, workflow = read_workflow(args)
     # Files the workflow reads travel first, as blobs; the manager finds them by name.
-    to_upload: list[tuple[str, Path]] = []
-    if workflow.type == EXPLICIT_TYPE:
-        for source in workflow.input_files():
-            to_upload.append((source, resolve_input(source, workflow_path.parent, "inputs")))
-    else:
-        for parameter in get_splitter(workflow.type).parameters:
-            value = workflow.parameters.get(parameter.name)
-            if parameter.type is Path and value is not None:
-                path = resolve_input(str(value), workflow_path.parent, parameter.name)
-                to_upload.append((parameter.name, path))
+    to_upload = local_files(workflow, args.workflow.parent)
     files: list[FileRef] = []
-    uploads = open_channel(address)  # one channel for every file: a new one costs ~10 ms
-    try:
+    # One channel for every file: a new one costs ~10 ms.
+    async with connected(address, "manager") as uploads:
         for name, path in to_upload:
             sha256, size = await asyncio.to_thread(sha256_file, path)
             await upload(uploads, path, sha256, size, INPUT_PURPOSE)
             files.append(FileRef(name, sha256, size))
-    finally:
-        await uploads.close()
     async with manager_at(address) as manager:
         reply = await manager.SubmitWorkflow(
             manager_pb2.SubmitWorkflowRequest(
