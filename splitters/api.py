@@ -11,7 +11,8 @@ This module imports no numpy: daemons without the manager role load the registry
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,12 +26,14 @@ from daemon.models import ResourceRequest
 __all__ = [
     "DEFAULT_IMAGE",
     "PROGRESS_FILE",
+    "Directory",
     "Estimate",
     "MergeError",
     "Parameter",
     "ResourceRequest",
     "Splitter",
     "SplitterError",
+    "TaskOutput",
     "TaskTemplate",
     "validate_parameters",
 ]
@@ -42,7 +45,8 @@ PROGRESS_FILE = ".progress"
 
 
 class SplitterError(InvalidInputError):
-    """A workflow's parameters cannot be used; `key` names the one to fix."""
+    """A workflow's parameters cannot be used; `key` names the one to fix. One error may
+    carry several problems (`combine`), so a person sees every one in one go."""
 
     exit_code = 2
 
@@ -50,6 +54,18 @@ class SplitterError(InvalidInputError):
         super().__init__(f"{key}: {message}")
         self.key = key
         self.message = message
+        self.problems: tuple[tuple[str, str], ...] = ((key, message),)
+
+    @classmethod
+    def combine(cls, errors: Sequence[SplitterError]) -> SplitterError:
+        """One error listing every problem of `errors`, in order."""
+        if not errors:
+            raise ValueError("nothing to combine")
+        problems = tuple(problem for error in errors for problem in error.problems)
+        combined = cls(*problems[0])
+        combined.problems = problems
+        combined.args = ("\n".join(f"{key}: {message}" for key, message in problems),)
+        return combined
 
 
 class MergeError(NodeError):
@@ -63,6 +79,16 @@ def _check_plain_name(name: str, what: str) -> None:
 
 
 @dataclass(frozen=True)
+class TaskOutput:
+    """An input that is another task's output, e.g. a model that the previous round's
+    averaging task wrote. The task must depend on `task`; the manager fills the file in
+    once `task` completed, and the volunteer fetches it from the manager like any input."""
+
+    task: str  # a task name of the same workflow
+    output: str  # one of that task's declared outputs
+
+
+@dataclass(frozen=True)
 class TaskTemplate:
     """One task as a splitter describes it; the manager gives it an id and content hashes.
 
@@ -72,8 +98,9 @@ class TaskTemplate:
 
     name: str  # unique within the workflow
     command: tuple[str, ...]
-    # Name under /input -> the local file (in the workdir) that becomes it.
-    inputs: Mapping[str, Path]
+    # Name under /input -> the local file (in the workdir) that becomes it, or the output
+    # of a task this one depends on.
+    inputs: Mapping[str, Path | TaskOutput]
     outputs: tuple[str, ...]
     resources: ResourceRequest
     timeout_seconds: int
@@ -85,8 +112,13 @@ class TaskTemplate:
         _check_plain_name(self.name, "task")
         if not self.command:
             raise ValueError(f"task {self.name} has an empty command")
-        for input_name in self.inputs:
+        for input_name, source in self.inputs.items():
             _check_plain_name(input_name, f"task {self.name} input")
+            if isinstance(source, TaskOutput) and source.task not in self.depends_on:
+                raise ValueError(
+                    f"task {self.name} reads {source.output} of {source.task}"
+                    f" but does not depend on {source.task}"
+                )
         for output_name in self.outputs:
             _check_plain_name(output_name, f"task {self.name} output")
         if self.timeout_seconds <= 0:
@@ -104,9 +136,15 @@ class Estimate:
     seconds_per_task: float
 
 
-# Types a parameter may have. `Path` means an existing file: relative paths are taken from
-# the workflow file's directory.
-PARAMETER_TYPES: tuple[type, ...] = (int, float, bool, str, Path)
+class Directory:
+    """A parameter type: an existing folder (its files travel with the workflow). The
+    validated value is a Path."""
+
+
+# Types a parameter may have. `Path` means an existing file, `Directory` an existing folder:
+# relative paths are taken from the workflow file's directory. `list` and `dict` take TOML
+# arrays and tables (from `--set`, written as TOML: `--set grid={alpha=[1,2]}`).
+PARAMETER_TYPES: tuple[type, ...] = (int, float, bool, str, Path, Directory, list, dict)
 
 
 @dataclass(frozen=True)
@@ -132,7 +170,14 @@ class Parameter:
 
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
-_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_TYPE_WORDS = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    list: "an array, e.g. [1, 2, 3]",
+    dict: "a table, e.g. {alpha = [1, 2]}",
+}
 
 
 def _describe(value: object) -> str:
@@ -182,7 +227,28 @@ def _coerce(parameter: Parameter, value: object, base_dir: Path) -> Any:
                 raise SplitterError(key, f"no such file: {path}")
             return path
         raise SplitterError(key, f"expected a file path, got {_describe(value)}")
+    elif kind is Directory:
+        if isinstance(value, str | Path) and str(value).strip():
+            path = Path(str(value).strip()).expanduser()
+            path = path if path.is_absolute() else base_dir / path
+            if not path.is_dir():
+                raise SplitterError(key, f"no such folder: {path}")
+            return path
+        raise SplitterError(key, f"expected a folder path, got {_describe(value)}")
+    elif kind is list or kind is dict:
+        if isinstance(value, str):
+            value = _parse_toml_value(value)
+        if isinstance(value, kind):
+            return value
     raise SplitterError(key, f"expected {_TYPE_WORDS[kind]}, got {_describe(value)}")
+
+
+def _parse_toml_value(text: str) -> object:
+    """A `--set` value written as TOML (`[1, 2]`, `{a = 1}`); the text itself if it is not."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 def _check_value(parameter: Parameter, value: Any) -> None:
@@ -201,25 +267,34 @@ def validate_parameters(
 ) -> dict[str, Any]:
     """Every key of `schema`, coerced and checked; absent optional ones get their default.
 
-    Raises SplitterError naming the first key that is unknown, missing, of the wrong type
-    or out of range. A None value counts as absent (JSON has null, TOML does not).
+    Raises SplitterError naming every key that is unknown, missing, of the wrong type or
+    out of range. A None value counts as absent (JSON has null, TOML does not).
     """
     by_name = {parameter.name: parameter for parameter in schema}
+    problems: list[SplitterError] = []
     for key in raw:
         if key not in by_name:
             known = ", ".join(sorted(by_name)) or "none"
-            raise SplitterError(key, f"unknown parameter (this workflow type takes: {known})")
+            problems.append(
+                SplitterError(key, f"unknown parameter (this workflow type takes: {known})")
+            )
     params: dict[str, Any] = {}
     for parameter in schema:
         value = raw.get(parameter.name)
         if value is None:
             if parameter.required:
-                raise SplitterError(parameter.name, f"required: {parameter.help}")
+                problems.append(SplitterError(parameter.name, f"required: {parameter.help}"))
             params[parameter.name] = parameter.default
             continue
-        coerced = _coerce(parameter, value, base_dir)
-        _check_value(parameter, coerced)
+        try:
+            coerced = _coerce(parameter, value, base_dir)
+            _check_value(parameter, coerced)
+        except SplitterError as error:
+            problems.append(error)
+            continue
         params[parameter.name] = coerced
+    if problems:
+        raise SplitterError.combine(problems)
     return params
 
 
@@ -231,6 +306,9 @@ class Splitter(Protocol):
     name: str
     description: str
     parameters: tuple[Parameter, ...]
+    # Parameter values for the file `node init` writes, on top of the defaults; with them
+    # the workflow runs as written (e.g. a small generated instance).
+    example: Mapping[str, Any]
 
     def split(self, params: Mapping[str, Any], workdir: Path) -> list[TaskTemplate]:
         """Writes the tasks' input files into `workdir` and describes the tasks."""

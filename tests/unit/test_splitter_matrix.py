@@ -1,17 +1,9 @@
-"""The matrix splitters end to end: split, run every task's real command, merge, compare.
-
-Tasks run as plain subprocesses of this Python, the way the process runtime runs them:
-argv words under /input and /output point at per-task directories, and VCNODE_INPUT /
-VCNODE_OUTPUT say where those are.
-"""
+"""The matrix splitters end to end: split, run every task's real command, merge, compare
+(tasks run as local subprocesses: see tests/splitter_runner.py)."""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -21,8 +13,6 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from daemon.runtime.process import rewrite_paths
-from daemon.runtime.spec import read_progress
 from splitters import blocks
 from splitters.api import (
     DEFAULT_IMAGE,
@@ -30,55 +20,22 @@ from splitters.api import (
     Splitter,
     SplitterError,
     TaskTemplate,
-    validate_parameters,
 )
 from splitters.matrix_addition import MatrixAddition
 from splitters.matrix_multiplication import MatrixMultiplication
+from tests.splitter_runner import prepare, run_locally
 
 MULTIPLY = MatrixMultiplication()
 ADD = MatrixAddition()
 
 
-def prepare(splitter: Splitter, raw: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
-    return validate_parameters(splitter.parameters, raw, base_dir)
-
-
-def run_task(task: TaskTemplate, root: Path) -> dict[str, Path]:
-    """Runs the task's command for real; its declared outputs by name."""
-    input_dir = root / task.name / "input"
-    output_dir = root / task.name / "output"
-    input_dir.mkdir(parents=True)
-    output_dir.mkdir(parents=True)
-    for name, source in task.inputs.items():
-        shutil.copyfile(source, input_dir / name)  # as a transfer would: a copy, by name
-    assert task.command[0] == "python3"
-    argv = [
-        sys.executable,
-        *(rewrite_paths(word, input_dir, output_dir) for word in task.command[1:]),
-    ]
-    env = {**os.environ, "VCNODE_INPUT": str(input_dir), "VCNODE_OUTPUT": str(output_dir)}
-    result = subprocess.run(
-        argv, env=env, cwd=root, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, f"{task.name} failed:\n{result.stderr}"
-    assert read_progress(output_dir) == 100.0, f"{task.name} did not report completion"
-    outputs = {name: output_dir / name for name in task.outputs}
-    for name, path in outputs.items():
-        assert path.is_file(), f"{task.name} did not write {name}"
-    return outputs
-
-
 def run_workflow(
     splitter: Splitter, raw: Mapping[str, Any], tmp_path: Path
 ) -> tuple[list[TaskTemplate], NDArray[Any]]:
-    """Split into tmp_path/work, run every task, merge; the tasks and the merged C."""
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    tasks = splitter.split(prepare(splitter, raw, tmp_path), workdir)
-    outputs = {task.name: run_task(task, tmp_path / "runs") for task in tasks}
-    results = splitter.merge(outputs, workdir)
-    assert results == [workdir / "C.npy"]
-    return tasks, np.load(results[0])
+    """Split, run every task, merge; the tasks and the merged C."""
+    run = run_locally(splitter, raw, tmp_path)
+    assert [path.name for path in run.results] == ["C.npy"]
+    return run.tasks, np.load(run.results[0])
 
 
 def save_operands(tmp_path: Path, a: NDArray[Any], b: NDArray[Any]) -> dict[str, str]:
