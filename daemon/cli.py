@@ -17,7 +17,7 @@ import grpc
 
 from daemon import config as config_module
 from daemon.app import Node
-from daemon.client import views, workflows
+from daemon.client import views, workflow_file, workflows
 from daemon.client.locate import Target, browse, locate
 from daemon.client.rpc import connected
 from daemon.errors import NodeError
@@ -378,7 +378,7 @@ def _add_workflow_parsers(commands: Any) -> None:
         help="override a [parameters] value (repeatable)",
     )
     validate.add_argument("--json", action="store_true", help="print JSON for scripts")
-    validate.set_defaults(handler=workflows.validate)
+    validate.set_defaults(handler=workflow_file.validate)
 
     listing = commands.add_parser("workflows", help="the manager's workflows")
     _add_target_arguments(listing, "manager")

@@ -25,8 +25,21 @@ from manager_node.coordinator_client import CoordinatorClient
 from manager_node.images import ImageArchives
 from manager_node.spec import EXPLICIT_TYPE, ExplicitTask, parse_workflow
 from manager_node.store import COORDINATOR_SEQUENCE, ManagerStore, NewTask
-from manager_node.workflow import WorkflowRun, WorkflowState, WorkflowTask
-from splitters.api import Splitter, SplitterError, TaskTemplate, validate_parameters
+from manager_node.workflow import (
+    UpstreamInput,
+    WorkflowRun,
+    WorkflowState,
+    WorkflowTask,
+    graph_problems,
+)
+from splitters.api import (
+    Directory,
+    Splitter,
+    SplitterError,
+    TaskOutput,
+    TaskTemplate,
+    validate_parameters,
+)
 from splitters.registry import get_splitter
 
 log = logging.getLogger(__name__)
@@ -125,6 +138,7 @@ class WorkflowManager:
                 if not templates:
                     raise SplitterError("parameters", "the split produced no tasks")
                 tasks = [await self._task(workflow_id, t) for t in templates]
+            _check_graph(workflow.type, tasks)
             tasks = await self._attach_images(tasks)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
@@ -139,7 +153,10 @@ class WorkflowManager:
                 self._specs[new.spec.task_id] = new.spec
             run = WorkflowRun.of(
                 workflow_id,
-                [WorkflowTask(new.spec.task_id, new.name, new.depends_on) for new in tasks],
+                [
+                    WorkflowTask(new.spec.task_id, new.name, new.depends_on, new.upstream)
+                    for new in tasks
+                ],
             )
             self._runs[workflow_id] = run
             self._types[workflow_id] = workflow.type
@@ -154,20 +171,36 @@ class WorkflowManager:
         files: Sequence[FileRef],
         workdir: Path,
     ) -> dict[str, object]:
-        """File parameters arrive as blobs the client uploaded; the splitter wants paths."""
+        """File and folder parameters arrive as blobs the client uploaded (a folder's files
+        as `name/file`); the splitter wants paths."""
         uploaded = {ref.name: ref for ref in files}
         for parameter in splitter.parameters:
-            if parameter.type is not Path or raw.get(parameter.name) is None:
+            if parameter.type not in (Path, Directory) or raw.get(parameter.name) is None:
                 continue
-            ref = uploaded.get(parameter.name)
-            if ref is None or not await self._blobs.has(ref.sha256):
+            if parameter.type is Directory:
+                folder = workdir / "inputs" / parameter.name
+                await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+                prefix = f"{parameter.name}/"
+                for name, ref in uploaded.items():
+                    if name.startswith(prefix):
+                        target = folder / _plain_name(name[len(prefix) :], parameter.name)
+                        await self._link_blob(ref, target, parameter.name)
+                raw[parameter.name] = str(folder)
+                continue
+            file = uploaded.get(parameter.name)
+            if file is None:
                 raise SplitterError(
                     parameter.name, f"file {raw[parameter.name]} was not uploaded with the workflow"
                 )
             target = workdir / "inputs" / f"{parameter.name}{Path(str(raw[parameter.name])).suffix}"
-            await asyncio.to_thread(_link_or_copy, await self._blobs.path(ref.sha256), target)
+            await self._link_blob(file, target, parameter.name)
             raw[parameter.name] = str(target)
         return raw
+
+    async def _link_blob(self, ref: FileRef, target: Path, key: str) -> None:
+        if not await self._blobs.has(ref.sha256):
+            raise SplitterError(key, f"file {ref.name} was not uploaded with the workflow")
+        await asyncio.to_thread(_link_or_copy, await self._blobs.path(ref.sha256), target)
 
     async def _explicit_tasks(
         self, workflow_id: str, entries: Sequence[ExplicitTask], files: Sequence[FileRef]
@@ -178,6 +211,8 @@ class WorkflowManager:
         for index, entry in enumerate(entries):
             inputs = []
             for name, source in sorted(entry.inputs.items()):
+                if isinstance(source, TaskOutput):
+                    continue
                 ref = uploaded.get(source)
                 if ref is None or not await self._blobs.has(ref.sha256):
                     raise SplitterError(
@@ -190,8 +225,10 @@ class WorkflowManager:
 
     async def _task(self, workflow_id: str, template: TaskTemplate) -> NewTask:
         inputs = []
-        for name, path in sorted(template.inputs.items()):
-            sha256, size = await self._blobs.put_file(path)
+        for name, source in sorted(template.inputs.items()):
+            if isinstance(source, TaskOutput):
+                continue
+            sha256, size = await self._blobs.put_file(source)
             inputs.append(FileRef(name, sha256, size))
         return self._new_task(workflow_id, template, tuple(inputs))
 
@@ -214,7 +251,12 @@ class WorkflowManager:
             manager_address=self.address,
             retries=entry.retries,
         )
-        return NewTask(spec, entry.name, entry.depends_on)
+        upstream = tuple(
+            UpstreamInput(name, source.task, source.output)
+            for name, source in sorted(entry.inputs.items())
+            if isinstance(source, TaskOutput)
+        )
+        return NewTask(spec, entry.name, entry.depends_on, upstream)
 
     async def _attach_images(self, tasks: list[NewTask]) -> list[NewTask]:
         """Pins each task to the ID of the image this host holds, which the manager can then
@@ -235,9 +277,24 @@ class WorkflowManager:
     async def _hand_over_ready(self, run: WorkflowRun) -> None:
         ready = run.take_ready()
         for task in ready:
+            if task.upstream:
+                await self._resolve_upstream(run, task)
             await self._store.save_task(task)
         if ready and self.coordinator is not None:
             self.coordinator.submit([self._specs[task.task_id] for task in ready])
+
+    async def _resolve_upstream(self, run: WorkflowRun, task: WorkflowTask) -> None:
+        """Adds the outputs this task reads from its dependencies to its inputs; they are
+        blobs here already (verified when their producer completed)."""
+        files = run.upstream_files(task)
+        spec = self._specs[task.task_id]
+        names = {ref.name for ref in files}
+        # Idempotent: a restart between here and save_task resolves the task again.
+        own = tuple(ref for ref in spec.inputs if ref.name not in names)
+        spec = replace(spec, inputs=own + files)
+        self._specs[task.task_id] = spec
+        self._shareable |= {ref.sha256 for ref in files}
+        await self._store.save_upstream_inputs(spec, files)
 
     # --- following the coordinator --------------------------------------------------------
 
@@ -371,6 +428,17 @@ class WorkflowManager:
                 queue.put_nowait(None)
 
 
+def _check_graph(workflow_type: str, tasks: list[NewTask]) -> None:
+    """Splitters are code too: their DAG is checked like a user's before anything runs."""
+    problems = graph_problems(
+        [WorkflowTask(t.spec.task_id, t.name, t.depends_on, t.upstream) for t in tasks],
+        {t.name: t.spec.outputs for t in tasks},
+    )
+    if problems:
+        key = "tasks" if workflow_type == EXPLICIT_TYPE else f"{workflow_type} split"
+        raise SplitterError.combine([SplitterError(key, problem) for _, problem in problems])
+
+
 def _split(splitter: Splitter, params: dict[str, Any], workdir: Path) -> list[TaskTemplate]:
     workdir.mkdir(parents=True, exist_ok=True)
     return splitter.split(params, workdir)
@@ -385,6 +453,13 @@ def new_workflow_id(name: str) -> str:
     """Readable and unique; safe as a directory name whatever the client called it."""
     stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in name[:24]).strip("-")
     return f"{stem or 'workflow'}-{uuid.uuid4().hex[:8]}"
+
+
+def _plain_name(name: str, key: str) -> str:
+    """A client names a folder's files; nothing it sends may leave the workdir."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise SplitterError(key, f"{name!r} is not a plain file name")
+    return name
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -6,14 +6,16 @@ Errors name the key (and the line, where TOML gives one), so a person can go str
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from daemon.models import ResourceRequest
-from splitters.api import DEFAULT_IMAGE, SplitterError
+from manager_node.workflow import UpstreamInput, WorkflowTask, graph_problems
+from splitters.api import DEFAULT_IMAGE, SplitterError, TaskOutput
 
+T = TypeVar("T")
 EXPLICIT_TYPE = "tasks"
 DEFAULT_TIMEOUT_SECONDS = 3600
 
@@ -25,8 +27,9 @@ class ExplicitTask:
     name: str
     command: tuple[str, ...]
     image: str = DEFAULT_IMAGE
-    # Name under /input -> the file as written in the workflow (relative to it).
-    inputs: dict[str, str] = field(default_factory=dict)
+    # Name under /input -> the file as written in the workflow (relative to it), or an
+    # output of another task (which this one then depends on).
+    inputs: dict[str, str | TaskOutput] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()
     resources: ResourceRequest = field(default_factory=ResourceRequest)
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
@@ -45,7 +48,14 @@ class WorkflowFile:
 
     def input_files(self) -> list[str]:
         """Every file the explicit tasks read, as written in the workflow file."""
-        return sorted({source for task in self.tasks for source in task.inputs.values()})
+        return sorted(
+            {
+                source
+                for task in self.tasks
+                for source in task.inputs.values()
+                if isinstance(source, str)
+            }
+        )
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:
@@ -59,39 +69,64 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     return overrides
 
 
+class _Problems:
+    """Collects every problem of a file, so a person fixes them in one pass, not one a run."""
+
+    def __init__(self) -> None:
+        self.errors: list[SplitterError] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.errors.append(SplitterError(key, message))
+
+    def check(self, parse: Callable[[], T], fallback: T) -> T:
+        try:
+            return parse()
+        except SplitterError as error:
+            self.errors.append(error)
+            return fallback
+
+    def raise_any(self) -> None:
+        if self.errors:
+            raise SplitterError.combine(self.errors)
+
+
 def parse_workflow(text: str, overrides: Mapping[str, str] | None = None) -> WorkflowFile:
+    """The workflow file; SplitterError listing every problem found (each with its key)."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise SplitterError("workflow file", f"not valid TOML: {error}") from None
+    problems = _Problems()
     workflow = document.get("workflow")
     if not isinstance(workflow, dict):
-        raise SplitterError("workflow", "missing the [workflow] table (with name and type)")
-    unknown = sorted(set(document) - {"workflow", "parameters", "tasks"})
-    if unknown:
-        raise SplitterError(
-            unknown[0], "unknown table; expected [workflow], [parameters] or [[tasks]]"
-        )
+        problems.add("workflow", "missing the [workflow] table (with name and type)")
+        workflow = {}
+    for unknown in sorted(set(document) - {"workflow", "parameters", "tasks"}):
+        problems.add(unknown, "unknown table; expected [workflow], [parameters] or [[tasks]]")
     if "tasks" in document:
-        tasks = _parse_tasks(document["tasks"])
+        tasks = _parse_tasks(document["tasks"], problems)
         name = workflow.get("name", "tasks")
         if not isinstance(name, str) or not name.strip():
-            raise SplitterError("workflow.name", "must be a non-empty string")
-        return WorkflowFile(name=name.strip(), type=EXPLICIT_TYPE, tasks=tasks)
+            problems.add("workflow.name", "must be a non-empty string")
+        problems.raise_any()
+        return WorkflowFile(name=str(name).strip(), type=EXPLICIT_TYPE, tasks=tasks)
     workflow_type = workflow.get("type")
     if not isinstance(workflow_type, str) or not workflow_type:
-        raise SplitterError(
+        problems.add(
             "workflow.type",
             "missing: name a workflow type (e.g. matrix_multiplication) or list [[tasks]]",
         )
     name = workflow.get("name", workflow_type)
-    if not isinstance(name, str) or not name.strip():
-        raise SplitterError("workflow.name", "must be a non-empty string")
+    if "workflow" in document and (not isinstance(name, str) or not name.strip()):
+        problems.add("workflow.name", "must be a non-empty string")
     parameters = document.get("parameters", {})
     if not isinstance(parameters, dict):
-        raise SplitterError("parameters", "must be a table")
+        problems.add("parameters", "must be a table")
+    problems.raise_any()
     return WorkflowFile(
-        name=name.strip(), type=workflow_type, parameters={**parameters, **(overrides or {})}
+        name=str(name).strip(),
+        type=str(workflow_type),
+        parameters={**parameters, **(overrides or {})},
     )
 
 
@@ -102,53 +137,80 @@ _TASK_KEYS = {
 _RESOURCE_KEYS = {"cpus", "memory_mb", "disk_mb", "gpus"}
 
 
-def _parse_tasks(entries: Any) -> tuple[ExplicitTask, ...]:
+def _parse_tasks(entries: Any, problems: _Problems) -> tuple[ExplicitTask, ...]:
     if not isinstance(entries, list) or not entries:
-        raise SplitterError("tasks", "must be a non-empty array of tables ([[tasks]])")
-    tasks = [_parse_task(index, entry) for index, entry in enumerate(entries)]
-    names = [task.name for task in tasks]
-    for index, name in enumerate(names):
-        if name in names[:index]:
-            raise SplitterError(f"tasks[{index}].name", f"{name!r} is used by two tasks")
-    for index, task in enumerate(tasks):
-        for dependency in task.depends_on:
-            if dependency not in names:
-                raise SplitterError(
-                    f"tasks[{index}].depends_on", f"no task is named {dependency!r}"
-                )
-    cycle = _find_cycle(tasks)
-    if cycle:
-        raise SplitterError("depends_on", "cycle: " + " -> ".join(cycle))
+        problems.add("tasks", "must be a non-empty array of tables ([[tasks]])")
+        return ()
+    parsed = [_parse_task(index, entry, problems) for index, entry in enumerate(entries)]
+    tasks = [task for task in parsed if task is not None]
+    if len(tasks) == len(parsed):  # the graph of a partly unreadable file says little
+        where = {task.name: f"tasks[{index}]" for index, task in enumerate(tasks)}
+        graph = [
+            WorkflowTask(
+                task.name,
+                task.name,
+                task.depends_on,
+                tuple(
+                    UpstreamInput(name, source.task, source.output)
+                    for name, source in task.inputs.items()
+                    if isinstance(source, TaskOutput)
+                ),
+            )
+            for task in tasks
+        ]
+        outputs = {task.name: task.outputs for task in tasks}
+        for subject, problem in graph_problems(graph, outputs):
+            problems.add(f"{where[subject]}.depends_on" if subject else "tasks", problem)
     return tuple(tasks)
 
 
-def _parse_task(index: int, entry: Any) -> ExplicitTask:
+def _parse_task(index: int, entry: Any, problems: _Problems) -> ExplicitTask | None:
     where = f"tasks[{index}]"
     if not isinstance(entry, dict):
-        raise SplitterError(where, "must be a table")
-    unknown = sorted(set(entry) - _TASK_KEYS)
-    if unknown:
-        raise SplitterError(
-            f"{where}.{unknown[0]}", f"unknown key; known: {', '.join(sorted(_TASK_KEYS))}"
-        )
+        problems.add(where, "must be a table")
+        return None
+    before = len(problems.errors)
+    for unknown in sorted(set(entry) - _TASK_KEYS):
+        problems.add(f"{where}.{unknown}", f"unknown key; known: {', '.join(sorted(_TASK_KEYS))}")
     name = entry.get("name")
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise SplitterError(f"{where}.name", "required: letters, digits, '-' and '_' only")
+        problems.add(f"{where}.name", "required: letters, digits, '-' and '_' only")
     command = entry.get("command")
     if not isinstance(command, list) or not command or not all(isinstance(w, str) for w in command):
-        raise SplitterError(f"{where}.command", "required: a non-empty list of strings (argv)")
-    return ExplicitTask(
-        name=name,
-        command=tuple(command),
-        image=_string(entry, "image", where, DEFAULT_IMAGE),
-        inputs=_inputs(entry.get("inputs", []), f"{where}.inputs"),
-        outputs=tuple(_names(entry.get("outputs", []), f"{where}.outputs")),
-        resources=_resources(entry.get("resources", {}), f"{where}.resources"),
-        timeout_seconds=_positive_int(entry, "timeout", where, DEFAULT_TIMEOUT_SECONDS),
-        retries=_positive_int(entry, "retries", where, 0, allow_zero=True),
-        depends_on=tuple(_names(entry.get("depends_on", []), f"{where}.depends_on")),
-        network=_boolean(entry, "network", where),
+        problems.add(f"{where}.command", "required: a non-empty list of strings (argv)")
+    no_inputs: dict[str, str | TaskOutput] = {}
+    inputs = problems.check(lambda: _inputs(entry.get("inputs", []), f"{where}.inputs"), no_inputs)
+    task = ExplicitTask(
+        name=str(name),
+        command=tuple(command or ()),
+        image=problems.check(lambda: _string(entry, "image", where, DEFAULT_IMAGE), ""),
+        inputs=inputs,
+        outputs=tuple(
+            problems.check(lambda: _names(entry.get("outputs", []), f"{where}.outputs"), [])
+        ),
+        resources=problems.check(
+            lambda: _resources(entry.get("resources", {}), f"{where}.resources"),
+            ResourceRequest(),
+        ),
+        timeout_seconds=problems.check(
+            lambda: _positive_int(entry, "timeout", where, DEFAULT_TIMEOUT_SECONDS), 1
+        ),
+        retries=problems.check(
+            lambda: _positive_int(entry, "retries", where, 0, allow_zero=True), 0
+        ),
+        depends_on=problems.check(lambda: _depends_on(entry, inputs, where), ()),
+        network=problems.check(lambda: _boolean(entry, "network", where), False),
     )
+    return task if len(problems.errors) == before else None
+
+
+def _depends_on(
+    entry: dict[str, Any], inputs: dict[str, str | TaskOutput], where: str
+) -> tuple[str, ...]:
+    """As written, plus every task whose output this one reads: reading implies waiting."""
+    written = _names(entry.get("depends_on", []), f"{where}.depends_on")
+    producers = [s.task for s in inputs.values() if isinstance(s, TaskOutput)]
+    return tuple(dict.fromkeys([*written, *producers]))
 
 
 def _string(entry: dict[str, Any], key: str, where: str, default: str) -> str:
@@ -185,18 +247,32 @@ def _names(value: Any, key: str) -> list[str]:
     return value
 
 
-def _inputs(value: Any, key: str) -> dict[str, str]:
-    """A list of paths (each under its own file name) or a table of name = path."""
+def _inputs(value: Any, key: str) -> dict[str, str | TaskOutput]:
+    """A list of paths (each under its own file name), or a table of name = path or
+    name = { task = "other", output = "file" } for another task's output."""
+    pairs: dict[str, str | TaskOutput]
     if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
         pairs = {PurePosixPath(v).name: v for v in value}
         if len(pairs) != len(value):
             raise SplitterError(key, "two inputs have the same file name; use a table name = path")
-    elif isinstance(value, dict) and all(isinstance(v, str) and v for v in value.values()):
-        pairs = dict(value)
+    elif isinstance(value, dict):
+        pairs = {name: _input_source(source, f"{key}.{name}") for name, source in value.items()}
     else:
         raise SplitterError(key, "must be a list of paths or a table of name = path")
     _names(list(pairs), key)
     return pairs
+
+
+def _input_source(value: Any, key: str) -> str | TaskOutput:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, dict) and set(value) == {"task", "output"}:
+        task, output = value["task"], value["output"]
+        if isinstance(task, str) and task and isinstance(output, str) and output:
+            return TaskOutput(task, output)
+    raise SplitterError(
+        key, 'must be a path, or { task = "name", output = "file" } for another task\'s output'
+    )
 
 
 def _resources(value: Any, key: str) -> ResourceRequest:
@@ -215,27 +291,3 @@ def _resources(value: Any, key: str) -> ResourceRequest:
             raise SplitterError(f"{key}.{name}", "must be a whole number >= 0")
         whole[name] = number
     return ResourceRequest(cpus=float(cpus), **whole)
-
-
-def _find_cycle(tasks: list[ExplicitTask]) -> list[str]:
-    """A dependency cycle as a path of names, or [] when there is none."""
-    depends = {task.name: task.depends_on for task in tasks}
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(name: str) -> list[str]:
-        state[name] = 1
-        path.append(name)
-        for dependency in depends[name]:
-            if state.get(dependency) == 1:
-                return [*path[path.index(dependency) :], dependency]
-            if dependency not in state and (found := visit(dependency)):
-                return found
-        path.pop()
-        state[name] = 2
-        return []
-
-    for task in tasks:
-        if task.name not in state and (found := visit(task.name)):
-            return found
-    return []

@@ -12,7 +12,7 @@ import sqlite_utils
 
 from daemon.models import FileRef, TaskSpec
 from daemon.store import Database, Migration, codecs
-from manager_node.workflow import TaskStatus, WorkflowTask
+from manager_node.workflow import TaskStatus, UpstreamInput, WorkflowTask
 
 
 def _initial_schema(db: sqlite_utils.Database) -> None:
@@ -64,10 +64,15 @@ def _workflow_error(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE workflows ADD COLUMN error TEXT NOT NULL DEFAULT ''")
 
 
+def _upstream_inputs(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE tasks ADD COLUMN upstream TEXT NOT NULL DEFAULT '[]'")
+
+
 MIGRATIONS = (
     Migration("manager/0001_initial", _initial_schema),
     Migration("manager/0002_meta", _meta),
     Migration("manager/0003_workflow_error", _workflow_error),
+    Migration("manager/0004_upstream_inputs", _upstream_inputs),
 )
 COORDINATOR_SEQUENCE = "coordinator_sequence"
 
@@ -77,6 +82,15 @@ class NewTask:
     spec: TaskSpec
     name: str
     depends_on: tuple[str, ...]
+    upstream: tuple[UpstreamInput, ...] = ()
+
+
+def _dump_upstream(upstream: tuple[UpstreamInput, ...]) -> str:
+    return json.dumps([[u.name, u.task, u.output] for u in upstream])
+
+
+def _load_upstream(text: str) -> tuple[UpstreamInput, ...]:
+    return tuple(UpstreamInput(name, task, output) for name, task, output in json.loads(text))
 
 
 @dataclass(frozen=True)
@@ -176,8 +190,9 @@ class ManagerStore:
                 (workflow_id, name, workflow_type, json.dumps(parameters, default=str), now, now),
             )
             db.conn.executemany(
-                "INSERT INTO tasks (id, workflow_id, name, state, spec, depends_on, updated_at) "
-                "VALUES (?, ?, ?, 'waiting', ?, ?, ?)",
+                "INSERT INTO tasks "
+                "(id, workflow_id, name, state, spec, depends_on, upstream, updated_at) "
+                "VALUES (?, ?, ?, 'waiting', ?, ?, ?, ?)",
                 [
                     (
                         t.spec.task_id,
@@ -185,6 +200,7 @@ class ManagerStore:
                         t.name,
                         codecs.dump(t.spec),
                         json.dumps(list(t.depends_on)),
+                        _dump_upstream(t.upstream),
                         now,
                     )
                     for t in tasks
@@ -228,6 +244,17 @@ class ManagerStore:
                     "SELECT workflow_id FROM tasks WHERE id = ?", (task.task_id,)
                 ).fetchone()[0]
                 self._insert_files(db, workflow_id, task.task_id, "output", list(task.outputs))
+
+        await self.database.run(write)
+
+    async def save_upstream_inputs(self, spec: TaskSpec, files: tuple[FileRef, ...]) -> None:
+        """The task's spec once its upstream inputs are known, and those files as its inputs
+        (so volunteers may still fetch them after a restart)."""
+
+        def write(db: sqlite_utils.Database) -> None:
+            db.execute("UPDATE tasks SET spec = ? WHERE id = ?", (codecs.dump(spec), spec.task_id))
+            db.execute("DELETE FROM files WHERE task_id = ? AND role = 'input'", (spec.task_id,))
+            self._insert_files(db, spec.workflow_id, spec.task_id, "input", list(files))
 
         await self.database.run(write)
 
@@ -284,6 +311,7 @@ class ManagerStore:
                             task_id=row["id"],
                             name=row["name"],
                             depends_on=tuple(json.loads(row["depends_on"])),
+                            upstream=_load_upstream(row["upstream"]),
                             status=status,
                             attempts=row["attempts"],
                             volunteer_id=row["volunteer_id"] or "",

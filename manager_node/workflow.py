@@ -8,7 +8,7 @@ workflow is finished when no task can still change, and its state says how it en
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -41,11 +41,22 @@ class WorkflowState(StrEnum):
     CANCELLED = "cancelled"
 
 
+@dataclass(frozen=True)
+class UpstreamInput:
+    """An input that is the output of a task this one depends on: known by name at submit,
+    by content only once that task completed."""
+
+    name: str  # under /input
+    task: str  # the producing task's name
+    output: str  # one of its declared outputs
+
+
 @dataclass
 class WorkflowTask:
     task_id: str
     name: str
     depends_on: tuple[str, ...] = ()  # names of tasks in the same workflow
+    upstream: tuple[UpstreamInput, ...] = ()
     status: TaskStatus = TaskStatus.WAITING
     attempts: int = 0
     volunteer_id: str = ""
@@ -82,6 +93,19 @@ class WorkflowRun:
         for task in ready:
             task.status = TaskStatus.QUEUED
         return ready
+
+    def upstream_files(self, task: WorkflowTask) -> tuple[FileRef, ...]:
+        """The task's upstream inputs as files, named as the task reads them; every producer
+        completed (the task is ready) and declared the output (checked at submit)."""
+        by_name = self._by_name()
+        files = []
+        for wanted in task.upstream:
+            producer = by_name[wanted.task]
+            found = [ref for ref in producer.outputs if ref.name == wanted.output]
+            if producer.status is not TaskStatus.COMPLETED or not found:
+                raise ValueError(f"{task.name}: {wanted.task} has no output {wanted.output}")
+            files.append(FileRef(wanted.name, found[0].sha256, found[0].size))
+        return tuple(files)
 
     def apply(self, event: TaskEvent, outputs_verified: bool = True) -> WorkflowTask | None:
         """Updates the task the event is about; returns it, or None if the event is not ours
@@ -179,3 +203,60 @@ class WorkflowRun:
         return {status.value: statuses.get(status.value, 0) for status in TaskStatus} | {
             "total": len(self.tasks)
         }
+
+
+def find_cycle(depends_on: Mapping[str, Sequence[str]]) -> list[str]:
+    """A dependency cycle as a path of names (first = last), or [] when there is none."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(name: str) -> list[str]:
+        state[name] = 1
+        path.append(name)
+        for dependency in depends_on.get(name, ()):
+            if state.get(dependency) == 1:
+                return [*path[path.index(dependency) :], dependency]
+            if dependency not in state and (found := visit(dependency)):
+                return found
+        path.pop()
+        state[name] = 2
+        return []
+
+    for name in depends_on:
+        if name not in state and (found := visit(name)):
+            return found
+    return []
+
+
+def graph_problems(
+    tasks: Sequence[WorkflowTask], outputs: Mapping[str, Sequence[str]]
+) -> list[tuple[str, str]]:
+    """Why these tasks cannot form a workflow, as (task name or "", problem): duplicate
+    names, unknown dependencies, a cycle, or an input read from an output its producer does
+    not declare. `outputs` holds each task's declared outputs by task name."""
+    problems = []
+    names = [task.name for task in tasks]
+    for name in sorted({name for name in names if names.count(name) > 1}):
+        problems.append((name, f"two tasks are named {name!r}"))
+    known = set(names)
+    for task in tasks:
+        for dependency in task.depends_on:
+            if dependency not in known:
+                problems.append((task.name, f"no task is named {dependency!r}"))
+        for wanted in task.upstream:
+            if wanted.task not in task.depends_on:
+                problems.append(
+                    (task.name, f"{task.name} reads from {wanted.task} but does not depend on it")
+                )
+            elif wanted.task in known and wanted.output not in outputs.get(wanted.task, ()):
+                problems.append(
+                    (
+                        task.name,
+                        f"{task.name} reads {wanted.output} from {wanted.task},"
+                        f" which declares no such output",
+                    )
+                )
+    cycle = find_cycle({task.name: [d for d in task.depends_on if d in known] for task in tasks})
+    if cycle:
+        problems.append(("", "dependency cycle: " + " -> ".join(cycle)))
+    return problems

@@ -19,6 +19,7 @@ import grpc
 
 from daemon.client import views
 from daemon.client.rpc import connected
+from daemon.client.workflow_file import local_files, located, read_workflow
 from daemon.errors import NodeError
 from daemon.models import FileRef
 from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
@@ -26,9 +27,6 @@ from daemon.transfer.blobstore import BlobStore
 from daemon.transfer.client import download, upload
 from daemon.transport import convert
 from daemon.volunteer.blobs import sha256_file
-from manager_node.spec import EXPLICIT_TYPE, WorkflowFile, parse_overrides, parse_workflow
-from splitters.api import SplitterError, validate_parameters
-from splitters.registry import get_splitter
 
 CALL_TIMEOUT_SECONDS = 30.0
 INPUT_PURPOSE = "input"
@@ -59,66 +57,11 @@ async def _workflow_status(
     return status
 
 
-def resolve_input(value: str, workflow_dir: Path, key: str) -> Path:
-    """Relative paths are looked up beside the workflow file, then in the current dir."""
-    path = Path(value).expanduser()
-    for candidate in [path] if path.is_absolute() else [workflow_dir / path, Path.cwd() / path]:
-        if candidate.is_file():
-            return candidate
-    raise SplitterError(key, f"file {value} not found (looked beside the workflow file and in .)")
-
-
-def read_workflow(args: argparse.Namespace) -> tuple[str, dict[str, str], WorkflowFile]:
-    """The workflow file's text, the `--set` overrides, and the parsed workflow."""
-    workflow_path: Path = args.workflow
-    try:
-        text = workflow_path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise NodeError(f"cannot read workflow file {workflow_path}: {error.strerror}") from None
-    overrides = parse_overrides(args.set or [])
-    return text, overrides, parse_workflow(text, overrides)
-
-
-def local_files(workflow: WorkflowFile, workflow_dir: Path) -> list[tuple[str, Path]]:
-    """The files the workflow reads from this machine, by the name the manager knows them
-    under: the path as written for `[[tasks]]`, the parameter's name for a splitter."""
-    if workflow.type == EXPLICIT_TYPE:
-        return [
-            (source, resolve_input(source, workflow_dir, "inputs"))
-            for source in workflow.input_files()
-        ]
-    return [
-        (parameter.name, resolve_input(str(value), workflow_dir, parameter.name))
-        for parameter in get_splitter(workflow.type).parameters
-        if parameter.type is Path and (value := workflow.parameters.get(parameter.name)) is not None
-    ]
-
-
-def validate(args: argparse.Namespace) -> int:
-    """Checks a workflow file here, without a manager: parameters, files, the split."""
-    _, _, workflow = read_workflow(args)
-    workflow_dir = args.workflow.parent
-    files = local_files(workflow, workflow_dir)
-    if workflow.type == EXPLICIT_TYPE:
-        task_count = len(workflow.tasks)
-    else:
-        splitter = get_splitter(workflow.type)
-        raw = {**workflow.parameters, **{name: str(path) for name, path in files}}
-        params = validate_parameters(splitter.parameters, raw, workflow_dir)
-        task_count = splitter.estimate(params).task_count
-        if task_count == 0:
-            raise SplitterError("parameters", "the split would produce no tasks")
-    if args.json:
-        _print_json({"valid": True, "type": workflow.type, "tasks": task_count})
-    else:
-        print(f"{args.workflow}: valid, {task_count} tasks ({workflow.type})")
-    return 0
-
-
 async def submit(address: str, args: argparse.Namespace) -> int:
     text, overrides, workflow = read_workflow(args)
     # Files the workflow reads travel first, as blobs; the manager finds them by name.
-    to_upload = local_files(workflow, args.workflow.parent)
+    with located(text, args.workflow):
+        to_upload = local_files(workflow, args.workflow.parent)
     files: list[FileRef] = []
     # One channel for every file: a new one costs ~10 ms.
     async with connected(address, "manager") as uploads:
@@ -127,14 +70,15 @@ async def submit(address: str, args: argparse.Namespace) -> int:
             await upload(uploads, path, sha256, size, INPUT_PURPOSE)
             files.append(FileRef(name, sha256, size))
     async with manager_at(address) as manager:
-        reply = await manager.SubmitWorkflow(
-            manager_pb2.SubmitWorkflowRequest(
-                workflow_toml=text,
-                overrides=overrides,
-                files=[convert.file_ref_to_proto(ref) for ref in files],
-            ),
-            timeout=CALL_TIMEOUT_SECONDS,
-        )
+        with located(text, args.workflow):
+            reply = await manager.SubmitWorkflow(
+                manager_pb2.SubmitWorkflowRequest(
+                    workflow_toml=text,
+                    overrides=overrides,
+                    files=[convert.file_ref_to_proto(ref) for ref in files],
+                ),
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
         if args.json and not args.wait:
             _print_json({"workflow_id": reply.workflow_id, "tasks": reply.task_count})
             return 0

@@ -23,7 +23,7 @@ CASES = {
     "cycle": (
         '[workflow]\nname = "c"\n[[tasks]]\nname = "a"\ncommand = ["true"]\ndepends_on = ["b"]\n'
         '[[tasks]]\nname = "b"\ncommand = ["true"]\ndepends_on = ["a"]\n',
-        "depends_on: cycle: a -> b -> a",
+        "tasks: dependency cycle: a -> b -> a",
     ),
     "missing input file": (
         '[workflow]\ntype = "matrix_multiplication"\n[parameters]\na = "no.npy"\nb = "no.npy"\n',
@@ -68,3 +68,19 @@ def test_a_parameter_only_the_manager_checks_comes_back_as_bad_input(
     assert submitted.returncode == 2, submitted.stderr
     assert "blocks: must be at least 1" in submitted.stderr
     assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []
+
+
+def test_validate_reports_every_problem_at_its_line(tmp_path: Path) -> None:
+    workflow = tmp_path / "bad.toml"
+    workflow.write_text(
+        '[workflow]\ntype = "matrix_multiplication"\n\n[parameters]\n'
+        'size = "big"\nblocks = 0\ncolour = "red"\na = "missing.npy"\n'
+    )
+    checked = run_cli("validate", str(workflow))
+    assert checked.returncode == 2
+    lines = checked.stderr.splitlines()
+    assert lines[0] == "node: error: 4 problems:"
+    assert f"  {workflow}:7: colour: unknown parameter" in "\n".join(lines)
+    assert f"  {workflow}:5: size: expected an integer" in checked.stderr
+    assert f"  {workflow}:6: blocks: must be at least 1" in checked.stderr
+    assert f"  {workflow}:8: a: file missing.npy not found" in checked.stderr

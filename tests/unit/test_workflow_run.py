@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+
 from daemon.models import FileRef, TaskEvent, TaskResult
-from manager_node.workflow import TaskStatus, WorkflowRun, WorkflowState, WorkflowTask
+from manager_node.workflow import (
+    TaskStatus,
+    UpstreamInput,
+    WorkflowRun,
+    WorkflowState,
+    WorkflowTask,
+    find_cycle,
+    graph_problems,
+)
 
 
 def event(task_id: str, kind: str, **fields: object) -> TaskEvent:
@@ -103,3 +113,57 @@ def test_counts_fold_waiting_into_queued() -> None:
     counts = run.counts()
     assert counts["queued"] == 4
     assert counts["total"] == 4
+
+
+def test_upstream_inputs_are_the_producers_outputs_under_the_readers_names() -> None:
+    run = WorkflowRun.of(
+        "wf",
+        [
+            WorkflowTask("wf.a", "a"),
+            WorkflowTask("wf.b", "b", ("a",), (UpstreamInput("model.npz", "a", "out"),)),
+        ],
+    )
+    run.take_ready()
+    run.apply(completed("wf.a"))
+    [ready] = run.take_ready()
+    assert run.upstream_files(ready) == (FileRef("model.npz", "0" * 64, 1),)
+
+
+def test_upstream_files_of_a_task_whose_producer_did_not_complete_is_an_error() -> None:
+    reader = WorkflowTask("wf.b", "b", ("a",), (UpstreamInput("x", "a", "out"),))
+    run = WorkflowRun.of("wf", [WorkflowTask("wf.a", "a"), reader])
+    with pytest.raises(ValueError, match="a has no output out"):
+        run.upstream_files(reader)
+
+
+def graph(*tasks: WorkflowTask) -> list[tuple[str, str]]:
+    return graph_problems(list(tasks), {"a": ("out",), "b": ("out",), "c": ()})
+
+
+def test_a_sound_graph_has_no_problems() -> None:
+    assert (
+        graph(
+            WorkflowTask("a", "a"),
+            WorkflowTask("b", "b", ("a",), (UpstreamInput("x", "a", "out"),)),
+        )
+        == []
+    )
+
+
+def test_every_graph_problem_is_reported_with_its_task() -> None:
+    problems = graph(
+        WorkflowTask("a", "a"),
+        WorkflowTask("a", "a", ("c",)),
+        WorkflowTask("b", "b", ("ghost",), (UpstreamInput("x", "a", "out"),)),
+        WorkflowTask("c", "c", ("a",), (UpstreamInput("y", "a", "missing"),)),
+    )
+    assert ("a", "two tasks are named 'a'") in problems
+    assert ("b", "no task is named 'ghost'") in problems
+    assert ("b", "b reads from a but does not depend on it") in problems
+    assert ("c", "c reads missing from a, which declares no such output") in problems
+    assert ("", "dependency cycle: a -> c -> a") in problems
+
+
+def test_find_cycle_returns_the_path_or_nothing() -> None:
+    assert find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": ["b"], "b": [], "c": ["a", "b"]}) == []

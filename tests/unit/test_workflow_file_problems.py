@@ -1,0 +1,101 @@
+"""Workflow files with several problems: every one reported, each at its line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.client.problems import key_lines, line_of, with_lines
+from daemon.errors import InvalidInputError
+from manager_node.spec import parse_workflow
+from splitters.api import SplitterError, TaskOutput
+
+TWO_BAD_TASKS = """\
+[workflow]
+name = "dag"
+
+[[tasks]]
+name = "prep"
+command = "not a list"
+timeout = 0
+
+[[tasks]]
+name = "train"
+command = ["python3", "/input/train.py"]
+depends_on = ["nobody"]
+
+[tasks.resources]
+memory_mb = -5
+"""
+
+
+def problems_of(text: str) -> list[tuple[str, str]]:
+    with pytest.raises(SplitterError) as raised:
+        parse_workflow(text)
+    return list(raised.value.problems)
+
+
+def test_every_problem_of_every_task_is_reported() -> None:
+    keys = [key for key, _ in problems_of(TWO_BAD_TASKS)]
+    assert keys == ["tasks[0].command", "tasks[0].timeout", "tasks[1].resources.memory_mb"]
+
+
+def test_graph_problems_are_reported_once_every_task_reads() -> None:
+    text = TWO_BAD_TASKS.replace('"not a list"', '["true"]').replace("timeout = 0", "")
+    text = text.replace("memory_mb = -5", "memory_mb = 5")
+    assert problems_of(text) == [("tasks[1].depends_on", "no task is named 'nobody'")]
+
+
+def test_an_input_from_another_task_implies_depending_on_it() -> None:
+    workflow = parse_workflow(
+        '[workflow]\nname = "x"\n'
+        '[[tasks]]\nname = "a"\ncommand = ["true"]\noutputs = ["m.npz"]\n'
+        '[[tasks]]\nname = "b"\ncommand = ["true"]\n'
+        'inputs = { "model.npz" = { task = "a", output = "m.npz" } }\n'
+    )
+    b = workflow.tasks[1]
+    assert b.inputs == {"model.npz": TaskOutput("a", "m.npz")}
+    assert b.depends_on == ("a",)
+    assert workflow.input_files() == []
+
+
+def test_reading_an_undeclared_output_is_a_problem_on_the_reader() -> None:
+    text = (
+        '[workflow]\nname = "x"\n'
+        '[[tasks]]\nname = "a"\ncommand = ["true"]\n'
+        '[[tasks]]\nname = "b"\ncommand = ["true"]\n'
+        'inputs = { "m" = { task = "a", output = "m.npz" } }\n'
+    )
+    assert problems_of(text) == [
+        ("tasks[1].depends_on", "b reads m.npz from a, which declares no such output")
+    ]
+
+
+def test_keys_are_located_in_tables_arrays_of_tables_and_subtables() -> None:
+    lines = key_lines(TWO_BAD_TASKS)
+    assert lines["workflow.name"] == 2
+    assert lines["tasks[0].command"] == 6
+    assert lines["tasks[1].depends_on"] == 12
+    assert lines["tasks[1].resources.memory_mb"] == 15
+    assert line_of("tasks[0].timeout", lines) == 7
+    assert line_of("tasks[1].image", lines) == 9, "a missing key points at its table"
+    assert line_of("nowhere", lines) is None
+
+
+def test_a_splitter_parameter_is_found_under_parameters() -> None:
+    lines = key_lines('[workflow]\ntype = "m"\n\n[parameters]\nsize = "big"\n')
+    assert line_of("size", lines) == 5
+
+
+def test_with_lines_puts_every_problem_on_its_own_line() -> None:
+    error = SplitterError.combine(
+        [SplitterError("tasks[0].command", "bad"), SplitterError("tasks[1].timeout", "bad")]
+    )
+    located = with_lines(error, TWO_BAD_TASKS, Path("wf.toml"))
+    assert isinstance(located, InvalidInputError)
+    assert str(located).splitlines() == [
+        "2 problems:",
+        "  wf.toml:6: tasks[0].command: bad",
+        "  wf.toml:9: tasks[1].timeout: bad",
+    ]
