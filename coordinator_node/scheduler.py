@@ -34,6 +34,7 @@ DEFAULT_OFFER_TIMEOUT_SECONDS = 15.0
 DEFAULT_MAX_ATTEMPTS = 5
 # A volunteer that declined a task is not asked about it again for this long.
 DECLINE_COOLDOWN_SECONDS = 30.0
+_ENDED = {TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED}
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class ScheduledTask:
     result: TaskResult | None = None
     declined_at: dict[str, float] = field(default_factory=dict)
     unschedulable_reported: bool = False
+    # `attempt` when the current run began: attempt numbers never repeat (so late results
+    # stay recognisable) but each run gets the whole `max_attempts` budget.
+    attempt_base: int = 0
 
 
 # --- instructions -------------------------------------------------------------------------
@@ -134,12 +138,29 @@ class Scheduler:
     def submit(self, manager_id: str, specs: Iterable[TaskSpec], now: float) -> list[Instruction]:
         out: list[Instruction] = []
         for spec in specs:
-            if spec.task_id in self.tasks:
-                continue  # a manager resubmitting after a lost reply: already ours
+            known = self.tasks.get(spec.task_id)
+            if known is not None:
+                # The same run again is a manager resubmitting after a lost reply: ours
+                # already. A later run of a task that ended is `--resume`: a fresh start.
+                if spec.run > known.spec.run and known.state in _ENDED:
+                    out += self._rerun(known, spec, now)
+                continue
             task = ScheduledTask(spec=spec, manager_id=manager_id)
             self.tasks[spec.task_id] = task
             out += [SaveTask(task), self._event(task, "queued", now)]
         return out + self._dispatch(now)
+
+    def _rerun(self, task: ScheduledTask, spec: TaskSpec, now: float) -> list[Instruction]:
+        task.spec = spec
+        task.state = TaskState.QUEUED
+        task.attempt_base = task.attempt
+        task.failures = 0
+        task.volunteer_id = ""
+        task.error = ""
+        task.result = None
+        task.declined_at.clear()
+        task.unschedulable_reported = False
+        return [SaveTask(task), self._event(task, "queued", now, message=f"run {spec.run}")]
 
     def volunteer_joined(
         self, candidate: Candidate, running_task_ids: Iterable[str], now: float
@@ -280,9 +301,9 @@ class Scheduler:
 
     def _requeue(self, task: ScheduledTask, now: float, why: str) -> list[Instruction]:
         self._release(task)
-        if task.attempt >= self.max_attempts:
+        if task.attempt - task.attempt_base >= self.max_attempts:
             task.state = TaskState.FAILED
-            task.error = f"gave up after {task.attempt} attempts: {why}"
+            task.error = f"gave up after {task.attempt - task.attempt_base} attempts: {why}"
             return [SaveTask(task), self._event(task, "failed", now, message=task.error)]
         task.state = TaskState.QUEUED
         return [SaveTask(task), self._event(task, "requeued", now, message=why)]

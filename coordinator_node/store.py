@@ -85,9 +85,14 @@ def _task_details(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX events_by_manager ON events (manager_id, id)")
 
 
+def _task_runs(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE tasks ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS = (
     Migration("coordinator/0001_initial", _initial_schema),
     Migration("coordinator/0002_task_details", _task_details),
+    Migration("coordinator/0003_task_runs", _task_runs),
 )
 
 
@@ -101,6 +106,7 @@ def _task_row(task: ScheduledTask) -> dict[str, Any]:
         "state": task.state.value,
         "attempts": task.attempt,
         "failures": task.failures,
+        "attempt_base": task.attempt_base,
         "max_attempts": 0,
         "volunteer_id": task.volunteer_id or None,
         "last_error": task.error or None,
@@ -117,6 +123,7 @@ def _task_from_row(row: dict[str, Any]) -> ScheduledTask:
         state=TaskState(row["state"]),
         attempt=row["attempts"],
         failures=row["failures"],
+        attempt_base=row["attempt_base"],
         volunteer_id=row["volunteer_id"] or "",
         error=row["last_error"] or "",
         result=codecs.task_result_from_json(row["result"]),
@@ -250,13 +257,14 @@ class CoordinatorStore:
         def write(db: sqlite_utils.Database) -> None:
             db.conn.executemany(
                 """INSERT INTO tasks (id, workflow_id, manager_id, manager_address, spec, state,
-                     attempts, failures, max_attempts, volunteer_id, last_error, result,
-                     created_at, updated_at)
+                     attempts, failures, attempt_base, max_attempts, volunteer_id, last_error,
+                     result, created_at, updated_at)
                    VALUES (:id, :workflow_id, :manager_id, :manager_address, :spec, :state,
-                     :attempts, :failures, :max_attempts, :volunteer_id, :last_error, :result,
-                     :created_at, :updated_at)
-                   ON CONFLICT(id) DO UPDATE SET state=excluded.state,
+                     :attempts, :failures, :attempt_base, :max_attempts, :volunteer_id,
+                     :last_error, :result, :created_at, :updated_at)
+                   ON CONFLICT(id) DO UPDATE SET spec=excluded.spec, state=excluded.state,
                      attempts=excluded.attempts, failures=excluded.failures,
+                     attempt_base=excluded.attempt_base,
                      volunteer_id=excluded.volunteer_id, last_error=excluded.last_error,
                      result=excluded.result, updated_at=excluded.updated_at""",
                 rows,

@@ -330,7 +330,14 @@ def _add_client_parsers(commands: Any) -> None:
 
 def _add_workflow_parsers(commands: Any) -> None:
     submit = commands.add_parser("submit", help="split a workflow into tasks and run them")
-    submit.add_argument("workflow", type=Path, help="a workflow file (TOML)")
+    submit.add_argument(
+        "workflow", type=Path, nargs="?", help="a workflow file (TOML); not with --resume"
+    )
+    submit.add_argument(
+        "--resume",
+        metavar="WORKFLOW_ID",
+        help="run again only what did not complete of an ended workflow (rescue DAG)",
+    )
     submit.add_argument(
         "--set",
         action="append",

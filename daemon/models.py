@@ -117,6 +117,8 @@ class TaskSpec:
     image_id: str = ""
     # The manager can export the image for volunteers that lack it.
     image_from_manager: bool = False
+    # Raised by `node submit --resume` for each task run again.
+    run: int = 0
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import NodeError, NotFoundError
+from daemon.errors import NodeError, NotFoundError, RejectedError
 from daemon.models import FileRef, TaskEvent, TaskSpec
 from daemon.transfer.blobstore import BlobStore
 from manager_node.coordinator_client import CoordinatorClient
@@ -306,9 +306,13 @@ class WorkflowManager:
             run = self._runs.get(event.workflow_id)
             if run is not None:
                 verified = event.kind != "completed" or await self._outputs_arrived(event)
+                before = {t.task_id: t.status for t in run.tasks.values()}
                 task = run.apply(event, outputs_verified=verified)
                 if task is not None:
                     await self._store.save_task(task)
+                    for other in run.tasks.values():  # dependents a failure skipped
+                        if other is not task and other.status is not before[other.task_id]:
+                            await self._store.save_task(other)
                     await self._publish(run, event.task_id, event.kind, task.message)
                     await self._hand_over_ready(run)
                     if run.finished:
@@ -394,6 +398,38 @@ class WorkflowManager:
                 self.coordinator.cancel(workflow_id)
             await self._end(workflow_id, WorkflowState.CANCELLED, "cancelled by the user")
         return len(held)
+
+    async def resume(self, workflow_id: str) -> Submitted:
+        """Runs again what did not complete of an ended workflow; the tasks that did keep
+        their outputs. Each task run again gets a new run number, which the coordinator
+        takes as a fresh start."""
+        async with self._lock:
+            if workflow_id in self._runs:
+                raise RejectedError(
+                    f"workflow {workflow_id} is still going; resume it once it has ended"
+                )
+            stored = await self._store.run(workflow_id)
+            if stored is None:
+                raise NotFoundError(f"no workflow {workflow_id!r} on this manager")
+            if stored.state == WorkflowState.COMPLETED.value:
+                raise RejectedError(f"workflow {workflow_id} completed: nothing to resume")
+            run = WorkflowRun.of(workflow_id, stored.tasks)
+            again = run.resume()
+            self._runs[workflow_id] = run
+            self._types[workflow_id] = stored.type
+            self._specs.update(stored.specs)
+            for task in again:
+                spec = self._specs[task.task_id]
+                self._specs[task.task_id] = replace(spec, run=spec.run + 1)
+                await self._store.save_spec(self._specs[task.task_id])
+                await self._store.save_task(task)
+            log.info("workflow %s: resuming %d tasks", workflow_id, len(again))
+            if again:
+                await self._store.set_workflow_state(workflow_id, run.state().value)
+                await self._hand_over_ready(run)
+            else:  # every task completed before: only the merge failed
+                await self._finish(run)
+        return Submitted(workflow_id, len(again))
 
     async def watch(self, workflow_id: str) -> AsyncIterator[WorkflowUpdate]:
         """Updates until the workflow ends; nothing more if it already has."""

@@ -113,6 +113,15 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         return manager_pb2.CancelWorkflowReply(cancelled_tasks=cancelled)
 
     @maps_errors
+    async def ResumeWorkflow(
+        self, request: manager_pb2.ResumeWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> manager_pb2.SubmitWorkflowReply:
+        resumed = await self._manager.resume(request.workflow_id)
+        return manager_pb2.SubmitWorkflowReply(
+            workflow_id=resumed.workflow_id, task_count=resumed.task_count
+        )
+
+    @maps_errors
     async def GetImageArchive(
         self, request: manager_pb2.GetImageArchiveRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.FileRef:

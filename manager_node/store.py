@@ -294,42 +294,28 @@ class ManagerStore:
 
     async def unfinished_runs(self) -> list[StoredRun]:
         def read(db: sqlite_utils.Database) -> list[StoredRun]:
-            runs = []
-            for workflow in db["workflows"].rows_where(
-                "state IN ('queued', 'running', 'merging')", order_by="created_at"
-            ):
-                tasks, specs = [], {}
-                for row in db["tasks"].rows_where(
-                    "workflow_id = ?", [workflow["id"]], order_by="rowid"
-                ):
-                    spec = codecs.task_spec_from_json(row["spec"])
-                    specs[spec.task_id] = spec
-                    result = codecs.task_result_from_json(row["result"])
-                    status = TaskStatus(row["state"])
-                    tasks.append(
-                        WorkflowTask(
-                            task_id=row["id"],
-                            name=row["name"],
-                            depends_on=tuple(json.loads(row["depends_on"])),
-                            upstream=_load_upstream(row["upstream"]),
-                            status=status,
-                            attempts=row["attempts"],
-                            volunteer_id=row["volunteer_id"] or "",
-                            message=row["error"] or "",
-                            outputs=result.outputs
-                            if result and status is TaskStatus.COMPLETED
-                            else (),
-                            result=result,
-                        )
-                    )
-                runs.append(
-                    StoredRun(
-                        workflow["id"], workflow["type"], workflow["state"], tuple(tasks), specs
-                    )
+            return [
+                _stored_run(db, workflow)
+                for workflow in db["workflows"].rows_where(
+                    "state IN ('queued', 'running', 'merging')", order_by="created_at"
                 )
-            return runs
+            ]
 
         return await self.database.read(read)
+
+    async def run(self, workflow_id: str) -> StoredRun | None:
+        def read(db: sqlite_utils.Database) -> StoredRun | None:
+            rows = list(db["workflows"].rows_where("id = ?", [workflow_id]))
+            return _stored_run(db, rows[0]) if rows else None
+
+        return await self.database.read(read)
+
+    async def save_spec(self, spec: TaskSpec) -> None:
+        await self.database.run(
+            lambda db: db.execute(
+                "UPDATE tasks SET spec = ? WHERE id = ?", (codecs.dump(spec), spec.task_id)
+            )
+        )
 
     async def meta(self, key: str) -> str | None:
         def read(db: sqlite_utils.Database) -> str | None:
@@ -346,3 +332,27 @@ class ManagerStore:
                 (key, value),
             )
         )
+
+
+def _stored_run(db: sqlite_utils.Database, workflow: dict[str, Any]) -> StoredRun:
+    tasks, specs = [], {}
+    for row in db["tasks"].rows_where("workflow_id = ?", [workflow["id"]], order_by="rowid"):
+        spec = codecs.task_spec_from_json(row["spec"])
+        specs[spec.task_id] = spec
+        result = codecs.task_result_from_json(row["result"])
+        status = TaskStatus(row["state"])
+        tasks.append(
+            WorkflowTask(
+                task_id=row["id"],
+                name=row["name"],
+                depends_on=tuple(json.loads(row["depends_on"])),
+                upstream=_load_upstream(row["upstream"]),
+                status=status,
+                attempts=row["attempts"],
+                volunteer_id=row["volunteer_id"] or "",
+                message=row["error"] or "",
+                outputs=result.outputs if result and status is TaskStatus.COMPLETED else (),
+                result=result,
+            )
+        )
+    return StoredRun(workflow["id"], workflow["type"], workflow["state"], tuple(tasks), specs)

@@ -163,6 +163,21 @@ class WorkflowRun:
             task.status = TaskStatus.CANCELLED
         return held
 
+    def resume(self) -> list[WorkflowTask]:
+        """After the workflow ended: every task that did not complete waits again (its
+        dependencies decide when it runs); returns them. Completed tasks keep their outputs."""
+        if not self.finished:
+            raise ValueError(f"workflow {self.workflow_id} has not ended")
+        self.cancelled = False
+        again = [task for task in self.tasks.values() if task.status is not TaskStatus.COMPLETED]
+        for task in again:
+            task.status = TaskStatus.WAITING
+            task.percent = 0.0
+            task.message = ""
+            task.volunteer_id = ""
+            task.result = None
+        return again
+
     def _skip_dependents(self, failed: WorkflowTask) -> None:
         blocked = {failed.name}
         changed = True

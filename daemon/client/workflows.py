@@ -20,7 +20,7 @@ import grpc
 from daemon.client import views
 from daemon.client.rpc import connected
 from daemon.client.workflow_file import local_files, located, read_workflow
-from daemon.errors import NodeError
+from daemon.errors import InvalidInputError, NodeError
 from daemon.models import FileRef
 from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
 from daemon.transfer.blobstore import BlobStore
@@ -58,6 +58,19 @@ async def _workflow_status(
 
 
 async def submit(address: str, args: argparse.Namespace) -> int:
+    if (args.workflow is None) == (args.resume is None):
+        raise InvalidInputError(
+            "give a workflow file, or --resume WORKFLOW_ID for one that ended (not both)"
+        )
+    if args.resume is not None:
+        if args.set:
+            raise InvalidInputError("--set applies to a new workflow, not to --resume")
+        async with manager_at(address) as manager:
+            reply = await manager.ResumeWorkflow(
+                manager_pb2.ResumeWorkflowRequest(workflow_id=args.resume),
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+            return await _after_submit(manager, reply, args, "resumed")
     text, overrides, workflow = read_workflow(args)
     # Files the workflow reads travel first, as blobs; the manager finds them by name.
     with located(text, args.workflow):
@@ -79,15 +92,25 @@ async def submit(address: str, args: argparse.Namespace) -> int:
                 ),
                 timeout=CALL_TIMEOUT_SECONDS,
             )
-        if args.json and not args.wait:
-            _print_json({"workflow_id": reply.workflow_id, "tasks": reply.task_count})
-            return 0
-        if not args.json:
-            print(f"submitted {reply.workflow_id}: {reply.task_count} tasks")
-        if not args.wait:
-            return 0
-        state = await _follow(manager, reply.workflow_id, ProgressBar(sys.stderr))
-        status = await _workflow_status(manager, reply.workflow_id)
+        return await _after_submit(manager, reply, args, "submitted")
+
+
+async def _after_submit(
+    manager: manager_pb2_grpc.ManagerServiceStub,
+    reply: manager_pb2.SubmitWorkflowReply,
+    args: argparse.Namespace,
+    verb: str,
+) -> int:
+    """Prints the workflow id, then follows it with --wait."""
+    if args.json and not args.wait:
+        _print_json({"workflow_id": reply.workflow_id, "tasks": reply.task_count})
+        return 0
+    if not args.json:
+        print(f"{verb} {reply.workflow_id}: {reply.task_count} tasks")
+    if not args.wait:
+        return 0
+    state = await _follow(manager, reply.workflow_id, ProgressBar(sys.stderr))
+    status = await _workflow_status(manager, reply.workflow_id)
     if args.json:
         _print_json({"workflow_id": reply.workflow_id, **_status_json(status)})
     else:

@@ -150,9 +150,9 @@ class DockerRuntime:
             exit_code = state.get("ExitCode")
             if not failure and state.get("OOMKilled"):
                 failure = f"out of memory: needed more than its {spec.memory_mb} MiB limit (killed)"
-            failure = failure or failure_for_exit(exit_code)
             stdout = await container.log(stdout=True, tail=LOG_TAIL_LINES)
             stderr = await container.log(stderr=True, tail=LOG_TAIL_LINES)
+            failure = failure or failure_for_exit(exit_code, "".join(stderr))
             return RunResult(
                 exit_code=exit_code,
                 failure=failure,

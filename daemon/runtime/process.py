@@ -106,7 +106,7 @@ class ProcessRuntime:
             failure = f"out of memory: needed more than its {spec.memory_mb} MiB limit"
         return RunResult(
             exit_code=exit_code,
-            failure=failure or failure_for_exit(exit_code),
+            failure=failure or failure_for_exit(exit_code, stderr),
             stdout_tail=tail(stdout),
             stderr_tail=tail(stderr),
             started_at=started_at,

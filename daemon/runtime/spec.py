@@ -58,12 +58,23 @@ class Runtime(Protocol):
         ...
 
 
-def failure_for_exit(exit_code: int | None) -> str:
+# The last stderr line said with a failure is cut to this many characters.
+FAILURE_LINE_CHARS = 200
+
+
+def failure_for_exit(exit_code: int | None, stderr: bytes | str = b"") -> str:
+    """Why a task that ended by itself failed; its last stderr line is usually the reason
+    (a Python exception, `sys.exit("...")`), so it comes along."""
     if exit_code == 0:
         return ""
-    if exit_code is None:
-        return "did not exit"
-    return f"exited with code {exit_code}"
+    reason = "did not exit" if exit_code is None else f"exited with code {exit_code}"
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines:
+        last = lines[-1]
+        last = last if len(last) <= FAILURE_LINE_CHARS else last[: FAILURE_LINE_CHARS - 1] + "…"
+        reason += f": {last}"
+    return reason
 
 
 def tail(text: bytes | str, limit: int = TAIL_BYTES) -> str:

@@ -194,6 +194,7 @@ def task_spec_to_proto(spec: TaskSpec) -> common_pb2.TaskSpec:
         retries=spec.retries,
         image_id=spec.image_id,
         image_from_manager=spec.image_from_manager,
+        run=spec.run,
     )
 
 
@@ -218,6 +219,7 @@ def task_spec_from_proto(message: common_pb2.TaskSpec) -> TaskSpec:
         retries=message.retries,
         image_id=message.image_id,
         image_from_manager=message.image_from_manager,
+        run=message.run,
     )
 
 

@@ -82,7 +82,7 @@ async def test_non_zero_exit_fails_with_its_code(
 ) -> None:
     result, _ = await run(runtime, make_spec(tmp_path, worker_image, "echo oops >&2; exit 3"))
     assert result.exit_code == 3
-    assert result.failure == "exited with code 3"
+    assert result.failure == "exited with code 3: oops"
     assert "oops" in result.stderr_tail
 
 

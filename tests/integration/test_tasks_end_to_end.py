@@ -121,7 +121,7 @@ command = ["sh", "-c", "echo boom >&2; exit 3"]
     assert tasks["hungry"]["state"] == "failed"
     assert tasks["hungry"]["error"] == "out of memory: needed more than its 64 MiB limit (killed)"
     assert tasks["slow"]["error"] == "timed out after 2 s (killed)"
-    assert tasks["broken"]["error"] == "exited with code 3"
+    assert tasks["broken"]["error"] == "exited with code 3: boom"
     text = run_cli("status", reply["workflow_id"], "--data-dir", str(manager.data_dir)).stdout
     assert "timed out after 2 s (killed)" in text
 

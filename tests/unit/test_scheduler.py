@@ -250,3 +250,39 @@ def test_every_change_is_saved() -> None:
     scheduler = Scheduler()
     out = scheduler.submit(MANAGER, [spec("t1")], now=0)
     assert [i.task.spec.task_id for i in out if isinstance(i, SaveTask)] == ["t1"]
+
+
+def test_a_later_run_of_a_failed_task_starts_afresh_and_ignores_the_old_attempts() -> None:
+    scheduler = Scheduler(max_attempts=2)
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1")], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1)
+    scheduler.finished("v1", failed("t1", 1), now=2)
+    assert scheduler.tasks["t1"].state is TaskState.FAILED
+
+    assert scheduler.submit(MANAGER, [spec("t1")], now=3) == [], "the same run: already ours"
+    out = scheduler.submit(MANAGER, [spec("t1", run=1)], now=4)
+    assert ("t1", "queued") in events(out)
+    assert offers(out) == [("v1", "t1", 2)], "attempt numbers go on, never repeat"
+    task = scheduler.tasks["t1"]
+    assert (task.failures, task.error, task.result) == (0, "", None)
+    assert scheduler.finished("v1", failed("t1", 1), now=5) == [], "the old attempt is over"
+
+    # The new run has the whole attempt budget: two lost volunteers before it gives up.
+    scheduler.volunteer_lost("v1", now=6)
+    scheduler.volunteer_joined(volunteer("v2"), [], now=7)
+    assert scheduler.tasks["t1"].state is TaskState.OFFERED
+    scheduler.volunteer_lost("v2", now=8)
+    assert scheduler.tasks["t1"].state is TaskState.FAILED
+    assert scheduler.tasks["t1"].error.startswith("gave up after 2 attempts")
+
+
+def test_a_later_run_of_a_completed_task_runs_it_again() -> None:
+    """The manager decides what completed: outputs that did not arrive intact fail a task
+    the coordinator saw complete, and `--resume` runs it again."""
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1")], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1)
+    scheduler.finished("v1", ok("t1", 1), now=2)
+    assert offers(scheduler.submit(MANAGER, [spec("t1", run=1)], now=3)) == [("v1", "t1", 2)]

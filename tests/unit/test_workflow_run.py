@@ -167,3 +167,26 @@ def test_every_graph_problem_is_reported_with_its_task() -> None:
 def test_find_cycle_returns_the_path_or_nothing() -> None:
     assert find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": ["b"], "b": [], "c": ["a", "b"]}) == []
+
+
+def test_resume_puts_back_what_did_not_complete_and_keeps_what_did() -> None:
+    run = diamond()
+    run.take_ready()
+    run.apply(completed("wf.a"))
+    run.take_ready()
+    run.apply(completed("wf.c"))
+    run.apply(event("wf.b", "failed", message="exited with code 3"))
+    assert run.state() is WorkflowState.FAILED
+    again = run.resume()
+    assert sorted(t.name for t in again) == ["b", "d"]
+    assert run.tasks["wf.a"].status is TaskStatus.COMPLETED
+    assert run.tasks["wf.b"].message == ""
+    assert [t.name for t in run.take_ready()] == ["b"], "d waits for b again"
+    assert run.state() is WorkflowState.RUNNING
+
+
+def test_resume_of_a_workflow_still_going_is_an_error() -> None:
+    run = diamond()
+    run.take_ready()
+    with pytest.raises(ValueError, match="has not ended"):
+        run.resume()

@@ -60,6 +60,11 @@ class ManagerServiceStub:
                 request_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.CancelWorkflowRequest.SerializeToString,
                 response_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.CancelWorkflowReply.FromString,
                 _registered_method=True)
+        self.ResumeWorkflow = channel.unary_unary(
+                '/vcnode.v1.ManagerService/ResumeWorkflow',
+                request_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ResumeWorkflowRequest.SerializeToString,
+                response_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.SubmitWorkflowReply.FromString,
+                _registered_method=True)
         self.ListWorkflows = channel.unary_unary(
                 '/vcnode.v1.ManagerService/ListWorkflows',
                 request_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ListWorkflowsRequest.SerializeToString,
@@ -105,6 +110,14 @@ class ManagerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResumeWorkflow(self, request, context):
+        """Runs again what did not complete of an ended workflow (like HTCondor's rescue DAG):
+        failed, skipped and cancelled tasks, or just the merge if every task completed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWorkflows(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -146,6 +159,11 @@ def add_ManagerServiceServicer_to_server(servicer, server):
                     servicer.CancelWorkflow,
                     request_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.CancelWorkflowRequest.FromString,
                     response_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.CancelWorkflowReply.SerializeToString,
+            ),
+            'ResumeWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeWorkflow,
+                    request_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ResumeWorkflowRequest.FromString,
+                    response_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.SubmitWorkflowReply.SerializeToString,
             ),
             'ListWorkflows': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkflows,
@@ -293,6 +311,33 @@ class ManagerService:
             '/vcnode.v1.ManagerService/CancelWorkflow',
             daemon_dot_rpc_dot_v1_dot_manager__pb2.CancelWorkflowRequest.SerializeToString,
             daemon_dot_rpc_dot_v1_dot_manager__pb2.CancelWorkflowReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vcnode.v1.ManagerService/ResumeWorkflow',
+            daemon_dot_rpc_dot_v1_dot_manager__pb2.ResumeWorkflowRequest.SerializeToString,
+            daemon_dot_rpc_dot_v1_dot_manager__pb2.SubmitWorkflowReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class ManagerServiceStub:
     GetWorkflowStatus: _grpc.UnaryUnaryMultiCallable[_manager_pb2.GetWorkflowStatusRequest, _manager_pb2.WorkflowStatus]
     GetResults: _grpc.UnaryUnaryMultiCallable[_manager_pb2.GetResultsRequest, _manager_pb2.GetResultsReply]
     CancelWorkflow: _grpc.UnaryUnaryMultiCallable[_manager_pb2.CancelWorkflowRequest, _manager_pb2.CancelWorkflowReply]
+    ResumeWorkflow: _grpc.UnaryUnaryMultiCallable[_manager_pb2.ResumeWorkflowRequest, _manager_pb2.SubmitWorkflowReply]
+    """Runs again what did not complete of an ended workflow (like HTCondor's rescue DAG):
+    failed, skipped and cancelled tasks, or just the merge if every task completed.
+    """
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_manager_pb2.ListWorkflowsRequest, _manager_pb2.ListWorkflowsReply]
     GetImageArchive: _grpc.UnaryUnaryMultiCallable[_manager_pb2.GetImageArchiveRequest, _common_pb2.FileRef]
     """A task's image as a `docker save` archive blob (fetch it with TransferService), for a
@@ -51,6 +55,10 @@ class ManagerServiceAsyncStub(ManagerServiceStub):
     GetWorkflowStatus: _aio.UnaryUnaryMultiCallable[_manager_pb2.GetWorkflowStatusRequest, _manager_pb2.WorkflowStatus]  # type: ignore[assignment]
     GetResults: _aio.UnaryUnaryMultiCallable[_manager_pb2.GetResultsRequest, _manager_pb2.GetResultsReply]  # type: ignore[assignment]
     CancelWorkflow: _aio.UnaryUnaryMultiCallable[_manager_pb2.CancelWorkflowRequest, _manager_pb2.CancelWorkflowReply]  # type: ignore[assignment]
+    ResumeWorkflow: _aio.UnaryUnaryMultiCallable[_manager_pb2.ResumeWorkflowRequest, _manager_pb2.SubmitWorkflowReply]  # type: ignore[assignment]
+    """Runs again what did not complete of an ended workflow (like HTCondor's rescue DAG):
+    failed, skipped and cancelled tasks, or just the merge if every task completed.
+    """
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_manager_pb2.ListWorkflowsRequest, _manager_pb2.ListWorkflowsReply]  # type: ignore[assignment]
     GetImageArchive: _aio.UnaryUnaryMultiCallable[_manager_pb2.GetImageArchiveRequest, _common_pb2.FileRef]  # type: ignore[assignment]
     """A task's image as a `docker save` archive blob (fetch it with TransferService), for a
@@ -92,6 +100,16 @@ class ManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _manager_pb2.CancelWorkflowRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_manager_pb2.CancelWorkflowReply, _abc.Awaitable[_manager_pb2.CancelWorkflowReply]]: ...
+
+    @_abc_1.abstractmethod
+    def ResumeWorkflow(
+        self,
+        request: _manager_pb2.ResumeWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.SubmitWorkflowReply, _abc.Awaitable[_manager_pb2.SubmitWorkflowReply]]:
+        """Runs again what did not complete of an ended workflow (like HTCondor's rescue DAG):
+        failed, skipped and cancelled tasks, or just the merge if every task completed.
+        """
 
     @_abc_1.abstractmethod
     def ListWorkflows(

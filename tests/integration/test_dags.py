@@ -1,0 +1,214 @@
+"""DAGs through the whole mesh: data flowing from task to task, and `--resume` after a
+failure running only the branch that did not complete."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.harness import (
+    Daemon,
+    Daemons,
+    cli_json,
+    list_volunteers,
+    run_cli,
+    unique_cluster,
+    wait_until,
+)
+from tests.integration.test_tasks_end_to_end import start_mesh, submit
+
+pytestmark = pytest.mark.integration
+
+# One script for every step, so the workflow files stay readable: `numbers` writes 1..4,
+# `map F` applies F to each number, `total` sums every file it reads.
+STEP = """\
+import pathlib, sys
+step, out = sys.argv[1], pathlib.Path(sys.argv[2])
+args = sys.argv[3:]
+if step == "numbers":
+    out.write_text("1 2 3 4")
+elif step == "map":
+    factor, source = int(args[0]), pathlib.Path(args[1])
+    out.write_text(" ".join(str(int(n) ** factor) for n in source.read_text().split()))
+elif step == "needs":
+    if not pathlib.Path(args[0]).exists():
+        sys.exit(f"{args[0]} is not there yet")
+    out.write_text("0")
+elif step == "total":
+    out.write_text(str(sum(int(n) for p in args for n in pathlib.Path(p).read_text().split())))
+"""
+
+THREE_LEVELS = """\
+[workflow]
+name = "levels"
+
+[[tasks]]
+name = "numbers"
+command = ["{python}", "/input/step.py", "numbers", "/output/numbers.txt"]
+inputs = ["step.py"]
+outputs = ["numbers.txt"]
+
+[[tasks]]
+name = "squares"
+command = ["{python}", "/input/step.py", "map", "/output/squares.txt", "2", "/input/in.txt"]
+inputs = {{ "step.py" = "step.py", "in.txt" = {{ task = "numbers", output = "numbers.txt" }} }}
+outputs = ["squares.txt"]
+
+[[tasks]]
+name = "cubes"
+command = ["{python}", "/input/step.py", "map", "/output/cubes.txt", "3", "/input/in.txt"]
+inputs = {{ "step.py" = "step.py", "in.txt" = {{ task = "numbers", output = "numbers.txt" }} }}
+outputs = ["cubes.txt"]
+
+[[tasks]]
+name = "total"
+command = ["{python}", "/input/step.py", "total", "/output/total.txt", "/input/s", "/input/c"]
+outputs = ["total.txt"]
+
+[tasks.inputs]
+"step.py" = "step.py"
+s = {{ task = "squares", output = "squares.txt" }}
+c = {{ task = "cubes", output = "cubes.txt" }}
+"""
+
+
+def write_workflow(tmp_path: Path, text: str, python: str) -> Path:
+    (tmp_path / "step.py").write_text(STEP)
+    workflow = tmp_path / "workflow.toml"
+    workflow.write_text(text.format(python=python))
+    return workflow
+
+
+@pytest.mark.docker
+def test_outputs_flow_down_three_levels_in_containers(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    manager, _ = start_mesh(daemons)
+    workflow = write_workflow(tmp_path, THREE_LEVELS, "python3")
+    reply = submit(manager, workflow, "--wait")
+    assert reply["exit_code"] == 0, reply
+    out = tmp_path / "out"
+    fetched = run_cli(
+        "results", reply["workflow_id"], "--data-dir", str(manager.data_dir), "-o", str(out)
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert (out / "squares.txt").read_text() == "1 4 9 16"
+    assert (out / "cubes.txt").read_text() == "1 8 27 64"
+    assert (out / "total.txt").read_text() == str(30 + 100)
+
+
+NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+
+# b needs a file the test creates only after the first run failed.
+BRANCH_FAILS = """\
+[workflow]
+name = "rescue"
+
+[[tasks]]
+name = "a"
+command = ["{python}", "/input/step.py", "numbers", "/output/a.txt"]
+inputs = ["step.py"]
+outputs = ["a.txt"]
+
+[[tasks]]
+name = "b"
+command = ["{python}", "/input/step.py", "needs", "/output/b.txt", "{marker}"]
+inputs = ["step.py"]
+outputs = ["b.txt"]
+depends_on = ["a"]
+
+[[tasks]]
+name = "c"
+command = ["{python}", "/input/step.py", "map", "/output/c.txt", "2", "/input/a.txt"]
+inputs = {{ "step.py" = "step.py", "a.txt" = {{ task = "a", output = "a.txt" }} }}
+outputs = ["c.txt"]
+
+[[tasks]]
+name = "d"
+command = ["{python}", "/input/step.py", "total", "/output/d.txt", "/input/b.txt", "/input/c.txt"]
+outputs = ["d.txt"]
+
+[tasks.inputs]
+"step.py" = "step.py"
+"b.txt" = {{ task = "b", output = "b.txt" }}
+"c.txt" = {{ task = "c", output = "c.txt" }}
+"""
+
+
+def start_process_mesh(daemons: Daemons) -> Daemon:
+    """A manager and one volunteer that runs tasks as processes: a task can then depend on
+    a file of this host, which is how the test decides when `b` may succeed."""
+    cluster = unique_cluster()
+    common = ["--listen", "127.0.0.1:0", "--cluster", cluster, "--heartbeat", "0.5"]
+    manager = daemons.start("manager", "--role", "coordinator,manager", *common)
+    address = manager.address()
+    volunteer = daemons.start(
+        "volunteer", "--role", "volunteer", "--allow-process-runtime", *common, env=NO_DOCKER
+    )
+    volunteer.address()
+    wait_until(lambda: volunteer.node_id in list_volunteers(address), 15, "volunteer to join")
+    return manager
+
+
+def task_rows(manager: Daemon, workflow_id: str) -> dict[str, dict[str, Any]]:
+    status = cli_json("status", workflow_id, "--data-dir", str(manager.data_dir))
+    return {task["name"]: task for task in status["tasks"]}
+
+
+def test_resume_runs_only_the_branch_that_did_not_complete(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    manager = start_process_mesh(daemons)
+    marker = tmp_path / "b-may-run"
+    text = BRANCH_FAILS.replace("{marker}", str(marker))
+    workflow = write_workflow(tmp_path, text, sys.executable)
+
+    first = submit(manager, workflow, "--wait")
+    assert first["exit_code"] == 1, first
+    workflow_id = first["workflow_id"]
+    before = task_rows(manager, workflow_id)
+    assert {name: row["state"] for name, row in before.items()} == {
+        "a": "completed",
+        "b": "failed",
+        "c": "completed",
+        "d": "skipped",
+    }
+    assert "is not there yet" in before["b"]["error"]
+
+    marker.touch()
+    resumed = run_cli(
+        "submit", "--resume", workflow_id, "--data-dir", str(manager.data_dir), "--wait", "--json"
+    )
+    assert resumed.returncode == 0, resumed.stderr + manager.log
+    assert json.loads(resumed.stdout)["state"] == "completed"
+    after = task_rows(manager, workflow_id)
+    assert {row["state"] for row in after.values()} == {"completed"}
+    # a and c kept their first (and only) attempt; b ran again, d for the first time.
+    assert after["a"]["attempts"] == before["a"]["attempts"] == 1
+    assert after["c"]["attempts"] == before["c"]["attempts"] == 1
+    assert after["b"]["attempts"] == 2
+    out = tmp_path / "out"
+    run_cli("results", workflow_id, "--data-dir", str(manager.data_dir), "-o", str(out))
+    assert (out / "d.txt").read_text() == "30", "b.txt holds 0, c.txt the squares of 1..4"
+
+
+def test_resume_refuses_a_workflow_that_completed_or_does_not_exist(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    manager = start_process_mesh(daemons)
+    workflow = write_workflow(tmp_path, THREE_LEVELS, sys.executable)
+    done = submit(manager, workflow, "--wait")
+    assert done["exit_code"] == 0, done
+    again = run_cli("submit", "--resume", done["workflow_id"], "--data-dir", str(manager.data_dir))
+    assert again.returncode != 0
+    assert "completed: nothing to resume" in again.stderr
+    unknown = run_cli("submit", "--resume", "nope-1234", "--data-dir", str(manager.data_dir))
+    assert unknown.returncode != 0
+    assert "no workflow 'nope-1234'" in unknown.stderr
+    both = run_cli("submit", str(workflow), "--resume", "x", "--data-dir", str(manager.data_dir))
+    assert both.returncode == 2
+    assert "not both" in both.stderr
