@@ -17,7 +17,7 @@ import grpc
 from daemon.backoff import Backoff
 from daemon.discovery.directory import PeerDirectory
 from daemon.discovery.finder import CoordinatorFinder
-from daemon.models import TaskEvent, TaskSpec
+from daemon.models import TaskEvent, TaskSpec, Volunteer
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
@@ -25,6 +25,8 @@ from daemon.transport.channels import open_channel
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_SECONDS = 10.0
+# A submission waits this long at most to learn whether the pool can run it.
+POOL_QUERY_TIMEOUT_SECONDS = 3.0
 
 EventHandler = Callable[[TaskEvent], Awaitable[None]]
 
@@ -52,6 +54,19 @@ class CoordinatorClient:
     def submit(self, specs: Sequence[TaskSpec]) -> None:
         self._to_submit.extend(specs)
         self._work.set()
+
+    async def volunteers(self) -> list[Volunteer] | None:
+        """The pool as the coordinator sees it now; None while no coordinator answers."""
+        if self._stub is None:
+            return None
+        try:
+            reply = await self._stub.ListVolunteers(
+                coordinator_pb2.ListVolunteersRequest(), timeout=POOL_QUERY_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError as error:
+            log.info("cannot ask the coordinator about its pool: %s", error.code().name)
+            return None
+        return [convert.volunteer_from_proto(info) for info in reply.volunteers]
 
     def cancel(self, workflow_id: str) -> None:
         self._to_cancel.append(workflow_id)

@@ -21,9 +21,10 @@ from typing import Any
 from daemon.errors import NodeError, NotFoundError, RejectedError
 from daemon.models import FileRef, TaskEvent, TaskSpec
 from daemon.transfer.blobstore import BlobStore
+from manager_node.admission import Candidate, unschedulable
 from manager_node.coordinator_client import CoordinatorClient
 from manager_node.images import ImageArchives
-from manager_node.spec import EXPLICIT_TYPE, ExplicitTask, parse_workflow
+from manager_node.spec import EXPLICIT_TYPE, ExplicitTask, WorkflowFile, parse_workflow
 from manager_node.store import COORDINATOR_SEQUENCE, ManagerStore, NewTask
 from manager_node.workflow import (
     UpstreamInput,
@@ -139,6 +140,7 @@ class WorkflowManager:
                     raise SplitterError("parameters", "the split produced no tasks")
                 tasks = [await self._task(workflow_id, t) for t in templates]
             _check_graph(workflow.type, tasks)
+            await self._check_schedulable(workflow, tasks)
             tasks = await self._attach_images(tasks)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
@@ -163,6 +165,23 @@ class WorkflowManager:
             await self._hand_over_ready(run)
         log.info("workflow %s: %d tasks (%s)", workflow_id, len(tasks), workflow.type)
         return Submitted(workflow_id, len(tasks))
+
+    async def _check_schedulable(self, workflow: WorkflowFile, tasks: list[NewTask]) -> None:
+        """Refuses a workflow with a task no online volunteer can hold, naming the key."""
+        volunteers = await self.coordinator.volunteers() if self.coordinator else None
+        if not volunteers:
+            return
+        if workflow.type == EXPLICIT_TYPE:
+            index = {entry.name: i for i, entry in enumerate(workflow.tasks)}
+            candidates = [
+                Candidate(t.name, t.spec, f"tasks[{index[t.name]}].resources.") for t in tasks
+            ]
+        else:
+            names = frozenset(p.name for p in get_splitter(workflow.type).parameters)
+            candidates = [Candidate(t.name, t.spec, "", names) for t in tasks]
+        problems = unschedulable(candidates, volunteers)
+        if problems:
+            raise SplitterError.combine(problems)
 
     async def _materialize_files(
         self,

@@ -82,8 +82,9 @@ async def submit(address: str, args: argparse.Namespace) -> int:
             sha256, size = await asyncio.to_thread(sha256_file, path)
             await upload(uploads, path, sha256, size, INPUT_PURPOSE)
             files.append(FileRef(name, sha256, size))
-    async with manager_at(address) as manager:
-        with located(text, args.workflow):
+    # gRPC errors become NodeErrors as the channel closes: locate them outside it.
+    with located(text, args.workflow):
+        async with manager_at(address) as manager:
             reply = await manager.SubmitWorkflow(
                 manager_pb2.SubmitWorkflowRequest(
                     workflow_toml=text,
@@ -92,6 +93,7 @@ async def submit(address: str, args: argparse.Namespace) -> int:
                 ),
                 timeout=CALL_TIMEOUT_SECONDS,
             )
+    async with manager_at(address) as manager:
         return await _after_submit(manager, reply, args, "submitted")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Daemons, cli_json, run_cli
+from tests.integration.harness import Daemons, cli_json, list_volunteers, run_cli, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +84,39 @@ def test_validate_reports_every_problem_at_its_line(tmp_path: Path) -> None:
     assert f"  {workflow}:5: size: expected an integer" in checked.stderr
     assert f"  {workflow}:6: blocks: must be at least 1" in checked.stderr
     assert f"  {workflow}:8: a: file missing.npy not found" in checked.stderr
+
+
+def test_a_task_no_volunteer_can_hold_is_refused_as_unschedulable(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    common = ["--listen", "127.0.0.1:0", "--no-mdns"]
+    manager = daemons.start("manager", "--role", "coordinator,manager", *common)
+    address = manager.address()
+    volunteer = daemons.start(
+        "volunteer", "--role", "volunteer", "--coordinator", address, "--max-memory-mb", "512",
+        *common,
+    )  # fmt: skip
+    volunteer.address()
+    wait_until(lambda: volunteer.node_id in list_volunteers(address), 15, "volunteer to join")
+
+    explicit = tmp_path / "big.toml"
+    explicit.write_text(
+        '[workflow]\nname = "big"\n[[tasks]]\nname = "small"\ncommand = ["true"]\n'
+        '[[tasks]]\nname = "huge"\ncommand = ["true"]\n'
+        "[tasks.resources]\nmemory_mb = 4096\n"
+    )
+    submitted = run_cli("submit", str(explicit), "--data-dir", str(manager.data_dir))
+    assert submitted.returncode == 2, submitted.stderr
+    assert f"{explicit}:10: tasks[1].resources.memory_mb: task huge is unschedulable" in (
+        submitted.stderr
+    )
+    assert "needs 4096 MiB, may use 512" in submitted.stderr
+
+    split = tmp_path / "mm.toml"
+    split.write_text(
+        '[workflow]\ntype = "matrix_multiplication"\n[parameters]\nsize = 64\nmemory_mb = 2048\n'
+    )
+    submitted = run_cli("submit", str(split), "--data-dir", str(manager.data_dir))
+    assert submitted.returncode == 2, submitted.stderr
+    assert f"{split}:5: memory_mb: task block-0-0 is unschedulable" in submitted.stderr
+    assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []

@@ -1,0 +1,67 @@
+"""Whether the pool can run a workflow at all, checked before anything is submitted: a task
+no volunteer could ever hold would otherwise wait forever (HTCondor leaves such jobs idle;
+we refuse them and say which key to change)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from daemon.capacity import capacity_problem
+from daemon.models import TaskSpec, Volunteer, VolunteerState
+from splitters.api import SplitterError
+
+# What each capacity problem is about -> the resource key a person changes.
+_RESOURCE_KEYS = {
+    "not enough memory": "memory_mb",
+    "not enough CPUs": "cpus",
+    "not enough disk": "disk_mb",
+    "not enough GPUs": "gpus",
+    "network not allowed": "network",
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A task about to be submitted, with where its resources are set in the workflow."""
+
+    name: str
+    spec: TaskSpec
+    # The key for a resource: `tasks[2].resources.` (explicit tasks, then + "memory_mb"),
+    # or "" for a splitter, whose parameter is named like the resource if it has one.
+    resources_key: str
+    parameters: frozenset[str] = frozenset()
+
+
+def _key(candidate: Candidate, problem: str) -> str:
+    resource = next((key for start, key in _RESOURCE_KEYS.items() if problem.startswith(start)), "")
+    if candidate.resources_key:
+        if resource == "network":
+            return candidate.resources_key.removesuffix("resources.") + "network"
+        return candidate.resources_key + (resource or "")
+    return resource if resource in candidate.parameters else "parameters"
+
+
+def unschedulable(
+    candidates: Sequence[Candidate], volunteers: Sequence[Volunteer]
+) -> list[SplitterError]:
+    """A problem per key for tasks no online volunteer can hold; none when no volunteer is
+    online (the pool may still be gathering: the coordinator reports such tasks then)."""
+    online = [v for v in volunteers if v.state is VolunteerState.ONLINE]
+    if not online:
+        return []
+    problems: dict[str, SplitterError] = {}
+    for candidate in candidates:
+        reasons = [capacity_problem(candidate.spec, v.resources, v.limits) for v in online]
+        if any(reason is None for reason in reasons):
+            continue
+        distinct = sorted({str(reason) for reason in reasons})
+        key = _key(candidate, distinct[0])
+        reason = "; ".join(distinct[:3]) + ("; ..." if len(distinct) > 3 else "")
+        if key not in problems:
+            problems[key] = SplitterError(
+                key,
+                f"task {candidate.name} is unschedulable: none of the {len(online)} online"
+                f" volunteers can run it ({reason})",
+            )
+    return list(problems.values())
