@@ -17,6 +17,7 @@ import grpc
 
 from daemon import config as config_module
 from daemon.app import Node
+from daemon.client import init as workflow_init
 from daemon.client import views, workflow_file, workflows
 from daemon.client.locate import Target, browse, locate
 from daemon.client.rpc import connected
@@ -24,6 +25,7 @@ from daemon.errors import NodeError
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
 from daemon.transport import convert
 from daemon.version import VERSION
+from splitters.registry import available
 
 CALL_TIMEOUT_SECONDS = 5.0
 T = TypeVar("T")
@@ -386,6 +388,19 @@ def _add_workflow_parsers(commands: Any) -> None:
     )
     validate.add_argument("--json", action="store_true", help="print JSON for scripts")
     validate.set_defaults(handler=workflow_file.validate)
+
+    init = commands.add_parser(
+        "init",
+        help="write a ready-to-run workflow file for a type",
+        description="Types: tasks (your own commands, as a DAG), or a built-in splitter: "
+        + ", ".join(available()),
+    )
+    init.add_argument("type", metavar="TYPE", help="tasks, or a splitter name")
+    init.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write here (default: print it)"
+    )
+    init.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    init.set_defaults(handler=workflow_init.init)
 
     listing = commands.add_parser("workflows", help="the manager's workflows")
     _add_target_arguments(listing, "manager")

@@ -6,7 +6,6 @@ from, so an error can say exactly which file, variable or flag is wrong.
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -16,6 +15,7 @@ from typing import Any
 
 from daemon.errors import ConfigError
 from daemon.models import OwnerLimits
+from daemon.toml_values import toml_value
 
 ROLES = ("coordinator", "volunteer", "manager")
 PROTOCOL_VERSION = 1
@@ -286,16 +286,6 @@ def resolve(
 
 def render(config: NodeConfig, sources: Mapping[str, str]) -> str:
     """The effective configuration as TOML, each line saying where its value came from."""
-
-    def toml_value(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, int | float):
-            return str(value)
-        if isinstance(value, tuple):
-            return "[" + ", ".join(toml_value(item) for item in value) + "]"
-        # JSON's string escapes are all valid in a TOML basic string (newlines included).
-        return json.dumps(str(value))
 
     lines = []
     for name in SETTINGS:

@@ -157,3 +157,22 @@ def test_sigterm_stops_cleanly_and_removes_the_address_file(daemons: Daemons) ->
     assert not (node.data_dir / "address").exists()
     for state_file in ("coordinator.db", "manager.db", "volunteer.db"):
         assert (node.data_dir / state_file).exists()
+
+
+def test_init_writes_a_file_refuses_to_overwrite_and_names_the_types(tmp_path: Path) -> None:
+    target = tmp_path / "wf.toml"
+    written = run_cli("init", "matrix_multiplication", "-o", str(target))
+    assert written.returncode == 0, written.stderr
+    assert 'type = "matrix_multiplication"' in target.read_text()
+    assert run_cli("validate", str(target)).returncode == 0
+
+    target.write_text("mine")
+    again = run_cli("init", "tasks", "-o", str(target))
+    assert again.returncode == 2
+    assert "exists" in again.stderr
+    assert "--force" in again.stderr
+    assert target.read_text() == "mine", "nothing is overwritten without --force"
+
+    unknown = run_cli("init", "nope")
+    assert unknown.returncode == 2
+    assert "choose one of: tasks, matrix_addition" in unknown.stderr

@@ -212,3 +212,17 @@ def test_resume_refuses_a_workflow_that_completed_or_does_not_exist(
     both = run_cli("submit", str(workflow), "--resume", "x", "--data-dir", str(manager.data_dir))
     assert both.returncode == 2
     assert "not both" in both.stderr
+
+
+@pytest.mark.docker
+def test_the_init_example_dag_runs_as_written(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    manager, _ = start_mesh(daemons)
+    workflow = tmp_path / "pipeline.toml"
+    assert run_cli("init", "tasks", "-o", str(workflow)).returncode == 0
+    reply = submit(manager, workflow, "--wait")
+    assert reply["exit_code"] == 0, reply
+    out = tmp_path / "out"
+    run_cli("results", reply["workflow_id"], "--data-dir", str(manager.data_dir), "-o", str(out))
+    assert (out / "total.txt").read_text().strip() == str(sum(n * n for n in range(1, 101)))
