@@ -29,6 +29,7 @@ TYPE_KEY = "workflow.type"
 BUILTIN = {
     "matrix_addition": "splitters.matrix_addition:MatrixAddition",
     "matrix_multiplication": "splitters.matrix_multiplication:MatrixMultiplication",
+    "parameter_sweep": "splitters.parameter_sweep:ParameterSweep",
 }
 _REQUIRED_ATTRIBUTES = ("name", "description", "parameters", "split", "merge", "estimate")
 
