@@ -11,17 +11,22 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias, cast
+from typing import TypeAlias, TypeVar, cast
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from daemon.errors import NodeError
 from daemon.rpc.v1 import transfer_pb2, transfer_pb2_grpc
+from daemon.transfer import wire
 from daemon.transfer.blobid import check_blob_id
 from daemon.transfer.blobstore import BlobStore
-from daemon.transfer.chunks import read_chunks
+from daemon.transfer.chunks import encoded_chunks, read_chunks
 from daemon.transfer.errors import (
     BlobExistsError,
     ContentMismatchError,
@@ -30,7 +35,8 @@ from daemon.transfer.errors import (
 )
 from daemon.transfer.memory import keep_freed_memory
 from daemon.transfer.status import RETRYABLE, UPLOAD_ACCEPTED_KEY, error_from_status
-from daemon.transport.channels import open_channel
+from daemon.transfer.writer import BlobWriter, await_even_if_cancelled
+from daemon.transport.channels import open_sync_channel
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,26 @@ RETRY_MAX_SECONDS = 2.0
 # finishing), so Stat again. INTERNAL comes only after the peer accepted the header (see
 # _upload_from): the stream broke in mid-way.
 _UPLOAD_RETRYABLE = RETRYABLE | {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INTERNAL}
+
+_SERVICE = "/vcnode.v1.TransferService/"
+_DOWNLOAD = _SERVICE + "Download"
+_UPLOAD = _SERVICE + "Upload"
+_STAT = _SERVICE + "Stat"
+
+T = TypeVar("T")
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def _parse_stat(data: bytes) -> transfer_pb2.StatReply:
+    return transfer_pb2.StatReply.FromString(data)
+
+
+def _parse_upload_reply(data: bytes) -> transfer_pb2.UploadReply:
+    return transfer_pb2.UploadReply.FromString(data)
+
 
 # An address (HOST:PORT) to dial, or a channel the caller opened with transport.channels.
 Target: TypeAlias = "grpc.aio.Channel | str"
@@ -78,18 +104,55 @@ def _stub(channel: grpc.aio.Channel) -> transfer_pb2_grpc.TransferServiceAsyncSt
     )
 
 
+@dataclass(frozen=True)
+class _Peer:
+    """The peer, through the caller's aio channel or through a blocking channel of our own
+    (one we dialled): the bulk of a transfer then runs on a worker thread of its own."""
+
+    address: str
+    channel: grpc.aio.Channel | None = None
+    blocking: grpc.Channel | None = None
+
+
 @contextlib.asynccontextmanager
-async def _connect(
-    target: Target,
-) -> AsyncIterator[tuple[transfer_pb2_grpc.TransferServiceAsyncStub, str]]:
+async def _connect(target: Target) -> AsyncIterator[_Peer]:
     if isinstance(target, str):
-        channel = open_channel(target)
+        channel = open_sync_channel(target)
         try:
-            yield _stub(channel), target
+            yield _Peer(target, blocking=channel)
         finally:
-            await channel.close()
+            await asyncio.to_thread(channel.close)
     else:
-        yield _stub(target), "the peer"
+        yield _Peer("the peer", channel=target)
+
+
+def _as_aio_error(error: grpc.RpcError) -> grpc.aio.AioRpcError:
+    """A blocking call's failure as the aio one the callers handle."""
+    call = cast(grpc.Call, error)
+    code = call.code() if hasattr(call, "code") else grpc.StatusCode.UNKNOWN
+    details = call.details() if hasattr(call, "details") else str(error)
+    debug = error.debug_error_string() if hasattr(error, "debug_error_string") else None
+    return grpc.aio.AioRpcError(
+        code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details, debug_error_string=debug
+    )
+
+
+async def _on_thread(work: Callable[[], T], cancel: Callable[[], None]) -> T:
+    """Runs `work` on a thread of its own (a transfer holds it for long: not the default
+    pool's). Cancelled, it calls `cancel` (which must make `work` end soon) and waits for it."""
+    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-transfer")
+    try:
+        future = asyncio.get_running_loop().run_in_executor(thread, work)
+    finally:
+        thread.shutdown(wait=False)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        if not future.done():
+            cancel()
+            with contextlib.suppress(BaseException):
+                await await_even_if_cancelled(future)
+        raise
 
 
 async def download(
@@ -104,11 +167,12 @@ async def download(
         return await store.path(sha256)
     attempts = _Attempts(retries)
     started_over = False
-    async with _connect(target) as (stub, address):
+    async with _connect(target) as peer:
+        address = peer.address
         while True:
             offset = await store.partial_size(sha256)
             try:
-                return await _download_from(stub, sha256, size, store, offset)
+                return await _download_from(peer, sha256, size, store, offset)
             except BlobExistsError:
                 return await store.path(sha256)
             except grpc.aio.AioRpcError as error:
@@ -132,25 +196,54 @@ async def download(
 
 
 async def _download_from(
-    stub: transfer_pb2_grpc.TransferServiceAsyncStub,
-    sha256: str,
-    size: int,
-    store: BlobStore,
-    offset: int,
+    peer: _Peer, sha256: str, size: int, store: BlobStore, offset: int
 ) -> Path:
+    request = transfer_pb2.DownloadRequest(sha256=sha256, offset=offset)
     async with store.receive(sha256, size, offset=offset) as writer:
-        call = stub.Download(transfer_pb2.DownloadRequest(sha256=sha256, offset=offset))
-        try:
-            async for chunk in call:
-                if chunk.offset != writer.received:
-                    raise OffsetMismatchError(
-                        f"blob {sha256[:12]}: the peer sent a chunk at {chunk.offset} "
-                        f"where {writer.received} was expected"
-                    )
-                await writer.append(chunk.data, chunk.crc32)
-        finally:
-            call.cancel()  # a no-op once the stream ended; stops the peer when we gave up
+        if peer.blocking is not None:
+            call = peer.blocking.unary_stream(
+                _DOWNLOAD, request_serializer=_serialize, response_deserializer=None
+            )(request)
+            await _on_thread(lambda: _receive_blocking(call, sha256, writer), call.cancel)
+        else:
+            assert peer.channel is not None
+            stream = peer.channel.unary_stream(
+                _DOWNLOAD, request_serializer=_serialize, response_deserializer=None
+            )(request)
+            try:
+                async for message in stream:
+                    await writer.append(*_chunk_at(message, sha256, writer.received))
+            finally:
+                stream.cancel()  # a no-op once the stream ended; stops the peer when we gave up
         return await writer.finish()
+
+
+def _chunk_at(message: bytes, sha256: str, expected: int) -> tuple[memoryview, int]:
+    """The data and CRC-32 of a serialised Chunk, which must start at `expected`."""
+    try:
+        chunk = wire.parse_chunk(message)
+    except DecodeError:
+        raise CorruptChunkError(
+            f"blob {sha256[:12]}: the peer sent a chunk that does not parse"
+        ) from None
+    if chunk.offset != expected:
+        raise OffsetMismatchError(
+            f"blob {sha256[:12]}: the peer sent a chunk at {chunk.offset} "
+            f"where {expected} was expected"
+        )
+    return chunk.data, chunk.crc32
+
+
+def _receive_blocking(call: Iterator[bytes], sha256: str, writer: BlobWriter) -> None:
+    """The download loop on its thread: the GIL is free while gRPC waits for the network,
+    the CRC-32 and sha256 run on the writer's threads meanwhile."""
+    try:
+        for message in call:
+            writer.append_blocking(*_chunk_at(message, sha256, writer.received))
+    except grpc.RpcError as error:
+        raise _as_aio_error(error) from None
+    finally:
+        cast(grpc.Call, call).cancel()
 
 
 async def upload(
@@ -172,11 +265,12 @@ async def upload(
     if held != size:
         raise ContentMismatchError(f"{path} holds {held} bytes, not the {size} declared")
     attempts = _Attempts(retries)
-    async with _connect(target) as (stub, address):
+    async with _connect(target) as peer:
+        address = peer.address
         while True:
             offset = 0
             try:
-                stat = await stub.Stat(transfer_pb2.StatRequest(sha256=sha256))
+                stat = await _stat(peer, sha256)
                 if stat.complete:
                     if stat.size != size:
                         raise ContentMismatchError(
@@ -187,7 +281,7 @@ async def upload(
                 header = transfer_pb2.UploadHeader(
                     sha256=sha256, size=size, offset=offset, purpose=purpose
                 )
-                return await _upload_from(stub, path, header)
+                return await _upload_from(peer, path, header)
             except grpc.aio.AioRpcError as error:
                 failure = error_from_status(error, address)
                 if error.code() not in _UPLOAD_RETRYABLE:
@@ -195,27 +289,116 @@ async def upload(
             await attempts.after_failure(failure, offset)
 
 
+async def _stat(peer: _Peer, sha256: str) -> transfer_pb2.StatReply:
+    request = transfer_pb2.StatRequest(sha256=sha256)
+    if peer.blocking is not None:
+        stat = peer.blocking.unary_unary(
+            _STAT, request_serializer=_serialize, response_deserializer=_parse_stat
+        )
+        try:
+            return cast(transfer_pb2.StatReply, await asyncio.to_thread(stat, request))
+        except grpc.RpcError as error:
+            raise _as_aio_error(error) from None
+    assert peer.channel is not None
+    reply: transfer_pb2.StatReply = await _stub(peer.channel).Stat(request)
+    return reply
+
+
 async def _upload_from(
-    stub: transfer_pb2_grpc.TransferServiceAsyncStub, path: Path, header: transfer_pb2.UploadHeader
+    peer: _Peer, path: Path, header: transfer_pb2.UploadHeader
 ) -> tuple[str, int]:
-    call = stub.Upload()
+    head = transfer_pb2.UploadMessage(header=header).SerializeToString()
+    if peer.blocking is not None:
+        channel = peer.blocking
+        guard = _CallGuard()
+        return await _on_thread(
+            lambda: _send_blocking(channel, guard, path, header, head), guard.cancel
+        )
+    assert peer.channel is not None
+    call = peer.channel.stream_unary(
+        _UPLOAD, request_serializer=None, response_deserializer=_parse_upload_reply
+    )()
     try:
-        await call.write(transfer_pb2.UploadMessage(header=header))
+        await call.write(head)
         # Chunks go only once the peer accepted the header, so a refusal of it reaches us
         # with its own status (see status.UPLOAD_ACCEPTED).
         if UPLOAD_ACCEPTED_KEY in await call.initial_metadata():
             chunks = read_chunks(path, offset=header.offset, size=header.size)
             async with contextlib.aclosing(chunks):
                 async for chunk in chunks:
-                    message = transfer_pb2.Chunk(
-                        offset=chunk.offset, data=chunk.data, crc32=chunk.crc32
+                    await call.write(
+                        wire.encode_upload_chunk(chunk.offset, chunk.data, chunk.crc32)
                     )
-                    await call.write(transfer_pb2.UploadMessage(chunk=message))
             await call.done_writing()
     except asyncio.InvalidStateError:
         pass  # the peer ended the call while we wrote: its status says why
     except BaseException:
         call.cancel()
         raise
-    reply = await call
+    reply = cast(transfer_pb2.UploadReply, await call)
+    return reply.sha256, reply.size
+
+
+class _CallGuard:
+    """Cancels a blocking call made on another thread, even one not made yet."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._call: grpc.Future | None = None
+        self._cancelled = False
+
+    def bind(self, call: grpc.Future) -> None:
+        with self._lock:
+            self._call = call
+            if self._cancelled:
+                call.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            if self._call is not None:
+                self._call.cancel()
+
+
+def _send_blocking(
+    channel: grpc.Channel,
+    guard: _CallGuard,
+    path: Path,
+    header: transfer_pb2.UploadHeader,
+    head: bytes,
+) -> tuple[str, int]:
+    """An upload on its thread; gRPC takes the messages from `messages` on a thread of its
+    own while the next chunks are read (and their CRC-32 computed) on a third."""
+    bound = threading.Event()
+    calls: list[grpc.Future] = []
+    failures: list[BaseException] = []
+
+    def messages() -> Iterator[bytes]:
+        try:
+            yield head
+            bound.wait()
+            # Chunks go only once the peer accepted the header (see status.UPLOAD_ACCEPTED);
+            # initial_metadata() returns early, empty, if the call ends first.
+            metadata = cast(grpc.Call, calls[0]).initial_metadata() or ()
+            if any(key == UPLOAD_ACCEPTED_KEY for key, _ in metadata):
+                yield from encoded_chunks(path, offset=header.offset, size=header.size)
+        except GeneratorExit:
+            raise
+        except BaseException as error:
+            failures.append(error)  # gRPC would report it as UNKNOWN only
+            raise
+
+    upload = channel.stream_unary(
+        _UPLOAD, request_serializer=None, response_deserializer=_parse_upload_reply
+    )
+    call = upload.future(messages())
+    calls.append(call)
+    guard.bind(call)
+    bound.set()
+    try:
+        reply = cast(transfer_pb2.UploadReply, call.result())
+    except grpc.RpcError as error:
+        if failures:
+            raise failures[0] from None
+        raise _as_aio_error(error) from None
     return reply.sha256, reply.size

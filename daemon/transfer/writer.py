@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import zlib
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from enum import Enum
 from pathlib import Path
 from typing import TypeVar
 
+from daemon.transfer import crc
 from daemon.transfer.chunks import CHUNK_BYTES
 from daemon.transfer.errors import (
     ContentMismatchError,
@@ -81,13 +80,13 @@ class BlobWriter:
         self.written = offset
         self._hasher = hashlib.sha256()
         self._failure: BaseException | None = None
-        self._pending: deque[asyncio.Future[None]] = deque()
+        self._pending: deque[Future[None]] = deque()
         self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-write")
         self._hash_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-hash")
         self._outcome = Outcome.PARTIAL
         self._closed = False
         if offset:
-            self._submit(self._hash_thread, self._hash_held_part)
+            self._pending.append(self._hash_thread.submit(self._hash_held_part))
 
     @property
     def received(self) -> int:
@@ -98,8 +97,21 @@ class BlobWriter:
     def outcome(self) -> Outcome:
         return self._outcome
 
-    async def append(self, data: bytes, crc32: int | None = None) -> None:
+    async def append(self, data: bytes | memoryview, crc32: int | None = None) -> None:
         """Queues `data` to be written at `received`; with `crc32`, it is checked first."""
+        self._queue(data, crc32)
+        while len(self._pending) > 2 * MAX_IN_FLIGHT:
+            await asyncio.wrap_future(self._pending.popleft())
+
+    def append_blocking(self, data: bytes | memoryview, crc32: int | None = None) -> None:
+        """`append` for a loop on a worker thread (never the event loop's): waits for the
+        threads by blocking. One thread appends at a time, and the event loop leaves the
+        writer alone meanwhile (it awaits that thread)."""
+        self._queue(data, crc32)
+        while len(self._pending) > 2 * MAX_IN_FLIGHT:
+            self._pending.popleft().result()
+
+    def _queue(self, data: bytes | memoryview, crc32: int | None) -> None:
         if self._closed or self._outcome is not Outcome.PARTIAL:
             raise RuntimeError("append() on a finished or closed BlobWriter")
         if self._received + len(data) > self.size:
@@ -108,10 +120,8 @@ class BlobWriter:
                 f"{self.size} bytes (chunk at {self._received}, {len(data)} bytes)"
             )
         self._received += len(data)
-        self._submit(self._write_thread, self._write, data, crc32)
-        self._submit(self._hash_thread, self._hasher.update, data)
-        while len(self._pending) > 2 * MAX_IN_FLIGHT:
-            await self._pending.popleft()
+        self._pending.append(self._write_thread.submit(self._write, data, crc32))
+        self._pending.append(self._hash_thread.submit(self._hasher.update, data))
 
     async def finish(self) -> Path:
         """Verifies size and sha256, then makes the blob visible and returns its path.
@@ -120,7 +130,7 @@ class BlobWriter:
         ContentMismatchError.
         """
         while self._pending:
-            await self._pending.popleft()
+            await asyncio.wrap_future(self._pending.popleft())
         if self._received != self.size:
             raise ContentMismatchError(
                 f"blob {_short(self.sha256)}: received {self._received} of its "
@@ -140,14 +150,8 @@ class BlobWriter:
         closing = loop.run_in_executor(self._write_thread, self._close_file)
         for executor in (self._write_thread, self._hash_thread):
             executor.shutdown(wait=False)
-        for job in self._pending:
-            job.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._pending.clear()
         await await_even_if_cancelled(closing)
-
-    def _submit(self, thread: ThreadPoolExecutor, work: Callable[..., None], *args: object) -> None:
-        loop = asyncio.get_running_loop()
-        self._pending.append(loop.run_in_executor(thread, work, *args))
 
     # --- on the threads ---------------------------------------------------------------------
 
@@ -171,10 +175,10 @@ class BlobWriter:
         finally:
             os.close(fd)
 
-    def _write(self, data: bytes, crc32: int | None) -> None:
+    def _write(self, data: bytes | memoryview, crc32: int | None) -> None:
         if self._failure is not None:
             raise self._failure
-        if crc32 is not None and zlib.crc32(data) != crc32:
+        if crc32 is not None and crc.crc32(data) != crc32:
             self._failure = CorruptChunkError(
                 f"blob {_short(self.sha256)}: the chunk at offset {self.written} "
                 f"({len(data)} bytes) fails its CRC-32 check; nothing from it was written"

@@ -42,3 +42,10 @@ def bind(server: grpc.aio.Server, address: str) -> int:
 
 def open_channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+
+
+def open_sync_channel(address: str) -> grpc.Channel:
+    """A blocking channel with the same options as `open_channel`, for loops that run on a
+    worker thread (the bulk transfer ends: see daemon/transfer/client.py). Never use it on
+    the event loop."""
+    return grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
