@@ -60,6 +60,7 @@ class WorkflowUpdate:
 class Submitted:
     workflow_id: str
     task_count: int
+    estimated_seconds_per_task: float = 0.0
 
 
 class WorkflowManager:
@@ -126,6 +127,7 @@ class WorkflowManager:
         workflow_id = new_workflow_id(workflow.name)
         workdir = self._workdir / workflow_id
         params: dict[str, Any] = {}
+        estimated_seconds = 0.0
         try:
             if workflow.type == EXPLICIT_TYPE:
                 tasks = await self._explicit_tasks(workflow_id, workflow.tasks, files)
@@ -135,6 +137,7 @@ class WorkflowManager:
                     splitter, dict(workflow.parameters), files, workdir
                 )
                 params = validate_parameters(splitter.parameters, raw, workdir / "inputs")
+                estimated_seconds = splitter.estimate(params).seconds_per_task
                 templates = await asyncio.to_thread(_split, splitter, params, workdir / "split")
                 if not templates:
                     raise SplitterError("parameters", "the split produced no tasks")
@@ -164,7 +167,7 @@ class WorkflowManager:
             self._types[workflow_id] = workflow.type
             await self._hand_over_ready(run)
         log.info("workflow %s: %d tasks (%s)", workflow_id, len(tasks), workflow.type)
-        return Submitted(workflow_id, len(tasks))
+        return Submitted(workflow_id, len(tasks), estimated_seconds)
 
     async def _check_schedulable(self, workflow: WorkflowFile, tasks: list[NewTask]) -> None:
         """Refuses a workflow with a task no online volunteer can hold, naming the key."""

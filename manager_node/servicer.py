@@ -77,7 +77,9 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             [convert.file_ref_from_proto(ref) for ref in request.files],
         )
         return manager_pb2.SubmitWorkflowReply(
-            workflow_id=submitted.workflow_id, task_count=submitted.task_count
+            workflow_id=submitted.workflow_id,
+            task_count=submitted.task_count,
+            estimated_seconds_per_task=submitted.estimated_seconds_per_task,
         )
 
     async def WatchWorkflow(

@@ -43,7 +43,7 @@ memory_mb = 128
 
 [[tasks]]
 name = "total"
-command = ["sh", "-c", "awk '{{ s += $1 }} END {{ print s }}' /input/squares.txt >/output/total.txt"]
+command = ["sh", "-c", "awk '{{ s += $1 }} END {{print s}}' /input/squares.txt >/output/total.txt"]
 inputs = {{ "squares.txt" = {{ task = "squares", output = "squares.txt" }} }}
 outputs = ["total.txt"]
 """

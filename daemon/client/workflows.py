@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -111,7 +112,8 @@ async def _after_submit(
         print(f"{verb} {reply.workflow_id}: {reply.task_count} tasks")
     if not args.wait:
         return 0
-    state = await _follow(manager, reply.workflow_id, ProgressBar(sys.stderr))
+    bar = ProgressBar(sys.stderr, reply.estimated_seconds_per_task)
+    state = await _follow(manager, reply.workflow_id, bar)
     status = await _workflow_status(manager, reply.workflow_id)
     if args.json:
         _print_json({"workflow_id": reply.workflow_id, **_status_json(status)})
@@ -120,16 +122,33 @@ async def _after_submit(
     return 0 if state == "completed" else 1
 
 
+def eta_seconds(
+    counts: manager_pb2.WorkflowCounts, elapsed: float, estimated_per_task: float
+) -> tuple[float, bool] | None:
+    """Seconds left and whether that is the splitter's estimate (before any task completed)
+    rather than the measured rate; None when there is nothing to go on."""
+    remaining = counts.total - (counts.completed + counts.failed + counts.cancelled)
+    if remaining <= 0:
+        return None
+    if counts.completed and elapsed > 0:
+        return remaining / (counts.completed / elapsed), False
+    if estimated_per_task > 0:
+        waves = math.ceil(remaining / max(counts.running, 1))
+        return max(0.0, waves * estimated_per_task - elapsed), True
+    return None
+
+
 class ProgressBar:
     """One line, redrawn in place on a terminal; a line per change elsewhere."""
 
     WIDTH = 30
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, estimated_seconds_per_task: float = 0.0) -> None:
         self._stream = stream
         self._started = time.monotonic()
         self._last = ""
         self._tty = stream.isatty()
+        self._estimate = estimated_seconds_per_task
 
     def show(self, counts: manager_pb2.WorkflowCounts, note: str = "") -> None:
         done = counts.completed + counts.failed + counts.cancelled
@@ -137,8 +156,11 @@ class ProgressBar:
         filled = round(self.WIDTH * done / total)
         elapsed = time.monotonic() - self._started
         rate = counts.completed / elapsed if elapsed > 0 else 0.0
-        remaining = counts.total - done
-        eta = f"ETA {remaining / rate:.0f}s" if rate > 0 and remaining else "ETA --"
+        left = eta_seconds(counts, elapsed, self._estimate)
+        if left is None:
+            eta = "ETA --"
+        else:
+            eta = f"ETA ~{left[0]:.0f}s (estimate)" if left[1] else f"ETA {left[0]:.0f}s"
         bar = "#" * filled + "." * (self.WIDTH - filled)
         line = (
             f"[{bar}] {counts.completed}/{counts.total} done, "

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from daemon.rpc.v1 import common_pb2 as daemon_dot_rpc_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x61\x65mon/rpc/v1/manager.proto\x12\tvcnode.v1\x1a\x1a\x64\x61\x65mon/rpc/v1/common.proto\"9\n\x16GetImageArchiveRequest\x12\r\n\x05image\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\"\xe3\x01\n\x15SubmitWorkflowRequest\x12\x15\n\rworkflow_toml\x18\x01 \x01(\t\x12\x42\n\toverrides\x18\x02 \x03(\x0b\x32/.vcnode.v1.SubmitWorkflowRequest.OverridesEntry\x12!\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x12.vcnode.v1.FileRef\x12\x1a\n\x12resume_workflow_id\x18\x04 \x01(\t\x1a\x30\n\x0eOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x13SubmitWorkflowReply\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x12\n\ntask_count\x18\x02 \x01(\x05\",\n\x15ResumeWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"+\n\x14WatchWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"\x8b\x01\n\rWorkflowEvent\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\x01\x12)\n\x06\x63ounts\x18\x06 \x01(\x0b\x32\x19.vcnode.v1.WorkflowCounts\"v\n\x0eWorkflowCounts\x12\x0e\n\x06queued\x18\x01 \x01(\x05\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\x11\n\tcompleted\x18\x03 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x05\x12\x11\n\tcancelled\x18\x05 \x01(\x05\x12\r\n\x05total\x18\x06 \x01(\x05\"/\n\x18GetWorkflowStatusRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"q\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x14\n\x0cvolunteer_id\x18\x06 \x01(\t\"\xd8\x01\n\x0eWorkflowStatus\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12)\n\x06\x63ounts\x18\x05 \x01(\x0b\x32\x19.vcnode.v1.WorkflowCounts\x12$\n\x05tasks\x18\x06 \x03(\x0b\x32\x15.vcnode.v1.TaskStatus\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x12\n\nupdated_at\x18\x08 \x01(\x01\x12\r\n\x05\x65rror\x18\t \x01(\t\"(\n\x11GetResultsRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"4\n\x0fGetResultsReply\x12!\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x12.vcnode.v1.FileRef\",\n\x15\x43\x61ncelWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\".\n\x13\x43\x61ncelWorkflowReply\x12\x17\n\x0f\x63\x61ncelled_tasks\x18\x01 \x01(\x05\"\x16\n\x14ListWorkflowsRequest\"B\n\x12ListWorkflowsReply\x12,\n\tworkflows\x18\x01 \x03(\x0b\x32\x19.vcnode.v1.WorkflowStatus2\x92\x05\n\x0eManagerService\x12R\n\x0eSubmitWorkflow\x12 .vcnode.v1.SubmitWorkflowRequest\x1a\x1e.vcnode.v1.SubmitWorkflowReply\x12L\n\rWatchWorkflow\x12\x1f.vcnode.v1.WatchWorkflowRequest\x1a\x18.vcnode.v1.WorkflowEvent0\x01\x12S\n\x11GetWorkflowStatus\x12#.vcnode.v1.GetWorkflowStatusRequest\x1a\x19.vcnode.v1.WorkflowStatus\x12\x46\n\nGetResults\x12\x1c.vcnode.v1.GetResultsRequest\x1a\x1a.vcnode.v1.GetResultsReply\x12R\n\x0e\x43\x61ncelWorkflow\x12 .vcnode.v1.CancelWorkflowRequest\x1a\x1e.vcnode.v1.CancelWorkflowReply\x12R\n\x0eResumeWorkflow\x12 .vcnode.v1.ResumeWorkflowRequest\x1a\x1e.vcnode.v1.SubmitWorkflowReply\x12O\n\rListWorkflows\x12\x1f.vcnode.v1.ListWorkflowsRequest\x1a\x1d.vcnode.v1.ListWorkflowsReply\x12H\n\x0fGetImageArchive\x12!.vcnode.v1.GetImageArchiveRequest\x1a\x12.vcnode.v1.FileRefb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x61\x65mon/rpc/v1/manager.proto\x12\tvcnode.v1\x1a\x1a\x64\x61\x65mon/rpc/v1/common.proto\"9\n\x16GetImageArchiveRequest\x12\r\n\x05image\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\"\xe3\x01\n\x15SubmitWorkflowRequest\x12\x15\n\rworkflow_toml\x18\x01 \x01(\t\x12\x42\n\toverrides\x18\x02 \x03(\x0b\x32/.vcnode.v1.SubmitWorkflowRequest.OverridesEntry\x12!\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x12.vcnode.v1.FileRef\x12\x1a\n\x12resume_workflow_id\x18\x04 \x01(\t\x1a\x30\n\x0eOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x13SubmitWorkflowReply\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x12\n\ntask_count\x18\x02 \x01(\x05\x12\"\n\x1a\x65stimated_seconds_per_task\x18\x03 \x01(\x01\",\n\x15ResumeWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"+\n\x14WatchWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"\x8b\x01\n\rWorkflowEvent\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\x01\x12)\n\x06\x63ounts\x18\x06 \x01(\x0b\x32\x19.vcnode.v1.WorkflowCounts\"v\n\x0eWorkflowCounts\x12\x0e\n\x06queued\x18\x01 \x01(\x05\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\x11\n\tcompleted\x18\x03 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x05\x12\x11\n\tcancelled\x18\x05 \x01(\x05\x12\r\n\x05total\x18\x06 \x01(\x05\"/\n\x18GetWorkflowStatusRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"q\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x14\n\x0cvolunteer_id\x18\x06 \x01(\t\"\xd8\x01\n\x0eWorkflowStatus\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12)\n\x06\x63ounts\x18\x05 \x01(\x0b\x32\x19.vcnode.v1.WorkflowCounts\x12$\n\x05tasks\x18\x06 \x03(\x0b\x32\x15.vcnode.v1.TaskStatus\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x12\n\nupdated_at\x18\x08 \x01(\x01\x12\r\n\x05\x65rror\x18\t \x01(\t\"(\n\x11GetResultsRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"4\n\x0fGetResultsReply\x12!\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x12.vcnode.v1.FileRef\",\n\x15\x43\x61ncelWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\".\n\x13\x43\x61ncelWorkflowReply\x12\x17\n\x0f\x63\x61ncelled_tasks\x18\x01 \x01(\x05\"\x16\n\x14ListWorkflowsRequest\"B\n\x12ListWorkflowsReply\x12,\n\tworkflows\x18\x01 \x03(\x0b\x32\x19.vcnode.v1.WorkflowStatus2\x92\x05\n\x0eManagerService\x12R\n\x0eSubmitWorkflow\x12 .vcnode.v1.SubmitWorkflowRequest\x1a\x1e.vcnode.v1.SubmitWorkflowReply\x12L\n\rWatchWorkflow\x12\x1f.vcnode.v1.WatchWorkflowRequest\x1a\x18.vcnode.v1.WorkflowEvent0\x01\x12S\n\x11GetWorkflowStatus\x12#.vcnode.v1.GetWorkflowStatusRequest\x1a\x19.vcnode.v1.WorkflowStatus\x12\x46\n\nGetResults\x12\x1c.vcnode.v1.GetResultsRequest\x1a\x1a.vcnode.v1.GetResultsReply\x12R\n\x0e\x43\x61ncelWorkflow\x12 .vcnode.v1.CancelWorkflowRequest\x1a\x1e.vcnode.v1.CancelWorkflowReply\x12R\n\x0eResumeWorkflow\x12 .vcnode.v1.ResumeWorkflowRequest\x1a\x1e.vcnode.v1.SubmitWorkflowReply\x12O\n\rListWorkflows\x12\x1f.vcnode.v1.ListWorkflowsRequest\x1a\x1d.vcnode.v1.ListWorkflowsReply\x12H\n\x0fGetImageArchive\x12!.vcnode.v1.GetImageArchiveRequest\x1a\x12.vcnode.v1.FileRefb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,33 +41,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITWORKFLOWREQUEST_OVERRIDESENTRY']._serialized_start=309
   _globals['_SUBMITWORKFLOWREQUEST_OVERRIDESENTRY']._serialized_end=357
   _globals['_SUBMITWORKFLOWREPLY']._serialized_start=359
-  _globals['_SUBMITWORKFLOWREPLY']._serialized_end=421
-  _globals['_RESUMEWORKFLOWREQUEST']._serialized_start=423
-  _globals['_RESUMEWORKFLOWREQUEST']._serialized_end=467
-  _globals['_WATCHWORKFLOWREQUEST']._serialized_start=469
-  _globals['_WATCHWORKFLOWREQUEST']._serialized_end=512
-  _globals['_WORKFLOWEVENT']._serialized_start=515
-  _globals['_WORKFLOWEVENT']._serialized_end=654
-  _globals['_WORKFLOWCOUNTS']._serialized_start=656
-  _globals['_WORKFLOWCOUNTS']._serialized_end=774
-  _globals['_GETWORKFLOWSTATUSREQUEST']._serialized_start=776
-  _globals['_GETWORKFLOWSTATUSREQUEST']._serialized_end=823
-  _globals['_TASKSTATUS']._serialized_start=825
-  _globals['_TASKSTATUS']._serialized_end=938
-  _globals['_WORKFLOWSTATUS']._serialized_start=941
-  _globals['_WORKFLOWSTATUS']._serialized_end=1157
-  _globals['_GETRESULTSREQUEST']._serialized_start=1159
-  _globals['_GETRESULTSREQUEST']._serialized_end=1199
-  _globals['_GETRESULTSREPLY']._serialized_start=1201
-  _globals['_GETRESULTSREPLY']._serialized_end=1253
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=1255
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=1299
-  _globals['_CANCELWORKFLOWREPLY']._serialized_start=1301
-  _globals['_CANCELWORKFLOWREPLY']._serialized_end=1347
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=1349
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1371
-  _globals['_LISTWORKFLOWSREPLY']._serialized_start=1373
-  _globals['_LISTWORKFLOWSREPLY']._serialized_end=1439
-  _globals['_MANAGERSERVICE']._serialized_start=1442
-  _globals['_MANAGERSERVICE']._serialized_end=2100
+  _globals['_SUBMITWORKFLOWREPLY']._serialized_end=457
+  _globals['_RESUMEWORKFLOWREQUEST']._serialized_start=459
+  _globals['_RESUMEWORKFLOWREQUEST']._serialized_end=503
+  _globals['_WATCHWORKFLOWREQUEST']._serialized_start=505
+  _globals['_WATCHWORKFLOWREQUEST']._serialized_end=548
+  _globals['_WORKFLOWEVENT']._serialized_start=551
+  _globals['_WORKFLOWEVENT']._serialized_end=690
+  _globals['_WORKFLOWCOUNTS']._serialized_start=692
+  _globals['_WORKFLOWCOUNTS']._serialized_end=810
+  _globals['_GETWORKFLOWSTATUSREQUEST']._serialized_start=812
+  _globals['_GETWORKFLOWSTATUSREQUEST']._serialized_end=859
+  _globals['_TASKSTATUS']._serialized_start=861
+  _globals['_TASKSTATUS']._serialized_end=974
+  _globals['_WORKFLOWSTATUS']._serialized_start=977
+  _globals['_WORKFLOWSTATUS']._serialized_end=1193
+  _globals['_GETRESULTSREQUEST']._serialized_start=1195
+  _globals['_GETRESULTSREQUEST']._serialized_end=1235
+  _globals['_GETRESULTSREPLY']._serialized_start=1237
+  _globals['_GETRESULTSREPLY']._serialized_end=1289
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=1291
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=1335
+  _globals['_CANCELWORKFLOWREPLY']._serialized_start=1337
+  _globals['_CANCELWORKFLOWREPLY']._serialized_end=1383
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=1385
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1407
+  _globals['_LISTWORKFLOWSREPLY']._serialized_start=1409
+  _globals['_LISTWORKFLOWSREPLY']._serialized_end=1475
+  _globals['_MANAGERSERVICE']._serialized_start=1478
+  _globals['_MANAGERSERVICE']._serialized_end=2136
 # @@protoc_insertion_point(module_scope)

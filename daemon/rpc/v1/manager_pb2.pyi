@@ -104,17 +104,23 @@ class SubmitWorkflowReply(_message.Message):
 
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     TASK_COUNT_FIELD_NUMBER: _builtins.int
+    ESTIMATED_SECONDS_PER_TASK_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     task_count: _builtins.int
+    estimated_seconds_per_task: _builtins.float
+    """The splitter's estimate of one task's run time (0: none), for the ETA before the
+    first task completes.
+    """
     def __init__(
         self,
         *,
         workflow_id: _builtins.str = ...,
         task_count: _builtins.int = ...,
+        estimated_seconds_per_task: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_count", b"task_count", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_seconds_per_task", b"estimated_seconds_per_task", "task_count", b"task_count", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
