@@ -30,6 +30,7 @@ BUILTIN = {
     "matrix_addition": "splitters.matrix_addition:MatrixAddition",
     "matrix_multiplication": "splitters.matrix_multiplication:MatrixMultiplication",
     "parameter_sweep": "splitters.parameter_sweep:ParameterSweep",
+    "image_batch": "splitters.image_batch:ImageBatch",
 }
 _REQUIRED_ATTRIBUTES = ("name", "description", "parameters", "split", "merge", "estimate")
 
