@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 import grpc
 
 from daemon import config as config_module
-from daemon.app import Node
 from daemon.client import init as workflow_init
 from daemon.client import views, workflow_file, workflows
 from daemon.client.locate import Target, browse, locate
@@ -144,6 +143,8 @@ def _run_daemon(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from daemon.app import Node  # the daemon's imports (zeroconf, roles) only for it
+
     node = Node(config)
 
     async def serve() -> None:

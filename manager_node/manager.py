@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import NodeError, NotFoundError, RejectedError
+from daemon.errors import InvalidInputError, NodeError, NotFoundError, RejectedError
 from daemon.models import FileRef, TaskEvent, TaskSpec
 from daemon.transfer.blobstore import BlobStore
 from manager_node.admission import Candidate, unschedulable
@@ -121,9 +121,14 @@ class WorkflowManager:
     # --- submission -----------------------------------------------------------------------
 
     async def submit(
-        self, workflow_text: str, overrides: dict[str, str], files: Sequence[FileRef]
+        self,
+        workflow_text: str,
+        overrides: dict[str, str],
+        files: Sequence[FileRef],
+        inline: Sequence[tuple[FileRef, bytes]] = (),
     ) -> Submitted:
         workflow = parse_workflow(workflow_text, overrides)
+        files = [*files, *[await self._store_inline(ref, content) for ref, content in inline]]
         workflow_id = new_workflow_id(workflow.name)
         workdir = self._workdir / workflow_id
         params: dict[str, Any] = {}
@@ -168,6 +173,16 @@ class WorkflowManager:
             await self._hand_over_ready(run)
         log.info("workflow %s: %d tasks (%s)", workflow_id, len(tasks), workflow.type)
         return Submitted(workflow_id, len(tasks), estimated_seconds)
+
+    async def _store_inline(self, ref: FileRef, content: bytes) -> FileRef:
+        """An input sent inside the submission, stored like an uploaded one once it proves
+        to be the file the client named."""
+        sha256, size = await self._blobs.put_bytes(content)
+        if (sha256, size) != (ref.sha256, ref.size):
+            raise InvalidInputError(
+                f"input {ref.name}: its content does not match the sha256 and size sent with it"
+            )
+        return ref
 
     async def _check_schedulable(self, workflow: WorkflowFile, tasks: list[NewTask]) -> None:
         """Refuses a workflow with a task no online volunteer can hold, naming the key."""

@@ -75,6 +75,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             request.workflow_toml,
             dict(request.overrides),
             [convert.file_ref_from_proto(ref) for ref in request.files],
+            [(convert.file_ref_from_proto(f.ref), f.content) for f in request.inline_files],
         )
         return manager_pb2.SubmitWorkflowReply(
             workflow_id=submitted.workflow_id,

@@ -16,7 +16,6 @@ from pathlib import Path
 from daemon.config import PROTOCOL_VERSION, default_data_dir
 from daemon.datadir import read_address
 from daemon.discovery.directory import PeerDirectory
-from daemon.discovery.mdns import MdnsDiscovery, discovery_interfaces
 from daemon.discovery.peers import Peer, PeerTable
 from daemon.errors import UnreachableError
 from daemon.models import NodeIdentity
@@ -38,6 +37,9 @@ class Target:
 @asynccontextmanager
 async def listening(cluster: str, interfaces: tuple[str, ...]) -> AsyncIterator[PeerDirectory]:
     """Browses mDNS without announcing anything, as long as the block runs."""
+    # zeroconf only when a command browses: most find their daemon by address or data dir.
+    from daemon.discovery.mdns import MdnsDiscovery, discovery_interfaces
+
     directory = PeerDirectory(PeerTable(ttl=3600))
     identity = NodeIdentity(
         node_id=f"cli-{uuid.uuid4().hex}",

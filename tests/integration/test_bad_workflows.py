@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import grpc
 import pytest
 
+from daemon.rpc.v1 import common_pb2, manager_pb2, manager_pb2_grpc
 from tests.integration.harness import Daemons, cli_json, list_volunteers, run_cli, wait_until
 
 pytestmark = pytest.mark.integration
@@ -119,4 +122,29 @@ def test_a_task_no_volunteer_can_hold_is_refused_as_unschedulable(
     submitted = run_cli("submit", str(split), "--data-dir", str(manager.data_dir))
     assert submitted.returncode == 2, submitted.stderr
     assert f"{split}:5: memory_mb: task block-0-0 is unschedulable" in submitted.stderr
+    assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []
+
+
+async def test_an_inline_input_that_does_not_match_its_checksum_is_refused(
+    daemons: Daemons,
+) -> None:
+    manager = daemons.start(
+        "manager", "--role", "coordinator,manager", "--listen", "127.0.0.1:0", "--no-mdns"
+    )
+    workflow = (
+        '[workflow]\nname = "x"\n[[tasks]]\nname = "t"\ncommand = ["true"]\ninputs = ["in.txt"]\n'
+    )
+    claimed = common_pb2.FileRef(name="in.txt", sha256=hashlib.sha256(b"good").hexdigest(), size=4)
+    async with grpc.aio.insecure_channel(manager.address()) as channel:
+        stub = manager_pb2_grpc.ManagerServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.SubmitWorkflow(
+                manager_pb2.SubmitWorkflowRequest(
+                    workflow_toml=workflow,
+                    inline_files=[manager_pb2.InlineFile(ref=claimed, content=b"evil")],
+                ),
+                timeout=10,
+            )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "in.txt: its content does not match" in (refused.value.details() or "")
     assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []

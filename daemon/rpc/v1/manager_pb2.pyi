@@ -69,11 +69,9 @@ class SubmitWorkflowRequest(_message.Message):
     WORKFLOW_TOML_FIELD_NUMBER: _builtins.int
     OVERRIDES_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
-    RESUME_WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    INLINE_FILES_FIELD_NUMBER: _builtins.int
     workflow_toml: _builtins.str
     """The workflow file as written by the user."""
-    resume_workflow_id: _builtins.str
-    """Non-empty with `--resume`: re-run what did not complete in this workflow."""
     @_builtins.property
     def overrides(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """`--set key=value` overrides of [parameters]."""
@@ -82,21 +80,50 @@ class SubmitWorkflowRequest(_message.Message):
     def files(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.FileRef]:
         """Input files the client uploaded first over TransferService, by the name the workflow uses."""
 
+    @_builtins.property
+    def inline_files(self) -> _containers.RepeatedCompositeFieldContainer[Global___InlineFile]:
+        """Small input files sent inline rather than uploaded one by one (an upload costs a round
+        trip each), by the name the workflow uses; the manager checks each against its FileRef.
+        """
+
     def __init__(
         self,
         *,
         workflow_toml: _builtins.str = ...,
         overrides: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         files: _abc.Iterable[_common_pb2.FileRef] | None = ...,
-        resume_workflow_id: _builtins.str = ...,
+        inline_files: _abc.Iterable[Global___InlineFile] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "overrides", b"overrides", "resume_workflow_id", b"resume_workflow_id", "workflow_toml", b"workflow_toml"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "inline_files", b"inline_files", "overrides", b"overrides", "workflow_toml", b"workflow_toml"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitWorkflowRequest: _TypeAlias = SubmitWorkflowRequest  # noqa: Y015
+
+@_typing.final
+class InlineFile(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    @_builtins.property
+    def ref(self) -> _common_pb2.FileRef: ...
+    def __init__(
+        self,
+        *,
+        ref: _common_pb2.FileRef | None = ...,
+        content: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InlineFile: _TypeAlias = InlineFile  # noqa: Y015
 
 @_typing.final
 class SubmitWorkflowReply(_message.Message):
