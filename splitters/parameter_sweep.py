@@ -149,8 +149,8 @@ def plan(params: Mapping[str, Any]) -> Grid:
             if unused:
                 raise SplitterError(
                     "grid",
-                    f"{', '.join(unused)} not used by the command:"
-                    f" put {', '.join('{' + n + '}' for n in unused)} in command, or remove it",
+                    f"the command does not use {', '.join(unused)}: put"
+                    f" {', '.join('{' + n + '}' for n in unused)} in command, or leave it out",
                 )
             templating.check_script(command, used, params["script"])
         except SplitterError as error:
