@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 import grpc
 
@@ -16,6 +17,7 @@ from daemon.runtime.docker import DockerRuntime
 from daemon.runtime.process import ProcessRuntime
 from daemon.runtime.spec import Runtime
 from daemon.volunteer.blobs import BlobTransfers
+from daemon.volunteer.image_ids import ImageIds
 from daemon.volunteer.link import CoordinatorLink
 from daemon.volunteer.store import VolunteerStore
 from daemon.volunteer.worker import TaskWorker, WorkerConfig
@@ -39,6 +41,7 @@ class VolunteerRole:
         self._docker: DockerRuntime | None = None
         self._docker_available = False
         self._images: tuple[str, ...] = ()
+        self._image_ids = ImageIds(self._image_id)
         self.worker: TaskWorker | None = None
         self.link: CoordinatorLink | None = None
         self._task: asyncio.Task[None] | None = None
@@ -77,13 +80,18 @@ class VolunteerRole:
             resources=lambda: measure_resources(
                 self._context.data_dir, self._docker_available, self._images
             ),
-            image_id=self._image_id,
-            load_image=self._docker.load_image if self._docker else None,
+            image_id=self._image_ids.get,
+            load_image=self._load_image if self._docker else None,
         )
         await self.worker.open()
 
     async def _image_id(self, image: str) -> str | None:
         return await self._docker.image_id(image) if self._docker else None
+
+    async def _load_image(self, archive: Path) -> None:
+        assert self._docker is not None
+        await self._docker.load_image(archive)
+        self._image_ids.forget()
 
     async def start(self, address: str) -> None:
         assert self.worker is not None

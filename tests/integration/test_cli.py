@@ -175,4 +175,5 @@ def test_init_writes_a_file_refuses_to_overwrite_and_names_the_types(tmp_path: P
 
     unknown = run_cli("init", "nope")
     assert unknown.returncode == 2
-    assert "choose one of: tasks, matrix_addition" in unknown.stderr
+    assert "choose one of: tasks, " in unknown.stderr
+    assert "matrix_addition" in unknown.stderr
