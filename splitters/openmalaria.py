@@ -217,7 +217,7 @@ def _read_template(params: Mapping[str, Any]) -> str:
     path: Path | None = params["scenario"]
     try:
         if path is None:
-            data = resources.files("splitters.data").joinpath(DEFAULT_TEMPLATE).read_bytes()
+            data = resources.files("splitters").joinpath("data", DEFAULT_TEMPLATE).read_bytes()
         else:
             data = path.read_bytes()
         return data.decode("utf-8")

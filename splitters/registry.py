@@ -31,6 +31,7 @@ BUILTIN = {
     "matrix_multiplication": "splitters.matrix_multiplication:MatrixMultiplication",
     "parameter_sweep": "splitters.parameter_sweep:ParameterSweep",
     "image_batch": "splitters.image_batch:ImageBatch",
+    "openmalaria": "splitters.openmalaria:OpenMalaria",
 }
 _REQUIRED_ATTRIBUTES = ("name", "description", "parameters", "split", "merge", "estimate")
 
