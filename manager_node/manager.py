@@ -84,7 +84,7 @@ class WorkflowManager:
     async def open(self) -> None:
         self._shareable = await self._store.shareable_blobs()
         for stored in await self._store.unfinished_runs():
-            run = WorkflowRun.of(stored.workflow_id, stored.tasks)
+            run = WorkflowRun.of(stored.workflow_id, stored.tasks, stored.on_failure)
             self._runs[stored.workflow_id] = run
             self._types[stored.workflow_id] = stored.type
             self._specs.update(stored.specs)
@@ -155,7 +155,7 @@ class WorkflowManager:
             raise
         inputs = sorted({ref for new in tasks for ref in new.spec.inputs}, key=lambda r: r.name)
         await self._store.create_workflow(
-            workflow_id, workflow.name, workflow.type, params, tasks, inputs
+            workflow_id, workflow.name, workflow.type, params, tasks, inputs, workflow.on_failure
         )
         async with self._lock:
             self._shareable |= {ref.sha256 for ref in inputs}
@@ -167,6 +167,7 @@ class WorkflowManager:
                     WorkflowTask(new.spec.task_id, new.name, new.depends_on, new.upstream)
                     for new in tasks
                 ],
+                workflow.on_failure,
             )
             self._runs[workflow_id] = run
             self._types[workflow_id] = workflow.type
@@ -450,7 +451,7 @@ class WorkflowManager:
                 raise NotFoundError(f"no workflow {workflow_id!r} on this manager")
             if stored.state == WorkflowState.COMPLETED.value:
                 raise RejectedError(f"workflow {workflow_id} completed: nothing to resume")
-            run = WorkflowRun.of(workflow_id, stored.tasks)
+            run = WorkflowRun.of(workflow_id, stored.tasks, stored.on_failure)
             again = run.resume()
             self._runs[workflow_id] = run
             self._types[workflow_id] = stored.type

@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
 from daemon.models import ResourceRequest
-from manager_node.workflow import UpstreamInput, WorkflowTask, graph_problems
+from manager_node.workflow import OnFailure, UpstreamInput, WorkflowTask, graph_problems
 from splitters.api import DEFAULT_IMAGE, SplitterError, TaskOutput
 
 T = TypeVar("T")
@@ -45,6 +45,7 @@ class WorkflowFile:
     type: str
     parameters: dict[str, Any] = field(default_factory=dict)
     tasks: tuple[ExplicitTask, ...] = ()
+    on_failure: OnFailure = OnFailure.SKIP
 
     def input_files(self) -> list[str]:
         """Every file the explicit tasks read, as written in the workflow file."""
@@ -103,13 +104,20 @@ def parse_workflow(text: str, overrides: Mapping[str, str] | None = None) -> Wor
         workflow = {}
     for unknown in sorted(set(document) - {"workflow", "parameters", "tasks"}):
         problems.add(unknown, "unknown table; expected [workflow], [parameters] or [[tasks]]")
+    for unknown in sorted(set(workflow) - _WORKFLOW_KEYS):
+        problems.add(
+            f"workflow.{unknown}", f"unknown key; known: {', '.join(sorted(_WORKFLOW_KEYS))}"
+        )
+    on_failure = problems.check(lambda: _on_failure(workflow), OnFailure.SKIP)
     if "tasks" in document:
         tasks = _parse_tasks(document["tasks"], problems)
         name = workflow.get("name", "tasks")
         if not isinstance(name, str) or not name.strip():
             problems.add("workflow.name", "must be a non-empty string")
         problems.raise_any()
-        return WorkflowFile(name=str(name).strip(), type=EXPLICIT_TYPE, tasks=tasks)
+        return WorkflowFile(
+            name=str(name).strip(), type=EXPLICIT_TYPE, tasks=tasks, on_failure=on_failure
+        )
     workflow_type = workflow.get("type")
     if not isinstance(workflow_type, str) or not workflow_type:
         problems.add(
@@ -127,7 +135,22 @@ def parse_workflow(text: str, overrides: Mapping[str, str] | None = None) -> Wor
         name=str(name).strip(),
         type=str(workflow_type),
         parameters={**parameters, **(overrides or {})},
+        on_failure=on_failure,
     )
+
+
+_WORKFLOW_KEYS = {"name", "type", "on_failure"}
+
+
+def _on_failure(workflow: dict[str, Any]) -> OnFailure:
+    value = workflow.get("on_failure", OnFailure.SKIP.value)
+    choices = [choice.value for choice in OnFailure]
+    if value not in choices:
+        raise SplitterError(
+            "workflow.on_failure",
+            f"must be one of {', '.join(choices)} (what a failed task does to its dependents)",
+        )
+    return OnFailure(value)
 
 
 _TASK_KEYS = {

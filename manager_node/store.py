@@ -12,7 +12,7 @@ import sqlite_utils
 
 from daemon.models import FileRef, TaskSpec
 from daemon.store import Database, Migration, codecs
-from manager_node.workflow import TaskStatus, UpstreamInput, WorkflowTask
+from manager_node.workflow import OnFailure, TaskStatus, UpstreamInput, WorkflowTask
 
 
 def _initial_schema(db: sqlite_utils.Database) -> None:
@@ -68,11 +68,16 @@ def _upstream_inputs(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE tasks ADD COLUMN upstream TEXT NOT NULL DEFAULT '[]'")
 
 
+def _on_failure(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE workflows ADD COLUMN on_failure TEXT NOT NULL DEFAULT 'skip'")
+
+
 MIGRATIONS = (
     Migration("manager/0001_initial", _initial_schema),
     Migration("manager/0002_meta", _meta),
     Migration("manager/0003_workflow_error", _workflow_error),
     Migration("manager/0004_upstream_inputs", _upstream_inputs),
+    Migration("manager/0005_on_failure", _on_failure),
 )
 COORDINATOR_SEQUENCE = "coordinator_sequence"
 
@@ -102,6 +107,7 @@ class StoredRun:
     state: str
     tasks: tuple[WorkflowTask, ...]
     specs: dict[str, TaskSpec]
+    on_failure: OnFailure = OnFailure.SKIP
 
 
 @dataclass(frozen=True)
@@ -180,14 +186,24 @@ class ManagerStore:
         parameters: dict[str, Any],
         tasks: list[NewTask],
         inputs: list[FileRef],
+        on_failure: OnFailure = OnFailure.SKIP,
     ) -> None:
         now = time.time()
 
         def write(db: sqlite_utils.Database) -> None:
             db.execute(
-                "INSERT INTO workflows (id, name, type, state, spec, created_at, updated_at) "
-                "VALUES (?, ?, ?, 'queued', ?, ?, ?)",
-                (workflow_id, name, workflow_type, json.dumps(parameters, default=str), now, now),
+                "INSERT INTO workflows "
+                "(id, name, type, state, spec, on_failure, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                (
+                    workflow_id,
+                    name,
+                    workflow_type,
+                    json.dumps(parameters, default=str),
+                    on_failure.value,
+                    now,
+                    now,
+                ),
             )
             db.conn.executemany(
                 "INSERT INTO tasks "
@@ -355,4 +371,11 @@ def _stored_run(db: sqlite_utils.Database, workflow: dict[str, Any]) -> StoredRu
                 result=result,
             )
         )
-    return StoredRun(workflow["id"], workflow["type"], workflow["state"], tuple(tasks), specs)
+    return StoredRun(
+        workflow["id"],
+        workflow["type"],
+        workflow["state"],
+        tuple(tasks),
+        specs,
+        OnFailure(workflow["on_failure"]),
+    )

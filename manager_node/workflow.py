@@ -66,15 +66,29 @@ class WorkflowTask:
     result: TaskResult | None = None
 
 
+class OnFailure(StrEnum):
+    """What a task that fails for good does to the tasks downstream of it (`[workflow]
+    on_failure`); independent branches go on either way."""
+
+    SKIP = "skip"  # they are skipped: `--resume` runs them once their inputs exist
+    FAIL = "fail"  # they fail too, naming the task that did not complete
+
+
 @dataclass
 class WorkflowRun:
     workflow_id: str
     tasks: dict[str, WorkflowTask] = field(default_factory=dict)  # by task id
     cancelled: bool = False
+    on_failure: OnFailure = OnFailure.SKIP
 
     @classmethod
-    def of(cls, workflow_id: str, tasks: Iterable[WorkflowTask]) -> WorkflowRun:
-        return cls(workflow_id, {task.task_id: task for task in tasks})
+    def of(
+        cls,
+        workflow_id: str,
+        tasks: Iterable[WorkflowTask],
+        on_failure: OnFailure = OnFailure.SKIP,
+    ) -> WorkflowRun:
+        return cls(workflow_id, {task.task_id: task for task in tasks}, on_failure=on_failure)
 
     def _by_name(self) -> dict[str, WorkflowTask]:
         return {task.name: task for task in self.tasks.values()}
@@ -179,14 +193,16 @@ class WorkflowRun:
         return again
 
     def _skip_dependents(self, failed: WorkflowTask) -> None:
+        """Everything downstream of `failed` ends, skipped or failed as the workflow says."""
+        status = TaskStatus.FAILED if self.on_failure is OnFailure.FAIL else TaskStatus.SKIPPED
         blocked = {failed.name}
         changed = True
         while changed:
             changed = False
             for task in self.tasks.values():
                 if task.status is TaskStatus.WAITING and blocked & set(task.depends_on):
-                    task.status = TaskStatus.SKIPPED
-                    task.message = f"skipped: {failed.name} did not complete"
+                    task.status = status
+                    task.message = f"{status.value}: {failed.name} did not complete"
                     blocked.add(task.name)
                     changed = True
 

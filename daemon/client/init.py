@@ -23,6 +23,7 @@ EXPLICIT_EXAMPLE = """\
 
 [workflow]
 name = "pipeline"
+on_failure = "skip"    # a failed task's dependents are skipped (or "fail")
 
 [[tasks]]
 name = "numbers"
@@ -87,6 +88,8 @@ def render(type_name: str, file_name: str = "workflow.toml") -> str:
         "[workflow]",
         f"name = {toml_value(type_name.replace('_', '-'))}",
         f"type = {toml_value(type_name)}",
+        "# what a task that fails for good does to the tasks after it: skip or fail",
+        'on_failure = "skip"',
         "",
         "[parameters]",
     ]

@@ -280,14 +280,18 @@ def _print_outcome(status: manager_pb2.WorkflowStatus) -> None:
         f"{counts.failed} failed, {counts.queued} queued, {counts.cancelled} cancelled "
         f"of {counts.total}"
     )
+    # A finished workflow shows what did not complete; one still going shows every task.
+    ended = status.state in FINAL_STATES
     rows = [
         [t.name, t.state, str(t.attempts), t.volunteer_id[:8], t.error]
         for t in status.tasks
-        if t.state != "completed" or status.state != "completed"
+        if not (ended and t.state == "completed")
     ]
     if rows:
         print()
         print(views.table(["TASK", "STATE", "ATTEMPTS", "VOLUNTEER", "REASON"], rows))
+    if status.state in ("failed", "cancelled"):
+        print(f"\nto run again what did not complete: vcnode submit --resume {status.workflow_id}")
 
 
 async def status(address: str, args: argparse.Namespace) -> int:

@@ -226,3 +226,26 @@ def test_the_init_example_dag_runs_as_written(
     out = tmp_path / "out"
     run_cli("results", reply["workflow_id"], "--data-dir", str(manager.data_dir), "-o", str(out))
     assert (out / "total.txt").read_text().strip() == str(sum(n * n for n in range(1, 101)))
+
+
+def test_on_failure_fail_fails_the_dependents_and_resume_still_runs_them(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    manager = start_process_mesh(daemons)
+    marker = tmp_path / "b-may-run"
+    text = BRANCH_FAILS.replace("{marker}", str(marker)).replace(
+        'name = "rescue"\n', 'name = "rescue"\non_failure = "fail"\n'
+    )
+    workflow = write_workflow(tmp_path, text, sys.executable)
+    first = submit(manager, workflow, "--wait")
+    assert first["exit_code"] == 1, first
+    rows = task_rows(manager, first["workflow_id"])
+    assert (rows["d"]["state"], rows["d"]["error"]) == ("failed", "failed: b did not complete")
+    printed = run_cli("status", first["workflow_id"], "--data-dir", str(manager.data_dir))
+    assert f"vcnode submit --resume {first['workflow_id']}" in printed.stdout
+    marker.touch()
+    resumed = run_cli(
+        "submit", "--resume", first["workflow_id"], "--data-dir", str(manager.data_dir),
+        "--wait", "--json",
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr

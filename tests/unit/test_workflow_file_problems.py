@@ -9,6 +9,7 @@ import pytest
 from daemon.client.problems import key_lines, line_of, with_lines
 from daemon.errors import InvalidInputError
 from manager_node.spec import parse_workflow
+from manager_node.workflow import OnFailure
 from splitters.api import SplitterError, TaskOutput
 
 TWO_BAD_TASKS = """\
@@ -99,3 +100,11 @@ def test_with_lines_puts_every_problem_on_its_own_line() -> None:
         "  wf.toml:6: tasks[0].command: bad",
         "  wf.toml:9: tasks[1].timeout: bad",
     ]
+
+
+def test_on_failure_is_read_and_checked() -> None:
+    text = '[workflow]\ntype = "matrix_addition"\non_failure = "fail"\n'
+    assert parse_workflow(text).on_failure is OnFailure.FAIL
+    assert parse_workflow('[workflow]\ntype = "m"\n').on_failure is OnFailure.SKIP
+    problems = problems_of('[workflow]\ntype = "m"\non_failure = "explode"\ncolor = 1\n')
+    assert [key for key, _ in problems] == ["workflow.color", "workflow.on_failure"]

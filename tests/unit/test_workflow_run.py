@@ -6,6 +6,7 @@ import pytest
 
 from daemon.models import FileRef, TaskEvent, TaskResult
 from manager_node.workflow import (
+    OnFailure,
     TaskStatus,
     UpstreamInput,
     WorkflowRun,
@@ -190,3 +191,17 @@ def test_resume_of_a_workflow_still_going_is_an_error() -> None:
     run.take_ready()
     with pytest.raises(ValueError, match="has not ended"):
         run.resume()
+
+
+def test_with_on_failure_fail_the_dependents_fail_naming_the_task() -> None:
+    run = diamond()
+    run.on_failure = OnFailure.FAIL
+    run.take_ready()
+    run.apply(event("wf.a", "failed", message="exited with code 1"))
+    assert {t.name: t.status for t in run.tasks.values()} == {
+        "a": TaskStatus.FAILED,
+        "b": TaskStatus.FAILED,
+        "c": TaskStatus.FAILED,
+        "d": TaskStatus.FAILED,
+    }
+    assert run.tasks["wf.d"].message == "failed: a did not complete"
