@@ -5,7 +5,11 @@ OpenMalaria (https://github.com/SwissTPH/openmalaria) simulates malaria in a pop
 coverage, ...) and repeats each combination with several random seeds, since one stochastic
 run of a small population is noisy. This workflow takes a scenario *template* whose varying
 values are `@name@` placeholders, runs every combination of the `sweep` lists `seeds` times
-(each with its own `@seed@`), and adds the runs up per sweep point.
+(each with its own `@seed@`), and adds the runs up per sweep point. `@population@` takes
+`population`; every other placeholder needs a sweep key and every sweep key a placeholder;
+placeholders in XML comments are ignored; values are XML-escaped, and each point's scenario
+must still be well-formed (all checked before anything is written: SplitterError names the
+key to fix).
 
 How OpenMalaria is run, as its source says (SwissTPH/openmalaria, main branch, Jan 2026):
 - `openMalaria --resource-path DIR --scenario FILE --output FILE` (model/util/CommandLine.cpp).
@@ -28,6 +32,10 @@ How OpenMalaria is run, as its source says (SwissTPH/openmalaria, main branch, J
   model/mon/OutputMeasures.h (0 nHost, 1 nInfect, 3 nPatent, 14 nUncomp, 15 nSevere, ...: see
   splitters/openmalaria_measures.py); value is an integer for counts, else a C++ stream
   double (`0.25`, `1.5e+06`, `nan`).
+All of this was also checked against a build of that source (schema 48): a sweep of the
+default template run with the exact task command under vcnode's Docker restrictions (user
+nobody, read-only root, empty /tmp as working directory); there a relative schema file
+fails ("no declaration found for element 'om:scenario'") and the absolute one works.
 
 How a run's sweep point and seed reach merge: merge sees only the tasks' outputs, and a run
 writes only output.txt. Rather than wrap the user's command (which would need a shell or
@@ -49,11 +57,11 @@ import math
 import posixpath
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from xml.sax.saxutils import escape
 
 from splitters import openmalaria_results as results
@@ -109,6 +117,7 @@ MANIFEST_TIMEOUT_SECONDS = 60
 RUN_DISK_MB = 64  # output.txt of a large scenario, and ctsout.txt if it asks for one
 
 Scalar = str | int | float | bool
+_T = TypeVar("_T")
 
 
 def _parameters() -> tuple[Parameter, ...]:
@@ -145,8 +154,9 @@ def _parameters() -> tuple[Parameter, ...]:
         Parameter(
             "command",
             list,
-            "how the image runs one simulation; {scenario}, {output} and {resource_dir}"
-            f" are filled in (default: {' '.join(DEFAULT_COMMAND)})",
+            "how the image runs one simulation: {scenario}, {output} and {resource_dir}"
+            " are filled in",
+            default=list(DEFAULT_COMMAND),
         ),
         Parameter(
             "resource_dir",
@@ -270,10 +280,8 @@ def _check_values(key: str, values: object) -> list[Scalar]:
     return list(values)
 
 
-def _check_coverage(
-    params: Mapping[str, Any], names: set[str], sweep: Mapping[str, list[Scalar]]
-) -> None:
-    """Every placeholder gets a value from population, the seeds or a sweep key."""
+def _check_fixed(params: Mapping[str, Any], names: set[str]) -> None:
+    """@seed@ is there, and @population@ exactly when `population` is given."""
     if SEED not in names:
         raise SplitterError(
             "scenario",
@@ -290,6 +298,10 @@ def _check_coverage(
             "the scenario has no @population@ placeholder to put it in:"
             ' write <demography popSize="@population@" ...>',
         )
+
+
+def _check_uncovered(names: set[str], sweep: Mapping[str, list[Scalar]]) -> None:
+    """Every other placeholder gets its values from a sweep key."""
     uncovered = sorted(names - {POPULATION, SEED} - set(sweep))
     if uncovered:
         listed = ", ".join(f"@{name}@" for name in uncovered)
@@ -401,8 +413,7 @@ class Sweep:
 
 
 def _command(params: Mapping[str, Any]) -> tuple[str, ...]:
-    raw: list[object] | None = params["command"]
-    words = list(DEFAULT_COMMAND) if raw is None else raw
+    words: list[object] = params["command"]
     if not words:
         raise SplitterError("command", "is empty")
     for word in words:
@@ -449,11 +460,29 @@ def _extra_inputs(params: Mapping[str, Any]) -> tuple[Path, ...]:
 
 
 def plan(params: Mapping[str, Any]) -> Sweep:
-    """Checks every parameter against the template; raises SplitterError naming the key."""
-    template = _read_template(params)
-    names = placeholders(template)
-    sweep = _check_sweep(params["sweep"], names)
-    _check_coverage(params, names, sweep)
+    """Checks every parameter against the template; raises SplitterError naming the key
+    (every independent problem at once)."""
+    problems: list[SplitterError] = []
+
+    def checked(check: Callable[[], _T]) -> _T | None:
+        try:
+            return check()
+        except SplitterError as error:
+            problems.append(error)
+            return None
+
+    template = checked(lambda: _read_template(params))
+    sweep: dict[str, list[Scalar]] | None = None
+    if template is not None:
+        names = placeholders(template)
+        checked(lambda: _check_fixed(params, names))
+        sweep = checked(lambda: _check_sweep(params["sweep"], names))
+        if sweep is not None:
+            checked(lambda: _check_uncovered(names, sweep or {}))
+    command = checked(lambda: _command(params))
+    extra_inputs = checked(lambda: _extra_inputs(params))
+    if problems or template is None or sweep is None or command is None or extra_inputs is None:
+        raise SplitterError.combine(problems)  # a None always comes with a problem
     keys = tuple(sweep)
     points = tuple(
         dict(zip(keys, combination, strict=True))
@@ -467,8 +496,8 @@ def plan(params: Mapping[str, Any]) -> Sweep:
         seeds=seeds,
         population=params[POPULATION],
         largest_population=0,
-        command=_command(params),
-        extra_inputs=_extra_inputs(params),
+        command=command,
+        extra_inputs=extra_inputs,
     )
     largest = 0
     for point in points:

@@ -394,6 +394,13 @@ def test_bad_parameters_raise_splitter_error_naming_the_key(
     assert estimated.value.key == key
 
 
+def test_independent_problems_are_reported_together(tmp_path: Path) -> None:
+    raw = {**BASE, "sweep": {**SWEEP, "colour": [1]}, "command": ["openMalaria"]}
+    with pytest.raises(SplitterError) as caught:
+        OM.estimate(prepare(OM, raw, tmp_path))
+    assert [key for key, _ in caught.value.problems] == ["sweep", "command"]
+
+
 def test_values_that_read_the_same_but_write_differently_are_two_points(tmp_path: Path) -> None:
     sweep = {**SWEEP, "eir": [5, 5.0, "5"]}  # "5", "5.0" and "5" again
     with pytest.raises(SplitterError, match="listed twice"):
