@@ -112,3 +112,16 @@ def test_image_batch_processes_every_file_of_a_folder_in_batches(
         assert np.array_equal(inverted, 255 - image)
     with (tmp_path / "out" / "manifest.csv").open() as manifest:
         assert sorted(row["input"] for row in csv.DictReader(manifest)) == sorted(images)
+
+
+def test_matrix_multiplication_with_a_k_split_reduces_to_the_product(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    manager, _ = start_mesh(daemons)
+    workflow = init(tmp_path, "matrix_multiplication")
+    reply = run_to_results(
+        manager, workflow, tmp_path / "out", "size=120", "blocks=2", "inner_blocks=3", "seed=2"
+    )
+    assert reply["counts"]["total"] == 2 * 2 * (3 + 1)
+    a, b = generate(120, 2)
+    assert np.allclose(np.load(tmp_path / "out" / "C.npy"), a @ b)

@@ -19,6 +19,7 @@ from splitters.api import (
     MergeError,
     Splitter,
     SplitterError,
+    TaskOutput,
     TaskTemplate,
 )
 from splitters.matrix_addition import MatrixAddition
@@ -241,3 +242,35 @@ def test_merge_of_blocks_that_do_not_fit_together_fails(tmp_path: Path) -> None:
     with pytest.raises(MergeError, match="block-1-1 is 2x3"):
         MULTIPLY.merge(block_outputs(tmp_path, shapes), tmp_path)
     assert not (tmp_path / "C.npy").exists()
+
+
+def test_a_k_split_sums_partial_products_in_reduce_tasks(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((20, 31)), rng.standard_normal((31, 17))
+    raw = {**save_operands(tmp_path, a, b), "blocks": 2, "inner_blocks": 3}
+    tasks, c = run_workflow(MULTIPLY, raw, tmp_path)
+    assert np.allclose(c, a @ b)
+    by_name = {task.name: task for task in tasks}
+    assert len(tasks) == 2 * 2 * (3 + 1)
+    reduce = by_name["block-1-0"]
+    assert reduce.depends_on == ("partial-1-0-0", "partial-1-0-1", "partial-1-0-2")
+    assert reduce.inputs["partial-2.npy"] == TaskOutput("partial-1-0-2", "partial.npy")
+    assert MULTIPLY.estimate(prepare(MULTIPLY, raw, tmp_path)).task_count == len(tasks)
+
+
+def test_memory_mb_too_small_for_whole_panels_chooses_a_k_split(tmp_path: Path) -> None:
+    # 2000x2000 float64 in a 2x2 grid: whole panels are 2 x 15.3 MiB in, 7.6 MiB out.
+    params = prepare(MULTIPLY, {"size": 2000, "blocks": 2, "memory_mb": 90}, tmp_path)
+    estimate = MULTIPLY.estimate(params)
+    assert estimate.task_count > 4, "the shared dimension was cut"
+    assert estimate.resources.memory_mb == 90
+    whole = MULTIPLY.estimate(prepare(MULTIPLY, {"size": 2000, "blocks": 2}, tmp_path))
+    assert whole.task_count == 4
+    assert whole.resources.memory_mb > 90
+
+
+def test_more_inner_parts_than_columns_is_refused_on_inner_blocks(tmp_path: Path) -> None:
+    params = prepare(MULTIPLY, {"size": 4, "blocks": 1, "inner_blocks": 5}, tmp_path)
+    with pytest.raises(SplitterError) as refused:
+        MULTIPLY.estimate(params)
+    assert refused.value.key == "inner_blocks"
