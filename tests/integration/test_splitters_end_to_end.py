@@ -125,3 +125,51 @@ def test_matrix_multiplication_with_a_k_split_reduces_to_the_product(
     assert reply["counts"]["total"] == 2 * 2 * (3 + 1)
     a, b = generate(120, 2)
     assert np.allclose(np.load(tmp_path / "out" / "C.npy"), a @ b)
+
+
+FAKE_OPENMALARIA = Path(__file__).parents[1] / "fixtures" / "fake_openmalaria.py"
+COUNT_MEASURES = {0, 1, 3, 14, 15, 19}  # nHost, nInfect, nPatent, nUncomp, nSevere, nDirDeaths
+
+
+def test_openmalaria_sweep_aggregates_what_the_runs_reported(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    """No openMalaria binary here: its stand-in (tests/fixtures) travels as an extra input
+    with the resource files, as docs/openmalaria.md describes for a binary-only image."""
+    manager, _ = start_mesh(daemons)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "fake_openmalaria.py").write_bytes(FAKE_OPENMALARIA.read_bytes())
+    (extra / "scenario_48.xsd").write_text("<schema/>\n")
+    (extra / "densities.csv").write_text("density\n")
+    workflow = init(tmp_path, "openmalaria")
+    text = workflow.read_text().replace('image = "openmalaria:local"', f'image = "{worker_image}"')
+    text = text.replace('resource_dir = "/om"', 'resource_dir = "/input"\nextra_inputs = "extra"')
+    text = text.replace(
+        'command = ["openMalaria",', 'command = ["python3", "/input/fake_openmalaria.py",'
+    )
+    workflow.write_text(text)
+    reply = run_to_results(manager, workflow, tmp_path / "out", "population=200")
+    assert reply["counts"]["total"] == 2 * 2 * 2 + 1, "2x2 points x 2 seeds, and the manifest"
+
+    with (tmp_path / "out" / "runs.csv").open() as file:
+        runs = list(csv.DictReader(file))
+    assert len({row["run"] for row in runs}) == 8
+    values: dict[tuple[str, ...], list[float]] = {}
+    for row in runs:
+        key = (row["point"], row["survey"], row["age_group"], row["measure"])
+        values.setdefault(key, []).append(float(row["value"]))
+    with (tmp_path / "out" / "aggregate.csv").open() as file:
+        aggregate = list(csv.DictReader(file))
+    assert len(aggregate) == len(values)
+    for row in aggregate:
+        key = (row["point"], row["survey"], row["age_group"], row["measure"])
+        seen = values[key]
+        assert int(row["runs"]) == len(seen) == 2, "two seeds per point"
+        assert float(row["sum"]) == pytest.approx(sum(seen))
+        assert float(row["mean"]) == pytest.approx(sum(seen) / len(seen))
+        hosts = sum(values[(*key[:3], "0")]) if int(key[3]) in COUNT_MEASURES else 0
+        if hosts:
+            assert float(row["rate"]) == pytest.approx(sum(seen) / hosts)
+        else:
+            assert row["rate"] == ""
