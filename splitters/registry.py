@@ -32,6 +32,7 @@ BUILTIN = {
     "parameter_sweep": "splitters.parameter_sweep:ParameterSweep",
     "image_batch": "splitters.image_batch:ImageBatch",
     "openmalaria": "splitters.openmalaria:OpenMalaria",
+    "ml_training": "splitters.ml_training:MlTraining",
 }
 _REQUIRED_ATTRIBUTES = ("name", "description", "parameters", "split", "merge", "estimate")
 

@@ -1,0 +1,331 @@
+"""The ml_training workflow's data: reading it, holding out a test split, standardizing,
+sharding, and the initial model, all on the manager before any task runs.
+
+Everything a shard task must agree on is fixed here, from the whole dataset: the feature
+count, the class list (sorted; shards see class *indices*, so a shard that happens to lack a
+class still has its output unit), the standardization (mean and std of the training split,
+applied to every sample before sharding) and the initial model (drawn from `seed`).
+
+The data is a CSV file (`.csv` or `.csv.gz`: numeric features and one label column) or an
+`.npz` file with arrays `x` (samples x features) and `y` (labels); without one, the UCI
+handwritten digits that ship in splitters/data (see its README.md). Labels may be numbers
+or words; every feature must be a finite number.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import itertools
+import math
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from splitters import blocks
+from splitters.api import SplitterError
+
+Matrix = NDArray[np.float64]
+BUILTIN_DATA = "digits.csv.gz"
+BUILTIN_NAME = "the built-in digits (splitters/data/digits.csv.gz)"
+NUMERIC_KINDS = "biuf"
+LABEL_KINDS = "biufU"
+# Streams drawn from `seed`, one per purpose, so that none repeats another's numbers.
+SHUFFLE_STREAM, INIT_STREAM, TASK_STREAM = 0, 1, 2
+# Dates in a zip entry; fixed so that the same arrays always make the same bytes.
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Samples as read: features and one label each."""
+
+    x: Matrix
+    labels: NDArray[Any]
+    source: str  # for messages
+    class_key: str  # the parameter to fix when the labels are unusable
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The dataset shuffled, split, standardized and with labels as class indices."""
+
+    train_x: Matrix
+    train_y: NDArray[np.int64]
+    test_x: Matrix
+    test_y: NDArray[np.int64]
+    classes: NDArray[Any]  # sorted; class index i is classes[i]
+    mean: Matrix  # per feature, of the training split
+    std: Matrix  # per feature, of the training split (1 where a feature is constant)
+
+    @property
+    def features(self) -> int:
+        return int(self.train_x.shape[1])
+
+    def description(self) -> dict[str, NDArray[Any]]:
+        """What a user of the model needs: the class names and the standardization."""
+        return {"classes": self.classes, "mean": self.mean, "std": self.std}
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def load(data: Path | None, label_column: str | None) -> Dataset:
+    """The `data` file, or the built-in digits; SplitterError naming the key to fix."""
+    if data is None:
+        if label_column is not None:
+            raise SplitterError("label_column", "applies only to a CSV file given as data")
+        packed = resources.files("splitters").joinpath("data", BUILTIN_DATA).read_bytes()
+        return _parse_csv(gzip.decompress(packed).decode("ascii"), None, BUILTIN_NAME)
+    name = data.name.lower()
+    if name.endswith(".npz"):
+        if label_column is not None:
+            raise SplitterError("label_column", "applies only to CSV data; an .npz has y")
+        return _read_npz(data)
+    if name.endswith((".csv", ".csv.gz")):
+        try:
+            raw = data.read_bytes()
+            if name.endswith(".gz"):
+                raw = gzip.decompress(raw)
+            text = raw.decode("utf-8-sig")
+        except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as error:
+            raise SplitterError("data", f"cannot read {data}: {error}") from error
+        return _parse_csv(text, label_column, str(data))
+    raise SplitterError("data", f"{data} is neither a .csv (or .csv.gz) nor an .npz file")
+
+
+def _read_npz(path: Path) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files if name in ("x", "y")}
+            names = sorted(archive.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        # Object arrays need pickle, which is never used: they land here too.
+        raise SplitterError("data", f"{path} is not a readable .npz file: {error}") from error
+    if "x" not in arrays or "y" not in arrays:
+        raise SplitterError("data", f"{path} needs arrays x and y; it has {', '.join(names)}")
+    x, y = arrays["x"], arrays["y"]
+    if x.ndim != 2 or x.dtype.kind not in NUMERIC_KINDS:
+        raise SplitterError(
+            "data", f"{path}: x must be a 2-D numeric array, not {x.dtype} {x.shape}"
+        )
+    if y.ndim != 1 or y.dtype.kind not in LABEL_KINDS or y.shape[0] != x.shape[0]:
+        raise SplitterError(
+            "data",
+            f"{path}: y must hold one number or string per row of x {x.shape}, not {y.shape}",
+        )
+    x = x.astype(np.float64)
+    if not np.isfinite(x).all():
+        row, col = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        raise SplitterError(
+            "data", f"{path}: x[{row}, {col}] is {x[row, col]}, not a finite number"
+        )
+    return _checked(Dataset(x, y, str(path), "data"))
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        return math.isfinite(float(cell))
+    except ValueError:
+        return False
+
+
+def _label_position(
+    first: Sequence[str], label_column: str | None, source: str
+) -> tuple[int, bool]:
+    """Where the label column is, and whether the first row is a header.
+
+    The first row is a header when any of its cells outside the label column is not a
+    number (so labels may be words in a file without a header). `label_column` is a header
+    name, else a column number.
+    """
+    width = len(first)
+    if label_column is None:
+        position = width - 1
+    elif label_column in first and not all(_is_number(cell) for cell in first):
+        return first.index(label_column), True
+    else:
+        try:
+            position = int(label_column)
+        except ValueError:
+            columns = ", ".join(repr(cell) for cell in first)
+            raise SplitterError(
+                "label_column",
+                f"{source} has no column named {label_column!r} (its first row: {columns});"
+                " give a header name or a column number (0 the first, -1 the last)",
+            ) from None
+        if not -width <= position < width:
+            raise SplitterError(
+                "label_column", f"column {position} does not exist: {source} has {width} columns"
+            )
+        position %= width
+    header = any(not _is_number(cell) for index, cell in enumerate(first) if index != position)
+    return position, header
+
+
+def _parse_csv(text: str, label_column: str | None, source: str) -> Dataset:
+    rows = [[cell.strip() for cell in row] for row in csv.reader(io.StringIO(text)) if row]
+    if not rows:
+        raise SplitterError("data", f"{source} is empty")
+    if len(rows[0]) < 2:
+        raise SplitterError("data", f"{source} needs at least one feature and a label column")
+    position, header = _label_position(rows[0], label_column, source)
+    names = rows[0] if header else [f"column {index}" for index in range(len(rows[0]))]
+    body = rows[1:] if header else rows
+    first_line = 2 if header else 1
+    if not body:
+        raise SplitterError("data", f"{source} has a header but no samples")
+    x = np.empty((len(body), len(names) - 1), dtype=np.float64)
+    labels: list[str] = []
+    for offset, row in enumerate(body):
+        line = first_line + offset
+        if len(row) != len(names):
+            raise SplitterError(
+                "data", f"{source} line {line} has {len(row)} cells, not {len(names)}"
+            )
+        labels.append(row[position])
+        if not labels[-1]:
+            raise SplitterError("data", f"{source} line {line} has no label ({names[position]})")
+        features = row[:position] + row[position + 1 :]
+        for index, cell in enumerate(features):
+            try:
+                value = float(cell)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                column = names[index if index < position else index + 1]
+                raise SplitterError(
+                    "data",
+                    f"{source} line {line}, {column}: {cell!r} is not a finite number"
+                    " (every column but the label must be numeric)",
+                )
+            x[offset, index] = value
+    class_key = "data" if label_column is None else "label_column"
+    return _checked(Dataset(x, _label_array(labels), source, class_key))
+
+
+def _label_array(labels: list[str]) -> NDArray[Any]:
+    """Labels as integers when they all are, numbers when they all are, else strings."""
+    if all(_is_number(label) for label in labels):
+        numbers = np.array([float(label) for label in labels])
+        if np.all(numbers == np.round(numbers)):
+            return numbers.astype(np.int64)
+        return numbers
+    return np.array(labels)
+
+
+def _checked(dataset: Dataset) -> Dataset:
+    if dataset.x.shape[0] == 0 or dataset.x.shape[1] == 0:
+        raise SplitterError("data", f"{dataset.source} holds no samples or no features")
+    classes = np.unique(dataset.labels)
+    if classes.size < 2:
+        raise SplitterError(
+            dataset.class_key,
+            f"{dataset.source} has {classes.size} class ({classes[0]!r}):"
+            " classification needs at least 2 (is the label column the right one?)",
+        )
+    return dataset
+
+
+# --- preparing --------------------------------------------------------------------------
+
+
+def stream(seed: int, *key: int) -> np.random.Generator:
+    """The random numbers of one purpose (and round and shard) under `seed`."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+def task_seed(seed: int, round_index: int, shard: int) -> int:
+    """The seed a training task shuffles its mini-batches with."""
+    sequence = np.random.SeedSequence(seed, spawn_key=(TASK_STREAM, round_index, shard))
+    return int(sequence.generate_state(1, dtype=np.uint32)[0])
+
+
+def held_out_count(samples: int, test_fraction: float) -> int:
+    return round(samples * test_fraction)
+
+
+def check_split(samples: int, test_fraction: float, shards: int) -> tuple[int, int]:
+    """Training and test sample counts; SplitterError when either side cannot be used."""
+    held_out = held_out_count(samples, test_fraction)
+    training = samples - held_out
+    if held_out < 1:
+        raise SplitterError(
+            "test_fraction",
+            f"{test_fraction:g} of {samples} samples holds none out for evaluation;"
+            f" give at least {0.5 / samples:.3g}",
+        )
+    if training < 1:
+        raise SplitterError(
+            "test_fraction", f"{test_fraction:g} of {samples} samples leaves none to train on"
+        )
+    if shards > training:
+        raise SplitterError(
+            "shards",
+            f"{shards} shards need at least {shards} training samples, but there are"
+            f" {training} ({samples} less the {held_out} held out by test_fraction)",
+        )
+    return training, held_out
+
+
+def prepare(dataset: Dataset, test_fraction: float, seed: int) -> Prepared:
+    """Shuffles with `seed`, holds out the test split, standardizes with the training
+    split's statistics, and turns labels into class indices."""
+    samples = dataset.x.shape[0]
+    held_out = held_out_count(samples, test_fraction)
+    order = stream(seed, SHUFFLE_STREAM).permutation(samples)
+    classes, indices = np.unique(dataset.labels, return_inverse=True)
+    indices = indices.reshape(-1).astype(np.int64)  # numpy 2.0-2.1 kept the input's shape
+    test, train = order[:held_out], order[held_out:]
+    mean = dataset.x[train].mean(axis=0)
+    std = dataset.x[train].std(axis=0)
+    std[std == 0.0] = 1.0  # a constant feature stays 0 rather than dividing by zero
+    return Prepared(
+        train_x=(dataset.x[train] - mean) / std,
+        train_y=indices[train],
+        test_x=(dataset.x[test] - mean) / std,
+        test_y=indices[test],
+        classes=classes,
+        mean=mean,
+        std=std,
+    )
+
+
+def layer_sizes(features: int, classes: int, hidden: int | None) -> list[int]:
+    """Units per layer, input first: [features, classes] or [features, hidden, classes]."""
+    return [features, classes] if hidden is None else [features, hidden, classes]
+
+
+def initial_model(sizes: Sequence[int], seed: int) -> dict[str, Matrix]:
+    """Layers w0, b0, ...: He-scaled normal weights from `seed` (small for a lone softmax
+    layer), zero biases."""
+    rng = stream(seed, INIT_STREAM)
+    model: dict[str, Matrix] = {}
+    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        scale = 0.01 if len(sizes) == 2 else math.sqrt(2.0 / fan_in)
+        model[f"w{index}"] = rng.normal(0.0, scale, (fan_in, fan_out))
+        model[f"b{index}"] = np.zeros(fan_out)
+    return model
+
+
+def save_npz(path: Path, arrays: Mapping[str, NDArray[Any]]) -> Path:
+    """As numpy.savez, but the same arrays always give the same bytes (fixed dates, sorted
+    names): a re-submitted workflow's inputs dedupe by content hash."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_DATE)
+            with archive.open(info, "w", force_zip64=True) as entry:
+                array = np.asarray(arrays[name], order="C")  # keeps 0-d arrays 0-d
+                np.lib.format.write_array(entry, array, allow_pickle=False)
+    return path
+
+
+def shard_bounds(training: int, shards: int) -> tuple[tuple[int, int], ...]:
+    return blocks.bounds(training, shards)
