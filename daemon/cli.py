@@ -110,6 +110,13 @@ def _add_daemon_parser(commands: Any) -> None:
         const=True,
         help="run tasks as plain processes when Docker is missing (unisolated)",
     )
+    limits.add_argument(
+        "--allow-pull",
+        dest="limits.allow_pull",
+        action="store_const",
+        const=True,
+        help="pull a task's image from its registry when it is not here",
+    )
     parser.add_argument(
         "--print-config",
         action="store_true",

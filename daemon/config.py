@@ -169,6 +169,7 @@ LIMIT_SETTINGS: dict[str, Callable[[Any], Any]] = {
     "max_concurrent_tasks": _parse_non_negative_int,
     "allow_network": _parse_bool,
     "allow_process_runtime": _parse_bool,
+    "allow_pull": _parse_bool,
 }
 # Flags whose name differs from their setting's.
 FLAG_NAMES = {"roles": "role", "heartbeat_seconds": "heartbeat", "mdns": "no-mdns"}

@@ -16,6 +16,9 @@ class OwnerLimits:
     max_concurrent_tasks: int = 1
     allow_network: bool = False
     allow_process_runtime: bool = False
+    # Pull a task's image from its registry when it is not here (network traffic the
+    # owner pays for, so off unless asked).
+    allow_pull: bool = False
 
 
 @dataclass(frozen=True)

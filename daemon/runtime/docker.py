@@ -33,10 +33,16 @@ NOBODY = "65534:65534"
 LOG_TAIL_LINES = 200
 OWNER_LABEL = "vcnode.volunteer"
 EXPORT_CHUNK_BYTES = 1 << 20
+# A whole image over a slow link; a registry that answers nothing is given up on.
+PULL_TIMEOUT_SECONDS = 1800.0
 
 
 class ImageMissingError(Exception):
     pass
+
+
+class PullError(Exception):
+    """A registry did not give us the image; the message says why, in Docker's words."""
 
 
 def container_config(spec: RunSpec, owner: str = "") -> dict[str, Any]:
@@ -116,6 +122,23 @@ class DockerRuntime:
                 while chunk := await stream.read(EXPORT_CHUNK_BYTES):
                     await asyncio.to_thread(archive.write, chunk)
         return image_id
+
+    async def pull_image(self, image: str) -> None:
+        """`docker pull IMAGE` (a tag or a digest reference), from the registry it names."""
+        try:
+            # Tags travel inside the reference: the Engine API takes `name:tag` and
+            # `name@sha256:...` as they are.
+            progress = await self._client().images.pull(image, timeout=PULL_TIMEOUT_SECONDS)
+        except aiodocker.DockerError as error:
+            raise PullError(f"pulling {image} failed: {error.message}") from None
+        except TimeoutError:
+            raise PullError(f"pulling {image} took over {PULL_TIMEOUT_SECONDS:g} s") from None
+        # A pull that fails midway still answers 200, with the error in its progress.
+        failed = [
+            step["error"] for step in progress or [] if isinstance(step, dict) and step.get("error")
+        ]
+        if failed:
+            raise PullError(f"pulling {image} failed: {failed[-1]}")
 
     async def load_image(self, archive: Path) -> None:
         """`docker load` of an archive another node exported."""

@@ -49,6 +49,7 @@ def limits_to_proto(limits: OwnerLimits) -> common_pb2.OwnerLimits:
         max_concurrent_tasks=limits.max_concurrent_tasks,
         allow_network=limits.allow_network,
         allow_process_runtime=limits.allow_process_runtime,
+        allow_pull=limits.allow_pull,
     )
 
 
@@ -60,6 +61,7 @@ def limits_from_proto(message: common_pb2.OwnerLimits) -> OwnerLimits:
         max_concurrent_tasks=message.max_concurrent_tasks,
         allow_network=message.allow_network,
         allow_process_runtime=message.allow_process_runtime,
+        allow_pull=message.allow_pull,
     )
 
 

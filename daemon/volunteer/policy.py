@@ -34,8 +34,12 @@ def decline_reason(task: TaskSpec, situation: Situation) -> str | None:
         return problem
     if situation.runtime is None:
         return "no Docker engine here and the owner does not allow the process runtime"
-    if situation.runtime == "docker" and not task.image_from_manager:
-        # Unless the manager can export the image, only the local one can serve.
+    if (
+        situation.runtime == "docker"
+        and not task.image_from_manager
+        and not situation.limits.allow_pull
+    ):
+        # Unless the image can come from the manager or its registry, only ours can serve.
         if situation.image_id is None:
             return f"image {task.image} is not on this volunteer"
         if task.image_id and task.image_id != situation.image_id:

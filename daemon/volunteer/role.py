@@ -13,7 +13,7 @@ from daemon.errors import NodeError, RejectedError
 from daemon.models import Load, Registration
 from daemon.resources import measure_load, measure_resources, probe_docker
 from daemon.roles import RoleContext
-from daemon.runtime.docker import DockerRuntime
+from daemon.runtime.docker import DockerRuntime, PullError
 from daemon.runtime.process import ProcessRuntime
 from daemon.runtime.spec import Runtime
 from daemon.volunteer.blobs import BlobTransfers
@@ -82,11 +82,21 @@ class VolunteerRole:
             ),
             image_id=self._image_ids.get,
             load_image=self._load_image if self._docker else None,
+            pull_image=self._pull_image if self._docker else None,
         )
         await self.worker.open()
 
     async def _image_id(self, image: str) -> str | None:
         return await self._docker.image_id(image) if self._docker else None
+
+    async def _pull_image(self, image: str) -> None:
+        assert self._docker is not None
+        try:
+            await self._docker.pull_image(image)
+        except PullError as error:
+            raise NodeError(str(error)) from None
+        finally:
+            self._image_ids.forget()
 
     async def _load_image(self, archive: Path) -> None:
         assert self._docker is not None

@@ -117,6 +117,7 @@ class TaskWorker:
         resources: Callable[[], Resources],
         image_id: Callable[[str], Awaitable[str | None]],
         load_image: Callable[[Path], Awaitable[None]] | None = None,
+        pull_image: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -125,6 +126,7 @@ class TaskWorker:
         self._resources = resources
         self._image_id = image_id
         self._load_image = load_image
+        self._pull_image = pull_image
         # One image load at a time: two tasks of a new image must not both load it.
         self._image_lock = asyncio.Lock()
         self._reporter: Reporter | None = None
@@ -246,31 +248,57 @@ class TaskWorker:
         return _result(task, run, error, outputs)
 
     async def _ensure_image(self, task: TaskSpec) -> None:
-        """Loads the task's image from the manager's archive when it is missing here, and
-        checks it is the image the task pins."""
+        """Makes the task's image (the one it pins, if it pins one) present: ours, else
+        pulled from its registry when the owner allows, else the manager's archive."""
         if self._load_image is None:
             return  # the process runtime has no images
         async with self._image_lock:
             current = await self._image_id(task.image)
             if current is not None and task.image_id in ("", current):
                 return
+            pull_failure = await self._try_pull(task)
+            if pull_failure is None:
+                return
             if not task.image_from_manager:
-                raise TaskFailedError(f"image {task.image} is not on this volunteer")
-            try:
-                ref = await self._transfers.image_archive(
-                    task.manager_address, task.image, task.image_id
-                )
-                archive = await self._transfers.fetch(task.manager_address, ref)
-            except NodeError as error:
-                raise TaskFailedError(f"could not fetch image {task.image}: {error}") from None
-            await self._load_image(archive)
-            loaded = await self._image_id(task.image)
-            if loaded is None or task.image_id not in ("", loaded):
                 raise TaskFailedError(
-                    f"the manager's archive of {task.image} gave image {loaded}, "
-                    f"not {task.image_id}"
+                    pull_failure or f"image {task.image} is not on this volunteer"
                 )
-            log.info("loaded image %s (%s) from the manager", task.image, loaded[:19])
+            await self._load_from_manager(task)
+
+    async def _try_pull(self, task: TaskSpec) -> str | None:
+        """None once the pinned image is here from its registry; else why not ("" when the
+        owner does not allow pulls)."""
+        if not self._config.limits.allow_pull or self._pull_image is None:
+            return ""
+        try:
+            await self._pull_image(task.image)
+        except NodeError as error:
+            log.warning("%s; trying the manager", error)
+            return str(error)
+        pulled = await self._image_id(task.image)
+        if pulled is not None and task.image_id in ("", pulled):
+            log.info("pulled image %s (%s) from its registry", task.image, pulled[:19])
+            return None
+        why = f"the registry's {task.image} is {pulled}, the task pins {task.image_id}"
+        log.warning("%s; trying the manager", why)
+        return why
+
+    async def _load_from_manager(self, task: TaskSpec) -> None:
+        assert self._load_image is not None
+        try:
+            ref = await self._transfers.image_archive(
+                task.manager_address, task.image, task.image_id
+            )
+            archive = await self._transfers.fetch(task.manager_address, ref)
+        except NodeError as error:
+            raise TaskFailedError(f"could not fetch image {task.image}: {error}") from None
+        await self._load_image(archive)
+        loaded = await self._image_id(task.image)
+        if loaded is None or task.image_id not in ("", loaded):
+            raise TaskFailedError(
+                f"the manager's archive of {task.image} gave image {loaded}, not {task.image_id}"
+            )
+        log.info("loaded image %s (%s) from the manager", task.image, loaded[:19])
 
     def _run_spec(self, task: TaskSpec, input_dir: Path, output_dir: Path) -> RunSpec:
         limits = self._config.limits

@@ -1,4 +1,5 @@
-"""A volunteer whose Docker engine lacks the task's image gets it from the manager.
+"""A volunteer whose Docker engine lacks the task's image pulls it from its registry (when
+its owner allows) or gets it from the manager.
 
 The volunteer runs against a second Docker engine of its own (its own image store, as on
 another machine), so the image can only arrive over TransferService.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -109,3 +111,69 @@ def test_volunteer_loads_the_image_from_the_manager(
     workflow_id = json.loads(submitted.stdout)["workflow_id"]
     run_cli("results", workflow_id, "--data-dir", str(manager.data_dir), "-o", str(out))
     assert (out / "v.txt").read_text().startswith("1.")
+
+
+@pytest.fixture
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """HOST:PORT of a real registry (Docker's distribution, Debian's docker-registry) on
+    loopback, which Docker engines trust without TLS."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install docker-registry (see .ci/run)")
+        pytest.skip("no docker-registry binary (apt install docker-registry)")
+    root = tmp_path_factory.mktemp("registry")
+    config = root / "config.yml"
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
+        "http:\n  addr: 127.0.0.1:0\n"
+    )
+    log_path = root / "registry.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+    listening = re.compile(r"listening on (127\.0\.0\.1:\d+)")
+    try:
+        wait_until(lambda: listening.search(log_path.read_text()) is not None, 15, "the registry")
+        found = listening.search(log_path.read_text())
+        assert found is not None
+        yield found[1]
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_volunteer_pulls_the_image_from_its_registry_when_its_owner_allows(
+    daemons: Daemons, tmp_path: Path, worker_image: str, second_engine: str, registry: str
+) -> None:
+    tagged = f"{registry}/vcnode/worker:1"
+    subprocess.run(["docker", "tag", worker_image, tagged], check=True)
+    try:
+        pushed = subprocess.run(["docker", "push", tagged], capture_output=True, text=True)
+        assert pushed.returncode == 0, pushed.stderr
+        cluster = unique_cluster()
+        common = ["--listen", "127.0.0.1:0", "--cluster", cluster, "--heartbeat", "0.5"]
+        manager = daemons.start("manager", "--role", "coordinator,manager", *common)
+        address = manager.address()
+        volunteer = daemons.start(
+            "volunteer", "--role", "volunteer", "--allow-pull", *common,
+            env={"DOCKER_HOST": second_engine},
+        )  # fmt: skip
+        volunteer.address()
+        wait_until(lambda: volunteer.node_id in list_volunteers(address), 15, "volunteer to join")
+        workflow = tmp_path / "w.toml"
+        workflow.write_text(
+            '[workflow]\nname = "pull"\n\n[[tasks]]\nname = "hello"\n'
+            f'image = "{tagged}"\n'
+            'command = ["sh", "-c", "echo pulled > /output/p.txt"]\noutputs = ["p.txt"]\n'
+        )
+        submitted = run_cli(
+            "submit", str(workflow), "--data-dir", str(manager.data_dir), "--wait", "--json",
+            timeout=300,
+        )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr + volunteer.log
+        assert f"pulled image {tagged}" in volunteer.log
+        assert "from the manager" not in volunteer.log, "the registry came first"
+        assert image_id(tagged, second_engine) == image_id(worker_image)
+    finally:
+        subprocess.run(["docker", "rmi", tagged], capture_output=True, check=False)

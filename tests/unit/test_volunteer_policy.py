@@ -80,3 +80,8 @@ def test_a_missing_image_is_fine_when_the_manager_can_export_it() -> None:
     task = replace(TASK, image_id="sha256:def", image_from_manager=True)
     assert decline_reason(task, replace(HERE, image_id=None)) is None
     assert decline_reason(task, HERE) is None, "a different local image is replaced by loading"
+
+
+def test_a_missing_image_is_fine_when_the_owner_allows_pulls() -> None:
+    allowing = replace(HERE, image_id=None, limits=replace(HERE.limits, allow_pull=True))
+    assert decline_reason(TASK, allowing) is None

@@ -67,12 +67,15 @@ class OwnerLimits(_message.Message):
     MAX_CONCURRENT_TASKS_FIELD_NUMBER: _builtins.int
     ALLOW_NETWORK_FIELD_NUMBER: _builtins.int
     ALLOW_PROCESS_RUNTIME_FIELD_NUMBER: _builtins.int
+    ALLOW_PULL_FIELD_NUMBER: _builtins.int
     max_cpus: _builtins.int
     max_memory_mb: _builtins.int
     max_disk_mb: _builtins.int
     max_concurrent_tasks: _builtins.int
     allow_network: _builtins.bool
     allow_process_runtime: _builtins.bool
+    allow_pull: _builtins.bool
+    """Pull a task's image from its registry when the volunteer lacks it."""
     def __init__(
         self,
         *,
@@ -82,10 +85,11 @@ class OwnerLimits(_message.Message):
         max_concurrent_tasks: _builtins.int = ...,
         allow_network: _builtins.bool = ...,
         allow_process_runtime: _builtins.bool = ...,
+        allow_pull: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_network", b"allow_network", "allow_process_runtime", b"allow_process_runtime", "max_concurrent_tasks", b"max_concurrent_tasks", "max_cpus", b"max_cpus", "max_disk_mb", b"max_disk_mb", "max_memory_mb", b"max_memory_mb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_network", b"allow_network", "allow_process_runtime", b"allow_process_runtime", "allow_pull", b"allow_pull", "max_concurrent_tasks", b"max_concurrent_tasks", "max_cpus", b"max_cpus", "max_disk_mb", b"max_disk_mb", "max_memory_mb", b"max_memory_mb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
