@@ -1,5 +1,5 @@
 """The ml_training workflow's data: reading it, holding out a test split, standardizing,
-sharding, and the initial model, all on the manager before any task runs.
+and the initial model, all on the manager before any task runs.
 
 Everything a shard task must agree on is fixed here, from the whole dataset: the feature
 count, the class list (sorted; shards see class *indices*, so a shard that happens to lack a
@@ -15,6 +15,7 @@ or words; every feature must be a finite number.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import itertools
@@ -29,7 +30,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from splitters import blocks
 from splitters.api import SplitterError
 
 Matrix = NDArray[np.float64]
@@ -65,10 +65,6 @@ class Prepared:
     mean: Matrix  # per feature, of the training split
     std: Matrix  # per feature, of the training split (1 where a feature is constant)
 
-    @property
-    def features(self) -> int:
-        return int(self.train_x.shape[1])
-
     def description(self) -> dict[str, NDArray[Any]]:
         """What a user of the model needs: the class names and the standardization."""
         return {"classes": self.classes, "mean": self.mean, "std": self.std}
@@ -82,8 +78,7 @@ def load(data: Path | None, label_column: str | None) -> Dataset:
     if data is None:
         if label_column is not None:
             raise SplitterError("label_column", "applies only to a CSV file given as data")
-        packed = resources.files("splitters").joinpath("data", BUILTIN_DATA).read_bytes()
-        return _parse_csv(gzip.decompress(packed).decode("ascii"), None, BUILTIN_NAME)
+        return _builtin()
     name = data.name.lower()
     if name.endswith(".npz"):
         if label_column is not None:
@@ -99,6 +94,16 @@ def load(data: Path | None, label_column: str | None) -> Dataset:
             raise SplitterError("data", f"cannot read {data}: {error}") from error
         return _parse_csv(text, label_column, str(data))
     raise SplitterError("data", f"{data} is neither a .csv (or .csv.gz) nor an .npz file")
+
+
+@functools.cache
+def _builtin() -> Dataset:
+    """The built-in digits, read once per process (estimate and split both ask)."""
+    packed = resources.files("splitters").joinpath("data", BUILTIN_DATA).read_bytes()
+    dataset = _parse_csv(gzip.decompress(packed).decode("ascii"), None, BUILTIN_NAME)
+    dataset.x.setflags(write=False)  # shared by every caller
+    dataset.labels.setflags(write=False)
+    return dataset
 
 
 def _read_npz(path: Path) -> Dataset:
@@ -121,6 +126,8 @@ def _read_npz(path: Path) -> Dataset:
             "data",
             f"{path}: y must hold one number or string per row of x {x.shape}, not {y.shape}",
         )
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise SplitterError("data", f"{path}: y holds labels that are not finite numbers")
     x = x.astype(np.float64)
     if not np.isfinite(x).all():
         row, col = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
@@ -171,44 +178,49 @@ def _label_position(
 
 
 def _parse_csv(text: str, label_column: str | None, source: str) -> Dataset:
-    rows = [[cell.strip() for cell in row] for row in csv.reader(io.StringIO(text)) if row]
+    reader = csv.reader(io.StringIO(text))
+    # (line number, stripped cells) of each row that is not blank
+    rows = [(reader.line_num, [cell.strip() for cell in row]) for row in reader if row]
     if not rows:
         raise SplitterError("data", f"{source} is empty")
-    if len(rows[0]) < 2:
+    width = len(rows[0][1])
+    if width < 2:
         raise SplitterError("data", f"{source} needs at least one feature and a label column")
-    position, header = _label_position(rows[0], label_column, source)
-    names = rows[0] if header else [f"column {index}" for index in range(len(rows[0]))]
+    position, header = _label_position(rows[0][1], label_column, source)
+    names = rows[0][1] if header else [f"column {index}" for index in range(width)]
     body = rows[1:] if header else rows
-    first_line = 2 if header else 1
     if not body:
         raise SplitterError("data", f"{source} has a header but no samples")
-    x = np.empty((len(body), len(names) - 1), dtype=np.float64)
-    labels: list[str] = []
-    for offset, row in enumerate(body):
-        line = first_line + offset
-        if len(row) != len(names):
-            raise SplitterError(
-                "data", f"{source} line {line} has {len(row)} cells, not {len(names)}"
-            )
-        labels.append(row[position])
-        if not labels[-1]:
+    for line, row in body:
+        if len(row) != width:
+            raise SplitterError("data", f"{source} line {line} has {len(row)} cells, not {width}")
+        if not row[position]:
             raise SplitterError("data", f"{source} line {line} has no label ({names[position]})")
-        features = row[:position] + row[position + 1 :]
-        for index, cell in enumerate(features):
-            try:
-                value = float(cell)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                column = names[index if index < position else index + 1]
+    features = [row[:position] + row[position + 1 :] for _, row in body]
+    try:
+        x = np.array(features, dtype=np.float64)  # numpy parses the strings, quickly
+    except ValueError:
+        x = None
+    if x is None or not np.isfinite(x).all():
+        _raise_at_bad_cell(body, position, names, source)
+    assert x is not None
+    class_key = "data" if label_column is None else "label_column"
+    return _checked(Dataset(x, _label_array([row[position] for _, row in body]), source, class_key))
+
+
+def _raise_at_bad_cell(
+    body: Sequence[tuple[int, list[str]]], position: int, names: Sequence[str], source: str
+) -> None:
+    """SplitterError naming the first feature cell that is not a finite number."""
+    for line, row in body:
+        for index, cell in enumerate(row):
+            if index != position and not _is_number(cell):
                 raise SplitterError(
                     "data",
-                    f"{source} line {line}, {column}: {cell!r} is not a finite number"
+                    f"{source} line {line}, {names[index]}: {cell!r} is not a finite number"
                     " (every column but the label must be numeric)",
                 )
-            x[offset, index] = value
-    class_key = "data" if label_column is None else "label_column"
-    return _checked(Dataset(x, _label_array(labels), source, class_key))
+    raise SplitterError("data", f"{source} holds a feature that is not a finite number")
 
 
 def _label_array(labels: list[str]) -> NDArray[Any]:
@@ -325,7 +337,3 @@ def save_npz(path: Path, arrays: Mapping[str, NDArray[Any]]) -> Path:
                 array = np.asarray(arrays[name], order="C")  # keeps 0-d arrays 0-d
                 np.lib.format.write_array(entry, array, allow_pickle=False)
     return path
-
-
-def shard_bounds(training: int, shards: int) -> tuple[tuple[int, int], ...]:
-    return blocks.bounds(training, shards)

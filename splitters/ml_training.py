@@ -171,6 +171,40 @@ def _seconds(plan: Plan, params: Mapping[str, Any]) -> float:
     return STARTUP_SECONDS + max(train, average) / FLOPS_PER_SECOND
 
 
+# --- the input files --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The files split writes, each shared by every task that reads it."""
+
+    worker: Path
+    model_0: Path  # round 0's starting model
+    test: Path  # the held-out split, for every averaging task
+    shards: list[Path]  # one per training task of a round, the same every round
+
+
+def _write_inputs(plan: Plan, params: Mapping[str, Any], workdir: Path) -> Inputs:
+    seed: int = params["seed"]
+    data = ml_data.prepare(plan.dataset, params["test_fraction"], seed)
+    described = data.description()  # classes, mean, std: travel with every model
+    bounds = blocks.bounds(plan.training, params["shards"])
+    return Inputs(
+        worker=blocks.ship_worker(workdir, WORKER),
+        model_0=ml_data.save_npz(
+            workdir / "model_0.npz", {**ml_data.initial_model(plan.sizes, seed), **described}
+        ),
+        test=ml_data.save_npz(workdir / TEST, {"x": data.test_x, "y": data.test_y, **described}),
+        shards=[
+            ml_data.save_npz(
+                workdir / f"shard_{index}.npz",
+                {"x": data.train_x[start:stop], "y": data.train_y[start:stop]},
+            )
+            for index, (start, stop) in enumerate(bounds)
+        ],
+    )
+
+
 # --- the splitter -----------------------------------------------------------------------
 
 
@@ -248,39 +282,25 @@ class MlTraining:
     def split(self, params: Mapping[str, Any], workdir: Path) -> list[TaskTemplate]:
         plan = _plan(params)
         estimate = self._estimate(params, plan)  # every check before anything is written
-        seed: int = params["seed"]
-        data = ml_data.prepare(plan.dataset, params["test_fraction"], seed)
-        worker = blocks.ship_worker(workdir, WORKER)
-        initial = {**ml_data.initial_model(plan.sizes, seed), **data.description()}
-        model_0 = ml_data.save_npz(workdir / "model_0.npz", initial)
-        test = ml_data.save_npz(
-            workdir / TEST, {"x": data.test_x, "y": data.test_y, **data.description()}
-        )
-        shards = [
-            ml_data.save_npz(
-                workdir / f"shard_{index}.npz",
-                {"x": data.train_x[start:stop], "y": data.train_y[start:stop]},
-            )
-            for index, (start, stop) in enumerate(blocks.bounds(plan.training, params["shards"]))
-        ]
+        files = _write_inputs(plan, params, workdir)
         tasks: list[TaskTemplate] = []
         for round_index in range(params["rounds"]):
             previous = average_name(round_index - 1)
-            model: Path | TaskOutput = model_0 if round_index == 0 else TaskOutput(previous, MODEL)
+            model = files.model_0 if round_index == 0 else TaskOutput(previous, MODEL)
             depends = () if round_index == 0 else (previous,)
-            for shard_index, shard in enumerate(shards):
+            for shard_index, shard in enumerate(files.shards):
                 tasks.append(
                     TaskTemplate(
                         name=train_name(round_index, shard_index),
                         command=self._train_command(params, round_index, shard_index),
-                        inputs={WORKER: worker, MODEL: model, SHARD: shard},
+                        inputs={WORKER: files.worker, MODEL: model, SHARD: shard},
                         outputs=(UPDATE,),
                         resources=estimate.resources,
                         timeout_seconds=params["timeout_seconds"],
                         depends_on=depends,
                     )
                 )
-            tasks.append(self._average_task(params, round_index, worker, test, estimate))
+            tasks.append(self._average_task(params, round_index, files, estimate))
         return tasks
 
     def _train_command(
@@ -307,8 +327,7 @@ class MlTraining:
         self,
         params: Mapping[str, Any],
         round_index: int,
-        worker: Path,
-        test: Path,
+        files: Inputs,
         estimate: Estimate,
     ) -> TaskTemplate:
         shards = range(params["shards"])
@@ -328,7 +347,7 @@ class MlTraining:
                 f"/output/{METRICS}",
                 *(f"/input/{name}" for name in updates),
             ),
-            inputs={WORKER: worker, TEST: test, **updates},
+            inputs={WORKER: files.worker, TEST: files.test, **updates},
             outputs=(MODEL, METRICS),
             resources=estimate.resources,
             timeout_seconds=params["timeout_seconds"],
