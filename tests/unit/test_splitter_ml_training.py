@@ -1,7 +1,7 @@
 """The ml_training splitter end to end: split, run every task's real command in dependency
 order, merge (tasks run as local subprocesses: see tests/splitter_runner.py).
 
-Each task is a python3 + numpy start (about 0.4 s here), so the runs are small: softmax on
+Each task is a python3 + numpy start (0.2-0.4 s here), so the runs are small: softmax on
 the built-in digits in 3 shards x 3 rounds (12 tasks, shared by most tests), an MLP in
 2 x 2, and a few one- or two-round runs on generated CSV and NPZ data.
 
