@@ -33,6 +33,11 @@ CASES = {
         "a: file no.npy not found",
     ),
     "not TOML": ("[workflow\n", "not valid TOML"),
+    "split with zero tasks": (
+        '[workflow]\ntype = "parameter_sweep"\n[parameters]\ncommand = ["echo", "{x}"]\n'
+        "grid = { x = [] }\n",
+        "grid: x has no values: a sweep over it has no points",
+    ),
 }
 
 

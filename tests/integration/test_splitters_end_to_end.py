@@ -4,7 +4,9 @@ result checked independently of the splitter's own code."""
 from __future__ import annotations
 
 import csv
+import gzip
 import json
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +175,32 @@ def test_openmalaria_sweep_aggregates_what_the_runs_reported(
             assert float(row["rate"]) == pytest.approx(sum(seen) / hosts)
         else:
             assert row["rate"] == ""
+
+
+def test_ml_training_learns_the_digits_across_rounds(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    manager, _ = start_mesh(daemons)
+    workflow = init(tmp_path, "ml_training")
+    out = tmp_path / "out"
+    reply = run_to_results(manager, workflow, out, "rounds=3", "shards=2", "seed=0")
+    assert reply["counts"]["total"] == 3 * (2 + 1), "per round: 2 shards and an average"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["round"] for m in metrics] == [0, 1, 2]
+
+    # The final model, applied here with plain numpy to every digit (train and test alike),
+    # must classify at least 90% right; an untrained model gets about 10%.
+    with gzip.open(files("splitters.data").joinpath("digits.csv.gz").open("rb")) as data:
+        table = np.loadtxt(data, delimiter=",")
+    x, y = table[:, :-1], table[:, -1]
+    model = np.load(out / "model.npz", allow_pickle=False)
+    hidden = (x - model["mean"]) / model["std"]
+    layers = sum(1 for name in model.files if name.startswith("w"))
+    for index in range(layers):
+        hidden = hidden @ model[f"w{index}"] + model[f"b{index}"]
+        if index < layers - 1:
+            hidden = np.maximum(hidden, 0.0)
+    predicted = model["classes"][np.argmax(hidden, axis=1)]
+    accuracy = float(np.mean(predicted == y))
+    assert accuracy >= 0.9, accuracy
+    assert metrics[-1]["accuracy"] >= 0.9
