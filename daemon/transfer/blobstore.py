@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.errors import NotFoundError
+from daemon.transfer import crccache
 from daemon.transfer.blobid import check_blob_id, is_blob_id
 from daemon.transfer.chunks import CHUNK_BYTES, ChunkData, read_chunks
 from daemon.transfer.errors import (
@@ -163,7 +164,8 @@ class BlobStore:
         """The complete blob from `offset`, as checksummed chunks read ahead on threads."""
         path = self._complete_path(sha256)
         await self.open()
-        async with contextlib.aclosing(read_chunks(path, offset=offset)) as chunks:
+        chunks = read_chunks(path, offset=offset, cached_crcs=True)
+        async with contextlib.aclosing(chunks):
             try:
                 async for chunk in chunks:
                     yield chunk
@@ -331,6 +333,7 @@ class BlobStore:
         await self._lock(sha256)
         try:
             removed_bytes = await asyncio.to_thread(_remove, target)
+            await asyncio.to_thread(crccache.remove, target)
             if removed_bytes is not None:
                 self._complete_bytes -= removed_bytes
             removed_partial = await asyncio.to_thread(_remove, partial)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from array import array
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from daemon.transfer import wire
+from daemon.transfer import crccache, wire
 from daemon.transfer.crc import crc32
 from daemon.transfer.errors import OffsetMismatchError
 
@@ -139,22 +140,58 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+class _CachedCrcs:
+    """Reads a complete blob's chunks with the CRCs of its sidecar (see crccache.py), and
+    writes the sidecar after a full read of a blob that had none."""
+
+    def __init__(self, path: Path, stat: os.stat_result, offset: int, chunk_bytes: int) -> None:
+        self._path = path
+        self._size = stat.st_size
+        self._chunk_bytes = chunk_bytes
+        self._table = crccache.load(path, stat, chunk_bytes) if offset % chunk_bytes == 0 else None
+        self._computed = array("I") if self._table is None and offset == 0 else None
+
+    def read(self, fd: int, offset: int, length: int) -> ChunkData:
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise OSError(f"file shrank while being read (got {len(data)} of {length} bytes)")
+        if self._table is not None:
+            return ChunkData(offset, data, self._table[offset // self._chunk_bytes])
+        checksum = crc32(data)
+        if self._computed is not None:
+            self._computed.append(checksum)
+            if offset + length == self._size:
+                crccache.write(self._path, self._computed, self._chunk_bytes)
+        return ChunkData(offset, data, checksum)
+
+
 async def read_chunks(
-    path: Path, *, offset: int = 0, size: int | None = None, chunk_bytes: int = CHUNK_BYTES
+    path: Path,
+    *,
+    offset: int = 0,
+    size: int | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    cached_crcs: bool = False,
 ) -> AsyncGenerator[ChunkData, None]:
     """Chunks of `path` from `offset` to its end. `size`, when given, must be the file's size.
+    With `cached_crcs` (for complete blobs only), CRCs come from the blob's sidecar.
 
     Raises FileNotFoundError if there is no such file, OffsetMismatchError if `offset` lies
     past its end.
     """
     fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
     try:
-        actual = (await asyncio.to_thread(os.fstat, fd)).st_size
+        stat = await asyncio.to_thread(os.fstat, fd)
+        actual = stat.st_size
         _check_span(path, actual, offset, size)
+        read: Callable[[int, int, int], ChunkData] = _read_chunk
+        if cached_crcs:
+            cached = await asyncio.to_thread(_CachedCrcs, path, stat, offset, chunk_bytes)
+            read = cached.read
     except BaseException:
         os.close(fd)
         raise
-    reader = _Reader(fd, offset, actual, chunk_bytes, _read_chunk)  # closes fd
+    reader = _Reader(fd, offset, actual, chunk_bytes, read)  # closes fd
     try:
         while reader:
             yield await reader.get()

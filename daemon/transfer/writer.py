@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TypeVar
 
-from daemon.transfer import crc
+from daemon.transfer import crc, crccache
 from daemon.transfer.chunks import CHUNK_BYTES
 from daemon.transfer.errors import (
     ContentMismatchError,
@@ -79,6 +79,9 @@ class BlobWriter:
         # Bytes in the file (or staged for it); only the write thread changes it.
         self.written = offset
         self._hasher = hashlib.sha256()
+        # The sidecar of CRCs published with the blob (a resumed blob gets one when first
+        # served: the CRCs of the part held before are not known here).
+        self._blocks = crccache.BlockCrcs(CHUNK_BYTES) if offset == 0 else None
         self._failure: BaseException | None = None
         self._pending: deque[Future[None]] = deque()
         self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-write")
@@ -186,6 +189,8 @@ class BlobWriter:
             raise self._failure
         try:
             self._sink.write(data)
+            if self._blocks is not None:
+                self._blocks.add(data, crc32)
         except OSError as error:
             self._failure = TransferError(
                 f"blob {_short(self.sha256)}: cannot write {self._partial} ({error.strerror})"
@@ -212,8 +217,10 @@ class BlobWriter:
                 f"blob {_short(self.sha256)}: the {self.size} bytes received hash to "
                 f"{digest}, not to the blob's id; discarded"
             )
-        publish(self._partial, self._target)
+        published = publish(self._partial, self._target)
         self._outcome = Outcome.COMPLETE
+        if published and self._blocks is not None:
+            crccache.write(self._target, self._blocks.finish(), CHUNK_BYTES)
         return self._target
 
     def _close_file(self) -> None:
