@@ -7,9 +7,11 @@ against an aiohttp baseline measured in the same run.
 
 Every end runs in its own process (so RSS is per end); both baselines write the received
 bytes to a file, as the gRPC ends write them into their blob store (which also fsyncs them
-before a blob becomes visible). Files live under /tmp and are removed at the end.
+before a blob becomes visible). Files live under /tmp (or $VCNODE_BENCH_DIR) and are removed
+at the end.
 
-`python -m benchmarks.transfer ROLE ARGS...` runs one end; `run()` drives them all.
+`python -m benchmarks.transfer ROLE ARGS...` runs one end; `run()` drives them all
+(`python -m benchmarks.transfer` prints the figures).
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ async def http_serve(received_dir: str, source: str) -> None:
             async for block in request.content.iter_chunked(BLOCK):
                 hasher.update(block)
                 out.write(block)
+            if request.query.get("fsync"):  # the durable variant (context only, see run())
+                os.fsync(out.fileno())
         if hasher.hexdigest() != request.match_info["sha256"]:
             path.unlink()
             raise web.HTTPBadRequest(text="sha256 mismatch")
@@ -141,7 +145,9 @@ async def http_serve(received_dir: str, source: str) -> None:
     await runner.cleanup()
 
 
-async def http_download(address: str, sha256: str, size: str, dest_dir: str) -> None:
+async def http_download(
+    address: str, sha256: str, size: str, dest_dir: str, fsync: str = ""
+) -> None:
     import aiohttp
 
     started = time.perf_counter()
@@ -156,12 +162,14 @@ async def http_download(address: str, sha256: str, size: str, dest_dir: str) -> 
             async for block in response.content.iter_chunked(BLOCK):
                 hasher.update(block)
                 out.write(block)
+            if fsync:  # the durable variant (context only, see run())
+                os.fsync(out.fileno())
     if hasher.hexdigest() != sha256 or path.stat().st_size != int(size):
         raise SystemExit("http download: sha256 mismatch")
     _report(time.perf_counter() - started)
 
 
-async def http_upload(address: str, source: str, sha256: str, size: str) -> None:
+async def http_upload(address: str, source: str, sha256: str, size: str, fsync: str = "") -> None:
     import aiohttp
 
     async def blocks() -> AsyncIterator[bytes]:
@@ -173,7 +181,11 @@ async def http_upload(address: str, source: str, sha256: str, size: str) -> None
     started = time.perf_counter()
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"http://{address}/upload/{sha256}", data=blocks()) as response,
+        session.post(
+            f"http://{address}/upload/{sha256}",
+            data=blocks(),
+            params={"fsync": fsync} if fsync else None,
+        ) as response,
     ):
         response.raise_for_status()
         reply = await response.json()
@@ -264,7 +276,12 @@ def _settle(*dirs: Path) -> None:
 
 
 def run() -> list[Figure]:
-    with tempfile.TemporaryDirectory(prefix="vcnode-bench-transfer-", dir="/tmp") as tmp:
+    """The figures. With VCNODE_BENCH_DURABLE=1, also (as context on stderr, not a figure) an
+    aiohttp baseline that fsyncs the received file before it reports, as the gRPC receivers
+    must before a blob becomes visible; measured in the same rounds."""
+    durable = os.environ.get("VCNODE_BENCH_DURABLE") == "1"
+    where = os.environ.get("VCNODE_BENCH_DIR", "/tmp")
+    with tempfile.TemporaryDirectory(prefix="vcnode-bench-transfer-", dir=where) as tmp:
         root = Path(tmp)
         source = root / "source.bin"
         sha256 = _make_source(source)
@@ -282,12 +299,15 @@ def run() -> list[Figure]:
             servers = {"grpc": grpc_server, "http": http_server}
 
             def transfer(kind: str, direction: str, measured: bool = True) -> None:
-                server = servers[kind]
+                server = servers[kind.removesuffix("+fsync")]
+                args: tuple[str, ...]
                 if direction == "download":
                     args = (server.address, sha256, size, str(received))
                 else:
                     args = (server.address, str(source), sha256, size)
-                speed, rss = _client(f"{kind}-{direction}", *args)
+                if kind.endswith("+fsync"):
+                    args = (*args, "fsync")
+                speed, rss = _client(f"{kind.removesuffix('+fsync')}-{direction}", *args)
                 if direction == "upload":
                     server.ask(f"delete {sha256}")
                 _settle(received)
@@ -296,6 +316,7 @@ def run() -> list[Figure]:
                     if kind == "grpc":
                         client_rss.append(rss)
 
+            kinds = ["grpc", "http", *(["http+fsync"] if durable else [])]
             _settle(received)
             for direction in ("download", "upload"):
                 if direction == "upload":
@@ -303,10 +324,10 @@ def run() -> list[Figure]:
                     grpc_server.ask(f"delete {sha256}")
                 # One unmeasured round each: the first run after start-up pays for memory the
                 # machine has not touched yet, whoever runs first.
-                for kind in ("grpc", "http"):
+                for kind in kinds:
                     transfer(kind, direction, measured=False)
                 for round_ in range(ROUNDS):
-                    for kind in ("grpc", "http") if round_ % 2 else ("http", "grpc"):
+                    for kind in kinds if round_ % 2 else reversed(kinds):
                         transfer(kind, direction)
             server_rss = float(grpc_server.ask("rss"))
     median = {name: statistics.median(values) for name, values in speeds.items()}
@@ -315,6 +336,10 @@ def run() -> list[Figure]:
         print(f"# transfer {name}: median {median[name]:.0f} MiB/s ({shown})", file=sys.stderr)
     download = median["grpc_download"] / median["http_download"]
     upload = median["grpc_upload"] / median["http_upload"]
+    if durable:
+        for direction in ("download", "upload"):
+            ratio = median[f"grpc_{direction}"] / median[f"http+fsync_{direction}"]
+            print(f"# transfer {direction} ratio against http+fsync: {ratio:.3g}", file=sys.stderr)
     return [
         Figure("transfer_download_ratio", download, "x", ">=", 1.0),
         Figure("transfer_upload_ratio", upload, "x", ">=", 1.0),
@@ -324,5 +349,9 @@ def run() -> list[Figure]:
 
 
 if __name__ == "__main__":
-    role, *arguments = sys.argv[1:]
-    asyncio.run(ROLES[role](*arguments))
+    if len(sys.argv) == 1:  # `python -m benchmarks.transfer`: the figures, as make bench shows
+        for figure in run():
+            print(figure.line(), flush=True)
+    else:
+        role, *arguments = sys.argv[1:]
+        asyncio.run(ROLES[role](*arguments))
