@@ -219,28 +219,25 @@ def _coerce(parameter: Parameter, value: object, base_dir: Path) -> Any:
     elif kind is str:
         if isinstance(value, str):
             return value
-    elif kind is Path:
-        if isinstance(value, str | Path) and str(value).strip():
-            path = Path(str(value).strip()).expanduser()
-            path = path if path.is_absolute() else base_dir / path
-            if not path.is_file():
-                raise SplitterError(key, f"no such file: {path}")
-            return path
-        raise SplitterError(key, f"expected a file path, got {_describe(value)}")
-    elif kind is Directory:
-        if isinstance(value, str | Path) and str(value).strip():
-            path = Path(str(value).strip()).expanduser()
-            path = path if path.is_absolute() else base_dir / path
-            if not path.is_dir():
-                raise SplitterError(key, f"no such folder: {path}")
-            return path
-        raise SplitterError(key, f"expected a folder path, got {_describe(value)}")
+    elif kind is Path or kind is Directory:
+        return _existing_path(key, value, base_dir, folder=kind is Directory)
     elif kind is list or kind is dict:
         if isinstance(value, str):
             value = _parse_toml_value(value)
         if isinstance(value, kind):
             return value
     raise SplitterError(key, f"expected {_TYPE_WORDS[kind]}, got {_describe(value)}")
+
+
+def _existing_path(key: str, value: object, base_dir: Path, folder: bool) -> Path:
+    what = "folder" if folder else "file"
+    if not isinstance(value, str | Path) or not str(value).strip():
+        raise SplitterError(key, f"expected a {what} path, got {_describe(value)}")
+    path = Path(str(value).strip()).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not (path.is_dir() if folder else path.is_file()):
+        raise SplitterError(key, f"no such {what}: {path}")
+    return path
 
 
 def _parse_toml_value(text: str) -> object:

@@ -157,6 +157,31 @@ class Daemons:
                 daemon.process.wait(timeout=10)
 
 
+def start_pool(
+    daemons: Daemons,
+    *volunteer_args: str,
+    volunteers: int = 1,
+    env: dict[str, str] | None = None,
+    heartbeat: str = "0.5",
+) -> tuple[Daemon, list[Daemon]]:
+    """A coordinator+manager and `volunteers` volunteers (each with `volunteer_args` and
+    `env`) in a cluster of their own on loopback; returns once every volunteer joined."""
+    common = ["--listen", "127.0.0.1:0", "--cluster", unique_cluster(), "--heartbeat", heartbeat]
+    manager = daemons.start("manager", "--role", "coordinator,manager", *common)
+    address = manager.address()
+    started = [
+        daemons.start(f"volunteer-{i}", "--role", "volunteer", *volunteer_args, *common, env=env)
+        for i in range(volunteers)
+    ]
+    ids = {volunteer.address() and volunteer.node_id for volunteer in started}
+    wait_until(
+        lambda: ids <= {vid for vid, v in list_volunteers(address).items() if v.connected},
+        15,
+        "volunteers to join",
+    )
+    return manager, started
+
+
 def volunteers_by_id(coordinator: Daemon) -> dict[str, dict[str, Any]]:
     listing = cli_json("volunteers", "--data-dir", str(coordinator.data_dir))
     return {volunteer["id"]: volunteer for volunteer in listing}

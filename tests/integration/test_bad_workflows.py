@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from daemon.rpc.v1 import common_pb2, manager_pb2, manager_pb2_grpc
-from tests.integration.harness import Daemons, cli_json, list_volunteers, run_cli, wait_until
+from tests.integration.harness import Daemons, cli_json, run_cli, start_pool
 
 pytestmark = pytest.mark.integration
 
@@ -97,15 +97,7 @@ def test_validate_reports_every_problem_at_its_line(tmp_path: Path) -> None:
 def test_a_task_no_volunteer_can_hold_is_refused_as_unschedulable(
     daemons: Daemons, tmp_path: Path
 ) -> None:
-    common = ["--listen", "127.0.0.1:0", "--no-mdns"]
-    manager = daemons.start("manager", "--role", "coordinator,manager", *common)
-    address = manager.address()
-    volunteer = daemons.start(
-        "volunteer", "--role", "volunteer", "--coordinator", address, "--max-memory-mb", "512",
-        *common,
-    )  # fmt: skip
-    volunteer.address()
-    wait_until(lambda: volunteer.node_id in list_volunteers(address), 15, "volunteer to join")
+    manager, _ = start_pool(daemons, "--max-memory-mb", "512")
 
     explicit = tmp_path / "big.toml"
     explicit.write_text(

@@ -14,10 +14,8 @@ from tests.integration.harness import (
     Daemon,
     Daemons,
     cli_json,
-    list_volunteers,
     run_cli,
-    unique_cluster,
-    wait_until,
+    start_pool,
 )
 from tests.integration.test_tasks_end_to_end import start_mesh, submit
 
@@ -142,15 +140,7 @@ outputs = ["d.txt"]
 def start_process_mesh(daemons: Daemons) -> Daemon:
     """A manager and one volunteer that runs tasks as processes: a task can then depend on
     a file of this host, which is how the test decides when `b` may succeed."""
-    cluster = unique_cluster()
-    common = ["--listen", "127.0.0.1:0", "--cluster", cluster, "--heartbeat", "0.5"]
-    manager = daemons.start("manager", "--role", "coordinator,manager", *common)
-    address = manager.address()
-    volunteer = daemons.start(
-        "volunteer", "--role", "volunteer", "--allow-process-runtime", *common, env=NO_DOCKER
-    )
-    volunteer.address()
-    wait_until(lambda: volunteer.node_id in list_volunteers(address), 15, "volunteer to join")
+    manager, _ = start_pool(daemons, "--allow-process-runtime", env=NO_DOCKER)
     return manager
 
 

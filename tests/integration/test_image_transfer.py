@@ -20,9 +20,8 @@ import pytest
 
 from tests.integration.harness import (
     Daemons,
-    list_volunteers,
     run_cli,
-    unique_cluster,
+    start_pool,
     wait_until,
 )
 
@@ -84,15 +83,7 @@ def test_volunteer_loads_the_image_from_the_manager(
     daemons: Daemons, tmp_path: Path, worker_image: str, second_engine: str
 ) -> None:
     assert image_id(worker_image, second_engine) is None
-    cluster = unique_cluster()
-    common = ["--listen", "127.0.0.1:0", "--cluster", cluster, "--heartbeat", "0.5"]
-    manager = daemons.start("manager", "--role", "coordinator,manager", *common)
-    address = manager.address()
-    volunteer = daemons.start(
-        "volunteer", "--role", "volunteer", *common, env={"DOCKER_HOST": second_engine}
-    )
-    volunteer.address()
-    wait_until(lambda: volunteer.node_id in list_volunteers(address), 15, "volunteer to join")
+    manager, [volunteer] = start_pool(daemons, env={"DOCKER_HOST": second_engine})
     workflow = tmp_path / "w.toml"
     script = "import numpy; open('/output/v.txt', 'w').write(numpy.__version__)"
     workflow.write_text(
@@ -151,16 +142,9 @@ def test_volunteer_pulls_the_image_from_its_registry_when_its_owner_allows(
     try:
         pushed = subprocess.run(["docker", "push", tagged], capture_output=True, text=True)
         assert pushed.returncode == 0, pushed.stderr
-        cluster = unique_cluster()
-        common = ["--listen", "127.0.0.1:0", "--cluster", cluster, "--heartbeat", "0.5"]
-        manager = daemons.start("manager", "--role", "coordinator,manager", *common)
-        address = manager.address()
-        volunteer = daemons.start(
-            "volunteer", "--role", "volunteer", "--allow-pull", *common,
-            env={"DOCKER_HOST": second_engine},
-        )  # fmt: skip
-        volunteer.address()
-        wait_until(lambda: volunteer.node_id in list_volunteers(address), 15, "volunteer to join")
+        manager, [volunteer] = start_pool(
+            daemons, "--allow-pull", env={"DOCKER_HOST": second_engine}
+        )
         workflow = tmp_path / "w.toml"
         workflow.write_text(
             '[workflow]\nname = "pull"\n\n[[tasks]]\nname = "hello"\n'

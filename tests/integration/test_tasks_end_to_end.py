@@ -15,9 +15,8 @@ from tests.integration.harness import (
     Daemon,
     Daemons,
     cli_json,
-    list_volunteers,
     run_cli,
-    unique_cluster,
+    start_pool,
     wait_until,
 )
 
@@ -27,20 +26,7 @@ HEARTBEAT = "0.5"
 
 
 def start_mesh(daemons: Daemons, volunteers: int = 2) -> tuple[Daemon, list[Daemon]]:
-    cluster = unique_cluster()
-    common = ["--listen", "127.0.0.1:0", "--cluster", cluster, "--heartbeat", HEARTBEAT]
-    manager = daemons.start("manager", "--role", "coordinator,manager", *common)
-    address = manager.address()
-    started = [
-        daemons.start(f"volunteer-{i}", "--role", "volunteer", *common) for i in range(volunteers)
-    ]
-    ids = {v.address() and v.node_id for v in started}
-    wait_until(
-        lambda: ids <= {vid for vid, v in list_volunteers(address).items() if v.connected},
-        15,
-        "volunteers to join",
-    )
-    return manager, started
+    return start_pool(daemons, volunteers=volunteers, heartbeat=HEARTBEAT)
 
 
 def submit(manager: Daemon, workflow: Path, *extra: str) -> dict[str, Any]:
