@@ -35,8 +35,3 @@ def test_crc32_refuses_buffers_that_are_not_contiguous() -> None:
     with pytest.raises((TypeError, ValueError, BufferError)):
         crc.crc32(memoryview(DATA)[::2])
 
-
-def test_crc32_without_libdeflate_falls_back_to_zlib(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(crc, "_libdeflate_crc32", None)
-    assert not crc.accelerated()
-    assert crc.crc32(memoryview(DATA)[5:]) == zlib.crc32(DATA[5:])
