@@ -25,10 +25,9 @@ from daemon.client.workflow_file import local_files, located, read_workflow
 from daemon.errors import InvalidInputError, NodeError
 from daemon.models import FileRef
 from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
-from daemon.transfer.blobstore import BlobStore
 from daemon.transfer.client import download, upload
+from daemon.transfer.hashing import sha256_file
 from daemon.transport import convert
-from daemon.volunteer.blobs import sha256_file
 
 CALL_TIMEOUT_SECONDS = 30.0
 INPUT_PURPOSE = "input"
@@ -349,6 +348,8 @@ async def results(address: str, args: argparse.Namespace) -> int:
     out: Path = args.output
     await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".vcnode-download-") as scratch:
+        from daemon.transfer.blobstore import BlobStore  # only `results` keeps blobs
+
         store = BlobStore(Path(scratch), max_blob_bytes=2**62, quota_bytes=2**62)
         await store.open()
         written: list[dict[str, Any]] = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from pathlib import Path
 
 import grpc
@@ -12,6 +11,7 @@ from daemon.models import FileRef
 from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
 from daemon.transfer.blobstore import BlobStore
 from daemon.transfer.client import download, upload
+from daemon.transfer.hashing import sha256_file
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
 from daemon.transport.errors import error_from_rpc
@@ -19,17 +19,6 @@ from daemon.transport.errors import error_from_rpc
 GIB = 1024**3
 # Exporting a large image on the manager's first request takes a while.
 EXPORT_TIMEOUT_SECONDS = 600.0
-HASH_BLOCK_BYTES = 1 << 20
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as file:
-        while block := file.read(HASH_BLOCK_BYTES):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
 
 
 class BlobTransfers:
