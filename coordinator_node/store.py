@@ -17,6 +17,7 @@ from daemon.models import (
     OwnerLimits,
     Resources,
     TaskEvent,
+    TaskSpec,
     TaskState,
     Volunteer,
     VolunteerState,
@@ -96,13 +97,13 @@ MIGRATIONS = (
 )
 
 
-def _task_row(task: ScheduledTask) -> dict[str, Any]:
+def _task_row(task: ScheduledTask, spec_json: str) -> dict[str, Any]:
     return {
         "id": task.spec.task_id,
         "workflow_id": task.spec.workflow_id,
         "manager_id": task.manager_id,
         "manager_address": task.spec.manager_address,
-        "spec": codecs.dump(task.spec),
+        "spec": spec_json,
         "state": task.state.value,
         "attempts": task.attempt,
         "failures": task.failures,
@@ -200,9 +201,19 @@ class CoordinatorStore:
 
     def __init__(self, data_dir: Path) -> None:
         self.database = Database(data_dir / self.FILE_NAME, MIGRATIONS)
+        # A task is saved at every step of its life but its spec rarely changes (a rerun):
+        # its JSON is made once per spec, not once per save.
+        self._spec_texts: dict[str, tuple[TaskSpec, str]] = {}
 
     async def open(self) -> None:
         await self.database.open()
+
+    def _spec_json(self, spec: TaskSpec) -> str:
+        known = self._spec_texts.get(spec.task_id)
+        if known is None or known[0] is not spec:
+            known = (spec, codecs.dump(spec))
+            self._spec_texts[spec.task_id] = known
+        return known[1]
 
     async def close(self) -> None:
         await self.database.close()
@@ -250,7 +261,7 @@ class CoordinatorStore:
         return await self.database.read(read)
 
     async def save_tasks(self, tasks: Sequence[ScheduledTask]) -> None:
-        rows = [_task_row(task) for task in tasks]
+        rows = [_task_row(task, self._spec_json(task.spec)) for task in tasks]
         if not rows:
             return
 

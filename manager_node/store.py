@@ -241,27 +241,39 @@ class ManagerStore:
         )
 
     async def save_task(self, task: WorkflowTask) -> None:
+        await self.save_tasks([task])
+
+    async def save_tasks(self, tasks: list[WorkflowTask], sequence: int | None = None) -> None:
+        """The tasks' states and, with `sequence`, the coordinator event that changed them as
+        followed: one transaction, so a restart resumes after it or replays it whole."""
+
         def write(db: sqlite_utils.Database) -> None:
-            db.execute(
-                "UPDATE tasks SET state = ?, attempts = ?, volunteer_id = ?, error = ?, "
-                "result = ?, updated_at = ? WHERE id = ?",
-                (
-                    task.status.value,
-                    task.attempts,
-                    task.volunteer_id or None,
-                    task.message or None,
-                    codecs.dump(task.result) if task.result else None,
-                    time.time(),
-                    task.task_id,
-                ),
-            )
-            if task.status is TaskStatus.COMPLETED and task.outputs:
-                workflow_id = db.execute(
-                    "SELECT workflow_id FROM tasks WHERE id = ?", (task.task_id,)
-                ).fetchone()[0]
-                self._insert_files(db, workflow_id, task.task_id, "output", list(task.outputs))
+            for task in tasks:
+                self._write_task(db, task)
+            if sequence is not None:
+                self._write_meta(db, COORDINATOR_SEQUENCE, str(sequence))
 
         await self.database.run(write)
+
+    def _write_task(self, db: sqlite_utils.Database, task: WorkflowTask) -> None:
+        db.execute(
+            "UPDATE tasks SET state = ?, attempts = ?, volunteer_id = ?, error = ?, "
+            "result = ?, updated_at = ? WHERE id = ?",
+            (
+                task.status.value,
+                task.attempts,
+                task.volunteer_id or None,
+                task.message or None,
+                codecs.dump(task.result) if task.result else None,
+                time.time(),
+                task.task_id,
+            ),
+        )
+        if task.status is TaskStatus.COMPLETED and task.outputs:
+            workflow_id = db.execute(
+                "SELECT workflow_id FROM tasks WHERE id = ?", (task.task_id,)
+            ).fetchone()[0]
+            self._insert_files(db, workflow_id, task.task_id, "output", list(task.outputs))
 
     async def save_upstream_inputs(self, spec: TaskSpec, files: tuple[FileRef, ...]) -> None:
         """The task's spec once its upstream inputs are known, and those files as its inputs
@@ -341,12 +353,14 @@ class ManagerStore:
         return await self.database.read(read)
 
     async def set_meta(self, key: str, value: str) -> None:
-        await self.database.run(
-            lambda db: db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
+        await self.database.run(lambda db: self._write_meta(db, key, value))
+
+    @staticmethod
+    def _write_meta(db: sqlite_utils.Database, key: str, value: str) -> None:
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
         )
 
 
