@@ -225,21 +225,20 @@ class TaskWorker:
         assert self._runtime is not None
         input_dir, output_dir = workdir / "input", workdir / "output"
         try:
-            await self._store.record_task(task, "fetching")
             await self._fetch_inputs(task, input_dir, copy=not self._runtime.isolated)
             await self._ensure_image(task)
             await asyncio.to_thread(_make_output_dir, output_dir)
+            await self._store.record_task(task, "ready")
             # Inputs are here; the container waits for a free slot (we hold one task more
-            # than we run, so the next one is ready the moment a slot frees).
+            # than we run, so the next one is ready the moment a slot frees). Nothing else
+            # happens inside the slot: between two containers, every millisecond counts.
             async with self._slots:
-                await self._store.record_task(task, "running")
                 run = await self._runtime.run(
                     self._run_spec(task, input_dir, output_dir), self._progress(task)
                 )
             outputs: tuple[FileRef, ...] = ()
             error = run.failure
             if run.succeeded:
-                await self._store.record_task(task, "uploading")
                 outputs = await self._upload_outputs(task, output_dir)
         except TaskFailedError as failure:
             return TaskResult(
