@@ -161,18 +161,24 @@ class DockerRuntime:
         try:
             await container.start()
             failure = ""
+            exit_code: int | None = None
             try:
                 async with asyncio.timeout(spec.timeout_seconds):
-                    await container.wait()
+                    exit_code = (await container.wait()).get("StatusCode")
             except TimeoutError:
                 with contextlib.suppress(aiodocker.DockerError):
                     await container.kill()
                 failure = f"timed out after {spec.timeout_seconds:g} s (killed)"
             finished_at = time.time()
-            state = (await container.show())["State"]
-            exit_code = state.get("ExitCode")
-            if not failure and state.get("OOMKilled"):
-                failure = f"out of memory: needed more than its {spec.memory_mb} MiB limit (killed)"
+            if exit_code != 0:
+                # Only a failure needs the details (the code after a kill, whether memory ran
+                # out): a task that succeeded saves a Docker call in its slot.
+                state = (await container.show())["State"]
+                exit_code = state.get("ExitCode")
+                if not failure and state.get("OOMKilled"):
+                    failure = (
+                        f"out of memory: needed more than its {spec.memory_mb} MiB limit (killed)"
+                    )
             stdout = await container.log(stdout=True, tail=LOG_TAIL_LINES)
             stderr = await container.log(stderr=True, tail=LOG_TAIL_LINES)
             failure = failure or failure_for_exit(exit_code, "".join(stderr))
