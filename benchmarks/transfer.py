@@ -315,6 +315,10 @@ def run() -> list[Figure]:
                     speeds.setdefault(f"{kind}_{direction}", []).append(speed)
                     if kind == "grpc":
                         client_rss.append(rss)
+                        print(
+                            f"# transfer grpc {direction} client peak RSS {rss:.0f} MiB",
+                            file=sys.stderr,
+                        )
 
             kinds = ["grpc", "http", *(["http+fsync"] if durable else [])]
             _settle(received)
