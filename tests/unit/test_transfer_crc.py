@@ -34,4 +34,3 @@ def test_crc32_matches_zlib(buffer: bytes | bytearray | memoryview) -> None:
 def test_crc32_refuses_buffers_that_are_not_contiguous() -> None:
     with pytest.raises((TypeError, ValueError, BufferError)):
         crc.crc32(memoryview(DATA)[::2])
-
