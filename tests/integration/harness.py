@@ -21,8 +21,9 @@ T = TypeVar("T")
 POLL_SECONDS = 0.05
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
-    """Polls `condition` until it returns something truthy; fails the test at the deadline."""
+def wait_until(condition: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Polls `condition` until it returns something truthy (None or falsy: not yet), and
+    returns that; fails the test at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

@@ -86,7 +86,7 @@ def test_peers_shows_other_clusters_and_malformed_announcements_as_skipped(
     peers = wait_until(peers_seen, 15, "the other cluster and the stranger on mDNS")
     by_id = {peer["node_id"]: peer for peer in peers}
     assert by_id[theirs.node_id]["skipped_reason"] == "other cluster 'elsewhere'"
-    assert by_id[""]["skipped_reason"].startswith("TXT record lacks id")
+    assert str(by_id[""]["skipped_reason"]).startswith("TXT record lacks id")
     assert all(not peer["usable"] for peer in peers)
     assert ours.process is not None
     assert ours.process.poll() is None, "a bad record crashed us"

@@ -30,6 +30,7 @@ def run_in_worker_image(image: str, task: TaskTemplate, root: Path) -> Path:
     output_dir.mkdir(parents=True)
     output_dir.chmod(0o777)  # the task runs as nobody
     for name, source in task.inputs.items():
+        assert isinstance(source, Path), "a block task reads only files of the split"
         shutil.copyfile(source, input_dir / name)
         (input_dir / name).chmod(0o444)
     memory = task.resources.memory_mb

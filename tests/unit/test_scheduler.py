@@ -53,6 +53,10 @@ def events(instructions: list[Instruction]) -> list[tuple[str, str]]:
     return [(i.event.task_id, i.event.kind) for i in instructions if isinstance(i, Publish)]
 
 
+def state_of(scheduler: Scheduler, task_id: str) -> TaskState:
+    return scheduler.tasks[task_id].state
+
+
 def ok(task_id: str, attempt: int) -> TaskResult:
     return TaskResult(task_id=task_id, attempt=attempt, exit_code=0, error="")
 
@@ -271,9 +275,9 @@ def test_a_later_run_of_a_failed_task_starts_afresh_and_ignores_the_old_attempts
     # The new run has the whole attempt budget: two lost volunteers before it gives up.
     scheduler.volunteer_lost("v1", now=6)
     scheduler.volunteer_joined(volunteer("v2"), [], now=7)
-    assert scheduler.tasks["t1"].state is TaskState.OFFERED
+    assert state_of(scheduler, "t1") is TaskState.OFFERED
     scheduler.volunteer_lost("v2", now=8)
-    assert scheduler.tasks["t1"].state is TaskState.FAILED
+    assert state_of(scheduler, "t1") is TaskState.FAILED
     assert scheduler.tasks["t1"].error.startswith("gave up after 2 attempts")
 
 
