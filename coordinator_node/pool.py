@@ -230,10 +230,13 @@ class Pool:
     async def _execute(self, instructions: Sequence[Instruction]) -> None:
         """Saves first, then tells: a crash in between loses a message, never a state."""
         saved: dict[str, ScheduledTask] = {}
+        new_specs: set[str] = set()
         for instruction in instructions:
             if isinstance(instruction, SaveTask):
                 saved[instruction.task.spec.task_id] = instruction.task
-        await self._store.save_tasks(list(saved.values()))
+                if instruction.new_spec:
+                    new_specs.add(instruction.task.spec.task_id)
+        await self._store.save_tasks(list(saved.values()), new_specs)
         published = await self._store.append_events(
             [(i.manager_id, i.event) for i in instructions if isinstance(i, Publish)]
         )

@@ -95,6 +95,9 @@ class Publish:
 @dataclass(frozen=True)
 class SaveTask:
     task: ScheduledTask
+    # The spec is new (a submission, or a later run): only then is it written, since a
+    # task is saved at every step of its life.
+    new_spec: bool = False
 
 
 Instruction = SendOffer | SendCancel | Publish | SaveTask
@@ -147,7 +150,7 @@ class Scheduler:
                 continue
             task = ScheduledTask(spec=spec, manager_id=manager_id)
             self.tasks[spec.task_id] = task
-            out += [SaveTask(task), self._event(task, "queued", now)]
+            out += [SaveTask(task, new_spec=True), self._event(task, "queued", now)]
         return out + self._dispatch(now)
 
     def _rerun(self, task: ScheduledTask, spec: TaskSpec, now: float) -> list[Instruction]:
@@ -160,7 +163,10 @@ class Scheduler:
         task.result = None
         task.declined_at.clear()
         task.unschedulable_reported = False
-        return [SaveTask(task), self._event(task, "queued", now, message=f"run {spec.run}")]
+        return [
+            SaveTask(task, new_spec=True),
+            self._event(task, "queued", now, message=f"run {spec.run}"),
+        ]
 
     def volunteer_joined(
         self, candidate: Candidate, running_task_ids: Iterable[str], now: float

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,6 @@ from daemon.models import (
     OwnerLimits,
     Resources,
     TaskEvent,
-    TaskSpec,
     TaskState,
     Volunteer,
     VolunteerState,
@@ -97,13 +96,12 @@ MIGRATIONS = (
 )
 
 
-def _task_row(task: ScheduledTask, spec_json: str) -> dict[str, Any]:
+def _task_row(task: ScheduledTask) -> dict[str, Any]:
     return {
         "id": task.spec.task_id,
         "workflow_id": task.spec.workflow_id,
         "manager_id": task.manager_id,
         "manager_address": task.spec.manager_address,
-        "spec": spec_json,
         "state": task.state.value,
         "attempts": task.attempt,
         "failures": task.failures,
@@ -201,19 +199,9 @@ class CoordinatorStore:
 
     def __init__(self, data_dir: Path) -> None:
         self.database = Database(data_dir / self.FILE_NAME, MIGRATIONS)
-        # A task is saved at every step of its life but its spec rarely changes (a rerun):
-        # its JSON is made once per spec, not once per save.
-        self._spec_texts: dict[str, tuple[TaskSpec, str]] = {}
 
     async def open(self) -> None:
         await self.database.open()
-
-    def _spec_json(self, spec: TaskSpec) -> str:
-        known = self._spec_texts.get(spec.task_id)
-        if known is None or known[0] is not spec:
-            known = (spec, codecs.dump(spec))
-            self._spec_texts[spec.task_id] = known
-        return known[1]
 
     async def close(self) -> None:
         await self.database.close()
@@ -260,10 +248,19 @@ class CoordinatorStore:
 
         return await self.database.read(read)
 
-    async def save_tasks(self, tasks: Sequence[ScheduledTask]) -> None:
-        rows = [_task_row(task, self._spec_json(task.spec)) for task in tasks]
-        if not rows:
+    async def save_tasks(
+        self, tasks: Sequence[ScheduledTask], new_specs: Collection[str] = ()
+    ) -> None:
+        """Each task's state; its spec too (inserting the task if need be) only when its id
+        is in `new_specs`: specs change on submission and reruns, states at every step."""
+        if not tasks:
             return
+        inserted = [
+            {**_task_row(task), "spec": codecs.dump(task.spec)}
+            for task in tasks
+            if task.spec.task_id in new_specs
+        ]
+        updated = [_task_row(task) for task in tasks if task.spec.task_id not in new_specs]
 
         def write(db: sqlite_utils.Database) -> None:
             db.conn.executemany(
@@ -278,7 +275,14 @@ class CoordinatorStore:
                      attempt_base=excluded.attempt_base,
                      volunteer_id=excluded.volunteer_id, last_error=excluded.last_error,
                      result=excluded.result, updated_at=excluded.updated_at""",
-                rows,
+                inserted,
+            )
+            db.conn.executemany(
+                """UPDATE tasks SET state=:state, attempts=:attempts, failures=:failures,
+                     attempt_base=:attempt_base, volunteer_id=:volunteer_id,
+                     last_error=:last_error, result=:result, updated_at=:updated_at
+                   WHERE id=:id""",
+                updated,
             )
 
         await self.database.run(write)

@@ -1,4 +1,5 @@
-"""The coordinator's volunteer records in real SQLite: exact round trips and an event log."""
+"""The coordinator's records in real SQLite: exact round trips of volunteers and tasks, and an
+event log."""
 
 from __future__ import annotations
 
@@ -9,8 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from coordinator_node.scheduler import ScheduledTask
 from coordinator_node.store import CoordinatorStore
-from daemon.models import Load, OwnerLimits, Resources, Volunteer, VolunteerState
+from daemon.models import (
+    Load,
+    OwnerLimits,
+    ResourceRequest,
+    Resources,
+    TaskSpec,
+    TaskState,
+    Volunteer,
+    VolunteerState,
+)
 
 VOLUNTEER = Volunteer(
     volunteer_id="v1",
@@ -92,3 +103,33 @@ async def test_events_are_written_only_when_asked(store: CoordinatorStore) -> No
         "volunteer_seen",
         "volunteer_lost",
     ]
+
+
+async def test_a_task_keeps_its_spec_through_state_saves_until_a_new_spec(
+    store: CoordinatorStore,
+) -> None:
+    spec = TaskSpec(
+        task_id="wf.t",
+        workflow_id="wf",
+        image="vcnode/worker:1",
+        command=("true",),
+        resources=ResourceRequest(),
+        timeout_seconds=60,
+    )
+    task = ScheduledTask(spec=spec, manager_id="m")
+    await store.save_tasks([task], new_specs={"wf.t"})
+    task.state, task.attempt, task.error = TaskState.FAILED, 2, "exited with code 1"
+    await store.save_tasks([task])  # a state change: the spec is not written again
+    [loaded] = await store.load_tasks()
+    assert (loaded.spec, loaded.state, loaded.attempt, loaded.error) == (
+        spec,
+        TaskState.FAILED,
+        2,
+        "exited with code 1",
+    )
+
+    rerun = replace(spec, run=1)
+    task.spec, task.state, task.attempt_base = rerun, TaskState.QUEUED, 2
+    await store.save_tasks([task], new_specs={"wf.t"})
+    [loaded] = await store.load_tasks()
+    assert (loaded.spec, loaded.state, loaded.attempt_base) == (rerun, TaskState.QUEUED, 2)

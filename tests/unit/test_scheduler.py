@@ -253,7 +253,13 @@ def test_restore_requeues_offers_and_keeps_running_tasks() -> None:
 def test_every_change_is_saved() -> None:
     scheduler = Scheduler()
     out = scheduler.submit(MANAGER, [spec("t1")], now=0)
-    assert [i.task.spec.task_id for i in out if isinstance(i, SaveTask)] == ["t1"]
+    assert [(i.task.spec.task_id, i.new_spec) for i in out if isinstance(i, SaveTask)] == [
+        ("t1", True)
+    ], "a new task is saved with its spec"
+    out = scheduler.volunteer_joined(volunteer("v1"), [], now=1)
+    assert [(i.task.spec.task_id, i.new_spec) for i in out if isinstance(i, SaveTask)] == [
+        ("t1", False)
+    ], "an offer changes its state, not its spec"
 
 
 def test_a_later_run_of_a_failed_task_starts_afresh_and_ignores_the_old_attempts() -> None:
@@ -267,6 +273,7 @@ def test_a_later_run_of_a_failed_task_starts_afresh_and_ignores_the_old_attempts
     assert scheduler.submit(MANAGER, [spec("t1")], now=3) == [], "the same run: already ours"
     out = scheduler.submit(MANAGER, [spec("t1", run=1)], now=4)
     assert ("t1", "queued") in events(out)
+    assert any(isinstance(i, SaveTask) and i.new_spec for i in out), "the new run's spec is saved"
     assert offers(out) == [("v1", "t1", 2)], "attempt numbers go on, never repeat"
     task = scheduler.tasks["t1"]
     assert (task.failures, task.error, task.result) == (0, "", None)
