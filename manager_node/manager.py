@@ -347,15 +347,10 @@ class WorkflowManager:
             run = self._runs.get(event.workflow_id)
             if run is not None:
                 verified = event.kind != "completed" or await self._outputs_arrived(event)
-                before = {t.task_id: _saved_fields(t) for t in run.tasks.values()}
-                task = run.apply(event, outputs_verified=verified)
-                if task is not None:
-                    # The task, and dependents a failure skipped; progress alone is not saved.
-                    changed = [
-                        t for t in run.tasks.values() if _saved_fields(t) != before[t.task_id]
-                    ]
-                    await self._store.save_tasks(changed, event.sequence)
-                    await self._publish(run, event.task_id, event.kind, task.message)
+                applied = run.apply(event, outputs_verified=verified)
+                if applied is not None:
+                    await self._store.save_tasks(list(applied.changed), event.sequence)
+                    await self._publish(run, event.task_id, event.kind, applied.task.message)
                     await self._hand_over_ready(run)
                     if run.finished:
                         await self._finish(run)
@@ -505,11 +500,6 @@ class WorkflowManager:
         for queues in self._watchers.values():
             for queue in queues:
                 queue.put_nowait(None)
-
-
-def _saved_fields(task: WorkflowTask) -> tuple[object, ...]:
-    """What the store keeps of a task: an event that changes none of it is not written."""
-    return (task.status, task.attempts, task.volunteer_id, task.message, task.result)
 
 
 def _check_graph(workflow_type: str, tasks: list[NewTask]) -> None:

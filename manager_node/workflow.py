@@ -74,12 +74,27 @@ class OnFailure(StrEnum):
     FAIL = "fail"  # they fail too, naming the task that did not complete
 
 
+@dataclass(frozen=True)
+class Applied:
+    """What an event did to a workflow."""
+
+    task: WorkflowTask  # the task it was about
+    # Records to save: the task, unless only its progress moved, and the tasks downstream
+    # that its failure ended.
+    changed: tuple[WorkflowTask, ...]
+
+
 @dataclass
 class WorkflowRun:
     workflow_id: str
     tasks: dict[str, WorkflowTask] = field(default_factory=dict)  # by task id
     cancelled: bool = False
     on_failure: OnFailure = OnFailure.SKIP
+    # Tasks by name, built once: a workflow's tasks never change after it is made.
+    by_name: dict[str, WorkflowTask] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.by_name = {task.name: task for task in self.tasks.values()}
 
     @classmethod
     def of(
@@ -90,14 +105,11 @@ class WorkflowRun:
     ) -> WorkflowRun:
         return cls(workflow_id, {task.task_id: task for task in tasks}, on_failure=on_failure)
 
-    def _by_name(self) -> dict[str, WorkflowTask]:
-        return {task.name: task for task in self.tasks.values()}
-
     def take_ready(self) -> list[WorkflowTask]:
         """Waiting tasks whose dependencies all completed, now marked queued."""
         if self.cancelled:
             return []
-        by_name = self._by_name()
+        by_name = self.by_name
         ready = [
             task
             for task in self.tasks.values()
@@ -111,7 +123,7 @@ class WorkflowRun:
     def upstream_files(self, task: WorkflowTask) -> tuple[FileRef, ...]:
         """The task's upstream inputs as files, named as the task reads them; every producer
         completed (the task is ready) and declared the output (checked at submit)."""
-        by_name = self._by_name()
+        by_name = self.by_name
         files = []
         for wanted in task.upstream:
             producer = by_name[wanted.task]
@@ -121,9 +133,9 @@ class WorkflowRun:
             files.append(FileRef(wanted.name, found[0].sha256, found[0].size))
         return tuple(files)
 
-    def apply(self, event: TaskEvent, outputs_verified: bool = True) -> WorkflowTask | None:
-        """Updates the task the event is about; returns it, or None if the event is not ours
-        or changes nothing. A `completed` event counts only once its outputs are verified."""
+    def apply(self, event: TaskEvent, outputs_verified: bool = True) -> Applied | None:
+        """Updates the task the event is about; None if the event is not ours or changes
+        nothing. A `completed` event counts only once its outputs are verified."""
         task = self.tasks.get(event.task_id)
         if task is None or task.status.finished:
             return None
@@ -131,6 +143,7 @@ class WorkflowRun:
         if event.volunteer_id:
             task.volunteer_id = event.volunteer_id
         kind = event.kind
+        ended: list[WorkflowTask] = []
         if kind in ("queued", "offered", "declined", "requeued", "unschedulable"):
             task.status = TaskStatus.QUEUED
             task.percent = 0.0
@@ -140,6 +153,9 @@ class WorkflowRun:
             task.status = TaskStatus.RUNNING
             task.message = ""
         elif kind == "progress":
+            if task.status is TaskStatus.RUNNING:
+                task.percent = event.percent
+                return Applied(task, ())
             task.status = TaskStatus.RUNNING
             task.percent = event.percent
         elif kind == "completed":
@@ -152,18 +168,18 @@ class WorkflowRun:
             else:
                 task.status = TaskStatus.FAILED
                 task.message = "its outputs did not arrive intact at the manager"
-                self._skip_dependents(task)
+                ended = self._end_dependents(task)
         elif kind == "failed":
             task.status = TaskStatus.FAILED
             task.result = event.result
             task.message = event.message
-            self._skip_dependents(task)
+            ended = self._end_dependents(task)
         elif kind == "cancelled":
             task.status = TaskStatus.CANCELLED
-            self._skip_dependents(task)
+            ended = self._end_dependents(task)
         else:
             return None
-        return task
+        return Applied(task, (task, *ended))
 
     def cancel(self) -> list[WorkflowTask]:
         """Marks every unfinished task cancelled; returns those the coordinator holds."""
@@ -192,10 +208,12 @@ class WorkflowRun:
             task.result = None
         return again
 
-    def _skip_dependents(self, failed: WorkflowTask) -> None:
-        """Everything downstream of `failed` ends, skipped or failed as the workflow says."""
+    def _end_dependents(self, failed: WorkflowTask) -> list[WorkflowTask]:
+        """Everything downstream of `failed` ends, skipped or failed as the workflow says;
+        returns those tasks."""
         status = TaskStatus.FAILED if self.on_failure is OnFailure.FAIL else TaskStatus.SKIPPED
         blocked = {failed.name}
+        ended: list[WorkflowTask] = []
         changed = True
         while changed:
             changed = False
@@ -204,7 +222,9 @@ class WorkflowRun:
                     task.status = status
                     task.message = f"{status.value}: {failed.name} did not complete"
                     blocked.add(task.name)
+                    ended.append(task)
                     changed = True
+        return ended
 
     @property
     def finished(self) -> bool:

@@ -205,3 +205,18 @@ def test_with_on_failure_fail_the_dependents_fail_naming_the_task() -> None:
         "d": TaskStatus.FAILED,
     }
     assert run.tasks["wf.d"].message == "failed: a did not complete"
+
+
+def test_an_event_says_which_records_changed() -> None:
+    run = diamond()
+    run.take_ready()
+    started = run.apply(event("wf.a", "running", attempt=1))
+    assert started is not None
+    assert [t.name for t in started.changed] == ["a"]
+    moved = run.apply(event("wf.a", "progress", attempt=1, percent=30.0))
+    assert moved is not None
+    assert moved.task.percent == 30.0
+    assert moved.changed == (), "progress alone is not worth a write"
+    failed = run.apply(event("wf.a", "failed", message="exited with code 1"))
+    assert failed is not None
+    assert sorted(t.name for t in failed.changed) == ["a", "b", "c", "d"], "and what it ended"
