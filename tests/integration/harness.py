@@ -158,6 +158,10 @@ class Daemons:
                 daemon.process.wait(timeout=10)
 
 
+# A volunteer with this environment finds no Docker engine.
+NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+
+
 def start_pool(
     daemons: Daemons,
     *volunteer_args: str,

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import (
+    NO_DOCKER,
     Daemon,
     Daemons,
     cli_json,
@@ -98,8 +99,6 @@ def test_outputs_flow_down_three_levels_in_containers(
     assert (out / "cubes.txt").read_text() == "1 8 27 64"
     assert (out / "total.txt").read_text() == str(30 + 100)
 
-
-NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 
 # b needs a file the test creates only after the first run failed.
 BRANCH_FAILS = """\

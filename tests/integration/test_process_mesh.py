@@ -9,17 +9,16 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import (
+    NO_DOCKER,
     Daemons,
     cli_json,
-    list_volunteers,
     run_cli,
-    unique_cluster,
+    start_pool,
     wait_until,
 )
 
 pytestmark = pytest.mark.integration
 
-NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 WORKFLOW = """
 [workflow]
 name = "plain"
@@ -39,15 +38,8 @@ outputs = ["out.txt"]
 def test_process_runtime_runs_tasks_and_is_shown_unisolated(
     daemons: Daemons, tmp_path: Path
 ) -> None:
-    cluster = unique_cluster()
-    common = ["--listen", "127.0.0.1:0", "--cluster", cluster, "--heartbeat", "0.5"]
-    manager = daemons.start("manager", "--role", "coordinator,manager", *common)
+    manager, [volunteer] = start_pool(daemons, "--allow-process-runtime", env=NO_DOCKER)
     address = manager.address()
-    volunteer = daemons.start(
-        "volunteer", "--role", "volunteer", "--allow-process-runtime", *common, env=NO_DOCKER
-    )
-    volunteer.address()
-    wait_until(lambda: volunteer.node_id in list_volunteers(address), 15, "volunteer to join")
     [listed] = cli_json("volunteers", "--coordinator", address)
     assert listed["runtime"] == "process (UNISOLATED)"
     assert listed["isolated"] is False
@@ -69,13 +61,7 @@ def test_process_runtime_runs_tasks_and_is_shown_unisolated(
 def test_without_docker_or_opt_in_a_task_is_unschedulable_and_says_why(
     daemons: Daemons, tmp_path: Path
 ) -> None:
-    cluster = unique_cluster()
-    common = ["--listen", "127.0.0.1:0", "--cluster", cluster, "--heartbeat", "0.5"]
-    manager = daemons.start("manager", "--role", "coordinator,manager", *common)
-    address = manager.address()
-    volunteer = daemons.start("volunteer", "--role", "volunteer", *common, env=NO_DOCKER)
-    volunteer.address()
-    wait_until(lambda: volunteer.node_id in list_volunteers(address), 15, "volunteer to join")
+    manager, _ = start_pool(daemons, env=NO_DOCKER)
     (tmp_path / "in.txt").write_text("hello")
     workflow = tmp_path / "plain.toml"
     workflow.write_text(WORKFLOW.replace("{python}", sys.executable))
