@@ -105,12 +105,12 @@ Instruction = SendOffer | SendCancel | Publish | SaveTask
 
 def unfit_reason(request: TaskSpec, candidate: Candidate) -> str | None:
     """Why this volunteer can never run this task, or None if it can."""
-    problem = capacity_problem(request, candidate.resources, candidate.limits)
-    if problem is None and not (
-        candidate.resources.docker_available or candidate.limits.allow_process_runtime
-    ):
-        problem = "has no Docker engine and does not allow the process runtime"
-    return problem
+    shortfall = capacity_problem(request, candidate.resources, candidate.limits)
+    if shortfall is not None:
+        return shortfall.message
+    if not (candidate.resources.docker_available or candidate.limits.allow_process_runtime):
+        return "has no Docker engine and does not allow the process runtime"
+    return None
 
 
 class Scheduler:

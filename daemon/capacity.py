@@ -4,6 +4,7 @@ coordinator's matching and the volunteer's own decision, so both say the same th
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from daemon.models import OwnerLimits, Resources, TaskSpec
 
@@ -26,20 +27,36 @@ def _cap(machine: float, owner_limit: float) -> float:
     return min(machine, owner_limit or math.inf)
 
 
-def capacity_problem(task: TaskSpec, resources: Resources, limits: OwnerLimits) -> str | None:
+@dataclass(frozen=True)
+class Shortfall:
+    """Why a machine can never hold a task: which request it cannot meet, and in words."""
+
+    # The task's request that is too large: memory_mb, cpus, disk_mb, gpus or network.
+    resource: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def capacity_problem(task: TaskSpec, resources: Resources, limits: OwnerLimits) -> Shortfall | None:
     """Why this machine can never run this task, or None if it can."""
     wanted = task.resources
     memory = _cap(resources.memory_mb, limits.max_memory_mb)
     if wanted.memory_mb > memory:
-        return f"not enough memory: needs {wanted.memory_mb} MiB, may use {memory:g}"
+        return Shortfall(
+            "memory_mb", f"not enough memory: needs {wanted.memory_mb} MiB, may use {memory:g}"
+        )
     cpus = _cap(resources.cpu_cores, limits.max_cpus)
     if wanted.cpus > cpus:
-        return f"not enough CPUs: needs {wanted.cpus:g}, may use {cpus:g}"
+        return Shortfall("cpus", f"not enough CPUs: needs {wanted.cpus:g}, may use {cpus:g}")
     disk = _cap(resources.disk_free_mb, limits.max_disk_mb)
     if wanted.disk_mb > disk:
-        return f"not enough disk: needs {wanted.disk_mb} MiB, may use {disk:g}"
+        return Shortfall(
+            "disk_mb", f"not enough disk: needs {wanted.disk_mb} MiB, may use {disk:g}"
+        )
     if wanted.gpus > resources.gpus:
-        return f"not enough GPUs: needs {wanted.gpus}, has {resources.gpus}"
+        return Shortfall("gpus", f"not enough GPUs: needs {wanted.gpus}, has {resources.gpus}")
     if task.network and not limits.allow_network:
-        return "network not allowed by the owner"
+        return Shortfall("network", "network not allowed by the owner")
     return None

@@ -7,18 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from daemon.capacity import capacity_problem
+from daemon.capacity import Shortfall, capacity_problem
 from daemon.models import TaskSpec, Volunteer, VolunteerState
 from splitters.api import SplitterError
-
-# What each capacity problem is about -> the resource key a person changes.
-_RESOURCE_KEYS = {
-    "not enough memory": "memory_mb",
-    "not enough CPUs": "cpus",
-    "not enough disk": "disk_mb",
-    "not enough GPUs": "gpus",
-    "network not allowed": "network",
-}
 
 
 @dataclass(frozen=True)
@@ -33,12 +24,12 @@ class Candidate:
     parameters: frozenset[str] = frozenset()
 
 
-def _key(candidate: Candidate, problem: str) -> str:
-    resource = next((key for start, key in _RESOURCE_KEYS.items() if problem.startswith(start)), "")
+def _key(candidate: Candidate, shortfall: Shortfall) -> str:
+    resource = shortfall.resource
     if candidate.resources_key:
-        if resource == "network":
+        if resource == "network":  # a task's own key, beside its resources table
             return candidate.resources_key.removesuffix("resources.") + "network"
-        return candidate.resources_key + (resource or "")
+        return candidate.resources_key + resource
     return resource if resource in candidate.parameters else "parameters"
 
 
@@ -52,11 +43,12 @@ def unschedulable(
         return []
     problems: dict[str, SplitterError] = {}
     for candidate in candidates:
-        reasons = [capacity_problem(candidate.spec, v.resources, v.limits) for v in online]
-        if any(reason is None for reason in reasons):
-            continue
-        distinct = sorted({str(reason) for reason in reasons})
-        key = _key(candidate, distinct[0])
+        shortfalls = [capacity_problem(candidate.spec, v.resources, v.limits) for v in online]
+        found = [shortfall for shortfall in shortfalls if shortfall is not None]
+        if len(found) < len(shortfalls):
+            continue  # some volunteer can run it
+        key = _key(candidate, found[0])
+        distinct = sorted({shortfall.message for shortfall in found})
         reason = "; ".join(distinct[:3]) + ("; ..." if len(distinct) > 3 else "")
         if key not in problems:
             problems[key] = SplitterError(

@@ -29,9 +29,9 @@ def decline_reason(task: TaskSpec, situation: Situation) -> str | None:
     most = held_tasks(situation.limits)
     if situation.running >= most:
         return f"busy: holding {situation.running} of {most} tasks"
-    problem = capacity_problem(task, situation.resources, situation.limits)
-    if problem is not None:
-        return problem
+    shortfall = capacity_problem(task, situation.resources, situation.limits)
+    if shortfall is not None:
+        return shortfall.message
     if situation.runtime is None:
         return "no Docker engine here and the owner does not allow the process runtime"
     if (
