@@ -459,8 +459,7 @@ class WorkflowManager:
             for task in again:
                 spec = self._specs[task.task_id]
                 self._specs[task.task_id] = replace(spec, run=spec.run + 1)
-                await self._store.save_spec(self._specs[task.task_id])
-                await self._store.save_task(task)
+            await self._store.rerun_tasks(again, [self._specs[t.task_id] for t in again])
             log.info("workflow %s: resuming %d tasks", workflow_id, len(again))
             if again:
                 await self._store.set_workflow_state(workflow_id, run.state().value)

@@ -338,12 +338,18 @@ class ManagerStore:
 
         return await self.database.read(read)
 
-    async def save_spec(self, spec: TaskSpec) -> None:
-        await self.database.run(
-            lambda db: db.execute(
-                "UPDATE tasks SET spec = ? WHERE id = ?", (codecs.dump(spec), spec.task_id)
+    async def rerun_tasks(self, tasks: list[WorkflowTask], specs: list[TaskSpec]) -> None:
+        """Tasks put back by `--resume`, with their new run's specs, in one transaction."""
+
+        def write(db: sqlite_utils.Database) -> None:
+            db.conn.executemany(
+                "UPDATE tasks SET spec = ? WHERE id = ?",
+                [(codecs.dump(spec), spec.task_id) for spec in specs],
             )
-        )
+            for task in tasks:
+                self._write_task(db, task)
+
+        await self.database.run(write)
 
     async def meta(self, key: str) -> str | None:
         def read(db: sqlite_utils.Database) -> str | None:
