@@ -209,10 +209,8 @@ def _check_span(path: Path, actual: int, offset: int, size: int | None) -> None:
 
 
 def _read_encoded(fd: int, offset: int, length: int) -> bytes:
-    data = os.pread(fd, length, offset)
-    if len(data) != length:
-        raise OSError(f"file shrank while being read (got {len(data)} of {length} bytes)")
-    return wire.encode_upload_chunk(offset, data, crc32(data))
+    chunk = _read_chunk(fd, offset, length)
+    return wire.encode_upload_chunk(chunk.offset, chunk.data, chunk.crc32)
 
 
 def encoded_chunks(
