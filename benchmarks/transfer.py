@@ -6,9 +6,10 @@ against an aiohttp baseline measured in the same run.
 - transfer_peak_rss_server, transfer_peak_rss_client: the gRPC ends' peak RSS over all rounds
 
 Every end runs in its own process (so RSS is per end); both baselines write the received
-bytes to a file, as the gRPC ends write them into their blob store (which also fsyncs them
-before a blob becomes visible). Files live under /tmp (or $VCNODE_BENCH_DIR) and are removed
-at the end.
+bytes to a file, as the gRPC ends write them into their blob store (which syncs a blob to
+disk after publishing it, off the clock here as the baseline's writeback is). Between
+rounds everything is flushed to disk (os.sync), so a round starts clean. Files live under
+/tmp (or $VCNODE_BENCH_DIR) and are removed at the end.
 
 `python -m benchmarks.transfer ROLE ARGS...` runs one end; `run()` drives them all
 (`python -m benchmarks.transfer` prints the figures).
@@ -86,6 +87,7 @@ async def grpc_serve(store_dir: str, source: str) -> None:
 
     await _serve_commands(delete)
     await server.stop(None)
+    await store.close()
 
 
 async def grpc_download(address: str, sha256: str, size: str, store_dir: str) -> None:
@@ -97,6 +99,7 @@ async def grpc_download(address: str, sha256: str, size: str, store_dir: str) ->
     started = time.perf_counter()
     await download(address, sha256, int(size), store)
     _report(time.perf_counter() - started)
+    await store.close()
 
 
 async def grpc_upload(address: str, source: str, sha256: str, size: str) -> None:
@@ -277,8 +280,8 @@ def _settle(*dirs: Path) -> None:
 
 def run() -> list[Figure]:
     """The figures. With VCNODE_BENCH_DURABLE=1, also (as context on stderr, not a figure) an
-    aiohttp baseline that fsyncs the received file before it reports, as the gRPC receivers
-    must before a blob becomes visible; measured in the same rounds."""
+    aiohttp baseline that fsyncs the received file before it reports; measured in the same
+    rounds."""
     durable = os.environ.get("VCNODE_BENCH_DURABLE") == "1"
     where = os.environ.get("VCNODE_BENCH_DIR", "/tmp")
     with tempfile.TemporaryDirectory(prefix="vcnode-bench-transfer-", dir=where) as tmp:

@@ -128,8 +128,7 @@ class WorkflowManager:
         inline: Sequence[tuple[FileRef, bytes]] = (),
     ) -> Submitted:
         workflow = parse_workflow(workflow_text, overrides)
-        # Concurrently: each blob is fsynced before it counts, and the disk takes those
-        # together far faster than one after another.
+        # Concurrently: the store syncs the blobs published together in one round.
         stored = await asyncio.gather(*(self._store_inline(ref, data) for ref, data in inline))
         files = [*files, *stored]
         workflow_id = new_workflow_id(workflow.name)
@@ -358,7 +357,8 @@ class WorkflowManager:
             await self._store.set_meta(COORDINATOR_SEQUENCE, str(event.sequence))
 
     async def _outputs_arrived(self, event: TaskEvent) -> bool:
-        """Volunteers upload outputs before reporting; each must be here, whole."""
+        """Volunteers upload outputs before reporting; each must be here, whole, and on
+        stable storage before the task is recorded as having them."""
         if event.result is None:
             return False
         for ref in event.result.outputs:
@@ -368,6 +368,11 @@ class WorkflowManager:
             ):
                 log.warning("task %s: output %s did not arrive intact", event.task_id, ref.name)
                 return False
+        try:
+            await self._blobs.make_durable([ref.sha256 for ref in event.result.outputs])
+        except OSError as error:
+            log.error("task %s: outputs cannot be kept: %s", event.task_id, error)
+            return False
         return True
 
     async def _finish(self, run: WorkflowRun) -> None:

@@ -73,4 +73,5 @@ class ManagerRole:
         await self.manager.stop()
 
     async def close(self) -> None:
+        await self._blobs.close()
         await self._store.close()

@@ -360,6 +360,7 @@ async def results(address: str, args: argparse.Namespace) -> int:
             written.append(
                 {"name": target.name, "path": str(target), "sha256": ref.sha256, "size": ref.size}
             )
+        await store.close()
     if args.json:
         _print_json(written)
     else:

@@ -3,11 +3,13 @@
     root/complete/ab/abcdef...   verified blobs, the only ones anybody is given
     root/partial/abcdef...       blobs being received, kept across restarts to resume
     root/partial/.import-...     local files being copied in (removed at start-up)
+    root/synced-mark             how far blobs are known to be on stable storage
 
-A blob enters complete/ only by an atomic rename after its size and sha256 matched and the
-file was fsynced, so a reader never sees half a blob or a wrong one. Ids are checked before
-any path is built from them. The event loop never waits on the disk: file work runs on
-threads (see writer.py for how a blob is received).
+A blob enters complete/ only by an atomic rename after its size and sha256 matched, so a
+reader never sees half a blob or a wrong one. It reaches stable storage moments later
+(`make_durable` waits for that; durability.py says how a machine crash is survived). Ids
+are checked before any path is built from them. The event loop never waits on the disk:
+file work runs on threads (see writer.py for how a blob is received).
 
 One BlobStore per root: it keeps the byte counts the quota is checked against in memory
 (counted once, on first use), and it is the only writer of its files.
@@ -28,6 +30,7 @@ from daemon.errors import NotFoundError
 from daemon.transfer import crccache
 from daemon.transfer.blobid import check_blob_id, is_blob_id
 from daemon.transfer.chunks import CHUNK_BYTES, ChunkData, read_chunks
+from daemon.transfer.durability import RecentBlob, WriteBehind
 from daemon.transfer.errors import (
     BlobExistsError,
     BlobTooLargeError,
@@ -35,10 +38,12 @@ from daemon.transfer.errors import (
     OffsetMismatchError,
     QuotaExceededError,
 )
-from daemon.transfer.sink import FileSink, publish
+from daemon.transfer.hashing import sha256_file
+from daemon.transfer.sink import FileSink
 from daemon.transfer.writer import BlobWriter, Outcome
 
 IMPORT_PREFIX = ".import-"
+SYNC_MARK = "synced-mark"
 
 
 def _short(sha256: str) -> str:
@@ -75,6 +80,7 @@ class BlobStore:
         self.quota_bytes = quota_bytes
         self._complete_dir = root / "complete"
         self._partial_dir = root / "partial"
+        self._durability = WriteBehind(root / SYNC_MARK)
         self._open_lock = asyncio.Lock()
         self._opened = False
         self._complete_bytes = 0
@@ -111,12 +117,20 @@ class BlobStore:
     def _scan(self) -> _Scan:
         self._complete_dir.mkdir(parents=True, exist_ok=True)
         self._partial_dir.mkdir(parents=True, exist_ok=True)
+        mark = self._durability.mark()
         complete = 0
+        recent: list[RecentBlob] = []
         for shard in os.scandir(self._complete_dir):
             if shard.is_dir(follow_symlinks=False):
                 for entry in os.scandir(shard.path):
                     if is_blob_id(entry.name) and entry.is_file(follow_symlinks=False):
-                        complete += entry.stat(follow_symlinks=False).st_size
+                        info = entry.stat(follow_symlinks=False)
+                        complete += info.st_size
+                        if mark and info.st_ctime_ns >= mark.synced_before_ns:
+                            recent.append(RecentBlob(Path(entry.path), info.st_size))
+        for blob in self._durability.recover(recent, _holds_its_name):
+            complete -= blob.size
+            crccache.remove(blob.path)
         partial: dict[str, int] = {}
         for entry in os.scandir(self._partial_dir):
             if entry.name.startswith(IMPORT_PREFIX):
@@ -273,7 +287,15 @@ class BlobStore:
             # Our count was off (a file changed under us): believe the disk from now on.
             self._partial_sizes[sha256] = (await asyncio.to_thread(partial.stat)).st_size
             raise
-        return BlobWriter(sha256, size, offset, sink, partial, self._complete_path(sha256))
+        return BlobWriter(
+            sha256,
+            size,
+            offset,
+            sink,
+            partial,
+            self._complete_path(sha256),
+            self._durability.publish,
+        )
 
     def _settle(self, writer: BlobWriter) -> None:
         if writer.outcome is Outcome.COMPLETE:
@@ -307,17 +329,31 @@ class BlobStore:
             await self._lock(sha256)
             try:
                 target = self._complete_path(sha256)
-                if await asyncio.to_thread(publish, temporary, target):
+                if await asyncio.to_thread(self._durability.publish, temporary, target):
                     self._complete_bytes += size
                 await self._drop_partial(sha256)
             finally:
                 self._unlock(sha256)
+            # Whoever imports a file keeps no other copy it could fall back on.
+            await self.make_durable([sha256])
         except BaseException:
             await asyncio.to_thread(temporary.unlink, True)
             raise
         finally:
             del self._reserved[key]
         return sha256, size
+
+    async def make_durable(self, sha256s: list[str]) -> None:
+        """Returns once these complete blobs are on stable storage (an OSError if one cannot
+        get there). Call it before recording somewhere durable that a blob is held."""
+        for sha256 in sha256s:
+            sync = self._durability.pending(self._complete_path(sha256))
+            if sync is not None:
+                await asyncio.wrap_future(sync)
+
+    async def close(self) -> None:
+        """Waits until everything published is on stable storage."""
+        await asyncio.to_thread(self._durability.close)
 
     async def _drop_partial(self, sha256: str) -> None:
         """Removes a partial made useless by the complete blob; the caller holds its lock."""
@@ -352,6 +388,14 @@ def _remove(path: Path) -> int | None:
     return size
 
 
+def _holds_its_name(path: Path) -> bool:
+    """Whether a complete blob's bytes still hash to its name."""
+    try:
+        return sha256_file(path)[0] == path.name
+    except OSError:
+        return False
+
+
 def _copy_file(source: Path, out: Path) -> tuple[str, int]:
     hasher = hashlib.sha256()
     buffer = bytearray(CHUNK_BYTES)
@@ -364,13 +408,10 @@ def _copy_file(source: Path, out: Path) -> tuple[str, int]:
             while written < count:
                 written += writer.write(view[written:count]) or 0
             copied += count
-        os.fsync(writer.fileno())
     return hasher.hexdigest(), copied
 
 
 def _write_bytes(data: bytes, out: Path) -> tuple[str, int]:
     with out.open("xb") as writer:
         writer.write(data)
-        writer.flush()
-        os.fsync(writer.fileno())
     return hashlib.sha256(data).hexdigest(), len(data)

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import os
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from enum import Enum
 from pathlib import Path
@@ -24,7 +25,7 @@ from daemon.transfer.errors import (
     OffsetMismatchError,
     TransferError,
 )
-from daemon.transfer.sink import FileSink, publish
+from daemon.transfer.sink import FileSink
 
 T = TypeVar("T")
 
@@ -67,7 +68,14 @@ class BlobWriter:
     """
 
     def __init__(
-        self, sha256: str, size: int, offset: int, sink: FileSink, partial: Path, target: Path
+        self,
+        sha256: str,
+        size: int,
+        offset: int,
+        sink: FileSink,
+        partial: Path,
+        target: Path,
+        publish: Callable[[Path, Path], bool],
     ) -> None:
         self.sha256 = sha256
         self.size = size
@@ -75,6 +83,8 @@ class BlobWriter:
         self._sink = sink
         self._partial = partial
         self._target = target
+        # Renames the verified partial into place (False if the blob was there already).
+        self._publish = publish
         self._received = offset
         # Bytes in the file (or staged for it); only the write thread changes it.
         self.written = offset
@@ -202,7 +212,6 @@ class BlobWriter:
         if self._failure is not None:
             raise self._failure
         try:
-            self._sink.sync()
             self.written = self._sink.close()
         except OSError as error:
             raise TransferError(
@@ -217,7 +226,7 @@ class BlobWriter:
                 f"blob {_short(self.sha256)}: the {self.size} bytes received hash to "
                 f"{digest}, not to the blob's id; discarded"
             )
-        published = publish(self._partial, self._target)
+        published = self._publish(self._partial, self._target)
         self._outcome = Outcome.COMPLETE
         if published and self._blocks is not None:
             crccache.write(self._target, self._blocks.finish(), CHUNK_BYTES)

@@ -58,3 +58,4 @@ class BlobTransfers:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        await self.store.close()

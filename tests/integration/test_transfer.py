@@ -27,6 +27,7 @@ from daemon.transfer.errors import (
 )
 from daemon.transfer.servicer import AllowAll, TransferPolicy, TransferServicer
 from daemon.transport.channels import bind, create_server, open_channel
+from tests.blob_files import files_under
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +39,6 @@ BAD_IDS = ["../../x", "", SHA.upper(), SHA[:63], SHA + "\n", "z" * 64]
 
 def make_store(root: Path, *, max_blob: int = 64 * MiB, quota: int = 256 * MiB) -> BlobStore:
     return BlobStore(root, max_blob_bytes=max_blob, quota_bytes=quota)
-
-
-def files_under(root: Path) -> list[str]:
-    if not root.exists():
-        return []
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
 @contextlib.asynccontextmanager

@@ -4,12 +4,10 @@ that nothing is written for a refusal."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import itertools
 import os
 import random
-import threading
 import zlib
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from daemon.transfer.errors import (
     OffsetMismatchError,
     QuotaExceededError,
 )
+from tests.blob_files import files_under
 
 MiB = 1 << 20
 DATA = os.urandom(3 * MiB + 12345)
@@ -47,12 +46,6 @@ BAD_IDS = [
 
 def make_store(root: Path, *, max_blob: int = 64 * MiB, quota: int = 256 * MiB) -> BlobStore:
     return BlobStore(root, max_blob_bytes=max_blob, quota_bytes=quota)
-
-
-def files_under(root: Path) -> list[str]:
-    if not root.exists():
-        return []
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
 def pieces(data: bytes, size: int = MiB) -> list[bytes]:
@@ -324,15 +317,7 @@ async def test_restart_counts_usage_and_drops_unfinished_imports(tmp_path: Path)
     assert not leftover.exists()
 
 
-# --- the file sink under the writer: O_DIRECT in aligned stages, or plain writes ------------
-
-
-@pytest.fixture(params=[True, False], ids=["direct", "plain"])
-def small_stages(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Stages of 16 KiB so a few hundred KiB cross many of them; direct I/O on or off."""
-    monkeypatch.setattr(sink, "STAGE_BYTES", 16 * 1024)
-    monkeypatch.setattr(sink, "DIRECT_IO", request.param)
-    return bool(request.param)
+# --- the file sink under the writer ---------------------------------------------------------
 
 
 def write_through_sinks(path: Path, data: bytes, cuts: list[int]) -> None:
@@ -350,44 +335,19 @@ def write_through_sinks(path: Path, data: bytes, cuts: list[int]) -> None:
         assert out.close() == end
 
 
-@pytest.mark.usefixtures("small_stages")
 def test_sink_writes_every_byte_in_place(tmp_path: Path) -> None:
     data = os.urandom(300_000)
     write_through_sinks(tmp_path / "blob", data, [])
     assert (tmp_path / "blob").read_bytes() == data
 
 
-@pytest.mark.usefixtures("small_stages")
 def test_sink_resumes_at_unaligned_offsets(tmp_path: Path) -> None:
     data = os.urandom(300_000)
     write_through_sinks(tmp_path / "blob", data, [5, 4096, 70_001, 70_002, 200_000])
     assert (tmp_path / "blob").read_bytes() == data
 
 
-def test_sink_falls_back_to_plain_writes_when_direct_io_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sink, "STAGE_BYTES", 16 * 1024)
-    plain_write = sink._pwrite_all
-
-    def refuse_on_the_disk_thread(fd: int, data: memoryview, offset: int) -> None:
-        if threading.current_thread().name.startswith("blob-disk"):
-            raise OSError(errno.EINVAL, "Invalid argument")
-        plain_write(fd, data, offset)
-
-    monkeypatch.setattr(sink, "_pwrite_all", refuse_on_the_disk_thread)
-    data = os.urandom(100_000)
-    write_through_sinks(tmp_path / "blob", data, [30_000])
-    assert (tmp_path / "blob").read_bytes() == data
-
-
-@pytest.mark.usefixtures("small_stages")
-async def test_writer_round_trip_with_and_without_direct_io(tmp_path: Path) -> None:
-    store = make_store(tmp_path / "blobs")
-    async with store.receive(SHA, len(DATA)) as writer:
-        for piece in pieces(DATA[: 2 * MiB + 3], 333_333):
-            await writer.append(piece)
-    async with store.receive(SHA, len(DATA), offset=2 * MiB + 3) as writer:
-        await writer.append(DATA[2 * MiB + 3 :])
-        await writer.finish()
-    assert (await store.path(SHA)).read_bytes() == DATA
+def test_sink_refuses_a_file_holding_another_count(tmp_path: Path) -> None:
+    (tmp_path / "blob").write_bytes(b"12345")
+    with pytest.raises(OffsetMismatchError, match="5 bytes are held"):
+        sink.FileSink(tmp_path / "blob", 3)
