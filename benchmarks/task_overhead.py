@@ -31,6 +31,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from benchmarks.daemons import start_daemon, stop, wait_for_address
 from benchmarks.report import Figure
 
@@ -183,6 +185,7 @@ def _mesh(root: Path, token: str) -> float:
         wait_for_address(volunteer, volunteer_dir)
         _wait_for_volunteer(manager_dir, (volunteer_dir / "node_id").read_text().strip())
 
+        cpu_before = _cpu_seconds(manager), _cpu_seconds(volunteer)
         began = time.perf_counter()
         result = _cli(
             "submit", str(workflow), "--data-dir", str(manager_dir), "--wait", "--json",
@@ -190,6 +193,12 @@ def _mesh(root: Path, token: str) -> float:
         )  # fmt: skip
         elapsed = time.perf_counter() - began
         _check_completed(result)
+        print(
+            f"task_overhead: daemon CPU for {TASKS} tasks: coordinator+manager "
+            f"{_cpu_seconds(manager) - cpu_before[0]:.2f} s, volunteer "
+            f"{_cpu_seconds(volunteer) - cpu_before[1]:.2f} s",
+            file=sys.stderr,
+        )
         return elapsed
     except BaseException:
         _stop_all(started)
@@ -197,6 +206,12 @@ def _mesh(root: Path, token: str) -> float:
         raise
     finally:
         _stop_all(started)
+
+
+def _cpu_seconds(process: subprocess.Popen[bytes]) -> float:
+    """User + system CPU time the process has used so far."""
+    times = psutil.Process(process.pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:

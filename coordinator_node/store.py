@@ -141,7 +141,7 @@ def _event_row(manager_id: str, event: TaskEvent) -> dict[str, Any]:
         "at": event.at,
         "kind": event.kind,
         "subject": event.task_id,
-        "data": json.dumps(payload),
+        "data": json.dumps(payload, default=codecs.json_default),
         "manager_id": manager_id,
         "workflow_id": event.workflow_id,
     }
@@ -159,7 +159,7 @@ def _event_from_row(row: dict[str, Any]) -> TaskEvent:
         volunteer_id=payload.get("volunteer_id", ""),
         message=payload.get("message", ""),
         percent=payload.get("percent", 0.0),
-        result=codecs.task_result_from_json(json.dumps(result)) if result else None,
+        result=codecs.task_result_from_data(result) if result else None,
         sequence=row["id"],
     )
 

@@ -104,6 +104,15 @@ class FileRef:
 
 
 @dataclass(frozen=True)
+class InlineBlob:
+    """A small file's bytes carried inside a task's offer or result (see daemon/inline.py);
+    the FileRef naming it is checked against them."""
+
+    sha256: str
+    content: bytes
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     task_id: str
     workflow_id: str
@@ -122,6 +131,8 @@ class TaskSpec:
     image_from_manager: bool = False
     # Raised by `node submit --resume` for each task run again.
     run: int = 0
+    # The bytes of some small inputs; the others come by TransferService.
+    inline_inputs: tuple[InlineBlob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,6 +147,8 @@ class TaskResult:
     finished_at: float = 0.0
     stdout_tail: str = ""
     stderr_tail: str = ""
+    # The bytes of some small outputs; the others were uploaded to the manager.
+    inline_outputs: tuple[InlineBlob, ...] = ()
 
     @property
     def succeeded(self) -> bool:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from daemon import inline
 from daemon.errors import InvalidInputError, NodeError, NotFoundError, RejectedError
-from daemon.models import FileRef, TaskEvent, TaskSpec
+from daemon.models import FileRef, InlineBlob, TaskEvent, TaskSpec
 from daemon.transfer.blobstore import BlobStore
 from manager_node.admission import Candidate, unschedulable
 from manager_node.coordinator_client import CoordinatorClient
@@ -99,7 +100,7 @@ class WorkflowManager:
         self.address = address
         for run in self._runs.values():
             held = [t for t in run.tasks.values() if t.status.value in ("queued", "running")]
-            coordinator.submit([self._specs[t.task_id] for t in held])
+            await self._submit(held)
             await self._hand_over_ready(run)
 
     # --- transfer policy ------------------------------------------------------------------
@@ -320,8 +321,32 @@ class WorkflowManager:
             if task.upstream:
                 await self._resolve_upstream(run, task)
             await self._store.save_task(task)
-        if ready and self.coordinator is not None:
-            self.coordinator.submit([self._specs[task.task_id] for task in ready])
+        await self._submit(ready)
+
+    async def _submit(self, tasks: Sequence[WorkflowTask]) -> None:
+        """Hands tasks to the coordinator, their small inputs inline."""
+        if not tasks or self.coordinator is None:
+            return
+        specs = await asyncio.gather(
+            *(self._with_inline_inputs(self._specs[task.task_id]) for task in tasks)
+        )
+        self.coordinator.submit(specs)
+
+    async def _with_inline_inputs(self, spec: TaskSpec) -> TaskSpec:
+        fits = inline.pick([ref.size for ref in spec.inputs])
+        # One copy of bytes two inputs share.
+        chosen = list(
+            dict.fromkeys(r.sha256 for r, small in zip(spec.inputs, fits, strict=True) if small)
+        )
+        if not chosen:
+            return spec
+        try:
+            paths = [await self._blobs.path(sha256) for sha256 in chosen]
+        except NotFoundError:
+            return spec  # the volunteer's fetch will say which input is missing
+        contents = await asyncio.to_thread(lambda: [path.read_bytes() for path in paths])
+        blobs = tuple(map(InlineBlob, chosen, contents))
+        return replace(spec, inline_inputs=blobs)
 
     async def _resolve_upstream(self, run: WorkflowRun, task: WorkflowTask) -> None:
         """Adds the outputs this task reads from its dependencies to its inputs; they are
@@ -346,6 +371,9 @@ class WorkflowManager:
             run = self._runs.get(event.workflow_id)
             if run is not None:
                 verified = event.kind != "completed" or await self._outputs_arrived(event)
+                if event.result is not None and event.result.inline_outputs:
+                    # Stored as blobs now; the task's record keeps only their refs.
+                    event = replace(event, result=replace(event.result, inline_outputs=()))
                 applied = run.apply(event, outputs_verified=verified)
                 if applied is not None:
                     await self._store.save_tasks(list(applied.changed), event.sequence)
@@ -357,10 +385,18 @@ class WorkflowManager:
             await self._store.set_meta(COORDINATOR_SEQUENCE, str(event.sequence))
 
     async def _outputs_arrived(self, event: TaskEvent) -> bool:
-        """Volunteers upload outputs before reporting; each must be here, whole, and on
-        stable storage before the task is recorded as having them."""
+        """Volunteers upload outputs before reporting, or carry small ones inline; each
+        must be here, whole, and on stable storage before the task is recorded as having
+        them."""
         if event.result is None:
             return False
+        try:
+            carried = inline.verified(event.result.outputs, event.result.inline_outputs)
+        except inline.InlineBlobError as error:
+            log.warning("task %s: %s", event.task_id, error)
+            return False
+        for content in carried.values():
+            await self._blobs.put_bytes(content)  # returns once on stable storage
         for ref in event.result.outputs:
             if (
                 not await self._blobs.has(ref.sha256)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from daemon.discovery.peers import Peer
 from daemon.models import (
     FileRef,
+    InlineBlob,
     Load,
     OwnerLimits,
     Registration,
@@ -175,6 +176,14 @@ def file_ref_from_proto(message: common_pb2.FileRef) -> FileRef:
     return FileRef(name=message.name, sha256=message.sha256, size=message.size)
 
 
+def inline_blob_to_proto(blob: InlineBlob) -> common_pb2.InlineBlob:
+    return common_pb2.InlineBlob(sha256=blob.sha256, content=blob.content)
+
+
+def inline_blob_from_proto(message: common_pb2.InlineBlob) -> InlineBlob:
+    return InlineBlob(sha256=message.sha256, content=message.content)
+
+
 def task_spec_to_proto(spec: TaskSpec) -> common_pb2.TaskSpec:
     return common_pb2.TaskSpec(
         task_id=spec.task_id,
@@ -197,6 +206,7 @@ def task_spec_to_proto(spec: TaskSpec) -> common_pb2.TaskSpec:
         image_id=spec.image_id,
         image_from_manager=spec.image_from_manager,
         run=spec.run,
+        inline_inputs=[inline_blob_to_proto(blob) for blob in spec.inline_inputs],
     )
 
 
@@ -222,6 +232,7 @@ def task_spec_from_proto(message: common_pb2.TaskSpec) -> TaskSpec:
         image_id=message.image_id,
         image_from_manager=message.image_from_manager,
         run=message.run,
+        inline_inputs=tuple(inline_blob_from_proto(blob) for blob in message.inline_inputs),
     )
 
 
@@ -236,6 +247,7 @@ def task_result_to_proto(result: TaskResult) -> common_pb2.TaskResult:
         finished_at=result.finished_at,
         stdout_tail=result.stdout_tail,
         stderr_tail=result.stderr_tail,
+        inline_outputs=[inline_blob_to_proto(blob) for blob in result.inline_outputs],
     )
 
 
@@ -250,6 +262,7 @@ def task_result_from_proto(message: common_pb2.TaskResult) -> TaskResult:
         finished_at=message.finished_at,
         stdout_tail=message.stdout_tail,
         stderr_tail=message.stderr_tail,
+        inline_outputs=tuple(inline_blob_from_proto(blob) for blob in message.inline_outputs),
     )
 
 

@@ -1,4 +1,5 @@
-"""Runs the tasks a volunteer accepts: fetch inputs, run, upload outputs, report.
+"""Runs the tasks a volunteer accepts: fetch inputs, run, upload outputs, report. Small
+inputs come inside the offer and small outputs go inside the result (daemon/inline.py).
 
 One asyncio task per accepted offer, kept in `_pipelines` until it ends; a cancel from the
 coordinator cancels it, and the runtime then kills and removes the container. Results go to
@@ -25,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from daemon import inline
 from daemon.backoff import Backoff
 from daemon.capacity import task_slots
 from daemon.errors import NodeError, UnreachableError
-from daemon.models import FileRef, OwnerLimits, Resources, TaskResult, TaskSpec
+from daemon.models import FileRef, InlineBlob, OwnerLimits, Resources, TaskResult, TaskSpec
 from daemon.runtime.spec import PROGRESS_FILE, RunResult, RunSpec, Runtime
 from daemon.volunteer.policy import Situation, decline_reason
 from daemon.volunteer.store import VolunteerStore
@@ -236,10 +238,10 @@ class TaskWorker:
                 run = await self._runtime.run(
                     self._run_spec(task, input_dir, output_dir), self._progress(task)
                 )
-            outputs: tuple[FileRef, ...] = ()
+            outputs = Outputs()
             error = run.failure
             if run.succeeded:
-                outputs = await self._upload_outputs(task, output_dir)
+                outputs = await self._deliver_outputs(task, output_dir)
         except TaskFailedError as failure:
             return TaskResult(
                 task_id=task.task_id, attempt=task.attempt, exit_code=-1, error=str(failure)
@@ -323,8 +325,19 @@ class TaskWorker:
         return report
 
     async def _fetch_inputs(self, task: TaskSpec, input_dir: Path, *, copy: bool) -> None:
-        await asyncio.to_thread(input_dir.mkdir, parents=True)
+        try:
+            carried = inline.verified(task.inputs, task.inline_inputs)
+        except inline.InlineBlobError as error:
+            raise TaskFailedError(f"the offer's inline input is wrong: {error}") from None
+        small = [
+            (input_dir / check_file_name(ref.name, "input"), carried[ref.sha256])
+            for ref in task.inputs
+            if ref.sha256 in carried
+        ]
+        await asyncio.to_thread(_write_files, input_dir, small)
         for ref in task.inputs:
+            if ref.sha256 in carried:
+                continue
             name = check_file_name(ref.name, "input")
             try:
                 cached = await self._transfers.fetch(task.manager_address, ref)
@@ -338,7 +351,9 @@ class TaskWorker:
             else:
                 await asyncio.to_thread(os.link, cached, target)
 
-    async def _upload_outputs(self, task: TaskSpec, output_dir: Path) -> tuple[FileRef, ...]:
+    async def _deliver_outputs(self, task: TaskSpec, output_dir: Path) -> Outputs:
+        """Uploads the outputs to the manager, except small ones, which go inline with the
+        result."""
         names = task.outputs or await asyncio.to_thread(_written_files, output_dir)
         files = []
         for name in names:
@@ -348,7 +363,16 @@ class TaskWorker:
             if path is None:
                 raise TaskFailedError(f"the task did not write its output {name} (a regular file)")
             files.append(path)
-        return tuple([await self._upload_until_delivered(task, path) for path in files])
+        refs = []
+        carried = []
+        for path, content in zip(files, await asyncio.to_thread(_small_files, files), strict=True):
+            if content is None:
+                refs.append(await self._upload_until_delivered(task, path))
+                continue
+            blob = inline.blob_of(content)
+            refs.append(FileRef(path.name, blob.sha256, len(content)))
+            carried.append(blob)
+        return Outputs(tuple(refs), tuple(carried))
 
     async def _upload_until_delivered(self, task: TaskSpec, path: Path) -> FileRef:
         """Keeps trying while the manager is away: outputs are too costly to lose."""
@@ -383,17 +407,38 @@ def _make_output_dir(path: Path) -> None:
     path.chmod(0o777)  # the container runs as nobody
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """A task's outputs as its result names them, and the bytes of those carried inline."""
+
+    refs: tuple[FileRef, ...] = ()
+    inline: tuple[InlineBlob, ...] = ()
+
+
+def _write_files(directory: Path, files: list[tuple[Path, bytes]]) -> None:
+    directory.mkdir(parents=True)
+    for path, content in files:
+        path.write_bytes(content)
+
+
+def _small_files(paths: list[Path]) -> list[bytes | None]:
+    """The bytes of the files that travel inline (None for the others)."""
+    fits = inline.pick([path.stat().st_size for path in paths])
+    return [path.read_bytes() if small else None for path, small in zip(paths, fits, strict=True)]
+
+
 def _written_files(output_dir: Path) -> tuple[str, ...]:
     return tuple(sorted(p.name for p in output_dir.iterdir() if p.name != PROGRESS_FILE))
 
 
-def _result(task: TaskSpec, run: RunResult, error: str, outputs: tuple[FileRef, ...]) -> TaskResult:
+def _result(task: TaskSpec, run: RunResult, error: str, outputs: Outputs) -> TaskResult:
     return TaskResult(
         task_id=task.task_id,
         attempt=task.attempt,
         exit_code=run.exit_code if run.exit_code is not None else -1,
         error=error,
-        outputs=outputs,
+        outputs=outputs.refs,
+        inline_outputs=outputs.inline,
         started_at=run.started_at,
         finished_at=run.finished_at,
         stdout_tail=run.stdout_tail,

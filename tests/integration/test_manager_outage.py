@@ -1,9 +1,12 @@
 """A manager that goes away mid-task loses nothing: the volunteer keeps the outputs and
-delivers them when the manager is back, and the manager catches up on the events it missed."""
+delivers them when the manager is back (or, for outputs small enough to travel inline with
+the result, the coordinator keeps them in its events), and the manager catches up on the
+events it missed."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,8 +23,15 @@ from tests.integration.harness import (
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 
+# An output over daemon/inline.py's MAX_FILE_BYTES is uploaded; a small one rides with the
+# result through the coordinator.
+LARGE = ("seq 1 2000", "upload of late.txt", "a failed upload attempt")
+SMALL = ("echo done", ") completed", "the volunteer to report the result")
+
+
+@pytest.mark.parametrize(("writer", "log_line", "what"), [LARGE, SMALL], ids=["upload", "inline"])
 def test_outputs_reach_a_manager_that_was_down_when_the_task_ended(
-    daemons: Daemons, tmp_path: Path, worker_image: str
+    daemons: Daemons, tmp_path: Path, worker_image: str, writer: str, log_line: str, what: str
 ) -> None:
     cluster = unique_cluster()
     common = ["--cluster", cluster, "--heartbeat", "0.5", "--no-mdns"]
@@ -42,7 +52,7 @@ def test_outputs_reach_a_manager_that_was_down_when_the_task_ended(
     workflow = tmp_path / "slow.toml"
     workflow.write_text(
         '[workflow]\nname = "slow"\n\n[[tasks]]\nname = "late"\n'
-        'command = ["sh", "-c", "sleep 3; echo done > /output/late.txt"]\n'
+        f'command = ["sh", "-c", "sleep 3; {writer} > /output/late.txt"]\n'
         'outputs = ["late.txt"]\n'
     )
     workflow_id = cli_json("submit", str(workflow), "--manager", manager_address)["workflow_id"]
@@ -55,7 +65,7 @@ def test_outputs_reach_a_manager_that_was_down_when_the_task_ended(
         "the task to run",
     )
     manager.kill()
-    wait_until(lambda: "upload of late.txt" in volunteer.log, 30, "a failed upload attempt")
+    wait_until(lambda: log_line in volunteer.log, 30, what)
 
     restarted = daemons.start(
         "manager", *manager_args, "--listen", manager_address, data_dir=manager.data_dir
@@ -75,4 +85,5 @@ def test_outputs_reach_a_manager_that_was_down_when_the_task_ended(
         ).stdout
     )
     assert [item["name"] for item in listing] == ["late.txt"]
-    assert (out / "late.txt").read_text().strip() == "done"
+    expected = subprocess.run(["sh", "-c", writer], capture_output=True, check=True).stdout
+    assert (out / "late.txt").read_bytes() == expected

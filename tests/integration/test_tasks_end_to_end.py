@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from daemon.inline import MAX_FILE_BYTES
 from splitters.blocks import generate
 from tests.integration.harness import (
     Daemon,
@@ -264,3 +268,39 @@ depends_on = {json.dumps(deps)}
     for name, deps in graph.items():
         for dep in deps:
             assert spans[name][0] >= spans[dep][1], f"{name} started before {dep} ended"
+
+
+def test_small_files_travel_inline_and_large_ones_by_transfer(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    manager, (volunteer,) = start_mesh(daemons, volunteers=1)
+    small = write(tmp_path / "small.txt", "a few bytes\n").read_bytes()
+    large_path = tmp_path / "large.bin"
+    large_path.write_bytes(os.urandom(3 * MAX_FILE_BYTES))
+    large = large_path.read_bytes()
+    tasks = "".join(
+        f'\n[[tasks]]\nname = "{name}"\ncommand = ["sh", "-c", "cp /input/in /output/{name}"]\n'
+        f'inputs = {{ in = "{source}" }}\noutputs = ["{name}"]\n'
+        for name, source in (("small", "small.txt"), ("large", "large.bin"))
+    )
+    workflow = write(tmp_path / "sizes.toml", '[workflow]\nname = "sizes"\n' + tasks)
+    reply = submit(manager, workflow, "--wait")
+    assert reply["exit_code"] == 0, reply
+    out = tmp_path / "out"
+    run_cli("results", reply["workflow_id"], "--data-dir", str(manager.data_dir), "-o", str(out))
+    assert (out / "small").read_bytes() == small
+    assert (out / "large").read_bytes() == large
+
+    # Only the large input went through the volunteer's blob cache (TransferService).
+    cached = {p.name for p in (volunteer.data_dir / "blobs" / "complete").rglob("*") if p.is_file()}
+    assert hashlib.sha256(large).hexdigest() in cached
+    assert hashlib.sha256(small).hexdigest() not in cached
+    # Only the small output came back inside the result, through the coordinator.
+    with sqlite3.connect(manager.data_dir / "coordinator.db") as db:
+        rows = db.execute("SELECT subject, data FROM events WHERE kind = 'completed'").fetchall()
+    carried = {
+        subject.rpartition(".")[2]: json.loads(data)["result"]["inline_outputs"]
+        for subject, data in rows
+    }
+    assert carried["large"] == []
+    assert [blob["sha256"] for blob in carried["small"]] == [hashlib.sha256(small).hexdigest()]

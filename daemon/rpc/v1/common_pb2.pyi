@@ -150,6 +150,33 @@ class FileRef(_message.Message):
 Global___FileRef: _TypeAlias = FileRef  # noqa: Y015
 
 @_typing.final
+class InlineBlob(_message.Message):
+    """A small file's bytes carried inside a task's offer or result, so that a tiny task needs
+    no transfer of its own. The FileRef naming the file still holds; its sha256 and size are
+    checked against these bytes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    content: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        content: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InlineBlob: _TypeAlias = InlineBlob  # noqa: Y015
+
+@_typing.final
 class ResourceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -198,6 +225,7 @@ class TaskSpec(_message.Message):
     IMAGE_ID_FIELD_NUMBER: _builtins.int
     IMAGE_FROM_MANAGER_FIELD_NUMBER: _builtins.int
     RUN_FIELD_NUMBER: _builtins.int
+    INLINE_INPUTS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     workflow_id: _builtins.str
     image: _builtins.str
@@ -226,6 +254,10 @@ class TaskSpec(_message.Message):
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileRef]: ...
     @_builtins.property
     def outputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def inline_inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InlineBlob]:
+        """The bytes of some small inputs (see InlineBlob); the others come by TransferService."""
+
     def __init__(
         self,
         *,
@@ -244,10 +276,11 @@ class TaskSpec(_message.Message):
         image_id: _builtins.str = ...,
         image_from_manager: _builtins.bool = ...,
         run: _builtins.int = ...,
+        inline_inputs: _abc.Iterable[Global___InlineBlob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "image", b"image", "image_from_manager", b"image_from_manager", "image_id", b"image_id", "inputs", b"inputs", "manager_address", b"manager_address", "network", b"network", "outputs", b"outputs", "resources", b"resources", "retries", b"retries", "run", b"run", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "image", b"image", "image_from_manager", b"image_from_manager", "image_id", b"image_id", "inline_inputs", b"inline_inputs", "inputs", b"inputs", "manager_address", b"manager_address", "network", b"network", "outputs", b"outputs", "resources", b"resources", "retries", b"retries", "run", b"run", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -266,6 +299,7 @@ class TaskResult(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     STDOUT_TAIL_FIELD_NUMBER: _builtins.int
     STDERR_TAIL_FIELD_NUMBER: _builtins.int
+    INLINE_OUTPUTS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     exit_code: _builtins.int
@@ -277,6 +311,12 @@ class TaskResult(_message.Message):
     stderr_tail: _builtins.str
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileRef]: ...
+    @_builtins.property
+    def inline_outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InlineBlob]:
+        """The bytes of some small outputs (see InlineBlob); the others were uploaded to the
+        manager before the result was sent.
+        """
+
     def __init__(
         self,
         *,
@@ -289,10 +329,11 @@ class TaskResult(_message.Message):
         finished_at: _builtins.float = ...,
         stdout_tail: _builtins.str = ...,
         stderr_tail: _builtins.str = ...,
+        inline_outputs: _abc.Iterable[Global___InlineBlob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "outputs", b"outputs", "started_at", b"started_at", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "inline_outputs", b"inline_outputs", "outputs", b"outputs", "started_at", b"started_at", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
