@@ -23,6 +23,7 @@ from coordinator_node.scheduler import (
     SendOffer,
 )
 from coordinator_node.store import CoordinatorStore
+from daemon import inline
 from daemon.errors import RejectedError
 from daemon.models import (
     Load,
@@ -181,6 +182,8 @@ class Pool:
 
     async def finished(self, session: PoolSession, result: TaskResult) -> None:
         vid = session.token.volunteer_id
+        # Kept until the manager has them: checked first.
+        result = inline.with_checked_outputs(result)
         await self._stimulus(session, lambda now: self._scheduler.finished(vid, result, now))
         # Acknowledged even when it did not count (late, duplicate): it is safely here.
         session.outbox.put_nowait(AckResult(result.task_id, result.attempt))

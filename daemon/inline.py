@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from daemon.errors import NodeError
-from daemon.models import FileRef, InlineBlob
+from daemon.models import FileRef, InlineBlob, TaskResult
 
 MAX_FILE_BYTES = 4096
 MAX_TASK_BYTES = 8192
@@ -64,3 +65,20 @@ def verified(refs: Iterable[FileRef], blobs: Sequence[InlineBlob]) -> dict[str, 
             )
         found[ref.sha256] = content
     return found
+
+
+def with_checked_outputs(result: TaskResult) -> TaskResult:
+    """The result with only the inline outputs it names, each checked; a volunteer that
+    sent wrong ones failed the attempt."""
+    if not result.inline_outputs:
+        return result
+    try:
+        carried = verified(result.outputs, result.inline_outputs)
+    except InlineBlobError as error:
+        return replace(
+            result,
+            error=f"the volunteer sent unusable inline outputs: {error}",
+            outputs=(),
+            inline_outputs=(),
+        )
+    return replace(result, inline_outputs=tuple(map(InlineBlob, carried, carried.values())))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -94,3 +95,19 @@ def test_inline_bytes_survive_the_wire() -> None:
     spec, result = spec_with_inline(), result_with_inline()
     assert convert.task_spec_from_proto(convert.task_spec_to_proto(spec)) == spec
     assert convert.task_result_from_proto(convert.task_result_to_proto(result)) == result
+
+
+def test_a_result_keeps_only_the_inline_outputs_it_names() -> None:
+    result = result_with_inline()
+    padded = replace(result, inline_outputs=(*result.inline_outputs, inline.blob_of(b"x")))
+    assert inline.with_checked_outputs(padded) == result
+
+
+def test_a_result_with_forged_inline_outputs_becomes_a_failure() -> None:
+    result = result_with_inline()
+    forged = replace(result, inline_outputs=(InlineBlob(result.outputs[0].sha256, b"forged"),))
+    checked = inline.with_checked_outputs(forged)
+    assert not checked.succeeded
+    assert "unusable inline outputs" in checked.error
+    assert checked.outputs == ()
+    assert checked.inline_outputs == ()
