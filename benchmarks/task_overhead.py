@@ -12,7 +12,7 @@
 - task_overhead_ratio: the median over ROUNDS back-to-back pairs of mesh / direct.
 
 One throwaway container warms the image for both sides first; then, ROUNDS times, direct
-then the mesh (fresh daemons and data dirs each round).
+and the mesh, in alternating order (fresh daemons and data dirs each round).
 Every container this benchmark starts carries its token in its name and is removed at the
 end; daemons are stopped and temp dirs removed even on failure.
 """
@@ -38,7 +38,7 @@ from benchmarks.report import Figure
 
 TASKS = 100
 # Direct/mesh pairs; the ratio reported is the median of the pairs' ratios.
-ROUNDS = 3
+ROUNDS = 5
 CONCURRENCY = 2
 IMAGE = "vcnode/worker:1"
 COMMAND = ("sh", "-c", "cat /input/in.txt > /output/out.txt")
@@ -272,10 +272,17 @@ def run() -> list[Figure]:
         try:
             asyncio.run(_direct(root / "warm", f"{token}-warm", 1))
             # Pairs back to back, the ratio taken within each: on a shared machine a
-            # single run swings by 10-15 %, and a pair sees the same conditions.
+            # single run swings by 10-15 %, and a pair sees the same conditions. Which side
+            # goes first alternates, so that what the first leaves behind (Docker's
+            # cleanup, dirty pages) does not always fall on the same side.
             for index in range(ROUNDS):
-                direct = asyncio.run(_direct(root / f"direct-{index}", f"{token}-{index}", TASKS))
-                mesh = _mesh(root / f"mesh-{index}", f"{token}-{index}")
+                tag = f"{token}-{index}"
+                if index % 2:
+                    mesh = _mesh(root / f"mesh-{index}", tag)
+                    direct = asyncio.run(_direct(root / f"direct-{index}", tag, TASKS))
+                else:
+                    direct = asyncio.run(_direct(root / f"direct-{index}", tag, TASKS))
+                    mesh = _mesh(root / f"mesh-{index}", tag)
                 pairs.append((mesh, direct))
                 print(
                     f"task_overhead: round {index + 1}: {TASKS} tasks at concurrency "
