@@ -81,6 +81,9 @@ MEMORY_HEADROOM = 3.0
 MIN_MEMORY_MB = 128
 FLOAT_BYTES = 8
 
+# Units in an mlp's hidden layer unless the workflow says.
+DEFAULT_HIDDEN = 32
+
 
 def train_name(round_index: int, shard: int) -> str:
     return f"train-{round_index}-{shard}"
@@ -119,7 +122,13 @@ def _plan(params: Mapping[str, Any]) -> Plan:
     dataset = ml_data.load(params["data"], params["label_column"])
     samples, features = dataset.x.shape
     training, held_out = ml_data.check_split(samples, params["test_fraction"], params["shards"])
-    hidden = params["hidden"] if params["model"] == "mlp" else None
+    hidden = params["hidden"]
+    if params["model"] == "mlp":
+        hidden = hidden or DEFAULT_HIDDEN
+    elif hidden is not None:
+        raise SplitterError(
+            "hidden", f'only model = "mlp" has a hidden layer, not model = "{params["model"]}"'
+        )
     classes = int(np.unique(dataset.labels).size)
     return Plan(dataset, training, held_out, ml_data.layer_sizes(features, classes, hidden))
 
@@ -247,7 +256,12 @@ class MlTraining:
             maximum=1.0,
         ),
         Parameter("model", str, "the classifier", default="softmax", choices=MODELS),
-        Parameter("hidden", int, "mlp only: units in the hidden layer", default=32, minimum=1),
+        Parameter(
+            "hidden",
+            int,
+            f"mlp only: units in the hidden layer (default {DEFAULT_HIDDEN})",
+            minimum=1,
+        ),
         Parameter(
             "shards", int, "training tasks per round, each on its slice", default=4, minimum=1
         ),
