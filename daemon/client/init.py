@@ -98,10 +98,18 @@ def render(type_name: str, file_name: str = "workflow.toml") -> str:
         value = example.get(parameter.name, parameter.default)
         key = toml_key(parameter.name)
         if value is None:
-            lines.append(f"# {key} = {_PLACEHOLDERS.get(parameter.type, '')}")
+            lines.append(f"# {key} = {_placeholder(parameter)}")
         else:
             lines.append(f"{key} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+def _placeholder(parameter: Parameter) -> str:
+    """A value of the parameter's type to show commented out: its minimum if it has one (a
+    placeholder of 0 would itself be refused)."""
+    if parameter.minimum is not None and parameter.type in (int, float):
+        return toml_value(parameter.type(parameter.minimum))
+    return _PLACEHOLDERS.get(parameter.type, "")
 
 
 def init(args: argparse.Namespace) -> int:
