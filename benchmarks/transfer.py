@@ -67,17 +67,14 @@ async def _serve_commands(on_delete: Callable[[str], Awaitable[None]]) -> None:
 
 
 async def grpc_serve(store_dir: str, source: str) -> None:
-    from daemon.rpc.v1 import transfer_pb2_grpc
     from daemon.transfer.blobstore import BlobStore
-    from daemon.transfer.servicer import AllowAll, TransferServicer
+    from daemon.transfer.servicer import AllowAll, TransferServicer, add_transfer_service
     from daemon.transport.channels import bind, create_server
 
     store = BlobStore(Path(store_dir), max_blob_bytes=2 * SIZE, quota_bytes=8 * SIZE)
     await store.put_file(Path(source))
     server = create_server()
-    transfer_pb2_grpc.add_TransferServiceServicer_to_server(
-        TransferServicer(store, AllowAll()), server
-    )
+    add_transfer_service(server, TransferServicer(store, AllowAll()))
     port = bind(server, "127.0.0.1:0")
     await server.start()
     print(f"ready 127.0.0.1:{port}", flush=True)

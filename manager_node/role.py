@@ -8,9 +8,9 @@ import contextlib
 import grpc
 
 from daemon.roles import RoleContext
-from daemon.rpc.v1 import manager_pb2_grpc, transfer_pb2_grpc
+from daemon.rpc.v1 import manager_pb2_grpc
 from daemon.transfer.blobstore import BlobStore
-from daemon.transfer.servicer import TransferServicer
+from daemon.transfer.servicer import TransferServicer, add_transfer_service
 from manager_node.coordinator_client import CoordinatorClient
 from manager_node.images import ImageArchives
 from manager_node.manager import WorkflowManager
@@ -41,9 +41,7 @@ class ManagerRole:
         manager_pb2_grpc.add_ManagerServiceServicer_to_server(
             ManagerServicer(self.manager, self._store), server
         )
-        transfer_pb2_grpc.add_TransferServiceServicer_to_server(
-            TransferServicer(self._blobs, self.manager), server
-        )
+        add_transfer_service(server, TransferServicer(self._blobs, self.manager))
 
     async def open(self) -> None:
         await self._store.open()

@@ -29,7 +29,7 @@ from pathlib import Path
 from daemon.errors import NotFoundError
 from daemon.transfer import crccache
 from daemon.transfer.blobid import check_blob_id, is_blob_id
-from daemon.transfer.chunks import CHUNK_BYTES, ChunkData, read_chunks
+from daemon.transfer.chunks import CHUNK_BYTES, ChunkData, read_chunks, read_messages
 from daemon.transfer.durability import RecentBlob, WriteBehind
 from daemon.transfer.errors import (
     BlobExistsError,
@@ -183,6 +183,19 @@ class BlobStore:
             try:
                 async for chunk in chunks:
                     yield chunk
+            except FileNotFoundError:
+                raise NotFoundError(f"no blob {sha256} here") from None
+
+    async def read_messages(self, sha256: str, offset: int = 0) -> AsyncIterator[bytes]:
+        """`read_chunks` as a Download sends them: serialised Chunk messages, each built on
+        the reading thread."""
+        path = self._complete_path(sha256)
+        await self.open()
+        messages = read_messages(path, offset=offset, cached_crcs=True)
+        async with contextlib.aclosing(messages):
+            try:
+                async for message in messages:
+                    yield message
             except FileNotFoundError:
                 raise NotFoundError(f"no blob {sha256} here") from None
 

@@ -165,6 +165,38 @@ class _CachedCrcs:
         return ChunkData(offset, data, checksum)
 
 
+async def _open_reader(
+    path: Path,
+    offset: int,
+    size: int | None,
+    chunk_bytes: int,
+    cached_crcs: bool,
+    then: Callable[[ChunkData], T],
+) -> _Reader[T]:
+    """A reader of `path` from `offset`, each chunk passed through `then` on its thread."""
+    fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+    try:
+        stat = await asyncio.to_thread(os.fstat, fd)
+        actual = stat.st_size
+        _check_span(path, actual, offset, size)
+        read: Callable[[int, int, int], ChunkData] = _read_chunk
+        if cached_crcs:
+            cached = await asyncio.to_thread(_CachedCrcs, path, stat, offset, chunk_bytes)
+            read = cached.read
+    except BaseException:
+        os.close(fd)
+        raise
+    return _Reader(fd, offset, actual, chunk_bytes, lambda *span: then(read(*span)))  # closes fd
+
+
+def _as_is(chunk: ChunkData) -> ChunkData:
+    return chunk
+
+
+def _as_message(chunk: ChunkData) -> bytes:
+    return wire.encode_chunk(chunk.offset, chunk.data, chunk.crc32)
+
+
 async def read_chunks(
     path: Path,
     *,
@@ -179,19 +211,20 @@ async def read_chunks(
     Raises FileNotFoundError if there is no such file, OffsetMismatchError if `offset` lies
     past its end.
     """
-    fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+    reader = await _open_reader(path, offset, size, chunk_bytes, cached_crcs, _as_is)
     try:
-        stat = await asyncio.to_thread(os.fstat, fd)
-        actual = stat.st_size
-        _check_span(path, actual, offset, size)
-        read: Callable[[int, int, int], ChunkData] = _read_chunk
-        if cached_crcs:
-            cached = await asyncio.to_thread(_CachedCrcs, path, stat, offset, chunk_bytes)
-            read = cached.read
-    except BaseException:
-        os.close(fd)
-        raise
-    reader = _Reader(fd, offset, actual, chunk_bytes, read)  # closes fd
+        while reader:
+            yield await reader.get()
+    finally:
+        reader.stop()
+
+
+async def read_messages(
+    path: Path, *, offset: int = 0, chunk_bytes: int = CHUNK_BYTES, cached_crcs: bool = False
+) -> AsyncGenerator[bytes, None]:
+    """`read_chunks` for a Download's sender: each chunk as a serialised Chunk message, built
+    on the reading thread. Same errors."""
+    reader = await _open_reader(path, offset, None, chunk_bytes, cached_crcs, _as_message)
     try:
         while reader:
             yield await reader.get()

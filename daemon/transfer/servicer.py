@@ -2,6 +2,12 @@
 
 Every refusal is a status with a message saying which blob and why (see `status.py`); an
 upload that is refused leaves nothing visible, and nothing after a bad chunk is written.
+
+Register it with `add_transfer_service`, not the generated registration: chunks travel as
+serialised messages written and read by `wire.py`, never through protobuf objects (a 1 MiB
+chunk through the protobuf runtime costs several copies on the event loop). Download yields
+Chunk messages as bytes, built on the thread that reads the blob; Upload receives each
+UploadMessage as its header, a chunk whose data is a view of what gRPC delivered, or None.
 """
 
 from __future__ import annotations
@@ -11,9 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from daemon.errors import NodeError, NotFoundError
-from daemon.rpc.v1 import transfer_pb2, transfer_pb2_grpc
+from daemon.rpc.v1 import transfer_pb2
+from daemon.transfer import wire
 from daemon.transfer.blobid import check_blob_id
 from daemon.transfer.blobstore import BlobStore
 from daemon.transfer.errors import (
@@ -27,6 +35,8 @@ from daemon.transfer.memory import keep_freed_memory
 from daemon.transfer.status import UPLOAD_ACCEPTED, status_for
 
 R = TypeVar("R")
+
+SERVICE = "vcnode.v1.TransferService"
 
 # How much of a refused upload's remaining stream is read before ending the call anyway.
 DRAIN_LIMIT_BYTES = 32 << 20
@@ -53,12 +63,13 @@ class AllowAll:
         return True
 
 
-async def _drain(messages: AsyncIterator[transfer_pb2.UploadMessage], limit: int) -> None:
+async def _drain(messages: AsyncIterator[wire.UploadPart], limit: int) -> None:
     """Reads (and drops) what the sender still sends, up to `limit` bytes, so that a refusal
     in mid-stream reaches it as our status and not as INTERNAL (grpc/grpc#36066)."""
     drained = 0
     async for message in messages:
-        drained += len(message.chunk.data)
+        if isinstance(message, wire.RawChunk):
+            drained += len(message.data)
         if drained > limit:
             return
 
@@ -81,7 +92,7 @@ def _refuses(handler: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]
     return wrapper
 
 
-class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
+class TransferServicer:
     def __init__(self, store: BlobStore, policy: TransferPolicy) -> None:
         self._store = store
         self._policy = policy
@@ -89,28 +100,29 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
 
     async def Download(
         self, request: transfer_pb2.DownloadRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[transfer_pb2.Chunk]:
+    ) -> AsyncIterator[bytes]:
+        """Serialised Chunk messages (see `add_transfer_service`)."""
         try:
             sha256 = check_blob_id(request.sha256)
             if not await self._policy.may_download(sha256):
                 raise PolicyRefusedError(f"this node does not serve blob {sha256} to you")
             # `yield` rather than context.write(): measurably faster (DESIGN.md).
-            async for chunk in self._store.read_chunks(sha256, request.offset):
-                yield transfer_pb2.Chunk(offset=chunk.offset, data=chunk.data, crc32=chunk.crc32)
+            async for message in self._store.read_messages(sha256, request.offset):
+                yield message
         except NodeError as error:
             await _refuse(context, error)
 
     @_refuses
     async def Upload(
         self,
-        request_iterator: AsyncIterator[transfer_pb2.UploadMessage],
+        request_iterator: AsyncIterator[wire.UploadPart],
         context: grpc.aio.ServicerContext,
     ) -> transfer_pb2.UploadReply:
+        """Takes UploadMessages as `wire.parse_upload_message` reads them."""
         messages = aiter(request_iterator)
-        first = await anext(messages, None)
-        if first is None or first.WhichOneof("kind") != "header":
+        header = await anext(messages, None)
+        if not isinstance(header, transfer_pb2.UploadHeader):
             raise TransferError("an upload starts with its header, then the chunks")
-        header = first.header
         sha256 = check_blob_id(header.sha256)
         if not await self._policy.may_upload(sha256, header.size, header.purpose):
             raise PolicyRefusedError(
@@ -124,10 +136,9 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             async with self._store.receive(sha256, header.size, offset=header.offset) as writer:
                 await context.send_initial_metadata(UPLOAD_ACCEPTED)
                 accepted = True
-                async for message in messages:
-                    if message.WhichOneof("kind") != "chunk":
+                async for chunk in messages:
+                    if not isinstance(chunk, wire.RawChunk):
                         raise TransferError("only chunks may follow an upload's header")
-                    chunk = message.chunk
                     if chunk.offset != writer.received:
                         raise OffsetMismatchError(
                             f"blob {sha256[:12]}: a chunk starts at {chunk.offset} where "
@@ -164,3 +175,34 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         except NotFoundError:
             partial = await self._store.partial_size(sha256)
             return transfer_pb2.StatReply(complete=False, partial_size=partial)
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def add_transfer_service(server: grpc.aio.Server, servicer: TransferServicer) -> None:
+    """Registers `servicer` as the TransferService of `server`; use it instead of the generated
+    `add_TransferServiceServicer_to_server` (same service, same wire format). Download's
+    responses go out as the bytes it yields and Upload's messages come in through
+    `wire.parse_upload_message`; Stat keeps the protobuf (de)serializers."""
+    handlers = {
+        "Download": grpc.unary_stream_rpc_method_handler(
+            servicer.Download,
+            request_deserializer=transfer_pb2.DownloadRequest.FromString,
+            response_serializer=None,  # serialised already
+        ),
+        "Upload": grpc.stream_unary_rpc_method_handler(
+            servicer.Upload,
+            request_deserializer=wire.parse_upload_message,
+            response_serializer=_serialize,
+        ),
+        "Stat": grpc.unary_unary_rpc_method_handler(
+            servicer.Stat,
+            request_deserializer=transfer_pb2.StatRequest.FromString,
+            response_serializer=_serialize,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    # As the generated code does: registered methods are matched without a lookup by name.
+    server.add_registered_method_handlers(SERVICE, handlers)

@@ -1,10 +1,11 @@
 """Chunk messages on the wire, read and written without copying their data.
 
 A 1 MiB chunk through the protobuf runtime is copied several times: into the message, out
-of it as bytes, into and out of the serialised form. The client ends of a transfer read and
-write the serialised messages themselves instead (gRPC hands them over as bytes when a call
-has no (de)serializer): a received chunk's data is a view into the message gRPC delivered,
-and an upload message is built around the data read from the file in one join.
+of it as bytes, into and out of the serialised form. Both ends of a transfer read and write
+the serialised messages themselves instead (gRPC hands them over as bytes when a call has no
+(de)serializer; the server's side is registered by `servicer.add_transfer_service`): a
+received chunk's data is a view into the message gRPC delivered, and a message sent is built
+around the data read from the file in one join.
 
 The encoding is protobuf's own (daemon/rpc/v1/transfer.proto), so either end may be the
 generated code: fields in any order, unknown fields skipped, a field given twice taking its
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from google.protobuf.message import DecodeError
 
@@ -27,6 +29,7 @@ _CHUNK_OFFSET = 1 << 3 | _VARINT
 _CHUNK_DATA = 2 << 3 | _LEN
 _CHUNK_CRC32 = 3 << 3 | _I32
 _UPLOAD_CHUNK = 2 << 3 | _LEN
+_UPLOAD_CHUNK_KEY = bytes((_UPLOAD_CHUNK,))
 
 _FIXED32 = struct.Struct("<I")
 
@@ -40,6 +43,10 @@ class RawChunk:
     offset: int
     data: memoryview  # a view of the message: no copy of the bytes
     crc32: int
+
+
+# An UploadMessage as the receiver of an upload sees it: the header, a chunk, or neither.
+UploadPart: TypeAlias = "transfer_pb2.UploadHeader | RawChunk | None"
 
 
 def _varint(message: bytes, position: int) -> tuple[int, int]:
@@ -68,13 +75,14 @@ def encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _parse_fast(message: bytes) -> RawChunk:
+def _parse_fast(message: bytes, position: int = 0, end: int | None = None) -> RawChunk:
+    """The Chunk in message[position:end]."""
     view = memoryview(message)
     offset = 0
     crc32 = 0
     data = view[:0]
-    position = 0
-    end = len(message)
+    if end is None:
+        end = len(message)
     while position < end:
         key, position = _varint(message, position)
         wire_type = key & 7
@@ -123,15 +131,40 @@ def parse_chunk(message: bytes) -> RawChunk:
     return RawChunk(chunk.offset, memoryview(chunk.data), chunk.crc32)
 
 
+def parse_upload_message(message: bytes) -> UploadPart:
+    """The serialised UploadMessage `message`: its header, its chunk (data a view of the
+    message), or None when it holds neither. Raises DecodeError as the protobuf runtime
+    does for a message that is not an UploadMessage."""
+    # The usual chunk: one field, the Chunk, to the end of the message.
+    if message[:1] == _UPLOAD_CHUNK_KEY:
+        try:
+            length, position = _varint(message, 1)
+            if position + length == len(message):
+                return _parse_fast(message, position)
+        except WireError:
+            pass
+    parsed = transfer_pb2.UploadMessage.FromString(message)  # raises DecodeError when bad
+    kind = parsed.WhichOneof("kind")
+    if kind == "header":
+        return parsed.header
+    if kind == "chunk":
+        chunk = parsed.chunk
+        return RawChunk(chunk.offset, memoryview(chunk.data), chunk.crc32)
+    return None
+
+
+def _chunk_fields(offset: int, length: int) -> bytes:
+    """A Chunk's fields before its data: the offset (unless 0) and the data's key and length."""
+    head = bytes((_CHUNK_DATA,)) + encode_varint(length)
+    return bytes((_CHUNK_OFFSET,)) + encode_varint(offset) + head if offset else head
+
+
 def chunk_prefix(offset: int, length: int) -> bytes:
     """An UploadMessage holding a Chunk at `offset` of `length` data bytes, up to the data;
     `chunk_suffix` follows the data."""
-    inner = bytearray()
-    if offset:
-        inner += bytes((_CHUNK_OFFSET,)) + encode_varint(offset)
-    inner += bytes((_CHUNK_DATA,)) + encode_varint(length)
+    inner = _chunk_fields(offset, length)
     chunk_length = len(inner) + length + 5
-    return bytes((_UPLOAD_CHUNK,)) + encode_varint(chunk_length) + bytes(inner)
+    return _UPLOAD_CHUNK_KEY + encode_varint(chunk_length) + inner
 
 
 def chunk_suffix(crc32: int) -> bytes:
@@ -143,12 +176,20 @@ def encode_upload_chunk(offset: int, data: bytes | memoryview, crc32: int) -> by
     return b"".join((chunk_prefix(offset, len(data)), data, chunk_suffix(crc32)))
 
 
+def encode_chunk(offset: int, data: bytes | memoryview, crc32: int) -> bytes:
+    """A serialised Chunk(offset, data, crc32), as a Download sends it: one copy of `data`."""
+    return b"".join((_chunk_fields(offset, len(data)), data, chunk_suffix(crc32)))
+
+
 __all__ = [
     "DecodeError",
     "RawChunk",
+    "UploadPart",
     "WireError",
     "chunk_prefix",
     "chunk_suffix",
+    "encode_chunk",
     "encode_upload_chunk",
     "parse_chunk",
+    "parse_upload_message",
 ]
