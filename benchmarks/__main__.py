@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from benchmarks import discovery, idle, task_overhead, transfer
+from benchmarks import discovery, idle, scheduler, task_overhead, transfer
 from benchmarks.report import Figure
 
 # figure name -> the benchmark that measures it (one run may measure several figures)
@@ -18,6 +18,8 @@ BENCHMARKS: dict[str, Callable[[], list[Figure]]] = {
     "transfer_peak_rss_server": transfer.run,
     "transfer_peak_rss_client": transfer.run,
     "task_overhead_ratio": task_overhead.run,
+    "scheduler_scaling_ratio": scheduler.run,
+    "scheduler_results_per_second": scheduler.run,
 }
 
 

@@ -6,7 +6,11 @@ do: offers and cancels to send, events to publish, task records to save.
 
 Rules:
 - A task is offered to one connected volunteer at a time that fits it (resources, owner's
-  limits, room) and has not just declined it; FIFO, spreading over the least busy. A
+  limits, room) and has not just declined it; FIFO (a requeued task keeps its place),
+  spreading over the least busy. A task waiting for a busy volunteer lets later ones pass
+  to free ones. Tasks no connected volunteer can run are set aside until one joins.
+- No stimulus walks every task: dispatch looks at the queue's front only while volunteers
+  have room (see benchmarks/scheduler.py). A
   volunteer holds one task beyond its slots, whose inputs it fetches while it is busy.
 - Every offer has a number (`attempt`). Answers and results carry it, so anything about an
   older attempt (a late result from a volunteer we gave up on) is ignored, never counted.
@@ -20,6 +24,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from coordinator_node.dispatch_queue import DispatchQueue
 from daemon.capacity import capacity_problem, held_tasks
 from daemon.models import (
     OwnerLimits,
@@ -68,6 +73,13 @@ class ScheduledTask:
     # `attempt` when the current run began: attempt numbers never repeat (so late results
     # stay recognisable) but each run gets the whole `max_attempts` budget.
     attempt_base: int = 0
+    # Submission order, for FIFO dispatch (not saved: a restart numbers tasks as it loads
+    # them, which is in the order they were first saved).
+    order: int = 0
+
+    @property
+    def task_id(self) -> str:
+        return self.spec.task_id
 
 
 # --- instructions -------------------------------------------------------------------------
@@ -124,6 +136,14 @@ class Scheduler:
         self.tasks: dict[str, ScheduledTask] = {}
         self._candidates: dict[str, Candidate] = {}
         self._assigned: dict[str, set[str]] = {}
+        # Indexes by state, so that no stimulus walks every task (see _set_state):
+        # queued tasks some connected volunteer may run, in submission order;
+        self._queue: DispatchQueue[ScheduledTask] = DispatchQueue()
+        # queued tasks no connected volunteer can run, back in the queue when one joins;
+        self._parked: dict[str, ScheduledTask] = {}
+        # offers not answered yet.
+        self._offered: dict[str, ScheduledTask] = {}
+        self._next_order = 0
 
     # --- stimuli --------------------------------------------------------------------------
 
@@ -134,7 +154,7 @@ class Scheduler:
             if task.state is TaskState.OFFERED:
                 task.state = TaskState.QUEUED
                 task.volunteer_id = ""
-            self.tasks[task.spec.task_id] = task
+            self._track(task)
             if task.state is TaskState.RUNNING:
                 self._assigned.setdefault(task.volunteer_id, set()).add(task.spec.task_id)
 
@@ -149,13 +169,13 @@ class Scheduler:
                     out += self._rerun(known, spec, now)
                 continue
             task = ScheduledTask(spec=spec, manager_id=manager_id)
-            self.tasks[spec.task_id] = task
+            self._track(task)
             out += [SaveTask(task, new_spec=True), self._event(task, "queued", now)]
         return out + self._dispatch(now)
 
     def _rerun(self, task: ScheduledTask, spec: TaskSpec, now: float) -> list[Instruction]:
         task.spec = spec
-        task.state = TaskState.QUEUED
+        self._set_state(task, TaskState.QUEUED)
         task.attempt_base = task.attempt
         task.failures = 0
         task.volunteer_id = ""
@@ -173,6 +193,10 @@ class Scheduler:
     ) -> list[Instruction]:
         vid = candidate.volunteer_id
         self._candidates[vid] = candidate
+        # It may run what nobody could.
+        parked, self._parked = self._parked, {}
+        for task in parked.values():
+            self._queue.add(task)
         still_running = set(running_task_ids)
         out: list[Instruction] = []
         for task_id in sorted(self._assigned.get(vid, set()) - still_running):
@@ -205,7 +229,7 @@ class Scheduler:
             # We no longer want this volunteer to run it (offer timed out, cancelled, ...).
             return [SendCancel(volunteer_id, task_id, "the offer is no longer valid")]
         assert task is not None
-        task.state = TaskState.RUNNING
+        self._set_state(task, TaskState.RUNNING)
         return [SaveTask(task), self._event(task, "running", now)]
 
     def declined(
@@ -216,7 +240,7 @@ class Scheduler:
             return []
         assert task is not None
         self._release(task)
-        task.state = TaskState.QUEUED
+        self._set_state(task, TaskState.QUEUED)
         task.declined_at[volunteer_id] = now
         return [
             SaveTask(task),
@@ -241,17 +265,17 @@ class Scheduler:
         self._release(task)
         task.result = result
         if result.succeeded:
-            task.state = TaskState.COMPLETED
+            self._set_state(task, TaskState.COMPLETED)
             task.error = ""
             out: list[Instruction] = [SaveTask(task), self._event(task, "completed", now)]
         else:
             task.failures += 1
             if task.failures <= task.spec.retries:
-                task.state = TaskState.QUEUED
+                self._set_state(task, TaskState.QUEUED)
                 message = f"{result.error}; retry {task.failures} of {task.spec.retries}"
                 out = [SaveTask(task), self._event(task, "requeued", now, message=message)]
             else:
-                task.state = TaskState.FAILED
+                self._set_state(task, TaskState.FAILED)
                 task.error = result.error
                 out = [SaveTask(task), self._event(task, "failed", now, message=result.error)]
         return out + self._dispatch(now)
@@ -267,15 +291,15 @@ class Scheduler:
             if task.state in (TaskState.OFFERED, TaskState.RUNNING):
                 out.append(SendCancel(task.volunteer_id, task.spec.task_id, "cancelled"))
                 self._release(task)
-            task.state = TaskState.CANCELLED
+            self._set_state(task, TaskState.CANCELLED)
             out += [SaveTask(task), self._event(task, "cancelled", now)]
         return out + self._dispatch(now)
 
     def tick(self, now: float) -> list[Instruction]:
         """Offers unanswered for too long count as declined; then dispatch again."""
         out: list[Instruction] = []
-        for task in self.tasks.values():
-            if task.state is TaskState.OFFERED and now - task.offered_at >= self.offer_timeout:
+        for task in list(self._offered.values()):
+            if now - task.offered_at >= self.offer_timeout:
                 out += self.declined(
                     task.volunteer_id,
                     task.spec.task_id,
@@ -308,49 +332,73 @@ class Scheduler:
     def _requeue(self, task: ScheduledTask, now: float, why: str) -> list[Instruction]:
         self._release(task)
         if task.attempt - task.attempt_base >= self.max_attempts:
-            task.state = TaskState.FAILED
+            self._set_state(task, TaskState.FAILED)
             task.error = f"gave up after {task.attempt - task.attempt_base} attempts: {why}"
             return [SaveTask(task), self._event(task, "failed", now, message=task.error)]
-        task.state = TaskState.QUEUED
+        self._set_state(task, TaskState.QUEUED)
         return [SaveTask(task), self._event(task, "requeued", now, message=why)]
 
+    def _track(self, task: ScheduledTask) -> None:
+        task.order = self._next_order
+        self._next_order += 1
+        self.tasks[task.task_id] = task
+        self._set_state(task, task.state)
+
+    def _set_state(self, task: ScheduledTask, state: TaskState) -> None:
+        """Every change of a task's state goes through here, to keep the indexes true."""
+        self._queue.discard(task.task_id)
+        self._parked.pop(task.task_id, None)
+        self._offered.pop(task.task_id, None)
+        task.state = state
+        if state is TaskState.QUEUED:
+            self._queue.add(task)
+        elif state is TaskState.OFFERED:
+            self._offered[task.task_id] = task
+
     def _dispatch(self, now: float) -> list[Instruction]:
+        """Offers queued tasks, from the front, while volunteers have room. Looks only at as
+        many tasks as it places, plus those the volunteers with room may not take now."""
         out: list[Instruction] = []
-        for task in self.tasks.values():
-            if task.state is not TaskState.QUEUED:
-                continue
-            fitting = [c for c in self._candidates.values() if unfit_reason(task.spec, c) is None]
-            if not fitting:
-                if self._candidates and not task.unschedulable_reported:
+        room = {
+            vid: free
+            for vid, candidate in self._candidates.items()
+            if (free := candidate.capacity - len(self._assigned.get(vid, ()))) > 0
+        }
+        waiting: list[ScheduledTask] = []
+        while room and (task := self._queue.pop_front()) is not None:
+            # Those with room first: usually one of them takes it, and the rest of the pool
+            # need not be asked.
+            ready = [
+                vid
+                for vid in room
+                if now - task.declined_at.get(vid, -math.inf) >= DECLINE_COOLDOWN_SECONDS
+                and unfit_reason(task.spec, self._candidates[vid]) is None
+            ]
+            if not ready:
+                if any(unfit_reason(task.spec, c) is None for c in self._candidates.values()):
+                    waiting.append(task)
+                    continue
+                self._parked[task.task_id] = task
+                if not task.unschedulable_reported:
                     task.unschedulable_reported = True
                     out.append(self._unschedulable(task, now))
                 continue
-            ready = [
-                c
-                for c in fitting
-                if len(self._assigned.get(c.volunteer_id, ())) < c.capacity
-                and now - task.declined_at.get(c.volunteer_id, -math.inf)
-                >= DECLINE_COOLDOWN_SECONDS
-            ]
-            if not ready:
-                continue
-            chosen = max(
-                ready,
-                key=lambda c: (
-                    c.capacity - len(self._assigned.get(c.volunteer_id, ())),
-                    c.volunteer_id,
-                ),
-            )
+            chosen = max(ready, key=lambda vid: (room[vid], vid))
+            room[chosen] -= 1
+            if not room[chosen]:
+                del room[chosen]
             task.attempt += 1
-            task.state = TaskState.OFFERED
-            task.volunteer_id = chosen.volunteer_id
+            self._set_state(task, TaskState.OFFERED)
+            task.volunteer_id = chosen
             task.offered_at = now
-            self._assigned.setdefault(chosen.volunteer_id, set()).add(task.spec.task_id)
+            self._assigned.setdefault(chosen, set()).add(task.task_id)
             out += [
                 SaveTask(task),
-                SendOffer(chosen.volunteer_id, replace(task.spec, attempt=task.attempt)),
+                SendOffer(chosen, replace(task.spec, attempt=task.attempt)),
                 self._event(task, "offered", now),
             ]
+        for task in waiting:
+            self._queue.add(task)
         return out
 
     def _unschedulable(self, task: ScheduledTask, now: float) -> Publish:

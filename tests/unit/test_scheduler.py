@@ -297,3 +297,37 @@ def test_a_later_run_of_a_completed_task_runs_it_again() -> None:
     scheduler.accepted("v1", "t1", 1, now=1)
     scheduler.finished("v1", ok("t1", 1), now=2)
     assert offers(scheduler.submit(MANAGER, [spec("t1", run=1)], now=3)) == [("v1", "t1", 2)]
+
+
+def test_requeued_tasks_keep_their_place_at_the_front_of_the_queue() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    out = scheduler.submit(MANAGER, [spec(f"t{i}") for i in range(1, 5)], now=0)
+    assert offers(out) == [("v1", "t1", 1), ("v1", "t2", 1)]  # one slot plus one ahead
+    scheduler.volunteer_lost("v1", now=1)
+    out = scheduler.volunteer_joined(volunteer("v2"), [], now=2)
+    assert offers(out) == [("v2", "t1", 2), ("v2", "t2", 2)]
+
+
+def test_a_task_waiting_for_a_busy_volunteer_lets_later_ones_pass() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("large", memory_mb=16384), [], now=0)
+    out = scheduler.submit(MANAGER, [spec("busy1"), spec("busy2")], now=0)
+    assert offers(out) == [("large", "busy1", 1), ("large", "busy2", 1)]
+    scheduler.accepted("large", "busy1", 1, now=1)
+    scheduler.submit(MANAGER, [spec("big", memory_mb=8192), spec("small")], now=1)
+    out = scheduler.volunteer_joined(volunteer("tiny", memory_mb=1024), [], now=2)
+    assert offers(out) == [("tiny", "small", 1)]
+    assert state_of(scheduler, "big") is TaskState.QUEUED
+    out = scheduler.finished("large", ok("busy1", 1), now=3)
+    assert offers(out) == [("large", "big", 1)], "the waiting task kept its turn"
+
+
+def test_tick_times_out_only_unanswered_offers() -> None:
+    scheduler = Scheduler(offer_timeout=5)
+    scheduler.volunteer_joined(volunteer("v1", slots=2), [], now=0)
+    scheduler.submit(MANAGER, [spec("answered"), spec("silent")], now=0)
+    scheduler.accepted("v1", "answered", 1, now=1)
+    out = scheduler.tick(now=6)
+    assert ("silent", "declined") in events(out)
+    assert state_of(scheduler, "answered") is TaskState.RUNNING

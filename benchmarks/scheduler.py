@@ -1,0 +1,88 @@
+"""scheduler_scaling_ratio: what a deep queue costs the coordinator's scheduler per result.
+
+The coordinator runs every stimulus through its scheduler under one lock, so the
+scheduler's cost per result bounds how many results a coordinator takes in a second. In a
+steady state (every volunteer full, each result freeing a slot that dispatch fills again),
+this measures the scheduler's time per result, answer included, with DEEP tasks queued
+against the same pool with SHALLOW queued, in the same run. A tenth of each queue asks for a
+GPU no volunteer has: tasks nobody can run wait in the queue too. Target: a deep queue costs
+at most twice what a shallow one does per result.
+
+- scheduler_scaling_ratio: seconds per result at DEEP / at SHALLOW.
+- scheduler_results_per_second: at DEEP (context: the coordinator's ceiling, scheduler only).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections import deque
+
+from benchmarks.report import Figure
+from coordinator_node.scheduler import Candidate, Scheduler, SendOffer
+from daemon.models import OwnerLimits, ResourceRequest, Resources, TaskResult, TaskSpec
+
+VOLUNTEERS = 50
+SLOTS = 2
+SHALLOW = 200
+DEEP = 20_000
+RESULTS = 2_000
+ROUNDS = 3
+
+
+def _spec(index: int, gpus: int) -> TaskSpec:
+    return TaskSpec(
+        task_id=f"wf.t{index}",
+        workflow_id="wf",
+        image="vcnode/worker:1",
+        command=("true",),
+        resources=ResourceRequest(cpus=1.0, memory_mb=256, gpus=gpus),
+        timeout_seconds=600,
+    )
+
+
+def _seconds_per_result(queued: int) -> float:
+    scheduler = Scheduler()
+    running: deque[tuple[str, str, int]] = deque()
+
+    def start(instructions: list[object]) -> None:
+        for instruction in instructions:
+            if isinstance(instruction, SendOffer):
+                task = instruction.task
+                running.append((instruction.volunteer_id, task.task_id, task.attempt))
+                scheduler.accepted(instruction.volunteer_id, task.task_id, task.attempt, 0.0)
+
+    resources = Resources(cpu_cores=8, memory_mb=16384, disk_free_mb=100_000, docker_available=True)
+    for index in range(VOLUNTEERS):
+        candidate = Candidate(f"v{index:03d}", resources, OwnerLimits(max_concurrent_tasks=SLOTS))
+        start(list(scheduler.volunteer_joined(candidate, (), 0.0)))
+    held = VOLUNTEERS * (SLOTS + 1)
+    specs = [_spec(i, gpus=1 if i % 10 == 9 else 0) for i in range(queued + held + RESULTS)]
+    start(list(scheduler.submit("manager", specs, 0.0)))
+
+    began = time.perf_counter()
+    for _ in range(RESULTS):
+        volunteer_id, task_id, attempt = running.popleft()
+        result = TaskResult(task_id=task_id, attempt=attempt, exit_code=0, error="")
+        start(list(scheduler.finished(volunteer_id, result, 1.0)))
+    return (time.perf_counter() - began) / RESULTS
+
+
+def run() -> list[Figure]:
+    shallow = statistics.median(_seconds_per_result(SHALLOW) for _ in range(ROUNDS))
+    deep = statistics.median(_seconds_per_result(DEEP) for _ in range(ROUNDS))
+    print(
+        f"scheduler: {1e6 * shallow:.0f} us per result with {SHALLOW} queued, "
+        f"{1e6 * deep:.0f} us with {DEEP} queued ({VOLUNTEERS} volunteers x {SLOTS} slots)",
+        file=sys.stderr,
+    )
+    return [
+        Figure("scheduler_scaling_ratio", deep / shallow, "x", "<=", 2.0),
+        Figure("scheduler_results_per_second", 1 / deep, "/s", ">=", 1000),
+    ]
+
+
+if __name__ == "__main__":
+    for figure in run():
+        print(figure.line(), flush=True)
