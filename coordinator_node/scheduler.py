@@ -7,11 +7,11 @@ do: offers and cancels to send, events to publish, task records to save.
 Rules:
 - A task is offered to one connected volunteer at a time that fits it (resources, owner's
   limits, room) and has not just declined it; FIFO (a requeued task keeps its place),
-  spreading over the least busy. A task waiting for a busy volunteer lets later ones pass
-  to free ones. Tasks no connected volunteer can run are set aside until one joins.
+  spreading over the least busy. A volunteer holds one task beyond its slots, whose inputs
+  it fetches while it is busy. A task waiting for a busy volunteer lets later ones pass to
+  free ones. Tasks no connected volunteer can run are set aside until one joins.
 - No stimulus walks every task: dispatch looks at the queue's front only while volunteers
-  have room (see benchmarks/scheduler.py). A
-  volunteer holds one task beyond its slots, whose inputs it fetches while it is busy.
+  have room (see benchmarks/scheduler.py).
 - Every offer has a number (`attempt`). Answers and results carry it, so anything about an
   older attempt (a late result from a volunteer we gave up on) is ignored, never counted.
 - A volunteer that is lost takes its tasks back to the queue; after `max_attempts` offers a
