@@ -165,28 +165,79 @@ class _CachedCrcs:
         return ChunkData(offset, data, checksum)
 
 
-async def _open_reader(
+@dataclass(frozen=True, slots=True)
+class _Span(Generic[T]):
+    """An open file to read more than one chunk of, on a `_Reader`'s thread."""
+
+    fd: int
+    offset: int
+    end: int
+    read: Callable[[int, int, int], T]
+
+
+def _open(
     path: Path,
     offset: int,
     size: int | None,
     chunk_bytes: int,
     cached_crcs: bool,
     then: Callable[[ChunkData], T],
-) -> _Reader[T]:
-    """A reader of `path` from `offset`, each chunk passed through `then` on its thread."""
-    fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+) -> list[T] | _Span[T]:
+    """On a worker thread: the chunks of `path` from `offset`, each passed through `then`.
+    One chunk or less is read here and now (a thread of its own would cost more than the
+    read; and a blob of one chunk has no sidecar, see writer.py); a longer span comes back
+    open, for a `_Reader`."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        stat = await asyncio.to_thread(os.fstat, fd)
+        stat = os.fstat(fd)
         actual = stat.st_size
         _check_span(path, actual, offset, size)
-        read: Callable[[int, int, int], ChunkData] = _read_chunk
-        if cached_crcs:
-            cached = await asyncio.to_thread(_CachedCrcs, path, stat, offset, chunk_bytes)
-            read = cached.read
+        if actual - offset > chunk_bytes:
+            read: Callable[[int, int, int], ChunkData] = _read_chunk
+            if cached_crcs:
+                read = _CachedCrcs(path, stat, offset, chunk_bytes).read
+            return _Span(fd, offset, actual, lambda *span: then(read(*span)))
+        chunks = [then(_read_chunk(fd, offset, actual - offset))] if actual > offset else []
     except BaseException:
         os.close(fd)
         raise
-    return _Reader(fd, offset, actual, chunk_bytes, lambda *span: then(read(*span)))  # closes fd
+    os.close(fd)
+    return chunks
+
+
+def _close_if_open(opening: asyncio.Future[list[T] | _Span[T]]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opened = opening.result()
+        if isinstance(opened, _Span):
+            os.close(opened.fd)
+
+
+async def _chunks(
+    path: Path,
+    offset: int,
+    size: int | None,
+    chunk_bytes: int,
+    cached_crcs: bool,
+    then: Callable[[ChunkData], T],
+) -> AsyncGenerator[T, None]:
+    opening = asyncio.ensure_future(
+        asyncio.to_thread(_open, path, offset, size, chunk_bytes, cached_crcs, then)
+    )
+    try:
+        opened = await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_if_open)  # the file is ours even so
+        raise
+    if isinstance(opened, list):
+        for item in opened:
+            yield item
+        return
+    reader = _Reader(opened.fd, opened.offset, opened.end, chunk_bytes, opened.read)  # closes fd
+    try:
+        while reader:
+            yield await reader.get()
+    finally:
+        reader.stop()
 
 
 def _as_is(chunk: ChunkData) -> ChunkData:
@@ -197,7 +248,7 @@ def _as_message(chunk: ChunkData) -> bytes:
     return wire.encode_chunk(chunk.offset, chunk.data, chunk.crc32)
 
 
-async def read_chunks(
+def read_chunks(
     path: Path,
     *,
     offset: int = 0,
@@ -211,25 +262,15 @@ async def read_chunks(
     Raises FileNotFoundError if there is no such file, OffsetMismatchError if `offset` lies
     past its end.
     """
-    reader = await _open_reader(path, offset, size, chunk_bytes, cached_crcs, _as_is)
-    try:
-        while reader:
-            yield await reader.get()
-    finally:
-        reader.stop()
+    return _chunks(path, offset, size, chunk_bytes, cached_crcs, _as_is)
 
 
-async def read_messages(
+def read_messages(
     path: Path, *, offset: int = 0, chunk_bytes: int = CHUNK_BYTES, cached_crcs: bool = False
 ) -> AsyncGenerator[bytes, None]:
     """`read_chunks` for a Download's sender: each chunk as a serialised Chunk message, built
     on the reading thread. Same errors."""
-    reader = await _open_reader(path, offset, None, chunk_bytes, cached_crcs, _as_message)
-    try:
-        while reader:
-            yield await reader.get()
-    finally:
-        reader.stop()
+    return _chunks(path, offset, None, chunk_bytes, cached_crcs, _as_message)
 
 
 def _check_span(path: Path, actual: int, offset: int, size: int | None) -> None:

@@ -3,6 +3,11 @@
 Two threads per writer, since both jobs release the GIL and neither waits for the other:
 one checks each chunk's CRC-32 and writes it (so nothing after a bad chunk reaches the
 file), the other feeds the sha256. The event loop only queues work, a few chunks ahead.
+
+A blob that fits in one chunk (most of a real workload's files) gets no threads of its own:
+its data is kept until `finish` (or `close`), which checks, writes, hashes and publishes it
+in one trip to the default executor. Two thread starts and a dozen handovers per blob cost
+more than the work itself there.
 """
 
 from __future__ import annotations
@@ -90,14 +95,24 @@ class BlobWriter:
         self.written = offset
         self._hasher = hashlib.sha256()
         # The sidecar of CRCs published with the blob (a resumed blob gets one when first
-        # served: the CRCs of the part held before are not known here).
-        self._blocks = crccache.BlockCrcs(CHUNK_BYTES) if offset == 0 else None
+        # served: the CRCs of the part held before are not known here). A blob of one chunk
+        # has none: computing its CRC costs less than another file.
+        self._blocks = (
+            crccache.BlockCrcs(CHUNK_BYTES) if offset == 0 and size > CHUNK_BYTES else None
+        )
         self._failure: BaseException | None = None
-        self._pending: deque[Future[None]] = deque()
-        self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-write")
-        self._hash_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-hash")
         self._outcome = Outcome.PARTIAL
         self._closed = False
+        # At most one chunk to come: no threads, the data waits here (see the module doc).
+        self._staged: list[tuple[bytes | memoryview, int | None]] | None = None
+        self._pending: deque[Future[None]] = deque()
+        self._write_thread: ThreadPoolExecutor | None = None
+        self._hash_thread: ThreadPoolExecutor | None = None
+        if size - offset <= CHUNK_BYTES:
+            self._staged = []
+            return
+        self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-write")
+        self._hash_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-hash")
         if offset:
             self._pending.append(self._hash_thread.submit(self._hash_held_part))
 
@@ -133,6 +148,11 @@ class BlobWriter:
                 f"{self.size} bytes (chunk at {self._received}, {len(data)} bytes)"
             )
         self._received += len(data)
+        if self._staged is not None:
+            self._staged.append((data, crc32))
+            return
+        assert self._write_thread is not None
+        assert self._hash_thread is not None
         self._pending.append(self._write_thread.submit(self._write, data, crc32))
         self._pending.append(self._hash_thread.submit(self._hasher.update, data))
 
@@ -142,15 +162,24 @@ class BlobWriter:
         A short blob stays partial (to resume); a wrong one is discarded. Either raises
         ContentMismatchError.
         """
+        loop = asyncio.get_running_loop()
+        if self._staged is not None:
+            staged, self._staged = self._staged, []
+            return await await_even_if_cancelled(
+                loop.run_in_executor(None, self._finish_staged, staged)
+            )
+        assert self._write_thread is not None
         while self._pending:
             await asyncio.wrap_future(self._pending.popleft())
+        self._check_complete()
+        return await await_even_if_cancelled(loop.run_in_executor(self._write_thread, self._commit))
+
+    def _check_complete(self) -> None:
         if self._received != self.size:
             raise ContentMismatchError(
                 f"blob {_short(self.sha256)}: received {self._received} of its "
                 f"{self.size} bytes; the part held is kept to resume"
             )
-        loop = asyncio.get_running_loop()
-        return await await_even_if_cancelled(loop.run_in_executor(self._write_thread, self._commit))
 
     async def close(self) -> None:
         """Ends the writer; unless finished, what was written stays as the partial."""
@@ -158,6 +187,16 @@ class BlobWriter:
             return
         self._closed = True
         loop = asyncio.get_running_loop()
+        if self._staged is not None:
+            staged, self._staged = self._staged, []
+            if self._outcome is not Outcome.PARTIAL:
+                return  # finished: the commit closed the file
+            # Data staged and never finished is written as the partial, as it would have
+            # been by the write thread (unless it fails its CRC).
+            await await_even_if_cancelled(loop.run_in_executor(None, self._close_staged, staged))
+            return
+        assert self._write_thread is not None
+        assert self._hash_thread is not None
         # After the writes still queued (one thread, in order). Their errors were or will be
         # reported through append/finish, or do not matter any more.
         closing = loop.run_in_executor(self._write_thread, self._close_file)
@@ -167,6 +206,25 @@ class BlobWriter:
         await await_even_if_cancelled(closing)
 
     # --- on the threads ---------------------------------------------------------------------
+
+    def _finish_staged(self, staged: list[tuple[bytes | memoryview, int | None]]) -> Path:
+        """`finish` for a blob of one chunk, on a thread: what the two threads would do, in
+        the same order, then the commit."""
+        if self.offset:
+            self._hash_held_part()
+        for data, crc32 in staged:
+            self._write(data, crc32)
+            self._hasher.update(data)
+        self._check_complete()
+        return self._commit()
+
+    def _close_staged(self, staged: list[tuple[bytes | memoryview, int | None]]) -> None:
+        try:
+            for data, crc32 in staged:
+                self._write(data, crc32)
+        except TransferError:
+            pass  # reported by finish, or nobody asks any more: the file keeps the rest
+        self._close_file()
 
     def _hash_held_part(self) -> None:
         """A resumed writer hashes what is held already: hash states cannot be saved."""
