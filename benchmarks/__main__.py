@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, Callable[[], list[Figure]]] = {
     "task_overhead_ratio": task_overhead.run,
     "scheduler_scaling_ratio": scheduler.run,
     "scheduler_results_per_second": scheduler.run,
+    "workflow_run_scaling_ratio": scheduler.run,
 }
 
 

@@ -1,4 +1,5 @@
-"""scheduler_scaling_ratio: what a deep queue costs the coordinator's scheduler per result.
+"""scheduler_scaling_ratio, workflow_run_scaling_ratio: what a large workflow costs the
+coordinator's scheduler and the manager's workflow state per result.
 
 The coordinator runs every stimulus through its scheduler under one lock, so the
 scheduler's cost per result bounds how many results a coordinator takes in a second. In a
@@ -10,6 +11,10 @@ at most twice what a shallow one does per result.
 
 - scheduler_scaling_ratio: seconds per result at DEEP / at SHALLOW.
 - scheduler_results_per_second: at DEEP (context: the coordinator's ceiling, scheduler only).
+- workflow_run_scaling_ratio: the same for the manager's WorkflowRun (a DEEP-task workflow
+  against a SHALLOW-task one, each task depending on the one DEPENDENCY_STRIDE before it):
+  per result, the `completed` event applied, the tasks it made ready taken, `finished` and
+  the counts the manager publishes.
 """
 
 from __future__ import annotations
@@ -21,7 +26,15 @@ from collections import deque
 
 from benchmarks.report import Figure
 from coordinator_node.scheduler import Candidate, Scheduler, SendOffer
-from daemon.models import OwnerLimits, ResourceRequest, Resources, TaskResult, TaskSpec
+from daemon.models import (
+    OwnerLimits,
+    ResourceRequest,
+    Resources,
+    TaskEvent,
+    TaskResult,
+    TaskSpec,
+)
+from manager_node.workflow import WorkflowRun, WorkflowTask
 
 VOLUNTEERS = 50
 SLOTS = 2
@@ -29,6 +42,7 @@ SHALLOW = 200
 DEEP = 20_000
 RESULTS = 2_000
 ROUNDS = 3
+DEPENDENCY_STRIDE = 100
 
 
 def _spec(index: int, gpus: int) -> TaskSpec:
@@ -69,6 +83,27 @@ def _seconds_per_result(queued: int) -> float:
     return (time.perf_counter() - began) / RESULTS
 
 
+def _workflow_seconds_per_result(size: int) -> float:
+    tasks = [
+        WorkflowTask(
+            f"wf.t{i}",
+            f"t{i}",
+            (f"t{i - DEPENDENCY_STRIDE}",) if i >= DEPENDENCY_STRIDE else (),
+        )
+        for i in range(size + RESULTS)
+    ]
+    run = WorkflowRun.of("wf", tasks)
+    handed: deque[WorkflowTask] = deque(run.take_ready())
+    began = time.perf_counter()
+    for _ in range(RESULTS):
+        task = handed.popleft()
+        result = TaskResult(task_id=task.task_id, attempt=1, exit_code=0, error="")
+        run.apply(TaskEvent(task.task_id, "wf", "completed", at=1.0, attempt=1, result=result))
+        handed.extend(run.take_ready())
+        _ = run.finished, run.counts()
+    return (time.perf_counter() - began) / RESULTS
+
+
 def run() -> list[Figure]:
     shallow = statistics.median(_seconds_per_result(SHALLOW) for _ in range(ROUNDS))
     deep = statistics.median(_seconds_per_result(DEEP) for _ in range(ROUNDS))
@@ -77,9 +112,17 @@ def run() -> list[Figure]:
         f"{1e6 * deep:.0f} us with {DEEP} queued ({VOLUNTEERS} volunteers x {SLOTS} slots)",
         file=sys.stderr,
     )
+    small = statistics.median(_workflow_seconds_per_result(SHALLOW) for _ in range(ROUNDS))
+    large = statistics.median(_workflow_seconds_per_result(DEEP) for _ in range(ROUNDS))
+    print(
+        f"workflow run: {1e6 * small:.0f} us per result in a workflow of {SHALLOW} tasks, "
+        f"{1e6 * large:.0f} us in one of {DEEP}",
+        file=sys.stderr,
+    )
     return [
         Figure("scheduler_scaling_ratio", deep / shallow, "x", "<=", 2.0),
         Figure("scheduler_results_per_second", 1 / deep, "/s", ">=", 1000),
+        Figure("workflow_run_scaling_ratio", large / small, "x", "<=", 2.0),
     ]
 
 

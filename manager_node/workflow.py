@@ -92,9 +92,55 @@ class WorkflowRun:
     on_failure: OnFailure = OnFailure.SKIP
     # Tasks by name, built once: a workflow's tasks never change after it is made.
     by_name: dict[str, WorkflowTask] = field(init=False, repr=False)
+    # Kept up to date by _set_status, so that no event walks every task:
+    # tasks per status;
+    _counts: Counter[TaskStatus] = field(init=False, repr=False)
+    # the tasks that depend on each task (by name; one entry per dependency);
+    _dependents: dict[str, list[WorkflowTask]] = field(init=False, repr=False)
+    # how many of each task's dependencies have not completed;
+    _missing: dict[str, int] = field(init=False, repr=False)
+    # waiting tasks whose dependencies all completed, in the order they got there.
+    _ready: dict[str, WorkflowTask] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.by_name = {task.name: task for task in self.tasks.values()}
+        self._counts = Counter(task.status for task in self.tasks.values())
+        self._dependents = {name: [] for name in self.by_name}
+        self._missing = {}
+        for task in self.tasks.values():
+            for dependency in task.depends_on:
+                self._dependents[dependency].append(task)
+            self._missing[task.name] = sum(
+                self.by_name[dependency].status is not TaskStatus.COMPLETED
+                for dependency in task.depends_on
+            )
+        self._ready = {
+            task.name: task
+            for task in self.tasks.values()
+            if task.status is TaskStatus.WAITING and not self._missing[task.name]
+        }
+
+    def _set_status(self, task: WorkflowTask, status: TaskStatus) -> None:
+        """Every change of a task's status goes through here, to keep the indexes true."""
+        before = task.status
+        if before is status:
+            return
+        task.status = status
+        self._counts[before] -= 1
+        self._counts[status] += 1
+        if status is TaskStatus.WAITING and not self._missing[task.name]:
+            self._ready[task.name] = task
+        elif before is TaskStatus.WAITING:
+            self._ready.pop(task.name, None)
+        if TaskStatus.COMPLETED in (before, status):
+            step = -1 if status is TaskStatus.COMPLETED else 1
+            for dependent in self._dependents[task.name]:
+                self._missing[dependent.name] += step
+                if dependent.status is TaskStatus.WAITING:
+                    if self._missing[dependent.name]:
+                        self._ready.pop(dependent.name, None)
+                    else:
+                        self._ready[dependent.name] = dependent
 
     @classmethod
     def of(
@@ -109,15 +155,9 @@ class WorkflowRun:
         """Waiting tasks whose dependencies all completed, now marked queued."""
         if self.cancelled:
             return []
-        by_name = self.by_name
-        ready = [
-            task
-            for task in self.tasks.values()
-            if task.status is TaskStatus.WAITING
-            and all(by_name[dep].status is TaskStatus.COMPLETED for dep in task.depends_on)
-        ]
+        ready = list(self._ready.values())
         for task in ready:
-            task.status = TaskStatus.QUEUED
+            self._set_status(task, TaskStatus.QUEUED)
         return ready
 
     def upstream_files(self, task: WorkflowTask) -> tuple[FileRef, ...]:
@@ -145,37 +185,37 @@ class WorkflowRun:
         kind = event.kind
         ended: list[WorkflowTask] = []
         if kind in ("queued", "offered", "declined", "requeued", "unschedulable"):
-            task.status = TaskStatus.QUEUED
+            self._set_status(task, TaskStatus.QUEUED)
             task.percent = 0.0
             if kind in ("requeued", "unschedulable", "declined"):
                 task.message = f"{kind}: {event.message}"
         elif kind == "running":
-            task.status = TaskStatus.RUNNING
+            self._set_status(task, TaskStatus.RUNNING)
             task.message = ""
         elif kind == "progress":
             if task.status is TaskStatus.RUNNING:
                 task.percent = event.percent
                 return Applied(task, ())
-            task.status = TaskStatus.RUNNING
+            self._set_status(task, TaskStatus.RUNNING)
             task.percent = event.percent
         elif kind == "completed":
             task.result = event.result
             if outputs_verified:
-                task.status = TaskStatus.COMPLETED
+                self._set_status(task, TaskStatus.COMPLETED)
                 task.percent = 100.0
                 task.outputs = event.result.outputs if event.result else ()
                 task.message = ""
             else:
-                task.status = TaskStatus.FAILED
+                self._set_status(task, TaskStatus.FAILED)
                 task.message = "its outputs did not arrive intact at the manager"
                 ended = self._end_dependents(task)
         elif kind == "failed":
-            task.status = TaskStatus.FAILED
+            self._set_status(task, TaskStatus.FAILED)
             task.result = event.result
             task.message = event.message
             ended = self._end_dependents(task)
         elif kind == "cancelled":
-            task.status = TaskStatus.CANCELLED
+            self._set_status(task, TaskStatus.CANCELLED)
             ended = self._end_dependents(task)
         else:
             return None
@@ -190,7 +230,7 @@ class WorkflowRun:
                 continue
             if task.status is not TaskStatus.WAITING:
                 held.append(task)
-            task.status = TaskStatus.CANCELLED
+            self._set_status(task, TaskStatus.CANCELLED)
         return held
 
     def resume(self) -> list[WorkflowTask]:
@@ -201,7 +241,7 @@ class WorkflowRun:
         self.cancelled = False
         again = [task for task in self.tasks.values() if task.status is not TaskStatus.COMPLETED]
         for task in again:
-            task.status = TaskStatus.WAITING
+            self._set_status(task, TaskStatus.WAITING)
             task.percent = 0.0
             task.message = ""
             task.volunteer_id = ""
@@ -212,27 +252,24 @@ class WorkflowRun:
         """Everything downstream of `failed` ends, skipped or failed as the workflow says;
         returns those tasks."""
         status = TaskStatus.FAILED if self.on_failure is OnFailure.FAIL else TaskStatus.SKIPPED
-        blocked = {failed.name}
         ended: list[WorkflowTask] = []
-        changed = True
-        while changed:
-            changed = False
-            for task in self.tasks.values():
-                if task.status is TaskStatus.WAITING and blocked & set(task.depends_on):
-                    task.status = status
+        blocked = [failed]
+        while blocked:
+            for task in self._dependents[blocked.pop().name]:
+                if task.status is TaskStatus.WAITING:
+                    self._set_status(task, status)
                     task.message = f"{status.value}: {failed.name} did not complete"
-                    blocked.add(task.name)
                     ended.append(task)
-                    changed = True
+                    blocked.append(task)
         return ended
 
     @property
     def finished(self) -> bool:
-        return all(task.status.finished for task in self.tasks.values())
+        return sum(self._counts[status] for status in _FINISHED) == len(self.tasks)
 
     def state(self) -> WorkflowState:
         """How the workflow stands, the merge step aside (the shell adds MERGING)."""
-        statuses = Counter(task.status for task in self.tasks.values())
+        statuses = self._counts
         if self.cancelled:
             return WorkflowState.CANCELLED
         if self.finished:
@@ -248,12 +285,10 @@ class WorkflowRun:
         return WorkflowState.QUEUED
 
     def counts(self) -> dict[str, int]:
-        statuses = Counter(task.status.value for task in self.tasks.values())
-        waiting = statuses.pop(TaskStatus.WAITING.value, 0)
-        statuses[TaskStatus.QUEUED.value] += waiting
-        return {status.value: statuses.get(status.value, 0) for status in TaskStatus} | {
-            "total": len(self.tasks)
-        }
+        """Tasks per status, waiting ones counted as queued (to the user, both wait)."""
+        counts = {status.value: self._counts[status] for status in TaskStatus}
+        counts[TaskStatus.QUEUED.value] += counts.pop(TaskStatus.WAITING.value)
+        return counts | {"total": len(self.tasks)}
 
 
 def find_cycle(depends_on: Mapping[str, Sequence[str]]) -> list[str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import pytest
 
 from daemon.models import FileRef, TaskEvent, TaskResult
@@ -220,3 +223,55 @@ def test_an_event_says_which_records_changed() -> None:
     failed = run.apply(event("wf.a", "failed", message="exited with code 1"))
     assert failed is not None
     assert sorted(t.name for t in failed.changed) == ["a", "b", "c", "d"], "and what it ended"
+
+
+# --- the run's indexes against a recount from scratch ---------------------------------------
+
+
+def recounted_ready(run: WorkflowRun) -> set[str]:
+    return {
+        task.name
+        for task in run.tasks.values()
+        if task.status is TaskStatus.WAITING
+        and all(run.by_name[d].status is TaskStatus.COMPLETED for d in task.depends_on)
+    }
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ready_finished_and_counts_match_a_recount_through_random_histories(seed: int) -> None:
+    """`take_ready`, `finished`, `state` and `counts` are kept incrementally (no event walks
+    every task); whatever happens, they say what counting every task would."""
+    rng = random.Random(seed)
+    names = [f"n{i}" for i in range(30)]
+    tasks = [
+        WorkflowTask(f"wf.{name}", name, tuple(rng.sample(names[:i], min(i, rng.randint(0, 3)))))
+        for i, name in enumerate(names)
+    ]
+    on_failure = rng.choice(list(OnFailure))
+    run = WorkflowRun.of("wf", tasks, on_failure=on_failure)
+    for step in range(400):
+        if rng.random() < 0.2:
+            expected = recounted_ready(run)
+            assert {task.name for task in run.take_ready()} == expected
+        elif run.finished and rng.random() < 0.5:
+            run.resume()
+        else:
+            held = [
+                t for t in run.tasks.values() if t.status in (TaskStatus.QUEUED, TaskStatus.RUNNING)
+            ]
+            if held:
+                task = rng.choice(held)
+                kind = rng.choice(["running", "completed", "completed", "failed", "requeued"])
+                result = TaskResult(task.task_id, 1, 0, "") if kind == "completed" else None
+                run.apply(
+                    TaskEvent(task.task_id, "wf", kind, at=float(step), attempt=1, result=result),
+                    outputs_verified=rng.random() < 0.9,
+                )
+        statuses = Counter(task.status for task in run.tasks.values())
+        assert run.finished == all(task.status.finished for task in run.tasks.values())
+        counts = run.counts()
+        assert counts["queued"] == statuses[TaskStatus.QUEUED] + statuses[TaskStatus.WAITING]
+        assert counts["completed"] == statuses[TaskStatus.COMPLETED]
+        assert counts["skipped"] == statuses[TaskStatus.SKIPPED]
+        assert sum(v for k, v in counts.items() if k != "total") == counts["total"] == len(tasks)
+    assert recounted_ready(run) == {task.name for task in run.take_ready()}
