@@ -118,11 +118,7 @@ Instruction = SendOffer | SendCancel | Publish | SaveTask
 def unfit_reason(request: TaskSpec, candidate: Candidate) -> str | None:
     """Why this volunteer can never run this task, or None if it can."""
     shortfall = capacity_problem(request, candidate.resources, candidate.limits)
-    if shortfall is not None:
-        return shortfall.message
-    if not (candidate.resources.docker_available or candidate.limits.allow_process_runtime):
-        return "has no Docker engine and does not allow the process runtime"
-    return None
+    return shortfall.message if shortfall is not None else None
 
 
 class Scheduler:

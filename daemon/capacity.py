@@ -39,6 +39,9 @@ class Shortfall:
         return self.message
 
 
+RUNTIME_MISSING = "has no Docker engine and does not allow the process runtime"
+
+
 def capacity_problem(task: TaskSpec, resources: Resources, limits: OwnerLimits) -> Shortfall | None:
     """Why this machine can never run this task, or None if it can."""
     wanted = task.resources
@@ -59,4 +62,6 @@ def capacity_problem(task: TaskSpec, resources: Resources, limits: OwnerLimits) 
         return Shortfall("gpus", f"not enough GPUs: needs {wanted.gpus}, has {resources.gpus}")
     if task.network and not limits.allow_network:
         return Shortfall("network", "network not allowed by the owner")
+    if not (resources.docker_available or limits.allow_process_runtime):
+        return Shortfall("runtime", RUNTIME_MISSING)
     return None

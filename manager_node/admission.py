@@ -26,6 +26,8 @@ class Candidate:
 
 def _key(candidate: Candidate, shortfall: Shortfall) -> str:
     resource = shortfall.resource
+    if resource == "runtime":  # nothing in the task can fix it: the task as a whole
+        return candidate.resources_key.removesuffix(".resources.") or "type"
     if candidate.resources_key:
         if resource == "network":  # a task's own key, beside its resources table
             return candidate.resources_key.removesuffix("resources.") + "network"
@@ -50,6 +52,8 @@ def unschedulable(
         key = _key(candidate, found[0])
         distinct = sorted({shortfall.message for shortfall in found})
         reason = "; ".join(distinct[:3]) + ("; ..." if len(distinct) > 3 else "")
+        if all(shortfall.resource == "runtime" for shortfall in found):
+            reason += "; a volunteer needs a Docker engine, or its owner's --allow-process-runtime"
         if key not in problems:
             problems[key] = SplitterError(
                 key,

@@ -14,7 +14,6 @@ from tests.integration.harness import (
     cli_json,
     run_cli,
     start_pool,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -58,20 +57,16 @@ def test_process_runtime_runs_tasks_and_is_shown_unisolated(
     assert "UNISOLATED" in volunteer.log
 
 
-def test_without_docker_or_opt_in_a_task_is_unschedulable_and_says_why(
+def test_without_docker_or_opt_in_a_task_is_refused_as_unschedulable_and_says_why(
     daemons: Daemons, tmp_path: Path
 ) -> None:
     manager, _ = start_pool(daemons, env=NO_DOCKER)
     (tmp_path / "in.txt").write_text("hello")
     workflow = tmp_path / "plain.toml"
     workflow.write_text(WORKFLOW.replace("{python}", sys.executable))
-    submitted = cli_json("submit", str(workflow), "--data-dir", str(manager.data_dir))
-    workflow_id = submitted["workflow_id"]
-
-    def unschedulable() -> str | None:
-        status = cli_json("status", workflow_id, "--data-dir", str(manager.data_dir))
-        error: str = status["tasks"][0]["error"]
-        return error if error.startswith("unschedulable") else None
-
-    reason = wait_until(unschedulable, 15, "the task to be reported unschedulable")
-    assert "has no Docker engine and does not allow the process runtime" in reason
+    submitted = run_cli("submit", str(workflow), "--data-dir", str(manager.data_dir))
+    assert submitted.returncode == 2, submitted.stderr
+    assert f"{workflow}:5: tasks[0]: task upper is unschedulable" in submitted.stderr
+    assert "has no Docker engine and does not allow the process runtime" in submitted.stderr
+    assert "--allow-process-runtime" in submitted.stderr
+    assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []

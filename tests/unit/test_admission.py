@@ -25,13 +25,20 @@ def spec(memory_mb: int = 256, cpus: float = 1, network: bool = False) -> TaskSp
     )
 
 
-def volunteer(memory_mb: int, state: VolunteerState = VolunteerState.ONLINE) -> Volunteer:
+def volunteer(
+    memory_mb: int,
+    state: VolunteerState = VolunteerState.ONLINE,
+    docker: bool = True,
+    limits: OwnerLimits | None = None,
+) -> Volunteer:
     return Volunteer(
         volunteer_id=f"v{memory_mb}",
         hostname="h",
         version="1",
-        resources=Resources(cpu_cores=2, memory_mb=memory_mb, disk_free_mb=1000),
-        limits=OwnerLimits(),
+        resources=Resources(
+            cpu_cores=2, memory_mb=memory_mb, disk_free_mb=1000, docker_available=docker
+        ),
+        limits=limits or OwnerLimits(),
         state=state,
         first_seen=0,
         last_seen=0,
@@ -74,3 +81,16 @@ def test_with_no_volunteer_online_nothing_is_judged() -> None:
     candidate = Candidate("t", spec(memory_mb=8000), "tasks[0].resources.")
     assert unschedulable([candidate], []) == []
     assert unschedulable([candidate], [volunteer(100, VolunteerState.LOST)]) == []
+
+
+def test_a_pool_without_any_runtime_is_refused_naming_the_task_and_the_fix() -> None:
+    explicit = Candidate("t", spec(), "tasks[3].resources.")
+    (problem,) = unschedulable([explicit], [volunteer(4000, docker=False)])
+    assert problem.key == "tasks[3]"
+    assert "has no Docker engine and does not allow the process runtime" in str(problem)
+    assert "--allow-process-runtime" in str(problem)
+    split = Candidate("block-0", spec(), "", frozenset({"memory_mb"}))
+    (problem,) = unschedulable([split], [volunteer(4000, docker=False)])
+    assert problem.key == "type"
+    opted_in = volunteer(4000, docker=False, limits=OwnerLimits(allow_process_runtime=True))
+    assert unschedulable([explicit], [opted_in]) == []
