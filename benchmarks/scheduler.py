@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 
 from benchmarks.report import Figure
 from coordinator_node.scheduler import Candidate, Scheduler, SendOffer
@@ -104,21 +105,23 @@ def _workflow_seconds_per_result(size: int) -> float:
     return (time.perf_counter() - began) / RESULTS
 
 
+def _per_result_at_both_sizes(measure: Callable[[int], float], what: str) -> tuple[float, float]:
+    """Median seconds per result with SHALLOW and with DEEP tasks, said on stderr."""
+    shallow = statistics.median(measure(SHALLOW) for _ in range(ROUNDS))
+    deep = statistics.median(measure(DEEP) for _ in range(ROUNDS))
+    print(
+        f"{what}: {1e6 * shallow:.0f} us per result with {SHALLOW} tasks, "
+        f"{1e6 * deep:.0f} us with {DEEP}",
+        file=sys.stderr,
+    )
+    return shallow, deep
+
+
 def run() -> list[Figure]:
-    shallow = statistics.median(_seconds_per_result(SHALLOW) for _ in range(ROUNDS))
-    deep = statistics.median(_seconds_per_result(DEEP) for _ in range(ROUNDS))
-    print(
-        f"scheduler: {1e6 * shallow:.0f} us per result with {SHALLOW} queued, "
-        f"{1e6 * deep:.0f} us with {DEEP} queued ({VOLUNTEERS} volunteers x {SLOTS} slots)",
-        file=sys.stderr,
+    shallow, deep = _per_result_at_both_sizes(
+        _seconds_per_result, f"scheduler ({VOLUNTEERS} volunteers x {SLOTS} slots)"
     )
-    small = statistics.median(_workflow_seconds_per_result(SHALLOW) for _ in range(ROUNDS))
-    large = statistics.median(_workflow_seconds_per_result(DEEP) for _ in range(ROUNDS))
-    print(
-        f"workflow run: {1e6 * small:.0f} us per result in a workflow of {SHALLOW} tasks, "
-        f"{1e6 * large:.0f} us in one of {DEEP}",
-        file=sys.stderr,
-    )
+    small, large = _per_result_at_both_sizes(_workflow_seconds_per_result, "workflow run")
     return [
         Figure("scheduler_scaling_ratio", deep / shallow, "x", "<=", 2.0),
         Figure("scheduler_results_per_second", 1 / deep, "/s", ">=", 1000),
