@@ -149,7 +149,7 @@ class WorkflowManager:
                 templates = await asyncio.to_thread(_split, splitter, params, workdir / "split")
                 if not templates:
                     raise SplitterError("parameters", "the split produced no tasks")
-                tasks = [await self._task(workflow_id, t) for t in templates]
+                tasks = await self._tasks(workflow_id, templates)
             _check_graph(workflow.type, tasks)
             await self._check_schedulable(workflow, tasks)
             tasks = await self._attach_images(tasks)
@@ -263,6 +263,16 @@ class WorkflowManager:
                 inputs.append(FileRef(name, ref.sha256, ref.size))
             tasks.append(self._new_task(workflow_id, entry, tuple(inputs)))
         return tasks
+
+    async def _tasks(self, workflow_id: str, templates: Sequence[TaskTemplate]) -> list[NewTask]:
+        """The split's tasks, made together (each input is a file copied in on a thread); the
+        first failure stops the others and is raised as itself."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                made = [group.create_task(self._task(workflow_id, t)) for t in templates]
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return [task.result() for task in made]
 
     async def _task(self, workflow_id: str, template: TaskTemplate) -> NewTask:
         inputs = []
