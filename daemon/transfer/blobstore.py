@@ -22,9 +22,10 @@ import contextlib
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from daemon.errors import NotFoundError
 from daemon.transfer import crccache
@@ -41,6 +42,8 @@ from daemon.transfer.errors import (
 from daemon.transfer.hashing import sha256_file
 from daemon.transfer.sink import FileSink
 from daemon.transfer.writer import BlobWriter, Outcome
+
+T = TypeVar("T")
 
 IMPORT_PREFIX = ".import-"
 SYNC_MARK = "synced-mark"
@@ -174,28 +177,28 @@ class BlobStore:
         partial = idle + sum(writer.written for writer in self._writers.values())
         return StoreUsage(self._complete_bytes, partial, self.quota_bytes)
 
-    async def read_chunks(self, sha256: str, offset: int = 0) -> AsyncIterator[ChunkData]:
+    def read_chunks(self, sha256: str, offset: int = 0) -> AsyncIterator[ChunkData]:
         """The complete blob from `offset`, as checksummed chunks read ahead on threads."""
-        path = self._complete_path(sha256)
-        await self.open()
-        chunks = read_chunks(path, offset=offset, cached_crcs=True)
-        async with contextlib.aclosing(chunks):
-            try:
-                async for chunk in chunks:
-                    yield chunk
-            except FileNotFoundError:
-                raise NotFoundError(f"no blob {sha256} here") from None
+        return self._served(sha256, read_chunks, offset)
 
-    async def read_messages(self, sha256: str, offset: int = 0) -> AsyncIterator[bytes]:
+    def read_messages(self, sha256: str, offset: int = 0) -> AsyncIterator[bytes]:
         """`read_chunks` as a Download sends them: serialised Chunk messages, each built on
         the reading thread."""
+        return self._served(sha256, read_messages, offset)
+
+    async def _served(
+        self,
+        sha256: str,
+        reader: Callable[..., AsyncGenerator[T, None]],
+        offset: int,
+    ) -> AsyncIterator[T]:
         path = self._complete_path(sha256)
         await self.open()
-        messages = read_messages(path, offset=offset, cached_crcs=True)
-        async with contextlib.aclosing(messages):
+        items = reader(path, offset=offset, cached_crcs=True)
+        async with contextlib.aclosing(items):
             try:
-                async for message in messages:
-                    yield message
+                async for item in items:
+                    yield item
             except FileNotFoundError:
                 raise NotFoundError(f"no blob {sha256} here") from None
 
