@@ -265,23 +265,35 @@ class WorkflowManager:
         return tasks
 
     async def _tasks(self, workflow_id: str, templates: Sequence[TaskTemplate]) -> list[NewTask]:
-        """The split's tasks, made together (each input is a file copied in on a thread); the
-        first failure stops the others and is raised as itself."""
+        """The split's tasks with their inputs stored as blobs. Each distinct file is copied in
+        once (splitters hand many tasks the same script), all of them together, on threads;
+        the first failure stops the others and is raised as itself."""
+        sources = list(
+            dict.fromkeys(
+                source
+                for template in templates
+                for source in template.inputs.values()
+                if not isinstance(source, TaskOutput)
+            )
+        )
         try:
             async with asyncio.TaskGroup() as group:
-                made = [group.create_task(self._task(workflow_id, t)) for t in templates]
+                copies = [group.create_task(self._blobs.put_file(path)) for path in sources]
         except ExceptionGroup as failed:
             raise failed.exceptions[0] from None
-        return [task.result() for task in made]
-
-    async def _task(self, workflow_id: str, template: TaskTemplate) -> NewTask:
-        inputs = []
-        for name, source in sorted(template.inputs.items()):
-            if isinstance(source, TaskOutput):
-                continue
-            sha256, size = await self._blobs.put_file(source)
-            inputs.append(FileRef(name, sha256, size))
-        return self._new_task(workflow_id, template, tuple(inputs))
+        blobs = {path: copy.result() for path, copy in zip(sources, copies, strict=True)}
+        return [
+            self._new_task(
+                workflow_id,
+                template,
+                tuple(
+                    FileRef(name, *blobs[source])
+                    for name, source in sorted(template.inputs.items())
+                    if not isinstance(source, TaskOutput)
+                ),
+            )
+            for template in templates
+        ]
 
     def _new_task(
         self,

@@ -292,25 +292,30 @@ class WorkflowRun:
 
 
 def find_cycle(depends_on: Mapping[str, Sequence[str]]) -> list[str]:
-    """A dependency cycle as a path of names (first = last), or [] when there is none."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
+    """A dependency cycle as a path of names (first = last), or [] when there is none.
 
-    def visit(name: str) -> list[str]:
-        state[name] = 1
-        path.append(name)
-        for dependency in depends_on.get(name, ()):
-            if state.get(dependency) == 1:
+    Depth-first without recursion: a chain of thousands of tasks is an ordinary workflow."""
+    done: set[str] = set()
+    for start in depends_on:
+        if start in done:
+            continue
+        path = [start]
+        on_path = {start}
+        # Per name on the path, the dependencies not looked at yet.
+        pending = [iter(depends_on.get(start, ()))]
+        while pending:
+            dependency = next(pending[-1], None)
+            if dependency is None:
+                finished = path.pop()
+                on_path.discard(finished)
+                done.add(finished)
+                pending.pop()
+            elif dependency in on_path:
                 return [*path[path.index(dependency) :], dependency]
-            if dependency not in state and (found := visit(dependency)):
-                return found
-        path.pop()
-        state[name] = 2
-        return []
-
-    for name in depends_on:
-        if name not in state and (found := visit(name)):
-            return found
+            elif dependency not in done:
+                path.append(dependency)
+                on_path.add(dependency)
+                pending.append(iter(depends_on.get(dependency, ())))
     return []
 
 
@@ -322,7 +327,7 @@ def graph_problems(
     not declare. `outputs` holds each task's declared outputs by task name."""
     problems = []
     names = [task.name for task in tasks]
-    for name in sorted({name for name in names if names.count(name) > 1}):
+    for name in sorted(name for name, count in Counter(names).items() if count > 1):
         problems.append((name, f"two tasks are named {name!r}"))
     known = set(names)
     for task in tasks:

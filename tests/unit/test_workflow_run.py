@@ -275,3 +275,12 @@ def test_ready_finished_and_counts_match_a_recount_through_random_histories(seed
         assert counts["skipped"] == statuses[TaskStatus.SKIPPED]
         assert sum(v for k, v in counts.items() if k != "total") == counts["total"] == len(tasks)
     assert recounted_ready(run) == {task.name for task in run.take_ready()}
+
+
+def test_find_cycle_follows_a_chain_of_thousands_of_tasks() -> None:
+    chain = {f"t{i}": [f"t{i - 1}"] if i else [] for i in range(20_000)}
+    assert find_cycle(dict(reversed(list(chain.items())))) == []
+    chain["t0"] = ["t19999"]
+    cycle = find_cycle(chain)
+    assert cycle[0] == cycle[-1]
+    assert len(cycle) == 20_001
