@@ -342,7 +342,8 @@ class WorkflowManager:
         for task in ready:
             if task.upstream:
                 await self._resolve_upstream(run, task)
-            await self._store.save_task(task)
+        if ready:
+            await self._store.save_tasks(ready)  # one transaction for a whole first wave
         await self._submit(ready)
 
     async def _submit(self, tasks: Sequence[WorkflowTask]) -> None:
@@ -493,8 +494,7 @@ class WorkflowManager:
             if run is None:
                 raise NotFoundError(f"no running workflow {workflow_id!r} on this manager")
             held = run.cancel()
-            for task in run.tasks.values():
-                await self._store.save_task(task)
+            await self._store.save_tasks(list(run.tasks.values()))
             if held and self.coordinator is not None:
                 self.coordinator.cancel(workflow_id)
             await self._end(workflow_id, WorkflowState.CANCELLED, "cancelled by the user")

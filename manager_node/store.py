@@ -240,9 +240,6 @@ class ManagerStore:
             [(workflow_id, task_id, role, r.name, r.sha256, r.size) for r in refs],
         )
 
-    async def save_task(self, task: WorkflowTask) -> None:
-        await self.save_tasks([task])
-
     async def save_tasks(self, tasks: list[WorkflowTask], sequence: int | None = None) -> None:
         """The tasks' states and, with `sequence`, the coordinator event that changed them as
         followed: one transaction, so a restart resumes after it or replays it whole."""
