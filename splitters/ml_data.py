@@ -31,6 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from splitters.api import SplitterError
+from splitters.workers import ml_worker
 
 Matrix = NDArray[np.float64]
 BUILTIN_DATA = "digits.csv.gz"
@@ -39,8 +40,6 @@ NUMERIC_KINDS = "biuf"
 LABEL_KINDS = "biufU"
 # Streams drawn from `seed`, one per purpose, so that none repeats another's numbers.
 SHUFFLE_STREAM, INIT_STREAM, TASK_STREAM = 0, 1, 2
-# Dates in a zip entry; fixed so that the same arrays always make the same bytes.
-ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -328,12 +327,7 @@ def initial_model(sizes: Sequence[int], seed: int) -> dict[str, Matrix]:
 
 
 def save_npz(path: Path, arrays: Mapping[str, NDArray[Any]]) -> Path:
-    """As numpy.savez, but the same arrays always give the same bytes (fixed dates, sorted
-    names): a re-submitted workflow's inputs dedupe by content hash."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-        for name in sorted(arrays):
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_DATE)
-            with archive.open(info, "w", force_zip64=True) as entry:
-                array = np.asarray(arrays[name], order="C")  # keeps 0-d arrays 0-d
-                np.lib.format.write_array(entry, array, allow_pickle=False)
+    """The worker's .npz writer (the same arrays always give the same bytes, so a
+    re-submitted workflow's inputs dedupe by content hash); returns `path`."""
+    ml_worker.save_npz(path, arrays)
     return path
