@@ -57,11 +57,15 @@ async def test_make_durable_returns_only_once_the_blob_is_synced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = threading.Event()
+    happened: list[str] = []
     real = durability.fsync_path
 
     def held(path: Path) -> None:
         if path.parent.parent.name == "complete":
             release.wait(timeout=30)
+            real(path)
+            happened.append("synced")
+            return
         real(path)
 
     monkeypatch.setattr(durability, "fsync_path", held)
@@ -69,11 +73,11 @@ async def test_make_durable_returns_only_once_the_blob_is_synced(
     sha256 = await receive(store, b"x" * 100_000)
     assert await store.has(sha256), "visible as soon as it is verified"
     waiting = asyncio.create_task(store.make_durable([sha256]))
-    await asyncio.sleep(0)  # one turn of the loop: it is now waiting on the held sync
-    assert not waiting.done()
-    assert store._durability.pending(await store.path(sha256)) is not None
-    release.set()
+    # Callbacks run in order: the task's first step (up to its wait) before the release.
+    asyncio.get_running_loop().call_soon(release.set)
     await asyncio.wait_for(waiting, timeout=30)
+    happened.append("durable")
+    assert happened == ["synced", "durable"]
     await store.close()
 
 
