@@ -131,9 +131,11 @@ class BlobStore:
                         complete += info.st_size
                         if mark and info.st_ctime_ns >= mark.synced_before_ns:
                             recent.append(RecentBlob(Path(entry.path), info.st_size))
-        for blob in self._durability.recover(recent, _holds_its_name):
-            complete -= blob.size
-            crccache.remove(blob.path)
+        if mark is not None:  # else a new store, or one from before marks (all synced)
+            for blob in self._durability.recover(mark, recent, _holds_its_name):
+                complete -= blob.size
+                crccache.remove(blob.path)
+        self._durability.start()
         partial: dict[str, int] = {}
         for entry in os.scandir(self._partial_dir):
             if entry.name.startswith(IMPORT_PREFIX):

@@ -131,12 +131,12 @@ class WriteBehind:
         """The mark left by the last run (None for a store that predates marks)."""
         return read_watermark(self._mark_path)
 
-    def recover(self, recent: list[RecentBlob], verify: Callable[[Path], bool]) -> list[RecentBlob]:
-        """Makes the blobs changed after the last mark durable, or, after a reboot, checks
-        each with `verify` and removes those that fail. Returns the removed ones. Then sets
-        a fresh mark: nothing has been published by this run yet."""
-        mark = self.mark()
-        rebooted = mark is None or not self._boot_id or mark.boot_id != self._boot_id
+    def recover(
+        self, mark: Watermark, recent: list[RecentBlob], verify: Callable[[Path], bool]
+    ) -> list[RecentBlob]:
+        """Makes the blobs changed after `mark` (the last run's) durable, or, after a reboot,
+        checks each with `verify` and removes those that fail. Returns the removed ones."""
+        rebooted = not self._boot_id or mark.boot_id != self._boot_id
         removed: list[RecentBlob] = []
         for blob in recent:
             if rebooted and not verify(blob.path):
@@ -151,8 +151,11 @@ class WriteBehind:
             fsync_path(blob.path)
         for directory in {blob.path.parent for blob in recent}:
             fsync_path(directory)
-        self._write_mark(time.time_ns() - MARGIN_NS)
         return removed
+
+    def start(self) -> None:
+        """Sets a fresh mark before this run publishes anything."""
+        self._write_mark(time.time_ns() - MARGIN_NS)
 
     # --- publishing ----------------------------------------------------------------------
 
