@@ -89,16 +89,15 @@ class Pool:
     async def start(self) -> None:
         known = await self._store.load_volunteers()
         self._registry.restore(known, time.time())
-        tasks = await self._store.load_tasks()
-        self._scheduler.restore(tasks)
+        tasks, ended = await self._store.load_tasks()
+        self._scheduler.restore(tasks, ended)
         online = sum(v.state is VolunteerState.ONLINE for v in known)
-        unfinished = sum(not t.state.finished for t in tasks)
         log.info(
             "restored %d volunteers (%d were online) and %d tasks (%d unfinished)",
             len(known),
             online,
+            len(tasks) + len(ended),
             len(tasks),
-            unfinished,
         )
         self._maintenance = asyncio.get_running_loop().create_task(self._maintain_forever())
 
@@ -197,10 +196,11 @@ class Pool:
     # --- what managers ask ----------------------------------------------------------------
 
     async def submit(self, manager_id: str, specs: Sequence[TaskSpec]) -> int:
+        """Returns how many tasks this queued: new ones and later runs of ended ones."""
         async with self._lock:
-            before = len(self._scheduler.tasks)
-            await self._execute(self._scheduler.submit(manager_id, specs, time.time()))
-            return len(self._scheduler.tasks) - before
+            instructions = self._scheduler.submit(manager_id, specs, time.time())
+            await self._execute(instructions)
+        return sum(isinstance(i, SaveTask) and i.new_spec for i in instructions)
 
     async def cancel(self, workflow_id: str, task_ids: Iterable[str]) -> int:
         async with self._lock:

@@ -16,6 +16,9 @@ Rules:
   older attempt (a late result from a volunteer we gave up on) is ignored, never counted.
 - A volunteer that is lost takes its tasks back to the queue; after `max_attempts` offers a
   task fails. A task that fails by itself is run again `retries` times, then fails.
+- A task that ended is forgotten but for its run and last attempt number (`EndedTask`): its
+  spec and result live in the store, so a coordinator's memory follows the work in hand,
+  not every task it ever ran.
 """
 
 from __future__ import annotations
@@ -82,6 +85,17 @@ class ScheduledTask:
         return self.spec.task_id
 
 
+@dataclass(frozen=True, slots=True)
+class EndedTask:
+    """All the scheduler keeps of a task that ended: enough to tell a manager resubmitting
+    it (same run: ignored) from `--resume` (a later run: a fresh start whose attempt numbers
+    carry on from `attempt`, so a late result of the old run stays recognisable)."""
+
+    run: int
+    attempt: int
+    state: TaskState
+
+
 # --- instructions -------------------------------------------------------------------------
 
 
@@ -129,7 +143,9 @@ class Scheduler:
     ) -> None:
         self.offer_timeout = offer_timeout
         self.max_attempts = max_attempts
+        # Tasks not ended yet, and what is left of those that did.
         self.tasks: dict[str, ScheduledTask] = {}
+        self._ended: dict[str, EndedTask] = {}
         self._candidates: dict[str, Candidate] = {}
         self._assigned: dict[str, set[str]] = {}
         # Indexes by state, so that no stimulus walks every task (see _set_state):
@@ -143,9 +159,13 @@ class Scheduler:
 
     # --- stimuli --------------------------------------------------------------------------
 
-    def restore(self, tasks: Iterable[ScheduledTask]) -> None:
-        """Loads saved tasks after a restart. Offers died with their streams; running
-        tasks stay with their volunteer until it reconnects without them or is lost."""
+    def restore(
+        self, tasks: Iterable[ScheduledTask], ended: Iterable[tuple[str, EndedTask]] = ()
+    ) -> None:
+        """Loads saved tasks after a restart: those not ended in full, the others as
+        `EndedTask`s. Offers died with their streams; running tasks stay with their volunteer
+        until it reconnects without them or is lost."""
+        self._ended.update(ended)
         for task in tasks:
             if task.state is TaskState.OFFERED:
                 task.state = TaskState.QUEUED
@@ -157,32 +177,24 @@ class Scheduler:
     def submit(self, manager_id: str, specs: Iterable[TaskSpec], now: float) -> list[Instruction]:
         out: list[Instruction] = []
         for spec in specs:
-            known = self.tasks.get(spec.task_id)
-            if known is not None:
-                # The same run again is a manager resubmitting after a lost reply: ours
-                # already. A later run of a task that ended is `--resume`: a fresh start.
-                if spec.run > known.spec.run and known.state in _ENDED:
-                    out += self._rerun(known, spec, now)
-                continue
+            if spec.task_id in self.tasks:
+                continue  # a manager resubmitting after a lost reply: ours already
+            ended = self._ended.get(spec.task_id)
+            if ended is not None and spec.run <= ended.run:
+                continue  # the same: it has ended, as the manager will hear
+            # New, or a later run of a task that ended (`--resume`): a fresh start.
             task = ScheduledTask(spec=spec, manager_id=manager_id)
+            message = ""
+            if ended is not None:
+                del self._ended[spec.task_id]
+                task.attempt = task.attempt_base = ended.attempt
+                message = f"run {spec.run}"
             self._track(task)
-            out += [SaveTask(task, new_spec=True), self._event(task, "queued", now)]
+            out += [
+                SaveTask(task, new_spec=True),
+                self._event(task, "queued", now, message=message),
+            ]
         return out + self._dispatch(now)
-
-    def _rerun(self, task: ScheduledTask, spec: TaskSpec, now: float) -> list[Instruction]:
-        task.spec = spec
-        self._set_state(task, TaskState.QUEUED)
-        task.attempt_base = task.attempt
-        task.failures = 0
-        task.volunteer_id = ""
-        task.error = ""
-        task.result = None
-        task.declined_at.clear()
-        task.unschedulable_reported = False
-        return [
-            SaveTask(task, new_spec=True),
-            self._event(task, "queued", now, message=f"run {spec.run}"),
-        ]
 
     def volunteer_joined(
         self, candidate: Candidate, running_task_ids: Iterable[str], now: float
@@ -279,9 +291,7 @@ class Scheduler:
     def cancel(self, workflow_id: str, task_ids: Iterable[str], now: float) -> list[Instruction]:
         wanted = set(task_ids)
         out: list[Instruction] = []
-        for task in self.tasks.values():
-            if task.state.finished:
-                continue
+        for task in list(self.tasks.values()):  # those not ended; ending removes them
             if task.spec.workflow_id != workflow_id and task.spec.task_id not in wanted:
                 continue
             if task.state in (TaskState.OFFERED, TaskState.RUNNING):
@@ -309,6 +319,14 @@ class Scheduler:
 
     def running_on(self, volunteer_id: str) -> set[str]:
         return set(self._assigned.get(volunteer_id, set()))
+
+    def state_of(self, task_id: str) -> TaskState | None:
+        """The task's state, ended or not; None for a task never submitted here."""
+        task = self.tasks.get(task_id)
+        if task is not None:
+            return task.state
+        ended = self._ended.get(task_id)
+        return ended.state if ended is not None else None
 
     # --- internals ------------------------------------------------------------------------
 
@@ -346,7 +364,11 @@ class Scheduler:
         self._parked.pop(task.task_id, None)
         self._offered.pop(task.task_id, None)
         task.state = state
-        if state is TaskState.QUEUED:
+        if state in _ENDED:
+            # The instructions about its end still hold the whole task, to save and tell.
+            del self.tasks[task.task_id]
+            self._ended[task.task_id] = EndedTask(task.spec.run, task.attempt, state)
+        elif state is TaskState.QUEUED:
             self._queue.add(task)
         elif state is TaskState.OFFERED:
             self._offered[task.task_id] = task

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlite_utils
 
-from coordinator_node.scheduler import ScheduledTask
+from coordinator_node.scheduler import EndedTask, ScheduledTask
 from daemon.models import (
     Load,
     OwnerLimits,
@@ -287,9 +287,30 @@ class CoordinatorStore:
 
         await self.database.run(write)
 
-    async def load_tasks(self) -> list[ScheduledTask]:
-        def read(db: sqlite_utils.Database) -> list[ScheduledTask]:
-            return [_task_from_row(row) for row in db["tasks"].rows_where(order_by="rowid")]
+    async def load_tasks(self) -> tuple[list[ScheduledTask], list[tuple[str, EndedTask]]]:
+        """The tasks not ended, whole and in the order they were first saved; of the others
+        only what the scheduler keeps (their specs and results stay here)."""
+        ended_states = [state.value for state in TaskState if state.finished]
+        marks = ", ".join("?" * len(ended_states))
+
+        def read(
+            db: sqlite_utils.Database,
+        ) -> tuple[list[ScheduledTask], list[tuple[str, EndedTask]]]:
+            unfinished = [
+                _task_from_row(row)
+                for row in db["tasks"].rows_where(
+                    f"state NOT IN ({marks})", ended_states, order_by="rowid"
+                )
+            ]
+            ended = [
+                (task_id, EndedTask(run or 0, attempts, TaskState(state)))
+                for task_id, run, attempts, state in db.execute(
+                    "SELECT id, json_extract(spec, '$.run'), attempts, state FROM tasks "
+                    f"WHERE state IN ({marks})",
+                    ended_states,
+                )
+            ]
+            return unfinished, ended
 
         return await self.database.read(read)
 

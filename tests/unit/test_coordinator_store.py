@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator_node.scheduler import ScheduledTask
-from coordinator_node.store import CoordinatorStore
+from coordinator_node.scheduler import EndedTask, ScheduledTask
+from coordinator_node.store import CoordinatorStore, _task_from_row
 from daemon.models import (
     Load,
     OwnerLimits,
@@ -120,16 +120,23 @@ async def test_a_task_keeps_its_spec_through_state_saves_until_a_new_spec(
     await store.save_tasks([task], new_specs={"wf.t"})
     task.state, task.attempt, task.error = TaskState.FAILED, 2, "exited with code 1"
     await store.save_tasks([task])  # a state change: the spec is not written again
-    [loaded] = await store.load_tasks()
-    assert (loaded.spec, loaded.state, loaded.attempt, loaded.error) == (
+    assert await store.load_tasks() == (
+        [],
+        [("wf.t", EndedTask(run=0, attempt=2, state=TaskState.FAILED))],
+    ), "an ended task loads as what the scheduler keeps of it"
+    [full] = await store.database.read(
+        lambda db: [_task_from_row(row) for row in db["tasks"].rows_where("id = ?", ["wf.t"])]
+    )
+    assert (full.spec, full.state, full.attempt, full.error) == (
         spec,
         TaskState.FAILED,
         2,
         "exited with code 1",
-    )
+    ), "its spec and error stay in the store"
 
     rerun = replace(spec, run=1)
     task.spec, task.state, task.attempt_base = rerun, TaskState.QUEUED, 2
     await store.save_tasks([task], new_specs={"wf.t"})
-    [loaded] = await store.load_tasks()
+    [loaded], ended = await store.load_tasks()
+    assert ended == []
     assert (loaded.spec, loaded.state, loaded.attempt_base) == (rerun, TaskState.QUEUED, 2)

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from coordinator_node.scheduler import (
     Candidate,
+    EndedTask,
     Instruction,
     Publish,
     SaveTask,
@@ -53,8 +54,14 @@ def events(instructions: list[Instruction]) -> list[tuple[str, str]]:
     return [(i.event.task_id, i.event.kind) for i in instructions if isinstance(i, Publish)]
 
 
-def state_of(scheduler: Scheduler, task_id: str) -> TaskState:
-    return scheduler.tasks[task_id].state
+def state_of(scheduler: Scheduler, task_id: str) -> TaskState | None:
+    return scheduler.state_of(task_id)
+
+
+def messages(instructions: list[Instruction], kind: str) -> list[str]:
+    return [
+        i.event.message for i in instructions if isinstance(i, Publish) and i.event.kind == kind
+    ]
 
 
 def ok(task_id: str, attempt: int) -> TaskResult:
@@ -96,7 +103,7 @@ def test_accept_run_complete_frees_room_for_the_next_task() -> None:
     out = scheduler.finished("v1", ok("t1", 1), now=2)
     assert ("t1", "completed") in events(out)
     assert offers(out) == [("v1", "t3", 1)]
-    assert scheduler.tasks["t1"].state is TaskState.COMPLETED
+    assert state_of(scheduler, "t1") is TaskState.COMPLETED
 
 
 def test_decline_offers_elsewhere_and_records_the_reason() -> None:
@@ -156,8 +163,7 @@ def test_task_fails_after_max_attempts_of_lost_volunteers() -> None:
         scheduler.volunteer_joined(volunteer(vid), [], now=attempt)
         scheduler.accepted(vid, "t1", attempt, now=attempt)
         out = scheduler.volunteer_lost(vid, now=attempt)
-    assert ("t1", "failed") in events(out)
-    assert scheduler.tasks["t1"].error == "gave up after 2 attempts: its volunteer was lost"
+    assert messages(out, "failed") == ["gave up after 2 attempts: its volunteer was lost"]
 
 
 def test_task_failure_is_retried_then_final_with_its_reason() -> None:
@@ -173,7 +179,7 @@ def test_task_failure_is_retried_then_final_with_its_reason() -> None:
     final = [i.event for i in out if isinstance(i, Publish) and i.event.kind == "failed"]
     assert final[0].message == "timed out after 5 s (killed)"
     assert final[0].result is not None
-    assert scheduler.tasks["t1"].state is TaskState.FAILED
+    assert state_of(scheduler, "t1") is TaskState.FAILED
 
 
 def test_task_no_volunteer_can_hold_is_reported_unschedulable_once() -> None:
@@ -214,7 +220,7 @@ def test_cancel_stops_running_tasks_and_drops_queued_ones() -> None:
         SendCancel("v1", "t1", "cancelled"),
         SendCancel("v1", "t2", "cancelled"),
     ], "the running task and the one offered ahead; t3 was only queued"
-    assert {t.state for t in scheduler.tasks.values()} == {TaskState.CANCELLED}
+    assert {state_of(scheduler, t) for t in ("t1", "t2", "t3")} == {TaskState.CANCELLED}
     assert offers(out) == []
 
 
@@ -235,7 +241,7 @@ def test_reconnect_keeps_running_tasks_the_volunteer_still_has() -> None:
     scheduler.accepted("v1", "t1", 1, now=1)
     scheduler.volunteer_disconnected("v1", now=2)
     out = scheduler.volunteer_joined(volunteer("v1"), ["t1"], now=3)
-    assert scheduler.tasks["t1"].state is TaskState.RUNNING
+    assert state_of(scheduler, "t1") is TaskState.RUNNING
     assert ("t1", "requeued") not in events(out)
     out = scheduler.volunteer_joined(volunteer("v1"), [], now=4)
     assert ("t1", "requeued") in events(out), "a task the volunteer no longer has goes back"
@@ -246,7 +252,7 @@ def test_restore_requeues_offers_and_keeps_running_tasks() -> None:
     running = ScheduledTask(spec("t2"), MANAGER, TaskState.RUNNING, attempt=1, volunteer_id="v1")
     scheduler = Scheduler()
     scheduler.restore([offered, running])
-    assert scheduler.tasks["t1"].state is TaskState.QUEUED
+    assert state_of(scheduler, "t1") is TaskState.QUEUED
     assert scheduler.running_on("v1") == {"t2"}
 
 
@@ -268,7 +274,7 @@ def test_a_later_run_of_a_failed_task_starts_afresh_and_ignores_the_old_attempts
     scheduler.submit(MANAGER, [spec("t1")], now=0)
     scheduler.accepted("v1", "t1", 1, now=1)
     scheduler.finished("v1", failed("t1", 1), now=2)
-    assert scheduler.tasks["t1"].state is TaskState.FAILED
+    assert state_of(scheduler, "t1") is TaskState.FAILED
 
     assert scheduler.submit(MANAGER, [spec("t1")], now=3) == [], "the same run: already ours"
     out = scheduler.submit(MANAGER, [spec("t1", run=1)], now=4)
@@ -283,9 +289,9 @@ def test_a_later_run_of_a_failed_task_starts_afresh_and_ignores_the_old_attempts
     scheduler.volunteer_lost("v1", now=6)
     scheduler.volunteer_joined(volunteer("v2"), [], now=7)
     assert state_of(scheduler, "t1") is TaskState.OFFERED
-    scheduler.volunteer_lost("v2", now=8)
+    out = scheduler.volunteer_lost("v2", now=8)
     assert state_of(scheduler, "t1") is TaskState.FAILED
-    assert scheduler.tasks["t1"].error.startswith("gave up after 2 attempts")
+    assert messages(out, "failed")[0].startswith("gave up after 2 attempts")
 
 
 def test_a_later_run_of_a_completed_task_runs_it_again() -> None:
@@ -331,3 +337,36 @@ def test_tick_times_out_only_unanswered_offers() -> None:
     out = scheduler.tick(now=6)
     assert ("silent", "declined") in events(out)
     assert state_of(scheduler, "answered") is TaskState.RUNNING
+
+
+def test_an_ended_task_is_forgotten_but_for_its_run_and_attempt() -> None:
+    """The spec and result of an ended task live in the store; memory holds the work in hand."""
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1"), spec("t2"), spec("t3")], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1)
+    out = scheduler.finished("v1", ok("t1", 1), now=2)
+    completed = [i.task for i in out if isinstance(i, SaveTask) and i.task.task_id == "t1"]
+    assert completed[0].result is not None, "the instructions still carry the whole task"
+    scheduler.cancel("", ["t2"], now=3)
+    assert set(scheduler.tasks) == {"t3"}
+    assert scheduler._ended == {
+        "t1": EndedTask(run=0, attempt=1, state=TaskState.COMPLETED),
+        "t2": EndedTask(run=0, attempt=1, state=TaskState.CANCELLED),
+    }
+    assert scheduler.finished("v1", ok("t1", 1), now=4) == [], "a duplicate result is ignored"
+    assert scheduler.accepted("v1", "t1", 1, now=4) == [
+        SendCancel("v1", "t1", "the offer is no longer valid")
+    ]
+    assert events(scheduler.cancel("wf", [], now=5)) == [("t3", "cancelled")], "ended ones stay"
+
+
+def test_restored_ended_tasks_ignore_resubmission_and_take_later_runs() -> None:
+    scheduler = Scheduler()
+    scheduler.restore([], [("t1", EndedTask(run=2, attempt=7, state=TaskState.FAILED))])
+    assert state_of(scheduler, "t1") is TaskState.FAILED
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    assert scheduler.submit(MANAGER, [spec("t1", run=2)], now=1) == [], "the run that ended"
+    out = scheduler.submit(MANAGER, [spec("t1", run=3)], now=2)
+    assert messages(out, "queued") == ["run 3"]
+    assert offers(out) == [("v1", "t1", 8)], "attempt numbers carry on from the saved ones"

@@ -448,6 +448,9 @@ class SubmitTasksReply(_message.Message):
 
     ACCEPTED_FIELD_NUMBER: _builtins.int
     accepted: _builtins.int
+    """Tasks this request queued: new ones, and later runs of ended ones. A task the
+    coordinator holds already (same run) is not counted again.
+    """
     def __init__(
         self,
         *,
