@@ -38,7 +38,7 @@ from typing import Any
 from benchmarks.report import Figure
 
 SIZE = 1 << 30
-ROUNDS = 3
+ROUNDS = 5
 BLOCK = 1 << 20
 REPO = Path(__file__).resolve().parents[1]
 
