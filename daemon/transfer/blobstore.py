@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -66,6 +66,13 @@ class StoreUsage:
     @property
     def used_bytes(self) -> int:
         return self.complete_bytes + self.partial_bytes
+
+
+@dataclass(frozen=True)
+class HeldBlob:
+    sha256: str
+    size: int
+    modified: float  # when it became complete here (seconds since the epoch)
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,46 @@ class BlobStore:
         writer = self._writers.get(sha256)
         return writer.written if writer else self._partial_sizes.get(sha256, 0)
 
+    async def held(self) -> list[HeldBlob]:
+        """The complete blobs, those that arrived first first."""
+        await self.open()
+        return await asyncio.to_thread(self._list_complete)
+
+    def _list_complete(self) -> list[HeldBlob]:
+        found = []
+        for shard in os.scandir(self._complete_dir):
+            if not shard.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(shard.path):
+                if is_blob_id(entry.name) and entry.is_file(follow_symlinks=False):
+                    info = entry.stat(follow_symlinks=False)
+                    found.append(HeldBlob(entry.name, info.st_size, info.st_mtime))
+        return sorted(found, key=lambda blob: (blob.modified, blob.sha256))
+
+    async def free_up(self, needed: int, victims: Iterable[str]) -> list[str]:
+        """Deletes complete blobs, in the order `victims` names them, until `needed` more
+        bytes fit under the quota; returns the ones deleted. It may not find enough: the
+        transfer that follows is then refused with QuotaExceededError, as it would be."""
+        await self.open()
+        deleted = []
+        for sha256 in victims:
+            if self._headroom() >= needed:
+                break
+            if await self.delete(sha256):
+                deleted.append(sha256)
+        return deleted
+
+    def _headroom(self, besides: str = "") -> int:
+        """Quota left, counting what is held and, at their full size, what writers and imports
+        under way were promised; a partial of `besides` is left out."""
+        idle_partials = sum(
+            count
+            for sha, count in self._partial_sizes.items()
+            if sha != besides and sha not in self._reserved
+        )
+        used = self._complete_bytes + idle_partials + sum(self._reserved.values())
+        return self.quota_bytes - used
+
     async def usage(self) -> StoreUsage:
         await self.open()
         idle = sum(n for sha, n in self._partial_sizes.items() if sha not in self._writers)
@@ -218,13 +265,8 @@ class BlobStore:
     def _reserve(self, key: str, what: str, size: int) -> None:
         """Charges `size` against the quota for `key`, or refuses. No await between the check
         and the charge, so two transfers cannot both take the last free bytes."""
-        # The blob's own partial is part of `size`; other writers count at their full size.
-        idle_partials = sum(
-            count
-            for sha, count in self._partial_sizes.items()
-            if sha != key and sha not in self._reserved
-        )
-        others = self._complete_bytes + idle_partials + sum(self._reserved.values())
+        # The blob's own partial is part of `size`.
+        others = self.quota_bytes - self._headroom(key)
         if others + size > self.quota_bytes:
             raise QuotaExceededError(
                 f"{what} ({_mib(size)}) does not fit: the store holds {_mib(others)} "

@@ -1,8 +1,15 @@
-"""The volunteer's blob cache and its transfers with managers (TransferService)."""
+"""The volunteer's blob cache and its transfers with managers (TransferService).
+
+The cache keeps what was fetched for later tasks and makes room within its quota by
+evicting the blobs used least recently (cache.py says which may go).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -15,6 +22,9 @@ from daemon.transfer.hashing import sha256_file
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
 from daemon.transport.errors import error_from_rpc
+from daemon.volunteer.cache import CacheIndex
+
+log = logging.getLogger(__name__)
 
 GIB = 1024**3
 # Exporting a large image on the manager's first request takes a while.
@@ -26,17 +36,52 @@ class BlobTransfers:
         self.store = BlobStore(root, max_blob_bytes=quota_bytes, quota_bytes=quota_bytes)
         # One channel per manager: a new one per transfer cost ~4 ms a file (measured).
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._index = CacheIndex()
+        # Held while pinning a blob and while evicting: a blob is never evicted between
+        # being found in the cache and being pinned.
+        self._room = asyncio.Lock()
 
     async def open(self) -> None:
         await self.store.open()
+        self._index.load((blob.sha256, blob.size) for blob in await self.store.held())
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
             self._channels[address] = open_channel(address)
         return self._channels[address]
 
-    async def fetch(self, manager_address: str, ref: FileRef) -> Path:
-        return await download(self._channel(manager_address), ref.sha256, ref.size, self.store)
+    @contextlib.asynccontextmanager
+    async def fetched(self, manager_address: str, ref: FileRef) -> AsyncIterator[Path]:
+        """A verified local copy of the blob, from the cache or fetched; it stays in place
+        until the block ends."""
+        sha256 = ref.sha256
+        async with self._room:
+            self._index.pin(sha256)
+        try:
+            if not await self.store.has(sha256):
+                await self._make_room(ref)
+            self._index.fetching(sha256, ref.size)
+            try:
+                path = await download(self._channel(manager_address), sha256, ref.size, self.store)
+            finally:
+                self._index.fetched(sha256)
+            self._index.used(sha256, ref.size)
+            yield path
+        finally:
+            self._index.unpin(sha256)
+
+    async def _make_room(self, ref: FileRef) -> None:
+        async with self._room:
+            needed = self._index.room_needed(ref.sha256, ref.size)
+            evicted = await self.store.free_up(needed, self._index.victims())
+        for sha256 in evicted:
+            self._index.forget(sha256)
+        if evicted:
+            log.info(
+                "evicted %d cached blobs, least recently used first, to make room for %s",
+                len(evicted),
+                ref.name,
+            )
 
     async def send(self, manager_address: str, path: Path, purpose: str) -> FileRef:
         sha256, size = await asyncio.to_thread(sha256_file, path)

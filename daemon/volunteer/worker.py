@@ -43,8 +43,11 @@ UPLOAD_RETRY_MAX_SECONDS = 30.0
 class Transfers(Protocol):
     """Moves blobs between this volunteer and a manager."""
 
-    async def fetch(self, manager_address: str, ref: FileRef) -> Path:
-        """A verified local copy of the blob (from the cache when held already)."""
+    def fetched(
+        self, manager_address: str, ref: FileRef
+    ) -> contextlib.AbstractAsyncContextManager[Path]:
+        """A verified local copy of the blob (from the cache when held already), kept in
+        place until the block ends."""
         ...
 
     async def send(self, manager_address: str, path: Path, purpose: str) -> FileRef:
@@ -286,14 +289,17 @@ class TaskWorker:
 
     async def _load_from_manager(self, task: TaskSpec) -> None:
         assert self._load_image is not None
-        try:
-            ref = await self._transfers.image_archive(
-                task.manager_address, task.image, task.image_id
-            )
-            archive = await self._transfers.fetch(task.manager_address, ref)
-        except NodeError as error:
-            raise TaskFailedError(f"could not fetch image {task.image}: {error}") from None
-        await self._load_image(archive)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                ref = await self._transfers.image_archive(
+                    task.manager_address, task.image, task.image_id
+                )
+                archive = await stack.enter_async_context(
+                    self._transfers.fetched(task.manager_address, ref)
+                )
+            except NodeError as error:
+                raise TaskFailedError(f"could not fetch image {task.image}: {error}") from None
+            await self._load_image(archive)  # the archive stays cached until it is loaded
         loaded = await self._image_id(task.image)
         if loaded is None or task.image_id not in ("", loaded):
             raise TaskFailedError(
@@ -340,16 +346,16 @@ class TaskWorker:
                 continue
             name = check_file_name(ref.name, "input")
             try:
-                cached = await self._transfers.fetch(task.manager_address, ref)
+                async with self._transfers.fetched(task.manager_address, ref) as cached:
+                    target = input_dir / name
+                    # The cache must never be writable by a task: containers see inputs
+                    # read-only, but a plain process could write through a hard link.
+                    if copy:
+                        await asyncio.to_thread(shutil.copyfile, cached, target)
+                    else:
+                        await asyncio.to_thread(os.link, cached, target)
             except NodeError as error:
                 raise TaskFailedError(f"could not fetch input {name}: {error}") from None
-            target = input_dir / name
-            # The cache must never be writable by a task: containers see inputs read-only,
-            # but a plain process could write through a hard link.
-            if copy:
-                await asyncio.to_thread(shutil.copyfile, cached, target)
-            else:
-                await asyncio.to_thread(os.link, cached, target)
 
     async def _deliver_outputs(self, task: TaskSpec, output_dir: Path) -> Outputs:
         """Uploads the outputs to the manager, except small ones, which go inline with the

@@ -1,0 +1,104 @@
+"""The volunteer's input cache against a real TransferService on loopback: it stays within
+its quota by evicting the blobs used least recently, and never one in use."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from daemon.models import FileRef
+from daemon.transfer.blobstore import BlobStore
+from daemon.transfer.errors import QuotaExceededError
+from daemon.transfer.servicer import AllowAll, TransferServicer
+from daemon.volunteer.blobs import BlobTransfers
+from tests.integration.test_transfer import serving
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+
+
+async def manager_blobs(root: Path, count: int) -> tuple[BlobStore, list[FileRef]]:
+    store = BlobStore(root, max_blob_bytes=64 * MiB, quota_bytes=256 * MiB)
+    refs = []
+    for number in range(count):
+        data = os.urandom(MiB + number)  # more than one chunk: the streaming path
+        sha256, size = await store.put_bytes(data)
+        assert sha256 == hashlib.sha256(data).hexdigest()
+        refs.append(FileRef(f"input-{number}", sha256, size))
+    return store, refs
+
+
+async def fetch(cache: BlobTransfers, address: str, ref: FileRef) -> None:
+    async with cache.fetched(address, ref) as path:
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == ref.sha256
+
+
+async def held(cache: BlobTransfers, refs: list[FileRef]) -> list[bool]:
+    return [await cache.store.has(ref.sha256) for ref in refs]
+
+
+async def test_a_full_cache_evicts_the_blobs_used_least_recently(tmp_path: Path) -> None:
+    manager, (a, b, c, d) = await manager_blobs(tmp_path / "manager", 4)
+    cache = BlobTransfers(tmp_path / "volunteer", quota_bytes=3 * MiB + 64 * 1024)
+    await cache.open()
+    try:
+        async with serving(TransferServicer(manager, AllowAll())) as address:
+            for ref in (a, b, c):
+                await fetch(cache, address, ref)
+            await fetch(cache, address, a)  # from the cache: a is now the most recent
+            await fetch(cache, address, d)
+            assert await held(cache, [a, b, c, d]) == [True, False, True, True]
+            usage = await cache.store.usage()
+            assert usage.used_bytes <= usage.quota_bytes
+    finally:
+        await cache.close()
+        await manager.close()
+
+
+async def test_after_a_restart_the_blobs_that_arrived_first_go_first(tmp_path: Path) -> None:
+    manager, (a, b, c) = await manager_blobs(tmp_path / "manager", 3)
+    quota = 2 * MiB + 64 * 1024
+    async with serving(TransferServicer(manager, AllowAll())) as address:
+        first = BlobTransfers(tmp_path / "volunteer", quota_bytes=quota)
+        await first.open()
+        await fetch(first, address, a)
+        await fetch(first, address, b)
+        await first.close()
+        os.utime(await first.store.path(a.sha256), (1, 1))  # a arrived long before b
+
+        again = BlobTransfers(tmp_path / "volunteer", quota_bytes=quota)
+        await again.open()
+        try:
+            await fetch(again, address, c)
+            assert await held(again, [a, b, c]) == [False, True, True]
+        finally:
+            await again.close()
+    await manager.close()
+
+
+async def test_a_blob_in_use_is_never_evicted(tmp_path: Path) -> None:
+    manager, (a, b, c) = await manager_blobs(tmp_path / "manager", 3)
+    cache = BlobTransfers(tmp_path / "volunteer", quota_bytes=2 * MiB + 64 * 1024)
+    await cache.open()
+    try:
+        async with (
+            serving(TransferServicer(manager, AllowAll())) as address,
+            cache.fetched(address, a) as in_use,
+        ):
+            await fetch(cache, address, b)
+            await fetch(cache, address, c)  # room is made from b, not from a
+            assert await held(cache, [a, b, c]) == [True, False, True]
+            assert hashlib.sha256(in_use.read_bytes()).hexdigest() == a.sha256
+
+            async with cache.fetched(address, c):
+                # Both held blobs are in use: nothing may go, so b cannot come in.
+                with pytest.raises(QuotaExceededError, match="quota"):
+                    await fetch(cache, address, b)
+                assert await held(cache, [a, b, c]) == [True, False, True]
+    finally:
+        await cache.close()
+        await manager.close()
