@@ -481,6 +481,10 @@ class WorkflowManager:
     async def _end(self, workflow_id: str, state: WorkflowState, message: str) -> None:
         await self._store.set_workflow_state(workflow_id, state.value, message)
         run = self._runs.pop(workflow_id)
+        # An ended workflow lives in the store only (`resume` loads it back from there).
+        self._types.pop(workflow_id, None)
+        for task_id in run.tasks:
+            self._specs.pop(task_id, None)
         log.info("workflow %s %s%s", workflow_id, state.value, f": {message}" if message else "")
         await self._publish(run, "", state.value, message)
         for queue in self._watchers.pop(workflow_id, set()):
