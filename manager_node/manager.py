@@ -397,9 +397,15 @@ class WorkflowManager:
                 if event.result is not None and event.result.inline_outputs:
                     # Stored as blobs now; the task's record keeps only their refs.
                     event = replace(event, result=replace(event.result, inline_outputs=()))
+                was = run.state()
                 applied = run.apply(event, outputs_verified=verified)
                 if applied is not None:
-                    await self._store.save_tasks(list(applied.changed), event.sequence)
+                    # queued -> running shows here; the end is written by _finish.
+                    now = run.state()
+                    moved = (
+                        (run.workflow_id, now.value) if now != was and not run.finished else None
+                    )
+                    await self._store.save_tasks(list(applied.changed), event.sequence, moved)
                     await self._publish(run, event.task_id, event.kind, applied.task.message)
                     await self._hand_over_ready(run)
                     if run.finished:

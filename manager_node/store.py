@@ -240,15 +240,23 @@ class ManagerStore:
             [(workflow_id, task_id, role, r.name, r.sha256, r.size) for r in refs],
         )
 
-    async def save_tasks(self, tasks: list[WorkflowTask], sequence: int | None = None) -> None:
+    async def save_tasks(
+        self,
+        tasks: list[WorkflowTask],
+        sequence: int | None = None,
+        workflow: tuple[str, str] | None = None,
+    ) -> None:
         """The tasks' states and, with `sequence`, the coordinator event that changed them as
-        followed: one transaction, so a restart resumes after it or replays it whole."""
+        followed, and with `workflow` (id, state) the new state of their workflow: one
+        transaction, so a restart resumes after it or replays it whole."""
 
         def write(db: sqlite_utils.Database) -> None:
             for task in tasks:
                 self._write_task(db, task)
             if sequence is not None:
                 self._write_meta(db, COORDINATOR_SEQUENCE, str(sequence))
+            if workflow is not None:
+                self._write_workflow_state(db, *workflow)
 
         await self.database.run(write)
 
@@ -284,13 +292,18 @@ class ManagerStore:
         await self.database.run(write)
 
     async def set_workflow_state(self, workflow_id: str, state: str, error: str = "") -> None:
-        def write(db: sqlite_utils.Database) -> None:
-            db.execute(
-                "UPDATE workflows SET state = ?, error = ?, updated_at = ? WHERE id = ?",
-                (state, error, time.time(), workflow_id),
-            )
+        await self.database.run(
+            lambda db: self._write_workflow_state(db, workflow_id, state, error)
+        )
 
-        await self.database.run(write)
+    @staticmethod
+    def _write_workflow_state(
+        db: sqlite_utils.Database, workflow_id: str, state: str, error: str = ""
+    ) -> None:
+        db.execute(
+            "UPDATE workflows SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+            (state, error, time.time(), workflow_id),
+        )
 
     async def add_results(self, workflow_id: str, refs: list[FileRef]) -> None:
         await self.database.run(

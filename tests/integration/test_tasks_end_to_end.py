@@ -177,13 +177,17 @@ outputs = ["out-{i}.txt"]
     workflow_id = reply["workflow_id"]
     victim = volunteers[0]
 
-    def running_on_victim() -> bool:
-        status = cli_json("status", workflow_id, "--data-dir", str(manager.data_dir))
-        return any(
+    def running_on_victim() -> dict[str, Any] | None:
+        status: dict[str, Any] = cli_json(
+            "status", workflow_id, "--data-dir", str(manager.data_dir)
+        )
+        running = any(
             t["state"] == "running" and t["volunteer_id"] == victim.node_id for t in status["tasks"]
         )
+        return status if running else None
 
-    wait_until(running_on_victim, 30, "a task to run on the victim")
+    status = wait_until(running_on_victim, 30, "a task to run on the victim")
+    assert status["state"] == "running", "a workflow with a task running is running"
     victim.kill()
 
     def finished() -> dict[str, Any] | None:
