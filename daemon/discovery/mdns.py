@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import psutil
-from zeroconf import DNSQuestionType, IPVersion, ServiceStateChange, Zeroconf
+from zeroconf import DNSQuestionType, IPVersion, NotRunningException, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from daemon.discovery.peers import SERVICE_TYPE, PeerTable, parse_announcement, txt_record
@@ -129,7 +129,13 @@ class MdnsDiscovery:
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # Discovery goes on without this one lookup; nothing is waiting for its result.
+            log.warning("mDNS: %r", error, exc_info=error)
 
     def _browse(
         self, instance: AsyncZeroconf, question_type: DNSQuestionType
@@ -168,9 +174,14 @@ class MdnsDiscovery:
         self, instance: AsyncZeroconf, name: str, question_type: DNSQuestionType
     ) -> None:
         info = AsyncServiceInfo(SERVICE_TYPE, name)
-        found = await info.async_request(
-            instance.zeroconf, RESOLVE_TIMEOUT_MS, question_type=question_type
-        )
+        try:
+            found = await info.async_request(
+                instance.zeroconf, RESOLVE_TIMEOUT_MS, question_type=question_type
+            )
+        except NotRunningException:
+            # The quick sweep's instance closed before this resolve got going; the main
+            # browser sees the same name and resolves it.
+            return
         if found:
             self._record(name, info)
 
