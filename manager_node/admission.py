@@ -24,15 +24,43 @@ class Candidate:
     parameters: frozenset[str] = frozenset()
 
 
+IMAGE_HINT = (
+    "pull or build it on the manager's host (the manager then ships it), or let volunteers "
+    "pull it (--allow-pull)"
+)
+
+
 def _key(candidate: Candidate, shortfall: Shortfall) -> str:
     resource = shortfall.resource
     if resource == "runtime":  # nothing in the task can fix it: the task as a whole
         return candidate.resources_key.removesuffix(".resources.") or "type"
     if candidate.resources_key:
-        if resource == "network":  # a task's own key, beside its resources table
-            return candidate.resources_key.removesuffix("resources.") + "network"
+        if resource in ("network", "image"):  # a task's own keys, beside its resources
+            return candidate.resources_key.removesuffix("resources.") + resource
         return candidate.resources_key + resource
     return resource if resource in candidate.parameters else "parameters"
+
+
+def with_tag(image: str) -> str:
+    """The image reference as Docker lists it: `name` means `name:latest`."""
+    if "@" in image or ":" in image.rpartition("/")[2]:
+        return image
+    return f"{image}:latest"
+
+
+def image_shortfall(task: TaskSpec, volunteer: Volunteer) -> Shortfall | None:
+    """Why this volunteer could not get the task's image, as far as the pool knows: the
+    manager does not hold it (else it ships it), the volunteer's Docker engine did not have
+    it when it joined, and its owner does not allow pulls. A volunteer without Docker runs
+    no images (its runtime is checked apart)."""
+    resources = volunteer.resources
+    if task.image_from_manager or not resources.docker_available or volunteer.limits.allow_pull:
+        return None
+    if with_tag(task.image) in resources.images:
+        return None
+    return Shortfall(
+        "image", f"image {task.image} is not there, nor on the manager, and pulls are not allowed"
+    )
 
 
 def unschedulable(
@@ -45,7 +73,11 @@ def unschedulable(
         return []
     problems: dict[str, SplitterError] = {}
     for candidate in candidates:
-        shortfalls = [capacity_problem(candidate.spec, v.resources, v.limits) for v in online]
+        shortfalls = [
+            capacity_problem(candidate.spec, v.resources, v.limits)
+            or image_shortfall(candidate.spec, v)
+            for v in online
+        ]
         found = [shortfall for shortfall in shortfalls if shortfall is not None]
         if len(found) < len(shortfalls):
             continue  # some volunteer can run it
@@ -54,6 +86,8 @@ def unschedulable(
         reason = "; ".join(distinct[:3]) + ("; ..." if len(distinct) > 3 else "")
         if all(shortfall.resource == "runtime" for shortfall in found):
             reason += "; a volunteer needs a Docker engine, or its owner's --allow-process-runtime"
+        if any(shortfall.resource == "image" for shortfall in found):
+            reason += f"; {IMAGE_HINT}"
         if key not in problems:
             problems[key] = SplitterError(
                 key,

@@ -151,8 +151,9 @@ class WorkflowManager:
                     raise SplitterError("parameters", "the split produced no tasks")
                 tasks = await self._tasks(workflow_id, templates)
             _check_graph(workflow.type, tasks)
-            await self._check_schedulable(workflow, tasks)
+            # Pinned first: an image the manager ships can reach any volunteer.
             tasks = await self._attach_images(tasks)
+            await self._check_schedulable(workflow, tasks)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
             raise

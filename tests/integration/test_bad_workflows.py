@@ -122,6 +122,24 @@ def test_a_task_no_volunteer_can_hold_is_refused_as_unschedulable(
     assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []
 
 
+@pytest.mark.docker
+def test_an_image_nobody_has_or_may_pull_is_refused_at_submit(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    """It used to be accepted, then declined by every volunteer for ever."""
+    manager, _ = start_pool(daemons)
+    workflow = tmp_path / "image.toml"
+    workflow.write_text(
+        '[workflow]\nname = "img"\n[[tasks]]\nname = "a"\nimage = "vcnode-test/no-such-image:1"\n'
+        'command = ["true"]\n'
+    )
+    submitted = run_cli("submit", str(workflow), "--data-dir", str(manager.data_dir))
+    assert submitted.returncode == 2, submitted.stderr
+    assert f"{workflow}:5: tasks[0].image: task a is unschedulable" in submitted.stderr
+    assert "--allow-pull" in submitted.stderr
+    assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []
+
+
 async def test_an_inline_input_that_does_not_match_its_checksum_is_refused(
     daemons: Daemons,
 ) -> None:

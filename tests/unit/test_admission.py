@@ -10,18 +10,25 @@ from daemon.models import (
     Volunteer,
     VolunteerState,
 )
-from manager_node.admission import Candidate, unschedulable
+from manager_node.admission import Candidate, unschedulable, with_tag
 
 
-def spec(memory_mb: int = 256, cpus: float = 1, network: bool = False) -> TaskSpec:
+def spec(
+    memory_mb: int = 256,
+    cpus: float = 1,
+    network: bool = False,
+    image: str = "i",
+    image_from_manager: bool = True,
+) -> TaskSpec:
     return TaskSpec(
         task_id="wf.t",
         workflow_id="wf",
-        image="i",
+        image=image,
         command=("true",),
         resources=ResourceRequest(cpus=cpus, memory_mb=memory_mb),
         timeout_seconds=1,
         network=network,
+        image_from_manager=image_from_manager,
     )
 
 
@@ -30,13 +37,18 @@ def volunteer(
     state: VolunteerState = VolunteerState.ONLINE,
     docker: bool = True,
     limits: OwnerLimits | None = None,
+    images: tuple[str, ...] = (),
 ) -> Volunteer:
     return Volunteer(
         volunteer_id=f"v{memory_mb}",
         hostname="h",
         version="1",
         resources=Resources(
-            cpu_cores=2, memory_mb=memory_mb, disk_free_mb=1000, docker_available=docker
+            cpu_cores=2,
+            memory_mb=memory_mb,
+            disk_free_mb=1000,
+            docker_available=docker,
+            images=images,
         ),
         limits=limits or OwnerLimits(),
         state=state,
@@ -94,3 +106,34 @@ def test_a_pool_without_any_runtime_is_refused_naming_the_task_and_the_fix() -> 
     assert problem.key == "type"
     opted_in = volunteer(4000, docker=False, limits=OwnerLimits(allow_process_runtime=True))
     assert unschedulable([explicit], [opted_in]) == []
+
+
+def test_an_image_nobody_holds_or_may_pull_is_refused_naming_the_key_and_the_fixes() -> None:
+    missing = spec(image="nosuch/image:1", image_from_manager=False)
+    explicit = Candidate("a", missing, "tasks[0].resources.")
+    (problem,) = unschedulable([explicit], [volunteer(4000), volunteer(8000)])
+    assert problem.key == "tasks[0].image"
+    assert "image nosuch/image:1 is not there, nor on the manager" in problem.message
+    assert "--allow-pull" in problem.message
+    assert "manager's host" in problem.message
+    split = Candidate("p-0", missing, "", frozenset({"image", "memory_mb"}))
+    assert [p.key for p in unschedulable([split], [volunteer(4000)])] == ["image"]
+
+
+def test_an_image_the_manager_ships_a_volunteer_holds_or_may_pull_passes() -> None:
+    shipped = Candidate("a", spec(image="x", image_from_manager=True), "tasks[0].resources.")
+    assert unschedulable([shipped], [volunteer(4000)]) == []
+    local = spec(image="busybox", image_from_manager=False)
+    held = volunteer(4000, images=("busybox:latest",))
+    assert unschedulable([Candidate("a", local, "tasks[0].resources.")], [held]) == []
+    pulls = volunteer(4000, limits=OwnerLimits(allow_pull=True))
+    assert unschedulable([Candidate("a", local, "tasks[0].resources.")], [pulls]) == []
+    process = volunteer(4000, docker=False, limits=OwnerLimits(allow_process_runtime=True))
+    assert unschedulable([Candidate("a", local, "tasks[0].resources.")], [process]) == []
+
+
+def test_image_references_are_compared_as_docker_lists_them() -> None:
+    assert with_tag("busybox") == "busybox:latest"
+    assert with_tag("registry:5000/team/tool") == "registry:5000/team/tool:latest"
+    assert with_tag("registry:5000/team/tool:2") == "registry:5000/team/tool:2"
+    assert with_tag("tool@sha256:" + "0" * 64) == "tool@sha256:" + "0" * 64
