@@ -79,7 +79,7 @@ class WorkflowManager:
         self._specs: dict[str, TaskSpec] = {}
         self._shareable: set[str] = set()
         self._watchers: dict[str, set[asyncio.Queue[WorkflowUpdate | None]]] = {}
-        self._merges: set[asyncio.Task[None]] = set()
+        self._merges: dict[str, asyncio.Task[None]] = {}  # by workflow id
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
@@ -452,8 +452,8 @@ class WorkflowManager:
 
     def _start_merge(self, workflow_id: str) -> None:
         merge = asyncio.get_running_loop().create_task(self._merge(workflow_id))
-        self._merges.add(merge)
-        merge.add_done_callback(self._merges.discard)
+        self._merges[workflow_id] = merge
+        merge.add_done_callback(lambda _: self._merges.pop(workflow_id, None))
 
     async def _merge(self, workflow_id: str) -> None:
         run = self._runs[workflow_id]
@@ -503,7 +503,17 @@ class WorkflowManager:
         async with self._lock:
             run = self._runs.get(workflow_id)
             if run is None:
-                raise NotFoundError(f"no running workflow {workflow_id!r} on this manager")
+                state = await self._store.workflow_state(workflow_id)
+                if state is None:
+                    raise NotFoundError(f"no workflow {workflow_id!r} on this manager")
+                raise RejectedError(
+                    f"workflow {workflow_id} has ended ({state}): nothing to cancel"
+                )
+            if workflow_id in self._merges:
+                # Every task completed; the merge ends it in a moment, one way or the other.
+                raise RejectedError(
+                    f"workflow {workflow_id} is merging its results: too late to cancel"
+                )
             held = run.cancel()
             await self._store.save_tasks(list(run.tasks.values()))
             if held and self.coordinator is not None:
@@ -567,7 +577,7 @@ class WorkflowManager:
         return WorkflowUpdate(run.workflow_id, task_id, kind, message, time.time(), run.counts())
 
     async def stop(self) -> None:
-        for merge in list(self._merges):
+        for merge in list(self._merges.values()):
             merge.cancel()
         await self._images.close()
         for queues in self._watchers.values():

@@ -321,6 +321,15 @@ class ManagerStore:
 
         return await self.database.read(read)
 
+    async def workflow_state(self, workflow_id: str) -> str | None:
+        """The workflow's state, or None if there is no such workflow."""
+
+        def read(db: sqlite_utils.Database) -> str | None:
+            row = db.execute("SELECT state FROM workflows WHERE id = ?", (workflow_id,)).fetchone()
+            return str(row[0]) if row else None
+
+        return await self.database.read(read)
+
     async def shareable_blobs(self) -> set[str]:
         """Blobs volunteers and clients may download: task inputs and merged results."""
 

@@ -248,6 +248,13 @@ def test_cancel_stops_running_containers(
     assert status["state"] == "cancelled"
     assert {t["state"] for t in status["tasks"]} == {"cancelled"}
 
+    again = run_cli("cancel", workflow_id, "--data-dir", str(manager.data_dir))
+    assert again.returncode == 2
+    assert f"workflow {workflow_id} has ended (cancelled): nothing to cancel" in again.stderr
+    unknown = run_cli("cancel", "no-such-workflow", "--data-dir", str(manager.data_dir))
+    assert unknown.returncode == 1
+    assert "no workflow 'no-such-workflow' on this manager" in unknown.stderr
+
 
 def test_tasks_run_in_dependency_order(daemons: Daemons, tmp_path: Path, worker_image: str) -> None:
     manager, _ = start_mesh(daemons)
