@@ -370,6 +370,11 @@ def _add_workflow_parsers(commands: Any) -> None:
             _lazy("workflows", "cancel"),
             "cancel a workflow; its running containers are stopped",
         ),
+        (
+            "delete",
+            _lazy("workflows", "delete"),
+            "forget an ended workflow and free the manager's disk of the files only it used",
+        ),
     ):
         parser = commands.add_parser(name, help=help_text)
         parser.add_argument("workflow", help="the workflow id")

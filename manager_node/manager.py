@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import aiorwlock
+
 from daemon import inline
 from daemon.errors import InvalidInputError, NodeError, NotFoundError, RejectedError
 from daemon.models import FileRef, InlineBlob, TaskEvent, TaskSpec
@@ -64,6 +66,13 @@ class Submitted:
     estimated_seconds_per_task: float = 0.0
 
 
+@dataclass(frozen=True)
+class Deleted:
+    workflow_id: str
+    blobs: int  # blobs removed from the store: those no other workflow uses
+    freed_bytes: int
+
+
 class WorkflowManager:
     def __init__(
         self, store: ManagerStore, blobs: BlobStore, workdir: Path, images: ImageArchives
@@ -81,6 +90,9 @@ class WorkflowManager:
         self._watchers: dict[str, set[asyncio.Queue[WorkflowUpdate | None]]] = {}
         self._merges: dict[str, asyncio.Task[None]] = {}  # by workflow id
         self._lock = asyncio.Lock()
+        # Held shared by submissions, from their first blob to their records; exclusively by
+        # a delete, which must not remove a blob a submission is about to record.
+        self._references = aiorwlock.RWLock()
 
     async def open(self) -> None:
         self._shareable = await self._store.shareable_blobs()
@@ -129,6 +141,15 @@ class WorkflowManager:
         inline: Sequence[tuple[FileRef, bytes]] = (),
     ) -> Submitted:
         workflow = parse_workflow(workflow_text, overrides)
+        async with self._references.reader:
+            return await self._create(workflow, files, inline)
+
+    async def _create(
+        self,
+        workflow: WorkflowFile,
+        files: Sequence[FileRef],
+        inline: Sequence[tuple[FileRef, bytes]],
+    ) -> Submitted:
         # Concurrently: the store syncs the blobs published together in one round.
         stored = await asyncio.gather(*(self._store_inline(ref, data) for ref, data in inline))
         files = [*files, *stored]
@@ -520,6 +541,34 @@ class WorkflowManager:
                 self.coordinator.cancel(workflow_id)
             await self._end(workflow_id, WorkflowState.CANCELLED, "cancelled by the user")
         return len(held)
+
+    async def delete(self, workflow_id: str) -> Deleted:
+        """Forgets an ended workflow and frees the blobs only it used (its inputs, outputs
+        and results); files other workflows use stay. Refused while it is going."""
+        async with self._references.writer, self._lock:
+            if workflow_id in self._runs:
+                raise RejectedError(
+                    f"workflow {workflow_id} is still going; cancel it first "
+                    f"(node cancel {workflow_id})"
+                )
+            if await self._store.workflow_state(workflow_id) is None:
+                raise NotFoundError(f"no workflow {workflow_id!r} on this manager")
+            freed = await self._store.blobs_only_of(workflow_id)
+            self._shareable -= {ref.sha256 for ref in freed}
+            # Blobs before records: a crash in between leaves a delete to run again, never
+            # blobs that nothing refers to.
+            for ref in freed:
+                await self._blobs.delete(ref.sha256)
+            await self._store.forget_workflow(workflow_id)
+            await asyncio.to_thread(shutil.rmtree, self._workdir / workflow_id, True)
+        deleted = Deleted(workflow_id, len(freed), sum(ref.size for ref in freed))
+        log.info(
+            "workflow %s deleted: %d blobs, %.1f MiB freed",
+            workflow_id,
+            deleted.blobs,
+            deleted.freed_bytes / 2**20,
+        )
+        return deleted
 
     async def resume(self, workflow_id: str) -> Submitted:
         """Runs again what did not complete of an ended workflow; the tasks that did keep

@@ -116,6 +116,15 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         return manager_pb2.CancelWorkflowReply(cancelled_tasks=cancelled)
 
     @maps_errors
+    async def DeleteWorkflow(
+        self, request: manager_pb2.DeleteWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> manager_pb2.DeleteWorkflowReply:
+        deleted = await self._manager.delete(request.workflow_id)
+        return manager_pb2.DeleteWorkflowReply(
+            deleted_blobs=deleted.blobs, freed_bytes=deleted.freed_bytes
+        )
+
+    @maps_errors
     async def ResumeWorkflow(
         self, request: manager_pb2.ResumeWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> manager_pb2.SubmitWorkflowReply:

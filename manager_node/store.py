@@ -330,6 +330,34 @@ class ManagerStore:
 
         return await self.database.read(read)
 
+    async def blobs_only_of(self, workflow_id: str) -> list[FileRef]:
+        """The blobs this workflow's files are and nothing else refers to (no other
+        workflow's file, no exported image archive): those deleting it frees."""
+
+        def read(db: sqlite_utils.Database) -> list[FileRef]:
+            rows = db.execute(
+                """SELECT sha256, MAX(size) FROM files WHERE workflow_id = ?
+                     AND sha256 NOT IN (SELECT sha256 FROM files WHERE workflow_id != ?)
+                     AND sha256 NOT IN (
+                       SELECT substr(value, 1, instr(value, ':') - 1) FROM meta
+                       WHERE key LIKE 'image:%')
+                   GROUP BY sha256""",
+                (workflow_id, workflow_id),
+            ).fetchall()
+            return [FileRef(sha256, sha256, size) for sha256, size in rows]
+
+        return await self.database.read(read)
+
+    async def forget_workflow(self, workflow_id: str) -> None:
+        """Removes the workflow, its tasks and its file records, in one transaction."""
+
+        def write(db: sqlite_utils.Database) -> None:
+            for table in ("files", "tasks"):
+                db.execute(f"DELETE FROM {table} WHERE workflow_id = ?", (workflow_id,))
+            db.execute("DELETE FROM workflows WHERE id = ?", (workflow_id,))
+
+        await self.database.run(write)
+
     async def shareable_blobs(self) -> set[str]:
         """Blobs volunteers and clients may download: task inputs and merged results."""
 

@@ -22,6 +22,14 @@ def ago(timestamp: float, now: float | None = None) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
+def size(count: int) -> str:
+    """A byte count for people: 512 bytes, 3.2 MiB, 1.5 GiB."""
+    if count < 1024:
+        return f"{count} bytes"
+    power = min((count.bit_length() - 1) // 10, 3)  # 1 KiB, 2 MiB, 3 GiB
+    return f"{count / 1024**power:.1f} {('KiB', 'MiB', 'GiB')[power - 1]}"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [
         max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)

@@ -385,6 +385,28 @@ async def cancel(address: str, args: argparse.Namespace) -> int:
     return 0
 
 
+async def delete(address: str, args: argparse.Namespace) -> int:
+    async with manager_at(address) as manager:
+        reply = await manager.DeleteWorkflow(
+            manager_pb2.DeleteWorkflowRequest(workflow_id=args.workflow),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+    if args.json:
+        _print_json(
+            {
+                "workflow_id": args.workflow,
+                "deleted_blobs": reply.deleted_blobs,
+                "freed_bytes": reply.freed_bytes,
+            }
+        )
+    else:
+        print(
+            f"deleted {args.workflow}: {reply.deleted_blobs} files no other workflow uses, "
+            f"{views.size(reply.freed_bytes)} freed"
+        )
+    return 0
+
+
 async def list_workflows(address: str, args: argparse.Namespace) -> int:
     async with manager_at(address) as manager:
         reply = await manager.ListWorkflows(

@@ -70,6 +70,11 @@ class ManagerServiceStub:
                 request_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ListWorkflowsRequest.SerializeToString,
                 response_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ListWorkflowsReply.FromString,
                 _registered_method=True)
+        self.DeleteWorkflow = channel.unary_unary(
+                '/vcnode.v1.ManagerService/DeleteWorkflow',
+                request_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.DeleteWorkflowRequest.SerializeToString,
+                response_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.DeleteWorkflowReply.FromString,
+                _registered_method=True)
         self.GetImageArchive = channel.unary_unary(
                 '/vcnode.v1.ManagerService/GetImageArchive',
                 request_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.GetImageArchiveRequest.SerializeToString,
@@ -124,6 +129,13 @@ class ManagerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteWorkflow(self, request, context):
+        """Forgets an ended workflow and frees the blobs only it used; refused while it runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetImageArchive(self, request, context):
         """A task's image as a `docker save` archive blob (fetch it with TransferService), for a
         volunteer that lacks it. Exported on first request, then kept.
@@ -169,6 +181,11 @@ def add_ManagerServiceServicer_to_server(servicer, server):
                     servicer.ListWorkflows,
                     request_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ListWorkflowsRequest.FromString,
                     response_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ListWorkflowsReply.SerializeToString,
+            ),
+            'DeleteWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWorkflow,
+                    request_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.DeleteWorkflowRequest.FromString,
+                    response_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.DeleteWorkflowReply.SerializeToString,
             ),
             'GetImageArchive': grpc.unary_unary_rpc_method_handler(
                     servicer.GetImageArchive,
@@ -365,6 +382,33 @@ class ManagerService:
             '/vcnode.v1.ManagerService/ListWorkflows',
             daemon_dot_rpc_dot_v1_dot_manager__pb2.ListWorkflowsRequest.SerializeToString,
             daemon_dot_rpc_dot_v1_dot_manager__pb2.ListWorkflowsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vcnode.v1.ManagerService/DeleteWorkflow',
+            daemon_dot_rpc_dot_v1_dot_manager__pb2.DeleteWorkflowRequest.SerializeToString,
+            daemon_dot_rpc_dot_v1_dot_manager__pb2.DeleteWorkflowReply.FromString,
             options,
             channel_credentials,
             insecure,

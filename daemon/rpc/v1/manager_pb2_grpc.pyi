@@ -42,6 +42,8 @@ class ManagerServiceStub:
     failed, skipped and cancelled tasks, or just the merge if every task completed.
     """
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_manager_pb2.ListWorkflowsRequest, _manager_pb2.ListWorkflowsReply]
+    DeleteWorkflow: _grpc.UnaryUnaryMultiCallable[_manager_pb2.DeleteWorkflowRequest, _manager_pb2.DeleteWorkflowReply]
+    """Forgets an ended workflow and frees the blobs only it used; refused while it runs."""
     GetImageArchive: _grpc.UnaryUnaryMultiCallable[_manager_pb2.GetImageArchiveRequest, _common_pb2.FileRef]
     """A task's image as a `docker save` archive blob (fetch it with TransferService), for a
     volunteer that lacks it. Exported on first request, then kept.
@@ -60,6 +62,8 @@ class ManagerServiceAsyncStub(ManagerServiceStub):
     failed, skipped and cancelled tasks, or just the merge if every task completed.
     """
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_manager_pb2.ListWorkflowsRequest, _manager_pb2.ListWorkflowsReply]  # type: ignore[assignment]
+    DeleteWorkflow: _aio.UnaryUnaryMultiCallable[_manager_pb2.DeleteWorkflowRequest, _manager_pb2.DeleteWorkflowReply]  # type: ignore[assignment]
+    """Forgets an ended workflow and frees the blobs only it used; refused while it runs."""
     GetImageArchive: _aio.UnaryUnaryMultiCallable[_manager_pb2.GetImageArchiveRequest, _common_pb2.FileRef]  # type: ignore[assignment]
     """A task's image as a `docker save` archive blob (fetch it with TransferService), for a
     volunteer that lacks it. Exported on first request, then kept.
@@ -117,6 +121,14 @@ class ManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _manager_pb2.ListWorkflowsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_manager_pb2.ListWorkflowsReply, _abc.Awaitable[_manager_pb2.ListWorkflowsReply]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteWorkflow(
+        self,
+        request: _manager_pb2.DeleteWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.DeleteWorkflowReply, _abc.Awaitable[_manager_pb2.DeleteWorkflowReply]]:
+        """Forgets an ended workflow and frees the blobs only it used; refused while it runs."""
 
     @_abc_1.abstractmethod
     def GetImageArchive(
