@@ -132,7 +132,7 @@ class Pool:
             volunteer = self._registry.heartbeat(session.token, load, now)
             if volunteer is None:
                 return
-            came_back = previous is not None and previous.state is VolunteerState.LOST
+            came_back = previous is not None and previous.state is not VolunteerState.ONLINE
             await self._store.save_volunteers([volunteer], event="online" if came_back else None)
             if came_back:
                 log.info("volunteer %s is back", volunteer.volunteer_id)
@@ -140,6 +140,18 @@ class Pool:
                 await self._execute(
                     self._scheduler.volunteer_joined(_candidate(volunteer), running, now)
                 )
+
+    async def depart(self, session: PoolSession, reason: str) -> None:
+        """The volunteer said goodbye: its tasks are offered elsewhere now."""
+        async with self._lock:
+            volunteer = self._registry.depart(session.token)
+            if volunteer is None:
+                return  # a replaced session
+            await self._store.save_volunteers([volunteer], event="left")
+            log.info("volunteer %s left: %s", volunteer.volunteer_id, reason)
+            await self._execute(
+                self._scheduler.volunteer_left(volunteer.volunteer_id, reason, time.time())
+            )
 
     async def leave(self, session: PoolSession) -> None:
         async with self._lock:

@@ -3,7 +3,8 @@
 No I/O and no clock: every call takes `now`, and every call that changes a volunteer returns
 the new record so the shell can persist it. A volunteer is `lost` once `missed_heartbeats`
 intervals pass without a word from it, whether its stream is still open (hung host) or not
-(killed host); it becomes `online` again, under the same id, when it talks again.
+(killed host), and `left` when it said goodbye; it becomes `online` again, under the same
+id, when it talks again.
 """
 
 from __future__ import annotations
@@ -105,6 +106,17 @@ class VolunteerRegistry:
         if not self.is_current(token):
             return None
         volunteer = replace(self._volunteers[token.volunteer_id], connected=False)
+        self._volunteers[token.volunteer_id] = volunteer
+        return volunteer
+
+    def depart(self, token: SessionToken) -> Volunteer | None:
+        """The volunteer said goodbye: `left`, and no longer expected to heartbeat."""
+        if not self.is_current(token):
+            return None
+        self._heard_at.pop(token.volunteer_id, None)
+        volunteer = replace(
+            self._volunteers[token.volunteer_id], state=VolunteerState.LEFT, connected=False
+        )
         self._volunteers[token.volunteer_id] = volunteer
         return volunteer
 

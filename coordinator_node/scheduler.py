@@ -223,10 +223,17 @@ class Scheduler:
         return out + self._dispatch(now)
 
     def volunteer_lost(self, volunteer_id: str, now: float) -> list[Instruction]:
+        return self._take_back(volunteer_id, now, "its volunteer was lost")
+
+    def volunteer_left(self, volunteer_id: str, reason: str, now: float) -> list[Instruction]:
+        """It said goodbye, having stopped its tasks: they go elsewhere at once."""
+        return self._take_back(volunteer_id, now, f"its volunteer left ({reason})")
+
+    def _take_back(self, volunteer_id: str, now: float, why: str) -> list[Instruction]:
         self._candidates.pop(volunteer_id, None)
         out: list[Instruction] = []
         for task_id in sorted(self._assigned.get(volunteer_id, set())):
-            out += self._requeue(self.tasks[task_id], now, "its volunteer was lost")
+            out += self._requeue(self.tasks[task_id], now, why)
         return out + self._dispatch(now)
 
     def accepted(

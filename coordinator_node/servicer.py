@@ -103,6 +103,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             )
         elif kind == "result":
             await self._pool.finished(session, convert.task_result_from_proto(message.result))
+        elif kind == "goodbye":
+            await self._pool.depart(session, message.goodbye.reason or "no reason given")
         else:
             log.warning("volunteer %s sent an unexpected %s", session.token.volunteer_id, kind)
 

@@ -54,7 +54,8 @@ class Registration:
 
 class VolunteerState(StrEnum):
     ONLINE = "online"
-    LOST = "lost"
+    LOST = "lost"  # went silent
+    LEFT = "left"  # said goodbye
 
 
 @dataclass(frozen=True)

@@ -61,14 +61,19 @@ class CoordinatorLink:
         self._outgoing: asyncio.Queue[coordinator_pb2.VolunteerMessage] = asyncio.Queue()
         self._backoff = backoff or Backoff()
         self.connected_to: str | None = None
+        self._leaving = False
+        # Set when the open session ends (None while there is none).
+        self._session_ended: asyncio.Event | None = None
 
     async def run(self) -> None:
         """Keeps a session open until cancelled. Raises RejectedError only when the explicitly
         named coordinator refuses us, since retrying it cannot help."""
-        while True:
+        while not self._leaving:
             address = await self._finder.next_address()
             try:
                 await self._run_session(address)
+                if self._leaving:
+                    return
                 log.warning("coordinator %s closed the session", address)
             except RejectedError as error:
                 if self._finder.explicit_address is not None:
@@ -106,6 +111,16 @@ class CoordinatorLink:
     def send_result(self, result: TaskResult) -> None:
         self._send(result=convert.task_result_to_proto(result))
 
+    async def leave(self, reason: str) -> None:
+        """Says goodbye, then ends our side of the session and reconnects no more; returns
+        once the coordinator has closed the session (at once when none is open)."""
+        self._leaving = True
+        ended = self._session_ended
+        if ended is None or self.connected_to is None:
+            return
+        self._send(goodbye=coordinator_pb2.Goodbye(reason=reason))
+        await ended.wait()
+
     def _send(self, **kind: Any) -> None:
         self._outgoing.put_nowait(coordinator_pb2.VolunteerMessage(**kind))
 
@@ -114,7 +129,10 @@ class CoordinatorLink:
     ) -> AsyncIterator[coordinator_pb2.VolunteerMessage]:
         yield first
         while True:
-            yield await self._outgoing.get()
+            message = await self._outgoing.get()
+            yield message
+            if message.WhichOneof("kind") == "goodbye":
+                return  # the last word: the coordinator ends the session in turn
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -126,6 +144,7 @@ class CoordinatorLink:
         )
         channel = open_channel(address)
         heartbeats: asyncio.Task[None] | None = None
+        self._session_ended = asyncio.Event()
         try:
             stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
             call = stub.VolunteerSession(self._drain(register))
@@ -155,6 +174,8 @@ class CoordinatorLink:
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeats
             await channel.close()
+            self._session_ended.set()
+            self._session_ended = None
 
     async def _dispatch(self, message: coordinator_pb2.CoordinatorMessage) -> None:
         kind = message.WhichOneof("kind")

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 # Inputs kept for reuse when the owner set no disk cap.
 DEFAULT_CACHE_BYTES = 20 * 1024**3
+# How long a stopping volunteer waits for its coordinator to hear its goodbye.
+GOODBYE_TIMEOUT_SECONDS = 5.0
 
 
 class VolunteerRole:
@@ -155,12 +157,21 @@ class VolunteerRole:
         return measure_load(running)
 
     async def stop(self) -> None:
+        # Tasks first, then goodbye: the coordinator offers them elsewhere at once instead
+        # of after missed heartbeats.
+        if self.worker is not None:
+            await self.worker.stop()
+        if self.link is not None and self._task is not None and not self._task.done():
+            try:
+                await asyncio.wait_for(
+                    self.link.leave("its owner stopped it"), GOODBYE_TIMEOUT_SECONDS
+                )
+            except TimeoutError:
+                log.warning("the coordinator did not hear our goodbye; it will notice we left")
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.worker is not None:
-            await self.worker.stop()
 
     async def close(self) -> None:
         await self._transfers.close()

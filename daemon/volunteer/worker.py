@@ -136,6 +136,7 @@ class TaskWorker:
         self._image_lock = asyncio.Lock()
         self._reporter: Reporter | None = None
         self._pipelines: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
         self._slots = asyncio.Semaphore(task_slots(config.limits))
         self._unacknowledged: set[tuple[str, int]] = set()
 
@@ -174,7 +175,7 @@ class TaskWorker:
             runtime=runtime_name,
             image_id=image_id,
         )
-        reason = decline_reason(task, situation)
+        reason = "this volunteer is stopping" if self._stopping else decline_reason(task, situation)
         if reason is None and task.task_id in self._pipelines:
             reason = "already running this task"
         if reason is not None:
@@ -401,6 +402,8 @@ class TaskWorker:
                 raise TaskFailedError(f"the manager refused output {path.name}: {error}") from None
 
     async def stop(self) -> None:
+        """Stops every task (their containers are killed and removed) and takes no more."""
+        self._stopping = True
         for pipeline in list(self._pipelines.values()):
             pipeline.cancel()
         for pipeline in list(self._pipelines.values()):

@@ -14,6 +14,7 @@ from tests.integration.harness import (
     cli_json,
     run_cli,
     start_pool,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -70,3 +71,63 @@ def test_without_docker_or_opt_in_a_task_is_refused_as_unschedulable_and_says_wh
     assert "has no Docker engine and does not allow the process runtime" in submitted.stderr
     assert "--allow-process-runtime" in submitted.stderr
     assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []
+
+
+# Runs until its gate file exists, then writes its output.
+WAIT_FOR_GATE = """\
+import pathlib, sys, time
+while not pathlib.Path(sys.argv[1]).exists():
+    time.sleep(0.05)
+pathlib.Path(sys.argv[2]).write_text("done")
+"""
+
+
+def gated_workflow(path: Path, gate: Path) -> Path:
+    command = [sys.executable, "-c", WAIT_FOR_GATE, str(gate), "/output/out.txt"]
+    path.write_text(
+        '[workflow]\nname = "gated"\n\n[[tasks]]\nname = "wait"\n'
+        f"command = {json.dumps(command)}\n"  # a JSON list of strings is valid TOML
+        'outputs = ["out.txt"]\n'
+    )
+    return path
+
+
+def test_a_volunteer_stopped_by_its_owner_hands_its_task_on_at_once(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    """SIGTERM: the volunteer stops its task and says goodbye, and the coordinator offers the
+    task elsewhere. With a 20 s heartbeat a silent volunteer counts as lost only after 60 s;
+    the deadlines below are far shorter."""
+    manager, volunteers = start_pool(
+        daemons, "--allow-process-runtime", volunteers=2, env=NO_DOCKER, heartbeat="20"
+    )
+    gate = tmp_path / "gate"
+    workflow = gated_workflow(tmp_path / "gated.toml", gate)
+    submitted = run_cli("submit", str(workflow), "--data-dir", str(manager.data_dir), "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    workflow_id = json.loads(submitted.stdout)["workflow_id"]
+
+    def runner() -> str | None:
+        [task] = cli_json("status", workflow_id, "--data-dir", str(manager.data_dir))["tasks"]
+        return str(task["volunteer_id"]) if task["state"] == "running" else None
+
+    first = wait_until(runner, 15, "the task to run")
+    stopped = next(v for v in volunteers if v.node_id == first)
+    assert stopped.terminate() == 0, stopped.log
+
+    listed = {v["id"]: v for v in cli_json("volunteers", "--data-dir", str(manager.data_dir))}
+    assert listed[first]["state"] == "left", "it said goodbye before it exited"
+    second = wait_until(lambda: (r := runner()) != first and r, 15, "the task to run elsewhere")
+    gate.touch()
+    status = wait_until(
+        lambda: (
+            (s := cli_json("status", workflow_id, "--data-dir", str(manager.data_dir)))["state"]
+            == "completed"
+            and s
+        ),
+        15,
+        "the workflow to complete",
+    )
+    [task] = status["tasks"]
+    assert (task["attempts"], task["volunteer_id"]) == (2, second)
+    assert "left: its owner stopped it" in manager.log

@@ -129,3 +129,23 @@ def test_registration_problems_say_what_to_do() -> None:
     no_id = registration_problem(replace(REGISTRATION, volunteer_id=""), "lab", 1)
     assert no_id is not None
     assert "empty volunteer_id" in no_id
+
+
+def test_a_volunteer_that_says_goodbye_has_left_and_is_never_lost() -> None:
+    registry = VolunteerRegistry(heartbeat_seconds=1.0)
+    token, _ = registry.connect(REGISTRATION, now=0.0)
+    left = registry.depart(token)
+    assert left is not None
+    assert left.state is VolunteerState.LEFT
+    assert not left.connected
+    assert lost_ids(registry, now=100.0) == [], "it is not expected to heartbeat"
+    _, back = registry.connect(REGISTRATION, now=200.0)
+    assert back.state is VolunteerState.ONLINE
+
+
+def test_a_goodbye_from_a_replaced_session_changes_nothing() -> None:
+    registry = VolunteerRegistry(heartbeat_seconds=1.0)
+    old, _ = registry.connect(REGISTRATION, now=0.0)
+    _, current = registry.connect(REGISTRATION, now=1.0)
+    assert registry.depart(old) is None
+    assert registry.get("v1") == current

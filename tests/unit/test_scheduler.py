@@ -370,3 +370,15 @@ def test_restored_ended_tasks_ignore_resubmission_and_take_later_runs() -> None:
     out = scheduler.submit(MANAGER, [spec("t1", run=3)], now=2)
     assert messages(out, "queued") == ["run 3"]
     assert offers(out) == [("v1", "t1", 8)], "attempt numbers carry on from the saved ones"
+
+
+def test_a_volunteer_that_leaves_hands_its_tasks_to_others_at_once() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1"), spec("t2")], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1)
+    scheduler.volunteer_joined(volunteer("v2", slots=2), [], now=2)
+    out = scheduler.volunteer_left("v1", "its owner stopped it", now=3)
+    assert messages(out, "requeued") == ["its volunteer left (its owner stopped it)"] * 2
+    assert sorted(offers(out)) == [("v2", "t1", 2), ("v2", "t2", 2)]
+    assert scheduler.running_on("v1") == set()

@@ -29,6 +29,7 @@ class VolunteerMessage(_message.Message):
     DECLINE_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    GOODBYE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Register: ...
     @_builtins.property
@@ -41,6 +42,8 @@ class VolunteerMessage(_message.Message):
     def progress(self) -> Global___TaskProgress: ...
     @_builtins.property
     def result(self) -> _common_pb2.TaskResult: ...
+    @_builtins.property
+    def goodbye(self) -> Global___Goodbye: ...
     def __init__(
         self,
         *,
@@ -50,12 +53,13 @@ class VolunteerMessage(_message.Message):
         decline: Global___TaskDecline | None = ...,
         progress: Global___TaskProgress | None = ...,
         result: _common_pb2.TaskResult | None = ...,
+        goodbye: Global___Goodbye | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "decline", b"decline", "heartbeat", b"heartbeat", "kind", b"kind", "progress", b"progress", "register", b"register", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "decline", b"decline", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "kind", b"kind", "progress", b"progress", "register", b"register", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "decline", b"decline", "heartbeat", b"heartbeat", "kind", b"kind", "progress", b"progress", "register", b"register", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "decline", b"decline", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "kind", b"kind", "progress", b"progress", "register", b"register", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "heartbeat", "accept", "decline", "progress", "result"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "heartbeat", "accept", "decline", "progress", "result", "goodbye"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -162,6 +166,30 @@ class Welcome(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
+
+@_typing.final
+class Goodbye(_message.Message):
+    """The volunteer is stopping: its tasks are stopped, and the coordinator offers them
+    elsewhere at once instead of waiting for missed heartbeats. The volunteer then ends its
+    side of the stream.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Goodbye: _TypeAlias = Goodbye  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
