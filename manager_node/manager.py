@@ -474,7 +474,12 @@ class WorkflowManager:
     def _start_merge(self, workflow_id: str) -> None:
         merge = asyncio.get_running_loop().create_task(self._merge(workflow_id))
         self._merges[workflow_id] = merge
-        merge.add_done_callback(lambda _: self._merges.pop(workflow_id, None))
+
+        def forget(ended: asyncio.Task[None]) -> None:
+            if self._merges.get(workflow_id) is ended:  # not a later merge (after a resume)
+                del self._merges[workflow_id]
+
+        merge.add_done_callback(forget)
 
     async def _merge(self, workflow_id: str) -> None:
         run = self._runs[workflow_id]

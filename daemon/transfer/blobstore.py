@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -130,14 +130,11 @@ class BlobStore:
         mark = self._durability.mark()
         complete = 0
         recent: list[RecentBlob] = []
-        for shard in os.scandir(self._complete_dir):
-            if shard.is_dir(follow_symlinks=False):
-                for entry in os.scandir(shard.path):
-                    if is_blob_id(entry.name) and entry.is_file(follow_symlinks=False):
-                        info = entry.stat(follow_symlinks=False)
-                        complete += info.st_size
-                        if mark and info.st_ctime_ns >= mark.synced_before_ns:
-                            recent.append(RecentBlob(Path(entry.path), info.st_size))
+        for entry in self._complete_entries():
+            info = entry.stat(follow_symlinks=False)
+            complete += info.st_size
+            if mark and info.st_ctime_ns >= mark.synced_before_ns:
+                recent.append(RecentBlob(Path(entry.path), info.st_size))
         if mark is not None:  # else a new store, or one from before marks (all synced)
             for blob in self._durability.recover(mark, recent, _holds_its_name):
                 complete -= blob.size
@@ -187,14 +184,17 @@ class BlobStore:
 
     def _list_complete(self) -> list[HeldBlob]:
         found = []
-        for shard in os.scandir(self._complete_dir):
-            if not shard.is_dir(follow_symlinks=False):
-                continue
-            for entry in os.scandir(shard.path):
-                if is_blob_id(entry.name) and entry.is_file(follow_symlinks=False):
-                    info = entry.stat(follow_symlinks=False)
-                    found.append(HeldBlob(entry.name, info.st_size, info.st_mtime))
+        for entry in self._complete_entries():
+            info = entry.stat(follow_symlinks=False)
+            found.append(HeldBlob(entry.name, info.st_size, info.st_mtime))
         return sorted(found, key=lambda blob: (blob.modified, blob.sha256))
+
+    def _complete_entries(self) -> Iterator[os.DirEntry[str]]:
+        for shard in os.scandir(self._complete_dir):
+            if shard.is_dir(follow_symlinks=False):
+                for entry in os.scandir(shard.path):
+                    if is_blob_id(entry.name) and entry.is_file(follow_symlinks=False):
+                        yield entry
 
     async def free_up(self, needed: int, victims: Iterable[str]) -> list[str]:
         """Deletes complete blobs, in the order `victims` names them, until `needed` more
