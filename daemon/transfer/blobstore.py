@@ -197,10 +197,20 @@ class BlobStore:
                         yield entry
 
     async def free_up(self, needed: int, victims: Iterable[str]) -> list[str]:
-        """Deletes complete blobs, in the order `victims` names them, until `needed` more
-        bytes fit under the quota; returns the ones deleted. It may not find enough: the
-        transfer that follows is then refused with QuotaExceededError, as it would be."""
+        """Makes `needed` more bytes fit under the quota: first by dropping partials no
+        transfer is writing (broken transfers nobody resumed), then by deleting complete
+        blobs in the order `victims` names them; returns the blobs deleted. It may not find
+        enough: the transfer that follows is then refused with QuotaExceededError."""
         await self.open()
+        idle = [sha for sha in self._partial_sizes if sha not in self._reserved]
+        for sha256 in idle:
+            if self._headroom() >= needed:
+                return []
+            await self._lock(sha256)  # waits out a transfer that took it up meanwhile
+            try:
+                await self._drop_partial(sha256)
+            finally:
+                self._unlock(sha256)
         deleted = []
         for sha256 in victims:
             if self._headroom() >= needed:
@@ -416,7 +426,8 @@ class BlobStore:
         await asyncio.to_thread(self._durability.close)
 
     async def _drop_partial(self, sha256: str) -> None:
-        """Removes a partial made useless by the complete blob; the caller holds its lock."""
+        """Removes the partial of a blob (made useless by the complete one, or dropped to make
+        room); the caller holds its lock."""
         if self._partial_sizes.pop(sha256, None) is not None:
             await asyncio.to_thread(_remove, self._partial_path(sha256))
 

@@ -11,6 +11,7 @@ import pytest
 
 from daemon.models import FileRef
 from daemon.transfer.blobstore import BlobStore
+from daemon.transfer.chunks import CHUNK_BYTES
 from daemon.transfer.errors import QuotaExceededError
 from daemon.transfer.servicer import AllowAll, TransferServicer
 from daemon.volunteer.blobs import BlobTransfers
@@ -99,6 +100,26 @@ async def test_a_blob_in_use_is_never_evicted(tmp_path: Path) -> None:
                 with pytest.raises(QuotaExceededError, match="quota"):
                     await fetch(cache, address, b)
                 assert await held(cache, [a, b, c]) == [True, False, True]
+    finally:
+        await cache.close()
+        await manager.close()
+
+
+async def test_a_broken_fetch_nobody_resumed_is_dropped_before_any_cached_blob(
+    tmp_path: Path,
+) -> None:
+    manager, (a, b, c) = await manager_blobs(tmp_path / "manager", 3)
+    cache = BlobTransfers(tmp_path / "volunteer", quota_bytes=2 * MiB + 64 * 1024)
+    await cache.open()
+    try:
+        async with serving(TransferServicer(manager, AllowAll())) as address:
+            await fetch(cache, address, a)
+            async with cache.store.receive(b.sha256, b.size) as writer:  # broken off
+                await writer.append(os.urandom(CHUNK_BYTES // 2))
+            assert await cache.store.partial_size(b.sha256) == CHUNK_BYTES // 2
+            await fetch(cache, address, c)
+            assert await cache.store.partial_size(b.sha256) == 0, "the idle partial went"
+            assert await held(cache, [a, b, c]) == [True, False, True], "a stayed"
     finally:
         await cache.close()
         await manager.close()
