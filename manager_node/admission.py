@@ -30,12 +30,19 @@ IMAGE_HINT = (
 )
 
 
+def inputs_mb(task: TaskSpec) -> int:
+    """The disk a task's inputs take on a volunteer, in MiB rounded up."""
+    return -(-sum(ref.size for ref in task.inputs) // 2**20)
+
+
 def _key(candidate: Candidate, shortfall: Shortfall) -> str:
     resource = shortfall.resource
     if resource == "runtime":  # nothing in the task can fix it: the task as a whole
         return candidate.resources_key.removesuffix(".resources.") or "type"
+    if resource == "disk_mb" and inputs_mb(candidate.spec) >= candidate.spec.resources.disk_mb:
+        resource = "inputs"  # what takes the disk, whatever the task asked for
     if candidate.resources_key:
-        if resource in ("network", "image"):  # a task's own keys, beside its resources
+        if resource in ("network", "image", "inputs"):  # a task's own keys, beside resources
             return candidate.resources_key.removesuffix("resources.") + resource
         return candidate.resources_key + resource
     return resource if resource in candidate.parameters else "parameters"
@@ -88,6 +95,8 @@ def unschedulable(
             reason += "; a volunteer needs a Docker engine, or its owner's --allow-process-runtime"
         if any(shortfall.resource == "image" for shortfall in found):
             reason += f"; {IMAGE_HINT}"
+        if key.endswith("inputs"):
+            reason += f"; its inputs take {inputs_mb(candidate.spec)} MiB"
         if key not in problems:
             problems[key] = SplitterError(
                 key,

@@ -24,7 +24,7 @@ from daemon import inline
 from daemon.errors import InvalidInputError, NodeError, NotFoundError, RejectedError
 from daemon.models import FileRef, InlineBlob, TaskEvent, TaskSpec
 from daemon.transfer.blobstore import BlobStore
-from manager_node.admission import Candidate, unschedulable
+from manager_node.admission import Candidate, inputs_mb, unschedulable
 from manager_node.coordinator_client import CoordinatorClient
 from manager_node.images import ImageArchives
 from manager_node.spec import EXPLICIT_TYPE, ExplicitTask, WorkflowFile, parse_workflow
@@ -172,6 +172,7 @@ class WorkflowManager:
                     raise SplitterError("parameters", "the split produced no tasks")
                 tasks = await self._tasks(workflow_id, templates)
             _check_graph(workflow.type, tasks)
+            tasks = [_with_room_for_inputs(new) for new in tasks]
             # Pinned first: an image the manager ships can reach any volunteer.
             tasks = await self._attach_images(tasks)
             await self._check_schedulable(workflow, tasks)
@@ -637,6 +638,16 @@ class WorkflowManager:
         for queues in self._watchers.values():
             for queue in queues:
                 queue.put_nowait(None)
+
+
+def _with_room_for_inputs(new: NewTask) -> NewTask:
+    """The task asks for at least the disk its inputs take (they land in the volunteer's
+    cache): it is then offered only where they fit, and refused at submit if nowhere."""
+    needed = inputs_mb(new.spec)
+    resources = new.spec.resources
+    if needed <= resources.disk_mb:
+        return new
+    return replace(new, spec=replace(new.spec, resources=replace(resources, disk_mb=needed)))
 
 
 def _check_graph(workflow_type: str, tasks: list[NewTask]) -> None:

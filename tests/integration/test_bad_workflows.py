@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from daemon.rpc.v1 import common_pb2, manager_pb2, manager_pb2_grpc
-from tests.integration.harness import Daemons, cli_json, run_cli, start_pool
+from tests.integration.harness import NO_DOCKER, Daemons, cli_json, run_cli, start_pool
 
 pytestmark = pytest.mark.integration
 
@@ -119,6 +119,25 @@ def test_a_task_no_volunteer_can_hold_is_refused_as_unschedulable(
     submitted = run_cli("submit", str(split), "--data-dir", str(manager.data_dir))
     assert submitted.returncode == 2, submitted.stderr
     assert f"{split}:5: memory_mb: task block-0-0 is unschedulable" in submitted.stderr
+    assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []
+
+
+def test_inputs_larger_than_any_volunteer_may_hold_are_refused_at_submit(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    """Inputs land in the volunteer's cache, capped by --max-disk-mb: a task whose inputs fit
+    nowhere used to be offered anyway and fail on fetching them."""
+    manager, _ = start_pool(daemons, "--allow-process-runtime", "--max-disk-mb", "2", env=NO_DOCKER)
+    (tmp_path / "big.bin").write_bytes(b"x" * (3 * 2**20))
+    workflow = tmp_path / "big.toml"
+    workflow.write_text(
+        '[workflow]\nname = "big"\n[[tasks]]\nname = "a"\ncommand = ["true"]\n'
+        'inputs = ["big.bin"]\n'
+    )
+    submitted = run_cli("submit", str(workflow), "--data-dir", str(manager.data_dir))
+    assert submitted.returncode == 2, submitted.stderr
+    assert f"{workflow}:6: tasks[0].inputs: task a is unschedulable" in submitted.stderr
+    assert "not enough disk: needs 3 MiB, may use 2; its inputs take 3 MiB" in submitted.stderr
     assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from daemon.models import (
+    FileRef,
     OwnerLimits,
     ResourceRequest,
     Resources,
@@ -137,3 +140,20 @@ def test_image_references_are_compared_as_docker_lists_them() -> None:
     assert with_tag("registry:5000/team/tool") == "registry:5000/team/tool:latest"
     assert with_tag("registry:5000/team/tool:2") == "registry:5000/team/tool:2"
     assert with_tag("tool@sha256:" + "0" * 64) == "tool@sha256:" + "0" * 64
+
+
+def test_inputs_that_fit_on_no_volunteer_are_refused_on_the_inputs_key() -> None:
+    heavy = replace(
+        spec(),
+        inputs=(FileRef("data", "a" * 64, 3 * 2**20 + 1),),
+        resources=ResourceRequest(disk_mb=4),  # as the manager raises it: inputs rounded up
+    )
+    small_disk = volunteer(4000, limits=OwnerLimits(max_disk_mb=2))
+    (problem,) = unschedulable([Candidate("a", heavy, "tasks[0].resources.")], [small_disk])
+    assert problem.key == "tasks[0].inputs"
+    assert problem.message.endswith(
+        "not enough disk: needs 4 MiB, may use 2; its inputs take 4 MiB)"
+    )
+    asked = replace(heavy, resources=ResourceRequest(disk_mb=10))
+    (problem,) = unschedulable([Candidate("a", asked, "tasks[0].resources.")], [small_disk])
+    assert problem.key == "tasks[0].resources.disk_mb", "the task asked for more than its inputs"
