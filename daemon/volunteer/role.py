@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -25,8 +26,8 @@ from daemon.volunteer.worker import TaskWorker, WorkerConfig
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-# Inputs kept for reuse when the owner set no disk cap.
-DEFAULT_CACHE_BYTES = 20 * 1024**3
+# The cache of fetched inputs when the owner set no disk cap.
+DEFAULT_CACHE_MB = 20 * 1024
 # How long a stopping volunteer waits for its coordinator to hear its goodbye.
 GOODBYE_TIMEOUT_SECONDS = 5.0
 
@@ -37,8 +38,10 @@ class VolunteerRole:
     def __init__(self, context: RoleContext) -> None:
         self._context = context
         self._store = VolunteerStore(context.data_dir)
-        limits = context.config.limits
-        cache_bytes = limits.max_disk_mb * MIB if limits.max_disk_mb else DEFAULT_CACHE_BYTES
+        # The cache's size is the cap on disk the pool matches tasks' inputs against.
+        configured = context.config.limits
+        self._limits = replace(configured, max_disk_mb=configured.max_disk_mb or DEFAULT_CACHE_MB)
+        cache_bytes = self._limits.max_disk_mb * MIB
         self._transfers = BlobTransfers(context.data_dir / "blobs", cache_bytes)
         self._docker: DockerRuntime | None = None
         self._docker_available = False
@@ -55,7 +58,7 @@ class VolunteerRole:
         await self._store.open()
         await self._transfers.open()
         self._docker_available, self._images = await probe_docker()
-        limits = self._context.config.limits
+        limits = self._limits
         runtime: Runtime | None = None
         if self._docker_available:
             self._docker = runtime = DockerRuntime(owner=self._context.identity.node_id)
@@ -148,7 +151,7 @@ class VolunteerRole:
             resources=measure_resources(
                 self._context.data_dir, self._docker_available, self._images
             ),
-            limits=self._context.config.limits,
+            limits=self._limits,
             running_task_ids=self.worker.running_task_ids(),
         )
 

@@ -63,6 +63,8 @@ def test_pool_forms_detects_loss_and_survives_coordinator_restart(
         assert volunteer["cpu_cores"] >= 1
         assert volunteer["memory_mb"] > 0
         assert volunteer["hostname"]
+        # No --max-disk-mb: the default cache of fetched inputs is the cap tasks match.
+        assert volunteer["limits"]["max_disk_mb"] == 20 * 1024
 
     doomed.kill()
     killed_at = time.monotonic()
