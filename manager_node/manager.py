@@ -373,26 +373,16 @@ class WorkflowManager:
         """Hands tasks to the coordinator, their small inputs inline."""
         if not tasks or self.coordinator is None:
             return
-        specs = await asyncio.gather(
-            *(self._with_inline_inputs(self._specs[task.task_id]) for task in tasks)
+        specs = [self._specs[task.task_id] for task in tasks]
+        chosen = [_inline_choice(spec) for spec in specs]
+        # One read for the whole wave: a sweep's tasks share their small script and wrapper.
+        contents = await self._blobs.read_small({sha for shas in chosen for sha in shas})
+        self.coordinator.submit(
+            [
+                _with_inline_inputs(spec, shas, contents)
+                for spec, shas in zip(specs, chosen, strict=True)
+            ]
         )
-        self.coordinator.submit(specs)
-
-    async def _with_inline_inputs(self, spec: TaskSpec) -> TaskSpec:
-        fits = inline.pick([ref.size for ref in spec.inputs])
-        # One copy of bytes two inputs share.
-        chosen = list(
-            dict.fromkeys(r.sha256 for r, small in zip(spec.inputs, fits, strict=True) if small)
-        )
-        if not chosen:
-            return spec
-        try:
-            paths = [await self._blobs.path(sha256) for sha256 in chosen]
-        except NotFoundError:
-            return spec  # the volunteer's fetch will say which input is missing
-        contents = await asyncio.to_thread(lambda: [path.read_bytes() for path in paths])
-        blobs = tuple(map(InlineBlob, chosen, contents))
-        return replace(spec, inline_inputs=blobs)
 
     async def _resolve_upstream(self, run: WorkflowRun, task: WorkflowTask) -> None:
         """Adds the outputs this task reads from its dependencies to its inputs; they are
@@ -638,6 +628,20 @@ class WorkflowManager:
         for queues in self._watchers.values():
             for queue in queues:
                 queue.put_nowait(None)
+
+
+def _inline_choice(spec: TaskSpec) -> list[str]:
+    """The blobs of the task's inputs that travel inside its offer (each once)."""
+    fits = inline.pick([ref.size for ref in spec.inputs])
+    return list(
+        dict.fromkeys(r.sha256 for r, small in zip(spec.inputs, fits, strict=True) if small)
+    )
+
+
+def _with_inline_inputs(spec: TaskSpec, chosen: list[str], contents: dict[str, bytes]) -> TaskSpec:
+    if not chosen or any(sha256 not in contents for sha256 in chosen):
+        return spec  # nothing small, or missing: the volunteer's fetch will say which input
+    return replace(spec, inline_inputs=tuple(InlineBlob(sha, contents[sha]) for sha in chosen))
 
 
 def _with_room_for_inputs(new: NewTask) -> NewTask:
