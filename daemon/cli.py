@@ -319,6 +319,11 @@ def _add_client_parsers(commands: Any) -> None:
         "status", help="this node and the peers it sees, or a workflow's progress"
     )
     status.add_argument("workflow", nargs="?", help="a workflow id: show its tasks instead")
+    status.add_argument(
+        "--all",
+        action="store_true",
+        help="with WORKFLOW: list every task (else at most 40, those needing attention first)",
+    )
     _add_target_arguments(status, None)
     status.add_argument(
         "--manager",
@@ -479,4 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`node status W | head`): stop quietly, as `cat` would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return code

@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -273,7 +274,26 @@ def _status_json(status: manager_pb2.WorkflowStatus) -> dict[str, Any]:
     }
 
 
-def _print_outcome(status: manager_pb2.WorkflowStatus) -> None:
+# Tasks a status lists at most unless asked for all: those needing attention come first.
+TASK_ROWS = 40
+_INTEREST = {"failed": 0, "running": 1, "skipped": 2, "cancelled": 3}
+
+
+def task_rows(
+    status: manager_pb2.WorkflowStatus, everything: bool
+) -> tuple[list[list[str]], Counter[str]]:
+    """The rows to show (in order of interest, then as listed) and the states left out.
+    A finished workflow shows only what did not complete."""
+    ended = status.state in FINAL_STATES
+    tasks = [t for t in status.tasks if not (ended and t.state == "completed")]
+    if not everything and len(tasks) > TASK_ROWS:
+        tasks = sorted(tasks, key=lambda t: _INTEREST.get(t.state, len(_INTEREST)))
+    shown, left_out = (tasks, []) if everything else (tasks[:TASK_ROWS], tasks[TASK_ROWS:])
+    rows = [[t.name, t.state, str(t.attempts), t.volunteer_id[:8], t.error] for t in shown]
+    return rows, Counter(t.state for t in left_out)
+
+
+def _print_outcome(status: manager_pb2.WorkflowStatus, everything: bool = False) -> None:
     print(f"workflow  {status.workflow_id} ({status.type})")
     print(f"state     {status.state}" + (f": {status.error}" if status.error else ""))
     counts = status.counts
@@ -282,16 +302,16 @@ def _print_outcome(status: manager_pb2.WorkflowStatus) -> None:
         f"{counts.failed} failed, {counts.queued} queued, {counts.cancelled} cancelled "
         f"of {counts.total}"
     )
-    # A finished workflow shows what did not complete; one still going shows every task.
-    ended = status.state in FINAL_STATES
-    rows = [
-        [t.name, t.state, str(t.attempts), t.volunteer_id[:8], t.error]
-        for t in status.tasks
-        if not (ended and t.state == "completed")
-    ]
+    rows, left_out = task_rows(status, everything)
     if rows:
         print()
         print(views.table(["TASK", "STATE", "ATTEMPTS", "VOLUNTEER", "REASON"], rows))
+    if left_out:
+        states = ", ".join(f"{count} {state}" for state, count in sorted(left_out.items()))
+        print(
+            f"... and {left_out.total()} more ({states}): "
+            f"node status {status.workflow_id} --all lists every task"
+        )
     if status.state in ("failed", "cancelled"):
         print(f"\nto run again what did not complete: vcnode submit --resume {status.workflow_id}")
 
@@ -302,7 +322,7 @@ async def status(address: str, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(_status_json(reply))
     else:
-        _print_outcome(reply)
+        _print_outcome(reply, everything=args.all)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from tests.integration.harness import (
     Daemons,
     cli_json,
     list_volunteers,
+    node_command,
     run_cli,
     unique_cluster,
     wait_until,
@@ -177,3 +179,22 @@ def test_init_writes_a_file_refuses_to_overwrite_and_names_the_types(tmp_path: P
     assert unknown.returncode == 2
     assert "choose one of: tasks, " in unknown.stderr
     assert "matrix_addition" in unknown.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly() -> None:
+    """`node ... | head`: no traceback, and the exit status a shell shows for SIGPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    try:
+        result = subprocess.run(
+            node_command("init", "tasks"),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141
+    assert result.stderr == ""

@@ -1,0 +1,43 @@
+"""Which tasks `node status WORKFLOW` lists: all of a small workflow, and of a large one
+those needing attention first, up to a cap, with what was left out counted."""
+
+from __future__ import annotations
+
+from daemon.client.workflows import TASK_ROWS, task_rows
+from daemon.rpc.v1 import manager_pb2
+
+
+def workflow(state: str, *tasks: tuple[str, str]) -> manager_pb2.WorkflowStatus:
+    return manager_pb2.WorkflowStatus(
+        workflow_id="wf",
+        state=state,
+        tasks=[
+            manager_pb2.TaskStatus(task_id=f"wf.{name}", name=name, state=task_state)
+            for name, task_state in tasks
+        ],
+    )
+
+
+def test_a_small_workflow_lists_every_task_as_listed() -> None:
+    status = workflow("running", ("a", "queued"), ("b", "failed"), ("c", "completed"))
+    rows, left_out = task_rows(status, everything=False)
+    assert [row[0] for row in rows] == ["a", "b", "c"]
+    assert not left_out
+
+
+def test_a_large_workflow_lists_what_needs_attention_first_up_to_the_cap() -> None:
+    tasks = [(f"q{i:03d}", "queued") for i in range(100)]
+    tasks += [("r", "running"), ("f", "failed"), ("c", "completed")]
+    rows, left_out = task_rows(workflow("running", *tasks), everything=False)
+    assert len(rows) == TASK_ROWS
+    assert [row[0] for row in rows[:3]] == ["f", "r", "q000"]
+    assert left_out == {"queued": 100 - (TASK_ROWS - 2), "completed": 1}
+    every, none_left = task_rows(workflow("running", *tasks), everything=True)
+    assert len(every) == 103
+    assert not none_left
+
+
+def test_an_ended_workflow_lists_only_what_did_not_complete() -> None:
+    status = workflow("failed", ("a", "completed"), ("b", "failed"), ("c", "skipped"))
+    rows, _ = task_rows(status, everything=True)
+    assert [(row[0], row[1]) for row in rows] == [("b", "failed"), ("c", "skipped")]
