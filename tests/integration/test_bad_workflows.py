@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from daemon.rpc.v1 import common_pb2, manager_pb2, manager_pb2_grpc
-from tests.integration.harness import NO_DOCKER, Daemons, cli_json, run_cli, start_pool
+from tests.integration.harness import NO_DOCKER, Daemon, Daemons, cli_json, run_cli, start_pool
 
 pytestmark = pytest.mark.integration
 
@@ -122,6 +122,15 @@ def test_a_task_no_volunteer_can_hold_is_refused_as_unschedulable(
     assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []
 
 
+def refused(manager: Daemon, workflow: Path) -> str:
+    """Submits `workflow`, which must be refused as bad input with nothing submitted;
+    returns what the CLI said."""
+    submitted = run_cli("submit", str(workflow), "--data-dir", str(manager.data_dir))
+    assert submitted.returncode == 2, submitted.stderr
+    assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []
+    return submitted.stderr
+
+
 def test_inputs_larger_than_any_volunteer_may_hold_are_refused_at_submit(
     daemons: Daemons, tmp_path: Path
 ) -> None:
@@ -134,11 +143,9 @@ def test_inputs_larger_than_any_volunteer_may_hold_are_refused_at_submit(
         '[workflow]\nname = "big"\n[[tasks]]\nname = "a"\ncommand = ["true"]\n'
         'inputs = ["big.bin"]\n'
     )
-    submitted = run_cli("submit", str(workflow), "--data-dir", str(manager.data_dir))
-    assert submitted.returncode == 2, submitted.stderr
-    assert f"{workflow}:6: tasks[0].inputs: task a is unschedulable" in submitted.stderr
-    assert "not enough disk: needs 3 MiB, may use 2; its inputs take 3 MiB" in submitted.stderr
-    assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []
+    refusal = refused(manager, workflow)
+    assert f"{workflow}:6: tasks[0].inputs: task a is unschedulable" in refusal
+    assert "not enough disk: needs 3 MiB, may use 2; its inputs take 3 MiB" in refusal
 
 
 @pytest.mark.docker
@@ -152,11 +159,9 @@ def test_an_image_nobody_has_or_may_pull_is_refused_at_submit(
         '[workflow]\nname = "img"\n[[tasks]]\nname = "a"\nimage = "vcnode-test/no-such-image:1"\n'
         'command = ["true"]\n'
     )
-    submitted = run_cli("submit", str(workflow), "--data-dir", str(manager.data_dir))
-    assert submitted.returncode == 2, submitted.stderr
-    assert f"{workflow}:5: tasks[0].image: task a is unschedulable" in submitted.stderr
-    assert "--allow-pull" in submitted.stderr
-    assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []
+    refusal = refused(manager, workflow)
+    assert f"{workflow}:5: tasks[0].image: task a is unschedulable" in refusal
+    assert "--allow-pull" in refusal
 
 
 async def test_an_inline_input_that_does_not_match_its_checksum_is_refused(
