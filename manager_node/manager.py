@@ -90,8 +90,8 @@ class WorkflowManager:
         self._watchers: dict[str, set[asyncio.Queue[WorkflowUpdate | None]]] = {}
         self._merges: dict[str, asyncio.Task[None]] = {}  # by workflow id
         self._lock = asyncio.Lock()
-        # Held shared by submissions, from their first blob to their records; exclusively by
-        # a delete, which must not remove a blob a submission is about to record.
+        # Held shared by submissions (from their first blob to their records) and resumes;
+        # exclusively by a delete, which must not remove a blob they are about to refer to.
         self._references = aiorwlock.RWLock()
 
     async def open(self) -> None:
@@ -541,20 +541,22 @@ class WorkflowManager:
     async def delete(self, workflow_id: str) -> Deleted:
         """Forgets an ended workflow and frees the blobs only it used (its inputs, outputs
         and results); files other workflows use stay. Refused while it is going."""
-        async with self._references.writer, self._lock:
-            if workflow_id in self._runs:
-                raise RejectedError(
-                    f"workflow {workflow_id} is still going; cancel it first "
-                    f"(node cancel {workflow_id})"
-                )
-            if await self._store.workflow_state(workflow_id) is None:
-                raise NotFoundError(f"no workflow {workflow_id!r} on this manager")
-            freed = await self._store.blobs_only_of(workflow_id)
-            self._shareable -= {ref.sha256 for ref in freed}
+        # Exclusive of submissions and resumes (they refer to blobs), not of events: the
+        # blobs of a large workflow take seconds to remove.
+        async with self._references.writer:
+            async with self._lock:
+                if workflow_id in self._runs:
+                    raise RejectedError(
+                        f"workflow {workflow_id} is still going; cancel it first "
+                        f"(node cancel {workflow_id})"
+                    )
+                if await self._store.workflow_state(workflow_id) is None:
+                    raise NotFoundError(f"no workflow {workflow_id!r} on this manager")
+                freed = await self._store.blobs_only_of(workflow_id)
+                self._shareable -= {ref.sha256 for ref in freed}
             # Blobs before records: a crash in between leaves a delete to run again, never
             # blobs that nothing refers to.
-            for ref in freed:
-                await self._blobs.delete(ref.sha256)
+            await self._blobs.delete_many([ref.sha256 for ref in freed])
             await self._store.forget_workflow(workflow_id)
             await asyncio.to_thread(shutil.rmtree, self._workdir / workflow_id, True)
         deleted = Deleted(workflow_id, len(freed), sum(ref.size for ref in freed))
@@ -570,7 +572,7 @@ class WorkflowManager:
         """Runs again what did not complete of an ended workflow; the tasks that did keep
         their outputs. Each task run again gets a new run number, which the coordinator
         takes as a fresh start."""
-        async with self._lock:
+        async with self._references.reader, self._lock:
             if workflow_id in self._runs:
                 raise RejectedError(
                     f"workflow {workflow_id} is still going; resume it once it has ended"

@@ -283,6 +283,20 @@ async def test_delete_removes_blob_and_partial(tmp_path: Path) -> None:
         await store.path(SHA)
 
 
+async def test_delete_many_removes_what_is_here_and_names_it(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "blobs")
+    kept = (await store.put_bytes(b"kept"))[0]
+    gone = [(await store.put_bytes(bytes([n]) * 3000))[0] for n in range(3)]
+    never_held = hashlib.sha256(b"never").hexdigest()
+    removed = await store.delete_many([*gone, gone[0], never_held])  # a repeat is harmless
+    assert removed == gone
+    assert await store.has(kept)
+    assert [await store.has(sha) for sha in gone] == [False] * 3
+    assert (await store.usage()).complete_bytes == len(b"kept")
+    with pytest.raises(InvalidBlobIdError):
+        await store.delete_many(["../../x"])
+
+
 async def test_unknown_blob_is_not_found(tmp_path: Path) -> None:
     store = make_store(tmp_path / "blobs")
     assert not await store.has(SHA)
