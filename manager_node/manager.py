@@ -437,13 +437,14 @@ class WorkflowManager:
         except inline.InlineBlobError as error:
             log.warning("task %s: %s", event.task_id, error)
             return False
-        for content in carried.values():
-            await self._blobs.put_bytes(content)  # returns once on stable storage
+        # Together: the store syncs blobs published at once in one round.
+        await asyncio.gather(*(self._blobs.put_bytes(content) for content in carried.values()))
         for ref in event.result.outputs:
-            if (
-                not await self._blobs.has(ref.sha256)
-                or await self._blobs.size(ref.sha256) != ref.size
-            ):
+            try:
+                intact = await self._blobs.size(ref.sha256) == ref.size
+            except NotFoundError:
+                intact = False
+            if not intact:
                 log.warning("task %s: output %s did not arrive intact", event.task_id, ref.name)
                 return False
         try:

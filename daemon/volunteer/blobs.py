@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 
+from daemon.errors import NotFoundError
 from daemon.models import FileRef
 from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
 from daemon.transfer.blobstore import BlobStore
@@ -58,13 +59,16 @@ class BlobTransfers:
         async with self._room:
             self._index.pin(sha256)
         try:
-            if not await self.store.has(sha256):
-                await self._make_room(ref)
-            self._index.fetching(sha256, ref.size)
             try:
-                path = await download(self._channel(manager_address), sha256, ref.size, self.store)
-            finally:
-                self._index.fetched(sha256)
+                path = await self.store.path(sha256)  # one look for a cached input
+            except NotFoundError:
+                await self._make_room(ref)
+                self._index.fetching(sha256, ref.size)
+                try:
+                    channel = self._channel(manager_address)
+                    path = await download(channel, sha256, ref.size, self.store)
+                finally:
+                    self._index.fetched(sha256)
             self._index.used(sha256, ref.size)
             yield path
         finally:
