@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TypeAlias, TypeVar, cast
 
 import grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
 from daemon.errors import NodeError
 from daemon.rpc.v1 import transfer_pb2, transfer_pb2_grpc
@@ -57,10 +57,6 @@ _UPLOAD = _SERVICE + "Upload"
 _STAT = _SERVICE + "Stat"
 
 T = TypeVar("T")
-
-
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
 
 
 def _parse_stat(data: bytes) -> transfer_pb2.StatReply:
@@ -202,13 +198,13 @@ async def _download_from(
     async with store.receive(sha256, size, offset=offset) as writer:
         if peer.blocking is not None:
             call = peer.blocking.unary_stream(
-                _DOWNLOAD, request_serializer=_serialize, response_deserializer=None
+                _DOWNLOAD, request_serializer=wire.serialize, response_deserializer=None
             )(request)
             await _on_thread(lambda: _receive_blocking(call, sha256, writer), call.cancel)
         else:
             assert peer.channel is not None
             stream = peer.channel.unary_stream(
-                _DOWNLOAD, request_serializer=_serialize, response_deserializer=None
+                _DOWNLOAD, request_serializer=wire.serialize, response_deserializer=None
             )(request)
             try:
                 async for message in stream:
@@ -293,7 +289,7 @@ async def _stat(peer: _Peer, sha256: str) -> transfer_pb2.StatReply:
     request = transfer_pb2.StatRequest(sha256=sha256)
     if peer.blocking is not None:
         stat = peer.blocking.unary_unary(
-            _STAT, request_serializer=_serialize, response_deserializer=_parse_stat
+            _STAT, request_serializer=wire.serialize, response_deserializer=_parse_stat
         )
         try:
             return cast(transfer_pb2.StatReply, await asyncio.to_thread(stat, request))

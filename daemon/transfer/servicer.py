@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
-from google.protobuf.message import Message
 
 from daemon.errors import NodeError, NotFoundError
 from daemon.rpc.v1 import transfer_pb2
@@ -177,10 +176,6 @@ class TransferServicer:
             return transfer_pb2.StatReply(complete=False, partial_size=partial)
 
 
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
-
-
 def add_transfer_service(server: grpc.aio.Server, servicer: TransferServicer) -> None:
     """Registers `servicer` as the TransferService of `server`; use it instead of the generated
     `add_TransferServiceServicer_to_server` (same service, same wire format). Download's
@@ -195,12 +190,12 @@ def add_transfer_service(server: grpc.aio.Server, servicer: TransferServicer) ->
         "Upload": grpc.stream_unary_rpc_method_handler(
             servicer.Upload,
             request_deserializer=wire.parse_upload_message,
-            response_serializer=_serialize,
+            response_serializer=wire.serialize,
         ),
         "Stat": grpc.unary_unary_rpc_method_handler(
             servicer.Stat,
             request_deserializer=transfer_pb2.StatRequest.FromString,
-            response_serializer=_serialize,
+            response_serializer=wire.serialize,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from daemon.rpc.v1 import transfer_pb2
 
@@ -153,6 +153,11 @@ def parse_upload_message(message: bytes) -> UploadPart:
     return None
 
 
+def serialize(message: Message) -> bytes:
+    """A protobuf message as gRPC sends it: the serializer of the calls that are not raw."""
+    return message.SerializeToString()
+
+
 def _chunk_fields(offset: int, length: int) -> bytes:
     """A Chunk's fields before its data: the offset (unless 0) and the data's key and length."""
     head = bytes((_CHUNK_DATA,)) + encode_varint(length)
@@ -192,4 +197,5 @@ __all__ = [
     "encode_upload_chunk",
     "parse_chunk",
     "parse_upload_message",
+    "serialize",
 ]
