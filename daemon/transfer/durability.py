@@ -7,8 +7,9 @@ while what fsync buys is not integrity. Every blob is checked against its sha256
 is published and again by whoever fetches it; fsync only decides whether a published blob
 survives the machine itself going down. That promise is kept differently:
 
-- `wait` returns once a published file is on stable storage. Whoever records a blob as held
-  in a database that outlives a crash (the manager, for a task's outputs) waits first.
+- `pending` gives a future that resolves once a published file is on stable storage.
+  Whoever records a blob as held in a database that outlives a crash (the manager, for a
+  task's outputs) waits for it first (`BlobStore.make_durable`).
 - A watermark file says "every blob changed before this time is on stable storage"
   (blobs are fsynced in publish order; the mark trails the oldest one not yet synced).
 - When a store opens, the blobs changed since the mark are fsynced if the machine has not
@@ -108,6 +109,12 @@ class _Publication:
     synced: Future[None]
 
 
+def _directories_of(publication: _Publication) -> list[Path]:
+    """The directories its rename changed: its shard, and the store's if the shard is new."""
+    shard = publication.target.parent
+    return [shard, shard.parent] if publication.new_directory else [shard]
+
+
 class WriteBehind:
     """Publishes files by rename and syncs them afterwards, in order, on one thread.
 
@@ -161,7 +168,7 @@ class WriteBehind:
 
     def publish(self, source: Path, target: Path) -> bool:
         """Renames a verified file into place; False (and `source` removed) if the target was
-        there already. The file is synced on this object's thread; see `wait`."""
+        there already. The file is synced on this object's thread; see `pending`."""
         if target.exists():
             source.unlink()
             return False
@@ -204,7 +211,7 @@ class WriteBehind:
             batch, self._queue = self._queue, []
         if not batch:
             return  # an earlier round took these
-        synced: list[_Publication] = []
+        files_synced: list[_Publication] = []
         directories: set[Path] = set()
         for publication in batch:
             try:
@@ -212,19 +219,24 @@ class WriteBehind:
             except FileNotFoundError:
                 pass  # deleted meanwhile: nothing left to keep
             except OSError as error:
-                # Stays unsynced for good: the mark never passes it, the next start re-checks.
-                log.error("cannot sync blob %s: %s", publication.target, error)
-                publication.synced.set_exception(error)
+                self._failed(publication, error)
                 continue
-            synced.append(publication)
-            directories.add(publication.target.parent)
-            if publication.new_directory:
-                directories.add(publication.target.parent.parent)
+            files_synced.append(publication)
+            directories.update(_directories_of(publication))
+        failed: dict[Path, OSError] = {}
         for directory in directories:
             try:
                 fsync_path(directory)
             except OSError as error:
-                log.error("cannot sync directory %s: %s", directory, error)
+                failed[directory] = error
+        synced: list[_Publication] = []
+        for publication in files_synced:
+            # Its rename is durable only once the directories it changed are.
+            broken = [failed[d] for d in _directories_of(publication) if d in failed]
+            if broken:
+                self._failed(publication, broken[0])
+            else:
+                synced.append(publication)
         with self._lock:
             for publication in synced:
                 del self._unsynced[publication.target]
@@ -234,6 +246,12 @@ class WriteBehind:
             publication.synced.set_result(None)
         if now - self._marked_ns >= MARK_INTERVAL_NS:
             self._write_mark((oldest.started_ns if oldest else now) - MARGIN_NS)
+
+    @staticmethod
+    def _failed(publication: _Publication, error: OSError) -> None:
+        # Stays unsynced for good: the mark never passes it, the next start re-checks.
+        log.error("cannot sync blob %s: %s", publication.target, error)
+        publication.synced.set_exception(error)
 
     def _write_mark(self, synced_before_ns: int) -> None:
         try:

@@ -187,3 +187,27 @@ async def test_a_blob_that_cannot_be_synced_fails_make_durable_and_holds_the_mar
     mark = read_watermark(root / "synced-mark")
     assert mark is not None
     assert mark.synced_before_ns < blob.stat().st_ctime_ns, "the next start re-checks it"
+
+
+async def test_a_blob_whose_directory_cannot_be_synced_is_not_durable_either(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file reached the disk but its rename may not have: the blob counts as unsynced."""
+    real = durability.fsync_path
+
+    def failing(path: Path) -> None:
+        if path.parent.name == "complete":  # a shard directory
+            raise OSError(errno.EIO, "Input/output error")
+        real(path)
+
+    root = tmp_path / "blobs"
+    store = make_store(root)
+    await store.open()
+    monkeypatch.setattr(durability, "fsync_path", failing)
+    sha256 = await receive(store, b"h" * 4000)
+    with pytest.raises(OSError, match="Input/output"):
+        await store.make_durable([sha256])
+    await store.close()
+    mark = read_watermark(root / "synced-mark")
+    assert mark is not None
+    assert mark.synced_before_ns < (await store.path(sha256)).stat().st_ctime_ns
