@@ -32,6 +32,7 @@ check-proto: $(STAMP)
 	fi
 
 lint: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

@@ -13,7 +13,7 @@ from daemon.datadir import read_address
 
 def start_daemon(data_dir: Path, *args: str) -> subprocess.Popen[bytes]:
     log = (data_dir.parent / f"{data_dir.name}.log").open("wb")
-    command = [sys.executable, "-m", "daemon", "daemon", "--data-dir", str(data_dir), *args]
+    command = [sys.executable, "-m", "cli", "daemon", "--data-dir", str(data_dir), *args]
     return subprocess.Popen(command, stdout=log, stderr=log)
 
 

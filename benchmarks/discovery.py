@@ -10,7 +10,7 @@ from pathlib import Path
 
 from benchmarks.daemons import start_daemon, stop, wait_for_address
 from benchmarks.report import Figure
-from daemon.client.locate import listening
+from cli.locate import listening
 from daemon.discovery.peers import PeerTable
 
 ROUNDS = 7

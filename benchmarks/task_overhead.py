@@ -42,7 +42,7 @@ ROUNDS = 5
 CONCURRENCY = 2
 IMAGE = "vcnode/worker:1"
 COMMAND = ("sh", "-c", "cat /input/in.txt > /output/out.txt")
-# The task defaults an explicit [[tasks]] entry gets (manager_node/spec.py), so both sides
+# The task defaults an explicit [[tasks]] entry gets (workflows/file.py), so both sides
 # run with the same limits.
 CPUS = 1.0
 MEMORY_MB = 256
@@ -131,7 +131,7 @@ async def _direct(root: Path, token: str, count: int) -> float:
 
 def _cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
+        [sys.executable, "-m", "cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -1,7 +1,8 @@
 """What every role gets from the node, and the registry that maps role names to classes.
 
 The daemon never imports a role package directly; it looks it up here by name, so
-dependencies point one way: roles import `daemon`, never the reverse.
+dependencies point one way: cli -> the roles -> workflows -> splitters -> daemon, and no role
+imports another. `make lint` holds the code to that (import-linter, in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from daemon.models import NodeIdentity
 ROLE_CLASSES = {
     "coordinator": "coordinator_node.role:CoordinatorRole",
     "manager": "manager_node.role:ManagerRole",
-    "volunteer": "daemon.volunteer.role:VolunteerRole",
+    "volunteer": "volunteer_node.role:VolunteerRole",
 }
 # Start order: whoever serves others comes up first; stop runs in reverse.
 START_ORDER = ("coordinator", "manager", "volunteer")

@@ -27,15 +27,8 @@ from daemon.transfer.blobstore import BlobStore
 from manager_node.admission import Candidate, inputs_mb, unschedulable
 from manager_node.coordinator_client import CoordinatorClient
 from manager_node.images import ImageArchives
-from manager_node.spec import EXPLICIT_TYPE, ExplicitTask, WorkflowFile, parse_workflow
 from manager_node.store import COORDINATOR_SEQUENCE, ManagerStore, NewTask
-from manager_node.workflow import (
-    UpstreamInput,
-    WorkflowRun,
-    WorkflowState,
-    WorkflowTask,
-    graph_problems,
-)
+from manager_node.workflow import WorkflowRun, WorkflowState, WorkflowTask
 from splitters.api import (
     Directory,
     Splitter,
@@ -45,6 +38,8 @@ from splitters.api import (
     validate_parameters,
 )
 from splitters.registry import get_splitter
+from workflows.file import EXPLICIT_TYPE, ExplicitTask, WorkflowFile, parse_workflow
+from workflows.graph import UpstreamInput, graph_problems
 
 log = logging.getLogger(__name__)
 
@@ -659,10 +654,7 @@ def _with_room_for_inputs(new: NewTask) -> NewTask:
 
 def _check_graph(workflow_type: str, tasks: list[NewTask]) -> None:
     """Splitters are code too: their DAG is checked like a user's before anything runs."""
-    problems = graph_problems(
-        [WorkflowTask(t.spec.task_id, t.name, t.depends_on, t.upstream) for t in tasks],
-        {t.name: t.spec.outputs for t in tasks},
-    )
+    problems = graph_problems(tasks, {t.name: t.spec.outputs for t in tasks})
     if problems:
         key = "tasks" if workflow_type == EXPLICIT_TYPE else f"{workflow_type} split"
         raise SplitterError.combine([SplitterError(key, problem) for _, problem in problems])

@@ -12,7 +12,8 @@ import sqlite_utils
 
 from daemon.models import FileRef, TaskSpec
 from daemon.store import Database, Migration, codecs
-from manager_node.workflow import OnFailure, TaskStatus, UpstreamInput, WorkflowTask
+from manager_node.workflow import TaskStatus, WorkflowTask
+from workflows.graph import OnFailure, UpstreamInput
 
 
 def _initial_schema(db: sqlite_utils.Database) -> None:

@@ -39,7 +39,7 @@ def unique_cluster() -> str:
 
 
 def node_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "daemon", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 def run_cli(

@@ -14,8 +14,8 @@ from daemon.transfer.blobstore import BlobStore
 from daemon.transfer.chunks import CHUNK_BYTES
 from daemon.transfer.errors import QuotaExceededError
 from daemon.transfer.servicer import AllowAll, TransferServicer
-from daemon.volunteer.blobs import BlobTransfers
 from tests.integration.test_transfer import serving
+from volunteer_node.blobs import BlobTransfers
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.client.workflows import eta_seconds
+from cli.workflows import eta_seconds
 from daemon.rpc.v1 import manager_pb2
 
 

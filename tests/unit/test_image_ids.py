@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.volunteer.image_ids import ImageIds
+from volunteer_node.image_ids import ImageIds
 
 
 async def test_an_answer_is_kept_for_its_ttl_then_asked_again() -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.client.init import render
-from daemon.client.workflow_file import check_locally
-from manager_node.spec import EXPLICIT_TYPE, parse_workflow
+from cli.init import render
+from cli.workflow_file import check_locally
 from splitters.registry import available, get_splitter
+from workflows.file import EXPLICIT_TYPE, parse_workflow
 
 TYPES = [EXPLICIT_TYPE, *available()]
 

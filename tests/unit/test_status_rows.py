@@ -3,7 +3,7 @@ those needing attention first, up to a cap, with what was left out counted."""
 
 from __future__ import annotations
 
-from daemon.client.workflows import TASK_ROWS, task_rows
+from cli.workflows import TASK_ROWS, task_rows
 from daemon.rpc.v1 import manager_pb2
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.client.views import size
+from cli.views import size
 
 
 @pytest.mark.parametrize(

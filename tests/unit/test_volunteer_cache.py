@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.volunteer.cache import CacheIndex
+from volunteer_node.cache import CacheIndex
 
 
 def test_victims_are_least_recently_used_first() -> None:

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from daemon.models import OwnerLimits, ResourceRequest, Resources, TaskSpec
-from daemon.volunteer.policy import Situation, decline_reason
+from volunteer_node.policy import Situation, decline_reason
 
 TASK = TaskSpec(
     task_id="t",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from daemon.models import ResourceRequest, TaskSpec
-from daemon.volunteer.worker import TaskFailedError, check_file_name, regular_file, run_id
+from volunteer_node.worker import TaskFailedError, check_file_name, regular_file, run_id
 
 
 def task(task_id: str, attempt: int = 1) -> TaskSpec:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.client.problems import key_lines, line_of, with_lines
+from cli.problems import key_lines, line_of, with_lines
 from daemon.errors import InvalidInputError
-from manager_node.spec import parse_workflow
-from manager_node.workflow import OnFailure
 from splitters.api import SplitterError, TaskOutput
+from workflows.file import parse_workflow
+from workflows.graph import OnFailure
 
 TWO_BAD_TASKS = """\
 [workflow]

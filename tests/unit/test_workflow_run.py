@@ -8,16 +8,8 @@ from collections import Counter
 import pytest
 
 from daemon.models import FileRef, TaskEvent, TaskResult
-from manager_node.workflow import (
-    OnFailure,
-    TaskStatus,
-    UpstreamInput,
-    WorkflowRun,
-    WorkflowState,
-    WorkflowTask,
-    find_cycle,
-    graph_problems,
-)
+from manager_node.workflow import TaskStatus, WorkflowRun, WorkflowState, WorkflowTask
+from workflows.graph import OnFailure, UpstreamInput
 
 
 def event(task_id: str, kind: str, **fields: object) -> TaskEvent:
@@ -140,39 +132,6 @@ def test_upstream_files_of_a_task_whose_producer_did_not_complete_is_an_error() 
         run.upstream_files(reader)
 
 
-def graph(*tasks: WorkflowTask) -> list[tuple[str, str]]:
-    return graph_problems(list(tasks), {"a": ("out",), "b": ("out",), "c": ()})
-
-
-def test_a_sound_graph_has_no_problems() -> None:
-    assert (
-        graph(
-            WorkflowTask("a", "a"),
-            WorkflowTask("b", "b", ("a",), (UpstreamInput("x", "a", "out"),)),
-        )
-        == []
-    )
-
-
-def test_every_graph_problem_is_reported_with_its_task() -> None:
-    problems = graph(
-        WorkflowTask("a", "a"),
-        WorkflowTask("a", "a", ("c",)),
-        WorkflowTask("b", "b", ("ghost",), (UpstreamInput("x", "a", "out"),)),
-        WorkflowTask("c", "c", ("a",), (UpstreamInput("y", "a", "missing"),)),
-    )
-    assert ("a", "two tasks are named 'a'") in problems
-    assert ("b", "no task is named 'ghost'") in problems
-    assert ("b", "b reads from a but does not depend on it") in problems
-    assert ("c", "c reads missing from a, which declares no such output") in problems
-    assert ("", "dependency cycle: a -> c -> a") in problems
-
-
-def test_find_cycle_returns_the_path_or_nothing() -> None:
-    assert find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
-    assert find_cycle({"a": ["b"], "b": [], "c": ["a", "b"]}) == []
-
-
 def test_resume_puts_back_what_did_not_complete_and_keeps_what_did() -> None:
     run = diamond()
     run.take_ready()
@@ -275,12 +234,3 @@ def test_ready_finished_and_counts_match_a_recount_through_random_histories(seed
         assert counts["skipped"] == statuses[TaskStatus.SKIPPED]
         assert sum(v for k, v in counts.items() if k != "total") == counts["total"] == len(tasks)
     assert recounted_ready(run) == {task.name for task in run.take_ready()}
-
-
-def test_find_cycle_follows_a_chain_of_thousands_of_tasks() -> None:
-    chain = {f"t{i}": [f"t{i - 1}"] if i else [] for i in range(20_000)}
-    assert find_cycle(dict(reversed(list(chain.items())))) == []
-    chain["t0"] = ["t19999"]
-    cycle = find_cycle(chain)
-    assert cycle[0] == cycle[-1]
-    assert len(cycle) == 20_001

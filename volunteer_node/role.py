@@ -17,11 +17,11 @@ from daemon.roles import RoleContext
 from daemon.runtime.docker import DockerRuntime, PullError
 from daemon.runtime.process import ProcessRuntime
 from daemon.runtime.spec import Runtime
-from daemon.volunteer.blobs import BlobTransfers
-from daemon.volunteer.image_ids import ImageIds
-from daemon.volunteer.link import CoordinatorLink
-from daemon.volunteer.store import VolunteerStore
-from daemon.volunteer.worker import TaskWorker, WorkerConfig
+from volunteer_node.blobs import BlobTransfers
+from volunteer_node.image_ids import ImageIds
+from volunteer_node.link import CoordinatorLink
+from volunteer_node.store import VolunteerStore
+from volunteer_node.worker import TaskWorker, WorkerConfig
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from daemon.client import views
+from cli import views
 from daemon.datadir import read_address
 from daemon.errors import NodeError
 from daemon.models import Volunteer, VolunteerState
@@ -60,7 +60,7 @@ class ProcessGroup:
         data_dir = self.workdir / name
         log = (self.workdir / f"{name}.log").open("wb")
         command = [
-            sys.executable, "-m", "daemon", "daemon",
+            sys.executable, "-m", "cli", "daemon",
             "--role", roles,
             "--listen", "127.0.0.1:0",
             "--cluster", self.cluster,
@@ -155,7 +155,7 @@ def _wait_for_volunteers(group: ProcessGroup, address: str, wanted: int) -> list
 
 
 def _node(*args: str) -> int:
-    return subprocess.run([sys.executable, "-m", "daemon", *args], check=False).returncode
+    return subprocess.run([sys.executable, "-m", "cli", *args], check=False).returncode
 
 
 def _verify(result: Path, size: int) -> float:
@@ -191,7 +191,7 @@ def run_demo(args: argparse.Namespace) -> int:
         workflow.write_text(WORKFLOW.format(size=args.size, seed=SEED, blocks=args.blocks))
         print(f"C = A·B for {args.size}x{args.size} matrices, {args.blocks**2} block tasks:")
         submitted = subprocess.run(
-            [sys.executable, "-m", "daemon", "submit", str(workflow), "--data-dir",
+            [sys.executable, "-m", "cli", "submit", str(workflow), "--data-dir",
              str(manager_dir), "--wait", "--json"],
             check=False, capture_output=True, text=True,
         )  # fmt: skip

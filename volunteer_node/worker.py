@@ -32,8 +32,8 @@ from daemon.capacity import task_slots
 from daemon.errors import NodeError, UnreachableError
 from daemon.models import FileRef, InlineBlob, OwnerLimits, Resources, TaskResult, TaskSpec
 from daemon.runtime.spec import PROGRESS_FILE, RunResult, RunSpec, Runtime
-from daemon.volunteer.policy import Situation, decline_reason
-from daemon.volunteer.store import VolunteerStore
+from volunteer_node.policy import Situation, decline_reason
+from volunteer_node.store import VolunteerStore
 
 log = logging.getLogger(__name__)
 

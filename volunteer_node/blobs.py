@@ -23,7 +23,7 @@ from daemon.transfer.hashing import sha256_file
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
 from daemon.transport.errors import error_from_rpc
-from daemon.volunteer.cache import CacheIndex
+from volunteer_node.cache import CacheIndex
 
 log = logging.getLogger(__name__)
 

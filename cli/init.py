@@ -10,9 +10,9 @@ from typing import Any
 
 from daemon.errors import InvalidInputError, NodeError
 from daemon.toml_values import toml_key, toml_value
-from manager_node.spec import EXPLICIT_TYPE
 from splitters.api import Directory, Parameter, Splitter
 from splitters.registry import available, get_splitter
+from workflows.file import EXPLICIT_TYPE
 
 EXPLICIT_EXAMPLE = """\
 # A workflow that lists its tasks: each runs COMMAND in IMAGE, reads its inputs at

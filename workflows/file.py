@@ -12,8 +12,8 @@ from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
 from daemon.models import ResourceRequest
-from manager_node.workflow import OnFailure, UpstreamInput, WorkflowTask, graph_problems
 from splitters.api import DEFAULT_IMAGE, SplitterError, TaskOutput
+from workflows.graph import OnFailure, UpstreamInput, graph_problems
 
 T = TypeVar("T")
 EXPLICIT_TYPE = "tasks"
@@ -36,6 +36,15 @@ class ExplicitTask:
     retries: int = 0
     depends_on: tuple[str, ...] = ()
     network: bool = False
+
+    @property
+    def upstream(self) -> tuple[UpstreamInput, ...]:
+        """The inputs this task reads from the outputs of others."""
+        return tuple(
+            UpstreamInput(name, source.task, source.output)
+            for name, source in self.inputs.items()
+            if isinstance(source, TaskOutput)
+        )
 
 
 @dataclass(frozen=True)
@@ -168,21 +177,8 @@ def _parse_tasks(entries: Any, problems: _Problems) -> tuple[ExplicitTask, ...]:
     tasks = [task for task in parsed if task is not None]
     if len(tasks) == len(parsed):  # the graph of a partly unreadable file says little
         where = {task.name: f"tasks[{index}]" for index, task in enumerate(tasks)}
-        graph = [
-            WorkflowTask(
-                task.name,
-                task.name,
-                task.depends_on,
-                tuple(
-                    UpstreamInput(name, source.task, source.output)
-                    for name, source in task.inputs.items()
-                    if isinstance(source, TaskOutput)
-                ),
-            )
-            for task in tasks
-        ]
         outputs = {task.name: task.outputs for task in tasks}
-        for subject, problem in graph_problems(graph, outputs):
+        for subject, problem in graph_problems(tasks, outputs):
             problems.add(f"{where[subject]}.depends_on" if subject else "tasks", problem)
     return tuple(tasks)
 

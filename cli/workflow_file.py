@@ -9,11 +9,11 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from daemon.client.problems import with_lines
+from cli.problems import with_lines
 from daemon.errors import InvalidInputError, NodeError
-from manager_node.spec import EXPLICIT_TYPE, WorkflowFile, parse_overrides, parse_workflow
 from splitters.api import Directory, SplitterError, validate_parameters
 from splitters.registry import get_splitter
+from workflows.file import EXPLICIT_TYPE, WorkflowFile, parse_overrides, parse_workflow
 
 
 def resolve_input(value: str, workflow_dir: Path, key: str, folder: bool = False) -> Path:

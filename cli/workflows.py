@@ -20,9 +20,9 @@ from typing import Any, TextIO
 
 import grpc
 
-from daemon.client import views
-from daemon.client.rpc import connected
-from daemon.client.workflow_file import local_files, located, read_workflow
+from cli import views
+from cli.rpc import connected
+from cli.workflow_file import local_files, located, read_workflow
 from daemon.errors import InvalidInputError, NodeError
 from daemon.models import FileRef
 from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc

@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 import grpc
 
+from cli import views
+from cli.locate import Target, browse, locate
+from cli.rpc import connected
 from daemon import config as config_module
-from daemon.client import views
-from daemon.client.locate import Target, browse, locate
-from daemon.client.rpc import connected
 from daemon.errors import NodeError
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
 from daemon.transport import convert
@@ -260,7 +260,7 @@ async def _peers(args: argparse.Namespace) -> int:
 async def _status(args: argparse.Namespace) -> int:
     if args.workflow:
         args.role = "manager"
-        from daemon.client import workflows
+        from cli import workflows
 
         return await workflows.status(await locate(_target(args)), args)
     address = await locate(_target(args))
@@ -431,11 +431,11 @@ def _add_workflow_parsers(commands: Any) -> None:
 
 
 def _lazy(module: str, name: str) -> Callable[..., Any]:
-    """A command's function from daemon.client.MODULE, imported when that command runs:
+    """A command's function from cli.MODULE, imported when that command runs:
     each command loads only what it uses, so the CLI starts faster."""
 
     def call(*args: Any) -> Any:
-        return getattr(importlib.import_module(f"daemon.client.{module}"), name)(*args)
+        return getattr(importlib.import_module(f"cli.{module}"), name)(*args)
 
     return call
 
@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_daemon_parser(commands)
     _add_client_parsers(commands)
     _add_workflow_parsers(commands)
-    from daemon.demo import add_demo_parser
+    from cli.demo import add_demo_parser
 
     add_demo_parser(commands)
     return parser

@@ -1,0 +1,1 @@
+"""`node` (also `vcnode`): the daemon command, the client commands and the demo."""

@@ -1,1 +1,0 @@
-"""What `node status`, `node volunteers` and the other client commands share."""
