@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cli.problems import with_lines
 from daemon.errors import InvalidInputError, NodeError
-from splitters.api import Directory, SplitterError, validate_parameters
+from splitters.api import Directory, SplitterError, run_step, validate_parameters
 from splitters.registry import get_splitter
 from workflows.file import EXPLICIT_TYPE, WorkflowFile, parse_overrides, parse_workflow
 
@@ -115,7 +115,7 @@ def check_locally(workflow: WorkflowFile, workflow_dir: Path) -> int:
         ]
     if problems:
         raise SplitterError.combine(problems)
-    task_count = splitter.estimate(params).task_count
+    task_count = run_step(splitter, "estimate", lambda: splitter.estimate(params)).task_count
     if task_count == 0:
         raise SplitterError("parameters", "the split would produce no tasks")
     return task_count

@@ -5,7 +5,6 @@ The servicer calls in; nothing here knows about protobuf."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -34,6 +33,7 @@ from daemon.models import (
     Volunteer,
     VolunteerState,
 )
+from daemon.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,10 @@ class Pool:
         scheduler: Scheduler,
         cluster: str,
         protocol_version: int,
+        supervisor: Supervisor,
     ) -> None:
         self._store = store
+        self._supervisor = supervisor
         self._registry = registry
         self._scheduler = scheduler
         self._cluster = cluster
@@ -99,7 +101,7 @@ class Pool:
             len(tasks) + len(ended),
             len(tasks),
         )
-        self._maintenance = asyncio.get_running_loop().create_task(self._maintain_forever())
+        self._maintenance = self._supervisor.spawn(self._maintain_forever(), "pool maintenance")
 
     # --- volunteers -------------------------------------------------------------------------
 
@@ -289,9 +291,7 @@ class Pool:
         for session in self._sessions.values():
             session.close()
         if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+            await self._supervisor.cancel(self._maintenance)
 
 
 def _candidate(volunteer: Volunteer) -> Candidate:

@@ -11,6 +11,7 @@ from coordinator_node.servicer import CoordinatorServicer
 from coordinator_node.store import CoordinatorStore
 from daemon.roles import RoleContext
 from daemon.rpc.v1 import coordinator_pb2_grpc
+from daemon.supervision import Supervisor
 
 
 class CoordinatorRole:
@@ -24,6 +25,7 @@ class CoordinatorRole:
             Scheduler(),
             cluster=context.identity.cluster,
             protocol_version=context.identity.protocol_version,
+            supervisor=Supervisor(context.on_fatal),
         )
         self._node_id = context.identity.node_id
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -70,8 +69,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 yield _outgoing_to_proto(outgoing)
         finally:
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                await reader
+            await asyncio.wait([reader])  # what it raised, it logged
             await self._pool.leave(session)
 
     async def _read_session(
@@ -82,8 +80,16 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         try:
             async for message in request_iterator:
                 await self._handle(session, message)
+        except grpc.aio.AioRpcError:
+            pass  # the volunteer's side of the stream broke: it hung up
+        except Exception:
+            # Ours, not the volunteer's: end this session loudly, the pool goes on.
+            log.exception(
+                "volunteer %s: handling its message failed; ending its session",
+                session.token.volunteer_id,
+            )
         finally:
-            session.close()  # the volunteer hung up: end our side too
+            session.close()  # end our side too
 
     async def _handle(
         self, session: PoolSession, message: coordinator_pb2.VolunteerMessage

@@ -23,6 +23,7 @@ import aiorwlock
 from daemon import inline
 from daemon.errors import InvalidInputError, NodeError, NotFoundError, RejectedError
 from daemon.models import FileRef, InlineBlob, TaskEvent, TaskSpec
+from daemon.supervision import Supervisor
 from daemon.transfer.blobstore import BlobStore
 from manager_node.admission import Candidate, inputs_mb, unschedulable
 from manager_node.coordinator_client import CoordinatorClient
@@ -35,6 +36,7 @@ from splitters.api import (
     SplitterError,
     TaskOutput,
     TaskTemplate,
+    run_step,
     validate_parameters,
 )
 from splitters.registry import get_splitter
@@ -70,12 +72,18 @@ class Deleted:
 
 class WorkflowManager:
     def __init__(
-        self, store: ManagerStore, blobs: BlobStore, workdir: Path, images: ImageArchives
+        self,
+        store: ManagerStore,
+        blobs: BlobStore,
+        workdir: Path,
+        images: ImageArchives,
+        supervisor: Supervisor,
     ) -> None:
         self._store = store
         self._blobs = blobs
         self._workdir = workdir
         self._images = images
+        self._supervisor = supervisor
         self.coordinator: CoordinatorClient | None = None
         self.address = ""
         self._runs: dict[str, WorkflowRun] = {}
@@ -161,7 +169,8 @@ class WorkflowManager:
                     splitter, dict(workflow.parameters), files, workdir
                 )
                 params = validate_parameters(splitter.parameters, raw, workdir / "inputs")
-                estimated_seconds = splitter.estimate(params).seconds_per_task
+                estimate = run_step(splitter, "estimate", lambda: splitter.estimate(params))
+                estimated_seconds = estimate.seconds_per_task
                 templates = await asyncio.to_thread(_split, splitter, params, workdir / "split")
                 if not templates:
                     raise SplitterError("parameters", "the split produced no tasks")
@@ -459,7 +468,7 @@ class WorkflowManager:
         await self._end(run.workflow_id, state, "")
 
     def _start_merge(self, workflow_id: str) -> None:
-        merge = asyncio.get_running_loop().create_task(self._merge(workflow_id))
+        merge = self._supervisor.spawn(self._merge(workflow_id), f"merge of {workflow_id}")
         self._merges[workflow_id] = merge
 
         def forget(ended: asyncio.Task[None]) -> None:
@@ -620,8 +629,7 @@ class WorkflowManager:
         return WorkflowUpdate(run.workflow_id, task_id, kind, message, time.time(), run.counts())
 
     async def stop(self) -> None:
-        for merge in list(self._merges.values()):
-            merge.cancel()
+        """Merges were cancelled with the role's other background work."""
         await self._images.close()
         for queues in self._watchers.values():
             for queue in queues:
@@ -662,12 +670,12 @@ def _check_graph(workflow_type: str, tasks: list[NewTask]) -> None:
 
 def _split(splitter: Splitter, params: dict[str, Any], workdir: Path) -> list[TaskTemplate]:
     workdir.mkdir(parents=True, exist_ok=True)
-    return splitter.split(params, workdir)
+    return run_step(splitter, "split", lambda: splitter.split(params, workdir))
 
 
 def _merge(splitter: Splitter, outputs: dict[str, dict[str, Path]], workdir: Path) -> list[Path]:
     workdir.mkdir(parents=True, exist_ok=True)
-    return splitter.merge(outputs, workdir)
+    return run_step(splitter, "merge", lambda: splitter.merge(outputs, workdir))
 
 
 def new_workflow_id(name: str) -> str:

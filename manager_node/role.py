@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import grpc
 
 from daemon.roles import RoleContext
 from daemon.rpc.v1 import manager_pb2_grpc
+from daemon.supervision import Supervisor
 from daemon.transfer.blobstore import BlobStore
 from daemon.transfer.servicer import TransferServicer, add_transfer_service
 from manager_node.coordinator_client import CoordinatorClient
@@ -32,10 +30,10 @@ class ManagerRole:
             context.data_dir / "blobs", max_blob_bytes=MAX_BLOB_BYTES, quota_bytes=BLOB_QUOTA_BYTES
         )
         images = ImageArchives(self._blobs, self._store, context.data_dir / "images")
+        self._supervisor = Supervisor(context.on_fatal)
         self.manager = WorkflowManager(
-            self._store, self._blobs, context.data_dir / "workflows", images
+            self._store, self._blobs, context.data_dir / "workflows", images, self._supervisor
         )
-        self._following: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         manager_pb2_grpc.add_ManagerServiceServicer_to_server(
@@ -61,13 +59,10 @@ class ManagerRole:
             after_sequence=self.manager.last_sequence,
         )
         await self.manager.start(client, address)
-        self._following = asyncio.get_running_loop().create_task(client.run(address))
+        self._supervisor.spawn(client.run(address), "following the coordinator's task events")
 
     async def stop(self) -> None:
-        if self._following is not None:
-            self._following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._following
+        await self._supervisor.stop()  # event following and merges
         await self.manager.stop()
 
     async def close(self) -> None:

@@ -10,12 +10,13 @@ This module imports no numpy: daemons without the manager role load the registry
 
 from __future__ import annotations
 
+import logging
 import math
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from daemon.errors import InvalidInputError, NodeError
 
@@ -70,6 +71,26 @@ class SplitterError(InvalidInputError):
 
 class MergeError(NodeError):
     """The tasks' outputs do not add up to a result (missing or inconsistent files)."""
+
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def run_step(splitter: Splitter, step: str, call: Callable[[], T]) -> T:
+    """Runs one step (split, merge, estimate) of a splitter's own code. What it raises on
+    purpose (SplitterError, MergeError: NodeErrors) passes as it is; anything else is a bug
+    of that splitter's, logged with its traceback and turned into a SplitterError naming it,
+    so that it fails the one workflow concerned and never the manager or the CLI."""
+    try:
+        return call()
+    except NodeError:
+        raise
+    except Exception as error:
+        log.error("splitter %s: %s raised", splitter.name, step, exc_info=error)
+        raise SplitterError(
+            f"{splitter.name} {step}", f"the splitter failed: {type(error).__name__}: {error}"
+        ) from error
 
 
 def _check_plain_name(name: str, what: str) -> None:

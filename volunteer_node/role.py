@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +16,7 @@ from daemon.roles import RoleContext
 from daemon.runtime.docker import DockerRuntime, PullError
 from daemon.runtime.process import ProcessRuntime
 from daemon.runtime.spec import Runtime
+from daemon.supervision import Supervisor
 from volunteer_node.blobs import BlobTransfers
 from volunteer_node.image_ids import ImageIds
 from volunteer_node.link import CoordinatorLink
@@ -49,7 +49,8 @@ class VolunteerRole:
         self._image_ids = ImageIds(self._image_id)
         self.worker: TaskWorker | None = None
         self.link: CoordinatorLink | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._supervisor = Supervisor(context.on_fatal)
+        self._link_task: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         """The volunteer serves nothing of its own: it only dials out."""
@@ -123,20 +124,18 @@ class VolunteerRole:
             heartbeat_seconds=config.heartbeat_seconds,
         )
         self.worker.attach(self.link)
-        self._task = asyncio.get_running_loop().create_task(self.link.run())
-        self._task.add_done_callback(self._on_link_done)
+        self._link_task = self._supervisor.spawn(
+            self.link.run(), "coordinator link", on_crash=self._on_link_crash
+        )
 
-    def _on_link_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        error = task.exception()
+    def _on_link_crash(self, error: BaseException) -> None:
         if isinstance(error, RejectedError):
-            self._context.on_fatal(
-                RejectedError(f"coordinator {self._context.config.coordinator} refused us: {error}")
+            error = RejectedError(
+                f"coordinator {self._context.config.coordinator} refused us: {error}"
             )
-        elif error is not None:
-            log.error("coordinator link failed", exc_info=error)
-            self._context.on_fatal(NodeError(f"coordinator link failed: {error!r}"))
+        elif not isinstance(error, NodeError):
+            error = NodeError(f"coordinator link failed: {error!r}")
+        self._context.on_fatal(error)
 
     async def _registration(self) -> Registration:
         assert self.worker is not None
@@ -164,17 +163,14 @@ class VolunteerRole:
         # of after missed heartbeats.
         if self.worker is not None:
             await self.worker.stop()
-        if self.link is not None and self._task is not None and not self._task.done():
+        if self.link is not None and self._link_task is not None and not self._link_task.done():
             try:
                 await asyncio.wait_for(
                     self.link.leave("its owner stopped it"), GOODBYE_TIMEOUT_SECONDS
                 )
             except TimeoutError:
                 log.warning("the coordinator did not hear our goodbye; it will notice we left")
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._supervisor.stop()
 
     async def close(self) -> None:
         await self._transfers.close()

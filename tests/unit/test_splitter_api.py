@@ -19,6 +19,7 @@ from splitters.api import (
     Splitter,
     SplitterError,
     TaskTemplate,
+    run_step,
     validate_parameters,
 )
 from splitters.registry import BUILTIN, ENTRY_POINT_GROUP, available, get_splitter
@@ -247,3 +248,27 @@ def test_the_api_and_registry_load_no_numpy() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+class _Named:
+    name = "plugin"
+
+
+def test_a_splitters_own_bug_becomes_an_error_naming_the_splitter_and_step() -> None:
+    def broken() -> None:
+        raise KeyError("rows")
+
+    with pytest.raises(SplitterError, match=r"plugin split: the splitter failed: KeyError: 'rows'"):
+        run_step(_Named(), "split", broken)  # type: ignore[arg-type]
+
+
+def test_what_a_splitter_raises_on_purpose_passes_unchanged() -> None:
+    meant = SplitterError("blocks", "must divide the size")
+
+    def refuses() -> None:
+        raise meant
+
+    with pytest.raises(SplitterError) as raised:
+        run_step(_Named(), "split", refuses)  # type: ignore[arg-type]
+    assert raised.value is meant
+    assert run_step(_Named(), "estimate", lambda: 7) == 7  # type: ignore[arg-type]
