@@ -49,18 +49,18 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
-def _stub(channel: grpc.aio.Channel) -> manager_pb2_grpc.ManagerServiceStub:
+def _stub(channel: grpc.aio.Channel) -> manager_pb2_grpc.ManagerServiceAsyncStub:
     return manager_pb2_grpc.ManagerServiceStub(channel)
 
 
 @asynccontextmanager
-async def manager_at(address: str) -> AsyncIterator[manager_pb2_grpc.ManagerServiceStub]:
+async def manager_at(address: str) -> AsyncIterator[manager_pb2_grpc.ManagerServiceAsyncStub]:
     async with connected(address, "manager") as channel:
         yield _stub(channel)
 
 
 async def _workflow_status(
-    manager: manager_pb2_grpc.ManagerServiceStub, workflow_id: str
+    manager: manager_pb2_grpc.ManagerServiceAsyncStub, workflow_id: str
 ) -> manager_pb2.WorkflowStatus:
     status: manager_pb2.WorkflowStatus = await manager.GetWorkflowStatus(
         manager_pb2.GetWorkflowStatusRequest(workflow_id=workflow_id),
@@ -140,7 +140,7 @@ async def _send_inputs(
 
 
 async def _after_submit(
-    manager: manager_pb2_grpc.ManagerServiceStub,
+    manager: manager_pb2_grpc.ManagerServiceAsyncStub,
     reply: manager_pb2.SubmitWorkflowReply,
     args: argparse.Namespace,
     verb: str,
@@ -226,7 +226,7 @@ class ProgressBar:
 
 
 async def _follow(
-    manager: manager_pb2_grpc.ManagerServiceStub, workflow_id: str, bar: ProgressBar
+    manager: manager_pb2_grpc.ManagerServiceAsyncStub, workflow_id: str, bar: ProgressBar
 ) -> str:
     """Shows progress until the workflow ends; returns its final state."""
     state = ""

@@ -42,7 +42,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def VolunteerSession(
         self,
         request_iterator: AsyncIterator[coordinator_pb2.VolunteerMessage],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.VolunteerMessage, coordinator_pb2.CoordinatorMessage
+        ],
     ) -> AsyncIterator[coordinator_pb2.CoordinatorMessage]:
         first = await anext(aiter(request_iterator), None)
         if first is None:
@@ -117,14 +119,20 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def ListVolunteers(
         self,
         request: coordinator_pb2.ListVolunteersRequest,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.ListVolunteersRequest, coordinator_pb2.ListVolunteersReply
+        ],
     ) -> coordinator_pb2.ListVolunteersReply:
         return coordinator_pb2.ListVolunteersReply(
             volunteers=[convert.volunteer_to_proto(v) for v in self._pool.volunteers()]
         )
 
     async def SubmitTasks(
-        self, request: coordinator_pb2.SubmitTasksRequest, context: grpc.aio.ServicerContext
+        self,
+        request: coordinator_pb2.SubmitTasksRequest,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.SubmitTasksRequest, coordinator_pb2.SubmitTasksReply
+        ],
     ) -> coordinator_pb2.SubmitTasksReply:
         if not request.manager_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "manager_id is required")
@@ -139,7 +147,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return coordinator_pb2.SubmitTasksReply(accepted=accepted)
 
     async def WatchTasks(
-        self, request: coordinator_pb2.WatchTasksRequest, context: grpc.aio.ServicerContext
+        self,
+        request: coordinator_pb2.WatchTasksRequest,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.WatchTasksRequest, coordinator_pb2.TaskEvent
+        ],
     ) -> AsyncIterator[coordinator_pb2.TaskEvent]:
         async for event in self._pool.watch(
             request.manager_id, request.workflow_id, request.after_sequence
@@ -147,7 +159,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             yield convert.task_event_to_proto(event)
 
     async def CancelTasks(
-        self, request: coordinator_pb2.CancelTasksRequest, context: grpc.aio.ServicerContext
+        self,
+        request: coordinator_pb2.CancelTasksRequest,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.CancelTasksRequest, coordinator_pb2.CancelTasksReply
+        ],
     ) -> coordinator_pb2.CancelTasksReply:
         cancelled = await self._pool.cancel(request.workflow_id, request.task_ids)
         return coordinator_pb2.CancelTasksReply(cancelled=cancelled)

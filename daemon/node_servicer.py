@@ -31,7 +31,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self._directory = directory
 
     async def GetInfo(
-        self, request: node_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
+        self,
+        request: node_pb2.GetInfoRequest,
+        context: grpc.aio.ServicerContext[node_pb2.GetInfoRequest, node_pb2.NodeInfo],
     ) -> node_pb2.NodeInfo:
         return node_pb2.NodeInfo(
             node_id=self._identity.node_id,
@@ -48,12 +50,16 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         )
 
     async def Health(
-        self, request: node_pb2.HealthRequest, context: grpc.aio.ServicerContext
+        self,
+        request: node_pb2.HealthRequest,
+        context: grpc.aio.ServicerContext[node_pb2.HealthRequest, node_pb2.HealthReply],
     ) -> node_pb2.HealthReply:
         return node_pb2.HealthReply(serving=True)
 
     async def ListPeers(
-        self, request: node_pb2.ListPeersRequest, context: grpc.aio.ServicerContext
+        self,
+        request: node_pb2.ListPeersRequest,
+        context: grpc.aio.ServicerContext[node_pb2.ListPeersRequest, node_pb2.ListPeersReply],
     ) -> node_pb2.ListPeersReply:
         peers = self._directory.table.peers() if self._directory else []
         return node_pb2.ListPeersReply(peers=[convert.peer_to_proto(p) for p in peers])

@@ -49,7 +49,7 @@ class CoordinatorClient:
         self._to_submit: list[TaskSpec] = []
         self._to_cancel: list[str] = []
         self._work = asyncio.Event()
-        self._stub: coordinator_pb2_grpc.CoordinatorServiceStub | None = None
+        self._stub: coordinator_pb2_grpc.CoordinatorServiceAsyncStub | None = None
 
     def submit(self, specs: Sequence[TaskSpec]) -> None:
         self._to_submit.extend(specs)

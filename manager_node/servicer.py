@@ -69,7 +69,11 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
 
     @maps_errors
     async def SubmitWorkflow(
-        self, request: manager_pb2.SubmitWorkflowRequest, context: grpc.aio.ServicerContext
+        self,
+        request: manager_pb2.SubmitWorkflowRequest,
+        context: grpc.aio.ServicerContext[
+            manager_pb2.SubmitWorkflowRequest, manager_pb2.SubmitWorkflowReply
+        ],
     ) -> manager_pb2.SubmitWorkflowReply:
         submitted = await self._manager.submit(
             request.workflow_toml,
@@ -84,14 +88,22 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         )
 
     async def WatchWorkflow(
-        self, request: manager_pb2.WatchWorkflowRequest, context: grpc.aio.ServicerContext
+        self,
+        request: manager_pb2.WatchWorkflowRequest,
+        context: grpc.aio.ServicerContext[
+            manager_pb2.WatchWorkflowRequest, manager_pb2.WorkflowEvent
+        ],
     ) -> AsyncIterator[manager_pb2.WorkflowEvent]:
         async for update in self._manager.watch(request.workflow_id):
             yield _update_to_proto(update)
 
     @maps_errors
     async def GetWorkflowStatus(
-        self, request: manager_pb2.GetWorkflowStatusRequest, context: grpc.aio.ServicerContext
+        self,
+        request: manager_pb2.GetWorkflowStatusRequest,
+        context: grpc.aio.ServicerContext[
+            manager_pb2.GetWorkflowStatusRequest, manager_pb2.WorkflowStatus
+        ],
     ) -> manager_pb2.WorkflowStatus:
         found = await self._store.workflows(request.workflow_id)
         if not found:
@@ -100,7 +112,11 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
 
     @maps_errors
     async def GetResults(
-        self, request: manager_pb2.GetResultsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: manager_pb2.GetResultsRequest,
+        context: grpc.aio.ServicerContext[
+            manager_pb2.GetResultsRequest, manager_pb2.GetResultsReply
+        ],
     ) -> manager_pb2.GetResultsReply:
         found = await self._store.workflows(request.workflow_id)
         if not found:
@@ -110,14 +126,22 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
 
     @maps_errors
     async def CancelWorkflow(
-        self, request: manager_pb2.CancelWorkflowRequest, context: grpc.aio.ServicerContext
+        self,
+        request: manager_pb2.CancelWorkflowRequest,
+        context: grpc.aio.ServicerContext[
+            manager_pb2.CancelWorkflowRequest, manager_pb2.CancelWorkflowReply
+        ],
     ) -> manager_pb2.CancelWorkflowReply:
         cancelled = await self._manager.cancel(request.workflow_id)
         return manager_pb2.CancelWorkflowReply(cancelled_tasks=cancelled)
 
     @maps_errors
     async def DeleteWorkflow(
-        self, request: manager_pb2.DeleteWorkflowRequest, context: grpc.aio.ServicerContext
+        self,
+        request: manager_pb2.DeleteWorkflowRequest,
+        context: grpc.aio.ServicerContext[
+            manager_pb2.DeleteWorkflowRequest, manager_pb2.DeleteWorkflowReply
+        ],
     ) -> manager_pb2.DeleteWorkflowReply:
         deleted = await self._manager.delete(request.workflow_id)
         return manager_pb2.DeleteWorkflowReply(
@@ -126,7 +150,11 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
 
     @maps_errors
     async def ResumeWorkflow(
-        self, request: manager_pb2.ResumeWorkflowRequest, context: grpc.aio.ServicerContext
+        self,
+        request: manager_pb2.ResumeWorkflowRequest,
+        context: grpc.aio.ServicerContext[
+            manager_pb2.ResumeWorkflowRequest, manager_pb2.SubmitWorkflowReply
+        ],
     ) -> manager_pb2.SubmitWorkflowReply:
         resumed = await self._manager.resume(request.workflow_id)
         return manager_pb2.SubmitWorkflowReply(
@@ -135,14 +163,20 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
 
     @maps_errors
     async def GetImageArchive(
-        self, request: manager_pb2.GetImageArchiveRequest, context: grpc.aio.ServicerContext
+        self,
+        request: manager_pb2.GetImageArchiveRequest,
+        context: grpc.aio.ServicerContext[manager_pb2.GetImageArchiveRequest, common_pb2.FileRef],
     ) -> common_pb2.FileRef:
         archive = await self._manager.image_archive(request.image, request.image_id)
         return convert.file_ref_to_proto(archive)
 
     @maps_errors
     async def ListWorkflows(
-        self, request: manager_pb2.ListWorkflowsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: manager_pb2.ListWorkflowsRequest,
+        context: grpc.aio.ServicerContext[
+            manager_pb2.ListWorkflowsRequest, manager_pb2.ListWorkflowsReply
+        ],
     ) -> manager_pb2.ListWorkflowsReply:
         workflows = await self._store.workflows()
         return manager_pb2.ListWorkflowsReply(workflows=[_workflow_to_proto(w) for w in workflows])

@@ -154,7 +154,11 @@ class CoordinatorLink:
                 if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
                     raise RejectedError(error.details() or "refused") from None
                 raise
-            if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
+            # read() gives a CoordinatorMessage, or grpc.aio.EOF once the stream ended.
+            if (
+                not isinstance(first, coordinator_pb2.CoordinatorMessage)
+                or first.WhichOneof("kind") != "welcome"
+            ):
                 return
             interval = first.welcome.heartbeat_seconds or self._default_heartbeat
             self.connected_to = address
@@ -166,7 +170,7 @@ class CoordinatorLink:
             )
             heartbeats = asyncio.get_running_loop().create_task(self._heartbeat_forever(interval))
             await self._handler.on_connected()
-            while (message := await call.read()) is not grpc.aio.EOF:
+            while isinstance(message := await call.read(), coordinator_pb2.CoordinatorMessage):
                 await self._dispatch(message)
         finally:
             if heartbeats is not None:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias, TypeVar, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -94,10 +94,8 @@ class _Attempts:
 
 
 def _stub(channel: grpc.aio.Channel) -> transfer_pb2_grpc.TransferServiceAsyncStub:
-    # The stub's overloads pick the async flavour for an aio channel; grpc has no types.
-    return cast(
-        "transfer_pb2_grpc.TransferServiceAsyncStub", transfer_pb2_grpc.TransferServiceStub(channel)
-    )
+    # The stub's overloads pick the async flavour for an aio channel.
+    return transfer_pb2_grpc.TransferServiceStub(channel)
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,7 @@ def _as_aio_error(error: grpc.RpcError) -> grpc.aio.AioRpcError:
     )
 
 
-async def _on_thread(work: Callable[[], T], cancel: Callable[[], None]) -> T:
+async def _on_thread(work: Callable[[], T], cancel: Callable[[], object]) -> T:
     """Runs `work` on a thread of its own (a transfer holds it for long: not the default
     pool's). Cancelled, it calls `cancel` (which must make `work` end soon) and waits for it."""
     thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-transfer")
@@ -196,16 +194,21 @@ async def _download_from(
 ) -> Path:
     request = transfer_pb2.DownloadRequest(sha256=sha256, offset=offset)
     async with store.receive(sha256, size, offset=offset) as writer:
+        # No response deserializer: the serialised chunks come as they are (bytes).
         if peer.blocking is not None:
-            call = peer.blocking.unary_stream(
+            blocking: grpc.UnaryStreamMultiCallable[transfer_pb2.DownloadRequest, bytes]
+            blocking = peer.blocking.unary_stream(
                 _DOWNLOAD, request_serializer=wire.serialize, response_deserializer=None
-            )(request)
+            )
+            call = blocking(request)
             await _on_thread(lambda: _receive_blocking(call, sha256, writer), call.cancel)
         else:
             assert peer.channel is not None
-            stream = peer.channel.unary_stream(
+            download: grpc.aio.UnaryStreamMultiCallable[transfer_pb2.DownloadRequest, bytes]
+            download = peer.channel.unary_stream(
                 _DOWNLOAD, request_serializer=wire.serialize, response_deserializer=None
-            )(request)
+            )
+            stream = download(request)
             try:
                 async for message in stream:
                     await writer.append(*_chunk_at(message, sha256, writer.received))
@@ -311,14 +314,17 @@ async def _upload_from(
             lambda: _send_blocking(channel, guard, path, header, head), guard.cancel
         )
     assert peer.channel is not None
-    call = peer.channel.stream_unary(
+    # No request serializer: the messages go as the bytes written.
+    upload: grpc.aio.StreamUnaryMultiCallable[bytes, transfer_pb2.UploadReply]
+    upload = peer.channel.stream_unary(
         _UPLOAD, request_serializer=None, response_deserializer=_parse_upload_reply
-    )()
+    )
+    call = upload()
     try:
         await call.write(head)
         # Chunks go only once the peer accepted the header, so a refusal of it reaches us
         # with its own status (see status.UPLOAD_ACCEPTED).
-        if UPLOAD_ACCEPTED_KEY in await call.initial_metadata():
+        if (await call.initial_metadata()).get(UPLOAD_ACCEPTED_KEY) is not None:
             chunks = read_chunks(path, offset=header.offset, size=header.size)
             async with contextlib.aclosing(chunks):
                 async for chunk in chunks:
@@ -331,7 +337,7 @@ async def _upload_from(
     except BaseException:
         call.cancel()
         raise
-    reply = cast(transfer_pb2.UploadReply, await call)
+    reply = await call
     return reply.sha256, reply.size
 
 
@@ -340,10 +346,10 @@ class _CallGuard:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._call: grpc.Future | None = None
+        self._call: grpc.Future[Any] | None = None
         self._cancelled = False
 
-    def bind(self, call: grpc.Future) -> None:
+    def bind(self, call: grpc.Future[Any]) -> None:
         with self._lock:
             self._call = call
             if self._cancelled:
@@ -366,7 +372,7 @@ def _send_blocking(
     """An upload on its thread; gRPC takes the messages from `messages` on a thread of its
     own while the next chunks are read (and their CRC-32 computed) on a third."""
     bound = threading.Event()
-    calls: list[grpc.Future] = []
+    calls: list[grpc.Future[transfer_pb2.UploadReply]] = []
     failures: list[BaseException] = []
 
     def messages() -> Iterator[bytes]:
@@ -384,6 +390,7 @@ def _send_blocking(
             failures.append(error)  # gRPC would report it as UNKNOWN only
             raise
 
+    upload: grpc.StreamUnaryMultiCallable[bytes, transfer_pb2.UploadReply]
     upload = channel.stream_unary(
         _UPLOAD, request_serializer=None, response_deserializer=_parse_upload_reply
     )
@@ -392,7 +399,7 @@ def _send_blocking(
     guard.bind(call)
     bound.set()
     try:
-        reply = cast(transfer_pb2.UploadReply, call.result())
+        reply = call.result()
     except grpc.RpcError as error:
         if failures:
             raise failures[0] from None

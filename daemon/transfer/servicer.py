@@ -73,7 +73,7 @@ async def _drain(messages: AsyncIterator[wire.UploadPart], limit: int) -> None:
             return
 
 
-async def _refuse(context: grpc.aio.ServicerContext, error: NodeError) -> None:
+async def _refuse(context: grpc.aio.ServicerContext[Any, Any], error: NodeError) -> None:
     await context.abort(status_for(error), str(error))
 
 
@@ -81,7 +81,7 @@ def _refuses(handler: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]
     """As `transport.errors.maps_errors`, with the transfer errors' own status codes."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
         try:
             return await handler(self, request, context)
         except NodeError as error:
@@ -98,7 +98,9 @@ class TransferServicer:
         keep_freed_memory()
 
     async def Download(
-        self, request: transfer_pb2.DownloadRequest, context: grpc.aio.ServicerContext
+        self,
+        request: transfer_pb2.DownloadRequest,
+        context: grpc.aio.ServicerContext[transfer_pb2.DownloadRequest, bytes],
     ) -> AsyncIterator[bytes]:
         """Serialised Chunk messages (see `add_transfer_service`)."""
         try:
@@ -115,7 +117,7 @@ class TransferServicer:
     async def Upload(
         self,
         request_iterator: AsyncIterator[wire.UploadPart],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[wire.UploadPart, transfer_pb2.UploadReply],
     ) -> transfer_pb2.UploadReply:
         """Takes UploadMessages as `wire.parse_upload_message` reads them."""
         messages = aiter(request_iterator)
@@ -164,7 +166,9 @@ class TransferServicer:
 
     @_refuses
     async def Stat(
-        self, request: transfer_pb2.StatRequest, context: grpc.aio.ServicerContext
+        self,
+        request: transfer_pb2.StatRequest,
+        context: grpc.aio.ServicerContext[transfer_pb2.StatRequest, transfer_pb2.StatReply],
     ) -> transfer_pb2.StatReply:
         # Not asked of the policy: it tells sizes only, and an uploader needs it to resume
         # a blob it may not download.
@@ -181,7 +185,7 @@ def add_transfer_service(server: grpc.aio.Server, servicer: TransferServicer) ->
     `add_TransferServiceServicer_to_server` (same service, same wire format). Download's
     responses go out as the bytes it yields and Upload's messages come in through
     `wire.parse_upload_message`; Stat keeps the protobuf (de)serializers."""
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Download": grpc.unary_stream_rpc_method_handler(
             servicer.Download,
             request_deserializer=transfer_pb2.DownloadRequest.FromString,

@@ -39,7 +39,7 @@ def maps_errors(handler: Handler[R]) -> Handler[R]:
     """Turns a NodeError raised by a unary servicer method into a status with its message."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
         try:
             return await handler(self, request, context)
         except NodeError as error:

@@ -115,7 +115,9 @@ class CutOffOnce(TransferServicer):
         self.upload_offsets: list[int] = []
 
     async def Download(
-        self, request: transfer_pb2.DownloadRequest, context: grpc.aio.ServicerContext
+        self,
+        request: transfer_pb2.DownloadRequest,
+        context: grpc.aio.ServicerContext[transfer_pb2.DownloadRequest, bytes],
     ) -> AsyncIterator[bytes]:
         self.download_offsets.append(request.offset)
         first = len(self.download_offsets) == 1
@@ -129,7 +131,7 @@ class CutOffOnce(TransferServicer):
     async def Upload(
         self,
         request_iterator: AsyncIterator[wire.UploadPart],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[wire.UploadPart, transfer_pb2.UploadReply],
     ) -> transfer_pb2.UploadReply:
         first = not self.upload_offsets
 
@@ -155,7 +157,9 @@ class CorruptOnce(TransferServicer):
         self.download_offsets: list[int] = []
 
     async def Download(
-        self, request: transfer_pb2.DownloadRequest, context: grpc.aio.ServicerContext
+        self,
+        request: transfer_pb2.DownloadRequest,
+        context: grpc.aio.ServicerContext[transfer_pb2.DownloadRequest, bytes],
     ) -> AsyncIterator[bytes]:
         self.download_offsets.append(request.offset)
         first = len(self.download_offsets) == 1
