@@ -112,6 +112,7 @@ async def _registered_session(
     channel = open_channel(address)
     call = coordinator_pb2_grpc.CoordinatorServiceStub(channel).VolunteerSession(messages())
     first = await call.read()
+    assert isinstance(first, coordinator_pb2.CoordinatorMessage)
     assert first.WhichOneof("kind") == "welcome"
     return channel, call, outgoing
 
