@@ -28,6 +28,7 @@ from collections.abc import Callable
 from benchmarks.report import Figure
 from coordinator_node.scheduler import Candidate, Scheduler, SendOffer
 from daemon.models import (
+    EventKind,
     OwnerLimits,
     ResourceRequest,
     Resources,
@@ -99,7 +100,9 @@ def _workflow_seconds_per_result(size: int) -> float:
     for _ in range(RESULTS):
         task = handed.popleft()
         result = TaskResult(task_id=task.task_id, attempt=1, exit_code=0, error="")
-        run.apply(TaskEvent(task.task_id, "wf", "completed", at=1.0, attempt=1, result=result))
+        run.apply(
+            TaskEvent(task.task_id, "wf", EventKind.COMPLETED, at=1.0, attempt=1, result=result)
+        )
         handed.extend(run.take_ready())
         _ = run.finished, run.counts()
     return (time.perf_counter() - began) / RESULTS

@@ -25,6 +25,7 @@ from coordinator_node.store import CoordinatorStore
 from daemon import inline
 from daemon.errors import RejectedError
 from daemon.models import (
+    EventKind,
     Load,
     Registration,
     TaskEvent,
@@ -220,7 +221,9 @@ class Pool:
         async with self._lock:
             instructions = self._scheduler.cancel(workflow_id, task_ids, time.time())
             await self._execute(instructions)
-        return sum(isinstance(i, Publish) and i.event.kind == "cancelled" for i in instructions)
+        return sum(
+            isinstance(i, Publish) and i.event.kind is EventKind.CANCELLED for i in instructions
+        )
 
     async def watch(
         self, manager_id: str, workflow_id: str, after_sequence: int

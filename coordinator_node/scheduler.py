@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from coordinator_node.dispatch_queue import DispatchQueue
 from daemon.capacity import capacity_problem, held_tasks
 from daemon.models import (
+    EventKind,
     OwnerLimits,
     Resources,
     TaskEvent,
@@ -192,7 +193,7 @@ class Scheduler:
             self._track(task)
             out += [
                 SaveTask(task, new_spec=True),
-                self._event(task, "queued", now, message=message),
+                self._event(task, EventKind.QUEUED, now, message=message),
             ]
         return out + self._dispatch(now)
 
@@ -245,7 +246,7 @@ class Scheduler:
             return [SendCancel(volunteer_id, task_id, "the offer is no longer valid")]
         assert task is not None
         self._set_state(task, TaskState.RUNNING)
-        return [SaveTask(task), self._event(task, "running", now)]
+        return [SaveTask(task), self._event(task, EventKind.RUNNING, now)]
 
     def declined(
         self, volunteer_id: str, task_id: str, attempt: int, reason: str, now: float
@@ -259,7 +260,7 @@ class Scheduler:
         task.declined_at[volunteer_id] = now
         return [
             SaveTask(task),
-            self._event(task, "declined", now, volunteer_id=volunteer_id, message=reason),
+            self._event(task, EventKind.DECLINED, now, volunteer_id=volunteer_id, message=reason),
             *self._dispatch(now),
         ]
 
@@ -270,7 +271,7 @@ class Scheduler:
         if not self._is_current(task, volunteer_id, attempt, TaskState.RUNNING):
             return []
         assert task is not None
-        return [self._event(task, "progress", now, percent=percent)]
+        return [self._event(task, EventKind.PROGRESS, now, percent=percent)]
 
     def finished(self, volunteer_id: str, result: TaskResult, now: float) -> list[Instruction]:
         task = self.tasks.get(result.task_id)
@@ -282,17 +283,20 @@ class Scheduler:
         if result.succeeded:
             self._set_state(task, TaskState.COMPLETED)
             task.error = ""
-            out: list[Instruction] = [SaveTask(task), self._event(task, "completed", now)]
+            out: list[Instruction] = [SaveTask(task), self._event(task, EventKind.COMPLETED, now)]
         else:
             task.failures += 1
             if task.failures <= task.spec.retries:
                 self._set_state(task, TaskState.QUEUED)
                 message = f"{result.error}; retry {task.failures} of {task.spec.retries}"
-                out = [SaveTask(task), self._event(task, "requeued", now, message=message)]
+                out = [SaveTask(task), self._event(task, EventKind.REQUEUED, now, message=message)]
             else:
                 self._set_state(task, TaskState.FAILED)
                 task.error = result.error
-                out = [SaveTask(task), self._event(task, "failed", now, message=result.error)]
+                out = [
+                    SaveTask(task),
+                    self._event(task, EventKind.FAILED, now, message=result.error),
+                ]
         return out + self._dispatch(now)
 
     def cancel(self, workflow_id: str, task_ids: Iterable[str], now: float) -> list[Instruction]:
@@ -305,7 +309,7 @@ class Scheduler:
                 out.append(SendCancel(task.volunteer_id, task.spec.task_id, "cancelled"))
                 self._release(task)
             self._set_state(task, TaskState.CANCELLED)
-            out += [SaveTask(task), self._event(task, "cancelled", now)]
+            out += [SaveTask(task), self._event(task, EventKind.CANCELLED, now)]
         return out + self._dispatch(now)
 
     def tick(self, now: float) -> list[Instruction]:
@@ -355,9 +359,9 @@ class Scheduler:
         if task.attempt - task.attempt_base >= self.max_attempts:
             self._set_state(task, TaskState.FAILED)
             task.error = f"gave up after {task.attempt - task.attempt_base} attempts: {why}"
-            return [SaveTask(task), self._event(task, "failed", now, message=task.error)]
+            return [SaveTask(task), self._event(task, EventKind.FAILED, now, message=task.error)]
         self._set_state(task, TaskState.QUEUED)
-        return [SaveTask(task), self._event(task, "requeued", now, message=why)]
+        return [SaveTask(task), self._event(task, EventKind.REQUEUED, now, message=why)]
 
     def _track(self, task: ScheduledTask) -> None:
         task.order = self._next_order
@@ -420,7 +424,7 @@ class Scheduler:
             out += [
                 SaveTask(task),
                 SendOffer(chosen, replace(task.spec, attempt=task.attempt)),
-                self._event(task, "offered", now),
+                self._event(task, EventKind.OFFERED, now),
             ]
         for task in waiting:
             self._queue.add(task)
@@ -435,13 +439,13 @@ class Scheduler:
         )
         return self._event(
             task,
-            "unschedulable",
+            EventKind.UNSCHEDULABLE,
             now,
             message="no volunteer can run it (" + "; ".join(reasons) + ")",
         )
 
     @staticmethod
-    def _event(task: ScheduledTask, kind: str, now: float, **details: object) -> Publish:
+    def _event(task: ScheduledTask, kind: EventKind, now: float, **details: object) -> Publish:
         fields: dict[str, object] = {
             "task_id": task.spec.task_id,
             "workflow_id": task.spec.workflow_id,
@@ -449,7 +453,7 @@ class Scheduler:
             "at": now,
             "attempt": task.attempt,
             "volunteer_id": task.volunteer_id,
-            "result": task.result if kind in ("completed", "failed") else None,
+            "result": task.result if kind in (EventKind.COMPLETED, EventKind.FAILED) else None,
         }
         fields.update(details)
         return Publish(task.manager_id, TaskEvent(**fields))  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ import sqlite_utils
 
 from coordinator_node.scheduler import EndedTask, ScheduledTask
 from daemon.models import (
+    EventKind,
     Load,
     OwnerLimits,
     Resources,
@@ -153,7 +154,7 @@ def _event_from_row(row: dict[str, Any]) -> TaskEvent:
     return TaskEvent(
         task_id=row["subject"],
         workflow_id=row["workflow_id"],
-        kind=row["kind"],
+        kind=EventKind(row["kind"]),
         at=row["at"],
         attempt=payload.get("attempt", 0),
         volunteer_id=payload.get("volunteer_id", ""),

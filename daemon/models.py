@@ -169,13 +169,29 @@ class TaskState(StrEnum):
         return self in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)
 
 
+class EventKind(StrEnum):
+    """What happened to a task: the coordinator's scheduler says it, the manager's workflow
+    state machine reads it, and the wire and the stores carry it as its value."""
+
+    QUEUED = "queued"
+    OFFERED = "offered"
+    DECLINED = "declined"
+    REQUEUED = "requeued"  # its volunteer was lost, or it failed with retries left
+    UNSCHEDULABLE = "unschedulable"  # no online volunteer can hold it
+    RUNNING = "running"
+    PROGRESS = "progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 @dataclass(frozen=True)
 class TaskEvent:
     """Something that happened to a task, as the coordinator tells its manager."""
 
     task_id: str
     workflow_id: str
-    kind: str
+    kind: EventKind
     at: float
     attempt: int = 0
     volunteer_id: str = ""

@@ -106,7 +106,12 @@ class CoordinatorClient:
                 self._finder.worked(address)
                 backoff.reset()
                 first = False
-            await self._on_event(convert.task_event_from_proto(message))
+            try:
+                event = convert.task_event_from_proto(message)
+            except ValueError:  # a newer coordinator's: nothing here would know what it means
+                log.warning("ignoring a task event of unknown kind %r", message.kind[:40])
+                continue
+            await self._on_event(event)
 
     async def _send_forever(self) -> None:
         """Delivers queued submissions and cancels; keeps them queued while calls fail."""

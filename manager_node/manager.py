@@ -22,7 +22,7 @@ import aiorwlock
 
 from daemon import inline
 from daemon.errors import InvalidInputError, NodeError, NotFoundError, RejectedError
-from daemon.models import FileRef, InlineBlob, TaskEvent, TaskSpec
+from daemon.models import EventKind, FileRef, InlineBlob, TaskEvent, TaskSpec
 from daemon.supervision import Supervisor
 from daemon.transfer.blobstore import BlobStore
 from manager_node.admission import Candidate, inputs_mb, unschedulable
@@ -410,7 +410,9 @@ class WorkflowManager:
         async with self._lock:
             run = self._runs.get(event.workflow_id)
             if run is not None:
-                verified = event.kind != "completed" or await self._outputs_arrived(event)
+                verified = event.kind is not EventKind.COMPLETED or await self._outputs_arrived(
+                    event
+                )
                 if event.result is not None and event.result.inline_outputs:
                     # Stored as blobs now; the task's record keeps only their refs.
                     event = replace(event, result=replace(event.result, inline_outputs=()))

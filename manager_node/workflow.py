@@ -11,8 +11,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import assert_never
 
-from daemon.models import FileRef, TaskEvent, TaskResult
+from daemon.models import EventKind, FileRef, TaskEvent, TaskResult
 from workflows.graph import OnFailure, UpstreamInput
 
 
@@ -165,43 +166,46 @@ class WorkflowRun:
         task.attempts = max(task.attempts, event.attempt)
         if event.volunteer_id:
             task.volunteer_id = event.volunteer_id
-        kind = event.kind
         ended: list[WorkflowTask] = []
-        if kind in ("queued", "offered", "declined", "requeued", "unschedulable"):
-            self._set_status(task, TaskStatus.QUEUED)
-            task.percent = 0.0
-            if kind in ("requeued", "unschedulable", "declined"):
-                task.message = f"{kind}: {event.message}"
-        elif kind == "running":
-            self._set_status(task, TaskStatus.RUNNING)
-            task.message = ""
-        elif kind == "progress":
-            if task.status is TaskStatus.RUNNING:
-                task.percent = event.percent
-                return Applied(task, ())
-            self._set_status(task, TaskStatus.RUNNING)
-            task.percent = event.percent
-        elif kind == "completed":
-            task.result = event.result
-            if outputs_verified:
-                self._set_status(task, TaskStatus.COMPLETED)
-                task.percent = 100.0
-                task.outputs = event.result.outputs if event.result else ()
+        # Exhaustive: a kind added to EventKind and not handled here fails the type check.
+        match event.kind:
+            case EventKind.QUEUED | EventKind.OFFERED:
+                self._set_status(task, TaskStatus.QUEUED)
+                task.percent = 0.0
+            case EventKind.DECLINED | EventKind.REQUEUED | EventKind.UNSCHEDULABLE:
+                self._set_status(task, TaskStatus.QUEUED)
+                task.percent = 0.0
+                task.message = f"{event.kind}: {event.message}"
+            case EventKind.RUNNING:
+                self._set_status(task, TaskStatus.RUNNING)
                 task.message = ""
-            else:
+            case EventKind.PROGRESS:
+                if task.status is TaskStatus.RUNNING:
+                    task.percent = event.percent
+                    return Applied(task, ())
+                self._set_status(task, TaskStatus.RUNNING)
+                task.percent = event.percent
+            case EventKind.COMPLETED:
+                task.result = event.result
+                if outputs_verified:
+                    self._set_status(task, TaskStatus.COMPLETED)
+                    task.percent = 100.0
+                    task.outputs = event.result.outputs if event.result else ()
+                    task.message = ""
+                else:
+                    self._set_status(task, TaskStatus.FAILED)
+                    task.message = "its outputs did not arrive intact at the manager"
+                    ended = self._end_dependents(task)
+            case EventKind.FAILED:
                 self._set_status(task, TaskStatus.FAILED)
-                task.message = "its outputs did not arrive intact at the manager"
+                task.result = event.result
+                task.message = event.message
                 ended = self._end_dependents(task)
-        elif kind == "failed":
-            self._set_status(task, TaskStatus.FAILED)
-            task.result = event.result
-            task.message = event.message
-            ended = self._end_dependents(task)
-        elif kind == "cancelled":
-            self._set_status(task, TaskStatus.CANCELLED)
-            ended = self._end_dependents(task)
-        else:
-            return None
+            case EventKind.CANCELLED:
+                self._set_status(task, TaskStatus.CANCELLED)
+                ended = self._end_dependents(task)
+            case unknown:
+                assert_never(unknown)
         return Applied(task, (task, *ended))
 
     def cancel(self) -> list[WorkflowTask]:

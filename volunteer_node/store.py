@@ -4,6 +4,7 @@ results not yet delivered to their manager."""
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from pathlib import Path
 
 import sqlite_utils
@@ -51,6 +52,19 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
 MIGRATIONS = (Migration("volunteer/0001_initial", _initial_schema),)
 
 
+class AttemptState(StrEnum):
+    """Where one attempt at a task stands on this volunteer (the `tasks.state` column)."""
+
+    ACCEPTED = "accepted"  # offered and taken: its inputs and image are being fetched
+    READY = "ready"  # everything is here: it runs, or waits for a slot to run
+    FINISHED = "finished"  # ended with a result (in the outbox until acknowledged)
+    CANCELLED = "cancelled"  # by its coordinator, or as the volunteer stopped
+    ABANDONED = "abandoned"  # the volunteer's process died while it ran
+
+
+_ENDED = (AttemptState.FINISHED, AttemptState.CANCELLED, AttemptState.ABANDONED)
+
+
 class VolunteerStore:
     FILE_NAME = "volunteer.db"
 
@@ -63,7 +77,7 @@ class VolunteerStore:
     async def close(self) -> None:
         await self.database.close()
 
-    async def record_task(self, spec: TaskSpec, state: str) -> None:
+    async def record_task(self, spec: TaskSpec, state: AttemptState) -> None:
         now = time.time()
 
         def write(db: sqlite_utils.Database) -> None:
@@ -73,7 +87,15 @@ class VolunteerStore:
                    VALUES (?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(id, attempt) DO UPDATE SET state=excluded.state,
                      updated_at=excluded.updated_at""",
-                (spec.task_id, spec.attempt, spec.workflow_id, codecs.dump(spec), state, now, now),
+                (
+                    spec.task_id,
+                    spec.attempt,
+                    spec.workflow_id,
+                    codecs.dump(spec),
+                    state.value,
+                    now,
+                    now,
+                ),
             )
 
         await self.database.run(write)
@@ -83,9 +105,8 @@ class VolunteerStore:
 
         def write(db: sqlite_utils.Database) -> int:
             cursor = db.execute(
-                "UPDATE tasks SET state = 'abandoned', updated_at = ? "
-                "WHERE state NOT IN ('finished', 'cancelled', 'abandoned')",
-                (time.time(),),
+                "UPDATE tasks SET state = ?, updated_at = ? WHERE state NOT IN (?, ?, ?)",
+                (AttemptState.ABANDONED.value, time.time(), *(state.value for state in _ENDED)),
             )
             return int(cursor.rowcount)
 
@@ -97,9 +118,15 @@ class VolunteerStore:
 
         def write(db: sqlite_utils.Database) -> None:
             db.execute(
-                "UPDATE tasks SET state = 'finished', result = ?, updated_at = ? "
+                "UPDATE tasks SET state = ?, result = ?, updated_at = ? "
                 "WHERE id = ? AND attempt = ?",
-                (codecs.dump(result), now, result.task_id, result.attempt),
+                (
+                    AttemptState.FINISHED.value,
+                    codecs.dump(result),
+                    now,
+                    result.task_id,
+                    result.attempt,
+                ),
             )
             db.execute(
                 """INSERT INTO outbox (task_id, attempt, manager_address, result, created_at)

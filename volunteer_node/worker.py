@@ -33,7 +33,7 @@ from daemon.errors import NodeError, UnreachableError
 from daemon.models import FileRef, InlineBlob, OwnerLimits, Resources, TaskResult, TaskSpec
 from daemon.runtime.spec import PROGRESS_FILE, RunResult, RunSpec, Runtime
 from volunteer_node.policy import Situation, decline_reason
-from volunteer_node.store import VolunteerStore
+from volunteer_node.store import AttemptState, VolunteerStore
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class TaskWorker:
             log.info("declined %s (attempt %d): %s", task.task_id, task.attempt, reason)
             self.reporter.send_decline(task.task_id, task.attempt, reason)
             return
-        await self._store.record_task(task, "accepted")
+        await self._store.record_task(task, AttemptState.ACCEPTED)
         self.reporter.send_accept(task.task_id, task.attempt)
         pipeline = asyncio.get_running_loop().create_task(self._pipeline(task))
         self._pipelines[task.task_id] = pipeline
@@ -213,7 +213,7 @@ class TaskWorker:
                 error=f"volunteer error: {error!r}",
             )
         except asyncio.CancelledError:
-            await asyncio.shield(self._store.record_task(task, "cancelled"))
+            await asyncio.shield(self._store.record_task(task, AttemptState.CANCELLED))
             raise
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
@@ -234,7 +234,7 @@ class TaskWorker:
             await self._fetch_inputs(task, input_dir, copy=not self._runtime.isolated)
             await self._ensure_image(task)
             await asyncio.to_thread(_make_output_dir, output_dir)
-            await self._store.record_task(task, "ready")
+            await self._store.record_task(task, AttemptState.READY)
             # Inputs are here; the container waits for a free slot (we hold one task more
             # than we run, so the next one is ready the moment a slot frees). Nothing else
             # happens inside the slot: between two containers, every millisecond counts.

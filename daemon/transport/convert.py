@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from daemon.discovery.peers import Peer
 from daemon.models import (
+    EventKind,
     FileRef,
     InlineBlob,
     Load,
@@ -284,10 +285,11 @@ def task_event_to_proto(event: TaskEvent) -> coordinator_pb2.TaskEvent:
 
 
 def task_event_from_proto(message: coordinator_pb2.TaskEvent) -> TaskEvent:
+    """ValueError for a kind this version does not know (a newer coordinator's)."""
     return TaskEvent(
         task_id=message.task_id,
         workflow_id=message.workflow_id,
-        kind=message.kind,
+        kind=EventKind(message.kind),
         at=message.at,
         attempt=message.attempt,
         volunteer_id=message.volunteer_id,

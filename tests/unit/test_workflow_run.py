@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from daemon.models import FileRef, TaskEvent, TaskResult
+from daemon.models import EventKind, FileRef, TaskEvent, TaskResult
 from manager_node.workflow import TaskStatus, WorkflowRun, WorkflowState, WorkflowTask
 from workflows.graph import OnFailure, UpstreamInput
 
@@ -220,8 +220,16 @@ def test_ready_finished_and_counts_match_a_recount_through_random_histories(seed
             ]
             if held:
                 task = rng.choice(held)
-                kind = rng.choice(["running", "completed", "completed", "failed", "requeued"])
-                result = TaskResult(task.task_id, 1, 0, "") if kind == "completed" else None
+                kind = rng.choice(
+                    [
+                        EventKind.RUNNING,
+                        EventKind.COMPLETED,
+                        EventKind.COMPLETED,
+                        EventKind.FAILED,
+                        EventKind.REQUEUED,
+                    ]
+                )
+                result = TaskResult(task.task_id, 1, 0, "") if kind is EventKind.COMPLETED else None
                 run.apply(
                     TaskEvent(task.task_id, "wf", kind, at=float(step), attempt=1, result=result),
                     outputs_verified=rng.random() < 0.9,
