@@ -24,6 +24,7 @@ from daemon import inline
 from daemon.errors import InvalidInputError, NodeError, NotFoundError, RejectedError
 from daemon.models import EventKind, FileRef, InlineBlob, TaskEvent, TaskSpec
 from daemon.supervision import Supervisor
+from daemon.task_files import file_name_problem
 from daemon.transfer.blobstore import BlobStore
 from manager_node.admission import Candidate, inputs_mb, unschedulable
 from manager_node.coordinator_client import CoordinatorClient
@@ -688,8 +689,8 @@ def new_workflow_id(name: str) -> str:
 
 def _plain_name(name: str, key: str) -> str:
     """A client names a folder's files; nothing it sends may leave the workdir."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise SplitterError(key, f"{name!r} is not a plain file name")
+    if (problem := file_name_problem(name)) is not None:
+        raise SplitterError(key, f"{name!r} {problem}")
     return name
 
 

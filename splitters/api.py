@@ -23,6 +23,7 @@ from daemon.errors import InvalidInputError, NodeError
 # One record for "what a task asks for" across the codebase: the scheduler and the
 # volunteer policy read the very type that splitters fill in.
 from daemon.models import ResourceRequest
+from daemon.task_files import PROGRESS_FILE, file_name_problem
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -41,8 +42,6 @@ __all__ = [
 
 # The generic worker image: python3 + numpy 1.24 (Debian bookworm); built by `make image`.
 DEFAULT_IMAGE = "vcnode/worker:1"
-# Where a task may write its progress (0-100); never a declared output.
-PROGRESS_FILE = ".progress"
 
 
 class SplitterError(InvalidInputError):
@@ -95,8 +94,8 @@ def run_step(splitter: Splitter, step: str, call: Callable[[], T]) -> T:
 
 def _check_plain_name(name: str, what: str) -> None:
     # The volunteer refuses anything else, so a splitter finds out here, at split time.
-    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name == PROGRESS_FILE:
-        raise ValueError(f"{what} name {name!r} is not a plain file name")
+    if (problem := file_name_problem(name)) is not None:
+        raise ValueError(f"{what} name {name!r} {problem}")
 
 
 @dataclass(frozen=True)

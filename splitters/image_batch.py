@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon.task_files import file_name_problem
 from splitters import templating
 from splitters.api import (
     Directory,
@@ -180,7 +181,7 @@ def _output_names(template: str, names: Sequence[str]) -> list[str]:
         output = templating.render(
             template, {"name": name, "stem": path.stem, "suffix": path.suffix}
         )
-        problem = templating.name_problem(output)
+        problem = file_name_problem(output)
         if problem is None and output.startswith("."):
             problem = "is hidden"
         if problem is not None:
@@ -204,7 +205,7 @@ def _output_names(template: str, names: Sequence[str]) -> list[str]:
 
 
 def _check_inputs(names: Sequence[str], script: Path | None) -> None:
-    bad = [f"{name!r} {problem}" for name in names if (problem := templating.name_problem(name))]
+    bad = [f"{name!r} {problem}" for name in names if (problem := file_name_problem(name))]
     if bad:
         raise SplitterError("folder", f"{_listed(bad)}: not usable as a task's input file name")
     reserved = {templating.WRAPPER, RECORD}
@@ -466,7 +467,7 @@ def _read_batch(task: str, outputs: Mapping[str, Path]) -> Batch:
         if not isinstance(input_name, str) or not isinstance(output, str):
             raise MergeError(f"{task}: {RECORD} is not a batch record")
         # The name becomes a file of the merge's directory: it must stay a plain name.
-        if templating.name_problem(output) or output.startswith(".") or output == MANIFEST:
+        if file_name_problem(output) or output.startswith(".") or output == MANIFEST:
             raise MergeError(f"{task}: {output!r} cannot be a result's name")
     return Batch(task, index, count, files, outputs)
 

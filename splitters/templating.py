@@ -29,7 +29,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from splitters.api import DEFAULT_IMAGE, PROGRESS_FILE, Parameter, ResourceRequest, SplitterError
+from daemon.task_files import file_name_problem
+from splitters.api import DEFAULT_IMAGE, Parameter, ResourceRequest, SplitterError
 
 MIB = 1024 * 1024
 # The placeholder that stands for /input/<the shipped script>.
@@ -150,23 +151,8 @@ def as_text(value: object) -> str:
 # --- file names -------------------------------------------------------------------------
 
 
-def name_problem(name: str) -> str | None:
-    """Why `name` cannot be a task's input or output file name, or None if it can."""
-    if not name or name in (".", ".."):
-        return "is not a file name"
-    if any(c in name for c in "/\\\0"):
-        return "holds a slash or NUL, so it is not a plain file name"
-    if name == PROGRESS_FILE:
-        return "is the name of a task's progress file"
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return "is not valid UTF-8"
-    return None
-
-
 def check_file_name(name: str, key: str, what: str) -> None:
-    problem = name_problem(name)
+    problem = file_name_problem(name)
     if problem is not None:
         raise SplitterError(key, f"{what} {name!r} {problem}")
 

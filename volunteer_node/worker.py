@@ -31,7 +31,8 @@ from daemon.backoff import Backoff
 from daemon.capacity import task_slots
 from daemon.errors import NodeError, UnreachableError
 from daemon.models import FileRef, InlineBlob, OwnerLimits, Resources, TaskResult, TaskSpec
-from daemon.runtime.spec import PROGRESS_FILE, RunResult, RunSpec, Runtime
+from daemon.runtime.spec import RunResult, RunSpec, Runtime
+from daemon.task_files import PROGRESS_FILE, file_name_problem
 from volunteer_node.policy import Situation, decline_reason
 from volunteer_node.store import AttemptState, VolunteerStore
 
@@ -76,15 +77,8 @@ class TaskFailedError(Exception):
 
 
 def check_file_name(name: str, what: str) -> str:
-    if (
-        not name
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\0" in name
-        or name == PROGRESS_FILE
-    ):
-        raise TaskFailedError(f"{what} name {name!r} is not a plain file name")
+    if (problem := file_name_problem(name)) is not None:
+        raise TaskFailedError(f"{what} name {name!r} {problem}")
     return name
 
 

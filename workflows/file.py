@@ -12,6 +12,7 @@ from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
 from daemon.models import ResourceRequest
+from daemon.task_files import file_name_problem
 from splitters.api import DEFAULT_IMAGE, SplitterError, TaskOutput
 from workflows.graph import OnFailure, UpstreamInput, graph_problems
 
@@ -261,8 +262,8 @@ def _names(value: Any, key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise SplitterError(key, "must be a list of names")
     for name in value:
-        if "/" in name or name in (".", ".."):
-            raise SplitterError(key, f"{name!r} is not a plain file name")
+        if (problem := file_name_problem(name)) is not None:
+            raise SplitterError(key, f"{name!r} {problem}")
     return value
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from daemon.task_files import PROGRESS_FILE
+
 TAIL_BYTES = 8192
-PROGRESS_FILE = ".progress"
 PROGRESS_POLL_SECONDS = 0.25
 
 

@@ -128,7 +128,7 @@ def test_a_parameter_of_an_unsupported_type_is_refused() -> None:
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".progress", "", ".."])
 def test_task_templates_refuse_names_a_volunteer_would_refuse(name: str) -> None:
-    with pytest.raises(ValueError, match="plain file name"):
+    with pytest.raises(ValueError, match=r"not a file name|not a plain file name|progress file"):
         TaskTemplate(
             name="t",
             command=("true",),

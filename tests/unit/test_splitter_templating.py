@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.task_files import file_name_problem
 from splitters import templating
 from splitters.api import SplitterError
 
@@ -93,7 +94,7 @@ def test_values_are_text_with_booleans_as_toml_writes_them() -> None:
     ],
 )
 def test_name_problem(name: str, ok: bool) -> None:
-    assert (templating.name_problem(name) is None) == ok
+    assert (file_name_problem(name) is None) == ok
 
 
 def test_the_script_travels_as_script_and_its_suffix(tmp_path: Path) -> None:

@@ -108,3 +108,13 @@ def test_on_failure_is_read_and_checked() -> None:
     assert parse_workflow('[workflow]\ntype = "m"\n').on_failure is OnFailure.SKIP
     problems = problems_of('[workflow]\ntype = "m"\non_failure = "explode"\ncolor = 1\n')
     assert [key for key, _ in problems] == ["workflow.color", "workflow.on_failure"]
+
+
+@pytest.mark.parametrize("name", ["..\\\\up", ".progress", "a/b"])
+def test_a_task_file_name_the_volunteer_would_refuse_is_refused_in_the_file(name: str) -> None:
+    text = (
+        f'[workflow]\nname = "w"\n[[tasks]]\nname = "t"\ncommand = ["true"]\noutputs = ["{name}"]\n'
+    )
+    [(key, message)] = problems_of(text)
+    assert key == "tasks[0].outputs"
+    assert message.startswith(repr(name.replace("\\\\", "\\")))
