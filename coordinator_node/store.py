@@ -1,4 +1,4 @@
-"""The coordinator's SQLite state: volunteers, tasks, leases and an event log."""
+"""The coordinator's SQLite state: volunteers, tasks and an event log."""
 
 from __future__ import annotations
 
@@ -90,10 +90,18 @@ def _task_runs(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE tasks ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0")
 
 
+def _drop_never_written(db: sqlite_utils.Database) -> None:
+    """Offers and their timeouts live in the scheduler, and each task's attempt budget is the
+    scheduler's: the table and column made for them were never written."""
+    db.execute("DROP TABLE leases")
+    db.execute("ALTER TABLE tasks DROP COLUMN max_attempts")
+
+
 MIGRATIONS = (
     Migration("coordinator/0001_initial", _initial_schema),
     Migration("coordinator/0002_task_details", _task_details),
     Migration("coordinator/0003_task_runs", _task_runs),
+    Migration("coordinator/0004_drop_never_written", _drop_never_written),
 )
 
 
@@ -107,7 +115,6 @@ def _task_row(task: ScheduledTask) -> dict[str, Any]:
         "attempts": task.attempt,
         "failures": task.failures,
         "attempt_base": task.attempt_base,
-        "max_attempts": 0,
         "volunteer_id": task.volunteer_id or None,
         "last_error": task.error or None,
         "result": codecs.dump(task.result) if task.result else None,
@@ -266,10 +273,10 @@ class CoordinatorStore:
         def write(db: sqlite_utils.Database) -> None:
             db.conn.executemany(
                 """INSERT INTO tasks (id, workflow_id, manager_id, manager_address, spec, state,
-                     attempts, failures, attempt_base, max_attempts, volunteer_id, last_error,
+                     attempts, failures, attempt_base, volunteer_id, last_error,
                      result, created_at, updated_at)
                    VALUES (:id, :workflow_id, :manager_id, :manager_address, :spec, :state,
-                     :attempts, :failures, :attempt_base, :max_attempts, :volunteer_id,
+                     :attempts, :failures, :attempt_base, :volunteer_id,
                      :last_error, :result, :created_at, :updated_at)
                    ON CONFLICT(id) DO UPDATE SET spec=excluded.spec, state=excluded.state,
                      attempts=excluded.attempts, failures=excluded.failures,

@@ -13,7 +13,7 @@ from splitters.api import SplitterError
 
 
 @dataclass(frozen=True)
-class Candidate:
+class ProposedTask:
     """A task about to be submitted, with where its resources are set in the workflow."""
 
     name: str
@@ -35,17 +35,17 @@ def inputs_mb(task: TaskSpec) -> int:
     return -(-sum(ref.size for ref in task.inputs) // 2**20)
 
 
-def _key(candidate: Candidate, shortfall: Shortfall) -> str:
+def _key(task: ProposedTask, shortfall: Shortfall) -> str:
     resource = shortfall.resource
     if resource == "runtime":  # nothing in the task can fix it: the task as a whole
-        return candidate.resources_key.removesuffix(".resources.") or "type"
-    if resource == "disk_mb" and inputs_mb(candidate.spec) >= candidate.spec.resources.disk_mb:
+        return task.resources_key.removesuffix(".resources.") or "type"
+    if resource == "disk_mb" and inputs_mb(task.spec) >= task.spec.resources.disk_mb:
         resource = "inputs"  # what takes the disk, whatever the task asked for
-    if candidate.resources_key:
+    if task.resources_key:
         if resource in ("network", "image", "inputs"):  # a task's own keys, beside resources
-            return candidate.resources_key.removesuffix("resources.") + resource
-        return candidate.resources_key + resource
-    return resource if resource in candidate.parameters else "parameters"
+            return task.resources_key.removesuffix("resources.") + resource
+        return task.resources_key + resource
+    return resource if resource in task.parameters else "parameters"
 
 
 def with_tag(image: str) -> str:
@@ -71,7 +71,7 @@ def image_shortfall(task: TaskSpec, volunteer: Volunteer) -> Shortfall | None:
 
 
 def unschedulable(
-    candidates: Sequence[Candidate], volunteers: Sequence[Volunteer]
+    proposed: Sequence[ProposedTask], volunteers: Sequence[Volunteer]
 ) -> list[SplitterError]:
     """A problem per key for tasks no online volunteer can hold; none when no volunteer is
     online (the pool may still be gathering: the coordinator reports such tasks then)."""
@@ -79,16 +79,15 @@ def unschedulable(
     if not online:
         return []
     problems: dict[str, SplitterError] = {}
-    for candidate in candidates:
+    for task in proposed:
         shortfalls = [
-            capacity_problem(candidate.spec, v.resources, v.limits)
-            or image_shortfall(candidate.spec, v)
+            capacity_problem(task.spec, v.resources, v.limits) or image_shortfall(task.spec, v)
             for v in online
         ]
         found = [shortfall for shortfall in shortfalls if shortfall is not None]
         if len(found) < len(shortfalls):
             continue  # some volunteer can run it
-        key = _key(candidate, found[0])
+        key = _key(task, found[0])
         distinct = sorted({shortfall.message for shortfall in found})
         reason = "; ".join(distinct[:3]) + ("; ..." if len(distinct) > 3 else "")
         if all(shortfall.resource == "runtime" for shortfall in found):
@@ -96,11 +95,11 @@ def unschedulable(
         if any(shortfall.resource == "image" for shortfall in found):
             reason += f"; {IMAGE_HINT}"
         if key.endswith("inputs"):
-            reason += f"; its inputs take {inputs_mb(candidate.spec)} MiB"
+            reason += f"; its inputs take {inputs_mb(task.spec)} MiB"
         if key not in problems:
             problems[key] = SplitterError(
                 key,
-                f"task {candidate.name} is unschedulable: none of the {len(online)} online"
+                f"task {task.name} is unschedulable: none of the {len(online)} online"
                 f" volunteers can run it ({reason})",
             )
     return list(problems.values())

@@ -26,7 +26,7 @@ from daemon.models import EventKind, FileRef, InlineBlob, TaskEvent, TaskSpec
 from daemon.supervision import Supervisor
 from daemon.task_files import file_name_problem
 from daemon.transfer.blobstore import BlobStore
-from manager_node.admission import Candidate, inputs_mb, unschedulable
+from manager_node.admission import ProposedTask, inputs_mb, unschedulable
 from manager_node.coordinator_client import CoordinatorClient
 from manager_node.images import ImageArchives
 from manager_node.store import COORDINATOR_SEQUENCE, ManagerStore, NewTask
@@ -223,13 +223,13 @@ class WorkflowManager:
             return
         if workflow.type == EXPLICIT_TYPE:
             index = {entry.name: i for i, entry in enumerate(workflow.tasks)}
-            candidates = [
-                Candidate(t.name, t.spec, f"tasks[{index[t.name]}].resources.") for t in tasks
+            proposed = [
+                ProposedTask(t.name, t.spec, f"tasks[{index[t.name]}].resources.") for t in tasks
             ]
         else:
             names = frozenset(p.name for p in get_splitter(workflow.type).parameters)
-            candidates = [Candidate(t.name, t.spec, "", names) for t in tasks]
-        problems = unschedulable(candidates, volunteers)
+            proposed = [ProposedTask(t.name, t.spec, "", names) for t in tasks]
+        problems = unschedulable(proposed, volunteers)
         if problems:
             raise SplitterError.combine(problems)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from coordinator_node.scheduler import EndedTask, ScheduledTask
-from coordinator_node.store import CoordinatorStore, _task_from_row
+from coordinator_node.store import MIGRATIONS, CoordinatorStore, _task_from_row
 from daemon.models import (
     Load,
     OwnerLimits,
@@ -22,6 +22,7 @@ from daemon.models import (
     Volunteer,
     VolunteerState,
 )
+from daemon.store import Database
 
 VOLUNTEER = Volunteer(
     volunteer_id="v1",
@@ -140,3 +141,31 @@ async def test_a_task_keeps_its_spec_through_state_saves_until_a_new_spec(
     [loaded], ended = await store.load_tasks()
     assert ended == []
     assert (loaded.spec, loaded.state, loaded.attempt_base) == (rerun, TaskState.QUEUED, 2)
+
+
+async def test_a_store_from_before_the_cleanup_keeps_its_tasks_and_loses_what_was_never_written(
+    tmp_path: Path,
+) -> None:
+    old = Database(tmp_path / CoordinatorStore.FILE_NAME, MIGRATIONS[:3])
+    await old.open()
+    row = {
+        "id": "wf.t", "workflow_id": "wf", "manager_id": "m", "manager_address": "h:1",
+        "spec": json.dumps({"task_id": "wf.t"}), "state": "queued", "max_attempts": 0,
+        "created_at": 1.0, "updated_at": 1.0,
+    }  # fmt: skip
+    await old.run(lambda db: db.table("tasks").insert(row))
+    await old.close()
+
+    store = CoordinatorStore(tmp_path)
+    await store.open()
+    tables, columns, ids = await store.database.read(
+        lambda db: (
+            db.table_names(),
+            db.table("tasks").columns_dict,
+            [r["id"] for r in db["tasks"].rows],
+        )
+    )
+    await store.close()
+    assert "leases" not in tables
+    assert "max_attempts" not in columns
+    assert ids == ["wf.t"]

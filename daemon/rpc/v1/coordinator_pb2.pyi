@@ -448,10 +448,8 @@ class SubmitTasksRequest(_message.Message):
     MANAGER_ID_FIELD_NUMBER: _builtins.int
     MANAGER_ADDRESS_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
-    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     manager_id: _builtins.str
     manager_address: _builtins.str
-    max_attempts: _builtins.int
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TaskSpec]: ...
     def __init__(
@@ -460,11 +458,10 @@ class SubmitTasksRequest(_message.Message):
         manager_id: _builtins.str = ...,
         manager_address: _builtins.str = ...,
         tasks: _abc.Iterable[_common_pb2.TaskSpec] | None = ...,
-        max_attempts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["manager_address", b"manager_address", "manager_id", b"manager_id", "max_attempts", b"max_attempts", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manager_address", b"manager_address", "manager_id", b"manager_id", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
