@@ -67,3 +67,21 @@ class Supervisor:
     async def stop(self) -> None:
         """Cancels every task still running and waits for all of them."""
         await self.cancel(*self._tasks)
+
+
+async def run_together(*coroutines: Coroutine[Any, Any, None]) -> None:
+    """Runs `coroutines` side by side until the first of them ends, then cancels the others
+    and waits for them; raises what that first one raised. For work that makes sense only
+    together (a stream's reader and its heartbeats), so that neither goes on alone once the
+    other has died."""
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(coroutine) for coroutine in coroutines]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+    for task in tasks:
+        if task in done:
+            task.result()

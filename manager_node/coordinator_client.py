@@ -8,7 +8,6 @@ sequence number the manager stored, so a manager or coordinator restart loses no
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -19,6 +18,7 @@ from daemon.discovery.directory import PeerDirectory
 from daemon.discovery.finder import CoordinatorFinder
 from daemon.models import TaskEvent, TaskSpec, Volunteer
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
+from daemon.supervision import run_together
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
 
@@ -80,16 +80,12 @@ class CoordinatorClient:
             address = await self._finder.next_address()
             channel = open_channel(address)
             self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-            sender = asyncio.get_running_loop().create_task(self._send_forever())
             try:
-                await self._follow_events(address, backoff)
+                await run_together(self._follow_events(address, backoff), self._send_forever())
             except grpc.aio.AioRpcError as error:
                 log.warning("coordinator %s: %s", address, error.details() or error.code().name)
                 self._finder.failed(address)
             finally:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                    await sender
                 self._stub = None
                 await channel.close()
             await asyncio.sleep(backoff.next_delay())

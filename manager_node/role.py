@@ -59,7 +59,7 @@ class ManagerRole:
             after_sequence=self.manager.last_sequence,
         )
         await self.manager.start(client, address)
-        self._supervisor.spawn(client.run(address), "following the coordinator's task events")
+        self._supervisor.spawn(client.run(address), "coordinator client")
 
     async def stop(self) -> None:
         await self._supervisor.stop()  # event following and merges

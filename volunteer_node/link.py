@@ -8,7 +8,6 @@ with jitter and pick again, preferring coordinators that have not just failed us
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
@@ -21,6 +20,7 @@ from daemon.discovery.finder import CoordinatorFinder
 from daemon.errors import RejectedError
 from daemon.models import Load, Registration, TaskResult, TaskSpec
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
+from daemon.supervision import run_together
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
 
@@ -143,7 +143,6 @@ class CoordinatorLink:
             register=convert.registration_to_proto(registration)
         )
         channel = open_channel(address)
-        heartbeats: asyncio.Task[None] | None = None
         self._session_ended = asyncio.Event()
         try:
             stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
@@ -168,18 +167,21 @@ class CoordinatorLink:
                 address,
                 interval,
             )
-            heartbeats = asyncio.get_running_loop().create_task(self._heartbeat_forever(interval))
             await self._handler.on_connected()
-            while isinstance(message := await call.read(), coordinator_pb2.CoordinatorMessage):
-                await self._dispatch(message)
+            await run_together(self._read_forever(call), self._heartbeat_forever(interval))
         finally:
-            if heartbeats is not None:
-                heartbeats.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeats
             await channel.close()
             self._session_ended.set()
             self._session_ended = None
+
+    async def _read_forever(
+        self,
+        call: grpc.aio.StreamStreamCall[
+            coordinator_pb2.VolunteerMessage, coordinator_pb2.CoordinatorMessage
+        ],
+    ) -> None:
+        while isinstance(message := await call.read(), coordinator_pb2.CoordinatorMessage):
+            await self._dispatch(message)
 
     async def _dispatch(self, message: coordinator_pb2.CoordinatorMessage) -> None:
         kind = message.WhichOneof("kind")

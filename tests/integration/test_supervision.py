@@ -1,7 +1,8 @@
-"""Background work never ends in silence: a crash in the coordinator's pool maintenance or the
-manager's event following stops the node saying why, a crash handling one volunteer's message
-ends that session (and the pool hears it ended), and a splitter whose own code raises fails its
-workflow, not the manager. Real nodes in this process: gRPC on loopback, real SQLite files."""
+"""Background work never ends in silence: a crash in the coordinator's pool maintenance, the
+manager's coordinator client or a volunteer's heartbeats stops the node saying why; a crash
+handling one volunteer's message ends that session (and the pool hears it ended); a splitter
+whose own code raises fails its workflow, not the manager. Real nodes in this process: gRPC
+on loopback, real SQLite files."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from daemon.app import Node
 from daemon.config import PROTOCOL_VERSION, NodeConfig
 from daemon.errors import NodeError
 from daemon.models import (
+    Load,
     NodeIdentity,
     OwnerLimits,
     Registration,
@@ -36,11 +40,13 @@ from daemon.transport import convert
 from daemon.transport.channels import open_channel
 from daemon.version import VERSION
 from manager_node import manager as manager_module
+from manager_node.coordinator_client import CoordinatorClient
 from manager_node.manager import WorkflowManager
 from manager_node.role import ManagerRole
 from manager_node.store import ManagerStore, NewTask
 from manager_node.workflow import TaskStatus, WorkflowTask
 from splitters.api import Estimate, TaskTemplate
+from volunteer_node import role as volunteer_role
 
 pytestmark = pytest.mark.integration
 
@@ -83,9 +89,59 @@ async def test_a_crash_in_the_managers_event_following_stops_the_node_saying_why
 
     monkeypatch.setattr(WorkflowManager, "last_sequence", broken_last_sequence)
     node = Node(node_config(tmp_path / "node", "coordinator", "manager"))
-    with pytest.raises(NodeError, match="task events crashed: RuntimeError"):
+    with pytest.raises(NodeError, match="coordinator client crashed: RuntimeError"):
         await asyncio.wait_for(node.run(), DEADLINE_SECONDS)
-    assert crash_records(caplog, "task events"), "the traceback was not logged"
+    assert crash_records(caplog, "coordinator client"), "the traceback was not logged"
+
+
+async def test_a_crash_in_the_managers_task_sender_stops_the_node_saying_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken_sender(self: CoordinatorClient) -> None:
+        raise RuntimeError("submission queue corrupt")
+
+    monkeypatch.setattr(CoordinatorClient, "_send_forever", broken_sender)
+    node = Node(node_config(tmp_path / "node", "coordinator", "manager"))
+    with pytest.raises(NodeError, match="coordinator client crashed: RuntimeError"):
+        await asyncio.wait_for(node.run(), DEADLINE_SECONDS)
+    assert crash_records(caplog, "coordinator client"), "the traceback was not logged"
+
+
+async def test_a_crash_in_a_volunteers_heartbeats_stops_the_node_saying_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_load(running_tasks: int) -> Load:
+        raise RuntimeError("no /proc/stat")
+
+    monkeypatch.setattr(volunteer_role, "measure_load", broken_load)
+    async with serving(Node(node_config(tmp_path / "coordinator", "coordinator"))) as address:
+        volunteer = Node(
+            replace(
+                node_config(tmp_path / "volunteer", "volunteer"),
+                coordinator=address,
+                limits=OwnerLimits(allow_process_runtime=True),
+            )
+        )
+        with pytest.raises(NodeError, match="coordinator link failed: RuntimeError"):
+            await asyncio.wait_for(volunteer.run(), DEADLINE_SECONDS)
+    assert crash_records(caplog, "coordinator link"), "the traceback was not logged"
+
+
+@asynccontextmanager
+async def serving(node: Node) -> AsyncIterator[str]:
+    """Runs `node` until the block ends; yields its address once it answers."""
+    running = asyncio.get_running_loop().create_task(node.run())
+    try:
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while node.address is None or not (node.config.data_dir / "address").exists():
+            assert not running.done(), "the node stopped"
+            assert time.monotonic() < deadline, "the node did not start"
+            await asyncio.sleep(0.02)
+        yield node.address
+        assert not running.done(), "the node stopped"
+    finally:
+        node.request_stop()
+        await asyncio.wait_for(running, DEADLINE_SECONDS)
 
 
 async def _registered_session(
@@ -135,28 +191,19 @@ async def test_a_crash_handling_a_volunteers_message_ends_its_session_and_the_po
 
     monkeypatch.setattr(Pool, "heartbeat", broken_heartbeat)
     # A long heartbeat: expiry cannot be what disconnects the volunteer within the test.
-    node = Node(node_config(tmp_path / "node", "coordinator", heartbeat=60))
-    serving = asyncio.get_running_loop().create_task(node.run())
-    try:
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while node.address is None or not (tmp_path / "node" / "address").exists():
-            assert not serving.done(), "the node stopped"
-            assert time.monotonic() < deadline, "the node did not start"
-            await asyncio.sleep(0.02)
-        channel, call, outgoing = await _registered_session(node.address)
-        assert (await _volunteer(node.address, "v-crash")).connected
+    async with serving(
+        Node(node_config(tmp_path / "node", "coordinator", heartbeat=60))
+    ) as address:
+        channel, call, outgoing = await _registered_session(address)
+        assert (await _volunteer(address, "v-crash")).connected
         outgoing.put_nowait(coordinator_pb2.VolunteerMessage(heartbeat=coordinator_pb2.Heartbeat()))
         # The coordinator ends the session itself ...
         assert await asyncio.wait_for(call.read(), DEADLINE_SECONDS) is grpc.aio.EOF
         # ... and the pool knows the volunteer is gone (it used to skip `leave`).
-        assert not (await _volunteer(node.address, "v-crash")).connected
+        assert not (await _volunteer(address, "v-crash")).connected
         assert crash_records(caplog, "handling its message failed")
-        assert not serving.done(), "one volunteer's session must not stop the coordinator"
         outgoing.put_nowait(None)
         await channel.close()
-    finally:
-        node.request_stop()
-        await asyncio.wait_for(serving, DEADLINE_SECONDS)
 
 
 class MergeRaises:
