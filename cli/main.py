@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
 import logging
 import os
 import signal
@@ -215,10 +214,6 @@ async def _call(address: str, what: str, call: Callable[[grpc.aio.Channel], Awai
         return await call(channel)
 
 
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
-
-
 async def _volunteers(args: argparse.Namespace) -> int:
     address = await locate(_target(args))
     reply = await _call(
@@ -230,7 +225,7 @@ async def _volunteers(args: argparse.Namespace) -> int:
     )
     volunteers = [convert.volunteer_from_proto(v) for v in reply.volunteers]
     if args.json:
-        _print_json([views.volunteer_json(v) for v in volunteers])
+        views.print_json([views.volunteer_json(v) for v in volunteers])
     else:
         print(views.volunteers_table(volunteers))
     return 0
@@ -251,7 +246,7 @@ async def _peers(args: argparse.Namespace) -> int:
     else:
         peers = await browse(target.cluster, target.mdns_interfaces, target.timeout)
     if args.json:
-        _print_json([views.peer_json(p) for p in peers])
+        views.print_json([views.peer_json(p) for p in peers])
     else:
         print(views.peers_table(peers))
     return 0
@@ -275,7 +270,7 @@ async def _status(args: argparse.Namespace) -> int:
     resources = convert.resources_from_proto(info.resources)
     peers = [convert.peer_from_proto(p) for p in peer_reply.peers]
     if args.json:
-        _print_json(
+        views.print_json(
             {
                 "node_id": info.node_id,
                 "hostname": info.hostname,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -9,6 +11,11 @@ from typing import Any
 
 from daemon.discovery.peers import Peer
 from daemon.models import Volunteer
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on stdout, indented, keys sorted: what `--json` prints."""
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def ago(timestamp: float, now: float | None = None) -> str:

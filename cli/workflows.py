@@ -24,7 +24,7 @@ from cli import views
 from cli.rpc import connected
 from cli.workflow_file import local_files, located, read_workflow
 from daemon.errors import InvalidInputError, NodeError
-from daemon.models import FileRef
+from daemon.models import FileRef, Submitted, WorkflowCounts, WorkflowStatus
 from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
 from daemon.transfer.client import download, upload
 from daemon.transfer.hashing import sha256_file
@@ -45,10 +45,6 @@ PARALLEL_UPLOADS = 4
 FINAL_STATES = {"completed", "failed", "cancelled"}
 
 
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
-
-
 def _stub(channel: grpc.aio.Channel) -> manager_pb2_grpc.ManagerServiceAsyncStub:
     return manager_pb2_grpc.ManagerServiceStub(channel)
 
@@ -61,12 +57,12 @@ async def manager_at(address: str) -> AsyncIterator[manager_pb2_grpc.ManagerServ
 
 async def _workflow_status(
     manager: manager_pb2_grpc.ManagerServiceAsyncStub, workflow_id: str
-) -> manager_pb2.WorkflowStatus:
-    status: manager_pb2.WorkflowStatus = await manager.GetWorkflowStatus(
+) -> WorkflowStatus:
+    reply = await manager.GetWorkflowStatus(
         manager_pb2.GetWorkflowStatusRequest(workflow_id=workflow_id),
         timeout=CALL_TIMEOUT_SECONDS,
     )
-    return status
+    return convert.workflow_status_from_proto(reply)
 
 
 async def submit(address: str, args: argparse.Namespace) -> int:
@@ -82,7 +78,8 @@ async def submit(address: str, args: argparse.Namespace) -> int:
                 manager_pb2.ResumeWorkflowRequest(workflow_id=args.resume),
                 timeout=SUBMIT_TIMEOUT_SECONDS,
             )
-            return await _after_submit(manager, reply, args, "resumed")
+            resumed = convert.submitted_from_proto(reply)
+            return await _after_submit(manager, resumed, args, "resumed")
     text, overrides, workflow = read_workflow(args)
     # Files the workflow reads travel first, as blobs; the manager finds them by name.
     with located(text, args.workflow):
@@ -96,21 +93,22 @@ async def submit(address: str, args: argparse.Namespace) -> int:
                     workflow_toml=text,
                     overrides=overrides,
                     files=[convert.file_ref_to_proto(ref) for ref in files],
-                    inline_files=inline,
+                    inline_files=[convert.inline_file_to_proto(ref, data) for ref, data in inline],
                 ),
                 timeout=SUBMIT_TIMEOUT_SECONDS,
             )
+            submitted = convert.submitted_from_proto(reply)
     async with manager_at(address) as manager:
-        return await _after_submit(manager, reply, args, "submitted")
+        return await _after_submit(manager, submitted, args, "submitted")
 
 
 async def _send_inputs(
     address: str, to_send: list[tuple[str, Path]]
-) -> tuple[list[manager_pb2.InlineFile], list[FileRef]]:
+) -> tuple[list[tuple[FileRef, bytes]], list[FileRef]]:
     """Small files go inside the submission (an upload costs a round trip each, which for
     a hundred tiny inputs is most of the submission's time); the rest are uploaded first,
     a few at a time on one channel."""
-    inline: list[manager_pb2.InlineFile] = []
+    inline: list[tuple[FileRef, bytes]] = []
     inline_bytes = 0
     to_upload: list[tuple[str, Path, int]] = []
     for name, path in to_send:
@@ -118,9 +116,7 @@ async def _send_inputs(
         if size <= INLINE_FILE_BYTES and inline_bytes + size <= INLINE_TOTAL_BYTES:
             content = await asyncio.to_thread(path.read_bytes)
             ref = FileRef(name, hashlib.sha256(content).hexdigest(), len(content))
-            inline.append(
-                manager_pb2.InlineFile(ref=convert.file_ref_to_proto(ref), content=content)
-            )
+            inline.append((ref, content))
             inline_bytes += len(content)
         else:
             to_upload.append((name, path, size))
@@ -141,30 +137,31 @@ async def _send_inputs(
 
 async def _after_submit(
     manager: manager_pb2_grpc.ManagerServiceAsyncStub,
-    reply: manager_pb2.SubmitWorkflowReply,
+    submitted: Submitted,
     args: argparse.Namespace,
     verb: str,
 ) -> int:
     """Prints the workflow id, then follows it with --wait."""
+    workflow_id = submitted.workflow_id
     if args.json and not args.wait:
-        _print_json({"workflow_id": reply.workflow_id, "tasks": reply.task_count})
+        views.print_json({"workflow_id": workflow_id, "tasks": submitted.task_count})
         return 0
     if not args.json:
-        print(f"{verb} {reply.workflow_id}: {reply.task_count} tasks")
+        print(f"{verb} {workflow_id}: {submitted.task_count} tasks")
     if not args.wait:
         return 0
-    bar = ProgressBar(sys.stderr, reply.estimated_seconds_per_task)
-    state = await _follow(manager, reply.workflow_id, bar)
-    status = await _workflow_status(manager, reply.workflow_id)
+    bar = ProgressBar(sys.stderr, submitted.estimated_seconds_per_task)
+    state = await _follow(manager, workflow_id, bar)
+    status = await _workflow_status(manager, workflow_id)
     if args.json:
-        _print_json({"workflow_id": reply.workflow_id, **_status_json(status)})
+        views.print_json({"workflow_id": workflow_id, **_status_json(status)})
     else:
         _print_outcome(status)
     return 0 if state == "completed" else 1
 
 
 def eta_seconds(
-    counts: manager_pb2.WorkflowCounts, elapsed: float, estimated_per_task: float
+    counts: WorkflowCounts, elapsed: float, estimated_per_task: float
 ) -> tuple[float, bool] | None:
     """Seconds left and whether that is the splitter's estimate (before any task completed)
     rather than the measured rate; None when there is nothing to go on."""
@@ -191,7 +188,7 @@ class ProgressBar:
         self._tty = stream.isatty()
         self._estimate = estimated_seconds_per_task
 
-    def show(self, counts: manager_pb2.WorkflowCounts, note: str = "") -> None:
+    def show(self, counts: WorkflowCounts, note: str = "") -> None:
         done = counts.completed + counts.failed + counts.cancelled
         total = max(counts.total, 1)
         filled = round(self.WIDTH * done / total)
@@ -234,10 +231,11 @@ async def _follow(
         async for event in manager.WatchWorkflow(
             manager_pb2.WatchWorkflowRequest(workflow_id=workflow_id)
         ):
-            note = "merging" if event.kind == "merging" else ""
-            bar.show(event.counts, note)
-            if event.kind in FINAL_STATES and not event.task_id:
-                state = event.kind
+            update = convert.workflow_update_from_proto(event)
+            note = "merging" if update.kind == "merging" else ""
+            bar.show(update.counts, note)
+            if update.kind in FINAL_STATES and not update.task_id:
+                state = update.kind
     finally:
         bar.close()
     if not state:
@@ -245,7 +243,7 @@ async def _follow(
     return state
 
 
-def _status_json(status: manager_pb2.WorkflowStatus) -> dict[str, Any]:
+def _status_json(status: WorkflowStatus) -> dict[str, Any]:
     return {
         "workflow_id": status.workflow_id,
         "name": status.name,
@@ -281,9 +279,7 @@ TASK_ROWS = 40
 _INTEREST = {"failed": 0, "running": 1, "skipped": 2, "cancelled": 3}
 
 
-def task_rows(
-    status: manager_pb2.WorkflowStatus, everything: bool
-) -> tuple[list[list[str]], Counter[str]]:
+def task_rows(status: WorkflowStatus, everything: bool) -> tuple[list[list[str]], Counter[str]]:
     """The rows to show (in order of interest, then as listed) and the states left out.
     A finished workflow shows only what did not complete."""
     ended = status.state in FINAL_STATES
@@ -295,7 +291,7 @@ def task_rows(
     return rows, Counter(t.state for t in left_out)
 
 
-def _print_outcome(status: manager_pb2.WorkflowStatus, everything: bool = False) -> None:
+def _print_outcome(status: WorkflowStatus, everything: bool = False) -> None:
     print(f"workflow  {status.workflow_id} ({status.type})")
     print(f"state     {status.state}" + (f": {status.error}" if status.error else ""))
     counts = status.counts
@@ -320,11 +316,11 @@ def _print_outcome(status: manager_pb2.WorkflowStatus, everything: bool = False)
 
 async def status(address: str, args: argparse.Namespace) -> int:
     async with manager_at(address) as manager:
-        reply = await _workflow_status(manager, args.workflow)
+        found = await _workflow_status(manager, args.workflow)
     if args.json:
-        _print_json(_status_json(reply))
+        views.print_json(_status_json(found))
     else:
-        _print_outcome(reply, everything=args.all)
+        _print_outcome(found, everything=args.all)
     return 0
 
 
@@ -333,24 +329,26 @@ async def watch(address: str, args: argparse.Namespace) -> int:
         async for event in manager.WatchWorkflow(
             manager_pb2.WatchWorkflowRequest(workflow_id=args.workflow)
         ):
+            update = convert.workflow_update_from_proto(event)
             if args.json:
                 sys.stdout.write(
                     json.dumps(
                         {
-                            "workflow_id": event.workflow_id,
-                            "task_id": event.task_id,
-                            "kind": event.kind,
-                            "message": event.message,
-                            "at": event.at,
+                            "workflow_id": update.workflow_id,
+                            "task_id": update.task_id,
+                            "kind": update.kind,
+                            "message": update.message,
+                            "at": update.at,
                         }
                     )
                     + "\n"
                 )
             else:
-                subject = event.task_id or event.workflow_id
-                at = time.strftime("%H:%M:%S", time.localtime(event.at))
+                subject = update.task_id or update.workflow_id
+                at = time.strftime("%H:%M:%S", time.localtime(update.at))
                 print(
-                    f"{at} {subject} {event.kind}" + (f": {event.message}" if event.message else "")
+                    f"{at} {subject} {update.kind}"
+                    + (f": {update.message}" if update.message else "")
                 )
             sys.stdout.flush()
         final = await _workflow_status(manager, args.workflow)
@@ -387,7 +385,7 @@ async def results(address: str, args: argparse.Namespace) -> int:
             )
         await store.close()
     if args.json:
-        _print_json(written)
+        views.print_json(written)
     else:
         for item in written:
             print(f"{item['path']}  ({item['size']} bytes, sha256 {item['sha256'][:12]})")
@@ -400,10 +398,11 @@ async def cancel(address: str, args: argparse.Namespace) -> int:
             manager_pb2.CancelWorkflowRequest(workflow_id=args.workflow),
             timeout=CALL_TIMEOUT_SECONDS,
         )
+    cancelled = reply.cancelled_tasks
     if args.json:
-        _print_json({"workflow_id": args.workflow, "cancelled_tasks": reply.cancelled_tasks})
+        views.print_json({"workflow_id": args.workflow, "cancelled_tasks": cancelled})
     else:
-        print(f"cancelled {args.workflow} ({reply.cancelled_tasks} tasks were queued or running)")
+        print(f"cancelled {args.workflow} ({cancelled} tasks were queued or running)")
     return 0
 
 
@@ -413,18 +412,19 @@ async def delete(address: str, args: argparse.Namespace) -> int:
             manager_pb2.DeleteWorkflowRequest(workflow_id=args.workflow),
             timeout=DELETE_TIMEOUT_SECONDS,
         )
+    deleted_blobs, freed_bytes = reply.deleted_blobs, reply.freed_bytes
     if args.json:
-        _print_json(
+        views.print_json(
             {
                 "workflow_id": args.workflow,
-                "deleted_blobs": reply.deleted_blobs,
-                "freed_bytes": reply.freed_bytes,
+                "deleted_blobs": deleted_blobs,
+                "freed_bytes": freed_bytes,
             }
         )
     else:
         print(
-            f"deleted {args.workflow}: {reply.deleted_blobs} files no other workflow uses, "
-            f"{views.size(reply.freed_bytes)} freed"
+            f"deleted {args.workflow}: {deleted_blobs} files no other workflow uses, "
+            f"{views.size(freed_bytes)} freed"
         )
     return 0
 
@@ -434,10 +434,11 @@ async def list_workflows(address: str, args: argparse.Namespace) -> int:
         reply = await manager.ListWorkflows(
             manager_pb2.ListWorkflowsRequest(), timeout=CALL_TIMEOUT_SECONDS
         )
+    workflows = [convert.workflow_status_from_proto(w) for w in reply.workflows]
     if args.json:
-        _print_json([_status_json(w) for w in reply.workflows])
+        views.print_json([_status_json(w) for w in workflows])
         return 0
-    if not reply.workflows:
+    if not workflows:
         print("no workflows on this manager yet")
         return 0
     rows = [
@@ -448,7 +449,7 @@ async def list_workflows(address: str, args: argparse.Namespace) -> int:
             f"{w.counts.completed}/{w.counts.total}",
             views.ago(w.created_at),
         ]
-        for w in reply.workflows
+        for w in workflows
     ]
     print(views.table(["WORKFLOW", "TYPE", "STATE", "DONE", "SUBMITTED"], rows))
     return 0

@@ -6,11 +6,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import assert_never
 
 import grpc
 
 from coordinator_node.pool import AckResult, Outgoing, Pool, PoolSession
-from coordinator_node.scheduler import SendOffer
+from coordinator_node.scheduler import SendCancel, SendOffer
 from daemon.errors import RejectedError
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.transport import convert
@@ -20,18 +21,12 @@ log = logging.getLogger(__name__)
 
 def _outgoing_to_proto(message: Outgoing) -> coordinator_pb2.CoordinatorMessage:
     if isinstance(message, SendOffer):
-        return coordinator_pb2.CoordinatorMessage(
-            offer=coordinator_pb2.TaskOffer(task=convert.task_spec_to_proto(message.task))
-        )
+        return convert.offer_to_proto(message.task)
+    if isinstance(message, SendCancel):
+        return convert.cancel_to_proto(message.task_id, message.reason)
     if isinstance(message, AckResult):
-        return coordinator_pb2.CoordinatorMessage(
-            result_ack=coordinator_pb2.TaskResultAck(
-                task_id=message.task_id, attempt=message.attempt
-            )
-        )
-    return coordinator_pb2.CoordinatorMessage(
-        cancel=coordinator_pb2.CancelTask(task_id=message.task_id, reason=message.reason)
-    )
+        return convert.result_ack_to_proto(message.task_id, message.attempt)
+    assert_never(message)
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):

@@ -199,3 +199,72 @@ class TaskEvent:
     percent: float = 0.0
     result: TaskResult | None = None
     sequence: int = 0
+
+
+# --- workflows, as the manager tells its clients ------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkflowCounts:
+    """A workflow's tasks by state as its user sees them: the manager counts tasks waiting
+    for their dependencies as queued, and skipped ones as failed."""
+
+    queued: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class TaskStatusRow:
+    """One task in a workflow's status; `state` is the manager's word for it (waiting,
+    queued, running, completed, failed, cancelled or skipped)."""
+
+    task_id: str
+    name: str
+    state: str
+    attempts: int = 0
+    error: str = ""
+    volunteer_id: str = ""
+
+
+@dataclass(frozen=True)
+class WorkflowStatus:
+    """A workflow as its manager stores and reports it: `node status`, `node workflows`."""
+
+    workflow_id: str
+    name: str
+    type: str
+    # queued, running, merging, completed, failed or cancelled.
+    state: str
+    created_at: float
+    updated_at: float
+    counts: WorkflowCounts = field(default_factory=WorkflowCounts)
+    tasks: tuple[TaskStatusRow, ...] = ()
+    # Why the workflow failed, beyond its tasks (e.g. the merge step); empty otherwise.
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class WorkflowUpdate:
+    """Something that happened to a workflow, or to one of its tasks (then `task_id` says
+    which), as the manager tells those watching it."""
+
+    workflow_id: str
+    task_id: str
+    kind: str
+    message: str
+    at: float
+    counts: WorkflowCounts = field(default_factory=WorkflowCounts)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A workflow the manager accepted (or resumed) and how many tasks it runs."""
+
+    workflow_id: str
+    task_count: int
+    # The splitter's estimate of one task's run time (0: none).
+    estimated_seconds_per_task: float = 0.0

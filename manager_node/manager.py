@@ -22,7 +22,15 @@ import aiorwlock
 
 from daemon import inline
 from daemon.errors import InvalidInputError, NodeError, NotFoundError, RejectedError
-from daemon.models import EventKind, FileRef, InlineBlob, TaskEvent, TaskSpec
+from daemon.models import (
+    EventKind,
+    FileRef,
+    InlineBlob,
+    Submitted,
+    TaskEvent,
+    TaskSpec,
+    WorkflowUpdate,
+)
 from daemon.supervision import Supervisor
 from daemon.task_files import file_name_problem
 from daemon.transfer.blobstore import BlobStore
@@ -30,7 +38,7 @@ from manager_node.admission import ProposedTask, inputs_mb, unschedulable
 from manager_node.coordinator_client import CoordinatorClient
 from manager_node.images import ImageArchives
 from manager_node.store import COORDINATOR_SEQUENCE, ManagerStore, NewTask
-from manager_node.workflow import WorkflowRun, WorkflowState, WorkflowTask
+from manager_node.workflow import WorkflowRun, WorkflowState, WorkflowTask, workflow_counts
 from splitters.api import (
     Directory,
     Splitter,
@@ -45,23 +53,6 @@ from workflows.file import EXPLICIT_TYPE, ExplicitTask, WorkflowFile, parse_work
 from workflows.graph import UpstreamInput, graph_problems
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WorkflowUpdate:
-    workflow_id: str
-    task_id: str
-    kind: str
-    message: str
-    at: float
-    counts: dict[str, int]
-
-
-@dataclass(frozen=True)
-class Submitted:
-    workflow_id: str
-    task_count: int
-    estimated_seconds_per_task: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -629,7 +620,9 @@ class WorkflowManager:
 
     @staticmethod
     def _update(run: WorkflowRun, task_id: str, kind: str, message: str) -> WorkflowUpdate:
-        return WorkflowUpdate(run.workflow_id, task_id, kind, message, time.time(), run.counts())
+        return WorkflowUpdate(
+            run.workflow_id, task_id, kind, message, time.time(), workflow_counts(run.counts())
+        )
 
     async def stop(self) -> None:
         """Merges were cancelled with the role's other background work."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,55 +10,8 @@ from daemon.errors import NotFoundError
 from daemon.rpc.v1 import common_pb2, manager_pb2, manager_pb2_grpc
 from daemon.transport import convert
 from daemon.transport.errors import maps_errors
-from manager_node.manager import WorkflowManager, WorkflowUpdate
-from manager_node.store import ManagerStore, WorkflowRow
-
-
-def _counts(counts: dict[str, int]) -> manager_pb2.WorkflowCounts:
-    return manager_pb2.WorkflowCounts(
-        queued=counts.get("queued", 0) + counts.get("waiting", 0),
-        running=counts.get("running", 0),
-        completed=counts.get("completed", 0),
-        failed=counts.get("failed", 0) + counts.get("skipped", 0),
-        cancelled=counts.get("cancelled", 0),
-        total=counts.get("total", 0),
-    )
-
-
-def _workflow_to_proto(workflow: WorkflowRow) -> manager_pb2.WorkflowStatus:
-    states = Counter(task.state for task in workflow.tasks)
-    return manager_pb2.WorkflowStatus(
-        workflow_id=workflow.workflow_id,
-        name=workflow.name,
-        type=workflow.type,
-        state=workflow.state,
-        counts=_counts({**states, "total": len(workflow.tasks)}),
-        tasks=[
-            manager_pb2.TaskStatus(
-                task_id=task.task_id,
-                name=task.name,
-                state=task.state,
-                attempts=task.attempts,
-                error=task.error,
-                volunteer_id=task.volunteer_id,
-            )
-            for task in workflow.tasks
-        ],
-        created_at=workflow.created_at,
-        updated_at=workflow.updated_at,
-        error=workflow.error,
-    )
-
-
-def _update_to_proto(update: WorkflowUpdate) -> manager_pb2.WorkflowEvent:
-    return manager_pb2.WorkflowEvent(
-        workflow_id=update.workflow_id,
-        task_id=update.task_id,
-        kind=update.kind,
-        message=update.message,
-        at=update.at,
-        counts=_counts(update.counts),
-    )
+from manager_node.manager import WorkflowManager
+from manager_node.store import ManagerStore
 
 
 class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
@@ -79,13 +31,9 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             request.workflow_toml,
             dict(request.overrides),
             [convert.file_ref_from_proto(ref) for ref in request.files],
-            [(convert.file_ref_from_proto(f.ref), f.content) for f in request.inline_files],
+            [convert.inline_file_from_proto(f) for f in request.inline_files],
         )
-        return manager_pb2.SubmitWorkflowReply(
-            workflow_id=submitted.workflow_id,
-            task_count=submitted.task_count,
-            estimated_seconds_per_task=submitted.estimated_seconds_per_task,
-        )
+        return convert.submitted_to_proto(submitted)
 
     async def WatchWorkflow(
         self,
@@ -95,7 +43,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         ],
     ) -> AsyncIterator[manager_pb2.WorkflowEvent]:
         async for update in self._manager.watch(request.workflow_id):
-            yield _update_to_proto(update)
+            yield convert.workflow_update_to_proto(update)
 
     @maps_errors
     async def GetWorkflowStatus(
@@ -108,7 +56,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         found = await self._store.workflows(request.workflow_id)
         if not found:
             raise NotFoundError(f"no workflow {request.workflow_id!r} on this manager")
-        return _workflow_to_proto(found[0])
+        return convert.workflow_status_to_proto(found[0])
 
     @maps_errors
     async def GetResults(
@@ -157,9 +105,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         ],
     ) -> manager_pb2.SubmitWorkflowReply:
         resumed = await self._manager.resume(request.workflow_id)
-        return manager_pb2.SubmitWorkflowReply(
-            workflow_id=resumed.workflow_id, task_count=resumed.task_count
-        )
+        return convert.submitted_to_proto(resumed)
 
     @maps_errors
     async def GetImageArchive(
@@ -179,4 +125,6 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         ],
     ) -> manager_pb2.ListWorkflowsReply:
         workflows = await self._store.workflows()
-        return manager_pb2.ListWorkflowsReply(workflows=[_workflow_to_proto(w) for w in workflows])
+        return manager_pb2.ListWorkflowsReply(
+            workflows=[convert.workflow_status_to_proto(w) for w in workflows]
+        )

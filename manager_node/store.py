@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from daemon.models import FileRef, TaskSpec
+from daemon.models import FileRef, TaskSpec, TaskStatusRow, WorkflowStatus
 from daemon.store import Database, Migration, codecs
-from manager_node.workflow import TaskStatus, WorkflowTask
+from manager_node.workflow import TaskStatus, WorkflowTask, workflow_counts
 from workflows.graph import OnFailure, UpstreamInput
 
 
@@ -111,28 +112,6 @@ class StoredRun:
     on_failure: OnFailure = OnFailure.SKIP
 
 
-@dataclass(frozen=True)
-class TaskRow:
-    task_id: str
-    name: str
-    state: str
-    attempts: int
-    error: str
-    volunteer_id: str
-
-
-@dataclass(frozen=True)
-class WorkflowRow:
-    workflow_id: str
-    name: str
-    type: str
-    state: str
-    created_at: float
-    updated_at: float
-    tasks: tuple[TaskRow, ...]
-    error: str = ""
-
-
 class ManagerStore:
     FILE_NAME = "manager.db"
 
@@ -145,13 +124,13 @@ class ManagerStore:
     async def close(self) -> None:
         await self.database.close()
 
-    async def workflows(self, workflow_id: str | None = None) -> list[WorkflowRow]:
-        def read(db: sqlite_utils.Database) -> list[WorkflowRow]:
+    async def workflows(self, workflow_id: str | None = None) -> list[WorkflowStatus]:
+        def read(db: sqlite_utils.Database) -> list[WorkflowStatus]:
             where, args = ("id = ?", [workflow_id]) if workflow_id else (None, [])
             found = []
             for row in db["workflows"].rows_where(where, args, order_by="created_at"):
                 tasks = tuple(
-                    TaskRow(
+                    TaskStatusRow(
                         task_id=task["id"],
                         name=task["name"],
                         state=task["state"],
@@ -163,14 +142,16 @@ class ManagerStore:
                         "workflow_id = ?", [row["id"]], order_by="id"
                     )
                 )
+                states = Counter(task.state for task in tasks)
                 found.append(
-                    WorkflowRow(
+                    WorkflowStatus(
                         workflow_id=row["id"],
                         name=row["name"],
                         type=row["type"],
                         state=row["state"],
                         created_at=row["created_at"],
                         updated_at=row["updated_at"],
+                        counts=workflow_counts({**states, "total": len(tasks)}),
                         tasks=tasks,
                         error=row["error"],
                     )

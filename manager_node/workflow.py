@@ -8,12 +8,12 @@ workflow is finished when no task can still change, and its state says how it en
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import assert_never
 
-from daemon.models import EventKind, FileRef, TaskEvent, TaskResult
+from daemon.models import EventKind, FileRef, TaskEvent, TaskResult, WorkflowCounts
 from workflows.graph import OnFailure, UpstreamInput
 
 
@@ -32,6 +32,19 @@ class TaskStatus(StrEnum):
 
 
 _FINISHED = {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.SKIPPED}
+
+
+def workflow_counts(counts: Mapping[str, int]) -> WorkflowCounts:
+    """What the user is shown of tasks per status (and "total"): waiting tasks count as
+    queued, skipped ones as failed."""
+    return WorkflowCounts(
+        queued=counts.get(TaskStatus.QUEUED, 0) + counts.get(TaskStatus.WAITING, 0),
+        running=counts.get(TaskStatus.RUNNING, 0),
+        completed=counts.get(TaskStatus.COMPLETED, 0),
+        failed=counts.get(TaskStatus.FAILED, 0) + counts.get(TaskStatus.SKIPPED, 0),
+        cancelled=counts.get(TaskStatus.CANCELLED, 0),
+        total=counts.get("total", 0),
+    )
 
 
 class WorkflowState(StrEnum):

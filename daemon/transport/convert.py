@@ -12,13 +12,18 @@ from daemon.models import (
     Registration,
     ResourceRequest,
     Resources,
+    Submitted,
     TaskEvent,
     TaskResult,
     TaskSpec,
+    TaskStatusRow,
     Volunteer,
     VolunteerState,
+    WorkflowCounts,
+    WorkflowStatus,
+    WorkflowUpdate,
 )
-from daemon.rpc.v1 import common_pb2, coordinator_pb2, node_pb2
+from daemon.rpc.v1 import common_pb2, coordinator_pb2, manager_pb2, node_pb2
 
 
 def resources_to_proto(resources: Resources) -> common_pb2.Resources:
@@ -297,4 +302,146 @@ def task_event_from_proto(message: coordinator_pb2.TaskEvent) -> TaskEvent:
         percent=message.percent,
         result=task_result_from_proto(message.result) if message.HasField("result") else None,
         sequence=message.sequence,
+    )
+
+
+# --- what the coordinator says on a volunteer's session ----------------------------------
+
+
+def offer_to_proto(spec: TaskSpec) -> coordinator_pb2.CoordinatorMessage:
+    return coordinator_pb2.CoordinatorMessage(
+        offer=coordinator_pb2.TaskOffer(task=task_spec_to_proto(spec))
+    )
+
+
+def cancel_to_proto(task_id: str, reason: str) -> coordinator_pb2.CoordinatorMessage:
+    return coordinator_pb2.CoordinatorMessage(
+        cancel=coordinator_pb2.CancelTask(task_id=task_id, reason=reason)
+    )
+
+
+def result_ack_to_proto(task_id: str, attempt: int) -> coordinator_pb2.CoordinatorMessage:
+    return coordinator_pb2.CoordinatorMessage(
+        result_ack=coordinator_pb2.TaskResultAck(task_id=task_id, attempt=attempt)
+    )
+
+
+# --- workflows: the manager and its clients ----------------------------------------------
+
+
+def inline_file_to_proto(ref: FileRef, content: bytes) -> manager_pb2.InlineFile:
+    return manager_pb2.InlineFile(ref=file_ref_to_proto(ref), content=content)
+
+
+def inline_file_from_proto(message: manager_pb2.InlineFile) -> tuple[FileRef, bytes]:
+    return file_ref_from_proto(message.ref), message.content
+
+
+def submitted_to_proto(submitted: Submitted) -> manager_pb2.SubmitWorkflowReply:
+    return manager_pb2.SubmitWorkflowReply(
+        workflow_id=submitted.workflow_id,
+        task_count=submitted.task_count,
+        estimated_seconds_per_task=submitted.estimated_seconds_per_task,
+    )
+
+
+def submitted_from_proto(message: manager_pb2.SubmitWorkflowReply) -> Submitted:
+    return Submitted(
+        workflow_id=message.workflow_id,
+        task_count=message.task_count,
+        estimated_seconds_per_task=message.estimated_seconds_per_task,
+    )
+
+
+def workflow_counts_to_proto(counts: WorkflowCounts) -> manager_pb2.WorkflowCounts:
+    return manager_pb2.WorkflowCounts(
+        queued=counts.queued,
+        running=counts.running,
+        completed=counts.completed,
+        failed=counts.failed,
+        cancelled=counts.cancelled,
+        total=counts.total,
+    )
+
+
+def workflow_counts_from_proto(message: manager_pb2.WorkflowCounts) -> WorkflowCounts:
+    return WorkflowCounts(
+        queued=message.queued,
+        running=message.running,
+        completed=message.completed,
+        failed=message.failed,
+        cancelled=message.cancelled,
+        total=message.total,
+    )
+
+
+def task_status_row_to_proto(task: TaskStatusRow) -> manager_pb2.TaskStatus:
+    return manager_pb2.TaskStatus(
+        task_id=task.task_id,
+        name=task.name,
+        state=task.state,
+        attempts=task.attempts,
+        error=task.error,
+        volunteer_id=task.volunteer_id,
+    )
+
+
+def task_status_row_from_proto(message: manager_pb2.TaskStatus) -> TaskStatusRow:
+    return TaskStatusRow(
+        task_id=message.task_id,
+        name=message.name,
+        state=message.state,
+        attempts=message.attempts,
+        error=message.error,
+        volunteer_id=message.volunteer_id,
+    )
+
+
+def workflow_status_to_proto(status: WorkflowStatus) -> manager_pb2.WorkflowStatus:
+    return manager_pb2.WorkflowStatus(
+        workflow_id=status.workflow_id,
+        name=status.name,
+        type=status.type,
+        state=status.state,
+        counts=workflow_counts_to_proto(status.counts),
+        tasks=[task_status_row_to_proto(task) for task in status.tasks],
+        created_at=status.created_at,
+        updated_at=status.updated_at,
+        error=status.error,
+    )
+
+
+def workflow_status_from_proto(message: manager_pb2.WorkflowStatus) -> WorkflowStatus:
+    return WorkflowStatus(
+        workflow_id=message.workflow_id,
+        name=message.name,
+        type=message.type,
+        state=message.state,
+        created_at=message.created_at,
+        updated_at=message.updated_at,
+        counts=workflow_counts_from_proto(message.counts),
+        tasks=tuple(task_status_row_from_proto(task) for task in message.tasks),
+        error=message.error,
+    )
+
+
+def workflow_update_to_proto(update: WorkflowUpdate) -> manager_pb2.WorkflowEvent:
+    return manager_pb2.WorkflowEvent(
+        workflow_id=update.workflow_id,
+        task_id=update.task_id,
+        kind=update.kind,
+        message=update.message,
+        at=update.at,
+        counts=workflow_counts_to_proto(update.counts),
+    )
+
+
+def workflow_update_from_proto(message: manager_pb2.WorkflowEvent) -> WorkflowUpdate:
+    return WorkflowUpdate(
+        workflow_id=message.workflow_id,
+        task_id=message.task_id,
+        kind=message.kind,
+        message=message.message,
+        at=message.at,
+        counts=workflow_counts_from_proto(message.counts),
     )

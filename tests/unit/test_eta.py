@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from cli.workflows import eta_seconds
-from daemon.rpc.v1 import manager_pb2
+from daemon.models import WorkflowCounts
 
 
-def counts(total: int, completed: int = 0, running: int = 0) -> manager_pb2.WorkflowCounts:
-    return manager_pb2.WorkflowCounts(total=total, completed=completed, running=running)
+def counts(total: int, completed: int = 0, running: int = 0) -> WorkflowCounts:
+    return WorkflowCounts(total=total, completed=completed, running=running)
 
 
 def test_before_any_task_completes_the_estimate_counts_waves_of_running_tasks() -> None:

@@ -4,17 +4,21 @@ those needing attention first, up to a cap, with what was left out counted."""
 from __future__ import annotations
 
 from cli.workflows import TASK_ROWS, task_rows
-from daemon.rpc.v1 import manager_pb2
+from daemon.models import TaskStatusRow, WorkflowStatus
 
 
-def workflow(state: str, *tasks: tuple[str, str]) -> manager_pb2.WorkflowStatus:
-    return manager_pb2.WorkflowStatus(
+def workflow(state: str, *tasks: tuple[str, str]) -> WorkflowStatus:
+    return WorkflowStatus(
         workflow_id="wf",
+        name="wf",
+        type="tasks",
         state=state,
-        tasks=[
-            manager_pb2.TaskStatus(task_id=f"wf.{name}", name=name, state=task_state)
+        created_at=0.0,
+        updated_at=0.0,
+        tasks=tuple(
+            TaskStatusRow(task_id=f"wf.{name}", name=name, state=task_state)
             for name, task_state in tasks
-        ],
+        ),
     )
 
 

@@ -7,8 +7,14 @@ from collections import Counter
 
 import pytest
 
-from daemon.models import EventKind, FileRef, TaskEvent, TaskResult
-from manager_node.workflow import TaskStatus, WorkflowRun, WorkflowState, WorkflowTask
+from daemon.models import EventKind, FileRef, TaskEvent, TaskResult, WorkflowCounts
+from manager_node.workflow import (
+    TaskStatus,
+    WorkflowRun,
+    WorkflowState,
+    WorkflowTask,
+    workflow_counts,
+)
 from workflows.graph import OnFailure, UpstreamInput
 
 
@@ -109,6 +115,13 @@ def test_counts_fold_waiting_into_queued() -> None:
     counts = run.counts()
     assert counts["queued"] == 4
     assert counts["total"] == 4
+
+
+def test_the_user_sees_waiting_tasks_as_queued_and_skipped_ones_as_failed() -> None:
+    states = {"waiting": 2, "queued": 1, "running": 1, "failed": 1, "skipped": 3, "total": 9}
+    assert workflow_counts(states) == WorkflowCounts(
+        queued=3, running=1, completed=0, failed=4, cancelled=0, total=9
+    )
 
 
 def test_upstream_inputs_are_the_producers_outputs_under_the_readers_names() -> None:
