@@ -116,7 +116,9 @@ class Node:
 
             if directory is not None:
                 interfaces = discovery_interfaces(config.listen_host, config.mdns_interfaces)
-                mdns = MdnsDiscovery(identity, port, interfaces, directory.table, directory.notify)
+                mdns = MdnsDiscovery(
+                    identity, port, interfaces, directory.table, directory.notify, self._on_fatal
+                )
                 try:
                     await mdns.start()
                 except OSError as error:

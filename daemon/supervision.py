@@ -57,6 +57,10 @@ class Supervisor:
         else:
             self._on_fatal(NodeError(f"{name} crashed: {error!r}"))
 
+    def __len__(self) -> int:
+        """How many tasks it keeps: those not ended yet."""
+        return len(self._tasks)
+
     async def cancel(self, *tasks: asyncio.Task[Any]) -> None:
         """Cancels `tasks` and waits until they have ended (what they raised was reported)."""
         for task in tasks:

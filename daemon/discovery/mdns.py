@@ -13,7 +13,6 @@ ends. Multicast goes only to the interfaces we were told about, never everywhere
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import socket
@@ -26,7 +25,9 @@ from zeroconf import DNSQuestionType, IPVersion, NotRunningException, ServiceSta
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from daemon.discovery.peers import SERVICE_TYPE, PeerTable, parse_announcement, txt_record
+from daemon.errors import NodeError
 from daemon.models import NodeIdentity
+from daemon.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,11 @@ class MdnsDiscovery:
         interfaces: list[str],
         table: PeerTable,
         on_change: Callable[[], None] = lambda: None,
+        on_fatal: Callable[[NodeError], None] = lambda error: None,
     ) -> None:
-        """`port` None browses without announcing (what a CLI client does)."""
+        """`port` None browses without announcing (what a CLI client does). `on_fatal` hears
+        of a crash of the refresh loop, without which peers would silently expire (a client
+        browsing for a moment may ignore it: the crash is logged either way)."""
         self.identity = identity
         self.port = port
         self.interfaces = interfaces
@@ -90,7 +94,7 @@ class MdnsDiscovery:
         self._zeroconf: AsyncZeroconf | None = None
         self._browsers: list[AsyncServiceBrowser] = []
         self._info: AsyncServiceInfo | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._supervisor = Supervisor(on_fatal)
 
     @property
     def own_service_name(self) -> str:
@@ -122,20 +126,14 @@ class MdnsDiscovery:
             # peers' caches, and announcing with cache-flush replaces them.
             await self._zeroconf.async_register_service(self._info, allow_name_change=True)
         self._browse(self._zeroconf, DNSQuestionType.QM)
-        self._spawn(self._quick_sweep())
-        self._spawn(self._refresh_forever())
+        self._look_up(self._quick_sweep(), "mDNS quick sweep")
+        self._supervisor.spawn(self._refresh_forever(), "mDNS refresh")
         log.info("mDNS on %s as %s", ", ".join(self.interfaces), self.own_service_name)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._ended)
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            # Discovery goes on without this one lookup; nothing is waiting for its result.
-            log.warning("mDNS: %r", error, exc_info=error)
+    def _look_up(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        # Discovery goes on without a lookup that crashed (the supervisor logs it); nothing
+        # is waiting for its result.
+        return self._supervisor.spawn(coroutine, name, on_crash=lambda error: None)
 
     def _browse(
         self, instance: AsyncZeroconf, question_type: DNSQuestionType
@@ -150,7 +148,7 @@ class MdnsDiscovery:
                 if self.table.remove(name):
                     self._on_change()
                 return
-            self._spawn(self._resolve(instance, name, question_type))
+            self._look_up(self._resolve(instance, name, question_type), f"mDNS lookup of {name}")
 
         browser = AsyncServiceBrowser(
             instance.zeroconf, [SERVICE_TYPE], handlers=[on_change], question_type=question_type
@@ -223,11 +221,7 @@ class MdnsDiscovery:
                 self._on_change()
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._supervisor.stop()
         for browser in self._browsers:
             await browser.async_cancel()
         self._browsers.clear()

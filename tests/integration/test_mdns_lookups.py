@@ -43,11 +43,10 @@ async def test_a_background_lookup_that_fails_is_logged_not_left_unretrieved(
         failed.set()
         raise RuntimeError("lookup broke")
 
-    with caplog.at_level(logging.WARNING, logger="daemon.discovery.mdns"):
-        lookups._spawn(broken())
-        (task,) = lookups._tasks
+    with caplog.at_level(logging.WARNING):
+        task = lookups._look_up(broken(), "a lookup")
         await asyncio.wait_for(failed.wait(), 5)
         await asyncio.wait([task], timeout=5)  # waits without retrieving its exception
-    assert lookups._tasks == set(), "the ended task is let go"
-    logged = [r for r in caplog.records if r.name == "daemon.discovery.mdns"]
+    assert len(lookups._supervisor) == 0, "the ended task is let go"
+    logged = [r for r in caplog.records if "a lookup" in r.getMessage()]
     assert [r.exc_info[1] for r in logged if r.exc_info] == [task.exception()]

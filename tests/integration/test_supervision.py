@@ -1,8 +1,8 @@
 """Background work never ends in silence: a crash in the coordinator's pool maintenance, the
-manager's coordinator client or a volunteer's heartbeats stops the node saying why; a crash
-handling one volunteer's message ends that session (and the pool hears it ended); a splitter
-whose own code raises fails its workflow, not the manager. Real nodes in this process: gRPC
-on loopback, real SQLite files."""
+manager's coordinator client, mDNS refresh or a volunteer's heartbeats stops the node saying
+why; a crash handling one volunteer's message ends that session (and the pool hears it
+ended); a splitter whose own code raises fails its workflow, not the manager. Real nodes in
+this process: gRPC on loopback, real SQLite files."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from coordinator_node.pool import Pool
 from coordinator_node.scheduler import Scheduler
 from daemon.app import Node
 from daemon.config import PROTOCOL_VERSION, NodeConfig
+from daemon.discovery import mdns
+from daemon.discovery.peers import Peer, PeerTable
 from daemon.errors import NodeError
 from daemon.models import (
     Load,
@@ -105,6 +107,22 @@ async def test_a_crash_in_the_managers_task_sender_stops_the_node_saying_why(
     with pytest.raises(NodeError, match="coordinator client crashed: RuntimeError"):
         await asyncio.wait_for(node.run(), DEADLINE_SECONDS)
     assert crash_records(caplog, "coordinator client"), "the traceback was not logged"
+
+
+async def test_a_crash_in_mdns_refresh_stops_the_node_saying_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_expire(self: PeerTable, now: float) -> list[Peer]:
+        raise RuntimeError("peer table corrupt")
+
+    monkeypatch.setattr(mdns, "REFRESH_SECONDS", 0.05)
+    monkeypatch.setattr(PeerTable, "expire", broken_expire)
+    config = replace(
+        node_config(tmp_path / "node", "coordinator"), mdns=True, mdns_interfaces=("127.0.0.1",)
+    )
+    with pytest.raises(NodeError, match="mDNS refresh crashed: RuntimeError"):
+        await asyncio.wait_for(Node(config).run(), DEADLINE_SECONDS)
+    assert crash_records(caplog, "mDNS refresh"), "the traceback was not logged"
 
 
 async def test_a_crash_in_a_volunteers_heartbeats_stops_the_node_saying_why(
