@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.config import PROTOCOL_VERSION, default_data_dir
-from daemon.datadir import read_address
+from daemon.datadir import read_address, read_roles
 from daemon.discovery.directory import PeerDirectory
 from daemon.discovery.peers import Peer, PeerTable
 from daemon.errors import UnreachableError
@@ -72,7 +72,9 @@ async def browse(cluster: str, interfaces: tuple[str, ...], seconds: float) -> l
         return directory.table.peers()
 
 
-async def _find_on_mdns(target: Target) -> str | None:
+async def _find_on_mdns(target: Target) -> tuple[str | None, list[Peer]]:
+    """The address of a node of the wanted role and cluster, and every peer mDNS showed."""
+
     def pick(table: PeerTable) -> str | None:
         for peer in table.peers(lambda p: p.usable):
             if target.role is None or target.role in peer.roles:
@@ -80,7 +82,31 @@ async def _find_on_mdns(target: Target) -> str | None:
         return None
 
     async with listening(target.cluster, target.mdns_interfaces) as directory:
-        return await directory.wait_for(pick, target.timeout)
+        found = await directory.wait_for(pick, target.timeout)
+        return found, directory.table.peers()
+
+
+def _seen(peers: list[Peer]) -> str:
+    """What mDNS did show, by cluster: `cluster 'lab': coordinator, manager (2 nodes)`."""
+    if not peers:
+        return "mDNS showed no vcnode node at all"
+    by_cluster: dict[str, list[Peer]] = {}
+    for peer in peers:
+        by_cluster.setdefault(peer.cluster or "?", []).append(peer)
+    parts = []
+    for cluster, members in sorted(by_cluster.items()):
+        roles = sorted({role for peer in members for role in peer.roles})
+        count = f"{len(members)} node{'s' if len(members) > 1 else ''}"
+        parts.append(f"cluster {cluster!r}: {', '.join(roles) or 'no roles'} ({count})")
+    return "mDNS showed " + "; ".join(parts)
+
+
+def _role_mismatch(target: Target, data_dir: Path) -> str | None:
+    """Why the daemon serving from `data_dir` is not what the command looks for."""
+    roles = read_roles(data_dir)
+    if target.role is None or roles is None or target.role in roles:
+        return None
+    return f"the daemon serving from {data_dir} runs {', '.join(roles)}, not {target.role}"
 
 
 async def locate(target: Target) -> str:
@@ -89,6 +115,11 @@ async def locate(target: Target) -> str:
     role_flag = f"--{target.role}" if target.role else "--node"
     if target.data_dir is not None:
         address = read_address(target.data_dir)
+        mismatch = _role_mismatch(target, target.data_dir)
+        if address and mismatch:
+            raise UnreachableError(
+                f"{mismatch}; pass {role_flag} HOST:PORT, or --cluster NAME to look on mDNS"
+            )
         if address:
             return address
         raise UnreachableError(
@@ -98,14 +129,17 @@ async def locate(target: Target) -> str:
         )
     default_dir = default_data_dir()
     address = read_address(default_dir)
-    if address:
+    # A daemon of another role on this machine (a volunteer's own) does not end the search.
+    mismatch = _role_mismatch(target, default_dir) if address else None
+    if address and not mismatch:
         return address
-    found = await _find_on_mdns(target)
+    found, seen = await _find_on_mdns(target)
     if found:
         return found
     what = target.role or "node"
+    here = mismatch or f"no daemon serves from the default data dir {default_dir}"
     raise UnreachableError(
-        f"no {what} of cluster {target.cluster!r} answered on mDNS within {target.timeout:g} s, "
-        f"and no daemon serves from the default data dir {default_dir}; "
-        f"pass {role_flag} HOST:PORT or --data-dir DIR"
+        f"no {what} of cluster {target.cluster!r} answered on mDNS within {target.timeout:g} s "
+        f"({_seen(seen)}), and {here}; pass --cluster NAME (or set VCNODE_CLUSTER), "
+        f"{role_flag} HOST:PORT or --data-dir DIR"
     )

@@ -68,6 +68,13 @@ def _add_daemon_parser(commands: Any) -> None:
         help=f"keeps meshes on one LAN apart (default {config_module.DEFAULT_CLUSTER!r})",
     )
     parser.add_argument(
+        "--advertise",
+        metavar="HOST[:PORT]",
+        help="what peers on other hosts dial to reach this node, for NAT or several "
+        "interfaces (default: the listen address; for 0.0.0.0, the address each peer "
+        "reached it at)",
+    )
+    parser.add_argument(
         "--no-mdns",
         dest="mdns",
         action="store_const",
@@ -177,9 +184,10 @@ def _add_target_arguments(parser: argparse.ArgumentParser, role: str | None) -> 
     )
     parser.add_argument(
         "--cluster",
-        default=config_module.DEFAULT_CLUSTER,
+        default=os.environ.get("VCNODE_CLUSTER") or config_module.DEFAULT_CLUSTER,
         metavar="NAME",
-        help="the cluster to look for on mDNS",
+        help="the cluster to look for on mDNS (default: $VCNODE_CLUSTER, else "
+        f"{config_module.DEFAULT_CLUSTER!r})",
     )
     parser.add_argument(
         "--mdns-interfaces",

@@ -38,7 +38,7 @@ class CoordinatorRole:
         await self._store.open()
         await self.pool.start()
 
-    async def start(self, address: str) -> None:
+    async def start(self, address: str, advertised: str) -> None:
         pass
 
     async def stop(self) -> None:

@@ -178,8 +178,13 @@ class Scheduler:
     def submit(self, manager_id: str, specs: Iterable[TaskSpec], now: float) -> list[Instruction]:
         out: list[Instruction] = []
         for spec in specs:
-            if spec.task_id in self.tasks:
-                continue  # a manager resubmitting after a lost reply: ours already
+            known = self.tasks.get(spec.task_id)
+            if known is not None:  # a manager resubmitting after a lost reply or a restart
+                if known.spec.manager_address != spec.manager_address:
+                    # Its next offer sends volunteers to where the manager is now.
+                    known.spec = replace(known.spec, manager_address=spec.manager_address)
+                    out.append(SaveTask(known, new_spec=True))
+                continue
             ended = self._ended.get(spec.task_id)
             if ended is not None and spec.run <= ended.run:
                 continue  # the same: it has ended, as the manager will hear

@@ -14,7 +14,7 @@ from coordinator_node.pool import AckResult, Outgoing, Pool, PoolSession
 from coordinator_node.scheduler import SendCancel, SendOffer
 from daemon.errors import RejectedError
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
-from daemon.transport import convert
+from daemon.transport import addresses, convert
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +131,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> coordinator_pb2.SubmitTasksReply:
         if not request.manager_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "manager_id is required")
+        # The manager's current address serves every task, old ones included (a resume, a
+        # retry after it restarted); an open host is the one its call came from, unless it
+        # shares our host: then each volunteer fills in the host it reached us at.
+        manager_address = request.manager_address
+        seen = addresses.peer_host(context.peer())
+        if manager_address and seen is not None and not addresses.is_loopback(seen):
+            manager_address = addresses.filled(manager_address, seen)
         specs = [
             replace(
                 convert.task_spec_from_proto(task),
-                manager_address=task.manager_address or request.manager_address,
+                manager_address=manager_address or task.manager_address,
             )
             for task in request.tasks
         ]

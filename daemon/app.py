@@ -24,6 +24,7 @@ from daemon.node_servicer import NodeServicer
 from daemon.resources import measure_resources
 from daemon.roles import START_ORDER, Role, RoleContext, create_role
 from daemon.rpc.v1 import node_pb2_grpc
+from daemon.transport import addresses
 from daemon.transport.channels import bind, create_server
 from daemon.version import VERSION
 
@@ -89,6 +90,7 @@ class Node:
                     "this machine's; pass --listen HOST:PORT with a free port (0 picks one)"
                 )
             self.address = connectable_address(config.listen_host, port)
+            advertised = addresses.advertised(config.listen_host, port, config.advertise)
             node_pb2_grpc.add_NodeServiceServicer_to_server(
                 NodeServicer(
                     identity,
@@ -112,7 +114,7 @@ class Node:
             stack.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
             for role in roles:
                 stack.push_async_callback(role.stop)
-            data_dir.write_address(self.address)
+            data_dir.write_address(self.address, identity.roles)
 
             if directory is not None:
                 interfaces = discovery_interfaces(config.listen_host, config.mdns_interfaces)
@@ -129,7 +131,7 @@ class Node:
                 stack.push_async_callback(mdns.stop)
 
             for role in roles:
-                await role.start(self.address)
+                await role.start(self.address, advertised)
             log.info(
                 "node %s serving %s at %s (cluster %r, data dir %s)",
                 identity.node_id[:8],

@@ -33,6 +33,8 @@ class NodeConfig:
     listen: str
     cluster: str = DEFAULT_CLUSTER
     coordinator: str | None = None
+    # HOST or HOST:PORT peers on other hosts are told to dial (NAT, several interfaces).
+    advertise: str | None = None
     mdns: bool = True
     mdns_interfaces: tuple[str, ...] = ()
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
@@ -128,6 +130,17 @@ def _parse_address(value: Any) -> str:
     return text
 
 
+def _parse_advertise(value: Any) -> str:
+    text = str(value).strip()
+    host = text.rpartition(":")[0] if text.rpartition(":")[2].isdigit() else text
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or host in ("0.0.0.0", "::") or any(c.isspace() for c in text):
+        raise ValueError(
+            f"expected HOST or HOST:PORT that peers can dial (not a wildcard), got {value!r}"
+        )
+    return text
+
+
 def _parse_name(value: Any) -> str:
     text = str(value).strip()
     if not text or len(text) > 63 or not all(c.isalnum() or c in "-_." for c in text):
@@ -157,6 +170,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "listen": _parse_address,
     "cluster": _parse_name,
     "coordinator": _parse_address,
+    "advertise": _parse_advertise,
     "mdns": _parse_bool,
     "mdns_interfaces": _parse_interfaces,
     "heartbeat_seconds": _parse_positive_float,

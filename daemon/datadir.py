@@ -14,6 +14,8 @@ from daemon.errors import DataDirError
 LOCK_FILE = "lock"
 NODE_ID_FILE = "node_id"
 ADDRESS_FILE = "address"
+# The roles served at that address, so a client looking for one role passes the others by.
+ROLES_FILE = "roles"
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -29,6 +31,15 @@ def read_address(data_dir: Path) -> str | None:
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return None
     return text or None
+
+
+def read_roles(data_dir: Path) -> tuple[str, ...] | None:
+    """The roles of the daemon serving from `data_dir`, None when it does not say."""
+    try:
+        text = (data_dir / ROLES_FILE).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return None
+    return tuple(role for role in text.split(",") if role)
 
 
 @dataclass
@@ -88,7 +99,9 @@ class DataDir:
         write_atomically(id_file, node_id + "\n")
         return node_id
 
-    def write_address(self, address: str) -> None:
+    def write_address(self, address: str, roles: tuple[str, ...]) -> None:
+        # Roles first: whoever reads the address finds them already there.
+        write_atomically(self.path / ROLES_FILE, ",".join(roles) + "\n")
         write_atomically(self.path / ADDRESS_FILE, address + "\n")
 
     def close(self) -> None:

@@ -50,8 +50,10 @@ class Role(Protocol):
     async def open(self) -> None:
         """Loads state; called before the server takes its first call."""
 
-    async def start(self, address: str) -> None:
-        """Begins background work once the server answers at `address`."""
+    async def start(self, address: str, advertised: str) -> None:
+        """Begins background work once the server answers at `address` (for this host);
+        `advertised` is what peers on other hosts are told to dial (its host may be left
+        open for them to fill in: see daemon.transport.addresses)."""
 
     async def stop(self) -> None:
         """Ends background work and long-lived streams; the server still answers."""

@@ -46,7 +46,7 @@ class ManagerRole:
         await self._blobs.open()
         await self.manager.open()
 
-    async def start(self, address: str) -> None:
+    async def start(self, address: str, advertised: str) -> None:
         config = self._context.config
         coordinator = config.coordinator
         if coordinator is None and "coordinator" in self._context.identity.roles:
@@ -58,8 +58,9 @@ class ManagerRole:
             on_event=self.manager.on_event,
             after_sequence=self.manager.last_sequence,
         )
-        await self.manager.start(client, address)
-        self._supervisor.spawn(client.run(address), "coordinator client")
+        # Volunteers on other hosts fetch inputs from and send outputs to this address.
+        await self.manager.start(client, advertised)
+        self._supervisor.spawn(client.run(advertised), "coordinator client")
 
     async def stop(self) -> None:
         await self._supervisor.stop()  # event following and merges

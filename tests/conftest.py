@@ -1,5 +1,5 @@
-"""Shared test configuration: Docker availability is checked once, and under CI its absence
-is a failure, not a skip."""
+"""Shared test configuration: Docker and network namespaces are checked for once, and under
+CI their absence is a failure, not a skip."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ async def _docker_answers() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _need_lan(items)
     if not any(item.get_closest_marker("docker") for item in items):
         return
     import asyncio
@@ -27,6 +28,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="no Docker engine answers (start dockerd to run these)")
     for item in items:
         if item.get_closest_marker("docker"):
+            item.add_marker(skip)
+
+
+def _need_lan(items: list[pytest.Item]) -> None:
+    """Tests marked `lan` run on network namespaces: skipped where none can be made (not
+    root), a failure under CI."""
+    if not any(item.get_closest_marker("lan") for item in items):
+        return
+    from tests.integration.lan import unavailable
+
+    reason = unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        raise pytest.UsageError(f"CI is set but the LAN tests cannot run: {reason}")
+    skip = pytest.mark.skip(reason=f"{reason} (the LAN tests make network namespaces)")
+    for item in items:
+        if item.get_closest_marker("lan"):
             item.add_marker(skip)
 
 

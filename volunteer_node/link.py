@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 import grpc
@@ -21,7 +22,7 @@ from daemon.errors import RejectedError
 from daemon.models import Load, Registration, TaskResult, TaskSpec
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.supervision import run_together
-from daemon.transport import convert
+from daemon.transport import addresses, convert
 from daemon.transport.channels import open_channel
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,13 @@ class CoordinatorLink:
     async def _dispatch(self, message: coordinator_pb2.CoordinatorMessage) -> None:
         kind = message.WhichOneof("kind")
         if kind == "offer":
-            await self._handler.on_offer(convert.task_spec_from_proto(message.offer.task))
+            task = convert.task_spec_from_proto(message.offer.task)
+            if self.connected_to is not None:  # a manager on our coordinator's host
+                coordinator_host, _ = addresses.split(self.connected_to)
+                task = replace(
+                    task, manager_address=addresses.filled(task.manager_address, coordinator_host)
+                )
+            await self._handler.on_offer(task)
         elif kind == "cancel":
             await self._handler.on_cancel(message.cancel.task_id, message.cancel.reason)
         elif kind == "result_ack":

@@ -109,7 +109,7 @@ class VolunteerRole:
         await self._docker.load_image(archive)
         self._image_ids.forget()
 
-    async def start(self, address: str) -> None:
+    async def start(self, address: str, advertised: str) -> None:
         assert self.worker is not None
         config = self._context.config
         coordinator = config.coordinator

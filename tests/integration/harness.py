@@ -63,6 +63,10 @@ class Daemon:
     data_dir: Path
     args: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    # Words the command runs through first, e.g. `ip netns exec HOST` for another host.
+    prefix: list[str] = field(default_factory=list)
+    # False: the daemon finds `data_dir` by itself, as the README says (XDG_DATA_HOME).
+    pass_data_dir: bool = True
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     log_path: Path = field(init=False)
@@ -74,7 +78,14 @@ class Daemon:
         self.started_at = time.time()
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            node_command("daemon", "--data-dir", str(self.data_dir), *self.args),
+            [
+                *self.prefix,
+                *node_command(
+                    "daemon",
+                    *(["--data-dir", str(self.data_dir)] if self.pass_data_dir else []),
+                    *self.args,
+                ),
+            ],
             stdout=log,
             stderr=log,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
@@ -138,8 +149,11 @@ class Daemons:
         data_dir: Path | None = None,
         env: dict[str, str] | None = None,
     ) -> Daemon:
-        daemon = Daemon(data_dir or self.root / name, list(args), env or {}).start()
-        self.started.append(daemon)
+        return self.add(Daemon(data_dir or self.root / name, list(args), env or {}))
+
+    def add(self, daemon: Daemon) -> Daemon:
+        """Starts `daemon`, stopped with the rest at the end of the test."""
+        self.started.append(daemon.start())
         return daemon
 
     def start_script(self, name: str, script: Path) -> Daemon:

@@ -145,7 +145,38 @@ def test_no_daemon_found_says_what_was_tried(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 3
     assert f"no coordinator of cluster '{cluster}' answered on mDNS within 0.5 s" in result.stderr
-    assert "pass --coordinator HOST:PORT" in result.stderr
+    assert "--coordinator HOST:PORT" in result.stderr
+
+
+def test_a_local_daemon_of_another_role_does_not_end_the_search_and_vcnode_cluster_applies(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    cluster = unique_cluster()
+    coordinator = daemons.start(
+        "coordinator", "--role", "coordinator", "--listen", "127.0.0.1:0", "--cluster", cluster
+    )
+    # A donated machine: its volunteer daemon serves from the default data dir.
+    xdg = tmp_path / "xdg"
+    xdg.mkdir()
+    volunteer = daemons.start(
+        "volunteer", "--role", "volunteer", "--listen", "127.0.0.1:0", "--cluster", cluster,
+        data_dir=xdg / "vcnode",
+    )  # fmt: skip
+    address = coordinator.address()
+    volunteer.address()
+    wait_until(lambda: volunteer.node_id in list_volunteers(address), 10, "volunteer to join")
+
+    # Only VCNODE_CLUSTER says which cluster: no flag at all.
+    env = {**os.environ, "XDG_DATA_HOME": str(xdg), "VCNODE_CLUSTER": cluster}
+    result = run_cli("volunteers", "--json", "--mdns-interfaces", "127.0.0.1", env=env)
+    assert result.returncode == 0, result.stderr
+    assert volunteer.node_id in result.stdout
+
+    # Nothing of the wanted role: the error says what was there instead.
+    result = run_cli("workflows", "--mdns-interfaces", "127.0.0.1", "--timeout", "1", env=env)
+    assert result.returncode == 3
+    assert f"the daemon serving from {xdg / 'vcnode'} runs volunteer, not manager" in result.stderr
+    assert f"cluster '{cluster}': coordinator, volunteer (2 nodes)" in result.stderr
 
 
 def test_sigterm_stops_cleanly_and_removes_the_address_file(daemons: Daemons) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.datadir import DataDir, read_address
+from daemon.datadir import DataDir, read_address, read_roles
 from daemon.errors import DataDirError
 
 
@@ -54,17 +54,18 @@ def test_the_address_round_trips(tmp_path: Path) -> None:
     data_dir = DataDir.open(tmp_path)
     try:
         assert read_address(tmp_path) is None
-        data_dir.write_address("127.0.0.1:7450")
+        data_dir.write_address("127.0.0.1:7450", ("coordinator",))
         assert read_address(tmp_path) == "127.0.0.1:7450"
-        data_dir.write_address("127.0.0.1:7999")
+        data_dir.write_address("127.0.0.1:7999", ("coordinator", "manager"))
         assert read_address(tmp_path) == "127.0.0.1:7999"
+        assert read_roles(tmp_path) == ("coordinator", "manager")
     finally:
         data_dir.close()
 
 
 def test_close_removes_the_address_and_releases_the_lock(tmp_path: Path) -> None:
     data_dir = DataDir.open(tmp_path)
-    data_dir.write_address("127.0.0.1:7450")
+    data_dir.write_address("127.0.0.1:7450", ("coordinator",))
     data_dir.close()
     assert read_address(tmp_path) is None
     again = DataDir.open(tmp_path)

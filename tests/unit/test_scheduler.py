@@ -382,3 +382,15 @@ def test_a_volunteer_that_leaves_hands_its_tasks_to_others_at_once() -> None:
     assert messages(out, "requeued") == ["its volunteer left (its owner stopped it)"] * 2
     assert sorted(offers(out)) == [("v2", "t1", 2), ("v2", "t2", 2)]
     assert scheduler.running_on("v1") == set()
+
+
+def test_a_manager_that_moved_sends_the_next_offer_of_its_tasks_to_its_new_address() -> None:
+    scheduler = Scheduler()
+    scheduler.submit(MANAGER, [spec("t1", manager_address="10.0.0.2:7451")], now=0)
+    out = scheduler.submit(MANAGER, [spec("t1", manager_address="10.0.0.9:7451")], now=1)
+    saved = [i for i in out if isinstance(i, SaveTask)]
+    assert [(s.task.spec.manager_address, s.new_spec) for s in saved] == [("10.0.0.9:7451", True)]
+    assert events(out) == [], "the same task, not a new one"
+    out = scheduler.volunteer_joined(volunteer("v1"), [], now=2)
+    [offer] = [i for i in out if isinstance(i, SendOffer)]
+    assert offer.task.manager_address == "10.0.0.9:7451"

@@ -1,0 +1,100 @@
+"""The README's "Running a pool on a LAN", word for word, on four hosts: network namespaces on
+a bridge, each with a home of its own. The office machine runs the coordinator and manager,
+two donated machines a volunteer each, and a laptop that runs no daemon submits a matrix
+multiplication and fetches C, which must equal A·B computed here; then again with the
+manager on the laptop, beside the person who submits. Nobody passes an address:
+everything is found by `--cluster` alone, as on a real LAN, where loopback hides nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from splitters.blocks import generate
+from tests.integration.harness import Daemon, Daemons, unique_cluster, wait_until
+from tests.integration.lan import Host, lan
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.lan]
+
+SIZE, SEED, BLOCKS = 256, 7, 2
+WORKFLOW = f"""\
+[workflow]
+name = "product"
+type = "matrix_multiplication"
+
+[parameters]
+size = {SIZE}
+seed = {SEED}
+blocks = {BLOCKS}
+"""
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[list[Host]]:
+    with lan(tmp_path / "lan", 4) as members:
+        yield members
+
+
+def start(daemons: Daemons, host: Host, *args: str) -> Daemon:
+    """`vcnode daemon ARGS` on `host`, its data dir the default one there."""
+    (host.home / "data").mkdir(parents=True, exist_ok=True)
+    return daemons.add(
+        Daemon(host.data_dir, list(args), host.env, prefix=host.prefix, pass_data_dir=False)
+    )
+
+
+def online(laptop: Host, cluster: str) -> list[dict[str, object]]:
+    result = laptop.run("volunteers", "--cluster", cluster, "--json")
+    if result.returncode != 0:
+        return []
+    return [v for v in json.loads(result.stdout) if v["state"] == "online"]
+
+
+@pytest.mark.parametrize("manager_on", ["office", "laptop"])
+def test_the_readme_lan_section_runs_a_workflow_across_four_hosts(
+    daemons: Daemons, hosts: list[Host], worker_image: str, manager_on: str
+) -> None:
+    office, donor_a, donor_b, laptop = hosts
+    cluster = unique_cluster()
+    started: list[Daemon] = []
+    if manager_on == "office":
+        # On the always-on machine:
+        office_roles = "coordinator,manager"
+    else:
+        # The scientist keeps the workflows on the laptop, the office only the pool.
+        office_roles = "coordinator"
+        manager = start(daemons, laptop, *f"--role manager --cluster {cluster}".split())
+        started.append(manager)
+    coordinator = start(daemons, office, *f"--role {office_roles} --cluster {cluster}".split())
+    # On each donated machine:
+    donated = f"--role volunteer --cluster {cluster} --max-cpus 2 --max-memory-mb 4096".split()
+    volunteers = [start(daemons, donor, *donated) for donor in (donor_a, donor_b)]
+    started += [coordinator, *volunteers]
+    for daemon in started:
+        daemon.address()
+    ids = {volunteer.node_id for volunteer in volunteers}
+    # From any machine: the laptop sees the pool by the cluster's name alone.
+    wait_until(
+        lambda: ids <= {str(v["id"]) for v in online(laptop, cluster)},
+        30,
+        "both volunteers online, seen from the laptop",
+    )
+
+    workflow = laptop.home / "product.toml"
+    workflow.write_text(WORKFLOW)
+    submitted = laptop.run(
+        "submit", str(workflow), "--cluster", cluster, "--wait", "--json", timeout=300
+    )
+    logs = "\n".join(daemon.log for daemon in started)
+    assert submitted.returncode == 0, f"{submitted.stderr}\n{logs}"
+    workflow_id = json.loads(submitted.stdout)["workflow_id"]
+
+    out = laptop.home / "out"
+    fetched = laptop.run("results", workflow_id, "--cluster", cluster, "-o", str(out))
+    assert fetched.returncode == 0, fetched.stderr
+    a, b = generate(SIZE, SEED)
+    assert np.allclose(np.load(out / "C.npy"), a @ b)
