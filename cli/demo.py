@@ -22,6 +22,7 @@ from daemon.errors import NodeError
 from daemon.models import Volunteer, VolunteerState
 from daemon.resources import probe_docker
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
+from daemon.runtime.process import unavailable as sandbox_unavailable
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
 
@@ -127,7 +128,10 @@ def _choose_runtime() -> list[str]:
     """Docker with the built-in image when an engine answers; else plain processes."""
     docker_available, images = asyncio.run(probe_docker())
     if not docker_available:
-        print("no Docker engine answered: tasks run as plain processes (UNISOLATED) instead")
+        problem = sandbox_unavailable()
+        if problem is not None:
+            raise NodeError(f"no Docker engine answered, and {problem}")
+        print("no Docker engine answered: tasks run in bubblewrap sandboxes instead")
         return ["--allow-process-runtime"]
     if WORKER_IMAGE not in images:
         script = Path(__file__).resolve().parents[1] / "images" / "worker" / "build.sh"

@@ -113,7 +113,7 @@ def _add_daemon_parser(commands: Any) -> None:
         dest="limits.allow_process_runtime",
         action="store_const",
         const=True,
-        help="run tasks as plain processes when Docker is missing (unisolated)",
+        help="run tasks in a bubblewrap sandbox when Docker is missing (needs root and bwrap)",
     )
     limits.add_argument(
         "--allow-pull",

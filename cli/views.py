@@ -49,11 +49,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def runtime_of(volunteer: Volunteer) -> str:
-    """How its tasks run: said wherever a volunteer is shown, since one is unisolated."""
+    """How its tasks run: said wherever a volunteer is shown, since a sandbox of rlimits is not
+    a container of cgroups."""
     if volunteer.resources.docker_available:
         return "docker"
     if volunteer.limits.allow_process_runtime:
-        return "process (UNISOLATED)"
+        return "process (sandbox)"
     return "none"
 
 

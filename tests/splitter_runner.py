@@ -20,9 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.runtime.process import rewrite_paths
 from daemon.runtime.spec import read_progress
 from splitters.api import Splitter, TaskOutput, TaskTemplate, validate_parameters
+
+
+def rewrite_paths(word: str, input_dir: Path, output_dir: Path) -> str:
+    """An argv word under /input or /output, pointed at the task's own directories."""
+    for prefix, real in (("/input", input_dir), ("/output", output_dir)):
+        if word == prefix or word.startswith(prefix + "/"):
+            return str(real) + word[len(prefix) :]
+    return word
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import grpc
 
-from daemon.errors import NodeError, RejectedError
+from daemon.errors import ConfigError, NodeError, RejectedError
 from daemon.models import Load, Registration
 from daemon.resources import measure_load, measure_resources, probe_docker
 from daemon.roles import RoleContext
 from daemon.runtime.docker import DockerRuntime, PullError
 from daemon.runtime.process import ProcessRuntime
+from daemon.runtime.process import unavailable as sandbox_unavailable
 from daemon.runtime.spec import Runtime
 from daemon.supervision import Supervisor
 from volunteer_node.blobs import BlobTransfers
@@ -68,10 +69,12 @@ class VolunteerRole:
                     "removed %d containers left by a previous run of this volunteer", removed
                 )
         elif limits.allow_process_runtime:
-            runtime = ProcessRuntime(self._context.data_dir / "scratch")
+            if (problem := sandbox_unavailable()) is not None:
+                raise ConfigError(f"no Docker engine, and {problem}")
+            runtime = ProcessRuntime()
             log.warning(
-                "no Docker engine: tasks will run as plain processes, UNISOLATED, as the "
-                "owner allowed (--allow-process-runtime)"
+                "no Docker engine: tasks will run as processes in a bubblewrap sandbox, as "
+                "the owner allowed (--allow-process-runtime); limits are rlimits, not cgroups"
             )
         else:
             log.warning(

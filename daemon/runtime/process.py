@@ -1,12 +1,16 @@
-"""Tasks as plain processes, for volunteers without Docker whose owner opted in.
+"""Tasks as processes in a bubblewrap sandbox, for volunteers without Docker whose owner
+opted in (`--allow-process-runtime`).
 
-Unisolated: the task runs as the daemon's user and can read what that user can, so the
-volunteer refuses this runtime unless its owner allows it, and says so wherever it shows
-itself. Limits come from `prlimit` (util-linux) rather than a preexec hook: no Python may
-run between fork and exec in a process that holds gRPC threads.
-
-Paths: the task sees its directories as $VCNODE_INPUT and $VCNODE_OUTPUT; argv words that
-start with /input or /output are rewritten to them, so one command serves both runtimes.
+The sandbox shows a task what a container would: the host's /usr read-only (so its
+programs run), /input read-only, /output writable, a private /tmp, its own /proc and /dev,
+and nothing else of the host: no /etc, no home, no data dir. It has its own network (none
+unless the task asks and the owner allows), pid, ipc and uts namespaces. bwrap sets this up
+as root, then `setpriv` makes the task the unprivileged user nobody (65534) with no
+capabilities and no way to gain any before it runs; so the volunteer must run as root, and
+refuses this runtime otherwise (`unavailable`). Limits come from `prlimit` (util-linux)
+rather than a preexec hook: no Python may run between fork and exec in a process that holds
+gRPC threads. Memory is an address-space cap, CPU time the timeout: rlimits, not the cgroups
+Docker gives, which is why volunteers still show this runtime apart.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import os
 import shutil
 import signal
 import time
-from pathlib import Path
 
 from daemon.runtime.spec import (
     ProgressCallback,
@@ -31,48 +34,97 @@ from daemon.runtime.spec import (
 MIB = 1024 * 1024
 # Memory limits an address space, which is larger than what a process touches.
 ADDRESS_SPACE_HEADROOM_MB = 256
+NOBODY = 65534
+TOOLS = ("bwrap", "setpriv", "prlimit")
+# A merged-/usr host has these as links into /usr; another has them as directories.
+SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# What a task with network needs to find and trust hosts.
+NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl")
 
 
-def rewrite_paths(word: str, input_dir: Path, output_dir: Path) -> str:
-    for prefix, real in (("/input", input_dir), ("/output", output_dir)):
-        if word == prefix or word.startswith(prefix + "/"):
-            return str(real) + word[len(prefix) :]
-    return word
+def unavailable() -> str | None:
+    """Why this host cannot run sandboxed tasks, in words its owner can act on; None if it
+    can."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        return (
+            f"the process runtime runs tasks in a sandbox and needs {', '.join(missing)} "
+            "(Debian: apt install bubblewrap util-linux)"
+        )
+    if os.geteuid() != 0:
+        return (
+            "the process runtime runs each task as the user nobody, which takes root: run the "
+            "volunteer as root (e.g. as a system service), or give it a Docker engine"
+        )
+    return None
+
+
+def sandbox_command(spec: RunSpec) -> list[str]:
+    """The command that runs `spec` in its sandbox, limits included (pure, so the lockdown
+    itself is testable)."""
+    address_space = (spec.memory_mb + ADDRESS_SPACE_HEADROOM_MB) * MIB
+    command = [
+        "prlimit",
+        f"--as={address_space}",
+        f"--nproc={spec.pids_limit}",
+        f"--cpu={int(spec.timeout_seconds) + 1}",
+        "--",
+        "bwrap",
+        "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
+        *([] if spec.network else ["--unshare-net"]),
+        "--die-with-parent",
+        "--new-session",  # no TIOCSTI into the daemon's terminal
+        "--ro-bind", "/usr", "/usr",
+    ]  # fmt: skip
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            command += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            command += ["--ro-bind", path, path]
+    if spec.network:
+        for path in NETWORK_FILES:
+            command += ["--ro-bind-try", path, path]
+    command += [
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--tmpfs", "/tmp",
+        "--ro-bind", str(spec.input_dir), "/input",
+        "--bind", str(spec.output_dir), "/output",
+        "--chdir", "/tmp",
+        "--",
+        "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
+        "--",
+        *spec.command,
+    ]  # fmt: skip
+    return command
+
+
+def sandbox_env(spec: RunSpec) -> dict[str, str]:
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "VCNODE_INPUT": "/input",
+        "VCNODE_OUTPUT": "/output",
+        **spec.env,
+    }
 
 
 class ProcessRuntime:
     name = "process"
-    isolated = False
-
-    def __init__(self, scratch_root: Path) -> None:
-        self._scratch_root = scratch_root
+    isolated = False  # rlimits, not cgroups; and inputs are copies, never the cache's files
 
     async def run(self, spec: RunSpec, on_progress: ProgressCallback) -> RunResult:
-        prlimit = shutil.which("prlimit")
-        if prlimit is None:
-            raise RuntimeError("the process runtime needs prlimit (util-linux)")
-        scratch = self._scratch_root / spec.run_id
-        scratch.mkdir(parents=True, exist_ok=True)
-        address_space = (spec.memory_mb + ADDRESS_SPACE_HEADROOM_MB) * MIB
-        argv = [rewrite_paths(word, spec.input_dir, spec.output_dir) for word in spec.command]
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(scratch),
-            "TMPDIR": str(scratch),
-            "VCNODE_INPUT": str(spec.input_dir),
-            "VCNODE_OUTPUT": str(spec.output_dir),
-            **spec.env,
-        }
+        problem = unavailable()
+        if problem is not None:
+            raise RuntimeError(problem)
+        # The task, as nobody, writes its outputs; the volunteer, as root, reads them.
+        await asyncio.to_thread(os.chown, spec.output_dir, NOBODY, NOBODY)
         started_at = time.time()
         process = await asyncio.create_subprocess_exec(
-            prlimit,
-            f"--as={address_space}",
-            f"--nproc={spec.pids_limit}",
-            f"--cpu={int(spec.timeout_seconds) + 1}",
-            "--",
-            *argv,
-            cwd=scratch,
-            env=env,
+            *sandbox_command(spec),
+            env=sandbox_env(spec),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -98,7 +150,6 @@ class ProcessRuntime:
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
-            shutil.rmtree(scratch, ignore_errors=True)
         exit_code = process.returncode
         if not failure and exit_code is not None and exit_code < 0:
             failure = f"killed by signal {signal.Signals(-exit_code).name}"
@@ -115,5 +166,6 @@ class ProcessRuntime:
 
     @staticmethod
     def _kill_group(process: asyncio.subprocess.Process) -> None:
+        # bwrap dies, and --die-with-parent takes the sandbox's processes with it.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)

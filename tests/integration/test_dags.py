@@ -4,7 +4,8 @@ failure running only the branch that did not complete."""
 from __future__ import annotations
 
 import json
-import sys
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.integration
 # One script for every step, so the workflow files stay readable: `numbers` writes 1..4,
 # `map F` applies F to each number, `total` sums every file it reads.
 STEP = """\
-import pathlib, sys
+import pathlib, socket, sys
 step, out = sys.argv[1], pathlib.Path(sys.argv[2])
 args = sys.argv[3:]
 if step == "numbers":
@@ -34,8 +35,10 @@ elif step == "map":
     factor, source = int(args[0]), pathlib.Path(args[1])
     out.write_text(" ".join(str(int(n) ** factor) for n in source.read_text().split()))
 elif step == "needs":
-    if not pathlib.Path(args[0]).exists():
-        sys.exit(f"{args[0]} is not there yet")
+    try:
+        socket.create_connection(("127.0.0.1", int(args[0])), timeout=2).close()
+    except OSError:
+        sys.exit(f"nothing listens on {args[0]} yet")
     out.write_text("0")
 elif step == "total":
     out.write_text(str(sum(int(n) for p in args for n in pathlib.Path(p).read_text().split())))
@@ -100,7 +103,8 @@ def test_outputs_flow_down_three_levels_in_containers(
     assert (out / "total.txt").read_text() == str(30 + 100)
 
 
-# b needs a file the test creates only after the first run failed.
+# b needs something the test opens only after the first run failed: a port of this host's
+# loopback to listen on (so b asks for the network, which its volunteer allows).
 BRANCH_FAILS = """\
 [workflow]
 name = "rescue"
@@ -116,6 +120,7 @@ name = "b"
 command = ["{python}", "/input/step.py", "needs", "/output/b.txt", "{marker}"]
 inputs = ["step.py"]
 outputs = ["b.txt"]
+network = true
 depends_on = ["a"]
 
 [[tasks]]
@@ -137,10 +142,19 @@ outputs = ["d.txt"]
 
 
 def start_process_mesh(daemons: Daemons) -> Daemon:
-    """A manager and one volunteer that runs tasks as processes: a task can then depend on
-    a file of this host, which is how the test decides when `b` may succeed."""
-    manager, _ = start_pool(daemons, "--allow-process-runtime", env=NO_DOCKER)
+    """A manager and one volunteer that runs tasks as sandboxed processes, with the host's
+    network when they ask: a task can then depend on a port of this host, which is how the
+    test decides when `b` may succeed."""
+    manager, _ = start_pool(daemons, "--allow-process-runtime", "--allow-network", env=NO_DOCKER)
     return manager
+
+
+@pytest.fixture
+def marker() -> Iterator[socket.socket]:
+    """A port of this host's loopback that nothing listens on until the test says so."""
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        yield reserved
 
 
 def task_rows(manager: Daemon, workflow_id: str) -> dict[str, dict[str, Any]]:
@@ -149,12 +163,11 @@ def task_rows(manager: Daemon, workflow_id: str) -> dict[str, dict[str, Any]]:
 
 
 def test_resume_runs_only_the_branch_that_did_not_complete(
-    daemons: Daemons, tmp_path: Path
+    daemons: Daemons, tmp_path: Path, marker: socket.socket
 ) -> None:
     manager = start_process_mesh(daemons)
-    marker = tmp_path / "b-may-run"
-    text = BRANCH_FAILS.replace("{marker}", str(marker))
-    workflow = write_workflow(tmp_path, text, sys.executable)
+    text = BRANCH_FAILS.replace("{marker}", str(marker.getsockname()[1]))
+    workflow = write_workflow(tmp_path, text, "python3")
 
     first = submit(manager, workflow, "--wait")
     assert first["exit_code"] == 1, first
@@ -166,9 +179,9 @@ def test_resume_runs_only_the_branch_that_did_not_complete(
         "c": "completed",
         "d": "skipped",
     }
-    assert "is not there yet" in before["b"]["error"]
+    assert "nothing listens on" in before["b"]["error"]
 
-    marker.touch()
+    marker.listen()
     resumed = run_cli(
         "submit", "--resume", workflow_id, "--data-dir", str(manager.data_dir), "--wait", "--json"
     )
@@ -189,7 +202,7 @@ def test_resume_refuses_a_workflow_that_completed_or_does_not_exist(
     daemons: Daemons, tmp_path: Path
 ) -> None:
     manager = start_process_mesh(daemons)
-    workflow = write_workflow(tmp_path, THREE_LEVELS, sys.executable)
+    workflow = write_workflow(tmp_path, THREE_LEVELS, "python3")
     done = submit(manager, workflow, "--wait")
     assert done["exit_code"] == 0, done
     again = run_cli("submit", "--resume", done["workflow_id"], "--data-dir", str(manager.data_dir))
@@ -218,21 +231,20 @@ def test_the_init_example_dag_runs_as_written(
 
 
 def test_on_failure_fail_fails_the_dependents_and_resume_still_runs_them(
-    daemons: Daemons, tmp_path: Path
+    daemons: Daemons, tmp_path: Path, marker: socket.socket
 ) -> None:
     manager = start_process_mesh(daemons)
-    marker = tmp_path / "b-may-run"
-    text = BRANCH_FAILS.replace("{marker}", str(marker)).replace(
+    text = BRANCH_FAILS.replace("{marker}", str(marker.getsockname()[1])).replace(
         'name = "rescue"\n', 'name = "rescue"\non_failure = "fail"\n'
     )
-    workflow = write_workflow(tmp_path, text, sys.executable)
+    workflow = write_workflow(tmp_path, text, "python3")
     first = submit(manager, workflow, "--wait")
     assert first["exit_code"] == 1, first
     rows = task_rows(manager, first["workflow_id"])
     assert (rows["d"]["state"], rows["d"]["error"]) == ("failed", "failed: b did not complete")
     printed = run_cli("status", first["workflow_id"], "--data-dir", str(manager.data_dir))
     assert f"vcnode submit --resume {first['workflow_id']}" in printed.stdout
-    marker.touch()
+    marker.listen()
     resumed = run_cli(
         "submit", "--resume", first["workflow_id"], "--data-dir", str(manager.data_dir),
         "--wait", "--json",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,23 +13,22 @@ from tests.integration.harness import NO_DOCKER, Daemon, Daemons, cli_json, run_
 
 pytestmark = pytest.mark.integration
 
-# Copies its input to its output with a suffix, once `gate` exists (a workflow held running).
+# Copies its input to its output with a suffix, after `wait` seconds (a workflow held going).
 STEP = """\
 import pathlib, sys, time
-source, suffix, target, gate = sys.argv[1:5]
-while gate != "-" and not pathlib.Path(gate).exists():
-    time.sleep(0.05)
+source, suffix, target, wait = sys.argv[1:5]
+time.sleep(float(wait))
 pathlib.Path(target).write_text(pathlib.Path(source).read_text() + suffix)
 """
 
 
-def workflow(tmp_path: Path, name: str, unique: str, gate: str = "-") -> Path:
+def workflow(tmp_path: Path, name: str, unique: str, wait: str = "0") -> Path:
     (tmp_path / f"{name}.txt").write_text(unique)
     path = tmp_path / f"{name}.toml"
     path.write_text(
         f'[workflow]\nname = "{name}"\n\n[[tasks]]\nname = "copy"\n'
-        f'command = ["{sys.executable}", "/input/step.py", "/input/in.txt", "{name}",'
-        f' "/output/out.txt", "{gate}"]\n'
+        f'command = ["python3", "/input/step.py", "/input/in.txt", "{name}",'
+        f' "/output/out.txt", "{wait}"]\n'
         f'inputs = {{ "step.py" = "step.py", "in.txt" = "{name}.txt" }}\n'
         'outputs = ["out.txt"]\n'
     )
@@ -83,15 +81,15 @@ def test_delete_frees_what_only_the_workflow_used_and_keeps_what_others_share(
 def test_a_workflow_still_going_is_not_deleted(daemons: Daemons, tmp_path: Path) -> None:
     manager, _ = start_pool(daemons, "--allow-process-runtime", env=NO_DOCKER)
     (tmp_path / "step.py").write_text(STEP)
-    gate = tmp_path / "gate"
-    going = submit(manager, workflow(tmp_path, "held", "held input\n", gate=str(gate)))
+    going = submit(manager, workflow(tmp_path, "held", "held input\n", wait="600"))
 
     refused = run_cli("delete", going, "--data-dir", str(manager.data_dir))
     assert refused.returncode == 2
     assert f"workflow {going} is still going; cancel it first" in refused.stderr
     assert held(manager, "held input\n")
 
-    gate.touch()
-    watched = run_cli("watch", going, "--data-dir", str(manager.data_dir), timeout=60)
-    assert watched.returncode == 0, watched.stderr  # watch returns once the workflow ended
-    assert cli_json("status", going, "--data-dir", str(manager.data_dir))["state"] == "completed"
+    cancelled = run_cli("cancel", going, "--data-dir", str(manager.data_dir))
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cli_json("status", going, "--data-dir", str(manager.data_dir))["state"] == "cancelled"
+    deleted = run_cli("delete", going, "--data-dir", str(manager.data_dir))
+    assert deleted.returncode == 0, deleted.stderr

@@ -1,17 +1,30 @@
-"""The process runtime (for hosts without Docker) with real subprocesses."""
+"""The process runtime (for hosts without Docker) with real sandboxed subprocesses: a task
+runs as nobody, sees its own files and nothing else of the host, and reaches no network
+unless it asks for one."""
 
 from __future__ import annotations
 
-import sys
+import os
+import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from daemon.runtime.process import ProcessRuntime, rewrite_paths
+from daemon.runtime.process import ProcessRuntime, sandbox_command, unavailable
 from daemon.runtime.spec import RunSpec
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def sandbox_here() -> None:
+    problem = unavailable()
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but tasks cannot be sandboxed here: {problem}")
+        pytest.skip(problem)
 
 
 def make_spec(tmp_path: Path, *command: str, **overrides: object) -> RunSpec:
@@ -31,33 +44,67 @@ def make_spec(tmp_path: Path, *command: str, **overrides: object) -> RunSpec:
     return RunSpec(**fields)  # type: ignore[arg-type]
 
 
-def test_paths_under_input_and_output_are_rewritten(tmp_path: Path) -> None:
-    assert rewrite_paths("/input/a.npy", tmp_path / "i", tmp_path / "o") == f"{tmp_path}/i/a.npy"
-    assert rewrite_paths("/output", tmp_path / "i", tmp_path / "o") == f"{tmp_path}/o"
-    assert rewrite_paths("/inputs/x", tmp_path / "i", tmp_path / "o") == "/inputs/x"
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A port on this host's loopback that accepts connections."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
 
 
-async def test_task_runs_in_a_scratch_dir_with_its_files(tmp_path: Path) -> None:
-    runtime = ProcessRuntime(tmp_path / "scratch")
+REACH = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=2).close()\n"
+    "    print('reached')\n"
+    "except OSError as error:\n"
+    "    print('unreachable:', error)\n"
+)
+
+
+async def test_a_task_runs_as_nobody_with_its_files(tmp_path: Path) -> None:
     spec = make_spec(
         tmp_path,
         "sh", "-c",
-        'tr a-z A-Z < "$VCNODE_INPUT/in.txt" > "$1"; pwd; echo 70 > "$VCNODE_OUTPUT/.progress";'
-        " sleep 0.6",
-        "sh", "/output/out.txt",
+        'id -u; pwd; tr a-z A-Z < "$VCNODE_INPUT/in.txt" > /output/out.txt;'
+        ' echo 70 > "$VCNODE_OUTPUT/.progress"; sleep 0.6',
     )  # fmt: skip
     (spec.input_dir / "in.txt").write_text("hello")
     progress: list[float] = []
-    result = await runtime.run(spec, progress.append)
+    result = await ProcessRuntime().run(spec, progress.append)
     assert result.succeeded, result
+    assert result.stdout_tail.split() == ["65534", "/tmp"]
     assert (spec.output_dir / "out.txt").read_text().strip() == "HELLO"
-    assert result.stdout_tail.strip() == str(tmp_path / "scratch" / spec.run_id)
     assert 70.0 in progress
-    assert not (tmp_path / "scratch" / spec.run_id).exists(), "scratch dir left behind"
+
+
+async def test_the_host_is_out_of_a_tasks_sight_and_reach(tmp_path: Path, listener: int) -> None:
+    secret_home = Path.home()
+    data_dir = tmp_path  # the volunteer's task dirs live here on the host
+    probe = (
+        f"for path in /etc/shadow /etc/passwd /root {secret_home} {data_dir}; do"
+        ' if [ -e "$path" ]; then echo "visible $path"; fi; done;'
+        " touch /usr/bin/x 2>/dev/null && echo 'wrote /usr';"
+        " touch /input/x 2>/dev/null && echo 'wrote /input';"
+        f' python3 -c "$0" {listener}'
+    )
+    result = await ProcessRuntime().run(make_spec(tmp_path, "sh", "-c", probe, REACH), print)
+    assert result.succeeded, result
+    # Its loopback is its own: the host's listener is not there.
+    [line] = result.stdout_tail.splitlines()  # else it saw or touched something of the host
+    assert line.startswith("unreachable:"), line
+
+
+async def test_a_task_that_asks_for_network_and_may_have_it_reaches_the_host(
+    tmp_path: Path, listener: int
+) -> None:
+    spec = make_spec(tmp_path, "python3", "-c", REACH, str(listener), network=True)
+    result = await ProcessRuntime().run(spec, print)
+    assert result.succeeded, result
+    assert result.stdout_tail.strip() == "reached"
 
 
 async def test_non_zero_exit_and_timeout(tmp_path: Path) -> None:
-    runtime = ProcessRuntime(tmp_path / "scratch")
+    runtime = ProcessRuntime()
     failed = await runtime.run(make_spec(tmp_path, "sh", "-c", "exit 4"), lambda _: None)
     assert failed.failure == "exited with code 4"
     timed_out = await runtime.run(
@@ -67,7 +114,16 @@ async def test_non_zero_exit_and_timeout(tmp_path: Path) -> None:
 
 
 async def test_memory_limit_applies(tmp_path: Path) -> None:
-    runtime = ProcessRuntime(tmp_path / "scratch")
-    spec = make_spec(tmp_path, sys.executable, "-c", "x = bytearray(2 * 1024**3)", memory_mb=64)
-    result = await runtime.run(spec, lambda _: None)
+    spec = make_spec(tmp_path, "python3", "-c", "x = bytearray(2 * 1024**3)", memory_mb=64)
+    result = await ProcessRuntime().run(spec, lambda _: None)
     assert result.failure == "out of memory: needed more than its 64 MiB limit"
+
+
+def test_the_sandbox_drops_to_nobody_after_bwrap_and_shares_no_network_by_default(
+    tmp_path: Path,
+) -> None:
+    command = sandbox_command(make_spec(tmp_path, "true"))
+    assert command.index("bwrap") < command.index("setpriv") < command.index("true")
+    assert "--unshare-net" in command
+    assert {"--reuid=65534", "--no-new-privs", "--bounding-set=-all"} <= set(command)
+    assert "--unshare-net" not in sandbox_command(make_spec(tmp_path, "true", network=True))
