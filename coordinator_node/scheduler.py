@@ -38,6 +38,7 @@ from daemon.models import (
     TaskSpec,
     TaskState,
 )
+from daemon.task_files import outputs_problem
 
 DEFAULT_OFFER_TIMEOUT_SECONDS = 15.0
 DEFAULT_MAX_ATTEMPTS = 5
@@ -283,6 +284,11 @@ class Scheduler:
         if not self._is_current(task, volunteer_id, result.attempt, TaskState.RUNNING):
             return []  # late or duplicate: the attempt it belongs to is over
         assert task is not None
+        problem = outputs_problem(task.spec.outputs, [ref.name for ref in result.outputs])
+        if result.succeeded and problem is not None:
+            # Never stored: a volunteer's bad word is its attempt lost, as if it had gone.
+            why = f"volunteer {volunteer_id[:8]} sent a result that {problem}; refused"
+            return self._requeue(task, now, why) + self._dispatch(now)
         self._release(task)
         task.result = result
         if result.succeeded:

@@ -4,6 +4,9 @@ refused first where the person who chose it can fix it."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+
 # Where a task may write its progress (0-100); never one of its inputs or outputs.
 PROGRESS_FILE = ".progress"
 
@@ -22,4 +25,23 @@ def file_name_problem(name: str) -> str | None:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return "is not valid UTF-8"
+    return None
+
+
+def outputs_problem(declared: Sequence[str], produced: Sequence[str]) -> str | None:
+    """Why a result naming the files `produced` is no result of a task that declared
+    `declared` as its outputs (none declared: whatever it wrote), or None. Checked where
+    results arrive: a task that reads another's output must find it there."""
+    counts = Counter(produced)
+    twice = sorted(name for name, count in counts.items() if count > 1)
+    if twice:
+        return f"names output {twice[0]!r} twice"
+    if not declared:
+        return None
+    missing = sorted(set(declared) - set(counts))
+    if missing:
+        return f"lacks declared output{'s' if len(missing) > 1 else ''} {', '.join(missing[:3])}"
+    extra = sorted(set(counts) - set(declared))
+    if extra:
+        return f"names undeclared output{'s' if len(extra) > 1 else ''} {', '.join(extra[:3])}"
     return None

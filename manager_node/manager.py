@@ -32,13 +32,19 @@ from daemon.models import (
     WorkflowUpdate,
 )
 from daemon.supervision import Supervisor
-from daemon.task_files import file_name_problem
+from daemon.task_files import file_name_problem, outputs_problem
 from daemon.transfer.blobstore import BlobStore
 from manager_node.admission import ProposedTask, inputs_mb, unschedulable
 from manager_node.coordinator_client import CoordinatorClient
 from manager_node.images import ImageArchives
 from manager_node.store import COORDINATOR_SEQUENCE, ManagerStore, NewTask
-from manager_node.workflow import WorkflowRun, WorkflowState, WorkflowTask, workflow_counts
+from manager_node.workflow import (
+    MissingUpstreamError,
+    WorkflowRun,
+    WorkflowState,
+    WorkflowTask,
+    workflow_counts,
+)
 from splitters.api import (
     Directory,
     Splitter,
@@ -105,10 +111,12 @@ class WorkflowManager:
         """Hands over, again, what was ready before a restart (the coordinator dedupes)."""
         self.coordinator = coordinator
         self.address = address
-        for run in self._runs.values():
+        for run in list(self._runs.values()):
             held = [t for t in run.tasks.values() if t.status.value in ("queued", "running")]
             await self._submit(held)
             await self._hand_over_ready(run)
+            if run.finished:  # a task that could not start ended what was left
+                await self._finish(run)
 
     # --- transfer policy ------------------------------------------------------------------
 
@@ -357,13 +365,25 @@ class WorkflowManager:
         return archive
 
     async def _hand_over_ready(self, run: WorkflowRun) -> None:
-        ready = run.take_ready()
-        for task in ready:
-            if task.upstream:
-                await self._resolve_upstream(run, task)
-        if ready:
-            await self._store.save_tasks(ready)  # one transaction for a whole first wave
-        await self._submit(ready)
+        startable: list[WorkflowTask] = []
+        ended: list[WorkflowTask] = []
+        for task in run.take_ready():
+            try:
+                if task.upstream:
+                    await self._resolve_upstream(run, task)
+            except MissingUpstreamError as error:
+                log.error(
+                    "workflow %s: task %s cannot start: %s", run.workflow_id, task.name, error
+                )
+                ended += run.fail(task, f"cannot start: {error}")
+                continue
+            startable.append(task)
+        if startable or ended:
+            # One transaction for a whole first wave.
+            await self._store.save_tasks([*startable, *ended])
+        for task in ended:
+            await self._publish(run, task.task_id, task.status.value, task.message)
+        await self._submit(startable)
 
     async def _submit(self, tasks: Sequence[WorkflowTask]) -> None:
         """Hands tasks to the coordinator, their small inputs inline."""
@@ -429,6 +449,12 @@ class WorkflowManager:
         must be here, whole, and on stable storage before the task is recorded as having
         them."""
         if event.result is None:
+            return False
+        spec = self._specs.get(event.task_id)
+        names = [ref.name for ref in event.result.outputs]
+        problem = outputs_problem(spec.outputs, names) if spec is not None else None
+        if problem is not None:  # the coordinator refuses such results; its store may not
+            log.warning("task %s: its result %s", event.task_id, problem)
             return False
         try:
             carried = inline.verified(event.result.outputs, event.result.inline_outputs)

@@ -47,6 +47,11 @@ def workflow_counts(counts: Mapping[str, int]) -> WorkflowCounts:
     )
 
 
+class MissingUpstreamError(ValueError):
+    """A ready task's producer completed without the output the task reads. Results are
+    checked for their declared outputs as they arrive; a store written before that was not."""
+
+
 class WorkflowState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -166,7 +171,7 @@ class WorkflowRun:
             producer = by_name[wanted.task]
             found = [ref for ref in producer.outputs if ref.name == wanted.output]
             if producer.status is not TaskStatus.COMPLETED or not found:
-                raise ValueError(f"{task.name}: {wanted.task} has no output {wanted.output}")
+                raise MissingUpstreamError(f"{wanted.task} has no output {wanted.output}")
             files.append(FileRef(wanted.name, found[0].sha256, found[0].size))
         return tuple(files)
 
@@ -220,6 +225,13 @@ class WorkflowRun:
             case unknown:
                 assert_never(unknown)
         return Applied(task, (task, *ended))
+
+    def fail(self, task: WorkflowTask, message: str) -> list[WorkflowTask]:
+        """Ends a task that cannot run, and what its failure ends downstream; returns every
+        task it changed."""
+        self._set_status(task, TaskStatus.FAILED)
+        task.message = message
+        return [task, *self._end_dependents(task)]
 
     def cancel(self) -> list[WorkflowTask]:
         """Marks every unfinished task cancelled; returns those the coordinator holds."""

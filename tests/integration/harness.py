@@ -5,6 +5,7 @@ Every wait polls for its condition against a deadline; nothing sleeps to let tim
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,10 +13,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from daemon.app import Node
 
 T = TypeVar("T")
 POLL_SECONDS = 0.05
@@ -219,3 +224,25 @@ def list_volunteers(address: str) -> dict[str, Any]:
         except grpc.RpcError:
             return {}
     return {v.volunteer_id: v for v in reply.volunteers}
+
+
+NODE_DEADLINE_SECONDS = 15.0
+
+
+@asynccontextmanager
+async def serving(node: Node) -> AsyncIterator[str]:
+    """Runs `node` until the block ends; yields its address once it answers."""
+    running = asyncio.get_running_loop().create_task(node.run())
+    try:
+        deadline = time.monotonic() + NODE_DEADLINE_SECONDS
+        while node.address is None or not (node.config.data_dir / "address").exists():
+            if running.done():
+                running.result()  # raises what stopped it
+                raise AssertionError("the node stopped")
+            assert time.monotonic() < deadline, "the node did not start"
+            await asyncio.sleep(0.02)
+        yield node.address
+        assert not running.done(), "the node stopped"
+    finally:
+        node.request_stop()
+        await asyncio.wait_for(running, NODE_DEADLINE_SECONDS)

@@ -12,7 +12,6 @@ import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from manager_node.role import ManagerRole
 from manager_node.store import ManagerStore, NewTask
 from manager_node.workflow import TaskStatus, WorkflowTask
 from splitters.api import Estimate, TaskTemplate
+from tests.integration.harness import serving
 from volunteer_node import role as volunteer_role
 
 pytestmark = pytest.mark.integration
@@ -143,23 +143,6 @@ async def test_a_crash_in_a_volunteers_heartbeats_stops_the_node_saying_why(
         with pytest.raises(NodeError, match="coordinator link failed: RuntimeError"):
             await asyncio.wait_for(volunteer.run(), DEADLINE_SECONDS)
     assert crash_records(caplog, "coordinator link"), "the traceback was not logged"
-
-
-@asynccontextmanager
-async def serving(node: Node) -> AsyncIterator[str]:
-    """Runs `node` until the block ends; yields its address once it answers."""
-    running = asyncio.get_running_loop().create_task(node.run())
-    try:
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while node.address is None or not (node.config.data_dir / "address").exists():
-            assert not running.done(), "the node stopped"
-            assert time.monotonic() < deadline, "the node did not start"
-            await asyncio.sleep(0.02)
-        yield node.address
-        assert not running.done(), "the node stopped"
-    finally:
-        node.request_stop()
-        await asyncio.wait_for(running, DEADLINE_SECONDS)
 
 
 async def _registered_session(

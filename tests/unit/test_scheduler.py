@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from coordinator_node.scheduler import (
     Candidate,
     EndedTask,
@@ -16,7 +18,15 @@ from coordinator_node.scheduler import (
     SendOffer,
     unfit_reason,
 )
-from daemon.models import OwnerLimits, ResourceRequest, Resources, TaskResult, TaskSpec, TaskState
+from daemon.models import (
+    OwnerLimits,
+    ResourceRequest,
+    Resources,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+)
+from daemon.task_files import outputs_problem
 
 MANAGER = "manager-1"
 
@@ -394,3 +404,32 @@ def test_a_manager_that_moved_sends_the_next_offer_of_its_tasks_to_its_new_addre
     out = scheduler.volunteer_joined(volunteer("v1"), [], now=2)
     [offer] = [i for i in out if isinstance(i, SendOffer)]
     assert offer.task.manager_address == "10.0.0.9:7451"
+
+
+def test_a_result_lacking_a_declared_output_is_refused_and_the_task_runs_again() -> None:
+    scheduler = Scheduler()
+    scheduler.submit(MANAGER, [spec("t1", outputs=("a.txt",))], now=0)
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1)
+    out = scheduler.finished("v1", ok("t1", 1), now=2)
+    assert events(out)[0] == ("t1", "requeued")
+    assert messages(out, "requeued") == [
+        "volunteer v1 sent a result that lacks declared output a.txt; refused"
+    ]
+    assert not any(isinstance(i, SaveTask) and i.task.result for i in out), "never stored"
+
+
+@pytest.mark.parametrize(
+    ("declared", "produced", "problem"),
+    [
+        ((), ("x", "y"), None),  # nothing declared: whatever it wrote
+        (("a", "b"), ("b", "a"), None),
+        (("a", "b"), ("a",), "lacks declared output b"),
+        (("a",), ("a", "z"), "names undeclared output z"),
+        (("a",), ("a", "a"), "names output 'a' twice"),
+    ],
+)
+def test_what_a_result_must_name(
+    declared: tuple[str, ...], produced: tuple[str, ...], problem: str | None
+) -> None:
+    assert outputs_problem(declared, produced) == problem

@@ -255,3 +255,25 @@ def test_ready_finished_and_counts_match_a_recount_through_random_histories(seed
         assert counts["skipped"] == statuses[TaskStatus.SKIPPED]
         assert sum(v for k, v in counts.items() if k != "total") == counts["total"] == len(tasks)
     assert recounted_ready(run) == {task.name for task in run.take_ready()}
+
+
+def test_a_task_that_cannot_start_fails_with_what_depends_on_it() -> None:
+    run = WorkflowRun.of(
+        "wf",
+        [
+            WorkflowTask("wf.a", "a"),
+            WorkflowTask("wf.b", "b", ("a",)),
+            WorkflowTask("wf.c", "c", ("b",)),
+            WorkflowTask("wf.d", "d"),
+        ],
+    )
+    [first, aside] = run.take_ready()
+    changed = run.fail(first, "cannot start: its input is gone")
+    assert [(t.name, t.status) for t in changed] == [
+        ("a", TaskStatus.FAILED),
+        ("b", TaskStatus.SKIPPED),
+        ("c", TaskStatus.SKIPPED),
+    ]
+    assert first.message == "cannot start: its input is gone"
+    assert aside.status is TaskStatus.QUEUED  # taken to run: untouched
+    assert not run.finished
