@@ -77,8 +77,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         try:
             async for message in request_iterator:
                 await self._handle(session, message)
-        except grpc.aio.AioRpcError:
-            pass  # the volunteer's side of the stream broke: it hung up
+        except (grpc.aio.AioRpcError, grpc.aio.AbortError):
+            pass  # it hung up, or sent what the edge refused (the status says what)
         except Exception:
             # Ours, not the volunteer's: end this session loudly, the pool goes on.
             log.exception(

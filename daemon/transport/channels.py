@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 
+from daemon.transport.caps import EdgeCaps
+
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 _OPTIONS = [
@@ -29,7 +31,7 @@ _CHANNEL_OPTIONS = [
 
 
 def create_server() -> grpc.aio.Server:
-    return grpc.aio.server(options=_SERVER_OPTIONS)
+    return grpc.aio.server(options=_SERVER_OPTIONS, interceptors=[EdgeCaps()])
 
 
 def bind(server: grpc.aio.Server, address: str) -> int:

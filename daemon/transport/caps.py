@@ -1,0 +1,158 @@
+"""Caps on what a peer may send, checked at the edge before any servicer sees a request:
+every string, bytes field, list and map of every request message, a few fields allowed more
+(or less) than the rest. A request over a cap is refused with INVALID_ARGUMENT and a short
+message naming the field, so nothing behind the edge has to fear a 9 MiB host name or a
+million-entry list: the registry, the stores and every listing stay the size honest peers
+make them. The caps sit far above what an honest peer sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+DEFAULT_TEXT = 64 * 1024  # characters of a string, bytes of a bytes field
+DEFAULT_ITEMS = 10_000  # entries of a list or a map
+# By field name as the .proto files spell it.
+TEXT: dict[str, int] = {
+    # Who a volunteer says it is: shown in every listing of the pool.
+    "vcnode.v1.Register.volunteer_id": 128,
+    "vcnode.v1.Register.hostname": 255,
+    "vcnode.v1.Register.cluster": 64,
+    "vcnode.v1.Register.version": 64,
+    "vcnode.v1.Resources.images": 512,
+    # A workflow file may be as large as a message may be.
+    "vcnode.v1.SubmitWorkflowRequest.workflow_toml": 16 * 1024 * 1024,
+}
+ITEMS: dict[str, int] = {
+    "vcnode.v1.Resources.images": 1_000,
+    "vcnode.v1.SubmitTasksRequest.tasks": 1_000,  # a manager sends 500 at a time
+    "vcnode.v1.SubmitWorkflowRequest.files": 100_000,  # a folder of inputs
+    "vcnode.v1.SubmitWorkflowRequest.overrides": 1_000,
+}
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    entry = field.message_type
+    return entry is not None and bool(entry.GetOptions().map_entry)
+
+
+def _over(name: str, count: int, what: str, cap: int) -> str:
+    return f"{name.removeprefix('vcnode.v1.')} holds {count:,} {what}; at most {cap:,}"
+
+
+def excess(message: Message) -> str | None:
+    """What in `message` goes over its cap, in a short sentence; None if nothing does."""
+    for field, value in message.ListFields():
+        name = field.full_name
+        if field.is_repeated:
+            cap = ITEMS.get(name, DEFAULT_ITEMS)
+            if len(value) > cap:
+                return _over(name, len(value), "entries", cap)
+            items = list(value.values()) + list(value) if _is_map(field) else list(value)
+        else:
+            items = [value]
+        for item in items:
+            if isinstance(item, Message):
+                found = excess(item)
+                if found:
+                    return found
+            elif isinstance(item, str | bytes):
+                cap = TEXT.get(name, DEFAULT_TEXT)
+                if len(item) > cap:
+                    what = "characters" if isinstance(item, str) else "bytes"
+                    return _over(name, len(item), what, cap)
+    return None
+
+
+Behaviour = Callable[..., Any]
+
+
+class EdgeCaps(grpc.aio.ServerInterceptor):
+    """Refuses, with INVALID_ARGUMENT, every request message over a cap (see `excess`)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _checked_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _checked_unary_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _checked_stream_unary(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _checked_stream_stream(handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+async def _refuse_if_over(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    # The transfer service's chunks are raw bytes, not messages: their own checks cap them.
+    if isinstance(request, Message) and (problem := excess(request)) is not None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"refused: {problem}")
+
+
+def _checked_unary(behaviour: Behaviour) -> Behaviour:
+    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await _refuse_if_over(request, context)
+        return await behaviour(request, context)
+
+    return checked
+
+
+def _checked_unary_stream(behaviour: Behaviour) -> Behaviour:
+    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await _refuse_if_over(request, context)
+        async for reply in behaviour(request, context):
+            yield reply
+
+    return checked
+
+
+async def _each_checked(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async for request in requests:
+        await _refuse_if_over(request, context)
+        yield request
+
+
+# grpc calls async generator functions and coroutine functions differently: each kind of
+# behaviour keeps its kind.
+def _checked_stream_unary(behaviour: Behaviour) -> Behaviour:
+    async def checked(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await behaviour(_each_checked(requests, context), context)
+
+    return checked
+
+
+def _checked_stream_stream(behaviour: Behaviour) -> Behaviour:
+    async def checked(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async for reply in behaviour(_each_checked(requests, context), context):
+            yield reply
+
+    return checked
