@@ -67,4 +67,7 @@ def with_lines(error: InvalidInputError, text: str, path: Path) -> InvalidInputE
         located.append(f"{path}:{line}: {problem}" if line else f"{path}: {problem}")
     if len(located) == 1:
         return InvalidInputError(located[0])
-    return InvalidInputError(f"{len(located)} problems:\n  " + "\n  ".join(located))
+    total = len(located)
+    if more := re.fullmatch(r"\.\.\. and ([\d,]+) more problems", problems[-1]):
+        total += int(more.group(1).replace(",", "")) - 1  # the count the refusal kept
+    return InvalidInputError(f"{total:,} problems:\n  " + "\n  ".join(located))

@@ -288,6 +288,9 @@ class Pool:
                         self._registry.lost_after_seconds,
                     )
                     await self._execute(self._scheduler.volunteer_lost(volunteer.volunteer_id, now))
+                if forgotten := self._registry.forget_gone(now):
+                    await self._store.delete_volunteers(forgotten)
+                    log.info("forgot %d volunteers gone for over a week", len(forgotten))
                 await self._execute(self._scheduler.tick(now))
 
     async def stop(self) -> None:

@@ -42,10 +42,20 @@ def registration_problem(
     return None
 
 
+# How long a volunteer that is gone (lost or left) stays listed before it is forgotten.
+RETENTION_SECONDS = 7 * 24 * 3600
+
+
 class VolunteerRegistry:
-    def __init__(self, heartbeat_seconds: float, missed_heartbeats: int = 3) -> None:
+    def __init__(
+        self,
+        heartbeat_seconds: float,
+        missed_heartbeats: int = 3,
+        retention_seconds: float = RETENTION_SECONDS,
+    ) -> None:
         self.heartbeat_seconds = heartbeat_seconds
         self.missed_heartbeats = missed_heartbeats
+        self.retention_seconds = retention_seconds
         self._volunteers: dict[str, Volunteer] = {}
         self._generations: dict[str, int] = {}
         # When each online volunteer was last heard from, for expiry; restored volunteers
@@ -131,6 +141,21 @@ class VolunteerRegistry:
             self._volunteers[vid] = volunteer
             newly_lost.append(volunteer)
         return newly_lost
+
+    def forget_gone(self, now: float) -> list[str]:
+        """Forgets every volunteer gone (lost or left, not connected) for longer than the
+        retention; returns their ids. The registry holds the pool, not its whole history."""
+        gone = [
+            vid
+            for vid, volunteer in self._volunteers.items()
+            if volunteer.state is not VolunteerState.ONLINE
+            and not volunteer.connected
+            and now - volunteer.last_seen > self.retention_seconds
+        ]
+        for vid in gone:
+            del self._volunteers[vid]
+            self._generations.pop(vid, None)
+        return gone
 
     def get(self, volunteer_id: str) -> Volunteer | None:
         return self._volunteers.get(volunteer_id)

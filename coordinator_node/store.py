@@ -214,6 +214,14 @@ class CoordinatorStore:
     async def close(self) -> None:
         await self.database.close()
 
+    async def delete_volunteers(self, volunteer_ids: Sequence[str]) -> None:
+        def write(db: sqlite_utils.Database) -> None:
+            db.conn.executemany(
+                "DELETE FROM volunteers WHERE id = ?", [(v,) for v in volunteer_ids]
+            )
+
+        await self.database.run(write)
+
     async def save_volunteers(
         self, volunteers: Sequence[Volunteer], event: str | None = None
     ) -> None:

@@ -11,11 +11,13 @@ from daemon.models import OwnerLimits, Resources, TaskSpec
 # Tasks a volunteer takes beyond its free slots, to fetch their inputs while its containers
 # run (work buffering, as BOINC does): the next task starts the moment a slot frees.
 PREFETCH_TASKS = 1
+# Slots one volunteer may have, whatever it claims: a claim of 1,000 would draw every task.
+MAX_SLOTS = 64
 
 
 def task_slots(limits: OwnerLimits) -> int:
     """How many tasks run at once on a volunteer."""
-    return max(1, limits.max_concurrent_tasks)
+    return min(MAX_SLOTS, max(1, limits.max_concurrent_tasks))
 
 
 def held_tasks(limits: OwnerLimits) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.capacity import MAX_SLOTS
 from daemon.errors import ConfigError
 from daemon.models import OwnerLimits
 from daemon.toml_values import toml_value
@@ -121,6 +122,13 @@ def _parse_non_negative_int(value: Any) -> int:
     return number
 
 
+def _parse_slots(value: Any) -> int:
+    number = _parse_non_negative_int(value)
+    if number > MAX_SLOTS:
+        raise ValueError(f"at most {MAX_SLOTS} tasks at once, got {value!r}")
+    return number
+
+
 def _parse_address(value: Any) -> str:
     text = str(value).strip()
     try:
@@ -180,7 +188,7 @@ LIMIT_SETTINGS: dict[str, Callable[[Any], Any]] = {
     "max_cpus": _parse_non_negative_int,
     "max_memory_mb": _parse_non_negative_int,
     "max_disk_mb": _parse_non_negative_int,
-    "max_concurrent_tasks": _parse_non_negative_int,
+    "max_concurrent_tasks": _parse_slots,
     "allow_network": _parse_bool,
     "allow_process_runtime": _parse_bool,
     "allow_pull": _parse_bool,

@@ -44,6 +44,9 @@ __all__ = [
 DEFAULT_IMAGE = "vcnode/worker:1"
 
 
+MAX_LISTED_PROBLEMS = 10
+
+
 class SplitterError(InvalidInputError):
     """A workflow's parameters cannot be used; `key` names the one to fix. One error may
     carry several problems (`combine`), so a person sees every one in one go."""
@@ -64,7 +67,11 @@ class SplitterError(InvalidInputError):
         problems = tuple(problem for error in errors for problem in error.problems)
         combined = cls(*problems[0])
         combined.problems = problems
-        combined.args = ("\n".join(f"{key}: {message}" for key, message in problems),)
+        # A refusal stays readable (and fits a gRPC status) however many problems it has.
+        listed = [f"{key}: {message}" for key, message in problems[:MAX_LISTED_PROBLEMS]]
+        if len(problems) > MAX_LISTED_PROBLEMS:
+            listed.append(f"... and {len(problems) - MAX_LISTED_PROBLEMS:,} more problems")
+        combined.args = ("\n".join(listed),)
         return combined
 
 

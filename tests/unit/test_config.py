@@ -81,6 +81,12 @@ def test_a_role_can_come_from_vcnode_role() -> None:
         ({"roles": "volunteer", "limits.max_cpus": "-1"}, {}, "flag --max-cpus: must be 0 or more"),
         ({"roles": "volunteer", "cluster": "a b"}, {}, "flag --cluster"),
         ({"roles": "volunteer", "log_level": "loud"}, {}, "flag --log-level"),
+        (
+            {"roles": "volunteer", "limits.max_concurrent_tasks": "100"},
+            {},
+            "flag --max-concurrent-tasks: at most 64 tasks at once",
+        ),
+        ({"roles": "volunteer", "advertise": "0.0.0.0"}, {}, "flag --advertise: expected HOST"),
     ],
 )
 def test_bad_values_name_their_source(

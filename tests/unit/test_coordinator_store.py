@@ -81,6 +81,13 @@ async def test_volunteers_survive_a_reopen(tmp_path: Path) -> None:
     assert sorted(loaded, key=lambda v: v.volunteer_id) == [VOLUNTEER, other]
 
 
+async def test_a_forgotten_volunteer_is_gone_from_the_store(store: CoordinatorStore) -> None:
+    other = replace(VOLUNTEER, volunteer_id="v2")
+    await store.save_volunteers([VOLUNTEER, other])
+    await store.delete_volunteers(["v1"])
+    assert [v.volunteer_id for v in await store.load_volunteers()] == ["v2"]
+
+
 async def test_saving_again_updates_the_record(store: CoordinatorStore) -> None:
     await store.save_volunteers([VOLUNTEER])
     back = replace(VOLUNTEER, state=VolunteerState.ONLINE, last_seen=2e9, load=Load())

@@ -149,3 +149,16 @@ def test_a_goodbye_from_a_replaced_session_changes_nothing() -> None:
     _, current = registry.connect(REGISTRATION, now=1.0)
     assert registry.depart(old) is None
     assert registry.get("v1") == current
+
+
+def test_a_volunteer_gone_longer_than_the_retention_is_forgotten() -> None:
+    registry = VolunteerRegistry(heartbeat_seconds=1.0, retention_seconds=100.0)
+    token, _ = registry.connect(REGISTRATION, now=0.0)
+    registry.connect(replace(REGISTRATION, volunteer_id="v2"), now=0.0)
+    registry.disconnect(token, now=1.0)
+    assert lost_ids(registry, now=5.0) == ["v1", "v2"]
+    assert registry.forget_gone(now=100.0) == [], "gone, but not for long enough"
+    # v2's stream is still open (a hung host): it is not forgotten while connected.
+    assert registry.forget_gone(now=101.0) == ["v1"]
+    assert registry.get("v1") is None
+    assert [v.volunteer_id for v in registry.volunteers()] == ["v2"]

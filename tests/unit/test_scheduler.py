@@ -433,3 +433,12 @@ def test_what_a_result_must_name(
     declared: tuple[str, ...], produced: tuple[str, ...], problem: str | None
 ) -> None:
     assert outputs_problem(declared, produced) == problem
+
+
+def test_a_volunteer_claiming_a_thousand_slots_is_offered_at_most_sixty_four_and_one_ahead() -> (
+    None
+):
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("greedy", slots=1_000), [], now=0)
+    out = scheduler.submit(MANAGER, [spec(f"t{i}", memory_mb=1) for i in range(200)], now=1)
+    assert len(offers(out)) == 64 + 1

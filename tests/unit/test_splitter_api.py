@@ -272,3 +272,12 @@ def test_what_a_splitter_raises_on_purpose_passes_unchanged() -> None:
         run_step(_Named(), "split", refuses)  # type: ignore[arg-type]
     assert raised.value is meant
     assert run_step(_Named(), "estimate", lambda: 7) == 7  # type: ignore[arg-type]
+
+
+def test_a_refusal_lists_ten_problems_and_counts_the_rest() -> None:
+    errors = [SplitterError(f"tasks[{i}].name", "required") for i in range(200_000)]
+    combined = SplitterError.combine(errors)
+    lines = str(combined).splitlines()
+    assert lines[:2] == ["tasks[0].name: required", "tasks[1].name: required"]
+    assert lines[10:] == ["... and 199,990 more problems"]
+    assert len(combined.problems) == 200_000, "every problem is still there for who reads them"

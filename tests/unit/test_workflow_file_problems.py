@@ -118,3 +118,13 @@ def test_a_task_file_name_the_volunteer_would_refuse_is_refused_in_the_file(name
     [(key, message)] = problems_of(text)
     assert key == "tasks[0].outputs"
     assert message.startswith(repr(name.replace("\\\\", "\\")))
+
+
+def test_a_long_refusal_counts_every_problem_while_it_lists_ten(tmp_path: Path) -> None:
+    error = SplitterError.combine(
+        [SplitterError(f"tasks[{i}]", "must be a table") for i in range(25)]
+    )
+    located = with_lines(error, "[[tasks]]\n" * 25, tmp_path / "wf.toml")
+    lines = str(located).splitlines()
+    assert lines[0] == "25 problems:"
+    assert lines[-1] == f"  {tmp_path / 'wf.toml'}: ... and 15 more problems"
