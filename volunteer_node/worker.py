@@ -317,6 +317,8 @@ class TaskWorker:
             memory_mb=task.resources.memory_mb,
             timeout_seconds=float(task.timeout_seconds),
             network=task.network and limits.allow_network,
+            # What it asked for, within what its owner gives (the cache's cap: 20 GiB unset).
+            output_mb=min(task.resources.disk_mb or limits.max_disk_mb, limits.max_disk_mb),
         )
 
     def _progress(self, task: TaskSpec) -> Callable[[float], None]:

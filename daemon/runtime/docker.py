@@ -18,12 +18,12 @@ from typing import Any
 import aiodocker
 
 from daemon.runtime.spec import (
+    OutputWatch,
     ProgressCallback,
     RunResult,
     RunSpec,
     failure_for_exit,
     tail,
-    watch_progress,
 )
 
 log = logging.getLogger(__name__)
@@ -155,9 +155,13 @@ class DockerRuntime:
                 raise ImageMissingError(f"image {spec.image} is not on this volunteer") from None
             raise
         started_at = time.time()
-        progress = asyncio.get_running_loop().create_task(
-            watch_progress(spec.output_dir, on_progress)
-        )
+
+        async def stop() -> None:
+            with contextlib.suppress(aiodocker.DockerError):
+                await container.kill()
+
+        watch = OutputWatch(spec, on_progress, stop)
+        progress = asyncio.get_running_loop().create_task(watch.run())
         try:
             await container.start()
             failure = ""
@@ -166,9 +170,9 @@ class DockerRuntime:
                 async with asyncio.timeout(spec.timeout_seconds):
                     exit_code = (await container.wait()).get("StatusCode")
             except TimeoutError:
-                with contextlib.suppress(aiodocker.DockerError):
-                    await container.kill()
+                await stop()
                 failure = f"timed out after {spec.timeout_seconds:g} s (killed)"
+            failure = watch.overflow or failure
             finished_at = time.time()
             if exit_code != 0:
                 # Only a failure needs the details (the code after a kill, whether memory ran

@@ -23,12 +23,12 @@ import signal
 import time
 
 from daemon.runtime.spec import (
+    OutputWatch,
     ProgressCallback,
     RunResult,
     RunSpec,
     failure_for_exit,
     tail,
-    watch_progress,
 )
 
 MIB = 1024 * 1024
@@ -130,9 +130,12 @@ class ProcessRuntime:
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group, so a timeout kills the tree
         )
-        progress = asyncio.get_running_loop().create_task(
-            watch_progress(spec.output_dir, on_progress)
-        )
+
+        async def stop() -> None:
+            self._kill_group(process)
+
+        watch = OutputWatch(spec, on_progress, stop)
+        progress = asyncio.get_running_loop().create_task(watch.run())
         failure = ""
         try:
             try:
@@ -151,6 +154,7 @@ class ProcessRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
         exit_code = process.returncode
+        failure = watch.overflow or failure
         if not failure and exit_code is not None and exit_code < 0:
             failure = f"killed by signal {signal.Signals(-exit_code).name}"
         if not failure and b"MemoryError" in stderr:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from daemon.task_files import PROGRESS_FILE
 
+MIB = 1024 * 1024
 TAIL_BYTES = 8192
 PROGRESS_POLL_SECONDS = 0.25
 
@@ -28,6 +30,8 @@ class RunSpec:
     network: bool = False
     pids_limit: int = 256
     tmp_mb: int = 64
+    # What the task may write to /output; past it the task is stopped (0: no cap).
+    output_mb: int = 0
     env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -93,12 +97,60 @@ def read_progress(output_dir: Path) -> float | None:
     return min(100.0, max(0.0, value))
 
 
-async def watch_progress(output_dir: Path, on_progress: ProgressCallback) -> None:
-    """Reports each new value the task writes to its progress file, until cancelled."""
-    last: float | None = None
-    while True:
-        await asyncio.sleep(PROGRESS_POLL_SECONDS)
-        value = await asyncio.to_thread(read_progress, output_dir)
-        if value is not None and value != last:
-            last = value
-            on_progress(value)
+def written_bytes(output_dir: Path) -> int:
+    """What the task wrote under `output_dir`, links not followed."""
+    total = 0
+    pending = [output_dir]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue  # gone or unreadable as we looked: the task's business
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                else:
+                    total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return total
+
+
+class OutputWatch:
+    """Watches a running task's /output: reports each new progress value it writes, and
+    stops the task (`stop`) once it has written more than `spec.output_mb`."""
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        on_progress: ProgressCallback,
+        stop: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._spec = spec
+        self._on_progress = on_progress
+        self._stop = stop
+        self.overflow = ""  # why it stopped the task, if it did
+
+    async def run(self) -> None:
+        """Until cancelled, or until it stopped the task."""
+        last: float | None = None
+        limit = self._spec.output_mb * MIB
+        while True:
+            await asyncio.sleep(PROGRESS_POLL_SECONDS)
+            value, written = await asyncio.to_thread(self._look)
+            if value is not None and value != last:
+                last = value
+                self._on_progress(value)
+            if limit and written > limit:
+                self.overflow = (
+                    f"wrote more than its {self._spec.output_mb} MiB of output "
+                    f"({written / MIB:.0f} MiB; stopped)"
+                )
+                await self._stop()
+                return
+
+    def _look(self) -> tuple[float | None, int]:
+        output_dir = self._spec.output_dir
+        written = written_bytes(output_dir) if self._spec.output_mb else 0
+        return read_progress(output_dir), written

@@ -154,3 +154,16 @@ async def test_cancelling_a_run_removes_its_container(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await containers_labelled(spec.run_id) == []
+
+
+async def test_a_task_writing_past_its_output_cap_is_stopped_and_says_why(
+    runtime: DockerRuntime, tmp_path: Path, worker_image: str
+) -> None:
+    spec = make_spec(
+        tmp_path,
+        worker_image,
+        "while true; do head -c 1048576 /dev/zero >> /output/big; sleep 0.01; done",
+        output_mb=2,
+    )
+    result, _ = await run(runtime, spec)
+    assert result.failure.startswith("wrote more than its 2 MiB of output ("), result

@@ -127,3 +127,11 @@ def test_the_sandbox_drops_to_nobody_after_bwrap_and_shares_no_network_by_defaul
     assert "--unshare-net" in command
     assert {"--reuid=65534", "--no-new-privs", "--bounding-set=-all"} <= set(command)
     assert "--unshare-net" not in sandbox_command(make_spec(tmp_path, "true", network=True))
+
+
+async def test_a_task_writing_past_its_output_cap_is_stopped_and_says_why(tmp_path: Path) -> None:
+    writer = "while true; do head -c 1048576 /dev/zero >> /output/big; sleep 0.01; done"
+    spec = make_spec(tmp_path, "sh", "-c", writer, output_mb=2)
+    result = await ProcessRuntime().run(spec, lambda _: None)
+    assert result.failure.startswith("wrote more than its 2 MiB of output ("), result
+    assert result.failure.endswith("MiB; stopped)")
