@@ -23,7 +23,8 @@ import grpc
 from cli import views
 from cli.rpc import connected
 from cli.workflow_file import local_files, located, read_workflow
-from daemon.errors import InvalidInputError, NodeError
+from daemon.backoff import Backoff
+from daemon.errors import InvalidInputError, NodeError, UnreachableError
 from daemon.models import FileRef, Submitted, WorkflowCounts, WorkflowStatus
 from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
 from daemon.transfer.client import download, upload
@@ -43,6 +44,8 @@ INLINE_FILE_BYTES = 256 * 1024
 INLINE_TOTAL_BYTES = 8 * 1024 * 1024
 PARALLEL_UPLOADS = 4
 FINAL_STATES = {"completed", "failed", "cancelled"}
+# How long `submit --wait` waits for a manager that went away (a restart) to come back.
+RECONNECT_SECONDS = 600.0
 
 
 def _stub(channel: grpc.aio.Channel) -> manager_pb2_grpc.ManagerServiceAsyncStub:
@@ -151,7 +154,14 @@ async def _after_submit(
     if not args.wait:
         return 0
     bar = ProgressBar(sys.stderr, submitted.estimated_seconds_per_task)
-    state = await _follow(manager, workflow_id, bar)
+    try:
+        state = await _follow(manager, workflow_id, bar)
+    except asyncio.CancelledError:  # Ctrl-C: only this client stops
+        sys.stderr.write(
+            f"\n{workflow_id} goes on without you: 'vcnode watch {workflow_id}' follows it, "
+            f"'vcnode cancel {workflow_id}' stops it\n"
+        )
+        raise
     status = await _workflow_status(manager, workflow_id)
     if args.json:
         views.print_json({"workflow_id": workflow_id, **_status_json(status)})
@@ -225,22 +235,51 @@ class ProgressBar:
 async def _follow(
     manager: manager_pb2_grpc.ManagerServiceAsyncStub, workflow_id: str, bar: ProgressBar
 ) -> str:
-    """Shows progress until the workflow ends; returns its final state."""
-    state = ""
+    """Shows progress until the workflow ends; returns its final state. A manager that goes
+    away (a restart) is waited for, up to RECONNECT_SECONDS: the workflow goes on there."""
+    backoff = Backoff()
+    away_since: float | None = None
     try:
-        async for event in manager.WatchWorkflow(
-            manager_pb2.WatchWorkflowRequest(workflow_id=workflow_id)
-        ):
-            update = convert.workflow_update_from_proto(event)
-            note = "merging" if update.kind == "merging" else ""
-            bar.show(update.counts, note)
-            if update.kind in FINAL_STATES and not update.task_id:
-                state = update.kind
+        while True:
+            try:
+                state = await _watch(manager, workflow_id, bar)
+                if not state:  # the stream ended first: over, or the manager stopping
+                    state = (await _workflow_status(manager, workflow_id)).state
+                if state in FINAL_STATES:
+                    return state
+                away_since = None  # it answered: watch again, after a pause
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+            now = time.monotonic()
+            if away_since is None:
+                away_since = now
+                bar.close()
+                sys.stderr.write("the manager went away; waiting for it (the workflow goes on)\n")
+            elif now - away_since > RECONNECT_SECONDS:
+                raise UnreachableError(
+                    f"the manager did not come back within {RECONNECT_SECONDS:g} s; "
+                    f"{workflow_id} goes on there: 'vcnode status {workflow_id}' once it is back"
+                )
+            await asyncio.sleep(backoff.next_delay())
     finally:
         bar.close()
-    if not state:
-        state = (await _workflow_status(manager, workflow_id)).state
-    return state
+
+
+async def _watch(
+    manager: manager_pb2_grpc.ManagerServiceAsyncStub, workflow_id: str, bar: ProgressBar
+) -> str:
+    """Shows each update until the stream ends; the final state if it said one, else ""."""
+    async for event in manager.WatchWorkflow(
+        manager_pb2.WatchWorkflowRequest(workflow_id=workflow_id)
+    ):
+        update = convert.workflow_update_from_proto(event)
+        bar.show(update.counts, "merging" if update.kind == "merging" else "")
+        if update.kind in FINAL_STATES and not update.task_id:
+            return update.kind
+    return ""
 
 
 def _status_json(status: WorkflowStatus) -> dict[str, Any]:
