@@ -74,6 +74,9 @@ class ScheduledTask:
     error: str = ""
     result: TaskResult | None = None
     declined_at: dict[str, float] = field(default_factory=dict)
+    # Volunteers whose result for it was refused: it is never offered to them again (kept
+    # in memory only: a restarted coordinator gives them another chance).
+    distrusted: set[str] = field(default_factory=set)
     unschedulable_reported: bool = False
     # `attempt` when the current run began: attempt numbers never repeat (so late results
     # stay recognisable) but each run gets the whole `max_attempts` budget.
@@ -288,6 +291,7 @@ class Scheduler:
         if result.succeeded and problem is not None:
             # Never stored: a volunteer's bad word is its attempt lost, as if it had gone.
             why = f"volunteer {volunteer_id[:8]} sent a result that {problem}; refused"
+            task.distrusted.add(volunteer_id)
             return self._requeue(task, now, why) + self._dispatch(now)
         self._release(task)
         task.result = result
@@ -412,6 +416,7 @@ class Scheduler:
                 vid
                 for vid in room
                 if now - task.declined_at.get(vid, -math.inf) >= DECLINE_COOLDOWN_SECONDS
+                and vid not in task.distrusted
                 and unfit_reason(task.spec, self._candidates[vid]) is None
             ]
             if not ready:

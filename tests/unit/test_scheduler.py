@@ -406,13 +406,15 @@ def test_a_manager_that_moved_sends_the_next_offer_of_its_tasks_to_its_new_addre
     assert offer.task.manager_address == "10.0.0.9:7451"
 
 
-def test_a_result_lacking_a_declared_output_is_refused_and_the_task_runs_again() -> None:
+def test_a_result_lacking_a_declared_output_is_refused_and_the_task_runs_elsewhere() -> None:
     scheduler = Scheduler()
     scheduler.submit(MANAGER, [spec("t1", outputs=("a.txt",))], now=0)
-    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.volunteer_joined(volunteer("v1", slots=4), [], now=0)
     scheduler.accepted("v1", "t1", 1, now=1)
+    scheduler.volunteer_joined(volunteer("v2"), [], now=1)
     out = scheduler.finished("v1", ok("t1", 1), now=2)
     assert events(out)[0] == ("t1", "requeued")
+    assert offers(out) == [("v2", "t1", 2)], "never again to the volunteer that sent it"
     assert messages(out, "requeued") == [
         "volunteer v1 sent a result that lacks declared output a.txt; refused"
     ]
