@@ -422,27 +422,47 @@ class WorkflowManager:
         async with self._lock:
             run = self._runs.get(event.workflow_id)
             if run is not None:
-                verified = event.kind is not EventKind.COMPLETED or await self._outputs_arrived(
-                    event
-                )
-                if event.result is not None and event.result.inline_outputs:
-                    # Stored as blobs now; the task's record keeps only their refs.
-                    event = replace(event, result=replace(event.result, inline_outputs=()))
-                was = run.state()
-                applied = run.apply(event, outputs_verified=verified)
-                if applied is not None:
-                    # queued -> running shows here; the end is written by _finish.
-                    now = run.state()
-                    moved = (
-                        (run.workflow_id, now.value) if now != was and not run.finished else None
-                    )
-                    await self._store.save_tasks(list(applied.changed), event.sequence, moved)
-                    await self._publish(run, event.task_id, event.kind, applied.task.message)
-                    await self._hand_over_ready(run)
-                    if run.finished:
-                        await self._finish(run)
-                    return
+                try:
+                    if await self._apply(run, event):
+                        return
+                except Exception as error:
+                    # One event must not stop the manager following the others, nor its
+                    # restart (which would meet the event again): its workflow fails.
+                    log.exception("workflow %s: an event of %s broke it", run.workflow_id, event)
+                    reason = f"the manager could not handle task {event.task_id}: {error!r}"
+                    await self._call_off(run, WorkflowState.FAILED, reason)
             await self._store.set_meta(COORDINATOR_SEQUENCE, str(event.sequence))
+
+    async def _apply(self, run: WorkflowRun, event: TaskEvent) -> bool:
+        """Applies the event to its run; False when it changed nothing there."""
+        verified = event.kind is not EventKind.COMPLETED or await self._outputs_arrived(event)
+        if event.result is not None and event.result.inline_outputs:
+            # Stored as blobs now; the task's record keeps only their refs.
+            event = replace(event, result=replace(event.result, inline_outputs=()))
+        was = run.state()
+        applied = run.apply(event, outputs_verified=verified)
+        if applied is None:
+            return False
+        # queued -> running shows here; the end is written by _finish.
+        now = run.state()
+        moved = (run.workflow_id, now.value) if now != was and not run.finished else None
+        await self._store.save_tasks(list(applied.changed), event.sequence, moved)
+        await self._publish(run, event.task_id, event.kind, applied.task.message)
+        await self._hand_over_ready(run)
+        if run.finished:
+            await self._finish(run)
+        return True
+
+    async def _call_off(self, run: WorkflowRun, state: WorkflowState, message: str) -> int:
+        """Ends a workflow before its time (cancelled, or unable to go on): what it has left
+        is called off here and at the coordinator; returns how many tasks the coordinator
+        held."""
+        held = run.cancel()
+        await self._store.save_tasks(list(run.tasks.values()))
+        if held and self.coordinator is not None:
+            self.coordinator.cancel(run.workflow_id)
+        await self._end(run.workflow_id, state, message)
+        return len(held)
 
     async def _outputs_arrived(self, event: TaskEvent) -> bool:
         """Volunteers upload outputs before reporting, or carry small ones inline; each
@@ -556,12 +576,7 @@ class WorkflowManager:
                 raise RejectedError(
                     f"workflow {workflow_id} is merging its results: too late to cancel"
                 )
-            held = run.cancel()
-            await self._store.save_tasks(list(run.tasks.values()))
-            if held and self.coordinator is not None:
-                self.coordinator.cancel(workflow_id)
-            await self._end(workflow_id, WorkflowState.CANCELLED, "cancelled by the user")
-        return len(held)
+            return await self._call_off(run, WorkflowState.CANCELLED, "cancelled by the user")
 
     async def delete(self, workflow_id: str) -> Deleted:
         """Forgets an ended workflow and frees the blobs only it used (its inputs, outputs
