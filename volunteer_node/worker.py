@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from volunteer_node.store import AttemptState, VolunteerStore
 log = logging.getLogger(__name__)
 
 UPLOAD_RETRY_MAX_SECONDS = 30.0
+UPLOAD_PATIENCE_SECONDS = 30 * 60.0
 
 
 class Transfers(Protocol):
@@ -104,6 +106,9 @@ def regular_file(directory: Path, name: str) -> Path | None:
 class WorkerConfig:
     tasks_dir: Path
     limits: OwnerLimits
+    # How long a task's outputs wait for a manager nobody can reach before the attempt
+    # fails (and the task runs again elsewhere, or fails for good, with that reason).
+    upload_patience_seconds: float = UPLOAD_PATIENCE_SECONDS
 
 
 class TaskWorker:
@@ -378,14 +383,22 @@ class TaskWorker:
         return Outputs(tuple(refs), tuple(carried))
 
     async def _upload_until_delivered(self, task: TaskSpec, path: Path) -> FileRef:
-        """Keeps trying while the manager is away: outputs are too costly to lose."""
+        """Keeps trying while the manager is away (a restart): outputs are costly to lose.
+        Gives up, failing the attempt, once it has been away for the patience."""
         backoff = Backoff(initial=1.0, maximum=UPLOAD_RETRY_MAX_SECONDS)
         purpose = f"{task.task_id}:{task.attempt}"
+        patience = self._config.upload_patience_seconds
+        deadline = time.monotonic() + patience
         while True:
             try:
                 return await self._transfers.send(task.manager_address, path, purpose)
             except UnreachableError as error:
-                delay = backoff.next_delay()
+                if time.monotonic() >= deadline:
+                    raise TaskFailedError(
+                        f"could not deliver output {path.name} to the manager at "
+                        f"{task.manager_address} within {patience:g} s: {error}"
+                    ) from None
+                delay = min(backoff.next_delay(), max(0.0, deadline - time.monotonic()))
                 log.warning(
                     "upload of %s for %s failed (%s); retrying in %.1f s",
                     path.name,
