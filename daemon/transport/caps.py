@@ -84,31 +84,15 @@ class EdgeCaps(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
-            return handler
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _checked_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _checked_unary_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _checked_stream_unary(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _checked_stream_stream(handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return None
+        for kind, make, check in _KINDS:
+            behaviour = getattr(handler, kind)
+            if behaviour is not None:
+                return make(
+                    check(behaviour),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
         return handler
 
 
@@ -156,3 +140,15 @@ def _checked_stream_stream(behaviour: Behaviour) -> Behaviour:
             yield reply
 
     return checked
+
+
+# What grpc calls each kind of method handler, how to make one, and how to check its requests.
+_KINDS: tuple[
+    tuple[str, Callable[..., grpc.RpcMethodHandler[Any, Any]], Callable[[Behaviour], Behaviour]],
+    ...,
+] = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, _checked_unary),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, _checked_unary_stream),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, _checked_stream_unary),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, _checked_stream_stream),
+)
