@@ -30,6 +30,7 @@ from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
 from daemon.transfer.client import download, upload
 from daemon.transfer.hashing import sha256_file
 from daemon.transport import convert
+from daemon.transport.caps import INLINE_FILE_BYTES
 
 CALL_TIMEOUT_SECONDS = 30.0
 # The manager splits a workflow and stores its inputs before it answers: about 5 ms a task
@@ -40,7 +41,6 @@ DELETE_TIMEOUT_SECONDS = 600.0
 INPUT_PURPOSE = "input"
 # Input files up to this size travel inside SubmitWorkflow, up to this much in all (the
 # message limit is 16 MiB).
-INLINE_FILE_BYTES = 256 * 1024
 INLINE_TOTAL_BYTES = 8 * 1024 * 1024
 PARALLEL_UPLOADS = 4
 FINAL_STATES = {"completed", "failed", "cancelled"}
@@ -247,7 +247,8 @@ async def _follow(
                     state = (await _workflow_status(manager, workflow_id)).state
                 if state in FINAL_STATES:
                     return state
-                away_since = None  # it answered: watch again, after a pause
+                away_since = None  # it answered: watch again, after a short pause
+                backoff.reset()
                 await asyncio.sleep(backoff.next_delay())
                 continue
             except grpc.aio.AioRpcError as error:

@@ -184,7 +184,10 @@ class Scheduler:
         for spec in specs:
             known = self.tasks.get(spec.task_id)
             if known is not None:  # a manager resubmitting after a lost reply or a restart
-                if known.spec.manager_address != spec.manager_address:
+                if (
+                    known.manager_id == manager_id
+                    and known.spec.manager_address != spec.manager_address
+                ):
                     # Its next offer sends volunteers to where the manager is now.
                     known.spec = replace(known.spec, manager_address=spec.manager_address)
                     out.append(SaveTask(known, new_spec=True))
@@ -420,7 +423,11 @@ class Scheduler:
                 and unfit_reason(task.spec, self._candidates[vid]) is None
             ]
             if not ready:
-                if any(unfit_reason(task.spec, c) is None for c in self._candidates.values()):
+                if any(
+                    unfit_reason(task.spec, c) is None
+                    for vid, c in self._candidates.items()
+                    if vid not in task.distrusted
+                ):
                     waiting.append(task)
                     continue
                 self._parked[task.task_id] = task
@@ -449,7 +456,12 @@ class Scheduler:
     def _unschedulable(self, task: ScheduledTask, now: float) -> Publish:
         reasons = sorted(
             {
-                f"{c.volunteer_id[:8]}: {unfit_reason(task.spec, c)}"
+                f"{c.volunteer_id[:8]}: "
+                + (
+                    "its result for it was refused"
+                    if c.volunteer_id in task.distrusted
+                    else str(unfit_reason(task.spec, c))
+                )
                 for c in self._candidates.values()
             }
         )

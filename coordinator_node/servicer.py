@@ -135,14 +135,16 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         # retry after it restarted); an open host is the one its call came from, unless it
         # shares our host: then each volunteer fills in the host it reached us at.
         manager_address = request.manager_address
+        if not addresses.valid(manager_address):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"manager_address must be HOST:PORT or :PORT, got {manager_address[:80]!r}",
+            )
         seen = addresses.peer_host(context.peer())
-        if manager_address and seen is not None and not addresses.is_loopback(seen):
+        if seen is not None and not addresses.is_loopback(seen):
             manager_address = addresses.filled(manager_address, seen)
         specs = [
-            replace(
-                convert.task_spec_from_proto(task),
-                manager_address=manager_address or task.manager_address,
-            )
+            replace(convert.task_spec_from_proto(task), manager_address=manager_address)
             for task in request.tasks
         ]
         accepted = await self._pool.submit(request.manager_id, specs)

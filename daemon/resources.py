@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 
 from daemon.models import Load, Resources
+from daemon.transport.caps import IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -60,4 +61,4 @@ async def probe_docker() -> tuple[bool, tuple[str, ...]]:
     tags = sorted(
         {tag for image in images for tag in (image.get("RepoTags") or []) if tag != "<none>:<none>"}
     )
-    return True, tuple(tags)
+    return True, tuple(tags[:IMAGES])  # what the coordinator's edge admits

@@ -34,6 +34,8 @@ from daemon.models import (
 from daemon.supervision import Supervisor
 from daemon.task_files import file_name_problem, outputs_problem
 from daemon.transfer.blobstore import BlobStore
+from daemon.transport import convert
+from daemon.transport.caps import excess
 from manager_node.admission import ProposedTask, inputs_mb, unschedulable
 from manager_node.coordinator_client import CoordinatorClient
 from manager_node.images import ImageArchives
@@ -176,6 +178,7 @@ class WorkflowManager:
                     raise SplitterError("parameters", "the split produced no tasks")
                 tasks = await self._tasks(workflow_id, templates)
             _check_graph(workflow.type, tasks)
+            _check_sendable(workflow.type, tasks)
             tasks = [_with_room_for_inputs(new) for new in tasks]
             # Pinned first: an image the manager ships can reach any volunteer.
             tasks = await self._attach_images(tasks)
@@ -539,8 +542,15 @@ class WorkflowManager:
             for path in merged:
                 sha256, size = await self._blobs.put_file(path)
                 results.append(FileRef(path.name, sha256, size))
-        except (NodeError, OSError) as error:
-            log.error("workflow %s: merge failed: %s", workflow_id, error)
+        except Exception as error:
+            # Whatever broke it (a splitter's result of the wrong shape, say), the merge
+            # ends its workflow, not the manager: a restart would only merge and fail again.
+            log.error(
+                "workflow %s: merge failed: %s",
+                workflow_id,
+                error,
+                exc_info=None if isinstance(error, NodeError | OSError) else error,
+            )
             await self._end(workflow_id, WorkflowState.FAILED, f"merge failed: {error}")
             return
         await self._store.add_results(workflow_id, results)
@@ -703,6 +713,22 @@ def _check_graph(workflow_type: str, tasks: list[NewTask]) -> None:
     if problems:
         key = "tasks" if workflow_type == EXPLICIT_TYPE else f"{workflow_type} split"
         raise SplitterError.combine([SplitterError(key, problem) for _, problem in problems])
+
+
+def _check_sendable(workflow_type: str, tasks: list[NewTask]) -> None:
+    """Every task must pass the coordinator's edge caps: one that cannot would hold up every
+    task handed over after it. Refused here, naming the task."""
+    problems = []
+    for new in tasks:
+        if (problem := excess(convert.task_spec_to_proto(new.spec))) is not None:
+            where = (
+                f"task {new.name}" if workflow_type == EXPLICIT_TYPE else f"{workflow_type} split"
+            )
+            problems.append(
+                SplitterError(where, f"too large to hand to the coordinator: {problem}")
+            )
+    if problems:
+        raise SplitterError.combine(problems)
 
 
 def _split(splitter: Splitter, params: dict[str, Any], workdir: Path) -> list[TaskTemplate]:

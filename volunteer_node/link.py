@@ -23,6 +23,7 @@ from daemon.models import Load, Registration, TaskResult, TaskSpec
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.supervision import run_together
 from daemon.transport import addresses, convert
+from daemon.transport.caps import excess
 from daemon.transport.channels import open_channel
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,18 @@ class CoordinatorLink:
         )
 
     def send_result(self, result: TaskResult) -> None:
-        self._send(result=convert.task_result_to_proto(result))
+        message = convert.task_result_to_proto(result)
+        if (problem := excess(message)) is not None:
+            # The coordinator's edge would refuse it in every session: say why instead.
+            refused = replace(
+                result,
+                exit_code=result.exit_code or -1,
+                error=f"its result is too large to report: {problem}",
+                outputs=(),
+                inline_outputs=(),
+            )
+            message = convert.task_result_to_proto(refused)
+        self._send(result=message)
 
     async def leave(self, reason: str) -> None:
         """Says goodbye, then ends our side of the session and reconnects no more; returns
@@ -188,6 +200,10 @@ class CoordinatorLink:
         kind = message.WhichOneof("kind")
         if kind == "offer":
             task = convert.task_spec_from_proto(message.offer.task)
+            if not addresses.valid(task.manager_address):  # a coordinator's bug: not ours
+                reason = f"its manager address {task.manager_address[:80]!r} is not HOST:PORT"
+                self.send_decline(task.task_id, task.attempt, reason)
+                return
             if self.connected_to is not None:  # a manager on our coordinator's host
                 coordinator_host, _ = addresses.split(self.connected_to)
                 task = replace(

@@ -172,6 +172,7 @@ class DockerRuntime:
             except TimeoutError:
                 await stop()
                 failure = f"timed out after {spec.timeout_seconds:g} s (killed)"
+            await watch.check_after_exit()
             failure = watch.overflow or failure
             finished_at = time.time()
             if exit_code != 0:

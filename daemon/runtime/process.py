@@ -154,6 +154,7 @@ class ProcessRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
         exit_code = process.returncode
+        await watch.check_after_exit()
         failure = watch.overflow or failure
         if not failure and exit_code is not None and exit_code < 0:
             failure = f"killed by signal {signal.Signals(-exit_code).name}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,13 +88,26 @@ def tail(text: bytes | str, limit: int = TAIL_BYTES) -> str:
     return data[-limit:].decode("utf-8", errors="replace")
 
 
+PROGRESS_BYTES = 64  # "100" needs 3; the rest is the task's business
+
+
 def read_progress(output_dir: Path) -> float | None:
-    """The task's own progress, 0-100, from /output/.progress; None if absent or garbled."""
+    """The task's own progress, 0-100, from /output/.progress; None if absent or garbled.
+    The task made that file: it may be a link (to /dev/zero, say) or a FIFO, so only a
+    regular file is read, and only its first bytes."""
     try:
-        text = (output_dir / PROGRESS_FILE).read_text(encoding="utf-8", errors="replace")
+        fd = os.open(output_dir / PROGRESS_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = os.read(fd, PROGRESS_BYTES).decode("utf-8", errors="replace")
         value = float(text.strip().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+    finally:
+        os.close(fd)
     return min(100.0, max(0.0, value))
 
 
@@ -135,20 +149,30 @@ class OutputWatch:
     async def run(self) -> None:
         """Until cancelled, or until it stopped the task."""
         last: float | None = None
-        limit = self._spec.output_mb * MIB
         while True:
             await asyncio.sleep(PROGRESS_POLL_SECONDS)
             value, written = await asyncio.to_thread(self._look)
             if value is not None and value != last:
                 last = value
                 self._on_progress(value)
-            if limit and written > limit:
-                self.overflow = (
-                    f"wrote more than its {self._spec.output_mb} MiB of output "
-                    f"({written / MIB:.0f} MiB; stopped)"
-                )
+            if self._over(written):
                 await self._stop()
                 return
+
+    async def check_after_exit(self) -> None:
+        """One last look once the task ended: it may have written past its cap between
+        two looks (a sparse file, at its last moment) and exited."""
+        if self._spec.output_mb and not self.overflow:
+            self._over(await asyncio.to_thread(written_bytes, self._spec.output_dir))
+
+    def _over(self, written: int) -> bool:
+        if not self._spec.output_mb or written <= self._spec.output_mb * MIB:
+            return False
+        self.overflow = (
+            f"wrote more than its {self._spec.output_mb} MiB of output "
+            f"({written / MIB:.0f} MiB; stopped)"
+        )
+        return True
 
     def _look(self) -> tuple[float | None, int]:
         output_dir = self._spec.output_dir

@@ -23,6 +23,15 @@ def split(address: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
+def valid(address: str) -> bool:
+    """Whether `address` is something `split` reads: HOST:PORT, [v6]:PORT or :PORT."""
+    try:
+        _, port = split(address)
+    except ValueError:
+        return False
+    return 0 < port < 65536
+
+
 def join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

@@ -17,6 +17,10 @@ from google.protobuf.message import Message
 
 DEFAULT_TEXT = 64 * 1024  # characters of a string, bytes of a bytes field
 DEFAULT_ITEMS = 10_000  # entries of a list or a map
+# What a client sends inside a submission instead of uploading it.
+INLINE_FILE_BYTES = 256 * 1024
+INPUT_FILES = 100_000  # a folder of inputs
+IMAGES = 1_000  # image tags a volunteer reports (it reports at most these)
 # By field name as the .proto files spell it.
 TEXT: dict[str, int] = {
     # Who a volunteer says it is: shown in every listing of the pool.
@@ -27,11 +31,13 @@ TEXT: dict[str, int] = {
     "vcnode.v1.Resources.images": 512,
     # A workflow file may be as large as a message may be.
     "vcnode.v1.SubmitWorkflowRequest.workflow_toml": 16 * 1024 * 1024,
+    "vcnode.v1.InlineFile.content": INLINE_FILE_BYTES,
 }
 ITEMS: dict[str, int] = {
-    "vcnode.v1.Resources.images": 1_000,
+    "vcnode.v1.Resources.images": IMAGES,
     "vcnode.v1.SubmitTasksRequest.tasks": 1_000,  # a manager sends 500 at a time
-    "vcnode.v1.SubmitWorkflowRequest.files": 100_000,  # a folder of inputs
+    "vcnode.v1.SubmitWorkflowRequest.files": INPUT_FILES,
+    "vcnode.v1.SubmitWorkflowRequest.inline_files": INPUT_FILES,
     "vcnode.v1.SubmitWorkflowRequest.overrides": 1_000,
 }
 

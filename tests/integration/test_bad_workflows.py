@@ -187,3 +187,21 @@ async def test_an_inline_input_that_does_not_match_its_checksum_is_refused(
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "in.txt: its content does not match" in (refused.value.details() or "")
     assert cli_json("workflows", "--data-dir", str(manager.data_dir)) == []
+
+
+def test_a_task_too_large_for_the_coordinator_is_refused_at_submit(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    """Handed over, it would be refused at the coordinator's edge, and hold up every task
+    behind it."""
+    manager, _ = start_pool(daemons)
+    workflow = tmp_path / "huge.toml"
+    word = "x" * 70_000
+    workflow.write_text(
+        f'[workflow]\nname = "huge"\n\n[[tasks]]\nname = "t"\ncommand = ["{word}"]\n'
+    )
+    said = refused(manager, workflow)
+    assert (
+        "task t: too large to hand to the coordinator: TaskSpec.command holds 70,000 characters;"
+        " at most 65,536"
+    ) in said

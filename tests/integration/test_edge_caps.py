@@ -79,3 +79,23 @@ async def test_a_submission_of_too_many_tasks_at_once_is_refused(tmp_path: Path)
         assert "SubmitTasksRequest.tasks holds 1,001 entries; at most 1,000" in str(
             refused.value.details()
         )
+
+
+async def test_a_submission_with_a_manager_address_nobody_can_dial_is_refused(
+    tmp_path: Path,
+) -> None:
+    task = convert.task_spec_to_proto(
+        TaskSpec("wf.t", "wf", "vcnode/worker:1", ("true",), ResourceRequest(), 60)
+    )
+    async with serving(node(tmp_path / "node")) as address, open_channel(address) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        for bad in ("", "x", "host:0"):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.SubmitTasks(
+                    coordinator_pb2.SubmitTasksRequest(
+                        manager_id="m", manager_address=bad, tasks=[task]
+                    ),
+                    timeout=10,
+                )
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "manager_address must be HOST:PORT" in str(refused.value.details())

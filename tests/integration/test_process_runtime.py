@@ -135,3 +135,11 @@ async def test_a_task_writing_past_its_output_cap_is_stopped_and_says_why(tmp_pa
     result = await ProcessRuntime().run(spec, lambda _: None)
     assert result.failure.startswith("wrote more than its 2 MiB of output ("), result
     assert result.failure.endswith("MiB; stopped)")
+
+
+async def test_a_task_that_writes_past_its_cap_and_exits_at_once_is_caught_after(
+    tmp_path: Path,
+) -> None:
+    spec = make_spec(tmp_path, "sh", "-c", "truncate -s 50M /output/sparse", output_mb=2)
+    result = await ProcessRuntime().run(spec, lambda _: None)
+    assert result.failure == "wrote more than its 2 MiB of output (50 MiB; stopped)", result

@@ -247,10 +247,34 @@ async def _merging_workflow(data_dir: Path) -> None:
     await store.close()
 
 
-async def test_a_splitter_whose_merge_raises_fails_its_workflow_and_not_the_manager(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+class MergeReturnsJunk(MergeRaises):
+    """A third-party splitter whose merge returns what no manager can store."""
+
+    def merge(self, outputs: Mapping[str, Mapping[str, Path]], workdir: Path) -> list[Path]:
+        self.merges += 1
+        return [42]  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("splitter", "said", "logged"),
+    [
+        (
+            MergeRaises(),
+            "merge_raises merge: the splitter failed: ValueError: operands could not be broadcast",
+            "merge_raises: merge raised",
+        ),
+        (MergeReturnsJunk(), "merge failed: ", "merge failed"),
+    ],
+    ids=["raises", "returns-junk"],
+)
+async def test_a_splitter_whose_merge_breaks_fails_its_workflow_and_not_the_manager(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    splitter: MergeRaises,
+    said: str,
+    logged: str,
 ) -> None:
-    splitter = MergeRaises()
     monkeypatch.setattr(manager_module, "get_splitter", lambda name: splitter)
     await _merging_workflow(tmp_path)
     fatal: list[NodeError] = []
@@ -282,8 +306,7 @@ async def test_a_splitter_whose_merge_raises_fails_its_workflow_and_not_the_mana
         await role.stop()
         await role.close()
         assert workflow.state == "failed"
-        assert "merge_raises merge" in workflow.error
-        assert "ValueError: operands could not be broadcast together" in workflow.error
+        assert said in workflow.error
         assert splitter.merges == 1, f"restart {restart}: a failed merge ran again"
     assert not fatal, "a splitter's bug must not stop the manager"
-    assert crash_records(caplog, "merge_raises: merge raised")
+    assert crash_records(caplog, logged)

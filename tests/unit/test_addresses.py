@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.transport.addresses import advertised, filled, is_loopback, peer_host, split
+from daemon.transport.addresses import advertised, filled, is_loopback, peer_host, split, valid
 
 
 @pytest.mark.parametrize(
@@ -40,3 +40,13 @@ def test_peer_hosts_come_from_grpc_peer_strings() -> None:
     assert is_loopback("::1")
     assert not is_loopback("10.0.0.2")
     assert split("[fd00::5]:9000") == ("fd00::5", 9000)
+
+
+def test_only_host_port_shapes_are_valid() -> None:
+    assert valid("10.0.0.2:7451")
+    assert valid(":7451")
+    assert valid("[fd00::5]:9000")
+    assert not valid("")
+    assert not valid("x")
+    assert not valid("10.0.0.2:0")
+    assert not valid("10.0.0.2:99999")

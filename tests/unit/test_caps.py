@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from daemon.models import OwnerLimits, Registration, ResourceRequest, Resources, TaskSpec
+from daemon.models import FileRef, OwnerLimits, Registration, ResourceRequest, Resources, TaskSpec
 from daemon.rpc.v1 import coordinator_pb2, manager_pb2
 from daemon.transport import convert
-from daemon.transport.caps import excess
+from daemon.transport.caps import INLINE_FILE_BYTES, excess
 
 
 def register(**changes: object) -> coordinator_pb2.Register:
@@ -62,3 +62,13 @@ def test_map_keys_and_values_are_capped() -> None:
     assert excess(long_value) == (
         "SubmitWorkflowRequest.overrides holds 70,000 characters; at most 65,536"
     )
+
+
+def test_what_the_cli_sends_inline_at_its_limits_passes() -> None:
+    ref = convert.file_ref_to_proto(FileRef("data.bin", "0" * 64, INLINE_FILE_BYTES))
+    largest = manager_pb2.InlineFile(ref=ref, content=b"x" * INLINE_FILE_BYTES)
+    request = manager_pb2.SubmitWorkflowRequest(workflow_toml="x", inline_files=[largest])
+    assert excess(request) is None
+    small = manager_pb2.InlineFile(ref=ref, content=b"x")
+    folder = manager_pb2.SubmitWorkflowRequest(workflow_toml="x", inline_files=[small] * 20_000)
+    assert excess(folder) is None

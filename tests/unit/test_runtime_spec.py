@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from daemon.runtime.spec import failure_for_exit
+import os
+from pathlib import Path
+
+from daemon.runtime.spec import failure_for_exit, read_progress
+from daemon.task_files import PROGRESS_FILE
 
 
 def test_a_failure_says_the_last_line_the_task_wrote_to_stderr() -> None:
@@ -12,3 +16,17 @@ def test_a_failure_says_the_last_line_the_task_wrote_to_stderr() -> None:
     assert failure_for_exit(1, trace) == "exited with code 1: ValueError: bad shape"
     assert failure_for_exit(None, "x" * 500).endswith("x…")
     assert len(failure_for_exit(2, "y" * 500)) == len("exited with code 2: ") + 200
+
+
+def test_progress_is_read_only_from_a_regular_file_and_only_its_first_bytes(
+    tmp_path: Path,
+) -> None:
+    progress = tmp_path / PROGRESS_FILE
+    progress.write_text("42\n" + "9" * 10_000)
+    assert read_progress(tmp_path) == 42.0
+    progress.unlink()
+    progress.symlink_to("/dev/zero")  # a task's trick: the volunteer would read for ever
+    assert read_progress(tmp_path) is None
+    progress.unlink()
+    os.mkfifo(progress)  # a reader of a FIFO blocks until someone writes
+    assert read_progress(tmp_path) is None

@@ -444,3 +444,23 @@ def test_a_volunteer_claiming_a_thousand_slots_is_offered_at_most_sixty_four_and
     scheduler.volunteer_joined(volunteer("greedy", slots=1_000), [], now=0)
     out = scheduler.submit(MANAGER, [spec(f"t{i}", memory_mb=1) for i in range(200)], now=1)
     assert len(offers(out)) == 64 + 1
+
+
+def test_a_task_only_a_distrusted_volunteer_could_run_is_reported_unschedulable() -> None:
+    scheduler = Scheduler()
+    scheduler.submit(MANAGER, [spec("t1", outputs=("a.txt",))], now=0)
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1)
+    out = scheduler.finished("v1", ok("t1", 1), now=2)
+    assert offers(out) == [], "not back to the volunteer whose result was refused"
+    assert messages(out, "unschedulable") == [
+        "no volunteer can run it (v1: its result for it was refused)"
+    ]
+
+
+def test_a_manager_cannot_move_another_managers_task() -> None:
+    scheduler = Scheduler()
+    scheduler.submit(MANAGER, [spec("t1", manager_address="10.0.0.2:7451")], now=0)
+    out = scheduler.submit("intruder", [spec("t1", manager_address="10.6.6.6:7451")], now=1)
+    assert out == []
+    assert scheduler.tasks["t1"].spec.manager_address == "10.0.0.2:7451"
