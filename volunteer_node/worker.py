@@ -373,22 +373,23 @@ class TaskWorker:
             files.append(path)
         refs = []
         carried = []
+        # One patience for the whole attempt, however many files wait for the manager.
+        deadline = time.monotonic() + self._config.upload_patience_seconds
         for path, content in zip(files, await asyncio.to_thread(_small_files, files), strict=True):
             if content is None:
-                refs.append(await self._upload_until_delivered(task, path))
+                refs.append(await self._upload_until_delivered(task, path, deadline))
                 continue
             blob = inline.blob_of(content)
             refs.append(FileRef(path.name, blob.sha256, len(content)))
             carried.append(blob)
         return Outputs(tuple(refs), tuple(carried))
 
-    async def _upload_until_delivered(self, task: TaskSpec, path: Path) -> FileRef:
+    async def _upload_until_delivered(self, task: TaskSpec, path: Path, deadline: float) -> FileRef:
         """Keeps trying while the manager is away (a restart): outputs are costly to lose.
-        Gives up, failing the attempt, once it has been away for the patience."""
+        Gives up at `deadline` (monotonic), failing the attempt."""
         backoff = Backoff(initial=1.0, maximum=UPLOAD_RETRY_MAX_SECONDS)
         purpose = f"{task.task_id}:{task.attempt}"
         patience = self._config.upload_patience_seconds
-        deadline = time.monotonic() + patience
         while True:
             try:
                 return await self._transfers.send(task.manager_address, path, purpose)

@@ -4,6 +4,7 @@ the attempt fails saying why (a volunteer used to retry an upload for as long as
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -57,7 +58,7 @@ async def test_outputs_give_up_on_an_unreachable_manager_after_the_patience(
     output = tmp_path / "out.bin"
     output.write_bytes(b"x" * 10_000)
     with pytest.raises(TaskFailedError) as failed:
-        await worker._upload_until_delivered(task, output)
+        await worker._upload_until_delivered(task, output, deadline=time.monotonic())
     assert str(failed.value) == (
         "could not deliver output out.bin to the manager at 10.0.0.2:7451 within 0 s:"
         " no transfer service answered at 10.0.0.2:7451"
