@@ -5,7 +5,8 @@ The sandbox shows a task what a container would: the host's /usr read-only (so i
 programs run), /input read-only, /output writable, a private /tmp, its own /proc and /dev,
 and nothing else of the host: no /etc, no home, no data dir. It has its own network (none
 unless the task asks and the owner allows), pid, ipc and uts namespaces. bwrap sets this up
-as root, then `setpriv` makes the task the unprivileged user nobody (65534) with no
+as root, then `setpriv` makes the task an unprivileged user of its own (a uid from
+TASK_UIDS that no other running task has, and no account on the host) with no
 capabilities and no way to gain any before it runs; so the volunteer must run as root, and
 refuses this runtime otherwise (`unavailable`). Limits come from `prlimit` (util-linux)
 rather than a preexec hook: no Python may run between fork and exec in a process that holds
@@ -22,6 +23,7 @@ import shutil
 import signal
 import time
 
+from daemon.capacity import MAX_SLOTS
 from daemon.runtime.spec import (
     OutputWatch,
     ProgressCallback,
@@ -34,7 +36,9 @@ from daemon.runtime.spec import (
 MIB = 1024 * 1024
 # Memory limits an address space, which is larger than what a process touches.
 ADDRESS_SPACE_HEADROOM_MB = 256
-NOBODY = 65534
+# One uid per running task: the process limit (RLIMIT_NPROC) counts per uid, so tasks
+# sharing one would share one limit, and one task's fork bomb would starve the rest.
+TASK_UIDS = range(2_147_000_000, 2_147_000_000 + 2 * MAX_SLOTS)  # far from login and subuid ranges
 TOOLS = ("bwrap", "setpriv", "prlimit")
 # A merged-/usr host has these as links into /usr; another has them as directories.
 SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -59,7 +63,7 @@ def unavailable() -> str | None:
     return None
 
 
-def sandbox_command(spec: RunSpec) -> list[str]:
+def sandbox_command(spec: RunSpec, uid: int) -> list[str]:
     """The command that runs `spec` in its sandbox, limits included (pure, so the lockdown
     itself is testable)."""
     address_space = (spec.memory_mb + ADDRESS_SPACE_HEADROOM_MB) * MIB
@@ -92,7 +96,7 @@ def sandbox_command(spec: RunSpec) -> list[str]:
         "--bind", str(spec.output_dir), "/output",
         "--chdir", "/tmp",
         "--",
-        "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
         "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
         "--",
         *spec.command,
@@ -115,15 +119,25 @@ class ProcessRuntime:
     name = "process"
     isolated = False  # rlimits, not cgroups; and inputs are copies, never the cache's files
 
+    def __init__(self) -> None:
+        self._free_uids = list(reversed(TASK_UIDS))
+
     async def run(self, spec: RunSpec, on_progress: ProgressCallback) -> RunResult:
         problem = unavailable()
         if problem is not None:
             raise RuntimeError(problem)
-        # The task, as nobody, writes its outputs; the volunteer, as root, reads them.
-        await asyncio.to_thread(os.chown, spec.output_dir, NOBODY, NOBODY)
+        uid = self._free_uids.pop()  # a volunteer runs at most MAX_SLOTS (+1 fetched)
+        try:
+            return await self._run(spec, on_progress, uid)
+        finally:
+            self._free_uids.append(uid)
+
+    async def _run(self, spec: RunSpec, on_progress: ProgressCallback, uid: int) -> RunResult:
+        # The task writes its outputs as its uid; the volunteer, as root, reads them.
+        await asyncio.to_thread(os.chown, spec.output_dir, uid, uid)
         started_at = time.time()
         process = await asyncio.create_subprocess_exec(
-            *sandbox_command(spec),
+            *sandbox_command(spec, uid),
             env=sandbox_env(spec),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,

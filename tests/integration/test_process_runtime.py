@@ -4,6 +4,7 @@ unless it asks for one."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.runtime.process import ProcessRuntime, sandbox_command, unavailable
+from daemon.runtime.process import TASK_UIDS, ProcessRuntime, sandbox_command, unavailable
 from daemon.runtime.spec import RunSpec
 
 pytestmark = pytest.mark.integration
@@ -28,7 +29,7 @@ def sandbox_here() -> None:
 
 
 def make_spec(tmp_path: Path, *command: str, **overrides: object) -> RunSpec:
-    (tmp_path / "input").mkdir(exist_ok=True)
+    (tmp_path / "input").mkdir(parents=True, exist_ok=True)
     (tmp_path / "output").mkdir(exist_ok=True)
     fields: dict[str, object] = {
         "run_id": f"test-{uuid.uuid4().hex[:12]}",
@@ -61,7 +62,7 @@ REACH = (
 )
 
 
-async def test_a_task_runs_as_nobody_with_its_files(tmp_path: Path) -> None:
+async def test_a_task_runs_as_a_uid_of_its_own_with_its_files(tmp_path: Path) -> None:
     spec = make_spec(
         tmp_path,
         "sh", "-c",
@@ -72,7 +73,9 @@ async def test_a_task_runs_as_nobody_with_its_files(tmp_path: Path) -> None:
     progress: list[float] = []
     result = await ProcessRuntime().run(spec, progress.append)
     assert result.succeeded, result
-    assert result.stdout_tail.split() == ["65534", "/tmp"]
+    uid, cwd = result.stdout_tail.split()
+    assert int(uid) in TASK_UIDS
+    assert cwd == "/tmp"
     assert (spec.output_dir / "out.txt").read_text().strip() == "HELLO"
     assert 70.0 in progress
 
@@ -119,14 +122,25 @@ async def test_memory_limit_applies(tmp_path: Path) -> None:
     assert result.failure == "out of memory: needed more than its 64 MiB limit"
 
 
-def test_the_sandbox_drops_to_nobody_after_bwrap_and_shares_no_network_by_default(
+def test_the_sandbox_drops_privileges_after_bwrap_and_shares_no_network_by_default(
     tmp_path: Path,
 ) -> None:
-    command = sandbox_command(make_spec(tmp_path, "true"))
+    command = sandbox_command(make_spec(tmp_path, "true"), uid=TASK_UIDS[0])
     assert command.index("bwrap") < command.index("setpriv") < command.index("true")
     assert "--unshare-net" in command
-    assert {"--reuid=65534", "--no-new-privs", "--bounding-set=-all"} <= set(command)
-    assert "--unshare-net" not in sandbox_command(make_spec(tmp_path, "true", network=True))
+    assert {f"--reuid={TASK_UIDS[0]}", "--no-new-privs", "--bounding-set=-all"} <= set(command)
+    with_network = sandbox_command(make_spec(tmp_path, "true", network=True), uid=TASK_UIDS[0])
+    assert "--unshare-net" not in with_network
+
+
+async def test_tasks_running_at_once_have_uids_of_their_own(tmp_path: Path) -> None:
+    """The process limit counts per uid: shared, one task's fork bomb would starve others."""
+    runtime = ProcessRuntime()
+    specs = [make_spec(tmp_path / str(i), "sh", "-c", "sleep 0.5; id -u") for i in range(3)]
+    results = await asyncio.gather(*(runtime.run(spec, lambda _: None) for spec in specs))
+    uids = {int(result.stdout_tail) for result in results}
+    assert len(uids) == 3
+    assert uids <= set(TASK_UIDS)
 
 
 async def test_a_task_writing_past_its_output_cap_is_stopped_and_says_why(tmp_path: Path) -> None:
