@@ -206,6 +206,36 @@ def start_pool(
     return manager, started
 
 
+@dataclass(frozen=True)
+class SplitPool:
+    """A coordinator, a manager and a volunteer, each a daemon of its own."""
+
+    manager: Daemon
+    # How the manager was started, to start it again at the same address.
+    manager_args: list[str]
+    volunteer: Daemon
+
+
+def start_split_pool(daemons: Daemons) -> SplitPool:
+    """Coordinator, manager and volunteer as three daemons on loopback, explicit addresses,
+    in a cluster of their own; returns once the volunteer joined."""
+    common = ["--cluster", unique_cluster(), "--heartbeat", "0.5", "--no-mdns"]
+    coordinator = daemons.start(
+        "coordinator", "--role", "coordinator", "--listen", "127.0.0.1:0", *common
+    )
+    coordinator_address = coordinator.address()
+    manager_args = ["--role", "manager", "--coordinator", coordinator_address, *common]
+    manager = daemons.start("manager", *manager_args, "--listen", "127.0.0.1:0")
+    manager.address()
+    volunteer = daemons.start(
+        "volunteer", "--role", "volunteer", "--listen", "127.0.0.1:0",
+        "--coordinator", coordinator_address, *common,
+    )  # fmt: skip
+    volunteer.address()
+    wait_until(lambda: volunteer.node_id in list_volunteers(coordinator_address), 15, "join")
+    return SplitPool(manager, manager_args, volunteer)
+
+
 def volunteers_by_id(coordinator: Daemon) -> dict[str, dict[str, Any]]:
     listing = cli_json("volunteers", "--data-dir", str(coordinator.data_dir))
     return {volunteer["id"]: volunteer for volunteer in listing}

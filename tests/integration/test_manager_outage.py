@@ -14,9 +14,8 @@ import pytest
 from tests.integration.harness import (
     Daemons,
     cli_json,
-    list_volunteers,
     run_cli,
-    unique_cluster,
+    start_split_pool,
     wait_until,
 )
 
@@ -33,21 +32,9 @@ SMALL = ("echo done", ") completed", "the volunteer to report the result")
 def test_outputs_reach_a_manager_that_was_down_when_the_task_ended(
     daemons: Daemons, tmp_path: Path, worker_image: str, writer: str, log_line: str, what: str
 ) -> None:
-    cluster = unique_cluster()
-    common = ["--cluster", cluster, "--heartbeat", "0.5", "--no-mdns"]
-    coordinator = daemons.start(
-        "coordinator", "--role", "coordinator", "--listen", "127.0.0.1:0", *common
-    )
-    coordinator_address = coordinator.address()
-    manager_args = ["--role", "manager", "--coordinator", coordinator_address, *common]
-    manager = daemons.start("manager", *manager_args, "--listen", "127.0.0.1:0")
+    pool = start_split_pool(daemons)
+    manager, manager_args, volunteer = pool.manager, pool.manager_args, pool.volunteer
     manager_address = manager.address()
-    volunteer = daemons.start(
-        "volunteer", "--role", "volunteer", "--listen", "127.0.0.1:0",
-        "--coordinator", coordinator_address, *common,
-    )  # fmt: skip
-    volunteer.address()
-    wait_until(lambda: volunteer.node_id in list_volunteers(coordinator_address), 15, "join")
 
     workflow = tmp_path / "slow.toml"
     workflow.write_text(
