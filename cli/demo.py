@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cli import views
+from cli.credentials import client_credential
 from daemon.datadir import read_address
 from daemon.errors import NodeError
 from daemon.models import Volunteer, VolunteerState
@@ -25,6 +26,7 @@ from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.runtime.process import unavailable as sandbox_unavailable
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
+from daemon.trust.pki import role_name
 
 START_TIMEOUT_SECONDS = 20.0
 
@@ -89,8 +91,8 @@ class ProcessGroup:
         return {name: process.wait(timeout=15) for name, process in self.processes.items()}
 
 
-async def _online_volunteers(address: str) -> list[Volunteer]:
-    channel = open_channel(address)
+async def _online_volunteers(address: str, data_dir: Path) -> list[Volunteer]:
+    channel = open_channel(address, client_credential(data_dir), role_name("coordinator"))
     try:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         reply = await stub.ListVolunteers(coordinator_pb2.ListVolunteersRequest(), timeout=5)
@@ -143,11 +145,13 @@ def _choose_runtime() -> list[str]:
     return []
 
 
-def _wait_for_volunteers(group: ProcessGroup, address: str, wanted: int) -> list[Volunteer]:
+def _wait_for_volunteers(
+    group: ProcessGroup, address: str, data_dir: Path, wanted: int
+) -> list[Volunteer]:
     started = time.monotonic()
     while True:
         group.check_alive()
-        volunteers = asyncio.run(_online_volunteers(address))
+        volunteers = asyncio.run(_online_volunteers(address, data_dir))
         online = [v for v in volunteers if v.state is VolunteerState.ONLINE]
         if len(online) >= wanted:
             took = time.monotonic() - started
@@ -156,6 +160,20 @@ def _wait_for_volunteers(group: ProcessGroup, address: str, wanted: int) -> list
         if time.monotonic() - started > START_TIMEOUT_SECONDS:
             raise NodeError(f"only {len(online)} of {wanted} volunteers joined in time")
         time.sleep(0.1)
+
+
+def _volunteer_token(coordinator_dir: Path, uses: int) -> str:
+    """A token for the demo's volunteers, made with the coordinator's admin credential, as
+    `vcnode token create` would."""
+    made = subprocess.run(
+        [sys.executable, "-m", "cli", "token", "create", "--role", "volunteer",
+         "--uses", str(uses), "--ttl", "10m", "--data-dir", str(coordinator_dir), "--json"],
+        check=False, capture_output=True, text=True,
+    )  # fmt: skip
+    if made.returncode != 0:
+        raise NodeError(f"could not make a join token for the volunteers: {made.stderr.strip()}")
+    token: str = json.loads(made.stdout)["token"]
+    return token
 
 
 def _node(*args: str) -> int:
@@ -187,9 +205,10 @@ def run_demo(args: argparse.Namespace) -> int:
         manager_dir = group.start("coordinator", "coordinator,manager")
         address = _wait_for_address(group, manager_dir)
         print(f"coordinator + manager at {address}")
+        token = _volunteer_token(manager_dir, args.volunteers)
         for index in range(args.volunteers):
-            group.start(f"volunteer-{index + 1}", "volunteer", *runtime_flags)
-        volunteers = _wait_for_volunteers(group, address, args.volunteers)
+            group.start(f"volunteer-{index + 1}", "volunteer", "--token", token, *runtime_flags)
+        volunteers = _wait_for_volunteers(group, address, manager_dir, args.volunteers)
         print(views.volunteers_table(volunteers) + "\n")
         workflow = workdir / "matmul.toml"
         workflow.write_text(WORKFLOW.format(size=args.size, seed=SEED, blocks=args.blocks))

@@ -13,12 +13,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cli.credentials import client_credential
 from daemon.config import PROTOCOL_VERSION, default_data_dir
 from daemon.datadir import read_address, read_roles
 from daemon.discovery.directory import PeerDirectory
 from daemon.discovery.peers import Peer, PeerTable
 from daemon.errors import UnreachableError
 from daemon.models import NodeIdentity
+from daemon.transport.channels import Dial
+from daemon.trust.pki import ANY_NODE, role_name
 from daemon.version import VERSION
 
 
@@ -109,7 +112,14 @@ def _role_mismatch(target: Target, data_dir: Path) -> str | None:
     return f"the daemon serving from {data_dir} runs {', '.join(roles)}, not {target.role}"
 
 
-async def locate(target: Target) -> str:
+async def locate(target: Target) -> Dial:
+    """The daemon to talk to, with the credential to present and the role to expect."""
+    address = await _locate_address(target)
+    peer = role_name(target.role) if target.role else ANY_NODE
+    return Dial(address, client_credential(target.data_dir), peer)
+
+
+async def _locate_address(target: Target) -> str:
     if target.address:
         return target.address
     role_flag = f"--{target.role}" if target.role else "--node"

@@ -22,6 +22,7 @@ from daemon import config as config_module
 from daemon.errors import NodeError
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
 from daemon.transport import convert
+from daemon.transport.channels import Dial
 from daemon.version import VERSION
 
 CALL_TIMEOUT_SECONDS = 5.0
@@ -93,6 +94,18 @@ def _add_daemon_parser(commands: Any) -> None:
         metavar="SECONDS",
         help=f"heartbeat interval; a volunteer is lost after 3 missed "
         f"(default {config_module.DEFAULT_HEARTBEAT_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="join the cluster with this token (`vcnode token create` on the coordinator's "
+        "host prints one); needed only the first time",
+    )
+    parser.add_argument(
+        "--join-listen",
+        metavar="HOST:PORT",
+        help=f"where a coordinator takes join requests (default: the listen host, port "
+        f"{config_module.JOIN_PORT} next to {config_module.COORDINATOR_PORT}, any port otherwise)",
     )
     parser.add_argument("--config", metavar="FILE", type=Path, help="a TOML config file")
     parser.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
@@ -217,7 +230,7 @@ def _target(args: argparse.Namespace) -> Target:
     )
 
 
-async def _call(address: str, what: str, call: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
+async def _call(address: Dial, what: str, call: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
     async with connected(address, what) as channel:
         return await call(channel)
 
@@ -317,7 +330,50 @@ async def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_trust_parsers(commands: Any) -> None:
+    from cli.trust import parse_duration
+
+    token = commands.add_parser("token", help="join tokens: who may join the cluster (admins)")
+    actions = token.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser(
+        "create", help="print a token a new node (--token) or person (login) joins with"
+    )
+    create.add_argument(
+        "--role",
+        dest="token_role",
+        required=True,
+        metavar="ROLES",
+        help="volunteer, manager (or both, comma separated), user or admin",
+    )
+    create.add_argument("--name", help="the person's name, for a user or admin token")
+    create.add_argument(
+        "--ttl", type=parse_duration, default=24 * 3600.0, metavar="DURATION",
+        help="how long it may be used: 30m, 24h, 7d (default 24h)",
+    )  # fmt: skip
+    create.add_argument(
+        "--uses", type=int, default=0, metavar="N", help="joins it allows (default: any number)"
+    )
+    _add_target_arguments(create, "coordinator")
+    create.set_defaults(handler=_on_target(_lazy("trust", "create")))
+    listing = actions.add_parser("list", help="every token and how many joined with it")
+    _add_target_arguments(listing, "coordinator")
+    listing.set_defaults(handler=_on_target(_lazy("trust", "list_tokens")))
+    revoke = actions.add_parser(
+        "revoke", help="refuse a token and every node or person that joined with it, at once"
+    )
+    revoke.add_argument("token_id", metavar="TOKEN_ID", help="as `vcnode token list` shows it")
+    _add_target_arguments(revoke, "coordinator")
+    revoke.set_defaults(handler=_on_target(_lazy("trust", "revoke")))
+
+    login = commands.add_parser(
+        "login", help="keep a person's credential for this cluster (from a user token)"
+    )
+    login.add_argument("token", metavar="TOKEN", help="from `vcnode token create --role user`")
+    login.set_defaults(handler=_async(_lazy("trust", "login")))
+
+
 def _add_client_parsers(commands: Any) -> None:
+    _add_trust_parsers(commands)
     status = commands.add_parser(
         "status", help="this node and the peers it sees, or a workflow's progress"
     )
@@ -369,7 +425,7 @@ def _add_workflow_parsers(commands: Any) -> None:
         help="show progress until the workflow ends; exit 0 only if it completed",
     )
     _add_target_arguments(submit, "manager")
-    submit.set_defaults(handler=_on_manager(_lazy("workflows", "submit")))
+    submit.set_defaults(handler=_on_target(_lazy("workflows", "submit")))
 
     for name, handler, help_text in (
         ("watch", _lazy("workflows", "watch"), "print a workflow's events as they happen"),
@@ -387,7 +443,7 @@ def _add_workflow_parsers(commands: Any) -> None:
         parser = commands.add_parser(name, help=help_text)
         parser.add_argument("workflow", help="the workflow id")
         _add_target_arguments(parser, "manager")
-        parser.set_defaults(handler=_on_manager(handler))
+        parser.set_defaults(handler=_on_target(handler))
 
     results = commands.add_parser("results", help="download a workflow's merged results")
     results.add_argument("workflow", help="the workflow id")
@@ -400,7 +456,7 @@ def _add_workflow_parsers(commands: Any) -> None:
         help="where to write the result files (default: here)",
     )
     _add_target_arguments(results, "manager")
-    results.set_defaults(handler=_on_manager(_lazy("workflows", "results")))
+    results.set_defaults(handler=_on_target(_lazy("workflows", "results")))
 
     validate = commands.add_parser(
         "validate", help="check a workflow file (parameters, files, split); submits nothing"
@@ -430,7 +486,7 @@ def _add_workflow_parsers(commands: Any) -> None:
 
     listing = commands.add_parser("workflows", help="the manager's workflows")
     _add_target_arguments(listing, "manager")
-    listing.set_defaults(handler=_on_manager(_lazy("workflows", "list_workflows")))
+    listing.set_defaults(handler=_on_target(_lazy("workflows", "list_workflows")))
 
 
 def _lazy(module: str, name: str) -> Callable[..., Any]:
@@ -443,8 +499,8 @@ def _lazy(module: str, name: str) -> Callable[..., Any]:
     return call
 
 
-def _on_manager(
-    command: Callable[[str, argparse.Namespace], Awaitable[int]],
+def _on_target(
+    command: Callable[[Dial, argparse.Namespace], Awaitable[int]],
 ) -> Callable[[argparse.Namespace], int]:
     async def run(args: argparse.Namespace) -> int:
         return await command(await locate(_target(args)), args)

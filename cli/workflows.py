@@ -31,6 +31,7 @@ from daemon.transfer.client import download, upload
 from daemon.transfer.hashing import sha256_file
 from daemon.transport import convert
 from daemon.transport.caps import INLINE_FILE_BYTES
+from daemon.transport.channels import Dial
 
 CALL_TIMEOUT_SECONDS = 30.0
 # The manager splits a workflow and stores its inputs before it answers: about 5 ms a task
@@ -53,8 +54,8 @@ def _stub(channel: grpc.aio.Channel) -> manager_pb2_grpc.ManagerServiceAsyncStub
 
 
 @asynccontextmanager
-async def manager_at(address: str) -> AsyncIterator[manager_pb2_grpc.ManagerServiceAsyncStub]:
-    async with connected(address, "manager") as channel:
+async def manager_at(peer: Dial) -> AsyncIterator[manager_pb2_grpc.ManagerServiceAsyncStub]:
+    async with connected(peer, "manager") as channel:
         yield _stub(channel)
 
 
@@ -68,7 +69,7 @@ async def _workflow_status(
     return convert.workflow_status_from_proto(reply)
 
 
-async def submit(address: str, args: argparse.Namespace) -> int:
+async def submit(peer: Dial, args: argparse.Namespace) -> int:
     if (args.workflow is None) == (args.resume is None):
         raise InvalidInputError(
             "give a workflow file, or --resume WORKFLOW_ID for one that ended (not both)"
@@ -76,7 +77,7 @@ async def submit(address: str, args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.set:
             raise InvalidInputError("--set applies to a new workflow, not to --resume")
-        async with manager_at(address) as manager:
+        async with manager_at(peer) as manager:
             reply = await manager.ResumeWorkflow(
                 manager_pb2.ResumeWorkflowRequest(workflow_id=args.resume),
                 timeout=SUBMIT_TIMEOUT_SECONDS,
@@ -87,10 +88,10 @@ async def submit(address: str, args: argparse.Namespace) -> int:
     # Files the workflow reads travel first, as blobs; the manager finds them by name.
     with located(text, args.workflow):
         to_upload = local_files(workflow, args.workflow.parent)
-    inline, files = await _send_inputs(address, to_upload)
+    inline, files = await _send_inputs(peer, to_upload)
     # gRPC errors become NodeErrors as the channel closes: locate them outside it.
     with located(text, args.workflow):
-        async with manager_at(address) as manager:
+        async with manager_at(peer) as manager:
             reply = await manager.SubmitWorkflow(
                 manager_pb2.SubmitWorkflowRequest(
                     workflow_toml=text,
@@ -101,12 +102,12 @@ async def submit(address: str, args: argparse.Namespace) -> int:
                 timeout=SUBMIT_TIMEOUT_SECONDS,
             )
             submitted = convert.submitted_from_proto(reply)
-    async with manager_at(address) as manager:
+    async with manager_at(peer) as manager:
         return await _after_submit(manager, submitted, args, "submitted")
 
 
 async def _send_inputs(
-    address: str, to_send: list[tuple[str, Path]]
+    peer: Dial, to_send: list[tuple[str, Path]]
 ) -> tuple[list[tuple[FileRef, bytes]], list[FileRef]]:
     """Small files go inside the submission (an upload costs a round trip each, which for
     a hundred tiny inputs is most of the submission's time); the rest are uploaded first,
@@ -126,7 +127,7 @@ async def _send_inputs(
     uploaded: list[FileRef] = []
     if to_upload:
         gate = asyncio.Semaphore(PARALLEL_UPLOADS)
-        async with connected(address, "manager") as channel:
+        async with connected(peer, "manager") as channel:
 
             async def send(name: str, path: Path) -> FileRef:
                 async with gate:
@@ -354,8 +355,8 @@ def _print_outcome(status: WorkflowStatus, everything: bool = False) -> None:
         print(f"\nto run again what did not complete: vcnode submit --resume {status.workflow_id}")
 
 
-async def status(address: str, args: argparse.Namespace) -> int:
-    async with manager_at(address) as manager:
+async def status(peer: Dial, args: argparse.Namespace) -> int:
+    async with manager_at(peer) as manager:
         found = await _workflow_status(manager, args.workflow)
     if args.json:
         views.print_json(_status_json(found))
@@ -364,8 +365,8 @@ async def status(address: str, args: argparse.Namespace) -> int:
     return 0
 
 
-async def watch(address: str, args: argparse.Namespace) -> int:
-    async with manager_at(address) as manager:
+async def watch(peer: Dial, args: argparse.Namespace) -> int:
+    async with manager_at(peer) as manager:
         async for event in manager.WatchWorkflow(
             manager_pb2.WatchWorkflowRequest(workflow_id=args.workflow)
         ):
@@ -395,8 +396,8 @@ async def watch(address: str, args: argparse.Namespace) -> int:
     return 0 if final.state == "completed" else 1
 
 
-async def results(address: str, args: argparse.Namespace) -> int:
-    async with manager_at(address) as manager:
+async def results(peer: Dial, args: argparse.Namespace) -> int:
+    async with manager_at(peer) as manager:
         reply = await manager.GetResults(
             manager_pb2.GetResultsRequest(workflow_id=args.workflow),
             timeout=CALL_TIMEOUT_SECONDS,
@@ -417,7 +418,7 @@ async def results(address: str, args: argparse.Namespace) -> int:
         await store.open()
         written: list[dict[str, Any]] = []
         for ref in refs:
-            path = await download(address, ref.sha256, ref.size, store)
+            path = await download(peer, ref.sha256, ref.size, store)
             target = out / Path(ref.name).name
             await asyncio.to_thread(shutil.move, path, target)
             written.append(
@@ -432,8 +433,8 @@ async def results(address: str, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cancel(address: str, args: argparse.Namespace) -> int:
-    async with manager_at(address) as manager:
+async def cancel(peer: Dial, args: argparse.Namespace) -> int:
+    async with manager_at(peer) as manager:
         reply = await manager.CancelWorkflow(
             manager_pb2.CancelWorkflowRequest(workflow_id=args.workflow),
             timeout=CALL_TIMEOUT_SECONDS,
@@ -446,8 +447,8 @@ async def cancel(address: str, args: argparse.Namespace) -> int:
     return 0
 
 
-async def delete(address: str, args: argparse.Namespace) -> int:
-    async with manager_at(address) as manager:
+async def delete(peer: Dial, args: argparse.Namespace) -> int:
+    async with manager_at(peer) as manager:
         reply = await manager.DeleteWorkflow(
             manager_pb2.DeleteWorkflowRequest(workflow_id=args.workflow),
             timeout=DELETE_TIMEOUT_SECONDS,
@@ -469,8 +470,8 @@ async def delete(address: str, args: argparse.Namespace) -> int:
     return 0
 
 
-async def list_workflows(address: str, args: argparse.Namespace) -> int:
-    async with manager_at(address) as manager:
+async def list_workflows(peer: Dial, args: argparse.Namespace) -> int:
+    async with manager_at(peer) as manager:
         reply = await manager.ListWorkflows(
             manager_pb2.ListWorkflowsRequest(), timeout=CALL_TIMEOUT_SECONDS
         )

@@ -156,6 +156,14 @@ class Pool:
                 self._scheduler.volunteer_left(volunteer.volunteer_id, reason, time.time())
             )
 
+    def expel(self, volunteer_ids: Iterable[str]) -> None:
+        """Ends the sessions of volunteers that may no longer be members (revoked)."""
+        for volunteer_id in volunteer_ids:
+            session = self._sessions.get(volunteer_id)
+            if session is not None:
+                log.info("volunteer %s revoked: ending its session", volunteer_id)
+                session.close()
+
     async def leave(self, session: PoolSession) -> None:
         async with self._lock:
             now = time.time()
@@ -217,9 +225,9 @@ class Pool:
             await self._execute(instructions)
         return sum(isinstance(i, SaveTask) and i.new_spec for i in instructions)
 
-    async def cancel(self, workflow_id: str, task_ids: Iterable[str]) -> int:
+    async def cancel(self, manager_id: str, workflow_id: str, task_ids: Iterable[str]) -> int:
         async with self._lock:
-            instructions = self._scheduler.cancel(workflow_id, task_ids, time.time())
+            instructions = self._scheduler.cancel(manager_id, workflow_id, task_ids, time.time())
             await self._execute(instructions)
         return sum(
             isinstance(i, Publish) and i.event.kind is EventKind.CANCELLED for i in instructions

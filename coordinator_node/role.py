@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import grpc
 
+from coordinator_node.membership import Membership
+from coordinator_node.membership_store import MembershipStore
 from coordinator_node.pool import Pool
 from coordinator_node.registry import VolunteerRegistry
 from coordinator_node.scheduler import Scheduler
 from coordinator_node.servicer import CoordinatorServicer
 from coordinator_node.store import CoordinatorStore
+from coordinator_node.trust_servicer import TrustServicer
+from daemon.errors import ConfigError
 from daemon.roles import RoleContext
-from daemon.rpc.v1 import coordinator_pb2_grpc
+from daemon.rpc.v1 import coordinator_pb2_grpc, trust_pb2_grpc
 from daemon.supervision import Supervisor
 
 
@@ -28,13 +32,26 @@ class CoordinatorRole:
             supervisor=Supervisor(context.on_fatal),
         )
         self._node_id = context.identity.node_id
+        authority = context.trust.authority
+        if authority is None:
+            raise ConfigError("a coordinator needs the cluster's CA in its data dir")
+        self._membership_store = MembershipStore(context.data_dir)
+        self.membership = Membership(self._membership_store, authority, context.identity.cluster)
+        context.policy.revoked = self.membership.is_revoked
+        self._join_addresses = context.join_addresses
 
     def register(self, server: grpc.aio.Server) -> None:
         coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(
             CoordinatorServicer(self.pool, self._node_id), server
         )
+        trust_pb2_grpc.add_TrustServiceServicer_to_server(
+            TrustServicer(self.membership, self._node_id, self._join_addresses, self.pool.expel),
+            server,
+        )
 
     async def open(self) -> None:
+        await self._membership_store.open()
+        await self.membership.open()
         await self._store.open()
         await self.pool.start()
 
@@ -46,3 +63,4 @@ class CoordinatorRole:
 
     async def close(self) -> None:
         await self._store.close()
+        await self._membership_store.close()

@@ -317,10 +317,15 @@ class Scheduler:
                 ]
         return out + self._dispatch(now)
 
-    def cancel(self, workflow_id: str, task_ids: Iterable[str], now: float) -> list[Instruction]:
+    def cancel(
+        self, manager_id: str, workflow_id: str, task_ids: Iterable[str], now: float
+    ) -> list[Instruction]:
+        """Cancels `manager_id`'s tasks of the workflow and those named; never another's."""
         wanted = set(task_ids)
         out: list[Instruction] = []
         for task in list(self.tasks.values()):  # those not ended; ending removes them
+            if task.manager_id != manager_id:
+                continue
             if task.spec.workflow_id != workflow_id and task.spec.task_id not in wanted:
                 continue
             if task.state in (TaskState.OFFERED, TaskState.RUNNING):

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import assert_never
+from typing import Any, assert_never
 
 import grpc
 
@@ -15,6 +15,7 @@ from coordinator_node.scheduler import SendCancel, SendOffer
 from daemon.errors import RejectedError
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.transport import addresses, convert
+from daemon.transport.access import caller_of
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message of a session must be register"
             )
+        registration = convert.registration_from_proto(first.register)
+        caller = caller_of(context, self._coordinator_id)
+        if registration.volunteer_id != caller.node_id:
+            # Ids are public: only the certificate says who this is.
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this session's certificate is for node {caller.node_id}, which may not "
+                f"register as {registration.volunteer_id[:40]!r}",
+            )
         try:
-            session = await self._pool.join(convert.registration_from_proto(first.register))
+            session = await self._pool.join(registration)
         except RejectedError as error:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         reader = asyncio.get_running_loop().create_task(
@@ -111,6 +121,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         else:
             log.warning("volunteer %s sent an unexpected %s", session.token.volunteer_id, kind)
 
+    async def _require_own(
+        self, manager_id: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """A manager acts under its own id only: the one its certificate names."""
+        caller = caller_of(context, self._coordinator_id)
+        if manager_id != caller.node_id:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this call's certificate is for node {caller.node_id}, which may not act "
+                f"as manager {manager_id[:40]!r}",
+            )
+
     async def ListVolunteers(
         self,
         request: coordinator_pb2.ListVolunteersRequest,
@@ -129,8 +151,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             coordinator_pb2.SubmitTasksRequest, coordinator_pb2.SubmitTasksReply
         ],
     ) -> coordinator_pb2.SubmitTasksReply:
-        if not request.manager_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "manager_id is required")
+        await self._require_own(request.manager_id, context)
         # The manager's current address serves every task, old ones included (a resume, a
         # retry after it restarted); an open host is the one its call came from, unless it
         # shares our host: then each volunteer fills in the host it reached us at.
@@ -157,6 +178,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             coordinator_pb2.WatchTasksRequest, coordinator_pb2.TaskEvent
         ],
     ) -> AsyncIterator[coordinator_pb2.TaskEvent]:
+        await self._require_own(request.manager_id, context)
         async for event in self._pool.watch(
             request.manager_id, request.workflow_id, request.after_sequence
         ):
@@ -169,5 +191,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             coordinator_pb2.CancelTasksRequest, coordinator_pb2.CancelTasksReply
         ],
     ) -> coordinator_pb2.CancelTasksReply:
-        cancelled = await self._pool.cancel(request.workflow_id, request.task_ids)
+        await self._require_own(request.manager_id, context)
+        cancelled = await self._pool.cancel(
+            request.manager_id, request.workflow_id, request.task_ids
+        )
         return coordinator_pb2.CancelTasksReply(cancelled=cancelled)

@@ -25,18 +25,31 @@ from daemon.resources import measure_resources
 from daemon.roles import START_ORDER, Role, RoleContext, create_role
 from daemon.rpc.v1 import node_pb2_grpc
 from daemon.transport import addresses
+from daemon.transport.access import AccessPolicy
 from daemon.transport.channels import bind, create_server
+from daemon.trust.bootstrap import establish
 from daemon.version import VERSION
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 2.0
+MAX_JOIN_ADDRESSES = 8
 
 
 def connectable_address(listen_host: str, port: int) -> str:
     """Where a client on this machine reaches a server bound to `listen_host`."""
     host = "127.0.0.1" if listen_host in ("0.0.0.0", "", "::") else listen_host
     return f"{host}:{port}"
+
+
+def reachable_at(config: NodeConfig, port: int) -> tuple[str, ...]:
+    """Every address peers may dial this host's `port` at, the LAN's before loopback."""
+    if config.advertise:
+        hosts = [addresses.split(addresses.advertised("", 1, config.advertise))[0]]
+    else:
+        hosts = discovery_interfaces(config.listen_host, config.mdns_interfaces)
+    ordered = sorted(hosts, key=addresses.is_loopback)[:MAX_JOIN_ADDRESSES]
+    return tuple(addresses.join(host, port) for host in ordered)
 
 
 def validate(config: NodeConfig) -> None:
@@ -79,11 +92,12 @@ class Node:
             directory = (
                 PeerDirectory(PeerTable(ttl=2 * RECORD_TTL_SECONDS)) if config.mdns else None
             )
-            context = RoleContext(config, identity, data_dir.path, directory, self._on_fatal)
-            roles: list[Role] = [create_role(name, context) for name in identity.roles]
-
-            server = create_server()
-            port = bind(server, config.listen)
+            trust = await establish(
+                data_dir.path, identity.node_id, identity.roles, config.cluster, config.token
+            )
+            policy = AccessPolicy(identity.node_id)
+            server = create_server(policy)
+            port = bind(server, config.listen, trust.credential)
             if port == 0:
                 raise ConfigError(
                     f"cannot listen on {config.listen}: the port is taken or the address is not "
@@ -91,6 +105,26 @@ class Node:
                 )
             self.address = connectable_address(config.listen_host, port)
             advertised = addresses.advertised(config.listen_host, port, config.advertise)
+            join_addresses: tuple[str, ...] = ()
+            if trust.authority is not None:
+                join_port = bind(server, config.join_address, None)
+                if join_port == 0:
+                    raise ConfigError(
+                        f"cannot take join requests on {config.join_address}: the port is taken "
+                        "or the address is not this machine's; pass --join-listen HOST:PORT"
+                    )
+                join_addresses = reachable_at(config, join_port)
+            context = RoleContext(
+                config,
+                identity,
+                data_dir.path,
+                directory,
+                self._on_fatal,
+                trust,
+                policy,
+                join_addresses,
+            )
+            roles: list[Role] = [create_role(name, context) for name in identity.roles]
             node_pb2_grpc.add_NodeServiceServicer_to_server(
                 NodeServicer(
                     identity,

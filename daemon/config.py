@@ -17,12 +17,15 @@ from daemon.capacity import MAX_SLOTS
 from daemon.errors import ConfigError
 from daemon.models import OwnerLimits
 from daemon.toml_values import toml_value
+from daemon.trust.tokens import JoinToken
 
 ROLES = ("coordinator", "volunteer", "manager")
 PROTOCOL_VERSION = 1
 DEFAULT_CLUSTER = "default"
 DEFAULT_HEARTBEAT_SECONDS = 5.0
 COORDINATOR_PORT = 7450
+# The coordinator's plaintext port for join requests (daemon/trust/join.py).
+JOIN_PORT = 7449
 MANAGER_PORT = 7451
 ENV_PREFIX = "VCNODE_"
 
@@ -39,6 +42,11 @@ class NodeConfig:
     mdns: bool = True
     mdns_interfaces: tuple[str, ...] = ()
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    # A join token (`vcnode token create`): needed once, for the first start.
+    token: str | None = None
+    # Where a coordinator takes join requests; by default the listen host, port 7449 next
+    # to the default 7450 and any free port otherwise.
+    join_listen: str | None = None
     limits: OwnerLimits = field(default_factory=OwnerLimits)
     log_level: str = "INFO"
 
@@ -49,6 +57,14 @@ class NodeConfig:
     @property
     def listen_port(self) -> int:
         return split_host_port(self.listen, "listen")[1]
+
+    @property
+    def join_address(self) -> str:
+        if self.join_listen:
+            return self.join_listen
+        port = JOIN_PORT if self.listen_port == COORDINATOR_PORT else 0
+        host = self.listen_host
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def default_data_dir() -> Path:
@@ -163,6 +179,15 @@ def _parse_interfaces(value: Any) -> tuple[str, ...]:
     return tuple(str(item).strip() for item in items if str(item).strip())
 
 
+def _parse_token(value: Any) -> str:
+    text = str(value).strip()
+    try:
+        JoinToken.parse(text)
+    except ValueError as error:
+        raise ValueError(str(error)) from None
+    return text
+
+
 def _parse_log_level(value: Any) -> str:
     text = str(value).strip().upper()
     if text not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -183,6 +208,8 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "mdns_interfaces": _parse_interfaces,
     "heartbeat_seconds": _parse_positive_float,
     "log_level": _parse_log_level,
+    "token": _parse_token,
+    "join_listen": _parse_address,
 }
 LIMIT_SETTINGS: dict[str, Callable[[Any], Any]] = {
     "max_cpus": _parse_non_negative_int,
@@ -315,6 +342,8 @@ def render(config: NodeConfig, sources: Mapping[str, str]) -> str:
         value = getattr(config, name)
         if value is None:
             continue
+        if name == "token":
+            value = "(set: used once to join)"  # a secret: never echoed
         lines.append(f"{name} = {toml_value(value)}  # {sources.get(name, 'default')}")
     lines.append("")
     lines.append("[limits]")

@@ -40,3 +40,9 @@ class RejectedError(NodeError):
     """A peer refused us for a reason retrying will not fix (cluster, protocol version)."""
 
     exit_code = 2
+
+
+class AccessDeniedError(NodeError):
+    """A peer would not let us in: no certificate of its cluster, or not one for this."""
+
+    exit_code = 4

@@ -19,6 +19,8 @@ from daemon.config import NodeConfig
 from daemon.discovery.directory import PeerDirectory
 from daemon.errors import NodeError
 from daemon.models import NodeIdentity
+from daemon.transport.access import AccessPolicy
+from daemon.trust.bootstrap import NodeTrust
 
 ROLE_CLASSES = {
     "coordinator": "coordinator_node.role:CoordinatorRole",
@@ -39,6 +41,12 @@ class RoleContext:
     # A role calls this when it cannot go on (e.g. its coordinator refuses it for good);
     # the node then stops and exits with the error's message and code.
     on_fatal: Callable[[NodeError], None]
+    # This node's certificate (and on a coordinator the cluster's CA), for every channel.
+    trust: NodeTrust
+    # The rule every call to this node passes; a coordinator plugs its revocations in.
+    policy: AccessPolicy
+    # Where a coordinator takes join requests, as peers on other hosts dial it (else empty).
+    join_addresses: tuple[str, ...] = ()
 
 
 class Role(Protocol):

@@ -21,6 +21,8 @@ from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.supervision import run_together
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
+from daemon.trust.credentials import Credential
+from daemon.trust.pki import role_name
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,13 @@ class CoordinatorClient:
         manager_id: str,
         explicit_address: str | None,
         directory: PeerDirectory | None,
+        credential: Credential,
         on_event: EventHandler,
         after_sequence: Callable[[], Awaitable[int]],
     ) -> None:
         self._manager_id = manager_id
         self._finder = CoordinatorFinder(explicit_address, directory)
+        self._credential = credential
         self._on_event = on_event
         self._after_sequence = after_sequence
         self._manager_address = ""
@@ -78,7 +82,7 @@ class CoordinatorClient:
         backoff = Backoff()
         while True:
             address = await self._finder.next_address()
-            channel = open_channel(address)
+            channel = open_channel(address, self._credential, role_name("coordinator"))
             self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
             try:
                 await run_together(self._follow_events(address, backoff), self._send_forever())
@@ -145,7 +149,9 @@ class CoordinatorClient:
             del self._to_submit[: len(batch)]
         while self._to_cancel:
             await self._stub.CancelTasks(
-                coordinator_pb2.CancelTasksRequest(workflow_id=self._to_cancel[0]),
+                coordinator_pb2.CancelTasksRequest(
+                    manager_id=self._manager_id, workflow_id=self._to_cancel[0]
+                ),
                 timeout=CALL_TIMEOUT_SECONDS,
             )
             del self._to_cancel[0]

@@ -55,6 +55,7 @@ class ManagerRole:
             manager_id=self._context.identity.node_id,
             explicit_address=coordinator,
             directory=self._context.directory,
+            credential=self._context.trust.credential,
             on_event=self.manager.on_event,
             after_sequence=self.manager.last_sequence,
         )

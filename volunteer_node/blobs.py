@@ -23,6 +23,8 @@ from daemon.transfer.hashing import sha256_file
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
 from daemon.transport.errors import error_from_rpc
+from daemon.trust.credentials import Credential
+from daemon.trust.pki import role_name
 from volunteer_node.cache import CacheIndex
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,8 @@ EXPORT_TIMEOUT_SECONDS = 600.0
 
 
 class BlobTransfers:
-    def __init__(self, root: Path, quota_bytes: int) -> None:
+    def __init__(self, root: Path, quota_bytes: int, credential: Credential) -> None:
+        self._credential = credential
         self.store = BlobStore(root, max_blob_bytes=quota_bytes, quota_bytes=quota_bytes)
         # One channel per manager: a new one per transfer cost ~4 ms a file (measured).
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -48,7 +51,7 @@ class BlobTransfers:
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
-            self._channels[address] = open_channel(address)
+            self._channels[address] = open_channel(address, self._credential, role_name("manager"))
         return self._channels[address]
 
     @contextlib.asynccontextmanager

@@ -25,6 +25,8 @@ from daemon.supervision import run_together
 from daemon.transport import addresses, convert
 from daemon.transport.caps import excess
 from daemon.transport.channels import open_channel
+from daemon.trust.credentials import Credential
+from daemon.trust.pki import role_name
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class CoordinatorLink:
         *,
         explicit_address: str | None,
         directory: PeerDirectory | None,
+        credential: Credential,
         registration: Callable[[], Awaitable[Registration]],
         load: Callable[[], Load],
         handler: SessionHandler,
@@ -55,6 +58,7 @@ class CoordinatorLink:
         backoff: Backoff | None = None,
     ) -> None:
         self._finder = CoordinatorFinder(explicit_address, directory)
+        self._credential = credential
         self._registration = registration
         self._load = load
         self._handler = handler
@@ -155,7 +159,8 @@ class CoordinatorLink:
         register = coordinator_pb2.VolunteerMessage(
             register=convert.registration_to_proto(registration)
         )
-        channel = open_channel(address)
+        # Only a coordinator of our cluster passes the handshake: mDNS is but a hint.
+        channel = open_channel(address, self._credential, role_name("coordinator"))
         self._session_ended = asyncio.Event()
         try:
             stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)

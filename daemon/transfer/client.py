@@ -36,7 +36,7 @@ from daemon.transfer.errors import (
 from daemon.transfer.memory import keep_freed_memory
 from daemon.transfer.status import RETRYABLE, UPLOAD_ACCEPTED_KEY, error_from_status
 from daemon.transfer.writer import BlobWriter, await_even_if_cancelled
-from daemon.transport.channels import open_sync_channel
+from daemon.transport.channels import Dial, open_sync_channel
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def _parse_upload_reply(data: bytes) -> transfer_pb2.UploadReply:
     return transfer_pb2.UploadReply.FromString(data)
 
 
-# An address (HOST:PORT) to dial, or a channel the caller opened with transport.channels.
-Target: TypeAlias = "grpc.aio.Channel | str"
+# A peer to dial, or a channel the caller opened with transport.channels.
+Target: TypeAlias = "grpc.aio.Channel | Dial"
 
 
 class _Attempts:
@@ -110,10 +110,10 @@ class _Peer:
 
 @contextlib.asynccontextmanager
 async def _connect(target: Target) -> AsyncIterator[_Peer]:
-    if isinstance(target, str):
-        channel = open_sync_channel(target)
+    if isinstance(target, Dial):
+        channel = open_sync_channel(target.address, target.credential, target.peer)
         try:
-            yield _Peer(target, blocking=channel)
+            yield _Peer(target.address, blocking=channel)
         finally:
             await asyncio.to_thread(channel.close)
     else:

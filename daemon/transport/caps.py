@@ -8,10 +8,6 @@ make them. The caps sit far above what an honest peer sends.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
-import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
@@ -73,88 +69,3 @@ def excess(message: Message) -> str | None:
                     what = "characters" if isinstance(item, str) else "bytes"
                     return _over(name, len(item), what, cap)
     return None
-
-
-Behaviour = Callable[..., Any]
-
-
-class EdgeCaps(grpc.aio.ServerInterceptor):
-    """Refuses, with INVALID_ARGUMENT, every request message over a cap (see `excess`)."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        for kind, make, check in _KINDS:
-            behaviour = getattr(handler, kind)
-            if behaviour is not None:
-                return make(
-                    check(behaviour),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        return handler
-
-
-async def _refuse_if_over(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    # The transfer service's chunks are raw bytes, not messages: their own checks cap them.
-    if isinstance(request, Message) and (problem := excess(request)) is not None:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"refused: {problem}")
-
-
-def _checked_unary(behaviour: Behaviour) -> Behaviour:
-    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await _refuse_if_over(request, context)
-        return await behaviour(request, context)
-
-    return checked
-
-
-def _checked_unary_stream(behaviour: Behaviour) -> Behaviour:
-    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await _refuse_if_over(request, context)
-        async for reply in behaviour(request, context):
-            yield reply
-
-    return checked
-
-
-async def _each_checked(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-    async for request in requests:
-        await _refuse_if_over(request, context)
-        yield request
-
-
-# grpc calls async generator functions and coroutine functions differently: each kind of
-# behaviour keeps its kind.
-def _checked_stream_unary(behaviour: Behaviour) -> Behaviour:
-    async def checked(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return await behaviour(_each_checked(requests, context), context)
-
-    return checked
-
-
-def _checked_stream_stream(behaviour: Behaviour) -> Behaviour:
-    async def checked(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        async for reply in behaviour(_each_checked(requests, context), context):
-            yield reply
-
-    return checked
-
-
-# What grpc calls each kind of method handler, how to make one, and how to check its requests.
-_KINDS: tuple[
-    tuple[str, Callable[..., grpc.RpcMethodHandler[Any, Any]], Callable[[Behaviour], Behaviour]],
-    ...,
-] = (
-    ("unary_unary", grpc.unary_unary_rpc_method_handler, _checked_unary),
-    ("unary_stream", grpc.unary_stream_rpc_method_handler, _checked_unary_stream),
-    ("stream_unary", grpc.stream_unary_rpc_method_handler, _checked_stream_unary),
-    ("stream_stream", grpc.stream_stream_rpc_method_handler, _checked_stream_stream),
-)

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import grpc
 
 from daemon.errors import (
+    AccessDeniedError,
     ConfigError,
     InvalidInputError,
     NodeError,
@@ -22,7 +23,16 @@ _CODES: list[tuple[type[NodeError], grpc.StatusCode]] = [
     (RejectedError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (AccessDeniedError, grpc.StatusCode.PERMISSION_DENIED),
 ]
+# What a failed TLS handshake looks like from the client's side, and what it means.
+_HANDSHAKE_FAILURES = (
+    ("Hostname Verification", "its certificate is not one of a {what} of this cluster"),
+    ("CERTIFICATE_VERIFY_FAILED", "its certificate is not from this cluster's CA"),
+    ("WRONG_VERSION_NUMBER", "it does not speak TLS (an older vcnode, or not a vcnode node)"),
+    ("Socket closed", "it closed the connection: it may not take this cluster's certificates"),
+    ("ALERT", "it refused our certificate: it is not from its cluster's CA"),
+)
 
 R = TypeVar("R")
 Handler = Callable[..., Awaitable[R]]
@@ -53,8 +63,18 @@ def error_from_rpc(error: grpc.aio.AioRpcError, address: str, what: str) -> Node
     """A client-side view of a failed call, with what to do next."""
     code = error.code()
     detail = error.details() or code.name
+    if code == grpc.StatusCode.UNAVAILABLE:
+        for marker, meaning in _HANDSHAKE_FAILURES:
+            if marker in detail:
+                return AccessDeniedError(
+                    f"the node at {address} is not a {what} we may talk to: "
+                    f"{meaning.format(what=what)}. Is this machine's credential for the right "
+                    "cluster? (`vcnode login TOKEN` for a person, `--token` for a node)"
+                )
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return UnreachableError(f"no {what} answered at {address} ({detail})")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return AccessDeniedError(f"the {what} at {address} refused: {detail}")
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFoundError(detail)
     if code == grpc.StatusCode.INVALID_ARGUMENT:

@@ -225,7 +225,7 @@ def test_cancel_stops_running_tasks_and_drops_queued_ones() -> None:
     scheduler.volunteer_joined(volunteer("v1"), [], now=0)
     scheduler.submit(MANAGER, [spec("t1"), spec("t2"), spec("t3")], now=0)
     scheduler.accepted("v1", "t1", 1, now=1)
-    out = scheduler.cancel("wf", [], now=2)
+    out = scheduler.cancel(MANAGER, "wf", [], now=2)
     assert [i for i in out if isinstance(i, SendCancel)] == [
         SendCancel("v1", "t1", "cancelled"),
         SendCancel("v1", "t2", "cancelled"),
@@ -358,7 +358,7 @@ def test_an_ended_task_is_forgotten_but_for_its_run_and_attempt() -> None:
     out = scheduler.finished("v1", ok("t1", 1), now=2)
     completed = [i.task for i in out if isinstance(i, SaveTask) and i.task.task_id == "t1"]
     assert completed[0].result is not None, "the instructions still carry the whole task"
-    scheduler.cancel("", ["t2"], now=3)
+    scheduler.cancel(MANAGER, "", ["t2"], now=3)
     assert set(scheduler.tasks) == {"t3"}
     assert scheduler._ended == {
         "t1": EndedTask(run=0, attempt=1, state=TaskState.COMPLETED),
@@ -368,7 +368,9 @@ def test_an_ended_task_is_forgotten_but_for_its_run_and_attempt() -> None:
     assert scheduler.accepted("v1", "t1", 1, now=4) == [
         SendCancel("v1", "t1", "the offer is no longer valid")
     ]
-    assert events(scheduler.cancel("wf", [], now=5)) == [("t3", "cancelled")], "ended ones stay"
+    assert events(scheduler.cancel(MANAGER, "wf", [], now=5)) == [("t3", "cancelled")], (
+        "ended ones stay"
+    )
 
 
 def test_restored_ended_tasks_ignore_resubmission_and_take_later_runs() -> None:

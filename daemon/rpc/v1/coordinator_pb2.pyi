@@ -575,7 +575,10 @@ class CancelTasksRequest(_message.Message):
 
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     TASK_IDS_FIELD_NUMBER: _builtins.int
+    MANAGER_ID_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
+    manager_id: _builtins.str
+    """The calling manager, as its certificate names it: only its own tasks are cancelled."""
     @_builtins.property
     def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -583,10 +586,11 @@ class CancelTasksRequest(_message.Message):
         *,
         workflow_id: _builtins.str = ...,
         task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        manager_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_ids", b"task_ids", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manager_id", b"manager_id", "task_ids", b"task_ids", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,179 @@
+"""Who belongs to the cluster: tokens are made here, traded for certificates, and revoked.
+
+The coordinator that made the cluster holds its CA (daemon/trust/authority.py). A join
+spends one use of a token, binds the joining node's id to the roles the token grants, and
+issues a certificate that says so; what the joining node asks for counts for nothing but its
+public key and its id. Revoking a token refuses its members at once here (the access policy
+asks `is_revoked` on every call) and everywhere else when their certificates expire.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable, Sequence
+
+from coordinator_node.membership_store import Member, MembershipStore, Token
+from daemon.trust import pki
+from daemon.trust.authority import ClusterAuthority
+from daemon.trust.tokens import ID_CHARS, SECRET_CHARS, JoinToken, proof_holds
+
+DEFAULT_TOKEN_TTL = 24 * 3600.0
+MAX_TOKEN_TTL = 365 * 24 * 3600.0
+# A token for nodes grants some of these; a coordinator is never made by a token.
+JOINABLE_NODE_ROLES = ("manager", "volunteer")
+
+
+class JoinRefused(Exception):
+    """A join or a renewal the coordinator will not grant; the message says why."""
+
+
+class TokenProblem(ValueError):
+    """A token that cannot be made as asked."""
+
+
+def token_problem(roles: Sequence[str], name: str, ttl: float, uses: int) -> str | None:
+    if not roles:
+        return "a token needs a role: volunteer, manager, user or admin"
+    people = [role for role in roles if role in pki.PERSON_ROLES]
+    if people:
+        if len(roles) != 1:
+            return "a token for a person (user or admin) grants that role alone"
+        if not pki.USER_NAME.fullmatch(name):
+            return (
+                f"a {people[0]} token needs --name: a lower-case name of up to 32 letters, "
+                "digits and dashes, starting with a letter"
+            )
+    else:
+        unknown = sorted(set(roles) - set(JOINABLE_NODE_ROLES))
+        if unknown:
+            return (
+                f"a token cannot grant {', '.join(unknown)}: "
+                "roles are volunteer, manager, user or admin"
+            )
+        if name:
+            return "--name is for user and admin tokens"
+    if not 0 < ttl <= MAX_TOKEN_TTL:
+        return f"a token lives more than 0 s and at most {MAX_TOKEN_TTL / 86400:.0f} days"
+    if uses < 0:
+        return "--uses is a count of joins (0: any number until it expires)"
+    return None
+
+
+class Membership:
+    def __init__(
+        self,
+        store: MembershipStore,
+        authority: ClusterAuthority,
+        cluster: str,
+        clock: Callable[[], float] = time.time,
+        lifetime: datetime.timedelta = pki.CERTIFICATE_LIFETIME,
+    ) -> None:
+        self._store = store
+        self.authority = authority
+        self.cluster = cluster
+        self._clock = clock
+        self._lifetime = lifetime
+        self._revoked: set[str] = set()
+
+    async def open(self) -> None:
+        self._revoked = await self._store.revoked_members()
+
+    def is_revoked(self, node_id: str) -> bool:
+        return node_id in self._revoked
+
+    async def create_token(
+        self,
+        roles: Sequence[str],
+        name: str = "",
+        ttl: float = DEFAULT_TOKEN_TTL,
+        uses: int = 0,
+        join_addresses: Sequence[str] = (),
+    ) -> tuple[JoinToken, Token]:
+        problem = token_problem(roles, name, ttl, uses)
+        if problem:
+            raise TokenProblem(problem)
+        join = JoinToken(
+            token_id=pki.new_secret(5)[:ID_CHARS],
+            secret=pki.new_secret(17)[:SECRET_CHARS],
+            ca_hash=self.authority.ca_hash,
+            addresses=tuple(join_addresses),
+        )
+        now = self._clock()
+        token = Token(
+            token_id=join.token_id,
+            key=join.key,
+            roles=tuple(roles),
+            name=name,
+            created_at=now,
+            expires_at=now + ttl,
+            uses=uses,
+        )
+        await self._store.add_token(token)
+        return join, token
+
+    async def tokens(self) -> list[Token]:
+        return await self._store.tokens()
+
+    async def join(
+        self, token_id: str, request: bytes, proof: bytes, node_id: str
+    ) -> tuple[bytes, bytes]:
+        """(CA certificate, certificate) for a node that proves it holds token `token_id`."""
+        token = await self._store.token(token_id)
+        if token is None or not proof_holds(token.key, request, proof):
+            raise JoinRefused(
+                "the join token is not one this coordinator made, or its secret does not "
+                "match: check you copied all of it"
+            )
+        now = self._clock()
+        if token.revoked:
+            raise JoinRefused(f"join token {token_id} was revoked: ask for a new one")
+        if now >= token.expires_at:
+            raise JoinRefused(f"join token {token_id} has expired: ask for a new one")
+        if token.uses and token.joined >= token.uses:
+            raise JoinRefused(f"join token {token_id} has been used up: ask for a new one")
+        if not pki.is_label(node_id):
+            raise JoinRefused(
+                f"node id {node_id[:80]!r} is not lower-case letters, digits and dashes"
+            )
+        existing = await self._store.member(node_id)
+        if existing is not None and existing.revoked:
+            raise JoinRefused(f"node {node_id} was revoked from this cluster")
+        if existing is not None and existing.expires_at > now:
+            raise JoinRefused(
+                f"node {node_id} has already joined this cluster: start it from the data dir "
+                "that holds its certificate, or from a fresh data dir"
+            )
+        try:
+            public_key = pki.read_request(request)
+        except ValueError as error:
+            raise JoinRefused(str(error)) from None
+        person = token.roles[0] in pki.PERSON_ROLES
+        identity = pki.Identity(node_id, frozenset(token.roles), token.name if person else None)
+        cert = self.authority.issue(public_key, identity, self._lifetime)
+        expires_at = pki.load_cert(cert).not_valid_after_utc.timestamp()
+        await self._store.record_join(
+            Member(node_id, token_id, token.roles, token.name, now, expires_at)
+        )
+        return self.authority.cert_pem, cert
+
+    async def renew(self, identity: pki.Identity, request: bytes) -> bytes:
+        """A new certificate for `identity`, as the caller's current certificate proved it."""
+        if self.is_revoked(identity.node_id):
+            raise JoinRefused(f"node {identity.node_id} was revoked from this cluster")
+        try:
+            public_key = pki.read_request(request)
+        except ValueError as error:
+            raise JoinRefused(str(error)) from None
+        cert = self.authority.issue(public_key, identity, self._lifetime)
+        expires_at = pki.load_cert(cert).not_valid_after_utc.timestamp()
+        await self._store.renew(identity.node_id, expires_at)
+        return cert
+
+    async def revoke(self, token_id: str) -> list[str]:
+        """Revokes a token and every member that joined with it; returns their node ids."""
+        if await self._store.token(token_id) is None:
+            raise TokenProblem(f"no token {token_id[:40]!r}: `vcnode token list` shows them")
+        revoked = await self._store.revoke(token_id)
+        self._revoked.update(revoked)
+        return revoked

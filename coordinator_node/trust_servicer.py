@@ -1,0 +1,97 @@
+"""TrustService over gRPC: converts messages, calls the membership, maps errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from coordinator_node.membership import DEFAULT_TOKEN_TTL, JoinRefused, Membership, TokenProblem
+from coordinator_node.membership_store import Token
+from daemon.rpc.v1 import trust_pb2, trust_pb2_grpc
+from daemon.transport.access import caller_of
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _token_to_proto(token: Token) -> trust_pb2.TokenInfo:
+    return trust_pb2.TokenInfo(
+        token_id=token.token_id,
+        roles=token.roles,
+        name=token.name,
+        created_at=token.created_at,
+        expires_at=token.expires_at,
+        uses=token.uses,
+        joined=token.joined,
+        revoked=token.revoked,
+    )
+
+
+class TrustServicer(trust_pb2_grpc.TrustServiceServicer):
+    def __init__(
+        self,
+        membership: Membership,
+        node_id: str,
+        join_addresses: Sequence[str],
+        on_revoked: Callable[[list[str]], None],
+    ) -> None:
+        self._membership = membership
+        self._node_id = node_id
+        self._join_addresses = tuple(join_addresses)
+        self._on_revoked = on_revoked
+
+    async def Join(self, request: trust_pb2.JoinRequest, context: Context) -> trust_pb2.JoinReply:
+        try:
+            ca, cert = await self._membership.join(
+                request.token_id, request.certificate_request, request.proof, request.node_id
+            )
+        except JoinRefused as error:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
+        return trust_pb2.JoinReply(
+            ca_certificate=ca, certificate=cert, cluster=self._membership.cluster
+        )
+
+    async def Renew(self, request: trust_pb2.RenewRequest, context: Context) -> trust_pb2.JoinReply:
+        identity = caller_of(context, self._node_id).identity
+        assert identity is not None  # the access policy admits members only
+        try:
+            cert = await self._membership.renew(identity, request.certificate_request)
+        except JoinRefused as error:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
+        return trust_pb2.JoinReply(
+            ca_certificate=self._membership.authority.cert_pem,
+            certificate=cert,
+            cluster=self._membership.cluster,
+        )
+
+    async def CreateToken(
+        self, request: trust_pb2.CreateTokenRequest, context: Context
+    ) -> trust_pb2.CreateTokenReply:
+        try:
+            join, token = await self._membership.create_token(
+                list(request.roles),
+                request.name,
+                request.ttl_seconds or DEFAULT_TOKEN_TTL,
+                request.uses,
+                self._join_addresses,
+            )
+        except TokenProblem as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return trust_pb2.CreateTokenReply(token=str(join), info=_token_to_proto(token))
+
+    async def ListTokens(
+        self, request: trust_pb2.ListTokensRequest, context: Context
+    ) -> trust_pb2.ListTokensReply:
+        tokens = await self._membership.tokens()
+        return trust_pb2.ListTokensReply(tokens=[_token_to_proto(t) for t in tokens])
+
+    async def RevokeToken(
+        self, request: trust_pb2.RevokeTokenRequest, context: Context
+    ) -> trust_pb2.RevokeTokenReply:
+        try:
+            revoked = await self._membership.revoke(request.token_id)
+        except TokenProblem as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        self._on_revoked(revoked)
+        return trust_pb2.RevokeTokenReply(members_revoked=len(revoked))

@@ -1,0 +1,149 @@
+"""Who may call what: the one rule every call passes before any servicer sees it.
+
+A caller is who its client certificate says it is (see daemon/trust/pki.py), or a stranger
+on the coordinator's plaintext join port. Each method names the kinds of caller it takes;
+a method not listed here is refused to everyone. What a caller may do with a given object
+(its own tasks, its own workflows) is the servicers' part: they get the same `Caller`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from daemon.trust.pki import Identity
+
+# Kinds of caller beyond the roles a certificate names.
+STRANGER = "stranger"  # anyone, even without a certificate
+MEMBER = "member"  # anyone with a certificate of the cluster
+SELF = "self"  # this node's own certificate: the local CLI of whoever may read its key
+
+_NODE = "/vcnode.v1.NodeService/"
+_COORDINATOR = "/vcnode.v1.CoordinatorService/"
+_MANAGER = "/vcnode.v1.ManagerService/"
+_TRANSFER = "/vcnode.v1.TransferService/"
+_TRUST = "/vcnode.v1.TrustService/"
+
+_PEOPLE = frozenset({"user", "admin", SELF})
+RULES: dict[str, frozenset[str]] = {
+    _NODE + "GetInfo": frozenset({MEMBER}),
+    _NODE + "Health": frozenset({MEMBER}),
+    _NODE + "ListPeers": frozenset({MEMBER}),
+    _COORDINATOR + "VolunteerSession": frozenset({"volunteer"}),
+    _COORDINATOR + "ListVolunteers": frozenset({MEMBER}),
+    _COORDINATOR + "SubmitTasks": frozenset({"manager"}),
+    _COORDINATOR + "WatchTasks": frozenset({"manager"}),
+    _COORDINATOR + "CancelTasks": frozenset({"manager"}),
+    **{
+        _MANAGER + name: _PEOPLE
+        for name in (
+            "SubmitWorkflow",
+            "WatchWorkflow",
+            "GetWorkflowStatus",
+            "GetResults",
+            "CancelWorkflow",
+            "ResumeWorkflow",
+            "ListWorkflows",
+            "DeleteWorkflow",
+        )
+    },
+    _MANAGER + "GetImageArchive": frozenset({"volunteer"}),
+    # Volunteers fetch inputs and send outputs; people send inputs and fetch results.
+    _TRANSFER + "Download": _PEOPLE | {"volunteer"},
+    _TRANSFER + "Upload": _PEOPLE | {"volunteer"},
+    _TRANSFER + "Stat": _PEOPLE | {"volunteer"},
+    _TRUST + "Join": frozenset({STRANGER}),
+    _TRUST + "Renew": frozenset({MEMBER}),
+    _TRUST + "CreateToken": frozenset({"admin", SELF}),
+    _TRUST + "ListTokens": frozenset({"admin", SELF}),
+    _TRUST + "RevokeToken": frozenset({"admin", SELF}),
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: `identity` is None for a stranger."""
+
+    identity: Identity | None
+    is_self: bool = False
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        if self.identity is None:
+            return frozenset({STRANGER})
+        kinds = {STRANGER, MEMBER, *self.identity.roles}
+        if self.is_self:
+            kinds.add(SELF)
+        return frozenset(kinds)
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.node_id if self.identity is not None else ""
+
+    @property
+    def sees_everything(self) -> bool:
+        """An admin, or this node's own owner: sees and acts on every user's objects."""
+        return "admin" in self.kinds or self.is_self
+
+    @property
+    def owner(self) -> str:
+        """The name a workflow submitted by this caller is recorded under."""
+        identity = self.identity
+        if identity is None:
+            return ""
+        if identity.user is not None:
+            return identity.user
+        return f"node {identity.node_id[:12]}"
+
+    def describe(self) -> str:
+        identity = self.identity
+        if identity is None:
+            return "a caller without a certificate of this cluster"
+        kinds = ", ".join(sorted(identity.roles)) or "no role"
+        who = f"user {identity.user}" if identity.user else f"node {identity.node_id[:12]}"
+        return f"{who} ({kinds})"
+
+
+def caller_of(context: grpc.aio.ServicerContext[Any, Any], own_node_id: str) -> Caller:
+    """The caller of a call, as its TLS session proved it."""
+    auth = context.auth_context()
+    if auth.get("transport_security_type") != [b"ssl"]:
+        return Caller(None)
+    names = auth.get("x509_subject_alternative_name", [])
+    identity = Identity.from_names(name.decode(errors="replace") for name in names)
+    return Caller(identity, is_self=identity is not None and identity.node_id == own_node_id)
+
+
+class AccessPolicy:
+    """Decides, per call, whether its caller may make it."""
+
+    def __init__(self, node_id: str, rules: dict[str, frozenset[str]] = RULES) -> None:
+        self.node_id = node_id
+        self._rules = rules
+        # The coordinator plugs its revocation list in; other nodes trust certificates until
+        # they expire.
+        self.revoked: Callable[[str], bool] = lambda node_id: False
+
+    def refusal(self, method: str, caller: Caller) -> tuple[grpc.StatusCode, str] | None:
+        """Why `caller` may not call `method`, as a status and a message; None if it may."""
+        allowed = self._rules.get(method)
+        if allowed is None:
+            return grpc.StatusCode.UNIMPLEMENTED, f"no method {method} here"
+        if caller.identity is None and STRANGER not in allowed:
+            return grpc.StatusCode.UNAUTHENTICATED, (
+                "this port takes only join requests: dial the node's main port with a "
+                "certificate of its cluster"
+            )
+        if caller.identity is not None and self.revoked(caller.identity.node_id):
+            return grpc.StatusCode.UNAUTHENTICATED, (
+                f"{caller.describe()} was revoked from this cluster: join again with a new token"
+            )
+        if not (allowed & caller.kinds):
+            needs = " or ".join(sorted(allowed - {STRANGER}))
+            return grpc.StatusCode.PERMISSION_DENIED, (
+                f"{method.rpartition('/')[2]} is not for {caller.describe()}: it takes {needs}"
+            )
+        return None

@@ -1,0 +1,93 @@
+"""A node's credential at start: made by its own CA on a coordinator, kept from an earlier
+join elsewhere, or got now with the join token it was started with."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.errors import ConfigError
+from daemon.trust.authority import ClusterAuthority
+from daemon.trust.credentials import ADMIN, NODE, Credential, tls_dir
+from daemon.trust.join import join_cluster
+from daemon.trust.pki import CERTIFICATE_LIFETIME, Identity
+from daemon.trust.tokens import JoinToken
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeTrust:
+    credential: Credential
+    # Only on a coordinator: the CA that issues every certificate of the cluster.
+    authority: ClusterAuthority | None
+
+
+def admin_identity(node_id: str) -> Identity:
+    return Identity(f"admin-{node_id[:12]}", frozenset({"admin"}), user="admin")
+
+
+def _own_credentials(
+    directory: Path, cluster: str, node_id: str, roles: tuple[str, ...],
+    lifetime: datetime.timedelta,
+) -> NodeTrust:  # fmt: skip
+    authority = ClusterAuthority.load_or_create(directory, cluster)
+    for stem, identity in (
+        (NODE, Identity(node_id, frozenset(roles))),
+        (ADMIN, admin_identity(node_id)),
+    ):
+        held = Credential.load(directory, stem)
+        if (
+            held is None
+            or held.ca_hash != authority.ca_hash
+            or held.identity != identity
+            or held.due_for_renewal()
+        ):
+            authority.credential(identity, lifetime).save(directory, stem)
+    credential = Credential.load(directory, NODE)
+    assert credential is not None
+    return NodeTrust(credential, authority)
+
+
+async def establish(
+    data_dir: Path,
+    node_id: str,
+    roles: tuple[str, ...],
+    cluster: str,
+    token_text: str | None,
+    lifetime: datetime.timedelta = CERTIFICATE_LIFETIME,
+) -> NodeTrust:
+    directory = tls_dir(data_dir)
+    if "coordinator" in roles:
+        return await asyncio.to_thread(
+            _own_credentials, directory, cluster, node_id, roles, lifetime
+        )
+    held = await asyncio.to_thread(Credential.load, directory, NODE)
+    token = JoinToken.parse(token_text) if token_text else None
+    if held is not None and (token is None or token.ca_hash == held.ca_hash):
+        _check_roles(held, roles)
+        return NodeTrust(held, None)
+    if token is None:
+        raise ConfigError(
+            f"this node has not joined cluster {cluster!r} yet: start it once with --token "
+            "(on the coordinator's host, `vcnode token create --role "
+            f"{','.join(roles)}` prints one)"
+        )
+    credential = await join_cluster(token, node_id, cluster)
+    _check_roles(credential, roles)
+    await asyncio.to_thread(credential.save, directory, NODE)
+    log.info("joined cluster %r with token %s", cluster, token.token_id)
+    return NodeTrust(credential, None)
+
+
+def _check_roles(credential: Credential, roles: tuple[str, ...]) -> None:
+    missing = sorted(set(roles) - credential.identity.roles)
+    if missing:
+        granted = ", ".join(sorted(credential.identity.roles)) or "no role"
+        raise ConfigError(
+            f"this node's certificate grants {granted}, not {', '.join(missing)}: start it "
+            "with a token for those roles (`vcnode token create --role ...`)"
+        )

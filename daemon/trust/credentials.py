@@ -1,0 +1,110 @@
+"""A key, its certificate and the cluster's CA, as files and as gRPC credentials.
+
+Kept under `<data dir>/tls/` for nodes (`node.*`; on a coordinator also the CA's key and an
+`admin.*` credential that the local CLI of the same OS user reads, as kubectl reads
+admin.conf) and under `~/.config/vcnode/` for people (`vcnode login`). Keys are written
+owner-only, atomically.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+
+from daemon.trust import pki
+
+CA_FILE = "ca.pem"
+CA_KEY_FILE = "ca.key"
+NODE = "node"
+ADMIN = "admin"
+USER = "user"
+
+
+def tls_dir(data_dir: Path) -> Path:
+    return data_dir / "tls"
+
+
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Readers see the old file or the new one; a key is never readable by others, even
+    for an instant."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+    os.replace(temporary, path)
+
+
+@dataclass(frozen=True)
+class Credential:
+    """Who this process is to the cluster, and how it knows the cluster's other members."""
+
+    ca_pem: bytes
+    key_pem: bytes
+    cert_pem: bytes
+    _cert: x509.Certificate = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_cert", pki.load_cert(self.cert_pem))
+
+    @cached_property
+    def identity(self) -> pki.Identity:
+        identity = pki.identity_of(self._cert)
+        if identity is None:
+            raise ValueError("the certificate names no vcnode identity")
+        return identity
+
+    @property
+    def expires_at(self) -> datetime.datetime:
+        return self._cert.not_valid_after_utc
+
+    @property
+    def lifetime(self) -> datetime.timedelta:
+        return self._cert.not_valid_after_utc - self._cert.not_valid_before_utc
+
+    @cached_property
+    def ca_hash(self) -> str:
+        return pki.ca_hash(pki.load_cert(self.ca_pem))
+
+    def due_for_renewal(self, now: datetime.datetime | None = None) -> bool:
+        """True in the last third of the certificate's life."""
+        now = now or datetime.datetime.now(datetime.UTC)
+        return self.expires_at - now < self.lifetime / 3
+
+    @cached_property
+    def _channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.ca_pem, self.key_pem, self.cert_pem)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return self._channel_credentials
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key_pem, self.cert_pem)], root_certificates=self.ca_pem, require_client_auth=True
+        )
+
+    def save(self, directory: Path, stem: str) -> None:
+        write_private(directory / CA_FILE, self.ca_pem, 0o644)
+        write_private(directory / f"{stem}.key", self.key_pem)
+        write_private(directory / f"{stem}.pem", self.cert_pem, 0o644)
+
+    @classmethod
+    def load(cls, directory: Path, stem: str) -> Credential | None:
+        """The credential saved as `stem` in `directory`; None when there is none or this
+        user may not read it."""
+        try:
+            return cls(
+                ca_pem=(directory / CA_FILE).read_bytes(),
+                key_pem=(directory / f"{stem}.key").read_bytes(),
+                cert_pem=(directory / f"{stem}.pem").read_bytes(),
+            )
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return None
+        except ValueError:
+            return None
