@@ -4,8 +4,20 @@ CI their absence is a failure, not a skip."""
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The CLI run by tests presents the test cluster's admin credential, as if its user had
+    logged in (see tests/integration/trust.py)."""
+    from tests.trust import login
+
+    config_home = Path(tempfile.mkdtemp(prefix="vcnode-test-config-"))
+    os.environ["XDG_CONFIG_HOME"] = str(config_home)
+    login(config_home)
 
 
 async def _docker_answers() -> bool:

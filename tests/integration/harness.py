@@ -6,6 +6,7 @@ Every wait polls for its condition against a deadline; nothing sleeps to let tim
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from tests.trust import admin_credential, provision
 
 if TYPE_CHECKING:
     from daemon.app import Node
@@ -140,6 +143,15 @@ class Daemon:
         return self.process.wait(timeout=timeout)
 
 
+def roles_in(args: list[str], env: dict[str, str]) -> list[str]:
+    """The roles a daemon is started with, by flag or environment."""
+    text = env.get("VCNODE_ROLE") or os.environ.get("VCNODE_ROLE", "")
+    for flag, value in itertools.pairwise(args):
+        if flag == "--role":
+            text = value
+    return [role for role in text.split(",") if role]
+
+
 class Daemons:
     """Starts daemons under one tmp dir and stops whatever is left at the end of a test."""
 
@@ -156,8 +168,12 @@ class Daemons:
     ) -> Daemon:
         return self.add(Daemon(data_dir or self.root / name, list(args), env or {}))
 
-    def add(self, daemon: Daemon) -> Daemon:
-        """Starts `daemon`, stopped with the rest at the end of the test."""
+    def add(self, daemon: Daemon, provisioned: bool = True) -> Daemon:
+        """Starts `daemon`, stopped with the rest at the end of the test. Unless it was given
+        a token (or `provisioned` is False), it starts with a certificate of the test
+        session's cluster already in its data dir, as if it had joined."""
+        if provisioned and "--token" not in daemon.args:
+            provision(daemon.data_dir, roles_in(daemon.args, daemon.env))
         self.started.append(daemon.start())
         return daemon
 
@@ -246,8 +262,9 @@ def list_volunteers(address: str) -> dict[str, Any]:
     import grpc
 
     from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
+    from daemon.transport.channels import open_sync_channel
 
-    with grpc.insecure_channel(address) as channel:
+    with open_sync_channel(address, admin_credential()) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         try:
             reply = stub.ListVolunteers(coordinator_pb2.ListVolunteersRequest(), timeout=2)
@@ -261,7 +278,9 @@ NODE_DEADLINE_SECONDS = 15.0
 
 @asynccontextmanager
 async def serving(node: Node) -> AsyncIterator[str]:
-    """Runs `node` until the block ends; yields its address once it answers."""
+    """Runs `node` until the block ends; yields its address once it answers. The node
+    starts as if it had joined the test session's cluster."""
+    provision(node.config.data_dir, node.config.roles)
     running = asyncio.get_running_loop().create_task(node.run())
     try:
         deadline = time.monotonic() + NODE_DEADLINE_SECONDS

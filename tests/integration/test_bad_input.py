@@ -9,7 +9,9 @@ import grpc
 import pytest
 
 from daemon.rpc.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
+from daemon.transport.channels import open_sync_channel
 from tests.integration.harness import Daemons, list_volunteers, run_cli, unique_cluster, wait_until
+from tests.trust import admin_credential, credential
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +84,7 @@ def test_second_daemon_on_the_same_data_dir_exits_and_leaves_the_first_serving(
     assert second.wait_exit() == 2
     assert f"another node daemon (pid {first.process.pid})" in second.log  # type: ignore[union-attr]
     assert (first.data_dir / "address").read_text().strip() == address
-    with grpc.insecure_channel(address) as channel:
+    with open_sync_channel(address, admin_credential()) as channel:
         reply = node_pb2_grpc.NodeServiceStub(channel).Health(node_pb2.HealthRequest(), timeout=5)
     assert reply.serving
     assert first.terminate() == 0
@@ -121,7 +123,9 @@ def test_volunteer_of_another_protocol_version_is_refused(daemons: Daemons) -> N
         protocol_version=99,
         resources=common_pb2.Resources(cpu_cores=1, memory_mb=1024),
     )
-    with grpc.insecure_channel(address) as channel:
+    with open_sync_channel(
+        address, credential(["volunteer"], node_id="from-the-future")
+    ) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         stream = stub.VolunteerSession(
             iter([coordinator_pb2.VolunteerMessage(register=register)]), timeout=5
@@ -140,7 +144,7 @@ def test_session_that_does_not_start_with_register_is_refused(daemons: Daemons) 
     )
     address = coordinator.address()
     heartbeat = coordinator_pb2.VolunteerMessage(heartbeat=coordinator_pb2.Heartbeat())
-    with grpc.insecure_channel(address) as channel:
+    with open_sync_channel(address, credential(["volunteer"])) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
             next(stub.VolunteerSession(iter([heartbeat]), timeout=5))

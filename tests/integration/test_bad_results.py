@@ -20,11 +20,14 @@ from daemon.config import PROTOCOL_VERSION, NodeConfig
 from daemon.errors import NodeError
 from daemon.models import EventKind, NodeIdentity, ResourceRequest, TaskEvent, TaskSpec
 from daemon.roles import RoleContext
+from daemon.transport.access import AccessPolicy
+from daemon.trust.bootstrap import NodeTrust
 from daemon.version import VERSION
 from manager_node.role import ManagerRole
 from manager_node.store import ManagerStore, NewTask
 from manager_node.workflow import Applied, TaskStatus, WorkflowRun, WorkflowTask
 from tests.integration.harness import serving
+from tests.trust import credential
 from workflows.graph import UpstreamInput
 
 pytestmark = pytest.mark.integration
@@ -50,7 +53,10 @@ def role_context(data_dir: Path) -> RoleContext:
     identity = NodeIdentity(
         "m" * 32, socket.gethostname(), ("manager",), "default", VERSION, PROTOCOL_VERSION
     )
-    return RoleContext(config, identity, data_dir, None, fatal)
+    trust = NodeTrust(credential(["manager"], node_id=identity.node_id), None)
+    return RoleContext(
+        config, identity, data_dir, None, fatal, trust, AccessPolicy(identity.node_id)
+    )
 
 
 async def _store_with_a_completed_task_missing_its_output(data_dir: Path) -> None:

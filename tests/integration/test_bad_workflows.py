@@ -9,7 +9,9 @@ import grpc
 import pytest
 
 from daemon.rpc.v1 import common_pb2, manager_pb2, manager_pb2_grpc
+from daemon.transport.channels import open_channel
 from tests.integration.harness import NO_DOCKER, Daemon, Daemons, cli_json, run_cli, start_pool
+from tests.trust import admin_credential
 
 pytestmark = pytest.mark.integration
 
@@ -174,7 +176,7 @@ async def test_an_inline_input_that_does_not_match_its_checksum_is_refused(
         '[workflow]\nname = "x"\n[[tasks]]\nname = "t"\ncommand = ["true"]\ninputs = ["in.txt"]\n'
     )
     claimed = common_pb2.FileRef(name="in.txt", sha256=hashlib.sha256(b"good").hexdigest(), size=4)
-    async with grpc.aio.insecure_channel(manager.address()) as channel:
+    async with open_channel(manager.address(), admin_credential()) as channel:
         stub = manager_pb2_grpc.ManagerServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.SubmitWorkflow(

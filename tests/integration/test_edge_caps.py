@@ -18,6 +18,7 @@ from daemon.transport import convert
 from daemon.transport.channels import open_channel
 from daemon.version import VERSION
 from tests.integration.harness import serving
+from tests.trust import credential
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,10 @@ async def test_a_volunteer_with_a_huge_host_name_is_refused_and_the_pool_still_l
     register = coordinator_pb2.VolunteerMessage(
         register=convert.registration_to_proto(registration)
     )
-    async with serving(node(tmp_path / "node")) as address, open_channel(address) as channel:
+    async with (
+        serving(node(tmp_path / "node")) as address,
+        open_channel(address, credential(["volunteer"])) as channel,
+    ):
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         call = stub.VolunteerSession(one(register))
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -69,7 +73,10 @@ async def test_a_submission_of_too_many_tasks_at_once_is_refused(tmp_path: Path)
         )
         for i in range(1_001)
     ]
-    async with serving(node(tmp_path / "node")) as address, open_channel(address) as channel:
+    async with (
+        serving(node(tmp_path / "node")) as address,
+        open_channel(address, credential(["manager"], node_id="m")) as channel,
+    ):
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.SubmitTasks(
@@ -87,7 +94,10 @@ async def test_a_submission_with_a_manager_address_nobody_can_dial_is_refused(
     task = convert.task_spec_to_proto(
         TaskSpec("wf.t", "wf", "vcnode/worker:1", ("true",), ResourceRequest(), 60)
     )
-    async with serving(node(tmp_path / "node")) as address, open_channel(address) as channel:
+    async with (
+        serving(node(tmp_path / "node")) as address,
+        open_channel(address, credential(["manager"], node_id="m")) as channel,
+    ):
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         for bad in ("", "x", "host:0"):
             with pytest.raises(grpc.aio.AioRpcError) as refused:

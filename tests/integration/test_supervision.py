@@ -38,7 +38,9 @@ from daemon.models import (
 from daemon.roles import RoleContext
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.transport import convert
+from daemon.transport.access import AccessPolicy
 from daemon.transport.channels import open_channel
+from daemon.trust.bootstrap import NodeTrust
 from daemon.version import VERSION
 from manager_node import manager as manager_module
 from manager_node.coordinator_client import CoordinatorClient
@@ -48,6 +50,7 @@ from manager_node.store import ManagerStore, NewTask
 from manager_node.workflow import TaskStatus, WorkflowTask
 from splitters.api import Estimate, TaskTemplate
 from tests.integration.harness import serving
+from tests.trust import admin_credential, credential, provision
 from volunteer_node import role as volunteer_role
 
 pytestmark = pytest.mark.integration
@@ -140,6 +143,7 @@ async def test_a_crash_in_a_volunteers_heartbeats_stops_the_node_saying_why(
                 limits=OwnerLimits(allow_process_runtime=True),
             )
         )
+        provision(volunteer.config.data_dir, volunteer.config.roles)
         with pytest.raises(NodeError, match="coordinator link failed: RuntimeError"):
             await asyncio.wait_for(volunteer.run(), DEADLINE_SECONDS)
     assert crash_records(caplog, "coordinator link"), "the traceback was not logged"
@@ -166,7 +170,7 @@ async def _registered_session(
         while (message := await outgoing.get()) is not None:
             yield message
 
-    channel = open_channel(address)
+    channel = open_channel(address, credential(["volunteer"], node_id=registration.volunteer_id))
     call = coordinator_pb2_grpc.CoordinatorServiceStub(channel).VolunteerSession(messages())
     first = await call.read()
     assert isinstance(first, coordinator_pb2.CoordinatorMessage)
@@ -175,7 +179,7 @@ async def _registered_session(
 
 
 async def _volunteer(address: str, volunteer_id: str) -> coordinator_pb2.VolunteerInfo:
-    async with open_channel(address) as channel:
+    async with open_channel(address, admin_credential()) as channel:
         reply = await coordinator_pb2_grpc.CoordinatorServiceStub(channel).ListVolunteers(
             coordinator_pb2.ListVolunteersRequest(), timeout=5
         )
@@ -291,6 +295,8 @@ async def test_a_splitter_whose_merge_breaks_fails_its_workflow_and_not_the_mana
         data_dir=tmp_path,
         directory=None,
         on_fatal=fatal.append,
+        trust=NodeTrust(credential(["manager"], node_id="m-1"), None),
+        policy=AccessPolicy("m-1"),
     )
 
     for restart in range(2):

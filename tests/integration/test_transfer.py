@@ -31,8 +31,10 @@ from daemon.transfer.servicer import (
     TransferServicer,
     add_transfer_service,
 )
-from daemon.transport.channels import bind, create_server, open_channel
+from daemon.transport.access import AccessPolicy
+from daemon.transport.channels import Dial, bind, create_server, open_channel
 from tests.blob_files import files_under
+from tests.trust import credential
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +49,16 @@ def make_store(root: Path, *, max_blob: int = 64 * MiB, quota: int = 256 * MiB) 
 
 
 @contextlib.asynccontextmanager
-async def serving(servicer: TransferServicer) -> AsyncIterator[str]:
-    server = create_server()
+async def serving(servicer: TransferServicer) -> AsyncIterator[Dial]:
+    """A manager's transfer service on loopback; yields how a volunteer dials it."""
+    server_credential = credential(["manager"])
+    server = create_server(AccessPolicy(server_credential.identity.node_id))
     add_transfer_service(server, servicer)
-    port = bind(server, "127.0.0.1:0")
+    port = bind(server, "127.0.0.1:0", server_credential)
     assert port, "could not bind a loopback port"
     await server.start()
     try:
-        yield f"127.0.0.1:{port}"
+        yield Dial(f"127.0.0.1:{port}", credential(["volunteer"]))
     finally:
         await server.stop(None)
 
@@ -77,10 +81,10 @@ def header_message(sha256: str, size: int, offset: int = 0) -> transfer_pb2.Uplo
 
 
 async def raw_upload(
-    address: str, messages: list[transfer_pb2.UploadMessage]
+    address: Dial, messages: list[transfer_pb2.UploadMessage]
 ) -> grpc.aio.AioRpcError:
     """Sends hand-made upload messages; returns the refusal."""
-    async with open_channel(address) as channel:
+    async with open_channel(address.address, address.credential) as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.Upload(iter(messages))
@@ -200,7 +204,7 @@ async def test_upload_of_a_multi_chunk_blob_then_download_it_back(
     policy = Recording()
     async with serving(TransferServicer(server_store, policy)) as address:
         reply = await client.upload(address, data_file(tmp_path), SHA, len(DATA), "task-7")
-        async with open_channel(address) as channel:
+        async with open_channel(address.address, address.credential) as channel:
             path = await client.download(channel, SHA, len(DATA), client_store)
     assert reply == (SHA, len(DATA))
     assert policy.uploads == [(SHA, len(DATA), "task-7")]
@@ -226,7 +230,7 @@ async def test_stat_reports_complete_and_partial(server_store: BlobStore) -> Non
         await writer.append(b"ab")
     async with (
         serving(TransferServicer(server_store, AllowAll())) as address,
-        open_channel(address) as channel,
+        open_channel(address.address, address.credential) as channel,
     ):
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         complete = await stub.Stat(transfer_pb2.StatRequest(sha256=SHA))
@@ -249,7 +253,7 @@ async def test_generated_stubs_download_and_upload_through_the_raw_service(
     ]
     async with (
         serving(TransferServicer(server_store, AllowAll())) as address,
-        open_channel(address) as channel,
+        open_channel(address.address, address.credential) as channel,
     ):
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         chunks = [c async for c in stub.Download(transfer_pb2.DownloadRequest(sha256=SHA))]
@@ -395,7 +399,7 @@ async def test_invalid_ids_are_refused_by_every_call(
 ) -> None:
     async with (
         serving(TransferServicer(server_store, AllowAll())) as address,
-        open_channel(address) as channel,
+        open_channel(address.address, address.credential) as channel,
     ):
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         upload = await raw_upload(address, [header_message(blob_id, 3), chunk_message(0, b"abc")])
@@ -414,9 +418,11 @@ async def test_clients_refuse_invalid_ids_before_calling(
 ) -> None:
     # Nothing listens at this address: an RPC would fail differently.
     with pytest.raises(InvalidBlobIdError):
-        await client.download("127.0.0.1:9", "../../x", 3, client_store)
+        await client.download(Dial("127.0.0.1:9", credential([])), "../../x", 3, client_store)
     with pytest.raises(InvalidBlobIdError):
-        await client.upload("127.0.0.1:9", data_file(tmp_path), "../../x", len(DATA), "t")
+        await client.upload(
+            Dial("127.0.0.1:9", credential([])), data_file(tmp_path), "../../x", len(DATA), "t"
+        )
     assert files_under(tmp_path / "client") == []
 
 
@@ -457,7 +463,7 @@ async def test_download_of_an_unknown_blob_is_not_found(
     async with serving(TransferServicer(server_store, AllowAll())) as address:
         with pytest.raises(NotFoundError, match=f"no blob {SHA} here"):
             await client.download(address, SHA, len(DATA), client_store)
-        async with open_channel(address) as channel:
+        async with open_channel(address.address, address.credential) as channel:
             stub = transfer_pb2_grpc.TransferServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.Download(transfer_pb2.DownloadRequest(sha256=SHA)).read()
@@ -476,7 +482,7 @@ async def test_policy_refuses_downloads_and_uploads(
             await client.download(address, SHA, len(DATA), client_store)
         with pytest.raises(PolicyRefusedError, match="does not accept blob"):
             await client.upload(address, data_file(tmp_path, other), other_sha, MiB, "t")
-        async with open_channel(address) as channel:
+        async with open_channel(address.address, address.credential) as channel:
             stub = transfer_pb2_grpc.TransferServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.Download(transfer_pb2.DownloadRequest(sha256=SHA)).read()
@@ -493,5 +499,7 @@ async def test_download_gives_up_when_nobody_answers(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with pytest.raises(NodeError, match="no transfer service answered"):
-        await client.download(f"127.0.0.1:{port}", SHA, len(DATA), client_store, retries=1)
+        await client.download(
+            Dial(f"127.0.0.1:{port}", credential([])), SHA, len(DATA), client_store, retries=1
+        )
     assert files_under(tmp_path / "client") == []

@@ -14,7 +14,9 @@ from daemon.transfer.blobstore import BlobStore
 from daemon.transfer.chunks import CHUNK_BYTES
 from daemon.transfer.errors import QuotaExceededError
 from daemon.transfer.servicer import AllowAll, TransferServicer
+from daemon.transport.channels import Dial
 from tests.integration.test_transfer import serving
+from tests.trust import credential
 from volunteer_node.blobs import BlobTransfers
 
 pytestmark = pytest.mark.integration
@@ -33,8 +35,8 @@ async def manager_blobs(root: Path, count: int) -> tuple[BlobStore, list[FileRef
     return store, refs
 
 
-async def fetch(cache: BlobTransfers, address: str, ref: FileRef) -> None:
-    async with cache.fetched(address, ref) as path:
+async def fetch(cache: BlobTransfers, address: Dial, ref: FileRef) -> None:
+    async with cache.fetched(address.address, ref) as path:
         assert hashlib.sha256(path.read_bytes()).hexdigest() == ref.sha256
 
 
@@ -44,7 +46,11 @@ async def held(cache: BlobTransfers, refs: list[FileRef]) -> list[bool]:
 
 async def test_a_full_cache_evicts_the_blobs_used_least_recently(tmp_path: Path) -> None:
     manager, (a, b, c, d) = await manager_blobs(tmp_path / "manager", 4)
-    cache = BlobTransfers(tmp_path / "volunteer", quota_bytes=3 * MiB + 64 * 1024)
+    cache = BlobTransfers(
+        tmp_path / "volunteer",
+        quota_bytes=3 * MiB + 64 * 1024,
+        credential=credential(["volunteer"]),
+    )
     await cache.open()
     try:
         async with serving(TransferServicer(manager, AllowAll())) as address:
@@ -64,14 +70,18 @@ async def test_after_a_restart_the_blobs_that_arrived_first_go_first(tmp_path: P
     manager, (a, b, c) = await manager_blobs(tmp_path / "manager", 3)
     quota = 2 * MiB + 64 * 1024
     async with serving(TransferServicer(manager, AllowAll())) as address:
-        first = BlobTransfers(tmp_path / "volunteer", quota_bytes=quota)
+        first = BlobTransfers(
+            tmp_path / "volunteer", quota_bytes=quota, credential=credential(["volunteer"])
+        )
         await first.open()
         await fetch(first, address, a)
         await fetch(first, address, b)
         await first.close()
         os.utime(await first.store.path(a.sha256), (1, 1))  # a arrived long before b
 
-        again = BlobTransfers(tmp_path / "volunteer", quota_bytes=quota)
+        again = BlobTransfers(
+            tmp_path / "volunteer", quota_bytes=quota, credential=credential(["volunteer"])
+        )
         await again.open()
         try:
             await fetch(again, address, c)
@@ -83,19 +93,23 @@ async def test_after_a_restart_the_blobs_that_arrived_first_go_first(tmp_path: P
 
 async def test_a_blob_in_use_is_never_evicted(tmp_path: Path) -> None:
     manager, (a, b, c) = await manager_blobs(tmp_path / "manager", 3)
-    cache = BlobTransfers(tmp_path / "volunteer", quota_bytes=2 * MiB + 64 * 1024)
+    cache = BlobTransfers(
+        tmp_path / "volunteer",
+        quota_bytes=2 * MiB + 64 * 1024,
+        credential=credential(["volunteer"]),
+    )
     await cache.open()
     try:
         async with (
             serving(TransferServicer(manager, AllowAll())) as address,
-            cache.fetched(address, a) as in_use,
+            cache.fetched(address.address, a) as in_use,
         ):
             await fetch(cache, address, b)
             await fetch(cache, address, c)  # room is made from b, not from a
             assert await held(cache, [a, b, c]) == [True, False, True]
             assert hashlib.sha256(in_use.read_bytes()).hexdigest() == a.sha256
 
-            async with cache.fetched(address, c):
+            async with cache.fetched(address.address, c):
                 # Both held blobs are in use: nothing may go, so b cannot come in.
                 with pytest.raises(QuotaExceededError, match="quota"):
                     await fetch(cache, address, b)
@@ -109,7 +123,11 @@ async def test_a_broken_fetch_nobody_resumed_is_dropped_before_any_cached_blob(
     tmp_path: Path,
 ) -> None:
     manager, (a, b, c) = await manager_blobs(tmp_path / "manager", 3)
-    cache = BlobTransfers(tmp_path / "volunteer", quota_bytes=2 * MiB + 64 * 1024)
+    cache = BlobTransfers(
+        tmp_path / "volunteer",
+        quota_bytes=2 * MiB + 64 * 1024,
+        credential=credential(["volunteer"]),
+    )
     await cache.open()
     try:
         async with serving(TransferServicer(manager, AllowAll())) as address:
