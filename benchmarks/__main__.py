@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from benchmarks import discovery, idle, scheduler, task_overhead, transfer
+from benchmarks import discovery, idle, scheduler, task_overhead, tls_handshake, transfer
 from benchmarks.report import Figure
 
 # figure name -> the benchmark that measures it (one run may measure several figures)
@@ -21,6 +21,8 @@ BENCHMARKS: dict[str, Callable[[], list[Figure]]] = {
     "scheduler_scaling_ratio": scheduler.run,
     "scheduler_results_per_second": scheduler.run,
     "workflow_run_scaling_ratio": scheduler.run,
+    "tls_handshake_ms": tls_handshake.run,
+    "tls_handshake_warm_call_ms": tls_handshake.run,
 }
 
 

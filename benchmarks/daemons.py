@@ -1,7 +1,14 @@
-"""Starting real daemons for benchmarks, as child processes on loopback."""
+"""Starting real daemons for benchmarks, as child processes on loopback.
+
+Every channel is mutual TLS: a coordinator makes the cluster's CA in its data dir, and any
+other node joins with a token made through it (`join_token`, as `vcnode token create` on the
+coordinator's host). A benchmark that calls a daemon itself presents the coordinator's local
+admin credential (`admin_credential`), as the CLI on that host does.
+"""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -9,6 +16,10 @@ import time
 from pathlib import Path
 
 from daemon.datadir import read_address
+from daemon.trust.credentials import ADMIN, Credential, tls_dir
+
+# Long enough for any benchmark's run; the token is multi-use (one per cluster a run starts).
+TOKEN_TTL = "2h"
 
 
 def start_daemon(data_dir: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -27,6 +38,28 @@ def wait_for_address(process: subprocess.Popen[bytes], data_dir: Path, timeout: 
             return address
         time.sleep(0.05)
     raise RuntimeError(f"daemon in {data_dir} did not serve within {timeout} s")
+
+
+def join_token(coordinator_dir: Path, roles: str = "volunteer") -> str:
+    """A join token for `roles` (comma separated), any number of joins, made with the admin
+    credential of the coordinator serving from `coordinator_dir`."""
+    made = subprocess.run(
+        [sys.executable, "-m", "cli", "token", "create", "--role", roles, "--ttl", TOKEN_TTL,
+         "--data-dir", str(coordinator_dir), "--json"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if made.returncode != 0:
+        raise RuntimeError(f"could not make a join token: {made.stderr.strip()[-2000:]}")
+    token: str = json.loads(made.stdout)["token"]
+    return token
+
+
+def admin_credential(coordinator_dir: Path) -> Credential:
+    """The local admin credential the coordinator serving from `coordinator_dir` wrote."""
+    credential = Credential.load(tls_dir(coordinator_dir), ADMIN)
+    if credential is None:
+        raise RuntimeError(f"no admin credential in {tls_dir(coordinator_dir)}")
+    return credential
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

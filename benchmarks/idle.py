@@ -1,4 +1,5 @@
-"""idle_rss and idle_cpu: a volunteer daemon joined to a coordinator, doing nothing, for 30 s."""
+"""idle_rss and idle_cpu: a volunteer daemon joined to a coordinator (with a join token, over
+mutual TLS), doing nothing, for 30 s."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.daemons import start_daemon, stop, wait_for_address
+from benchmarks.daemons import join_token, start_daemon, stop, wait_for_address
 from benchmarks.report import Figure
 
 WINDOW_SECONDS = 30.0
@@ -23,7 +24,10 @@ def run() -> list[Figure]:
         volunteer = None
         try:
             wait_for_address(coordinator, Path(root) / "coordinator")
-            volunteer = start_daemon(Path(root) / "volunteer", "--role", "volunteer", *common)
+            token = join_token(Path(root) / "coordinator")
+            volunteer = start_daemon(
+                Path(root) / "volunteer", "--role", "volunteer", "--token", token, *common
+            )
             wait_for_address(volunteer, Path(root) / "volunteer")
             process = psutil.Process(volunteer.pid)
             # Let start-up work (imports, registration, the Docker probe) finish first.

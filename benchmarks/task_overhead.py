@@ -6,7 +6,8 @@
   runtime's own `container_config`.
 - task_overhead_mesh_seconds: the same 100 containers as a workflow of 100 explicit tasks
   through real daemons on loopback (one coordinator+manager, one volunteer with
-  `--max-concurrent-tasks 2`), from `node submit --wait` starting to it exiting (the client
+  `--max-concurrent-tasks 2` that joins with a token made through the coordinator; every
+  channel mutual TLS), from `node submit --wait` starting to it exiting (the client
   uploads the 100 inputs, the manager splits and queues, the volunteer fetches, runs,
   uploads, reports).
 - task_overhead_ratio: the median over ROUNDS back-to-back pairs of mesh / direct.
@@ -33,7 +34,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.daemons import start_daemon, stop, wait_for_address
+from benchmarks.daemons import join_token, start_daemon, stop, wait_for_address
 from benchmarks.report import Figure
 
 TASKS = 100
@@ -179,7 +180,8 @@ def _mesh(root: Path, token: str) -> float:
         wait_for_address(manager, manager_dir)
         volunteer = start_daemon(
             volunteer_dir,
-            "--role", "volunteer", "--max-concurrent-tasks", str(CONCURRENCY), *common,
+            "--role", "volunteer", "--max-concurrent-tasks", str(CONCURRENCY),
+            "--token", join_token(manager_dir), *common,
         )  # fmt: skip
         started.append(volunteer)
         wait_for_address(volunteer, volunteer_dir)

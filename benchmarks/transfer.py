@@ -5,6 +5,11 @@ against an aiohttp baseline measured in the same run.
 - transfer_upload_ratio: gRPC upload throughput / aiohttp client -> handler hashing as it writes
 - transfer_peak_rss_server, transfer_peak_rss_client: the gRPC ends' peak RSS over all rounds
 
+The gRPC ends speak mutual TLS, as every channel of the mesh does: the driver makes a CA
+for the run and, with it, a manager's credential for the server and a volunteer's for the
+clients (files under the run's dir, read by each end). The aiohttp baseline is plaintext
+HTTP, as before mTLS: the ratios include what TLS costs the gRPC ends.
+
 Every end runs in its own process (so RSS is per end); both baselines write the received
 bytes to a file, as the gRPC ends write them into their blob store (which syncs a blob to
 disk after publishing it, off the clock here as the baseline's writeback is). Between
@@ -33,9 +38,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.report import Figure
+
+if TYPE_CHECKING:
+    from daemon.transport.channels import Dial
+    from daemon.trust.credentials import Credential
 
 SIZE = 1 << 30
 ROUNDS = 5
@@ -49,6 +58,41 @@ def _max_rss_mib() -> float:
 
 def _report(seconds: float) -> None:
     print(json.dumps({"seconds": seconds, "rss_mib": _max_rss_mib()}), flush=True)
+
+
+# --- credentials: one CA for the run, a manager's certificate for the server ----------------
+
+SERVER = "server"
+CLIENT = "client"
+
+
+def _make_credentials(directory: Path) -> None:
+    """A CA of the run's own in `directory`, and the two ends' credentials beside it."""
+    from daemon.trust.authority import ClusterAuthority
+    from daemon.trust.pki import Identity
+
+    authority = ClusterAuthority.load_or_create(directory, "bench-transfer")
+    for stem, role in ((SERVER, "manager"), (CLIENT, "volunteer")):
+        identity = Identity(uuid.uuid4().hex, frozenset({role}))
+        authority.credential(identity).save(directory, stem)
+
+
+def _load_credential(directory: str, stem: str) -> Credential:
+    from daemon.trust.credentials import Credential
+
+    credential = Credential.load(Path(directory), stem)
+    if credential is None:
+        raise SystemExit(f"no {stem} credential in {directory}")
+    return credential
+
+
+def _dial(address: str, credentials: str) -> Dial:
+    """How a volunteer dials a manager's TransferService: a Dial, so the transfer runs on a
+    blocking channel of its own (see daemon/transfer/client.py)."""
+    from daemon.transport.channels import Dial
+    from daemon.trust.pki import role_name
+
+    return Dial(address, _load_credential(credentials, CLIENT), role_name("manager"))
 
 
 # --- the ends, each in its own process ------------------------------------------------------
@@ -66,16 +110,20 @@ async def _serve_commands(on_delete: Callable[[str], Awaitable[None]]) -> None:
             print(f"{_max_rss_mib():.1f}", flush=True)
 
 
-async def grpc_serve(store_dir: str, source: str) -> None:
+async def grpc_serve(store_dir: str, source: str, credentials: str) -> None:
     from daemon.transfer.blobstore import BlobStore
     from daemon.transfer.servicer import AllowAll, TransferServicer, add_transfer_service
+    from daemon.transport.access import AccessPolicy
     from daemon.transport.channels import bind, create_server
 
+    credential = _load_credential(credentials, SERVER)
     store = BlobStore(Path(store_dir), max_blob_bytes=2 * SIZE, quota_bytes=8 * SIZE)
     await store.put_file(Path(source))
-    server = create_server()
+    server = create_server(AccessPolicy(credential.identity.node_id))
     add_transfer_service(server, TransferServicer(store, AllowAll()))
-    port = bind(server, "127.0.0.1:0")
+    port = bind(server, "127.0.0.1:0", credential)
+    if not port:
+        raise SystemExit("grpc-serve: could not bind a loopback port")
     await server.start()
     print(f"ready 127.0.0.1:{port}", flush=True)
 
@@ -87,23 +135,27 @@ async def grpc_serve(store_dir: str, source: str) -> None:
     await store.close()
 
 
-async def grpc_download(address: str, sha256: str, size: str, store_dir: str) -> None:
+async def grpc_download(
+    address: str, sha256: str, size: str, store_dir: str, credentials: str
+) -> None:
     from daemon.transfer.blobstore import BlobStore
     from daemon.transfer.client import download
 
+    peer = _dial(address, credentials)
     store = BlobStore(Path(store_dir), max_blob_bytes=2 * SIZE, quota_bytes=4 * SIZE)
     await store.open()
     started = time.perf_counter()
-    await download(address, sha256, int(size), store)
+    await download(peer, sha256, int(size), store)
     _report(time.perf_counter() - started)
     await store.close()
 
 
-async def grpc_upload(address: str, source: str, sha256: str, size: str) -> None:
+async def grpc_upload(address: str, source: str, sha256: str, size: str, credentials: str) -> None:
     from daemon.transfer.client import upload
 
+    peer = _dial(address, credentials)
     started = time.perf_counter()
-    await upload(address, Path(source), sha256, int(size), "benchmark")
+    await upload(peer, Path(source), sha256, int(size), "benchmark")
     _report(time.perf_counter() - started)
 
 
@@ -288,11 +340,15 @@ def run() -> list[Figure]:
         size = str(SIZE)
         received = root / "received"
         received.mkdir()
+        credentials = root / "tls"
+        _make_credentials(credentials)
         (root / "http-received").mkdir()
         speeds: dict[str, list[float]] = {}
         client_rss: list[float] = []
         with contextlib.ExitStack() as stack:
-            grpc_server = _Server("grpc-serve", str(root / "server-store"), str(source))
+            grpc_server = _Server(
+                "grpc-serve", str(root / "server-store"), str(source), str(credentials)
+            )
             stack.callback(grpc_server.stop)
             http_server = _Server("http-serve", str(root / "http-received"), str(source))
             stack.callback(http_server.stop)
@@ -307,6 +363,8 @@ def run() -> list[Figure]:
                     args = (server.address, str(source), sha256, size)
                 if kind.endswith("+fsync"):
                     args = (*args, "fsync")
+                if kind == "grpc":
+                    args = (*args, str(credentials))
                 speed, rss = _client(f"{kind.removesuffix('+fsync')}-{direction}", *args)
                 if direction == "upload":
                     server.ask(f"delete {sha256}")

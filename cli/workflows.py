@@ -290,6 +290,7 @@ def _status_json(status: WorkflowStatus) -> dict[str, Any]:
         "name": status.name,
         "type": status.type,
         "state": status.state,
+        "owner": status.owner,
         "error": status.error,
         "counts": {
             "queued": status.counts.queued,
@@ -485,6 +486,7 @@ async def list_workflows(peer: Dial, args: argparse.Namespace) -> int:
     rows = [
         [
             w.workflow_id,
+            w.owner or "-",
             w.type,
             w.state,
             f"{w.counts.completed}/{w.counts.total}",
@@ -492,5 +494,5 @@ async def list_workflows(peer: Dial, args: argparse.Namespace) -> int:
         ]
         for w in workflows
     ]
-    print(views.table(["WORKFLOW", "TYPE", "STATE", "DONE", "SUBMITTED"], rows))
+    print(views.table(["WORKFLOW", "OWNER", "TYPE", "STATE", "DONE", "SUBMITTED"], rows))
     return 0

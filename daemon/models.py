@@ -245,6 +245,8 @@ class WorkflowStatus:
     tasks: tuple[TaskStatusRow, ...] = ()
     # Why the workflow failed, beyond its tasks (e.g. the merge step); empty otherwise.
     error: str = ""
+    # Who submitted it (see daemon.transport.access.Caller.owner); empty before owners.
+    owner: str = ""
 
 
 @dataclass(frozen=True)

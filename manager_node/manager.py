@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,13 @@ from typing import Any
 import aiorwlock
 
 from daemon import inline
-from daemon.errors import InvalidInputError, NodeError, NotFoundError, RejectedError
+from daemon.errors import (
+    AccessDeniedError,
+    InvalidInputError,
+    NodeError,
+    NotFoundError,
+    RejectedError,
+)
 from daemon.models import (
     EventKind,
     FileRef,
@@ -31,17 +37,21 @@ from daemon.models import (
     TaskSpec,
     WorkflowUpdate,
 )
+from daemon.resources import MIB
 from daemon.supervision import Supervisor
 from daemon.task_files import file_name_problem, outputs_problem
 from daemon.transfer.blobstore import BlobStore
 from daemon.transport import convert
+from daemon.transport.access import PEOPLE, Caller
 from daemon.transport.caps import excess
 from manager_node.admission import ProposedTask, inputs_mb, unschedulable
 from manager_node.coordinator_client import CoordinatorClient
+from manager_node.holders import Holders
 from manager_node.images import ImageArchives
 from manager_node.store import COORDINATOR_SEQUENCE, ManagerStore, NewTask
 from manager_node.workflow import (
     MissingUpstreamError,
+    TaskStatus,
     WorkflowRun,
     WorkflowState,
     WorkflowTask,
@@ -90,6 +100,9 @@ class WorkflowManager:
         self._types: dict[str, str] = {}  # workflow id -> splitter name (or "tasks")
         self._specs: dict[str, TaskSpec] = {}
         self._shareable: set[str] = set()
+        # Image archives served (sha256 -> image ID), and who holds which task now.
+        self._archives: dict[str, str] = {}
+        self._holders = Holders()
         self._watchers: dict[str, set[asyncio.Queue[WorkflowUpdate | None]]] = {}
         self._merges: dict[str, asyncio.Task[None]] = {}  # by workflow id
         self._lock = asyncio.Lock()
@@ -102,6 +115,7 @@ class WorkflowManager:
         for stored in await self._store.unfinished_runs():
             run = WorkflowRun.of(stored.workflow_id, stored.tasks, stored.on_failure)
             self._runs[stored.workflow_id] = run
+            self._track(run.tasks.values())
             self._types[stored.workflow_id] = stored.type
             self._specs.update(stored.specs)
             if stored.state == WorkflowState.MERGING.value:
@@ -122,19 +136,50 @@ class WorkflowManager:
 
     # --- transfer policy ------------------------------------------------------------------
 
-    async def may_download(self, sha256: str) -> bool:
-        return sha256 in self._shareable
-
-    async def may_upload(self, sha256: str, size: int, purpose: str) -> bool:
-        """Input files a client sends with a workflow (purpose "input"), and outputs of a
-        task of ours still going (purpose "task_id:attempt")."""
-        if purpose == "input":
+    async def may_download(self, sha256: str, caller: Caller) -> bool:
+        """Inputs and results to their workflow's owner; to a volunteer, what a task it
+        holds needs (its inputs, its image); everything to an admin."""
+        if sha256 not in self._shareable:
+            return False
+        if caller.sees_everything:
             return True
+        if "volunteer" in caller.kinds and await self._holders.wait_for(
+            caller.node_id, lambda held: any(self._needs(task, sha256) for task in held)
+        ):
+            return True
+        return caller.owner in await self._store.blob_owners(sha256)
+
+    def _track(self, tasks: Iterable[WorkflowTask]) -> None:
+        """Notes who holds each task now: the volunteer it was offered to, or runs on."""
+        for task in tasks:
+            held = task.status in (TaskStatus.QUEUED, TaskStatus.RUNNING)
+            self._holders.set(task.task_id, task.volunteer_id if held else "")
+
+    def _needs(self, task_id: str, sha256: str) -> bool:
+        spec = self._specs.get(task_id)
+        if spec is None:
+            return False
+        return any(ref.sha256 == sha256 for ref in spec.inputs) or (
+            bool(spec.image_id) and self._archives.get(sha256) == spec.image_id
+        )
+
+    async def may_upload(self, sha256: str, size: int, purpose: str, caller: Caller) -> bool:
+        """Input files people send with a workflow (purpose "input"); from a volunteer, the
+        outputs of a task of ours it holds and that is still going (purpose
+        "task_id:attempt"), within the disk the task asked for."""
+        if purpose == "input":
+            return bool(caller.kinds & PEOPLE)
         task_id, _, _ = purpose.rpartition(":")
         spec = self._specs.get(task_id)
         run = self._runs.get(spec.workflow_id) if spec else None
         task = run.tasks.get(task_id) if run else None
-        return task is not None and not task.status.finished
+        if spec is None or task is None or task.status.finished:
+            return False
+        if spec.resources.disk_mb and size > spec.resources.disk_mb * MIB:
+            return False
+        return "volunteer" in caller.kinds and await self._holders.wait_for(
+            caller.node_id, lambda held: task_id in held
+        )
 
     # --- submission -----------------------------------------------------------------------
 
@@ -144,16 +189,18 @@ class WorkflowManager:
         overrides: dict[str, str],
         files: Sequence[FileRef],
         inline: Sequence[tuple[FileRef, bytes]] = (),
+        owner: str = "",
     ) -> Submitted:
         workflow = parse_workflow(workflow_text, overrides)
         async with self._references.reader:
-            return await self._create(workflow, files, inline)
+            return await self._create(workflow, files, inline, owner)
 
     async def _create(
         self,
         workflow: WorkflowFile,
         files: Sequence[FileRef],
         inline: Sequence[tuple[FileRef, bytes]],
+        owner: str,
     ) -> Submitted:
         # Concurrently: the store syncs the blobs published together in one round.
         stored = await asyncio.gather(*(self._store_inline(ref, data) for ref, data in inline))
@@ -189,7 +236,14 @@ class WorkflowManager:
             raise
         inputs = sorted({ref for new in tasks for ref in new.spec.inputs}, key=lambda r: r.name)
         await self._store.create_workflow(
-            workflow_id, workflow.name, workflow.type, params, tasks, inputs, workflow.on_failure
+            workflow_id,
+            workflow.name,
+            workflow.type,
+            params,
+            tasks,
+            inputs,
+            workflow.on_failure,
+            owner,
         )
         async with self._lock:
             self._shareable |= {ref.sha256 for ref in inputs}
@@ -363,8 +417,17 @@ class WorkflowManager:
             for new in tasks
         ]
 
-    async def image_archive(self, image: str, image_id: str) -> FileRef:
+    async def image_archive(self, image: str, image_id: str, caller: Caller) -> FileRef:
+        """The image as a blob, for a volunteer that holds a task run in it."""
+        if not caller.sees_everything and not await self._holders.wait_for(
+            caller.node_id,
+            lambda held: any(self._specs[t].image_id == image_id for t in held if t in self._specs),
+        ):
+            raise AccessDeniedError(
+                f"image {image} is served only to volunteers holding a task that runs in it"
+            )
         archive = await self._images.archive(image, image_id)
+        self._archives[archive.sha256] = image_id
         self._shareable.add(archive.sha256)
         return archive
 
@@ -447,6 +510,7 @@ class WorkflowManager:
         applied = run.apply(event, outputs_verified=verified)
         if applied is None:
             return False
+        self._track(applied.changed)
         # queued -> running shows here; the end is written by _finish.
         now = run.state()
         moved = (run.workflow_id, now.value) if now != was and not run.finished else None
@@ -462,6 +526,7 @@ class WorkflowManager:
         is called off here and at the coordinator; returns how many tasks the coordinator
         held."""
         held = run.cancel()
+        self._track(held)
         await self._store.save_tasks(list(run.tasks.values()))
         if held and self.coordinator is not None:
             self.coordinator.cancel(run.workflow_id)
@@ -635,6 +700,7 @@ class WorkflowManager:
                 raise RejectedError(f"workflow {workflow_id} completed: nothing to resume")
             run = WorkflowRun.of(workflow_id, stored.tasks, stored.on_failure)
             again = run.resume()
+            self._track(again)
             self._runs[workflow_id] = run
             self._types[workflow_id] = stored.type
             self._specs.update(stored.specs)

@@ -3,21 +3,40 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
-from daemon.errors import NotFoundError
+from daemon.errors import AccessDeniedError, NodeError, NotFoundError
 from daemon.rpc.v1 import common_pb2, manager_pb2, manager_pb2_grpc
 from daemon.transport import convert
-from daemon.transport.errors import maps_errors
+from daemon.transport.access import Caller, caller_of
+from daemon.transport.errors import maps_errors, status_for
 from manager_node.manager import WorkflowManager
 from manager_node.store import ManagerStore
 
 
 class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
-    def __init__(self, manager: WorkflowManager, store: ManagerStore) -> None:
+    def __init__(self, manager: WorkflowManager, store: ManagerStore, node_id: str) -> None:
         self._manager = manager
         self._store = store
+        self._node_id = node_id
+
+    def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        return caller_of(context, self._node_id)
+
+    async def _own(self, workflow_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Raises unless the caller may see and act on the workflow: its owner, an admin, or
+        this node's own owner."""
+        owner = await self._store.workflow_owner(workflow_id)
+        if owner is None:
+            raise NotFoundError(f"no workflow {workflow_id!r} on this manager")
+        caller = self._caller(context)
+        if owner != caller.owner and not caller.sees_everything:
+            raise AccessDeniedError(
+                f"workflow {workflow_id} is not yours ({caller.describe()}): users see and "
+                "act on their own workflows only"
+            )
 
     @maps_errors
     async def SubmitWorkflow(
@@ -32,6 +51,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             dict(request.overrides),
             [convert.file_ref_from_proto(ref) for ref in request.files],
             [convert.inline_file_from_proto(f) for f in request.inline_files],
+            owner=self._caller(context).owner,
         )
         return convert.submitted_to_proto(submitted)
 
@@ -42,6 +62,10 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             manager_pb2.WatchWorkflowRequest, manager_pb2.WorkflowEvent
         ],
     ) -> AsyncIterator[manager_pb2.WorkflowEvent]:
+        try:
+            await self._own(request.workflow_id, context)
+        except NodeError as error:
+            await context.abort(status_for(error), str(error))
         async for update in self._manager.watch(request.workflow_id):
             yield convert.workflow_update_to_proto(update)
 
@@ -53,6 +77,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             manager_pb2.GetWorkflowStatusRequest, manager_pb2.WorkflowStatus
         ],
     ) -> manager_pb2.WorkflowStatus:
+        await self._own(request.workflow_id, context)
         found = await self._store.workflows(request.workflow_id)
         if not found:
             raise NotFoundError(f"no workflow {request.workflow_id!r} on this manager")
@@ -66,6 +91,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             manager_pb2.GetResultsRequest, manager_pb2.GetResultsReply
         ],
     ) -> manager_pb2.GetResultsReply:
+        await self._own(request.workflow_id, context)
         found = await self._store.workflows(request.workflow_id)
         if not found:
             raise NotFoundError(f"no workflow {request.workflow_id!r} on this manager")
@@ -80,6 +106,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             manager_pb2.CancelWorkflowRequest, manager_pb2.CancelWorkflowReply
         ],
     ) -> manager_pb2.CancelWorkflowReply:
+        await self._own(request.workflow_id, context)
         cancelled = await self._manager.cancel(request.workflow_id)
         return manager_pb2.CancelWorkflowReply(cancelled_tasks=cancelled)
 
@@ -91,6 +118,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             manager_pb2.DeleteWorkflowRequest, manager_pb2.DeleteWorkflowReply
         ],
     ) -> manager_pb2.DeleteWorkflowReply:
+        await self._own(request.workflow_id, context)
         deleted = await self._manager.delete(request.workflow_id)
         return manager_pb2.DeleteWorkflowReply(
             deleted_blobs=deleted.blobs, freed_bytes=deleted.freed_bytes
@@ -104,6 +132,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             manager_pb2.ResumeWorkflowRequest, manager_pb2.SubmitWorkflowReply
         ],
     ) -> manager_pb2.SubmitWorkflowReply:
+        await self._own(request.workflow_id, context)
         resumed = await self._manager.resume(request.workflow_id)
         return convert.submitted_to_proto(resumed)
 
@@ -113,7 +142,9 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         request: manager_pb2.GetImageArchiveRequest,
         context: grpc.aio.ServicerContext[manager_pb2.GetImageArchiveRequest, common_pb2.FileRef],
     ) -> common_pb2.FileRef:
-        archive = await self._manager.image_archive(request.image, request.image_id)
+        archive = await self._manager.image_archive(
+            request.image, request.image_id, self._caller(context)
+        )
         return convert.file_ref_to_proto(archive)
 
     @maps_errors
@@ -124,7 +155,12 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             manager_pb2.ListWorkflowsRequest, manager_pb2.ListWorkflowsReply
         ],
     ) -> manager_pb2.ListWorkflowsReply:
-        workflows = await self._store.workflows()
+        caller = self._caller(context)
+        workflows = [
+            workflow
+            for workflow in await self._store.workflows()
+            if caller.sees_everything or workflow.owner == caller.owner
+        ]
         return manager_pb2.ListWorkflowsReply(
             workflows=[convert.workflow_status_to_proto(w) for w in workflows]
         )

@@ -74,12 +74,19 @@ def _on_failure(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE workflows ADD COLUMN on_failure TEXT NOT NULL DEFAULT 'skip'")
 
 
+def _owner(db: sqlite_utils.Database) -> None:
+    """Who submitted each workflow: users see and act on their own only."""
+    db.execute("ALTER TABLE workflows ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+    db.execute("CREATE INDEX files_by_sha256 ON files (sha256)")
+
+
 MIGRATIONS = (
     Migration("manager/0001_initial", _initial_schema),
     Migration("manager/0002_meta", _meta),
     Migration("manager/0003_workflow_error", _workflow_error),
     Migration("manager/0004_upstream_inputs", _upstream_inputs),
     Migration("manager/0005_on_failure", _on_failure),
+    Migration("manager/0006_owner", _owner),
 )
 COORDINATOR_SEQUENCE = "coordinator_sequence"
 
@@ -154,6 +161,7 @@ class ManagerStore:
                         counts=workflow_counts({**states, "total": len(tasks)}),
                         tasks=tasks,
                         error=row["error"],
+                        owner=row["owner"],
                     )
                 )
             return found
@@ -169,14 +177,15 @@ class ManagerStore:
         tasks: list[NewTask],
         inputs: list[FileRef],
         on_failure: OnFailure = OnFailure.SKIP,
+        owner: str = "",
     ) -> None:
         now = time.time()
 
         def write(db: sqlite_utils.Database) -> None:
             db.execute(
                 "INSERT INTO workflows "
-                "(id, name, type, state, spec, on_failure, created_at, updated_at) "
-                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                "(id, name, type, state, spec, on_failure, created_at, updated_at, owner) "
+                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
                 (
                     workflow_id,
                     name,
@@ -185,6 +194,7 @@ class ManagerStore:
                     on_failure.value,
                     now,
                     now,
+                    owner,
                 ),
             )
             db.conn.executemany(
@@ -300,6 +310,28 @@ class ManagerStore:
                 (workflow_id, role),
             ).fetchall()
             return [FileRef(name, sha256, size) for name, sha256, size in rows]
+
+        return await self.database.read(read)
+
+    async def blob_owners(self, sha256: str) -> set[str]:
+        """The owners of the workflows a blob belongs to (input, output or result)."""
+
+        def read(db: sqlite_utils.Database) -> set[str]:
+            rows = db.execute(
+                "SELECT DISTINCT workflows.owner FROM files JOIN workflows "
+                "ON files.workflow_id = workflows.id WHERE files.sha256 = ?",
+                [sha256],
+            )
+            return {row[0] for row in rows.fetchall()}
+
+        return await self.database.read(read)
+
+    async def workflow_owner(self, workflow_id: str) -> str | None:
+        """Who submitted the workflow; None when there is no such workflow."""
+
+        def read(db: sqlite_utils.Database) -> str | None:
+            row = db.execute("SELECT owner FROM workflows WHERE id = ?", [workflow_id]).fetchone()
+            return None if row is None else str(row[0])
 
         return await self.database.read(read)
 

@@ -32,6 +32,7 @@ from daemon.transfer.errors import (
 )
 from daemon.transfer.memory import keep_freed_memory
 from daemon.transfer.status import UPLOAD_ACCEPTED, status_for
+from daemon.transport.access import Caller, caller_of
 
 R = TypeVar("R")
 
@@ -42,23 +43,24 @@ DRAIN_LIMIT_BYTES = 32 << 20
 
 
 class TransferPolicy(Protocol):
-    """Who may take which blob, and which blobs this node takes in.
+    """Who may take which blob, and which blobs this node takes in, from whom.
 
     Async, so a policy can look its answer up in the node's store.
     """
 
-    async def may_download(self, sha256: str) -> bool: ...
+    async def may_download(self, sha256: str, caller: Caller) -> bool: ...
 
-    async def may_upload(self, sha256: str, size: int, purpose: str) -> bool: ...
+    async def may_upload(self, sha256: str, size: int, purpose: str, caller: Caller) -> bool: ...
 
 
 class AllowAll:
-    """Serves every blob held and accepts every upload the store has room for."""
+    """Serves every blob held and accepts every upload the store has room for, from any
+    caller the access policy let through."""
 
-    async def may_download(self, sha256: str) -> bool:
+    async def may_download(self, sha256: str, caller: Caller) -> bool:
         return True
 
-    async def may_upload(self, sha256: str, size: int, purpose: str) -> bool:
+    async def may_upload(self, sha256: str, size: int, purpose: str, caller: Caller) -> bool:
         return True
 
 
@@ -92,9 +94,10 @@ def _refuses(handler: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]
 
 
 class TransferServicer:
-    def __init__(self, store: BlobStore, policy: TransferPolicy) -> None:
+    def __init__(self, store: BlobStore, policy: TransferPolicy, node_id: str = "") -> None:
         self._store = store
         self._policy = policy
+        self._node_id = node_id
         keep_freed_memory()
 
     async def Download(
@@ -105,7 +108,7 @@ class TransferServicer:
         """Serialised Chunk messages (see `add_transfer_service`)."""
         try:
             sha256 = check_blob_id(request.sha256)
-            if not await self._policy.may_download(sha256):
+            if not await self._policy.may_download(sha256, caller_of(context, self._node_id)):
                 raise PolicyRefusedError(f"this node does not serve blob {sha256} to you")
             # `yield` rather than context.write(): measurably faster in grpc.aio.
             async for message in self._store.read_messages(sha256, request.offset):
@@ -125,7 +128,8 @@ class TransferServicer:
         if not isinstance(header, transfer_pb2.UploadHeader):
             raise TransferError("an upload starts with its header, then the chunks")
         sha256 = check_blob_id(header.sha256)
-        if not await self._policy.may_upload(sha256, header.size, header.purpose):
+        caller = caller_of(context, self._node_id)
+        if not await self._policy.may_upload(sha256, header.size, header.purpose, caller):
             raise PolicyRefusedError(
                 f"this node does not accept blob {sha256} ({header.size} bytes) "
                 f"for {header.purpose!r}"

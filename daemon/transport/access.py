@@ -27,7 +27,7 @@ _MANAGER = "/vcnode.v1.ManagerService/"
 _TRANSFER = "/vcnode.v1.TransferService/"
 _TRUST = "/vcnode.v1.TrustService/"
 
-_PEOPLE = frozenset({"user", "admin", SELF})
+PEOPLE = frozenset({"user", "admin", SELF})
 RULES: dict[str, frozenset[str]] = {
     _NODE + "GetInfo": frozenset({MEMBER}),
     _NODE + "Health": frozenset({MEMBER}),
@@ -38,7 +38,7 @@ RULES: dict[str, frozenset[str]] = {
     _COORDINATOR + "WatchTasks": frozenset({"manager"}),
     _COORDINATOR + "CancelTasks": frozenset({"manager"}),
     **{
-        _MANAGER + name: _PEOPLE
+        _MANAGER + name: PEOPLE
         for name in (
             "SubmitWorkflow",
             "WatchWorkflow",
@@ -52,9 +52,9 @@ RULES: dict[str, frozenset[str]] = {
     },
     _MANAGER + "GetImageArchive": frozenset({"volunteer"}),
     # Volunteers fetch inputs and send outputs; people send inputs and fetch results.
-    _TRANSFER + "Download": _PEOPLE | {"volunteer"},
-    _TRANSFER + "Upload": _PEOPLE | {"volunteer"},
-    _TRANSFER + "Stat": _PEOPLE | {"volunteer"},
+    _TRANSFER + "Download": PEOPLE | {"volunteer"},
+    _TRANSFER + "Upload": PEOPLE | {"volunteer"},
+    _TRANSFER + "Stat": PEOPLE | {"volunteer"},
     _TRUST + "Join": frozenset({STRANGER}),
     _TRUST + "Renew": frozenset({MEMBER}),
     _TRUST + "CreateToken": frozenset({"admin", SELF}),

@@ -408,6 +408,7 @@ def workflow_status_to_proto(status: WorkflowStatus) -> manager_pb2.WorkflowStat
         created_at=status.created_at,
         updated_at=status.updated_at,
         error=status.error,
+        owner=status.owner,
     )
 
 
@@ -422,6 +423,7 @@ def workflow_status_from_proto(message: manager_pb2.WorkflowStatus) -> WorkflowS
         counts=workflow_counts_from_proto(message.counts),
         tasks=tuple(task_status_row_from_proto(task) for task in message.tasks),
         error=message.error,
+        owner=message.owner,
     )
 
 

@@ -31,7 +31,7 @@ from daemon.transfer.servicer import (
     TransferServicer,
     add_transfer_service,
 )
-from daemon.transport.access import AccessPolicy
+from daemon.transport.access import AccessPolicy, Caller
 from daemon.transport.channels import Dial, bind, create_server, open_channel
 from tests.blob_files import files_under
 from tests.trust import credential
@@ -92,10 +92,10 @@ async def raw_upload(
 
 
 class Deny:
-    async def may_download(self, sha256: str) -> bool:
+    async def may_download(self, sha256: str, caller: Caller) -> bool:
         return False
 
-    async def may_upload(self, sha256: str, size: int, purpose: str) -> bool:
+    async def may_upload(self, sha256: str, size: int, purpose: str, caller: Caller) -> bool:
         return False
 
 
@@ -103,7 +103,7 @@ class Recording(AllowAll):
     def __init__(self) -> None:
         self.uploads: list[tuple[str, int, str]] = []
 
-    async def may_upload(self, sha256: str, size: int, purpose: str) -> bool:
+    async def may_upload(self, sha256: str, size: int, purpose: str, caller: Caller) -> bool:
         self.uploads.append((sha256, size, purpose))
         return True
 

@@ -326,6 +326,7 @@ class WorkflowStatus(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     name: _builtins.str
     type: _builtins.str
@@ -335,6 +336,8 @@ class WorkflowStatus(_message.Message):
     updated_at: _builtins.float
     error: _builtins.str
     """Why the workflow failed, beyond its tasks (e.g. the merge step); empty otherwise."""
+    owner: _builtins.str
+    """Who submitted it: a user's name, or "node <id>" for a node's own owner."""
     @_builtins.property
     def counts(self) -> Global___WorkflowCounts: ...
     @_builtins.property
@@ -351,10 +354,11 @@ class WorkflowStatus(_message.Message):
         created_at: _builtins.float = ...,
         updated_at: _builtins.float = ...,
         error: _builtins.str = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "created_at", b"created_at", "error", b"error", "name", b"name", "state", b"state", "tasks", b"tasks", "type", b"type", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "created_at", b"created_at", "error", b"error", "name", b"name", "owner", b"owner", "state", b"state", "tasks", b"tasks", "type", b"type", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
