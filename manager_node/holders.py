@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable, Set
 
 # How long a volunteer's request waits for the manager to hear that it holds the task.
-HOLDER_WAIT_SECONDS = 10.0
+HOLDER_WAIT_SECONDS = 5.0
 
 
 class Holders:

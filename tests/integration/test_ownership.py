@@ -1,0 +1,113 @@
+"""What a member may do with the objects of others: users see and act on their own workflows
+only; a volunteer gets only what the tasks it holds need, and sends only their outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+
+from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc, transfer_pb2, transfer_pb2_grpc
+from daemon.transport.channels import open_channel
+from daemon.trust.credentials import USER
+from tests.integration.harness import NO_DOCKER, Daemons, cli_json, run_cli, start_pool, wait_until
+from tests.trust import credential
+
+pytestmark = pytest.mark.integration
+
+# Reads its input, then waits: long enough to be asked about while it runs.
+WORKFLOW = """
+[workflow]
+name = "{name}"
+
+[[tasks]]
+name = "wait"
+command = ["python3", "-c", "import time; open('/input/in.txt').read(); time.sleep(30)"]
+inputs = ["in.txt"]
+outputs = ["out.txt"]
+"""
+
+
+def login_as(root: Path, name: str) -> dict[str, str]:
+    """The environment of a CLI whose user logged in as `name`."""
+    config_home = root / f"config-{name}"
+    credential(["user"], user=name).save(config_home / "vcnode", USER)
+    return {"XDG_CONFIG_HOME": str(config_home), "PATH": "/usr/bin:/bin"}
+
+
+def submit_as(env: dict[str, str], manager: str, root: Path, name: str) -> str:
+    (root / "in.txt").write_text(f"input of {name}")
+    workflow = root / f"{name}.toml"
+    workflow.write_text(WORKFLOW.format(name=name))
+    submitted = run_cli("submit", str(workflow), "--manager", manager, "--json", env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    return str(json.loads(submitted.stdout)["workflow_id"])
+
+
+def test_users_see_and_act_on_their_own_workflows_only(daemons: Daemons, tmp_path: Path) -> None:
+    manager, _ = start_pool(daemons, "--allow-process-runtime", env=NO_DOCKER)
+    address = manager.address()
+    alice, bob = login_as(tmp_path, "alice"), login_as(tmp_path, "bob")
+    workflow_id = submit_as(alice, address, tmp_path, "alice")
+
+    seen_by_bob = run_cli("workflows", "--manager", address, "--json", env=bob)
+    assert seen_by_bob.returncode == 0, seen_by_bob.stderr
+    assert json.loads(seen_by_bob.stdout) == []
+    for command in (["status", workflow_id], ["cancel", workflow_id], ["watch", workflow_id]):
+        refused = run_cli(*command, "--manager", address, env=bob)
+        assert refused.returncode == 4, (command, refused.stdout, refused.stderr)
+        assert f"workflow {workflow_id} is not yours (user bob" in refused.stderr, refused.stderr
+
+    [own] = json.loads(run_cli("workflows", "--manager", address, "--json", env=alice).stdout)
+    assert (own["workflow_id"], own["owner"]) == (workflow_id, "alice")
+    # The admin (here: the CLI of the coordinator's host) sees everyone's, owner shown.
+    [listed] = cli_json("workflows", "--data-dir", str(manager.data_dir))
+    assert listed["owner"] == "alice"
+    cancelled = run_cli("cancel", workflow_id, "--manager", address, env=alice)
+    assert cancelled.returncode == 0, cancelled.stderr
+
+
+async def test_a_volunteer_gets_only_what_the_tasks_it_holds_need(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    manager, [volunteer] = start_pool(daemons, "--allow-process-runtime", env=NO_DOCKER)
+    address = manager.address()
+    workflow_id = submit_as(login_as(tmp_path, "alice"), address, tmp_path, "alice")
+
+    def running() -> bool:
+        status = cli_json("status", workflow_id, "--data-dir", str(manager.data_dir))
+        return bool(status["tasks"][0]["state"] == "running")
+
+    wait_until(running, 20, "the task to run")
+    [task] = cli_json("status", workflow_id, "--data-dir", str(manager.data_dir))["tasks"]
+    input_sha = hashlib.sha256(b"input of alice").hexdigest()
+    # A member volunteer of the cluster that holds no task of this workflow.
+    other = credential(["volunteer"])
+    async with open_channel(address, other) as channel:
+        transfer = transfer_pb2_grpc.TransferServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as download:
+            await transfer.Download(transfer_pb2.DownloadRequest(sha256=input_sha)).read()
+        forged = b"made up"
+        header = transfer_pb2.UploadHeader(
+            sha256=hashlib.sha256(forged).hexdigest(),
+            size=len(forged),
+            purpose=f"{task['task_id']}:1",
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as upload:
+            await transfer.Upload(iter([transfer_pb2.UploadMessage(header=header)]))
+        images = manager_pb2_grpc.ManagerServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as image:
+            await images.GetImageArchive(
+                manager_pb2.GetImageArchiveRequest(image="vcnode/worker:1", image_id="sha256:x")
+            )
+    assert download.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert f"does not serve blob {input_sha} to you" in str(download.value.details())
+    assert upload.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "does not accept blob" in str(upload.value.details())
+    assert image.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "only to volunteers holding a task that runs in it" in str(image.value.details())
+    # The volunteer that holds the task fetched the same input: the refusal was about who.
+    assert volunteer.node_id == task["volunteer_id"]
