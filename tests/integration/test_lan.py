@@ -2,8 +2,9 @@
 a bridge, each with a home of its own. The office machine runs the coordinator and manager,
 two donated machines a volunteer each, and a laptop that runs no daemon submits a matrix
 multiplication and fetches C, which must equal A·B computed here; then again with the
-manager on the laptop, beside the person who submits. Nobody passes an address:
-everything is found by `--cluster` alone, as on a real LAN, where loopback hides nothing."""
+manager on the laptop, beside the person who submits. Nobody passes an address: everything
+is found by `--cluster` alone, as on a real LAN, where loopback hides nothing; and nobody
+gets in without a join token made on the office machine, as the README shows."""
 
 from __future__ import annotations
 
@@ -40,11 +41,18 @@ def hosts(tmp_path: Path) -> Iterator[list[Host]]:
 
 
 def start(daemons: Daemons, host: Host, *args: str) -> Daemon:
-    """`vcnode daemon ARGS` on `host`, its data dir the default one there."""
+    """`vcnode daemon ARGS` on `host`, its data dir the default one there, with nothing
+    but what ARGS say (no certificate put there for it)."""
     (host.home / "data").mkdir(parents=True, exist_ok=True)
-    return daemons.add(
-        Daemon(host.data_dir, list(args), host.env, prefix=host.prefix, pass_data_dir=False)
-    )
+    daemon = Daemon(host.data_dir, list(args), host.env, prefix=host.prefix, pass_data_dir=False)
+    return daemons.add(daemon, provisioned=False)
+
+
+def token(office: Host, *args: str) -> str:
+    """`vcnode token create ARGS` on the office machine; the token it prints first."""
+    made = office.run("token", "create", *args)
+    assert made.returncode == 0, made.stderr
+    return made.stdout.splitlines()[0]
 
 
 def online(laptop: Host, cluster: str) -> list[dict[str, object]]:
@@ -60,22 +68,28 @@ def test_the_readme_lan_section_runs_a_workflow_across_four_hosts(
 ) -> None:
     office, donor_a, donor_b, laptop = hosts
     cluster = unique_cluster()
-    started: list[Daemon] = []
-    if manager_on == "office":
-        # On the always-on machine:
-        office_roles = "coordinator,manager"
-    else:
-        # The scientist keeps the workflows on the laptop, the office only the pool.
-        office_roles = "coordinator"
-        manager = start(daemons, laptop, *f"--role manager --cluster {cluster}".split())
-        started.append(manager)
+    # On the always-on machine (with the manager, or the scientist keeps that on the laptop):
+    office_roles = "coordinator,manager" if manager_on == "office" else "coordinator"
     coordinator = start(daemons, office, *f"--role {office_roles} --cluster {cluster}".split())
+    coordinator.address()
+    volunteer_token = token(office, "--role", "volunteer", "--ttl", "7d")
+    alice_token = token(office, "--role", "user", "--name", "alice")
+    started = [coordinator]
+    if manager_on == "laptop":
+        manager_token = token(office, "--role", "manager")
+        manager = f"--role manager --cluster {cluster} --token {manager_token}".split()
+        started.append(start(daemons, laptop, *manager))
     # On each donated machine:
-    donated = f"--role volunteer --cluster {cluster} --max-cpus 2 --max-memory-mb 4096".split()
+    donated = (
+        f"--role volunteer --cluster {cluster} --token {volunteer_token} "
+        "--max-cpus 2 --max-memory-mb 4096"
+    ).split()
     volunteers = [start(daemons, donor, *donated) for donor in (donor_a, donor_b)]
-    started += [coordinator, *volunteers]
+    started += volunteers
     for daemon in started:
         daemon.address()
+    logged_in = laptop.run("login", alice_token)
+    assert logged_in.returncode == 0, logged_in.stderr
     ids = {volunteer.node_id for volunteer in volunteers}
     # From any machine: the laptop sees the pool by the cluster's name alone.
     wait_until(
@@ -98,3 +112,5 @@ def test_the_readme_lan_section_runs_a_workflow_across_four_hosts(
     assert fetched.returncode == 0, fetched.stderr
     a, b = generate(SIZE, SEED)
     assert np.allclose(np.load(out / "C.npy"), a @ b)
+    [listed] = json.loads(laptop.run("workflows", "--cluster", cluster, "--json").stdout)
+    assert listed["owner"] == "alice"
