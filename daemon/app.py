@@ -11,11 +11,13 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 from daemon.config import PROTOCOL_VERSION, NodeConfig
 from daemon.datadir import DataDir
 from daemon.discovery.directory import PeerDirectory
+from daemon.discovery.finder import CoordinatorFinder
 from daemon.discovery.mdns import RECORD_TTL_SECONDS, MdnsDiscovery, discovery_interfaces
 from daemon.discovery.peers import PeerTable
 from daemon.errors import ConfigError, NodeError
@@ -24,10 +26,12 @@ from daemon.node_servicer import NodeServicer
 from daemon.resources import measure_resources
 from daemon.roles import START_ORDER, Role, RoleContext, create_role
 from daemon.rpc.v1 import node_pb2_grpc
+from daemon.supervision import Supervisor
 from daemon.transport import addresses
 from daemon.transport.access import AccessPolicy
 from daemon.transport.channels import bind, create_server
 from daemon.trust.bootstrap import establish
+from daemon.trust.renewal import Renewal
 from daemon.version import VERSION
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,18 @@ class Node:
             self._fatal = error
         self._stop.set()
 
+    def _coordinator_finder(self, directory: PeerDirectory | None) -> Callable[[], Awaitable[str]]:
+        """Where this node's coordinator is now: as configured, else found on mDNS."""
+        finder: CoordinatorFinder | None = None
+
+        async def find() -> str:
+            nonlocal finder
+            if finder is None:
+                finder = CoordinatorFinder(self.config.coordinator, directory)
+            return await finder.next_address()
+
+        return find
+
     async def run(self) -> None:
         """Serves until asked to stop; raises the NodeError that stopped it, if any."""
         config = self.config
@@ -97,7 +113,7 @@ class Node:
             )
             policy = AccessPolicy(identity.node_id)
             server = create_server(policy)
-            port = bind(server, config.listen, trust.credential)
+            port = bind(server, config.listen, trust.live)
             if port == 0:
                 raise ConfigError(
                     f"cannot listen on {config.listen}: the port is taken or the address is not "
@@ -166,6 +182,12 @@ class Node:
 
             for role in roles:
                 await role.start(self.address, advertised)
+            background = Supervisor(self._on_fatal)
+            stack.push_async_callback(background.stop)
+            renewal = Renewal(
+                trust.live, data_dir.path, trust.authority, self._coordinator_finder(directory)
+            )
+            background.spawn(renewal.forever(), "certificate renewal")
             log.info(
                 "node %s serving %s at %s (cluster %r, data dir %s)",
                 identity.node_id[:8],

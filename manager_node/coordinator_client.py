@@ -21,7 +21,7 @@ from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.supervision import run_together
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
-from daemon.trust.credentials import Credential
+from daemon.trust.credentials import LiveCredential
 from daemon.trust.pki import role_name
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class CoordinatorClient:
         manager_id: str,
         explicit_address: str | None,
         directory: PeerDirectory | None,
-        credential: Credential,
+        credential: LiveCredential,
         on_event: EventHandler,
         after_sequence: Callable[[], Awaitable[int]],
     ) -> None:
@@ -82,7 +82,7 @@ class CoordinatorClient:
         backoff = Backoff()
         while True:
             address = await self._finder.next_address()
-            channel = open_channel(address, self._credential, role_name("coordinator"))
+            channel = open_channel(address, self._credential.current, role_name("coordinator"))
             self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
             try:
                 await run_together(self._follow_events(address, backoff), self._send_forever())

@@ -57,7 +57,7 @@ class ManagerRole:
             manager_id=self._context.identity.node_id,
             explicit_address=coordinator,
             directory=self._context.directory,
-            credential=self._context.trust.credential,
+            credential=self._context.trust.live,
             on_event=self.manager.on_event,
             after_sequence=self.manager.last_sequence,
         )

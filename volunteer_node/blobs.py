@@ -23,7 +23,7 @@ from daemon.transfer.hashing import sha256_file
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
 from daemon.transport.errors import error_from_rpc
-from daemon.trust.credentials import Credential
+from daemon.trust.credentials import Credential, LiveCredential
 from daemon.trust.pki import role_name
 from volunteer_node.cache import CacheIndex
 
@@ -35,11 +35,14 @@ EXPORT_TIMEOUT_SECONDS = 600.0
 
 
 class BlobTransfers:
-    def __init__(self, root: Path, quota_bytes: int, credential: Credential) -> None:
+    def __init__(self, root: Path, quota_bytes: int, credential: LiveCredential) -> None:
         self._credential = credential
+        # Channels opened with a certificate since renewed: closed with the rest.
+        self._retired: list[grpc.aio.Channel] = []
         self.store = BlobStore(root, max_blob_bytes=quota_bytes, quota_bytes=quota_bytes)
         # One channel per manager: a new one per transfer cost ~4 ms a file (measured).
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        # By manager address, with the certificate each was opened with.
+        self._channels: dict[str, tuple[Credential, grpc.aio.Channel]] = {}
         self._index = CacheIndex()
         # Held while pinning a blob and while evicting: a blob is never evicted between
         # being found in the cache and being pinned.
@@ -50,9 +53,14 @@ class BlobTransfers:
         self._index.load((blob.sha256, blob.size) for blob in await self.store.held())
 
     def _channel(self, address: str) -> grpc.aio.Channel:
-        if address not in self._channels:
-            self._channels[address] = open_channel(address, self._credential, role_name("manager"))
-        return self._channels[address]
+        credential = self._credential.current
+        opened = self._channels.get(address)
+        if opened is None or opened[0] is not credential:
+            if opened is not None:
+                self._retired.append(opened[1])
+            channel = open_channel(address, credential, role_name("manager"))
+            self._channels[address] = opened = (credential, channel)
+        return opened[1]
 
     @contextlib.asynccontextmanager
     async def fetched(self, manager_address: str, ref: FileRef) -> AsyncIterator[Path]:
@@ -107,7 +115,8 @@ class BlobTransfers:
         return convert.file_ref_from_proto(reply)
 
     async def close(self) -> None:
-        for channel in self._channels.values():
+        for channel in [*(opened[1] for opened in self._channels.values()), *self._retired]:
             await channel.close()
         self._channels.clear()
+        self._retired.clear()
         await self.store.close()

@@ -18,14 +18,15 @@ import grpc
 from daemon.backoff import Backoff
 from daemon.discovery.directory import PeerDirectory
 from daemon.discovery.finder import CoordinatorFinder
-from daemon.errors import RejectedError
+from daemon.errors import AccessDeniedError, RejectedError
 from daemon.models import Load, Registration, TaskResult, TaskSpec
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.supervision import run_together
 from daemon.transport import addresses, convert
 from daemon.transport.caps import excess
 from daemon.transport.channels import open_channel
-from daemon.trust.credentials import Credential
+from daemon.transport.errors import error_from_rpc
+from daemon.trust.credentials import LiveCredential
 from daemon.trust.pki import role_name
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class CoordinatorLink:
         *,
         explicit_address: str | None,
         directory: PeerDirectory | None,
-        credential: Credential,
+        credential: LiveCredential,
         registration: Callable[[], Awaitable[Registration]],
         load: Callable[[], Load],
         handler: SessionHandler,
@@ -86,9 +87,18 @@ class CoordinatorLink:
                     raise
                 log.error("coordinator %s refused us: %s", address, error)
             except grpc.aio.AioRpcError as error:
-                log.warning(
-                    "coordinator %s unreachable (%s)", address, error.details() or error.code().name
-                )
+                seen = error_from_rpc(error, address, "coordinator")
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    log.error("coordinator %s refused us: %s", address, error.details())
+                elif isinstance(seen, AccessDeniedError):
+                    # mDNS is but a hint: whoever cannot prove our cluster is never followed.
+                    log.warning("coordinator %s skipped: untrusted (%s)", address, seen)
+                else:
+                    log.warning(
+                        "coordinator %s unreachable (%s)",
+                        address,
+                        error.details() or error.code().name,
+                    )
             if self.connected_to is not None:  # we were welcomed: the address worked
                 self._backoff.reset()
                 self._finder.worked(address)
@@ -160,7 +170,7 @@ class CoordinatorLink:
             register=convert.registration_to_proto(registration)
         )
         # Only a coordinator of our cluster passes the handshake: mDNS is but a hint.
-        channel = open_channel(address, self._credential, role_name("coordinator"))
+        channel = open_channel(address, self._credential.current, role_name("coordinator"))
         self._session_ended = asyncio.Event()
         try:
             stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)

@@ -43,9 +43,7 @@ class VolunteerRole:
         configured = context.config.limits
         self._limits = replace(configured, max_disk_mb=configured.max_disk_mb or DEFAULT_CACHE_MB)
         cache_bytes = self._limits.max_disk_mb * MIB
-        self._transfers = BlobTransfers(
-            context.data_dir / "blobs", cache_bytes, context.trust.credential
-        )
+        self._transfers = BlobTransfers(context.data_dir / "blobs", cache_bytes, context.trust.live)
         self._docker: DockerRuntime | None = None
         self._docker_available = False
         self._images: tuple[str, ...] = ()
@@ -123,7 +121,7 @@ class VolunteerRole:
         self.link = CoordinatorLink(
             explicit_address=coordinator,
             directory=self._context.directory,
-            credential=self._context.trust.credential,
+            credential=self._context.trust.live,
             registration=self._registration,
             load=self._load,
             handler=self.worker,

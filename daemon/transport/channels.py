@@ -14,7 +14,7 @@ import grpc
 
 from daemon.transport.access import AccessPolicy
 from daemon.transport.edge import Edge
-from daemon.trust.credentials import Credential
+from daemon.trust.credentials import Credential, LiveCredential
 from daemon.trust.pki import ANY_NODE
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -54,7 +54,9 @@ def create_server(policy: AccessPolicy) -> grpc.aio.Server:
     return grpc.aio.server(options=_SERVER_OPTIONS, interceptors=[Edge(policy)])
 
 
-def bind(server: grpc.aio.Server, address: str, credential: Credential | None) -> int:
+def bind(
+    server: grpc.aio.Server, address: str, credential: Credential | LiveCredential | None
+) -> int:
     """Binds `address` (port 0 picks a free port) and returns the bound port, or 0 on failure.
     Without a credential the port is plaintext: for the join port only."""
     try:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.errors import ConfigError
 from daemon.trust.authority import ClusterAuthority
-from daemon.trust.credentials import ADMIN, NODE, Credential, tls_dir
+from daemon.trust.credentials import ADMIN, NODE, Credential, LiveCredential, tls_dir
 from daemon.trust.join import join_cluster
 from daemon.trust.pki import CERTIFICATE_LIFETIME, Identity
 from daemon.trust.tokens import JoinToken
@@ -19,11 +18,17 @@ from daemon.trust.tokens import JoinToken
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
 class NodeTrust:
-    credential: Credential
-    # Only on a coordinator: the CA that issues every certificate of the cluster.
-    authority: ClusterAuthority | None
+    """The node's credential, live (renewed while it runs), and on a coordinator the CA that
+    issues every certificate of the cluster."""
+
+    def __init__(self, credential: Credential, authority: ClusterAuthority | None) -> None:
+        self.live = LiveCredential(credential)
+        self.authority = authority
+
+    @property
+    def credential(self) -> Credential:
+        return self.live.current
 
 
 def admin_identity(node_id: str) -> Identity:
@@ -68,8 +73,15 @@ async def establish(
     held = await asyncio.to_thread(Credential.load, directory, NODE)
     token = JoinToken.parse(token_text) if token_text else None
     if held is not None and (token is None or token.ca_hash == held.ca_hash):
-        _check_roles(held, roles)
-        return NodeTrust(held, None)
+        if held.expired() and token is None:
+            raise ConfigError(
+                f"this node's certificate expired on {held.expires_at:%Y-%m-%d %H:%M} UTC "
+                "(it was not renewed in time: was the node stopped?); start it with a new "
+                "--token"
+            )
+        if not held.expired():
+            _check_roles(held, roles)
+            return NodeTrust(held, None)
     if token is None:
         raise ConfigError(
             f"this node has not joined cluster {cluster!r} yet: start it once with --token "

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 import grpc
 from cryptography import x509
@@ -72,6 +74,9 @@ class Credential:
     def ca_hash(self) -> str:
         return pki.ca_hash(pki.load_cert(self.ca_pem))
 
+    def expired(self, now: datetime.datetime | None = None) -> bool:
+        return (now or datetime.datetime.now(datetime.UTC)) >= self.expires_at
+
     def due_for_renewal(self, now: datetime.datetime | None = None) -> bool:
         """True in the last third of the certificate's life."""
         now = now or datetime.datetime.now(datetime.UTC)
@@ -108,3 +113,41 @@ class Credential:
             return None
         except ValueError:
             return None
+
+
+class LiveCredential:
+    """A node's credential while it runs, renewed in place: channels opened after a renewal
+    present the new certificate, and the server presents it from the next handshake on."""
+
+    def __init__(self, credential: Credential) -> None:
+        self._current = credential
+
+    @property
+    def current(self) -> Credential:
+        return self._current
+
+    def replace(self, credential: Credential) -> None:
+        self._current = credential
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        served = self._current
+
+        def configuration(credential: Credential) -> grpc.ServerCertificateConfiguration:
+            return grpc.ssl_server_certificate_configuration(
+                [(credential.key_pem, credential.cert_pem)], root_certificates=credential.ca_pem
+            )
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            # gRPC asks before each handshake, on a thread of its own: None keeps what it has.
+            nonlocal served
+            current = self._current
+            if current is served:
+                return None
+            served = current
+            return configuration(current)
+
+        # The stubs miss that the fetcher may return None (gRPC's docs: "no change").
+        fetcher = cast(Callable[[], grpc.ServerCertificateConfiguration], fetch)
+        return grpc.dynamic_ssl_server_credentials(
+            configuration(served), fetcher, require_client_authentication=True
+        )

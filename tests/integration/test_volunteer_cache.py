@@ -15,6 +15,7 @@ from daemon.transfer.chunks import CHUNK_BYTES
 from daemon.transfer.errors import QuotaExceededError
 from daemon.transfer.servicer import AllowAll, TransferServicer
 from daemon.transport.channels import Dial
+from daemon.trust.credentials import LiveCredential
 from tests.integration.test_transfer import serving
 from tests.trust import credential
 from volunteer_node.blobs import BlobTransfers
@@ -22,6 +23,10 @@ from volunteer_node.blobs import BlobTransfers
 pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
+
+
+def volunteer() -> LiveCredential:
+    return LiveCredential(credential(["volunteer"]))
 
 
 async def manager_blobs(root: Path, count: int) -> tuple[BlobStore, list[FileRef]]:
@@ -49,7 +54,7 @@ async def test_a_full_cache_evicts_the_blobs_used_least_recently(tmp_path: Path)
     cache = BlobTransfers(
         tmp_path / "volunteer",
         quota_bytes=3 * MiB + 64 * 1024,
-        credential=credential(["volunteer"]),
+        credential=volunteer(),
     )
     await cache.open()
     try:
@@ -71,7 +76,9 @@ async def test_after_a_restart_the_blobs_that_arrived_first_go_first(tmp_path: P
     quota = 2 * MiB + 64 * 1024
     async with serving(TransferServicer(manager, AllowAll())) as address:
         first = BlobTransfers(
-            tmp_path / "volunteer", quota_bytes=quota, credential=credential(["volunteer"])
+            tmp_path / "volunteer",
+            quota_bytes=quota,
+            credential=volunteer(),
         )
         await first.open()
         await fetch(first, address, a)
@@ -80,7 +87,9 @@ async def test_after_a_restart_the_blobs_that_arrived_first_go_first(tmp_path: P
         os.utime(await first.store.path(a.sha256), (1, 1))  # a arrived long before b
 
         again = BlobTransfers(
-            tmp_path / "volunteer", quota_bytes=quota, credential=credential(["volunteer"])
+            tmp_path / "volunteer",
+            quota_bytes=quota,
+            credential=volunteer(),
         )
         await again.open()
         try:
@@ -96,7 +105,7 @@ async def test_a_blob_in_use_is_never_evicted(tmp_path: Path) -> None:
     cache = BlobTransfers(
         tmp_path / "volunteer",
         quota_bytes=2 * MiB + 64 * 1024,
-        credential=credential(["volunteer"]),
+        credential=volunteer(),
     )
     await cache.open()
     try:
@@ -126,7 +135,7 @@ async def test_a_broken_fetch_nobody_resumed_is_dropped_before_any_cached_blob(
     cache = BlobTransfers(
         tmp_path / "volunteer",
         quota_bytes=2 * MiB + 64 * 1024,
-        credential=credential(["volunteer"]),
+        credential=volunteer(),
     )
     await cache.open()
     try:

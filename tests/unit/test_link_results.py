@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from daemon.models import FileRef, Load, Registration, TaskResult
 from daemon.transport.caps import DEFAULT_ITEMS
+from daemon.trust.credentials import LiveCredential
 from tests.trust import credential
 from volunteer_node.link import CoordinatorLink
 
@@ -17,7 +18,7 @@ def test_a_result_over_the_edge_caps_is_sent_as_a_failure_naming_the_cap() -> No
     link = CoordinatorLink(
         explicit_address="127.0.0.1:9",
         directory=None,
-        credential=credential(["volunteer"]),
+        credential=LiveCredential(credential(["volunteer"])),
         registration=no_registration,
         load=Load,
         handler=None,  # type: ignore[arg-type]
