@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import grpc
 
 from daemon.roles import RoleContext
@@ -15,9 +18,14 @@ from manager_node.manager import WorkflowManager
 from manager_node.servicer import ManagerServicer
 from manager_node.store import ManagerStore
 
+log = logging.getLogger(__name__)
+
 GIB = 1024**3
 MAX_BLOB_BYTES = 64 * GIB
 BLOB_QUOTA_BYTES = 512 * GIB
+# An upload nobody resumed for this long is dropped (at start, and checked this often).
+ABANDONED_UPLOAD_SECONDS = 3600.0
+ABANDONED_UPLOAD_CHECK_SECONDS = 600.0
 
 
 class ManagerRole:
@@ -46,6 +54,7 @@ class ManagerRole:
     async def open(self) -> None:
         await self._store.open()
         await self._blobs.open()
+        await self._drop_abandoned_uploads()
         await self.manager.open()
 
     async def start(self, address: str, advertised: str) -> None:
@@ -64,6 +73,18 @@ class ManagerRole:
         # Volunteers on other hosts fetch inputs from and send outputs to this address.
         await self.manager.start(client, advertised)
         self._supervisor.spawn(client.run(advertised), "coordinator client")
+        self._supervisor.spawn(self._drop_abandoned_uploads_forever(), "abandoned uploads")
+
+    async def _drop_abandoned_uploads(self) -> None:
+        dropped = await self._blobs.expire_partials(ABANDONED_UPLOAD_SECONDS)
+        if dropped:
+            minutes = ABANDONED_UPLOAD_SECONDS / 60
+            log.info("dropped %d uploads abandoned for over %.0f min", dropped, minutes)
+
+    async def _drop_abandoned_uploads_forever(self) -> None:
+        while True:
+            await asyncio.sleep(ABANDONED_UPLOAD_CHECK_SECONDS)  # a period, not a wait
+            await self._drop_abandoned_uploads()
 
     async def stop(self) -> None:
         await self._supervisor.stop()  # event following and merges

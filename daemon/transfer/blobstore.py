@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import (
     AsyncGenerator,
@@ -224,7 +225,7 @@ class BlobStore:
         blobs in the order `victims` names them; returns the blobs deleted. It may not find
         enough: the transfer that follows is then refused with QuotaExceededError."""
         await self.open()
-        idle = [sha for sha in self._partial_sizes if sha not in self._reserved]
+        idle = [sha for sha in self._partial_sizes if not self._busy(sha)]
         for sha256 in idle:
             if self._headroom() >= needed:
                 return []
@@ -241,16 +242,59 @@ class BlobStore:
                 deleted.append(sha256)
         return deleted
 
+    async def expire_partials(self, idle_seconds: float) -> int:
+        """Drops the partials nobody wrote to for `idle_seconds` (uploads abandoned half
+        way); returns how many it dropped."""
+        await self.open()
+        now = time.time()
+        dropped = 0
+        for sha256 in [sha for sha in self._partial_sizes if not self._busy(sha)]:
+            try:
+                modified = (await asyncio.to_thread(self._partial_path(sha256).stat)).st_mtime
+            except FileNotFoundError:
+                continue
+            if now - modified < idle_seconds:
+                continue
+            await self._lock(sha256)  # a writer holds it for as long as it writes
+            try:
+                if sha256 in self._partial_sizes:
+                    await self._drop_partial(sha256)
+                    dropped += 1
+            finally:
+                self._unlock(sha256)
+        return dropped
+
+    def _busy(self, sha256: str) -> bool:
+        return sha256 in self._reserved or sha256 in self._writers
+
     def _headroom(self, besides: str = "") -> int:
-        """Quota left, counting what is held and, at their full size, what writers and imports
-        under way were promised; a partial of `besides` is left out."""
+        """Quota left, counting what is held, what writers and imports under way were
+        promised (at their full size) and what unpromised writers received so far; a partial
+        of `besides` is left out."""
         idle_partials = sum(
             count
             for sha, count in self._partial_sizes.items()
+            if sha != besides and not self._busy(sha)
+        )
+        receiving = sum(
+            writer.received
+            for sha, writer in self._writers.items()
             if sha != besides and sha not in self._reserved
         )
-        used = self._complete_bytes + idle_partials + sum(self._reserved.values())
+        used = self._complete_bytes + idle_partials + receiving + sum(self._reserved.values())
         return self.quota_bytes - used
+
+    def _charge_received(self, sha256: str, what: str) -> Callable[[int], None]:
+        """For a writer charged by bytes received: refuses a chunk the quota has no room for."""
+
+        def charge(count: int) -> None:
+            if count > self._headroom():
+                raise QuotaExceededError(
+                    f"{what}: no room for {_mib(count)} more under this node's "
+                    f"{_mib(self.quota_bytes)} quota"
+                )
+
+        return charge
 
     async def usage(self) -> StoreUsage:
         await self.open()
@@ -326,7 +370,7 @@ class BlobStore:
 
     @contextlib.asynccontextmanager
     async def receive(
-        self, sha256: str, size: int, *, offset: int = 0
+        self, sha256: str, size: int, *, offset: int = 0, reserve: bool = True
     ) -> AsyncIterator[BlobWriter]:
         """A writer for blob `sha256` of `size` bytes, starting at `offset`, which must be
         what `partial_size` reports. Waits while another writer holds the blob.
@@ -334,6 +378,11 @@ class BlobStore:
         Refuses before writing anything: InvalidBlobIdError, BlobTooLargeError,
         QuotaExceededError, OffsetMismatchError, or BlobExistsError when it is complete.
         Leaving the block without `finish()` keeps what was written, to resume.
+
+        With `reserve`, the whole size is charged against the quota up front (this node's
+        own downloads: planned, never cut off half-way); without, only the bytes received
+        are, each chunk as it comes (uploads from peers: one that promises much and sends
+        nothing holds nothing), and a chunk with no room left is refused.
         """
         what = f"blob {_short(check_blob_id(sha256))}"
         self._check_size(what, size)
@@ -354,9 +403,16 @@ class BlobStore:
                     f"{what}: this node holds {held} bytes of it but the transfer starts at "
                     f"{offset}; ask Stat and resume from {held}"
                 )
-            self._reserve(sha256, what, size)
+            if reserve:
+                self._reserve(sha256, what, size)
+            elif size > self._headroom(sha256):
+                raise QuotaExceededError(
+                    f"{what} ({_mib(size)}) does not fit: {_mib(self._headroom())} of this "
+                    f"node's {_mib(self.quota_bytes)} quota is left"
+                )
+            charge = None if reserve else self._charge_received(sha256, what)
             try:
-                writer = await self._open_writer(sha256, size, offset)
+                writer = await self._open_writer(sha256, size, offset, charge)
                 self._writers[sha256] = writer
                 try:
                     yield writer
@@ -367,11 +423,13 @@ class BlobStore:
                         del self._writers[sha256]
                         self._settle(writer)
             finally:
-                del self._reserved[sha256]
+                self._reserved.pop(sha256, None)
         finally:
             self._unlock(sha256)
 
-    async def _open_writer(self, sha256: str, size: int, offset: int) -> BlobWriter:
+    async def _open_writer(
+        self, sha256: str, size: int, offset: int, charge: Callable[[int], None] | None
+    ) -> BlobWriter:
         partial = self._partial_path(sha256)
         try:
             sink = await asyncio.to_thread(FileSink, partial, offset)
@@ -387,6 +445,7 @@ class BlobStore:
             partial,
             self._complete_path(sha256),
             self._durability.publish,
+            charge,
         )
 
     def _settle(self, writer: BlobWriter) -> None:

@@ -18,6 +18,10 @@ class BlobTooLargeError(TransferError):
     """Bigger than this node takes as one blob."""
 
 
+class TooManyUploadsError(TransferError):
+    """A peer has as many uploads going as it may."""
+
+
 class QuotaExceededError(TransferError):
     """Storing the blob would take the store past its quota."""
 

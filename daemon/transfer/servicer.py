@@ -13,6 +13,7 @@ UploadMessage as its header, a chunk whose data is a view of what gRPC delivered
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -28,6 +29,7 @@ from daemon.transfer.errors import (
     ContentMismatchError,
     OffsetMismatchError,
     PolicyRefusedError,
+    TooManyUploadsError,
     TransferError,
 )
 from daemon.transfer.memory import keep_freed_memory
@@ -40,6 +42,9 @@ SERVICE = "vcnode.v1.TransferService"
 
 # How much of a refused upload's remaining stream is read before ending the call anyway.
 DRAIN_LIMIT_BYTES = 32 << 20
+# Uploads one peer may have going at once: bounds what one member holds (memory, the
+# blobs' locks, streams), however many it opens.
+UPLOADS_PER_PEER = 8
 
 
 class TransferPolicy(Protocol):
@@ -98,6 +103,7 @@ class TransferServicer:
         self._store = store
         self._policy = policy
         self._node_id = node_id
+        self._uploads: Counter[str] = Counter()  # by the caller's node id
         keep_freed_memory()
 
     async def Download(
@@ -129,6 +135,27 @@ class TransferServicer:
             raise TransferError("an upload starts with its header, then the chunks")
         sha256 = check_blob_id(header.sha256)
         caller = caller_of(context, self._node_id)
+        if self._uploads[caller.node_id] >= UPLOADS_PER_PEER:
+            raise TooManyUploadsError(
+                f"{caller.describe()} has {UPLOADS_PER_PEER} uploads going here already: "
+                "send the next once one ends"
+            )
+        self._uploads[caller.node_id] += 1
+        try:
+            return await self._receive(sha256, header, messages, caller, context)
+        finally:
+            self._uploads[caller.node_id] -= 1
+            if not self._uploads[caller.node_id]:
+                del self._uploads[caller.node_id]
+
+    async def _receive(
+        self,
+        sha256: str,
+        header: transfer_pb2.UploadHeader,
+        messages: AsyncIterator[wire.UploadPart],
+        caller: Caller,
+        context: grpc.aio.ServicerContext[wire.UploadPart, transfer_pb2.UploadReply],
+    ) -> transfer_pb2.UploadReply:
         if not await self._policy.may_upload(sha256, header.size, header.purpose, caller):
             raise PolicyRefusedError(
                 f"this node does not accept blob {sha256} ({header.size} bytes) "
@@ -138,7 +165,12 @@ class TransferServicer:
             return await self._already_here(sha256, header.size)
         accepted = False
         try:
-            async with self._store.receive(sha256, header.size, offset=header.offset) as writer:
+            # Charged as it arrives: an upload that promises much and sends nothing holds
+            # nothing of the quota.
+            receiving = self._store.receive(
+                sha256, header.size, offset=header.offset, reserve=False
+            )
+            async with receiving as writer:
                 await context.send_initial_metadata(UPLOAD_ACCEPTED)
                 accepted = True
                 async for chunk in messages:

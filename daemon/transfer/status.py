@@ -17,6 +17,7 @@ from daemon.transfer.errors import (
     OffsetMismatchError,
     PolicyRefusedError,
     QuotaExceededError,
+    TooManyUploadsError,
     TransferError,
 )
 from daemon.transport import errors as transport_errors
@@ -25,6 +26,7 @@ _CODES: list[tuple[type[NodeError], grpc.StatusCode]] = [
     (InvalidBlobIdError, grpc.StatusCode.INVALID_ARGUMENT),
     (BlobTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (QuotaExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (TooManyUploadsError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (OffsetMismatchError, grpc.StatusCode.FAILED_PRECONDITION),
     (CorruptChunkError, grpc.StatusCode.DATA_LOSS),
     (ContentMismatchError, grpc.StatusCode.DATA_LOSS),

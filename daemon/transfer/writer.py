@@ -81,8 +81,11 @@ class BlobWriter:
         partial: Path,
         target: Path,
         publish: Callable[[Path, Path], bool],
+        charge: Callable[[int], None] | None = None,
     ) -> None:
         self.sha256 = sha256
+        # Called with each chunk's size before it is taken: raises when it does not fit.
+        self._charge = charge
         self.size = size
         self.offset = offset
         self._sink = sink
@@ -147,6 +150,8 @@ class BlobWriter:
                 f"blob {_short(self.sha256)}: data runs past its declared size of "
                 f"{self.size} bytes (chunk at {self._received}, {len(data)} bytes)"
             )
+        if self._charge is not None:
+            self._charge(len(data))
         self._received += len(data)
         if self._staged is not None:
             self._staged.append((data, crc32))

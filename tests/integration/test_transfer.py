@@ -26,6 +26,7 @@ from daemon.transfer.errors import (
     TransferError,
 )
 from daemon.transfer.servicer import (
+    UPLOADS_PER_PEER,
     AllowAll,
     TransferPolicy,
     TransferServicer,
@@ -503,3 +504,34 @@ async def test_download_gives_up_when_nobody_answers(
             Dial(f"127.0.0.1:{port}", credential([])), SHA, len(DATA), client_store, retries=1
         )
     assert files_under(tmp_path / "client") == []
+
+
+async def test_one_peer_may_have_only_so_many_uploads_going(tmp_path: Path) -> None:
+    """Uploads that hang after their header hold streams and locks: one member gets at most
+    UPLOADS_PER_PEER at once; another member is not held up by it."""
+    store = make_store(tmp_path / "server")
+    blobs = [os.urandom(64) for _ in range(UPLOADS_PER_PEER + 1)]
+    async with (
+        serving(TransferServicer(store, AllowAll())) as peer,
+        open_channel(peer.address, peer.credential) as channel,
+    ):
+        stub = transfer_pb2_grpc.TransferServiceStub(channel)
+        hanging = []
+        for blob in blobs[:UPLOADS_PER_PEER]:
+            call = stub.Upload()
+            await call.write(header_message(hashlib.sha256(blob).hexdigest(), len(blob)))
+            await call.initial_metadata()  # the receiver took the header
+            hanging.append(call)
+        last = blobs[-1]
+        refused = await raw_upload(
+            peer, [header_message(hashlib.sha256(last).hexdigest(), len(last))]
+        )
+        other = Dial(peer.address, credential(["volunteer"]))
+        sha256, size = await client.upload(
+            other, data_file(tmp_path, last), hashlib.sha256(last).hexdigest(), len(last), "t"
+        )
+        for call in hanging:
+            call.cancel()
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"{UPLOADS_PER_PEER} uploads going here already" in str(refused.details())
+    assert (sha256, size) == (hashlib.sha256(last).hexdigest(), len(last))

@@ -240,6 +240,44 @@ async def test_quota_counts_held_blobs_and_writers_under_way(tmp_path: Path) -> 
     assert await store.put_bytes(other) == (other_sha, 2 * MiB)
 
 
+async def test_an_upload_charged_as_received_holds_only_what_arrived(tmp_path: Path) -> None:
+    """A peer that declares a blob as large as the quota and sends nothing holds nothing:
+    another upload still fits. A chunk past what is left is refused when it comes."""
+    store = make_store(tmp_path / "blobs", quota=4 * MiB)
+    promised = hashlib.sha256(b"never sent").hexdigest()
+    small = os.urandom(MiB)
+    async with store.receive(promised, 4 * MiB, reserve=False) as idle:
+        async with store.receive(hashlib.sha256(small).hexdigest(), MiB, reserve=False) as other:
+            await other.append(small)
+            await other.finish()
+        big = os.urandom(4 * MiB)
+        with pytest.raises(QuotaExceededError, match=r"3\.0 MiB of this node's 4\.0 MiB quota"):
+            async with store.receive(hashlib.sha256(big).hexdigest(), 4 * MiB, reserve=False):
+                pass  # refused at once: 4 MiB cannot fit beside the 1 MiB held
+        await idle.append(os.urandom(2 * MiB))
+        with pytest.raises(QuotaExceededError, match=r"no room for 2\.0 MiB more"):
+            await idle.append(os.urandom(2 * MiB))
+    assert (await store.usage()).used_bytes == 3 * MiB
+
+
+async def test_abandoned_partials_expire_and_fresh_ones_stay(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "blobs")
+    async with store.receive(SHA, len(DATA)) as writer:
+        await writer.append(DATA[:MiB])
+    fresh = os.urandom(2 * MiB)
+    fresh_sha = hashlib.sha256(fresh).hexdigest()
+    async with store.receive(fresh_sha, len(fresh)) as writer:
+        await writer.append(fresh[:MiB])
+    abandoned = tmp_path / "blobs" / "partial" / SHA
+    hour_ago = abandoned.stat().st_mtime - 3601
+    os.utime(abandoned, (hour_ago, hour_ago))
+    assert await store.expire_partials(3600) == 1
+    assert await store.partial_size(SHA) == 0
+    assert await store.partial_size(fresh_sha) == MiB
+    assert not abandoned.exists()
+    assert (await store.usage()).used_bytes == MiB
+
+
 async def test_a_resumed_blob_is_charged_once(tmp_path: Path) -> None:
     store = make_store(tmp_path / "blobs", quota=len(DATA))
     async with store.receive(SHA, len(DATA)) as writer:
