@@ -7,22 +7,17 @@ data dir, then mDNS (a node of the wanted role in the wanted cluster).
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from cli.credentials import client_credential
-from daemon.config import PROTOCOL_VERSION, default_data_dir
+from daemon.config import default_data_dir
 from daemon.datadir import read_address, read_roles
-from daemon.discovery.directory import PeerDirectory
+from daemon.discovery.browsing import listening
 from daemon.discovery.peers import Peer, PeerTable
 from daemon.errors import UnreachableError
-from daemon.models import NodeIdentity
 from daemon.transport.channels import Dial
 from daemon.trust.pki import ANY_NODE, role_name
-from daemon.version import VERSION
 
 
 @dataclass(frozen=True)
@@ -35,35 +30,6 @@ class Target:
     cluster: str
     mdns_interfaces: tuple[str, ...]
     timeout: float
-
-
-@asynccontextmanager
-async def listening(cluster: str, interfaces: tuple[str, ...]) -> AsyncIterator[PeerDirectory]:
-    """Browses mDNS without announcing anything, as long as the block runs."""
-    # zeroconf only when a command browses: most find their daemon by address or data dir.
-    from daemon.discovery.mdns import MdnsDiscovery, discovery_interfaces
-
-    directory = PeerDirectory(PeerTable(ttl=3600))
-    identity = NodeIdentity(
-        node_id=f"cli-{uuid.uuid4().hex}",
-        hostname="cli",
-        roles=(),
-        cluster=cluster,
-        version=VERSION,
-        protocol_version=PROTOCOL_VERSION,
-    )
-    discovery = MdnsDiscovery(
-        identity,
-        None,
-        discovery_interfaces("0.0.0.0", interfaces),
-        directory.table,
-        directory.notify,
-    )
-    await discovery.start()
-    try:
-        yield directory
-    finally:
-        await discovery.stop()
 
 
 async def browse(cluster: str, interfaces: tuple[str, ...], seconds: float) -> list[Peer]:

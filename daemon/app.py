@@ -14,8 +14,9 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
-from daemon.config import PROTOCOL_VERSION, NodeConfig
+from daemon.config import JOIN_PORT, PROTOCOL_VERSION, NodeConfig
 from daemon.datadir import DataDir
+from daemon.discovery.browsing import listening
 from daemon.discovery.directory import PeerDirectory
 from daemon.discovery.finder import CoordinatorFinder
 from daemon.discovery.mdns import RECORD_TTL_SECONDS, MdnsDiscovery, discovery_interfaces
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 2.0
 MAX_JOIN_ADDRESSES = 8
+# How long a node with a token looks on mDNS for its coordinator's join port.
+JOIN_BROWSE_SECONDS = 3.0
 
 
 def connectable_address(listen_host: str, port: int) -> str:
@@ -79,6 +82,25 @@ class Node:
             self._fatal = error
         self._stop.set()
 
+    async def _join_addresses(self) -> list[str]:
+        """Where a coordinator of our cluster takes join requests now: on the host of
+        --coordinator at the default join port, and as mDNS announces them."""
+        config = self.config
+        found: list[str] = []
+        if config.coordinator:
+            host, _ = addresses.split(config.coordinator)
+            found.append(addresses.join(host, JOIN_PORT))
+        if config.mdns:
+            interfaces = tuple(discovery_interfaces(config.listen_host, config.mdns_interfaces))
+            async with listening(config.cluster, interfaces) as directory:
+
+                def joinable(table: PeerTable) -> list[str] | None:
+                    ports = [p.join_address for p in table.coordinators() if p.join_address]
+                    return [address for address in ports if address] or None
+
+                found += await directory.wait_for(joinable, JOIN_BROWSE_SECONDS) or []
+        return found
+
     def _coordinator_finder(self, directory: PeerDirectory | None) -> Callable[[], Awaitable[str]]:
         """Where this node's coordinator is now: as configured, else found on mDNS."""
         finder: CoordinatorFinder | None = None
@@ -109,7 +131,12 @@ class Node:
                 PeerDirectory(PeerTable(ttl=2 * RECORD_TTL_SECONDS)) if config.mdns else None
             )
             trust = await establish(
-                data_dir.path, identity.node_id, identity.roles, config.cluster, config.token
+                data_dir.path,
+                identity.node_id,
+                identity.roles,
+                config.cluster,
+                config.token,
+                self._join_addresses,
             )
             policy = AccessPolicy(identity.node_id)
             server = create_server(policy)
@@ -122,6 +149,7 @@ class Node:
             self.address = connectable_address(config.listen_host, port)
             advertised = addresses.advertised(config.listen_host, port, config.advertise)
             join_addresses: tuple[str, ...] = ()
+            join_port = 0
             if trust.authority is not None:
                 join_port = bind(server, config.join_address, None)
                 if join_port == 0:
@@ -169,7 +197,13 @@ class Node:
             if directory is not None:
                 interfaces = discovery_interfaces(config.listen_host, config.mdns_interfaces)
                 mdns = MdnsDiscovery(
-                    identity, port, interfaces, directory.table, directory.notify, self._on_fatal
+                    identity,
+                    port,
+                    interfaces,
+                    directory.table,
+                    directory.notify,
+                    self._on_fatal,
+                    join_port,
                 )
                 try:
                     await mdns.start()

@@ -82,12 +82,14 @@ class MdnsDiscovery:
         table: PeerTable,
         on_change: Callable[[], None] = lambda: None,
         on_fatal: Callable[[NodeError], None] = lambda error: None,
+        join_port: int = 0,
     ) -> None:
         """`port` None browses without announcing (what a CLI client does). `on_fatal` hears
         of a crash of the refresh loop, without which peers would silently expire (a client
         browsing for a moment may ignore it: the crash is logged either way)."""
         self.identity = identity
         self.port = port
+        self.join_port = join_port
         self.interfaces = interfaces
         self.table = table
         self._on_change = on_change
@@ -117,6 +119,7 @@ class MdnsDiscovery:
                     self.identity.protocol_version,
                     self.identity.version,
                     self.port,
+                    self.join_port,
                 ),
                 server=f"vcnode-{self.identity.node_id[:12]}.local.",
                 host_ttl=RECORD_TTL_SECONDS,

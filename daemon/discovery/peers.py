@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 SERVICE_TYPE = "_vcnode._tcp.local."
-TXT_KEYS = ("id", "roles", "cluster", "proto", "version", "port")
+TXT_KEYS = ("id", "roles", "cluster", "proto", "version", "port", "join")
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,16 @@ class Peer:
     version: str
     last_seen: float
     skipped_reason: str = ""
+    # A coordinator's plaintext port for join requests (0: none announced).
+    join_port: int = 0
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def join_address(self) -> str | None:
+        return f"{self.host}:{self.join_port}" if self.join_port else None
 
     @property
     def usable(self) -> bool:
@@ -43,9 +49,11 @@ def txt_record(
     protocol_version: int,
     version: str,
     port: int,
+    join_port: int = 0,
 ) -> dict[str, str]:
-    """The port is in the SRV record too; TXT repeats it for tools that show only TXT."""
-    return {
+    """The port is in the SRV record too; TXT repeats it for tools that show only TXT. A
+    coordinator adds its join port, where a node with a token joins."""
+    record = {
         "id": node_id,
         "roles": ",".join(roles),
         "cluster": cluster,
@@ -53,6 +61,9 @@ def txt_record(
         "version": version,
         "port": str(port),
     }
+    if join_port:
+        record["join"] = str(join_port)
+    return record
 
 
 def _text(properties: Mapping[bytes, bytes | None], key: str) -> str:
@@ -67,6 +78,11 @@ def _whole_number(text: str) -> int | None:
     if not text.isascii() or not text.isdecimal():
         return None
     return int(text)
+
+
+def _port(text: str) -> int:
+    number = _whole_number(text)
+    return number if number is not None and 0 < number < 65536 else 0
 
 
 def choose_host(addresses: list[str]) -> str:
@@ -100,6 +116,7 @@ def parse_announcement(
         port=port or 0,
         version=fields["version"],
         last_seen=now,
+        join_port=_port(fields["join"]),
     )
     missing = [key for key in ("id", "roles", "cluster", "proto") if not fields[key]]
     if missing:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from daemon.errors import ConfigError
@@ -29,6 +30,10 @@ class NodeTrust:
     @property
     def credential(self) -> Credential:
         return self.live.current
+
+
+async def _none_found() -> list[str]:
+    return []
 
 
 def admin_identity(node_id: str) -> Identity:
@@ -63,8 +68,11 @@ async def establish(
     roles: tuple[str, ...],
     cluster: str,
     token_text: str | None,
+    join_addresses: Callable[[], Awaitable[list[str]]] = _none_found,
     lifetime: datetime.timedelta = CERTIFICATE_LIFETIME,
 ) -> NodeTrust:
+    """The node's credential. A node that must join asks `join_addresses` where its
+    coordinator takes join requests now (mDNS), and tries those before the token's own."""
     directory = tls_dir(data_dir)
     if "coordinator" in roles:
         return await asyncio.to_thread(
@@ -88,7 +96,7 @@ async def establish(
             "(on the coordinator's host, `vcnode token create --role "
             f"{','.join(roles)}` prints one)"
         )
-    credential = await join_cluster(token, node_id, cluster)
+    credential = await join_cluster(token, node_id, cluster, await join_addresses())
     _check_roles(credential, roles)
     await asyncio.to_thread(credential.save, directory, NODE)
     log.info("joined cluster %r with token %s", cluster, token.token_id)
