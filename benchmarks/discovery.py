@@ -10,7 +10,7 @@ from pathlib import Path
 
 from benchmarks.daemons import start_daemon, stop, wait_for_address
 from benchmarks.report import Figure
-from cli.locate import listening
+from daemon.discovery.browsing import listening
 from daemon.discovery.peers import PeerTable
 
 ROUNDS = 7
