@@ -31,6 +31,8 @@ CALL_TIMEOUT_SECONDS = 10.0
 POOL_QUERY_TIMEOUT_SECONDS = 3.0
 
 EventHandler = Callable[[TaskEvent], Awaitable[None]]
+# Tasks per SubmitTasks call (the coordinator's edge takes up to 1,000).
+SUBMIT_BATCH = 500
 
 
 class CoordinatorClient:
@@ -73,6 +75,9 @@ class CoordinatorClient:
         return [convert.volunteer_from_proto(info) for info in reply.volunteers]
 
     def cancel(self, workflow_id: str) -> None:
+        """Calls the workflow's tasks off at the coordinator, ahead of any submission still
+        queued; the workflow's own queued tasks are never sent."""
+        self._to_submit = [spec for spec in self._to_submit if spec.workflow_id != workflow_id]
         self._to_cancel.append(workflow_id)
         self._work.set()
 
@@ -135,18 +140,32 @@ class CoordinatorClient:
                 self._work.set()
 
     async def _send_queued(self) -> None:
+        """Cancels first, and again between batches: a cancel reaches the coordinator within
+        one batch's call, however many tasks wait to be sent."""
         assert self._stub is not None
+        await self._send_cancels()
         while self._to_submit:
-            batch = self._to_submit[:500]
-            await self._stub.SubmitTasks(
-                coordinator_pb2.SubmitTasksRequest(
-                    manager_id=self._manager_id,
-                    manager_address=self._manager_address,
-                    tasks=[convert.task_spec_to_proto(spec) for spec in batch],
-                ),
-                timeout=CALL_TIMEOUT_SECONDS,
-            )
-            del self._to_submit[: len(batch)]
+            # Taken off the queue before the call: a cancel meanwhile filters what is left.
+            batch = self._to_submit[:SUBMIT_BATCH]
+            del self._to_submit[:SUBMIT_BATCH]
+            try:
+                await self._stub.SubmitTasks(
+                    coordinator_pb2.SubmitTasksRequest(
+                        manager_id=self._manager_id,
+                        manager_address=self._manager_address,
+                        tasks=[convert.task_spec_to_proto(spec) for spec in batch],
+                    ),
+                    timeout=CALL_TIMEOUT_SECONDS,
+                )
+            except BaseException:
+                # Not delivered: back at the front, less what was cancelled meanwhile.
+                cancelled = set(self._to_cancel)
+                self._to_submit[:0] = [s for s in batch if s.workflow_id not in cancelled]
+                raise
+            await self._send_cancels()
+
+    async def _send_cancels(self) -> None:
+        assert self._stub is not None
         while self._to_cancel:
             await self._stub.CancelTasks(
                 coordinator_pb2.CancelTasksRequest(
