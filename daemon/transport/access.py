@@ -63,6 +63,18 @@ RULES: dict[str, frozenset[str]] = {
 }
 
 
+# How a refusal names who a method takes.
+_WHO = {
+    MEMBER: "any member of the cluster",
+    SELF: "this node's owner",
+    "admin": "an admin",
+    "user": "a person's credential (`vcnode login TOKEN`)",
+    "volunteer": "a volunteer",
+    "manager": "a manager",
+    "coordinator": "a coordinator",
+}
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who is calling: `identity` is None for a stranger."""
@@ -142,7 +154,7 @@ class AccessPolicy:
                 f"{caller.describe()} was revoked from this cluster: join again with a new token"
             )
         if not (allowed & caller.kinds):
-            needs = " or ".join(sorted(allowed - {STRANGER}))
+            needs = " or ".join(_WHO[kind] for kind in sorted(allowed - {STRANGER}))
             return grpc.StatusCode.PERMISSION_DENIED, (
                 f"{method.rpartition('/')[2]} is not for {caller.describe()}: it takes {needs}"
             )
