@@ -29,7 +29,11 @@ def parse_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"expected a duration such as 30m, 24h or 7d, not {text!r}"
         )
-    return float(match[1]) * _UNIT_SECONDS[match[2]]
+    seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    if seconds <= 0:
+        # 0 on the wire means "the default": a token of no lifetime must not live a day.
+        raise argparse.ArgumentTypeError(f"a token must live longer than 0 s, not {text!r}")
+    return seconds
 
 
 def _token_json(info: trust_pb2.TokenInfo) -> dict[str, object]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from coordinator_node.membership_store import Member, MembershipStore, Token
 from daemon.trust import pki
@@ -76,8 +76,21 @@ class Membership:
         self._lifetime = lifetime
         self._revoked: set[str] = set()
 
-    async def open(self) -> None:
+    async def open(self, own: Iterable[pki.Identity] = ()) -> None:
+        """Loads the revocations, and records `own` (this coordinator's own identities,
+        issued here without a token) as members, so no token can claim their ids."""
         self._revoked = await self._store.revoked_members()
+        for identity in own:
+            await self._store.record_join(
+                Member(
+                    identity.node_id,
+                    "",
+                    tuple(sorted(identity.roles)),
+                    identity.user or "",
+                    self._clock(),
+                    float("inf"),
+                )
+            )
 
     def is_revoked(self, node_id: str) -> bool:
         return node_id in self._revoked
@@ -116,14 +129,21 @@ class Membership:
         return await self._store.tokens()
 
     async def join(
-        self, token_id: str, request: bytes, proof: bytes, node_id: str
+        self, token_id: str, request: bytes, proof: bytes, node_id: str, cluster: str = ""
     ) -> tuple[bytes, bytes]:
-        """(CA certificate, certificate) for a node that proves it holds token `token_id`."""
+        """(CA certificate, certificate) for a node that proves it holds token `token_id`
+        and means to join this cluster (`cluster` empty: whichever it is)."""
         token = await self._store.token(token_id)
         if token is None or not proof_holds(token.key, request, proof):
             raise JoinRefused(
                 "the join token is not one this coordinator made, or its secret does not "
                 "match: check you copied all of it"
+            )
+        if cluster and cluster != self.cluster:
+            # Refused before anything is recorded: the corrected retry joins.
+            raise JoinRefused(
+                f"this coordinator keeps cluster {self.cluster!r}, not {cluster!r}: start the "
+                f"node with --cluster {self.cluster}"
             )
         now = self._clock()
         if token.revoked:

@@ -23,7 +23,7 @@ from coordinator_node.scheduler import (
 )
 from coordinator_node.store import CoordinatorStore
 from daemon import inline
-from daemon.errors import RejectedError
+from daemon.errors import AccessDeniedError, RejectedError
 from daemon.models import (
     EventKind,
     Load,
@@ -79,7 +79,8 @@ class Pool:
         self._cluster = cluster
         self._protocol_version = protocol_version
         self._sessions: dict[str, PoolSession] = {}
-        self._watchers: dict[str, set[asyncio.Queue[TaskEvent]]] = {}
+        # By manager id; None in a queue ends that watch (its manager was revoked).
+        self._watchers: dict[str, set[asyncio.Queue[TaskEvent | None]]] = {}
         # One stimulus at a time: the state machines are not re-entrant, and saves must
         # reach the store in the order the changes happened.
         self._lock = asyncio.Lock()
@@ -156,13 +157,17 @@ class Pool:
                 self._scheduler.volunteer_left(volunteer.volunteer_id, reason, time.time())
             )
 
-    def expel(self, volunteer_ids: Iterable[str]) -> None:
-        """Ends the sessions of volunteers that may no longer be members (revoked)."""
-        for volunteer_id in volunteer_ids:
-            session = self._sessions.get(volunteer_id)
+    def expel(self, node_ids: Iterable[str]) -> None:
+        """Ends the volunteer sessions and the managers' watches of nodes that may no longer
+        be members (revoked)."""
+        for node_id in node_ids:
+            session = self._sessions.get(node_id)
             if session is not None:
-                log.info("volunteer %s revoked: ending its session", volunteer_id)
+                log.info("volunteer %s revoked: ending its session", node_id)
                 session.close()
+            for queue in self._watchers.get(node_id, ()):
+                log.info("manager %s revoked: ending its watch", node_id)
+                queue.put_nowait(None)
 
     async def leave(self, session: PoolSession) -> None:
         async with self._lock:
@@ -236,16 +241,19 @@ class Pool:
     async def watch(
         self, manager_id: str, workflow_id: str, after_sequence: int
     ) -> AsyncIterator[TaskEvent]:
-        """Stored events after `after_sequence`, then live ones, with no gap and no repeat."""
-        queue: asyncio.Queue[TaskEvent] = asyncio.Queue()
+        """Stored events after `after_sequence`, then live ones, with no gap and no repeat.
+        Raises AccessDeniedError when its manager is revoked meanwhile."""
+        queue: asyncio.Queue[TaskEvent | None] = asyncio.Queue()
         self._watchers.setdefault(manager_id, set()).add(queue)
         try:
             last = after_sequence
-            for event in await self._store.task_events(manager_id, workflow_id, after_sequence):
-                yield event
-                last = event.sequence
+            for stored in await self._store.task_events(manager_id, workflow_id, after_sequence):
+                yield stored
+                last = stored.sequence
             while True:
                 event = await queue.get()
+                if event is None:
+                    raise AccessDeniedError(f"manager {manager_id} was revoked from this cluster")
                 if event.sequence <= last or workflow_id not in ("", event.workflow_id):
                     continue
                 yield event

@@ -16,6 +16,7 @@ from daemon.errors import ConfigError
 from daemon.roles import RoleContext
 from daemon.rpc.v1 import coordinator_pb2_grpc, trust_pb2_grpc
 from daemon.supervision import Supervisor
+from daemon.trust.bootstrap import admin_identity
 
 
 class CoordinatorRole:
@@ -32,6 +33,7 @@ class CoordinatorRole:
             supervisor=Supervisor(context.on_fatal),
         )
         self._node_id = context.identity.node_id
+        self._node_identity = context.trust.credential.identity
         authority = context.trust.authority
         if authority is None:
             raise ConfigError("a coordinator needs the cluster's CA in its data dir")
@@ -45,13 +47,13 @@ class CoordinatorRole:
             CoordinatorServicer(self.pool, self._node_id), server
         )
         trust_pb2_grpc.add_TrustServiceServicer_to_server(
-            TrustServicer(self.membership, self._node_id, self._join_addresses, self.pool.expel),
+            TrustServicer(self.membership, self._join_addresses, self.pool.expel),
             server,
         )
 
     async def open(self) -> None:
         await self._membership_store.open()
-        await self.membership.open()
+        await self.membership.open([self._node_identity, admin_identity(self._node_id)])
         await self._store.open()
         await self.pool.start()
 

@@ -12,10 +12,10 @@ import grpc
 
 from coordinator_node.pool import AckResult, Outgoing, Pool, PoolSession
 from coordinator_node.scheduler import SendCancel, SendOffer
-from daemon.errors import RejectedError
+from daemon.errors import AccessDeniedError, RejectedError
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.transport import addresses, convert
-from daemon.transport.access import caller_of
+from daemon.transport.access import current_caller
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message of a session must be register"
             )
         registration = convert.registration_from_proto(first.register)
-        caller = caller_of(context, self._coordinator_id)
+        caller = current_caller()
         if registration.volunteer_id != caller.node_id:
             # Ids are public: only the certificate says who this is.
             await context.abort(
@@ -125,7 +125,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self, manager_id: str, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         """A manager acts under its own id only: the one its certificate names."""
-        caller = caller_of(context, self._coordinator_id)
+        caller = current_caller()
         if manager_id != caller.node_id:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -179,10 +179,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         ],
     ) -> AsyncIterator[coordinator_pb2.TaskEvent]:
         await self._require_own(request.manager_id, context)
-        async for event in self._pool.watch(
-            request.manager_id, request.workflow_id, request.after_sequence
-        ):
-            yield convert.task_event_to_proto(event)
+        events = self._pool.watch(request.manager_id, request.workflow_id, request.after_sequence)
+        try:
+            async for event in events:
+                yield convert.task_event_to_proto(event)
+        except AccessDeniedError as error:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
 
     async def CancelTasks(
         self,

@@ -10,7 +10,7 @@ import grpc
 from coordinator_node.membership import DEFAULT_TOKEN_TTL, JoinRefused, Membership, TokenProblem
 from coordinator_node.membership_store import Token
 from daemon.rpc.v1 import trust_pb2, trust_pb2_grpc
-from daemon.transport.access import caller_of
+from daemon.transport.access import current_caller
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -32,19 +32,21 @@ class TrustServicer(trust_pb2_grpc.TrustServiceServicer):
     def __init__(
         self,
         membership: Membership,
-        node_id: str,
         join_addresses: Sequence[str],
         on_revoked: Callable[[list[str]], None],
     ) -> None:
         self._membership = membership
-        self._node_id = node_id
         self._join_addresses = tuple(join_addresses)
         self._on_revoked = on_revoked
 
     async def Join(self, request: trust_pb2.JoinRequest, context: Context) -> trust_pb2.JoinReply:
         try:
             ca, cert = await self._membership.join(
-                request.token_id, request.certificate_request, request.proof, request.node_id
+                request.token_id,
+                request.certificate_request,
+                request.proof,
+                request.node_id,
+                request.cluster,
             )
         except JoinRefused as error:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
@@ -53,7 +55,7 @@ class TrustServicer(trust_pb2_grpc.TrustServiceServicer):
         )
 
     async def Renew(self, request: trust_pb2.RenewRequest, context: Context) -> trust_pb2.JoinReply:
-        identity = caller_of(context, self._node_id).identity
+        identity = current_caller().identity
         assert identity is not None  # the access policy admits members only
         try:
             cert = await self._membership.renew(identity, request.certificate_request)

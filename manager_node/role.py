@@ -45,11 +45,9 @@ class ManagerRole:
 
     def register(self, server: grpc.aio.Server) -> None:
         manager_pb2_grpc.add_ManagerServiceServicer_to_server(
-            ManagerServicer(self.manager, self._store, self._context.identity.node_id), server
+            ManagerServicer(self.manager, self._store), server
         )
-        add_transfer_service(
-            server, TransferServicer(self._blobs, self.manager, self._context.identity.node_id)
-        )
+        add_transfer_service(server, TransferServicer(self._blobs, self.manager))
 
     async def open(self) -> None:
         await self._store.open()

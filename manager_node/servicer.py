@@ -10,20 +10,16 @@ import grpc
 from daemon.errors import AccessDeniedError, NodeError, NotFoundError
 from daemon.rpc.v1 import common_pb2, manager_pb2, manager_pb2_grpc
 from daemon.transport import convert
-from daemon.transport.access import Caller, caller_of
+from daemon.transport.access import current_caller
 from daemon.transport.errors import maps_errors, status_for
 from manager_node.manager import WorkflowManager
 from manager_node.store import ManagerStore
 
 
 class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
-    def __init__(self, manager: WorkflowManager, store: ManagerStore, node_id: str) -> None:
+    def __init__(self, manager: WorkflowManager, store: ManagerStore) -> None:
         self._manager = manager
         self._store = store
-        self._node_id = node_id
-
-    def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
-        return caller_of(context, self._node_id)
 
     async def _own(self, workflow_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Raises unless the caller may see and act on the workflow: its owner, an admin, or
@@ -31,7 +27,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         owner = await self._store.workflow_owner(workflow_id)
         if owner is None:
             raise NotFoundError(f"no workflow {workflow_id!r} on this manager")
-        caller = self._caller(context)
+        caller = current_caller()
         if owner != caller.owner and not caller.sees_everything:
             raise AccessDeniedError(
                 f"workflow {workflow_id} is not yours ({caller.describe()}): users see and "
@@ -51,7 +47,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             dict(request.overrides),
             [convert.file_ref_from_proto(ref) for ref in request.files],
             [convert.inline_file_from_proto(f) for f in request.inline_files],
-            owner=self._caller(context).owner,
+            owner=current_caller().owner,
         )
         return convert.submitted_to_proto(submitted)
 
@@ -143,7 +139,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         context: grpc.aio.ServicerContext[manager_pb2.GetImageArchiveRequest, common_pb2.FileRef],
     ) -> common_pb2.FileRef:
         archive = await self._manager.image_archive(
-            request.image, request.image_id, self._caller(context)
+            request.image, request.image_id, current_caller()
         )
         return convert.file_ref_to_proto(archive)
 
@@ -155,7 +151,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             manager_pb2.ListWorkflowsRequest, manager_pb2.ListWorkflowsReply
         ],
     ) -> manager_pb2.ListWorkflowsReply:
-        caller = self._caller(context)
+        caller = current_caller()
         workflows = [
             workflow
             for workflow in await self._store.workflows()

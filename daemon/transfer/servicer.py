@@ -34,7 +34,7 @@ from daemon.transfer.errors import (
 )
 from daemon.transfer.memory import keep_freed_memory
 from daemon.transfer.status import UPLOAD_ACCEPTED, status_for
-from daemon.transport.access import Caller, caller_of
+from daemon.transport.access import Caller, current_caller
 
 R = TypeVar("R")
 
@@ -99,10 +99,9 @@ def _refuses(handler: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]
 
 
 class TransferServicer:
-    def __init__(self, store: BlobStore, policy: TransferPolicy, node_id: str = "") -> None:
+    def __init__(self, store: BlobStore, policy: TransferPolicy) -> None:
         self._store = store
         self._policy = policy
-        self._node_id = node_id
         self._uploads: Counter[str] = Counter()  # by the caller's node id
         keep_freed_memory()
 
@@ -114,7 +113,7 @@ class TransferServicer:
         """Serialised Chunk messages (see `add_transfer_service`)."""
         try:
             sha256 = check_blob_id(request.sha256)
-            if not await self._policy.may_download(sha256, caller_of(context, self._node_id)):
+            if not await self._policy.may_download(sha256, current_caller()):
                 raise PolicyRefusedError(f"this node does not serve blob {sha256} to you")
             # `yield` rather than context.write(): measurably faster in grpc.aio.
             async for message in self._store.read_messages(sha256, request.offset):
@@ -134,7 +133,7 @@ class TransferServicer:
         if not isinstance(header, transfer_pb2.UploadHeader):
             raise TransferError("an upload starts with its header, then the chunks")
         sha256 = check_blob_id(header.sha256)
-        caller = caller_of(context, self._node_id)
+        caller = current_caller()
         if self._uploads[caller.node_id] >= UPLOADS_PER_PEER:
             raise TooManyUploadsError(
                 f"{caller.describe()} has {UPLOADS_PER_PEER} uploads going here already: "

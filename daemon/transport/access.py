@@ -8,12 +8,16 @@ a method not listed here is refused to everyone. What a caller may do with a giv
 
 from __future__ import annotations
 
+import contextvars
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from daemon.trust import pki
 from daemon.trust.pki import Identity
 
 # Kinds of caller beyond the roles a certificate names.
@@ -119,25 +123,67 @@ class Caller:
         return f"{who} ({kinds})"
 
 
-def caller_of(context: grpc.aio.ServicerContext[Any, Any], own_node_id: str) -> Caller:
-    """The caller of a call, as its TLS session proved it."""
-    auth = context.auth_context()
-    if auth.get("transport_security_type") != [b"ssl"]:
-        return Caller(None)
-    names = auth.get("x509_subject_alternative_name", [])
-    identity = Identity.from_names(name.decode(errors="replace") for name in names)
-    return Caller(identity, is_self=identity is not None and identity.node_id == own_node_id)
+_CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
+
+
+def current_caller() -> Caller:
+    """Who makes the call being served: the edge admitted it and said who it is (see
+    daemon/transport/edge.py), so servicers never read ids from messages to know."""
+    try:
+        return _CALLER.get()
+    except LookupError:
+        raise RuntimeError("no call is being served here: the edge sets the caller") from None
+
+
+def set_current_caller(caller: Caller) -> None:
+    _CALLER.set(caller)
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(pem: bytes) -> bytes:
+    """The public key a peer's certificate (PEM, as TLS proved it) certifies, in DER."""
+    return (
+        pki.load_cert(pem)
+        .public_key()
+        .public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    )
 
 
 class AccessPolicy:
     """Decides, per call, whether its caller may make it."""
 
-    def __init__(self, node_id: str, rules: dict[str, frozenset[str]] = RULES) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        own_key: Callable[[], bytes] = lambda: b"",
+        rules: dict[str, frozenset[str]] = RULES,
+    ) -> None:
         self.node_id = node_id
+        # This node's public key (DER): a caller presenting it is this node's owner.
+        self._own_key = own_key
         self._rules = rules
         # The coordinator plugs its revocation list in; other nodes trust certificates until
         # they expire.
         self.revoked: Callable[[str], bool] = lambda node_id: False
+
+    def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        """The caller of a call, as its TLS session proved it. Its owner is who holds this
+        node's own key, not whoever holds a certificate naming this node's id."""
+        auth = context.auth_context()
+        if auth.get("transport_security_type") != [b"ssl"]:
+            return Caller(None)
+        names = auth.get("x509_subject_alternative_name", [])
+        identity = Identity.from_names(name.decode(errors="replace") for name in names)
+        certificates = list(auth.get("x509_pem_cert", []))
+        own_key = self._own_key()
+        is_self = bool(
+            identity is not None
+            and identity.node_id == self.node_id
+            and certificates
+            and own_key
+            and _public_key(certificates[0]) == own_key
+        )
+        return Caller(identity, is_self=is_self)
 
     def refusal(self, method: str, caller: Caller) -> tuple[grpc.StatusCode, str] | None:
         """Why `caller` may not call `method`, as a status and a message; None if it may."""

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from daemon.transport.access import AccessPolicy, caller_of
+from daemon.transport.access import AccessPolicy, set_current_caller
 from daemon.transport.caps import excess
 
 Behaviour = Callable[..., Any]
@@ -106,9 +106,12 @@ class Edge(grpc.aio.ServerInterceptor):
         policy = self.policy
 
         async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            refusal = policy.refusal(method, caller_of(context, policy.node_id))
+            caller = policy.caller(context)
+            refusal = policy.refusal(method, caller)
             if refusal is not None:
                 await context.abort(*refusal)
+            # The servicer runs in this coroutine's context next: current_caller() says who.
+            set_current_caller(caller)
 
         for kind, make, check in _KINDS:
             behaviour = getattr(handler, kind)

@@ -18,6 +18,7 @@ from typing import cast
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from daemon.trust import pki
 
@@ -69,6 +70,10 @@ class Credential:
     @property
     def lifetime(self) -> datetime.timedelta:
         return self._cert.not_valid_after_utc - self._cert.not_valid_before_utc
+
+    @cached_property
+    def public_key_der(self) -> bytes:
+        return self._cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
     @cached_property
     def ca_hash(self) -> str:

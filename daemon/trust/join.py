@@ -38,8 +38,10 @@ async def join_cluster(
         certificate_request=request,
         proof=proof(token.key, request),
         node_id=node_id,
+        cluster=cluster or "",
     )
     tried: list[str] = []
+    refusals: list[str] = []
     for address in dict.fromkeys([*addresses, *token.addresses]):
         async with open_join_channel(address) as channel:
             try:
@@ -48,9 +50,9 @@ async def join_cluster(
                 )
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.PERMISSION_DENIED:
-                    raise AccessDeniedError(
-                        f"the coordinator at {address} refused the join: {error.details()}"
-                    ) from None
+                    # Maybe not ours (an address mDNS suggested): the next may be.
+                    refusals.append(f"the coordinator at {address} refused: {error.details()}")
+                    continue
                 tried.append(f"{address} ({error.code().name.lower()}: {error.details()})")
                 continue
         try:
@@ -69,6 +71,8 @@ async def join_cluster(
                 f"pass --cluster {reply.cluster}"
             )
         return Credential(reply.ca_certificate, pki.key_pem(key), reply.certificate)
+    if refusals:
+        raise AccessDeniedError("could not join: " + "; ".join(refusals + tried))
     if not tried:
         raise UnreachableError(
             "the join token names no coordinator address: make a new one with "

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x61\x65mon/rpc/v1/trust.proto\x12\tvcnode.v1\"\\\n\x0bJoinRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x1b\n\x13\x63\x65rtificate_request\x18\x02 \x01(\x0c\x12\r\n\x05proof\x18\x03 \x01(\x0c\x12\x0f\n\x07node_id\x18\x04 \x01(\t\"I\n\tJoinReply\x12\x16\n\x0e\x63\x61_certificate\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\"+\n\x0cRenewRequest\x12\x1b\n\x13\x63\x65rtificate_request\x18\x01 \x01(\x0c\"T\n\x12\x43reateTokenRequest\x12\r\n\x05roles\x18\x01 \x03(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x01\x12\x0c\n\x04uses\x18\x04 \x01(\x05\"\x91\x01\n\tTokenInfo\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x0c\n\x04uses\x18\x06 \x01(\x05\x12\x0e\n\x06joined\x18\x07 \x01(\x05\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\"E\n\x10\x43reateTokenReply\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x04info\x18\x02 \x01(\x0b\x32\x14.vcnode.v1.TokenInfo\"\x13\n\x11ListTokensRequest\"7\n\x0fListTokensReply\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.vcnode.v1.TokenInfo\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"+\n\x10RevokeTokenReply\x12\x17\n\x0fmembers_revoked\x18\x01 \x01(\x05\x32\xda\x02\n\x0cTrustService\x12\x34\n\x04Join\x12\x16.vcnode.v1.JoinRequest\x1a\x14.vcnode.v1.JoinReply\x12\x36\n\x05Renew\x12\x17.vcnode.v1.RenewRequest\x1a\x14.vcnode.v1.JoinReply\x12I\n\x0b\x43reateToken\x12\x1d.vcnode.v1.CreateTokenRequest\x1a\x1b.vcnode.v1.CreateTokenReply\x12\x46\n\nListTokens\x12\x1c.vcnode.v1.ListTokensRequest\x1a\x1a.vcnode.v1.ListTokensReply\x12I\n\x0bRevokeToken\x12\x1d.vcnode.v1.RevokeTokenRequest\x1a\x1b.vcnode.v1.RevokeTokenReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x61\x65mon/rpc/v1/trust.proto\x12\tvcnode.v1\"m\n\x0bJoinRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x1b\n\x13\x63\x65rtificate_request\x18\x02 \x01(\x0c\x12\r\n\x05proof\x18\x03 \x01(\x0c\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63luster\x18\x05 \x01(\t\"I\n\tJoinReply\x12\x16\n\x0e\x63\x61_certificate\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\"+\n\x0cRenewRequest\x12\x1b\n\x13\x63\x65rtificate_request\x18\x01 \x01(\x0c\"T\n\x12\x43reateTokenRequest\x12\r\n\x05roles\x18\x01 \x03(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x01\x12\x0c\n\x04uses\x18\x04 \x01(\x05\"\x91\x01\n\tTokenInfo\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x0c\n\x04uses\x18\x06 \x01(\x05\x12\x0e\n\x06joined\x18\x07 \x01(\x05\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\"E\n\x10\x43reateTokenReply\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x04info\x18\x02 \x01(\x0b\x32\x14.vcnode.v1.TokenInfo\"\x13\n\x11ListTokensRequest\"7\n\x0fListTokensReply\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.vcnode.v1.TokenInfo\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"+\n\x10RevokeTokenReply\x12\x17\n\x0fmembers_revoked\x18\x01 \x01(\x05\x32\xda\x02\n\x0cTrustService\x12\x34\n\x04Join\x12\x16.vcnode.v1.JoinRequest\x1a\x14.vcnode.v1.JoinReply\x12\x36\n\x05Renew\x12\x17.vcnode.v1.RenewRequest\x1a\x14.vcnode.v1.JoinReply\x12I\n\x0b\x43reateToken\x12\x1d.vcnode.v1.CreateTokenRequest\x1a\x1b.vcnode.v1.CreateTokenReply\x12\x46\n\nListTokens\x12\x1c.vcnode.v1.ListTokensRequest\x1a\x1a.vcnode.v1.ListTokensReply\x12I\n\x0bRevokeToken\x12\x1d.vcnode.v1.RevokeTokenRequest\x1a\x1b.vcnode.v1.RevokeTokenReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,25 +32,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'daemon.rpc.v1.trust_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOINREQUEST']._serialized_start=40
-  _globals['_JOINREQUEST']._serialized_end=132
-  _globals['_JOINREPLY']._serialized_start=134
-  _globals['_JOINREPLY']._serialized_end=207
-  _globals['_RENEWREQUEST']._serialized_start=209
-  _globals['_RENEWREQUEST']._serialized_end=252
-  _globals['_CREATETOKENREQUEST']._serialized_start=254
-  _globals['_CREATETOKENREQUEST']._serialized_end=338
-  _globals['_TOKENINFO']._serialized_start=341
-  _globals['_TOKENINFO']._serialized_end=486
-  _globals['_CREATETOKENREPLY']._serialized_start=488
-  _globals['_CREATETOKENREPLY']._serialized_end=557
-  _globals['_LISTTOKENSREQUEST']._serialized_start=559
-  _globals['_LISTTOKENSREQUEST']._serialized_end=578
-  _globals['_LISTTOKENSREPLY']._serialized_start=580
-  _globals['_LISTTOKENSREPLY']._serialized_end=635
-  _globals['_REVOKETOKENREQUEST']._serialized_start=637
-  _globals['_REVOKETOKENREQUEST']._serialized_end=675
-  _globals['_REVOKETOKENREPLY']._serialized_start=677
-  _globals['_REVOKETOKENREPLY']._serialized_end=720
-  _globals['_TRUSTSERVICE']._serialized_start=723
-  _globals['_TRUSTSERVICE']._serialized_end=1069
+  _globals['_JOINREQUEST']._serialized_end=149
+  _globals['_JOINREPLY']._serialized_start=151
+  _globals['_JOINREPLY']._serialized_end=224
+  _globals['_RENEWREQUEST']._serialized_start=226
+  _globals['_RENEWREQUEST']._serialized_end=269
+  _globals['_CREATETOKENREQUEST']._serialized_start=271
+  _globals['_CREATETOKENREQUEST']._serialized_end=355
+  _globals['_TOKENINFO']._serialized_start=358
+  _globals['_TOKENINFO']._serialized_end=503
+  _globals['_CREATETOKENREPLY']._serialized_start=505
+  _globals['_CREATETOKENREPLY']._serialized_end=574
+  _globals['_LISTTOKENSREQUEST']._serialized_start=576
+  _globals['_LISTTOKENSREQUEST']._serialized_end=595
+  _globals['_LISTTOKENSREPLY']._serialized_start=597
+  _globals['_LISTTOKENSREPLY']._serialized_end=652
+  _globals['_REVOKETOKENREQUEST']._serialized_start=654
+  _globals['_REVOKETOKENREQUEST']._serialized_end=692
+  _globals['_REVOKETOKENREPLY']._serialized_start=694
+  _globals['_REVOKETOKENREPLY']._serialized_end=737
+  _globals['_TRUSTSERVICE']._serialized_start=740
+  _globals['_TRUSTSERVICE']._serialized_end=1086
 # @@protoc_insertion_point(module_scope)

@@ -26,12 +26,15 @@ class JoinRequest(_message.Message):
     CERTIFICATE_REQUEST_FIELD_NUMBER: _builtins.int
     PROOF_FIELD_NUMBER: _builtins.int
     NODE_ID_FIELD_NUMBER: _builtins.int
+    CLUSTER_FIELD_NUMBER: _builtins.int
     token_id: _builtins.str
     certificate_request: _builtins.bytes
     """DER PKCS#10, signed by the joining node's new key."""
     proof: _builtins.bytes
     node_id: _builtins.str
     """The joining node's id (its data dir's); people get one made up by `vcnode login`."""
+    cluster: _builtins.str
+    """The cluster the node means to join; empty: whichever made the token (a login)."""
     def __init__(
         self,
         *,
@@ -39,10 +42,11 @@ class JoinRequest(_message.Message):
         certificate_request: _builtins.bytes = ...,
         proof: _builtins.bytes = ...,
         node_id: _builtins.str = ...,
+        cluster: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_request", b"certificate_request", "node_id", b"node_id", "proof", b"proof", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_request", b"certificate_request", "cluster", b"cluster", "node_id", b"node_id", "proof", b"proof", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
