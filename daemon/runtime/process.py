@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import time
+from pathlib import Path
 
 from daemon.capacity import MAX_SLOTS
 from daemon.runtime.spec import (
@@ -63,6 +64,12 @@ def unavailable() -> str | None:
     return None
 
 
+def scratch_dir(spec: RunSpec) -> Path:
+    """The task's /tmp: on disk beside its /output and counted with it against its cap (a
+    tmpfs would take the host's memory, which no cgroup limits here)."""
+    return spec.output_dir.with_name(spec.output_dir.name + ".tmp")
+
+
 def sandbox_command(spec: RunSpec, uid: int) -> list[str]:
     """The command that runs `spec` in its sandbox, limits included (pure, so the lockdown
     itself is testable)."""
@@ -91,7 +98,7 @@ def sandbox_command(spec: RunSpec, uid: int) -> list[str]:
     command += [
         "--proc", "/proc",
         "--dev", "/dev",
-        "--tmpfs", "/tmp",
+        "--bind", str(scratch_dir(spec)), "/tmp",
         "--ro-bind", str(spec.input_dir), "/input",
         "--bind", str(spec.output_dir), "/output",
         "--chdir", "/tmp",
@@ -115,6 +122,12 @@ def sandbox_env(spec: RunSpec) -> dict[str, str]:
     }
 
 
+def _fresh_dir(path: Path, uid: int) -> None:
+    shutil.rmtree(path, ignore_errors=True)  # a crashed run's
+    path.mkdir(mode=0o700)
+    os.chown(path, uid, uid)
+
+
 class ProcessRuntime:
     name = "process"
     isolated = False  # rlimits, not cgroups; and inputs are copies, never the cache's files
@@ -135,6 +148,16 @@ class ProcessRuntime:
     async def _run(self, spec: RunSpec, on_progress: ProgressCallback, uid: int) -> RunResult:
         # The task writes its outputs as its uid; the volunteer, as root, reads them.
         await asyncio.to_thread(os.chown, spec.output_dir, uid, uid)
+        scratch = scratch_dir(spec)
+        await asyncio.to_thread(_fresh_dir, scratch, uid)
+        try:
+            return await self._run_in(spec, on_progress, uid, scratch)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
+
+    async def _run_in(
+        self, spec: RunSpec, on_progress: ProgressCallback, uid: int, scratch: Path
+    ) -> RunResult:
         started_at = time.time()
         process = await asyncio.create_subprocess_exec(
             *sandbox_command(spec, uid),
@@ -148,7 +171,7 @@ class ProcessRuntime:
         async def stop() -> None:
             self._kill_group(process)
 
-        watch = OutputWatch(spec, on_progress, stop)
+        watch = OutputWatch(spec, on_progress, stop, also=(scratch,))
         progress = asyncio.get_running_loop().create_task(watch.run())
         failure = ""
         try:

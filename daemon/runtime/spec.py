@@ -140,10 +140,14 @@ class OutputWatch:
         spec: RunSpec,
         on_progress: ProgressCallback,
         stop: Callable[[], Awaitable[None]],
+        also: tuple[Path, ...] = (),
     ) -> None:
+        """`also`: directories counted with /output against the cap (the task's /tmp when
+        it is on disk)."""
         self._spec = spec
         self._on_progress = on_progress
         self._stop = stop
+        self._dirs = (spec.output_dir, *also)
         self.overflow = ""  # why it stopped the task, if it did
 
     async def run(self) -> None:
@@ -163,18 +167,24 @@ class OutputWatch:
         """One last look once the task ended: it may have written past its cap between
         two looks (a sparse file, at its last moment) and exited."""
         if self._spec.output_mb and not self.overflow:
-            self._over(await asyncio.to_thread(written_bytes, self._spec.output_dir))
+            self._over(await asyncio.to_thread(self._written))
 
     def _over(self, written: int) -> bool:
         if not self._spec.output_mb or written <= self._spec.output_mb * MIB:
             return False
         self.overflow = (
-            f"wrote more than its {self._spec.output_mb} MiB of output "
+            f"wrote more than its {self._spec.output_mb} MiB of output{self._and_scratch} "
             f"({written / MIB:.0f} MiB; stopped)"
         )
         return True
 
     def _look(self) -> tuple[float | None, int]:
-        output_dir = self._spec.output_dir
-        written = written_bytes(output_dir) if self._spec.output_mb else 0
-        return read_progress(output_dir), written
+        written = self._written() if self._spec.output_mb else 0
+        return read_progress(self._spec.output_dir), written
+
+    @property
+    def _and_scratch(self) -> str:
+        return " and /tmp" if len(self._dirs) > 1 else ""
+
+    def _written(self) -> int:
+        return sum(written_bytes(directory) for directory in self._dirs)

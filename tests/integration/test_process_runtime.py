@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from daemon.runtime.process import TASK_UIDS, ProcessRuntime, sandbox_command, unavailable
+from daemon.runtime.process import (
+    TASK_UIDS,
+    ProcessRuntime,
+    sandbox_command,
+    scratch_dir,
+    unavailable,
+)
 from daemon.runtime.spec import RunSpec
 
 pytestmark = pytest.mark.integration
@@ -147,7 +153,7 @@ async def test_a_task_writing_past_its_output_cap_is_stopped_and_says_why(tmp_pa
     writer = "while true; do head -c 1048576 /dev/zero >> /output/big; sleep 0.01; done"
     spec = make_spec(tmp_path, "sh", "-c", writer, output_mb=2)
     result = await ProcessRuntime().run(spec, lambda _: None)
-    assert result.failure.startswith("wrote more than its 2 MiB of output ("), result
+    assert result.failure.startswith("wrote more than its 2 MiB of output and /tmp ("), result
     assert result.failure.endswith("MiB; stopped)")
 
 
@@ -156,4 +162,16 @@ async def test_a_task_that_writes_past_its_cap_and_exits_at_once_is_caught_after
 ) -> None:
     spec = make_spec(tmp_path, "sh", "-c", "truncate -s 50M /output/sparse", output_mb=2)
     result = await ProcessRuntime().run(spec, lambda _: None)
-    assert result.failure == "wrote more than its 2 MiB of output (50 MiB; stopped)", result
+    assert result.failure == "wrote more than its 2 MiB of output and /tmp (50 MiB; stopped)"
+
+
+async def test_a_tasks_tmp_is_on_disk_counted_with_its_output_and_gone_after(
+    tmp_path: Path,
+) -> None:
+    """A tmpfs /tmp would fill the host's memory, which no cgroup bounds here."""
+    writer = "while true; do head -c 1048576 /dev/zero >> /tmp/big; sleep 0.01; done"
+    spec = make_spec(tmp_path, "sh", "-c", writer, output_mb=2)
+    result = await ProcessRuntime().run(spec, lambda _: None)
+    assert result.failure.startswith("wrote more than its 2 MiB of output and /tmp ("), result
+    assert not scratch_dir(spec).exists(), "the task's /tmp is removed after it"
+    assert list((tmp_path / "output").iterdir()) == []
