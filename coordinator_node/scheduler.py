@@ -451,7 +451,11 @@ class Scheduler:
             self._assigned.setdefault(chosen, set()).add(task.task_id)
             out += [
                 SaveTask(task),
-                SendOffer(chosen, replace(task.spec, attempt=task.attempt)),
+                # The offer names the manager its certificate proved: the volunteer
+                # takes inputs from and sends outputs to that node only.
+                SendOffer(
+                    chosen, replace(task.spec, attempt=task.attempt, manager_id=task.manager_id)
+                ),
                 self._event(task, EventKind.OFFERED, now),
             ]
         for task in waiting:

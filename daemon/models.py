@@ -134,6 +134,8 @@ class TaskSpec:
     run: int = 0
     # The bytes of some small inputs; the others come by TransferService.
     inline_inputs: tuple[InlineBlob, ...] = ()
+    # The manager's node id, as the coordinator knows it from its certificate.
+    manager_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from daemon.errors import NotFoundError
-from daemon.models import FileRef
+from daemon.models import FileRef, TaskSpec
 from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
 from daemon.transfer.blobstore import BlobStore
 from daemon.transfer.client import download, upload
@@ -24,7 +25,7 @@ from daemon.transport import convert
 from daemon.transport.channels import open_channel
 from daemon.transport.errors import error_from_rpc
 from daemon.trust.credentials import Credential, LiveCredential
-from daemon.trust.pki import role_name
+from daemon.trust.pki import id_name
 from volunteer_node.cache import CacheIndex
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,19 @@ GIB = 1024**3
 EXPORT_TIMEOUT_SECONDS = 600.0
 
 
+@dataclass(frozen=True)
+class ManagerPeer:
+    """A task's manager: where it listens, and which node it must prove to be there (as its
+    certificate proved to the coordinator that offered the task)."""
+
+    address: str
+    node_id: str
+
+    @classmethod
+    def of(cls, task: TaskSpec) -> ManagerPeer:
+        return cls(task.manager_address, task.manager_id)
+
+
 class BlobTransfers:
     def __init__(self, root: Path, quota_bytes: int, credential: LiveCredential) -> None:
         self._credential = credential
@@ -41,8 +55,8 @@ class BlobTransfers:
         self._retired: list[grpc.aio.Channel] = []
         self.store = BlobStore(root, max_blob_bytes=quota_bytes, quota_bytes=quota_bytes)
         # One channel per manager: a new one per transfer cost ~4 ms a file (measured).
-        # By manager address, with the certificate each was opened with.
-        self._channels: dict[str, tuple[Credential, grpc.aio.Channel]] = {}
+        # By manager, with the certificate each was opened with.
+        self._channels: dict[ManagerPeer, tuple[Credential, grpc.aio.Channel]] = {}
         self._index = CacheIndex()
         # Held while pinning a blob and while evicting: a blob is never evicted between
         # being found in the cache and being pinned.
@@ -52,18 +66,19 @@ class BlobTransfers:
         await self.store.open()
         self._index.load((blob.sha256, blob.size) for blob in await self.store.held())
 
-    def _channel(self, address: str) -> grpc.aio.Channel:
+    def _channel(self, manager: ManagerPeer) -> grpc.aio.Channel:
         credential = self._credential.current
-        opened = self._channels.get(address)
+        opened = self._channels.get(manager)
         if opened is None or opened[0] is not credential:
             if opened is not None:
                 self._retired.append(opened[1])
-            channel = open_channel(address, credential, role_name("manager"))
-            self._channels[address] = opened = (credential, channel)
+            # Only that very manager passes the handshake.
+            channel = open_channel(manager.address, credential, id_name(manager.node_id))
+            self._channels[manager] = opened = (credential, channel)
         return opened[1]
 
     @contextlib.asynccontextmanager
-    async def fetched(self, manager_address: str, ref: FileRef) -> AsyncIterator[Path]:
+    async def fetched(self, manager: ManagerPeer, ref: FileRef) -> AsyncIterator[Path]:
         """A verified local copy of the blob, from the cache or fetched; it stays in place
         until the block ends."""
         sha256 = ref.sha256
@@ -76,7 +91,7 @@ class BlobTransfers:
                 await self._make_room(ref)
                 self._index.fetching(sha256, ref.size)
                 try:
-                    channel = self._channel(manager_address)
+                    channel = self._channel(manager)
                     path = await download(channel, sha256, ref.size, self.store)
                 finally:
                     self._index.fetched(sha256)
@@ -98,20 +113,20 @@ class BlobTransfers:
                 ref.name,
             )
 
-    async def send(self, manager_address: str, path: Path, purpose: str) -> FileRef:
+    async def send(self, manager: ManagerPeer, path: Path, purpose: str) -> FileRef:
         sha256, size = await asyncio.to_thread(sha256_file, path)
-        await upload(self._channel(manager_address), path, sha256, size, purpose)
+        await upload(self._channel(manager), path, sha256, size, purpose)
         return FileRef(path.name, sha256, size)
 
-    async def image_archive(self, manager_address: str, image: str, image_id: str) -> FileRef:
-        stub = manager_pb2_grpc.ManagerServiceStub(self._channel(manager_address))
+    async def image_archive(self, manager: ManagerPeer, image: str, image_id: str) -> FileRef:
+        stub = manager_pb2_grpc.ManagerServiceStub(self._channel(manager))
         try:
             reply = await stub.GetImageArchive(
                 manager_pb2.GetImageArchiveRequest(image=image, image_id=image_id),
                 timeout=EXPORT_TIMEOUT_SECONDS,
             )
         except grpc.aio.AioRpcError as error:
-            raise error_from_rpc(error, manager_address, "manager") from None
+            raise error_from_rpc(error, manager.address, "manager") from None
         return convert.file_ref_from_proto(reply)
 
     async def close(self) -> None:

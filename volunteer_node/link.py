@@ -219,6 +219,9 @@ class CoordinatorLink:
                 reason = f"its manager address {task.manager_address[:80]!r} is not HOST:PORT"
                 self.send_decline(task.task_id, task.attempt, reason)
                 return
+            if not task.manager_id:  # an older coordinator's: we would not know whom to trust
+                self.send_decline(task.task_id, task.attempt, "its offer names no manager")
+                return
             if self.connected_to is not None:  # a manager on our coordinator's host
                 coordinator_host, _ = addresses.split(self.connected_to)
                 task = replace(

@@ -34,6 +34,7 @@ from daemon.errors import NodeError, UnreachableError
 from daemon.models import FileRef, InlineBlob, OwnerLimits, Resources, TaskResult, TaskSpec
 from daemon.runtime.spec import RunResult, RunSpec, Runtime
 from daemon.task_files import PROGRESS_FILE, file_name_problem
+from volunteer_node.blobs import ManagerPeer
 from volunteer_node.policy import Situation, decline_reason
 from volunteer_node.store import AttemptState, VolunteerStore
 
@@ -47,17 +48,17 @@ class Transfers(Protocol):
     """Moves blobs between this volunteer and a manager."""
 
     def fetched(
-        self, manager_address: str, ref: FileRef
+        self, manager: ManagerPeer, ref: FileRef
     ) -> contextlib.AbstractAsyncContextManager[Path]:
         """A verified local copy of the blob (from the cache when held already), kept in
         place until the block ends."""
         ...
 
-    async def send(self, manager_address: str, path: Path, purpose: str) -> FileRef:
+    async def send(self, manager: ManagerPeer, path: Path, purpose: str) -> FileRef:
         """Uploads a file; returns its name, sha256 and size as the manager verified them."""
         ...
 
-    async def image_archive(self, manager_address: str, image: str, image_id: str) -> FileRef:
+    async def image_archive(self, manager: ManagerPeer, image: str, image_id: str) -> FileRef:
         """Asks the manager to export a task's image; returns the archive blob to fetch."""
         ...
 
@@ -292,10 +293,10 @@ class TaskWorker:
         async with contextlib.AsyncExitStack() as stack:
             try:
                 ref = await self._transfers.image_archive(
-                    task.manager_address, task.image, task.image_id
+                    ManagerPeer.of(task), task.image, task.image_id
                 )
                 archive = await stack.enter_async_context(
-                    self._transfers.fetched(task.manager_address, ref)
+                    self._transfers.fetched(ManagerPeer.of(task), ref)
                 )
             except NodeError as error:
                 raise TaskFailedError(f"could not fetch image {task.image}: {error}") from None
@@ -348,7 +349,7 @@ class TaskWorker:
                 continue
             name = check_file_name(ref.name, "input")
             try:
-                async with self._transfers.fetched(task.manager_address, ref) as cached:
+                async with self._transfers.fetched(ManagerPeer.of(task), ref) as cached:
                     target = input_dir / name
                     # The cache must never be writable by a task: containers see inputs
                     # read-only, but a plain process could write through a hard link.
@@ -392,7 +393,7 @@ class TaskWorker:
         patience = self._config.upload_patience_seconds
         while True:
             try:
-                return await self._transfers.send(task.manager_address, path, purpose)
+                return await self._transfers.send(ManagerPeer.of(task), path, purpose)
             except UnreachableError as error:
                 if time.monotonic() >= deadline:
                     raise TaskFailedError(

@@ -26,12 +26,27 @@ _CODES: list[tuple[type[NodeError], grpc.StatusCode]] = [
     (AccessDeniedError, grpc.StatusCode.PERMISSION_DENIED),
 ]
 # What a failed TLS handshake looks like from the client's side, and what it means.
+_CHECK_CREDENTIAL = (
+    "Is this machine's credential for the right cluster? (`vcnode login TOKEN` for a person, "
+    "`--token` for a node)"
+)
 _HANDSHAKE_FAILURES = (
-    ("Hostname Verification", "its certificate is not one of a {what} of this cluster"),
-    ("CERTIFICATE_VERIFY_FAILED", "its certificate is not from this cluster's CA"),
+    (
+        "Hostname Verification",
+        "its certificate is of this cluster but not of the {what} expected there (another "
+        "node, or another role, holds that address now)",
+    ),
+    (
+        "CERTIFICATE_VERIFY_FAILED",
+        "its certificate is not from this cluster's CA. " + _CHECK_CREDENTIAL,
+    ),
     ("WRONG_VERSION_NUMBER", "it does not speak TLS (an older vcnode, or not a vcnode node)"),
-    ("Socket closed", "it closed the connection: it may not take this cluster's certificates"),
-    ("ALERT", "it refused our certificate: it is not from its cluster's CA"),
+    (
+        "Socket closed",
+        "it closed the connection: it may not take this cluster's certificates. "
+        + _CHECK_CREDENTIAL,
+    ),
+    ("ALERT", "it refused our certificate: it is not from its cluster's CA. " + _CHECK_CREDENTIAL),
 )
 
 R = TypeVar("R")
@@ -68,8 +83,7 @@ def error_from_rpc(error: grpc.aio.AioRpcError, address: str, what: str) -> Node
             if marker in detail:
                 return AccessDeniedError(
                     f"the node at {address} is not a {what} we may talk to: "
-                    f"{meaning.format(what=what)}. Is this machine's credential for the right "
-                    "cluster? (`vcnode login TOKEN` for a person, `--token` for a node)"
+                    f"{meaning.format(what=what)}"
                 )
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return UnreachableError(f"no {what} answered at {address} ({detail})")

@@ -34,6 +34,7 @@ from daemon.transfer.servicer import (
 )
 from daemon.transport.access import AccessPolicy, Caller
 from daemon.transport.channels import Dial, bind, create_server, open_channel
+from daemon.trust.pki import id_name
 from tests.blob_files import files_under
 from tests.trust import credential
 
@@ -59,7 +60,8 @@ async def serving(servicer: TransferServicer) -> AsyncIterator[Dial]:
     assert port, "could not bind a loopback port"
     await server.start()
     try:
-        yield Dial(f"127.0.0.1:{port}", credential(["volunteer"]))
+        manager = id_name(server_credential.identity.node_id)
+        yield Dial(f"127.0.0.1:{port}", credential(["volunteer"]), manager)
     finally:
         await server.stop(None)
 

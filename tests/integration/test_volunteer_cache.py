@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.errors import NodeError
 from daemon.models import FileRef
 from daemon.transfer.blobstore import BlobStore
 from daemon.transfer.chunks import CHUNK_BYTES
@@ -18,11 +19,16 @@ from daemon.transport.channels import Dial
 from daemon.trust.credentials import LiveCredential
 from tests.integration.test_transfer import serving
 from tests.trust import credential
-from volunteer_node.blobs import BlobTransfers
+from volunteer_node.blobs import BlobTransfers, ManagerPeer
 
 pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
+
+
+def manager_at(peer: Dial) -> ManagerPeer:
+    """The test's transfer service as a task names its manager."""
+    return ManagerPeer(peer.address, peer.peer.split(".")[0])  # <node id>.id.vcnode
 
 
 def volunteer() -> LiveCredential:
@@ -41,7 +47,7 @@ async def manager_blobs(root: Path, count: int) -> tuple[BlobStore, list[FileRef
 
 
 async def fetch(cache: BlobTransfers, address: Dial, ref: FileRef) -> None:
-    async with cache.fetched(address.address, ref) as path:
+    async with cache.fetched(manager_at(address), ref) as path:
         assert hashlib.sha256(path.read_bytes()).hexdigest() == ref.sha256
 
 
@@ -111,14 +117,14 @@ async def test_a_blob_in_use_is_never_evicted(tmp_path: Path) -> None:
     try:
         async with (
             serving(TransferServicer(manager, AllowAll())) as address,
-            cache.fetched(address.address, a) as in_use,
+            cache.fetched(manager_at(address), a) as in_use,
         ):
             await fetch(cache, address, b)
             await fetch(cache, address, c)  # room is made from b, not from a
             assert await held(cache, [a, b, c]) == [True, False, True]
             assert hashlib.sha256(in_use.read_bytes()).hexdigest() == a.sha256
 
-            async with cache.fetched(address.address, c):
+            async with cache.fetched(manager_at(address), c):
                 # Both held blobs are in use: nothing may go, so b cannot come in.
                 with pytest.raises(QuotaExceededError, match="quota"):
                     await fetch(cache, address, b)
@@ -150,3 +156,23 @@ async def test_a_broken_fetch_nobody_resumed_is_dropped_before_any_cached_blob(
     finally:
         await cache.close()
         await manager.close()
+
+
+async def test_inputs_come_only_from_the_manager_the_offer_names(tmp_path: Path) -> None:
+    """Another manager's certificate at the task's manager address (an address taken over,
+    a node that lies on mDNS) fails the handshake: nothing is fetched from it."""
+    manager, [a] = await manager_blobs(tmp_path / "manager", 1)
+    cache = BlobTransfers(tmp_path / "volunteer", quota_bytes=8 * MiB, credential=volunteer())
+    await cache.open()
+    try:
+        async with serving(TransferServicer(manager, AllowAll())) as address:
+            impostor = ManagerPeer(address.address, "another-manager")
+            with pytest.raises(
+                NodeError, match=r"of this cluster but not of the .* expected there"
+            ):
+                async with cache.fetched(impostor, a):
+                    pass
+            await fetch(cache, address, a)  # the manager the offer names: fetched
+    finally:
+        await cache.close()
+    assert await cache.store.has(a.sha256)

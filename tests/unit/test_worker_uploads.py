@@ -12,6 +12,7 @@ import pytest
 
 from daemon.errors import UnreachableError
 from daemon.models import FileRef, OwnerLimits, ResourceRequest, Resources, TaskSpec
+from volunteer_node.blobs import ManagerPeer
 from volunteer_node.store import VolunteerStore
 from volunteer_node.worker import TaskFailedError, TaskWorker, WorkerConfig
 
@@ -23,15 +24,15 @@ class ManagerAway:
         self.tries = 0
 
     @contextlib.asynccontextmanager
-    async def fetched(self, manager_address: str, ref: FileRef) -> AsyncIterator[Path]:
+    async def fetched(self, manager: ManagerPeer, ref: FileRef) -> AsyncIterator[Path]:
         raise UnreachableError("no transfer service answered")
         yield Path()
 
-    async def send(self, manager_address: str, path: Path, purpose: str) -> FileRef:
+    async def send(self, manager: ManagerPeer, path: Path, purpose: str) -> FileRef:
         self.tries += 1
-        raise UnreachableError(f"no transfer service answered at {manager_address}")
+        raise UnreachableError(f"no transfer service answered at {manager.address}")
 
-    async def image_archive(self, manager_address: str, image: str, image_id: str) -> FileRef:
+    async def image_archive(self, manager: ManagerPeer, image: str, image_id: str) -> FileRef:
         raise UnreachableError("no transfer service answered")
 
 

@@ -226,6 +226,7 @@ class TaskSpec(_message.Message):
     IMAGE_FROM_MANAGER_FIELD_NUMBER: _builtins.int
     RUN_FIELD_NUMBER: _builtins.int
     INLINE_INPUTS_FIELD_NUMBER: _builtins.int
+    MANAGER_ID_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     workflow_id: _builtins.str
     image: _builtins.str
@@ -245,6 +246,10 @@ class TaskSpec(_message.Message):
     run: _builtins.int
     """Which run of the task this is: `node submit --resume` runs a failed task again under a
     higher number, which the coordinator takes as a fresh start (retries and attempts).
+    """
+    manager_id: _builtins.str
+    """The manager's node id, as its certificate proved it to the coordinator: a volunteer
+    takes inputs from and sends outputs to that very node only.
     """
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -277,10 +282,11 @@ class TaskSpec(_message.Message):
         image_from_manager: _builtins.bool = ...,
         run: _builtins.int = ...,
         inline_inputs: _abc.Iterable[Global___InlineBlob] | None = ...,
+        manager_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "image", b"image", "image_from_manager", b"image_from_manager", "image_id", b"image_id", "inline_inputs", b"inline_inputs", "inputs", b"inputs", "manager_address", b"manager_address", "network", b"network", "outputs", b"outputs", "resources", b"resources", "retries", b"retries", "run", b"run", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "image", b"image", "image_from_manager", b"image_from_manager", "image_id", b"image_id", "inline_inputs", b"inline_inputs", "inputs", b"inputs", "manager_address", b"manager_address", "manager_id", b"manager_id", "network", b"network", "outputs", b"outputs", "resources", b"resources", "retries", b"retries", "run", b"run", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
