@@ -14,6 +14,7 @@ from daemon.models import Load, Registration
 from daemon.resources import measure_load, measure_resources, probe_docker
 from daemon.roles import RoleContext
 from daemon.runtime.docker import DockerRuntime, PullError
+from daemon.runtime.image_archive import ImageArchiveError
 from daemon.runtime.process import ProcessRuntime
 from daemon.runtime.process import unavailable as sandbox_unavailable
 from daemon.runtime.spec import Runtime
@@ -107,10 +108,14 @@ class VolunteerRole:
         finally:
             self._image_ids.forget()
 
-    async def _load_image(self, archive: Path) -> None:
+    async def _load_image(self, archive: Path, image_id: str) -> None:
         assert self._docker is not None
-        await self._docker.load_image(archive)
-        self._image_ids.forget()
+        try:
+            await self._docker.load_image(archive, image_id, self._context.data_dir / "images")
+        except ImageArchiveError as error:
+            raise NodeError(f"the manager's image archive was refused: {error}") from None
+        finally:
+            self._image_ids.forget()
 
     async def start(self, address: str, advertised: str) -> None:
         assert self.worker is not None

@@ -121,7 +121,7 @@ class TaskWorker:
         runtime: Runtime | None,
         resources: Callable[[], Resources],
         image_id: Callable[[str], Awaitable[str | None]],
-        load_image: Callable[[Path], Awaitable[None]] | None = None,
+        load_image: Callable[[Path, str], Awaitable[None]] | None = None,
         pull_image: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._config = config
@@ -167,7 +167,7 @@ class TaskWorker:
 
     async def on_offer(self, task: TaskSpec) -> None:
         runtime_name = self._runtime.name if self._runtime else None
-        image_id = await self._image_id(task.image) if runtime_name == "docker" else None
+        image_id = await self._local_image(task) if runtime_name == "docker" else None
         situation = Situation(
             resources=self._resources(),
             limits=self._config.limits,
@@ -258,7 +258,7 @@ class TaskWorker:
         if self._load_image is None:
             return  # the process runtime has no images
         async with self._image_lock:
-            current = await self._image_id(task.image)
+            current = await self._local_image(task)
             if current is not None and task.image_id in ("", current):
                 return
             pull_failure = await self._try_pull(task)
@@ -280,13 +280,21 @@ class TaskWorker:
         except NodeError as error:
             log.warning("%s; trying the manager", error)
             return str(error)
-        pulled = await self._image_id(task.image)
+        pulled = await self._local_image(task)
         if pulled is not None and task.image_id in ("", pulled):
             log.info("pulled image %s (%s) from its registry", task.image, pulled[:19])
             return None
         why = f"the registry's {task.image} is {pulled}, the task pins {task.image_id}"
         log.warning("%s; trying the manager", why)
         return why
+
+    async def _local_image(self, task: TaskSpec) -> str | None:
+        """The ID of the image here that the task would run: the one it pins, when held
+        (tagged or not: images loaded from managers carry no tag), else the one its tag
+        names; None when neither is here."""
+        if task.image_id and await self._image_id(task.image_id) is not None:
+            return task.image_id
+        return await self._image_id(task.image)
 
     async def _load_from_manager(self, task: TaskSpec) -> None:
         assert self._load_image is not None
@@ -300,8 +308,12 @@ class TaskWorker:
                 )
             except NodeError as error:
                 raise TaskFailedError(f"could not fetch image {task.image}: {error}") from None
-            await self._load_image(archive)  # the archive stays cached until it is loaded
-        loaded = await self._image_id(task.image)
+            try:
+                # The archive stays cached until it is loaded.
+                await self._load_image(archive, task.image_id)
+            except NodeError as error:
+                raise TaskFailedError(str(error)) from None
+        loaded = await self._local_image(task)
         if loaded is None or task.image_id not in ("", loaded):
             raise TaskFailedError(
                 f"the manager's archive of {task.image} gave image {loaded}, not {task.image_id}"
@@ -315,7 +327,8 @@ class TaskWorker:
             cpus = min(cpus, limits.max_cpus)
         return RunSpec(
             run_id=run_id(task),
-            image=task.image,
+            # By ID when it pins one: what runs is that image, whatever the tag names here.
+            image=task.image_id or task.image,
             command=task.command,
             input_dir=input_dir,
             output_dir=output_dir,

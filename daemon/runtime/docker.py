@@ -17,6 +17,7 @@ from typing import Any
 
 import aiodocker
 
+from daemon.runtime.image_archive import untagged_copy
 from daemon.runtime.spec import (
     OutputWatch,
     ProgressCallback,
@@ -140,10 +141,18 @@ class DockerRuntime:
         if failed:
             raise PullError(f"pulling {image} failed: {failed[-1]}")
 
-    async def load_image(self, archive: Path) -> None:
-        """`docker load` of an archive another node exported."""
-        with archive.open("rb") as data:
-            await self._client().images.import_image(data=data)
+    async def load_image(self, archive: Path, image_id: str, scratch: Path) -> None:
+        """`docker load` of image `image_id` from an archive another node exported, with its
+        tags taken out (a copy in `scratch`): no tag on this host moves. Raises
+        ImageArchiveError when the archive is not that one image."""
+        await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
+        copy = scratch / f"{image_id.replace(':', '-')}.tar"
+        try:
+            await asyncio.to_thread(untagged_copy, archive, image_id, copy)
+            with copy.open("rb") as data:
+                await self._client().images.import_image(data=data)
+        finally:
+            await asyncio.to_thread(copy.unlink, True)
 
     async def run(self, spec: RunSpec, on_progress: ProgressCallback) -> RunResult:
         try:

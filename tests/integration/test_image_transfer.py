@@ -97,11 +97,47 @@ def test_volunteer_loads_the_image_from_the_manager(
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr + volunteer.log + manager.log
     assert "loaded image vcnode/worker:1" in volunteer.log
-    assert image_id(worker_image, second_engine) == image_id(worker_image)
+    # Loaded by ID, and tagged with nothing: a peer's archive moves no tag here.
+    assert image_id(str(image_id(worker_image)), second_engine) == image_id(worker_image)
+    assert image_id(worker_image, second_engine) is None
     out = tmp_path / "out"
     workflow_id = json.loads(submitted.stdout)["workflow_id"]
     run_cli("results", workflow_id, "--data-dir", str(manager.data_dir), "-o", str(out))
     assert (out / "v.txt").read_text().startswith("1.")
+
+
+def test_an_image_from_the_manager_never_moves_the_owners_tag(
+    daemons: Daemons, tmp_path: Path, worker_image: str, second_engine: str
+) -> None:
+    """The owner's own image under the task's tag stays the owner's: the task runs the image
+    it pins (by ID), loaded from the manager without its tags."""
+    (tmp_path / "rootfs").mkdir()
+    (tmp_path / "rootfs" / "owners").write_text("the owner's own image")
+    imported = subprocess.run(
+        ["docker", "-H", second_engine, "import", "-", worker_image],
+        input=subprocess.run(
+            ["tar", "-C", str(tmp_path / "rootfs"), "-c", "."], capture_output=True, check=True
+        ).stdout,
+        capture_output=True,
+        check=False,
+    )
+    assert imported.returncode == 0, imported.stderr
+    owners = image_id(worker_image, second_engine)
+    assert owners is not None
+    assert owners != image_id(worker_image)
+    manager, [volunteer] = start_pool(daemons, env={"DOCKER_HOST": second_engine})
+    workflow = tmp_path / "w.toml"
+    workflow.write_text(
+        '[workflow]\nname = "image"\n\n[[tasks]]\nname = "hello"\n'
+        "command = [\"python3\", \"-c\", \"open('/output/ok', 'w').write('ok')\"]\n"
+        'outputs = ["ok"]\n'
+    )
+    submitted = run_cli(
+        "submit", str(workflow), "--data-dir", str(manager.data_dir), "--wait", "--json",
+        timeout=300,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr + volunteer.log + manager.log
+    assert image_id(worker_image, second_engine) == owners, "the owner's tag did not move"
 
 
 @pytest.fixture
