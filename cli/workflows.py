@@ -335,6 +335,8 @@ def task_rows(status: WorkflowStatus, everything: bool) -> tuple[list[list[str]]
 
 def _print_outcome(status: WorkflowStatus, everything: bool = False) -> None:
     print(f"workflow  {status.workflow_id} ({status.type})")
+    if status.owner:
+        print(f"owner     {status.owner}")
     print(f"state     {status.state}" + (f": {status.error}" if status.error else ""))
     counts = status.counts
     print(
