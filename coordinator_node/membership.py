@@ -95,6 +95,10 @@ class Membership:
     def is_revoked(self, node_id: str) -> bool:
         return node_id in self._revoked
 
+    @property
+    def revoked(self) -> frozenset[str]:
+        return frozenset(self._revoked)
+
     async def create_token(
         self,
         roles: Sequence[str],

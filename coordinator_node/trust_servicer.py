@@ -88,6 +88,11 @@ class TrustServicer(trust_pb2_grpc.TrustServiceServicer):
         tokens = await self._membership.tokens()
         return trust_pb2.ListTokensReply(tokens=[_token_to_proto(t) for t in tokens])
 
+    async def ListRevoked(
+        self, request: trust_pb2.ListRevokedRequest, context: Context
+    ) -> trust_pb2.ListRevokedReply:
+        return trust_pb2.ListRevokedReply(node_ids=sorted(self._membership.revoked))
+
     async def RevokeToken(
         self, request: trust_pb2.RevokeTokenRequest, context: Context
     ) -> trust_pb2.RevokeTokenReply:

@@ -17,7 +17,7 @@ from daemon.backoff import Backoff
 from daemon.discovery.directory import PeerDirectory
 from daemon.discovery.finder import CoordinatorFinder
 from daemon.models import TaskEvent, TaskSpec, Volunteer
-from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
+from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc, trust_pb2, trust_pb2_grpc
 from daemon.supervision import run_together
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
@@ -56,6 +56,7 @@ class CoordinatorClient:
         self._to_cancel: list[str] = []
         self._work = asyncio.Event()
         self._stub: coordinator_pb2_grpc.CoordinatorServiceAsyncStub | None = None
+        self._trust: trust_pb2_grpc.TrustServiceAsyncStub | None = None
 
     def submit(self, specs: Sequence[TaskSpec]) -> None:
         self._to_submit.extend(specs)
@@ -74,6 +75,19 @@ class CoordinatorClient:
             return None
         return [convert.volunteer_from_proto(info) for info in reply.volunteers]
 
+    async def revoked(self) -> frozenset[str] | None:
+        """The node ids the coordinator revoked; None while no coordinator answers."""
+        if self._trust is None:
+            return None
+        try:
+            reply = await self._trust.ListRevoked(
+                trust_pb2.ListRevokedRequest(), timeout=POOL_QUERY_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError as error:
+            log.info("cannot ask the coordinator whom it revoked: %s", error.code().name)
+            return None
+        return frozenset(reply.node_ids)
+
     def cancel(self, workflow_id: str) -> None:
         """Calls the workflow's tasks off at the coordinator, ahead of any submission still
         queued; the workflow's own queued tasks are never sent."""
@@ -89,13 +103,14 @@ class CoordinatorClient:
             address = await self._finder.next_address()
             channel = open_channel(address, self._credential.current, role_name("coordinator"))
             self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+            self._trust = trust_pb2_grpc.TrustServiceStub(channel)
             try:
                 await run_together(self._follow_events(address, backoff), self._send_forever())
             except grpc.aio.AioRpcError as error:
                 log.warning("coordinator %s: %s", address, error.details() or error.code().name)
                 self._finder.failed(address)
             finally:
-                self._stub = None
+                self._stub = self._trust = None
                 await channel.close()
             await asyncio.sleep(backoff.next_delay())
 

@@ -72,6 +72,9 @@ class ManagerRole:
         await self.manager.start(client, advertised)
         self._supervisor.spawn(client.run(advertised), "coordinator client")
         self._supervisor.spawn(self._drop_abandoned_uploads_forever(), "abandoned uploads")
+        if "coordinator" not in self._context.identity.roles:
+            # Beside a coordinator the policy asks its membership itself.
+            self._supervisor.spawn(self._follow_revocations(client), "revocations")
 
     async def _drop_abandoned_uploads(self) -> None:
         dropped = await self._blobs.expire_partials(ABANDONED_UPLOAD_SECONDS)
@@ -83,6 +86,17 @@ class ManagerRole:
         while True:
             await asyncio.sleep(ABANDONED_UPLOAD_CHECK_SECONDS)  # a period, not a wait
             await self._drop_abandoned_uploads()
+
+    async def _follow_revocations(self, client: CoordinatorClient) -> None:
+        """Refuses, here too, whom the coordinator revoked (asked every two heartbeats)."""
+        revoked: frozenset[str] = frozenset()
+        self._context.policy.revoked = lambda node_id: node_id in revoked
+        while True:
+            latest = await client.revoked()
+            if latest is not None and latest != revoked:
+                log.info("the coordinator revoked %d members in all", len(latest))
+                revoked = latest
+            await asyncio.sleep(2 * self._context.config.heartbeat_seconds)  # a period
 
     async def stop(self) -> None:
         await self._supervisor.stop()  # event following and merges

@@ -64,6 +64,7 @@ RULES: dict[str, frozenset[str]] = {
     _TRUST + "CreateToken": frozenset({"admin", SELF}),
     _TRUST + "ListTokens": frozenset({"admin", SELF}),
     _TRUST + "RevokeToken": frozenset({"admin", SELF}),
+    _TRUST + "ListRevoked": frozenset({"manager", "admin", SELF}),
 }
 
 

@@ -59,6 +59,11 @@ class TrustServiceStub:
                 request_serializer=daemon_dot_rpc_dot_v1_dot_trust__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=daemon_dot_rpc_dot_v1_dot_trust__pb2.RevokeTokenReply.FromString,
                 _registered_method=True)
+        self.ListRevoked = channel.unary_unary(
+                '/vcnode.v1.TrustService/ListRevoked',
+                request_serializer=daemon_dot_rpc_dot_v1_dot_trust__pb2.ListRevokedRequest.SerializeToString,
+                response_deserializer=daemon_dot_rpc_dot_v1_dot_trust__pb2.ListRevokedReply.FromString,
+                _registered_method=True)
 
 
 class TrustServiceServicer:
@@ -100,6 +105,13 @@ class TrustServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRevoked(self, request, context):
+        """The node ids revoked so far: managers refuse them too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrustServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +139,11 @@ def add_TrustServiceServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=daemon_dot_rpc_dot_v1_dot_trust__pb2.RevokeTokenRequest.FromString,
                     response_serializer=daemon_dot_rpc_dot_v1_dot_trust__pb2.RevokeTokenReply.SerializeToString,
+            ),
+            'ListRevoked': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevoked,
+                    request_deserializer=daemon_dot_rpc_dot_v1_dot_trust__pb2.ListRevokedRequest.FromString,
+                    response_serializer=daemon_dot_rpc_dot_v1_dot_trust__pb2.ListRevokedReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +281,33 @@ class TrustService:
             '/vcnode.v1.TrustService/RevokeToken',
             daemon_dot_rpc_dot_v1_dot_trust__pb2.RevokeTokenRequest.SerializeToString,
             daemon_dot_rpc_dot_v1_dot_trust__pb2.RevokeTokenReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevoked(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vcnode.v1.TrustService/ListRevoked',
+            daemon_dot_rpc_dot_v1_dot_trust__pb2.ListRevokedRequest.SerializeToString,
+            daemon_dot_rpc_dot_v1_dot_trust__pb2.ListRevokedReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,8 @@ class TrustServiceStub:
     ListTokens: _grpc.UnaryUnaryMultiCallable[_trust_pb2.ListTokensRequest, _trust_pb2.ListTokensReply]
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_trust_pb2.RevokeTokenRequest, _trust_pb2.RevokeTokenReply]
     """Refuses the token's later joins and every member that joined with it, at once."""
+    ListRevoked: _grpc.UnaryUnaryMultiCallable[_trust_pb2.ListRevokedRequest, _trust_pb2.ListRevokedReply]
+    """The node ids revoked so far: managers refuse them too."""
 
 @_typing.type_check_only
 class TrustServiceAsyncStub(TrustServiceStub):
@@ -59,6 +61,8 @@ class TrustServiceAsyncStub(TrustServiceStub):
     ListTokens: _aio.UnaryUnaryMultiCallable[_trust_pb2.ListTokensRequest, _trust_pb2.ListTokensReply]  # type: ignore[assignment]
     RevokeToken: _aio.UnaryUnaryMultiCallable[_trust_pb2.RevokeTokenRequest, _trust_pb2.RevokeTokenReply]  # type: ignore[assignment]
     """Refuses the token's later joins and every member that joined with it, at once."""
+    ListRevoked: _aio.UnaryUnaryMultiCallable[_trust_pb2.ListRevokedRequest, _trust_pb2.ListRevokedReply]  # type: ignore[assignment]
+    """The node ids revoked so far: managers refuse them too."""
 
 class TrustServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -102,5 +106,13 @@ class TrustServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_trust_pb2.RevokeTokenReply, _abc.Awaitable[_trust_pb2.RevokeTokenReply]]:
         """Refuses the token's later joins and every member that joined with it, at once."""
+
+    @_abc_1.abstractmethod
+    def ListRevoked(
+        self,
+        request: _trust_pb2.ListRevokedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trust_pb2.ListRevokedReply, _abc.Awaitable[_trust_pb2.ListRevokedReply]]:
+        """The node ids revoked so far: managers refuse them too."""
 
 def add_TrustServiceServicer_to_server(servicer: TrustServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
