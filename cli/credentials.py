@@ -35,8 +35,19 @@ def _places(data_dir: Path | None) -> list[tuple[Path, str]]:
 def client_credential(data_dir: Path | None) -> Credential:
     for directory, stem in _places(data_dir):
         credential = Credential.load(directory, stem)
-        if credential is not None:
-            return credential
+        if credential is None:
+            continue
+        if credential.expired():
+            again = (
+                "run `vcnode login` with a new token"
+                if stem == USER
+                else "start its daemon: a running node renews it"
+            )
+            raise AccessDeniedError(
+                f"the credential in {directory} expired on "
+                f"{credential.expires_at:%Y-%m-%d %H:%M} UTC: {again}"
+            )
+        return credential
     raise AccessDeniedError(
         "this machine holds no credential for a vcnode cluster: run `vcnode login TOKEN` "
         "with a token from the cluster's admin (`vcnode token create --role user --name "

@@ -9,6 +9,7 @@ asks `is_revoked` on every call) and everywhere else when their certificates exp
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,6 +23,8 @@ DEFAULT_TOKEN_TTL = 24 * 3600.0
 MAX_TOKEN_TTL = 365 * 24 * 3600.0
 # A token for nodes grants some of these; a coordinator is never made by a token.
 JOINABLE_NODE_ROLES = ("manager", "volunteer")
+# Who the admin credential in a coordinator's data dir is (see daemon/trust/bootstrap.py).
+BUILT_IN_ADMIN = "admin"
 
 
 class JoinRefused(Exception):
@@ -39,6 +42,8 @@ def token_problem(roles: Sequence[str], name: str, ttl: float, uses: int) -> str
     if people:
         if len(roles) != 1:
             return "a token for a person (user or admin) grants that role alone"
+        if name == BUILT_IN_ADMIN:
+            return f"{name!r} is the name of the coordinator host's own admin: choose another"
         if not pki.USER_NAME.fullmatch(name):
             return (
                 f"a {people[0]} token needs --name: a lower-case name of up to 32 letters, "
@@ -75,6 +80,7 @@ class Membership:
         self._clock = clock
         self._lifetime = lifetime
         self._revoked: set[str] = set()
+        self._changing = asyncio.Lock()
 
     async def open(self, own: Iterable[pki.Identity] = ()) -> None:
         """Loads the revocations, and records `own` (this coordinator's own identities,
@@ -137,6 +143,14 @@ class Membership:
     ) -> tuple[bytes, bytes]:
         """(CA certificate, certificate) for a node that proves it holds token `token_id`
         and means to join this cluster (`cluster` empty: whichever it is)."""
+        # One change at a time: a token's uses, an id's first claim and a revocation are
+        # checked and recorded with nothing in between.
+        async with self._changing:
+            return await self._join(token_id, request, proof, node_id, cluster)
+
+    async def _join(
+        self, token_id: str, request: bytes, proof: bytes, node_id: str, cluster: str
+    ) -> tuple[bytes, bytes]:
         token = await self._store.token(token_id)
         if token is None or not proof_holds(token.key, request, proof):
             raise JoinRefused(
@@ -163,7 +177,9 @@ class Membership:
         existing = await self._store.member(node_id)
         if existing is not None and existing.revoked:
             raise JoinRefused(f"node {node_id} was revoked from this cluster")
-        if existing is not None and existing.expires_at > now:
+        if existing is not None:
+            # For good, even once its certificate lapsed: whoever holds an id is trusted as
+            # that node (its tasks, its sessions), so no token may claim it again.
             raise JoinRefused(
                 f"node {node_id} has already joined this cluster: start it from the data dir "
                 "that holds its certificate, or from a fresh data dir"
@@ -183,6 +199,10 @@ class Membership:
 
     async def renew(self, identity: pki.Identity, request: bytes) -> bytes:
         """A new certificate for `identity`, as the caller's current certificate proved it."""
+        async with self._changing:
+            return await self._renew(identity, request)
+
+    async def _renew(self, identity: pki.Identity, request: bytes) -> bytes:
         if self.is_revoked(identity.node_id):
             raise JoinRefused(f"node {identity.node_id} was revoked from this cluster")
         try:
@@ -196,8 +216,9 @@ class Membership:
 
     async def revoke(self, token_id: str) -> list[str]:
         """Revokes a token and every member that joined with it; returns their node ids."""
-        if await self._store.token(token_id) is None:
-            raise TokenProblem(f"no token {token_id[:40]!r}: `vcnode token list` shows them")
-        revoked = await self._store.revoke(token_id)
-        self._revoked.update(revoked)
-        return revoked
+        async with self._changing:
+            if await self._store.token(token_id) is None:
+                raise TokenProblem(f"no token {token_id[:40]!r}: `vcnode token list` shows them")
+            revoked = await self._store.revoke(token_id)
+            self._revoked.update(revoked)
+            return revoked

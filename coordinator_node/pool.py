@@ -157,9 +157,16 @@ class Pool:
                 self._scheduler.volunteer_left(volunteer.volunteer_id, reason, time.time())
             )
 
-    def expel(self, node_ids: Iterable[str]) -> None:
-        """Ends the volunteer sessions and the managers' watches of nodes that may no longer
-        be members (revoked)."""
+    async def expel(self, node_ids: Iterable[str]) -> None:
+        """Ends the volunteer sessions, the managers' watches and the managers' tasks of
+        nodes that may no longer be members (revoked)."""
+        node_ids = list(node_ids)
+        async with self._lock:
+            now = time.time()
+            for node_id in node_ids:
+                await self._execute(
+                    self._scheduler.cancel_all_of(node_id, "its manager was revoked", now)
+                )
         for node_id in node_ids:
             session = self._sessions.get(node_id)
             if session is not None:

@@ -24,7 +24,7 @@ Rules:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from coordinator_node.dispatch_queue import DispatchQueue
@@ -322,14 +322,28 @@ class Scheduler:
     ) -> list[Instruction]:
         """Cancels `manager_id`'s tasks of the workflow and those named; never another's."""
         wanted = set(task_ids)
+        return self._cancel_where(
+            lambda task: (
+                task.manager_id == manager_id
+                and (task.spec.workflow_id == workflow_id or task.spec.task_id in wanted)
+            ),
+            "cancelled",
+            now,
+        )
+
+    def cancel_all_of(self, manager_id: str, reason: str, now: float) -> list[Instruction]:
+        """Cancels every task `manager_id` has here (its manager was revoked)."""
+        return self._cancel_where(lambda task: task.manager_id == manager_id, reason, now)
+
+    def _cancel_where(
+        self, chosen: Callable[[ScheduledTask], bool], reason: str, now: float
+    ) -> list[Instruction]:
         out: list[Instruction] = []
         for task in list(self.tasks.values()):  # those not ended; ending removes them
-            if task.manager_id != manager_id:
-                continue
-            if task.spec.workflow_id != workflow_id and task.spec.task_id not in wanted:
+            if not chosen(task):
                 continue
             if task.state in (TaskState.OFFERED, TaskState.RUNNING):
-                out.append(SendCancel(task.volunteer_id, task.spec.task_id, "cancelled"))
+                out.append(SendCancel(task.volunteer_id, task.spec.task_id, reason))
                 self._release(task)
             self._set_state(task, TaskState.CANCELLED)
             out += [SaveTask(task), self._event(task, EventKind.CANCELLED, now)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -33,7 +33,7 @@ class TrustServicer(trust_pb2_grpc.TrustServiceServicer):
         self,
         membership: Membership,
         join_addresses: Sequence[str],
-        on_revoked: Callable[[list[str]], None],
+        on_revoked: Callable[[list[str]], Awaitable[None]],
     ) -> None:
         self._membership = membership
         self._join_addresses = tuple(join_addresses)
@@ -100,5 +100,5 @@ class TrustServicer(trust_pb2_grpc.TrustServiceServicer):
             revoked = await self._membership.revoke(request.token_id)
         except TokenProblem as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-        self._on_revoked(revoked)
+        await self._on_revoked(revoked)
         return trust_pb2.RevokeTokenReply(members_revoked=len(revoked))

@@ -53,8 +53,10 @@ class DataDir:
         """Creates the dir if needed, takes its lock and loads (or creates) the node id."""
         path = path.expanduser().resolve()
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Owner-only: it holds keys, the membership's token digests, every user's blobs.
+            path.chmod(0o700)
+            fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as error:
             raise DataDirError(
                 f"data dir {path} is not usable ({error.strerror}); "

@@ -46,12 +46,11 @@ from daemon.transport.access import PEOPLE, Caller
 from daemon.transport.caps import excess
 from manager_node.admission import ProposedTask, inputs_mb, unschedulable
 from manager_node.coordinator_client import CoordinatorClient
-from manager_node.holders import Holders
+from manager_node.holders import Holders, holder_of
 from manager_node.images import ImageArchives
 from manager_node.store import COORDINATOR_SEQUENCE, ManagerStore, NewTask
 from manager_node.workflow import (
     MissingUpstreamError,
-    TaskStatus,
     WorkflowRun,
     WorkflowState,
     WorkflowTask,
@@ -150,10 +149,9 @@ class WorkflowManager:
         return caller.owner in await self._store.blob_owners(sha256)
 
     def _track(self, tasks: Iterable[WorkflowTask]) -> None:
-        """Notes who holds each task now: the volunteer it was offered to, or runs on."""
+        """Notes who holds each task now (see holders.holder_of)."""
         for task in tasks:
-            held = task.status in (TaskStatus.QUEUED, TaskStatus.RUNNING)
-            self._holders.set(task.task_id, task.volunteer_id if held else "")
+            self._holders.set(task.task_id, holder_of(task))
 
     def _needs(self, task_id: str, sha256: str) -> bool:
         spec = self._specs.get(task_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import grpc
@@ -19,6 +20,8 @@ from manager_node.servicer import ManagerServicer
 from manager_node.store import ManagerStore
 
 log = logging.getLogger(__name__)
+
+REVOKED_META = "revoked_members"
 
 GIB = 1024**3
 MAX_BLOB_BYTES = 64 * GIB
@@ -39,6 +42,7 @@ class ManagerRole:
         )
         images = ImageArchives(self._blobs, self._store, context.data_dir / "images")
         self._supervisor = Supervisor(context.on_fatal)
+        self._revoked: frozenset[str] = frozenset()
         self.manager = WorkflowManager(
             self._store, self._blobs, context.data_dir / "workflows", images, self._supervisor
         )
@@ -53,6 +57,12 @@ class ManagerRole:
         await self._store.open()
         await self._blobs.open()
         await self._drop_abandoned_uploads()
+        if "coordinator" not in self._context.identity.roles:
+            # Before the first call: whom the coordinator had revoked is refused from the
+            # start, not from the first answer after a restart.
+            known = await self._store.meta(REVOKED_META)
+            self._revoked = frozenset(json.loads(known)) if known else frozenset()
+            self._context.policy.revoked = lambda node_id: node_id in self._revoked
         await self.manager.open()
 
     async def start(self, address: str, advertised: str) -> None:
@@ -88,14 +98,14 @@ class ManagerRole:
             await self._drop_abandoned_uploads()
 
     async def _follow_revocations(self, client: CoordinatorClient) -> None:
-        """Refuses, here too, whom the coordinator revoked (asked every two heartbeats)."""
-        revoked: frozenset[str] = frozenset()
-        self._context.policy.revoked = lambda node_id: node_id in revoked
+        """Refuses, here too, whom the coordinator revoked (asked every two heartbeats),
+        and keeps the list for the next start."""
         while True:
             latest = await client.revoked()
-            if latest is not None and latest != revoked:
+            if latest is not None and latest != self._revoked:
                 log.info("the coordinator revoked %d members in all", len(latest))
-                revoked = latest
+                await self._store.set_meta(REVOKED_META, json.dumps(sorted(latest)))
+                self._revoked = latest
             await asyncio.sleep(2 * self._context.config.heartbeat_seconds)  # a period
 
     async def stop(self) -> None:

@@ -21,6 +21,7 @@ from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
 from daemon.transfer.blobstore import BlobStore
 from daemon.transfer.client import download, upload
 from daemon.transfer.hashing import sha256_file
+from daemon.transfer.servicer import UPLOADS_PER_PEER
 from daemon.transport import convert
 from daemon.transport.channels import open_channel
 from daemon.transport.errors import error_from_rpc
@@ -53,6 +54,8 @@ class BlobTransfers:
         self._credential = credential
         # Channels opened with a certificate since renewed: closed with the rest.
         self._retired: list[grpc.aio.Channel] = []
+        # A manager takes so many uploads from one peer at once: the rest wait here.
+        self._upload_slots: dict[ManagerPeer, asyncio.Semaphore] = {}
         self.store = BlobStore(root, max_blob_bytes=quota_bytes, quota_bytes=quota_bytes)
         # One channel per manager: a new one per transfer cost ~4 ms a file (measured).
         # By manager, with the certificate each was opened with.
@@ -115,7 +118,9 @@ class BlobTransfers:
 
     async def send(self, manager: ManagerPeer, path: Path, purpose: str) -> FileRef:
         sha256, size = await asyncio.to_thread(sha256_file, path)
-        await upload(self._channel(manager), path, sha256, size, purpose)
+        slots = self._upload_slots.setdefault(manager, asyncio.Semaphore(UPLOADS_PER_PEER))
+        async with slots:
+            await upload(self._channel(manager), path, sha256, size, purpose)
         return FileRef(path.name, sha256, size)
 
     async def image_archive(self, manager: ManagerPeer, image: str, image_id: str) -> FileRef:

@@ -61,6 +61,13 @@ def _short(sha256: str) -> str:
     return sha256[:12]
 
 
+def _modified_within(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since
+    except FileNotFoundError:
+        return False
+
+
 def _mib(count: int) -> str:
     return f"{count / 2**20:.1f} MiB"
 
@@ -257,7 +264,10 @@ class BlobStore:
                 continue
             await self._lock(sha256)  # a writer holds it for as long as it writes
             try:
-                if sha256 in self._partial_sizes:
+                # Again under the lock: a writer may have resumed it since we looked.
+                path = self._partial_path(sha256)
+                fresh = await asyncio.to_thread(_modified_within, path, now - idle_seconds)
+                if sha256 in self._partial_sizes and not fresh:
                     await self._drop_partial(sha256)
                     dropped += 1
             finally:

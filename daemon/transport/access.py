@@ -198,7 +198,8 @@ class AccessPolicy:
             )
         if caller.identity is not None and self.revoked(caller.identity.node_id):
             return grpc.StatusCode.UNAUTHENTICATED, (
-                f"{caller.describe()} was revoked from this cluster: join again with a new token"
+                f"{caller.describe()} was revoked from this cluster: its id stays refused; "
+                "join from a fresh data dir with a new token"
             )
         if not (allowed & caller.kinds):
             needs = " or ".join(_WHO[kind] for kind in sorted(allowed - {STRANGER}))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from daemon.errors import ConfigError
 from daemon.trust.authority import ClusterAuthority
-from daemon.trust.credentials import ADMIN, NODE, Credential, LiveCredential, tls_dir
+from daemon.trust.credentials import ADMIN, CA_KEY_FILE, NODE, Credential, LiveCredential, tls_dir
 from daemon.trust.join import join_cluster
 from daemon.trust.pki import CERTIFICATE_LIFETIME, Identity
 from daemon.trust.tokens import JoinToken
@@ -44,6 +44,11 @@ def _own_credentials(
     directory: Path, cluster: str, node_id: str, roles: tuple[str, ...],
     lifetime: datetime.timedelta,
 ) -> NodeTrust:  # fmt: skip
+    if (directory / f"{NODE}.pem").exists() and not (directory / CA_KEY_FILE).exists():
+        raise ConfigError(
+            f"the data dir {directory.parent} joined a cluster as a member: a coordinator "
+            "makes a cluster of its own, so start it from a data dir of its own"
+        )
     authority = ClusterAuthority.load_or_create(directory, cluster)
     for stem, identity in (
         (NODE, Identity(node_id, frozenset(roles))),
@@ -84,8 +89,8 @@ async def establish(
         if held.expired() and token is None:
             raise ConfigError(
                 f"this node's certificate expired on {held.expires_at:%Y-%m-%d %H:%M} UTC "
-                "(it was not renewed in time: was the node stopped?); start it with a new "
-                "--token"
+                "(it was not renewed in time: was the node stopped?); its id cannot join again: "
+                "start it from a fresh data dir with a new --token"
             )
         if not held.expired():
             _check_roles(held, roles)
@@ -108,6 +113,7 @@ def _check_roles(credential: Credential, roles: tuple[str, ...]) -> None:
     if missing:
         granted = ", ".join(sorted(credential.identity.roles)) or "no role"
         raise ConfigError(
-            f"this node's certificate grants {granted}, not {', '.join(missing)}: start it "
-            "with a token for those roles (`vcnode token create --role ...`)"
+            f"this node's certificate grants {granted}, not {', '.join(missing)}: its id keeps "
+            "the roles it joined with; start it from a fresh data dir with a token for those "
+            "roles (`vcnode token create --role ...`)"
         )

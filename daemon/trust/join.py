@@ -64,7 +64,11 @@ async def join_cluster(
         if pki.ca_hash(ca) != token.ca_hash:
             tried.append(f"{address} (its CA is not the one the token names: not our cluster)")
             continue
-        pki.check_issued(ca, cert, key)
+        try:
+            pki.check_issued(ca, cert, key)
+        except ValueError as error:  # an impostor echoing our CA: the next may be ours
+            tried.append(f"{address} ({error})")
+            continue
         if cluster is not None and reply.cluster != cluster:
             raise RejectedError(
                 f"the token is for cluster {reply.cluster!r} but this node is in {cluster!r}: "

@@ -111,5 +111,8 @@ async def test_a_node_whose_certificate_expired_asks_for_a_new_token(tmp_path: P
     )
     expired.save(tls_dir(data_dir), NODE)
     node = Node(config(data_dir, "volunteer", unique_cluster(), coordinator="127.0.0.1:9"))
-    with pytest.raises(ConfigError, match=r"certificate expired on .*start it with a new --token"):
+    with pytest.raises(
+        ConfigError,
+        match=r"certificate expired on .*start it from a fresh data dir with a new --token",
+    ):
         await node.run()

@@ -450,7 +450,7 @@ def test_a_node_token_grants_its_roles_only(host: Mesh, tmp_path: Path) -> None:
     result = run_node(data_dir, token, host.address, host.cluster, role="manager")
     assert result.returncode == 2, result.stderr
     assert "this node's certificate grants volunteer, not manager" in result.stderr
-    assert "start it with a token for those roles" in result.stderr
+    assert "start it from a fresh data dir with a token for those roles" in result.stderr
     assert not (tls_dir(data_dir) / f"{NODE}.pem").exists()
 
 

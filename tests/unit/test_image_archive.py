@@ -23,6 +23,10 @@ def archive(path: Path, manifest: object, files: dict[str, bytes] | None = None)
         f"{IMAGE_ID[7:]}.json": CONFIG,
         "layer/layer.tar": b"layer bytes",
         "repositories": b'{"python": {"3": "x"}}',
+        "oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+        "index.json": b'{"manifests": [{"annotations": '
+        b'{"io.containerd.image.name": "docker.io/library/python:3"}}]}',
+        "other/layer.tar": b"another image's layer",
         **(files or {}),
     }
     with tarfile.open(path, "w") as tar:
@@ -50,7 +54,8 @@ def test_the_copy_holds_the_image_and_names_no_tag(tmp_path: Path) -> None:
         manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
         layer = tar.extractfile("layer/layer.tar").read()  # type: ignore[union-attr]
     assert manifest == [{**entry(), "RepoTags": None}]
-    assert "repositories" not in names, "the legacy tag file would tag too"
+    # Only the image: the legacy tag file, an OCI index naming images, others' layers, out.
+    assert names == {"manifest.json", f"{IMAGE_ID[7:]}.json", "layer/layer.tar"}
     assert layer == b"layer bytes"
 
 
@@ -62,6 +67,8 @@ def test_the_copy_holds_the_image_and_names_no_tag(tmp_path: Path) -> None:
         ({"Config": "x"}, "holds no list of images"),
         ([entry(Config=None)], "names no image config"),
         ([entry(Config="missing.json")], "lacks its config missing.json"),
+        ([entry(Layers=["nowhere.tar"])], "lacks its layer nowhere.tar"),
+        ([entry(Layers=None)], "lists no layers"),
     ],
 )
 def test_an_archive_that_is_not_one_image_is_refused(

@@ -234,6 +234,22 @@ def test_cancel_stops_running_tasks_and_drops_queued_ones() -> None:
     assert offers(out) == []
 
 
+def test_a_revoked_managers_tasks_are_all_cancelled_and_no_other_managers() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1", slots=2), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1"), spec("t2", workflow_id="other")], now=0)
+    scheduler.submit("manager-2", [spec("u1", workflow_id="theirs")], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1)
+    out = scheduler.cancel_all_of(MANAGER, "its manager was revoked", now=2)
+    assert [i for i in out if isinstance(i, SendCancel)] == [
+        SendCancel("v1", "t1", "its manager was revoked"),
+        SendCancel("v1", "t2", "its manager was revoked"),
+    ]
+    assert state_of(scheduler, "t1") is TaskState.CANCELLED
+    assert state_of(scheduler, "t2") is TaskState.CANCELLED
+    assert state_of(scheduler, "u1") is not TaskState.CANCELLED
+
+
 def test_stale_accept_is_answered_with_a_cancel() -> None:
     scheduler = Scheduler(offer_timeout=1)
     scheduler.volunteer_joined(volunteer("v1"), [], now=0)

@@ -5,6 +5,7 @@ access rule, what a token may grant, and the membership that trades tokens for c
 
 from __future__ import annotations
 
+import asyncio
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -223,7 +224,8 @@ def test_a_revoked_member_is_refused_even_what_every_member_may_do() -> None:
     policy.revoked = lambda node_id: node_id == "n1"
     assert policy.refusal(method, caller("volunteer")) == (
         grpc.StatusCode.UNAUTHENTICATED,
-        "node n1 (volunteer) was revoked from this cluster: join again with a new token",
+        "node n1 (volunteer) was revoked from this cluster: its id stays refused; join from "
+        "a fresh data dir with a new token",
     )
     assert policy.refusal(method, caller("volunteer", node_id="n2")) is None
 
@@ -458,6 +460,31 @@ async def test_a_token_of_n_uses_lets_n_nodes_join(coordinator: Coordinator) -> 
     assert str(refused.value) == f"join token {token.token_id} has been used up: ask for a new one"
 
 
+async def test_joins_at_once_take_a_tokens_uses_and_an_id_one_at_a_time(
+    coordinator: Coordinator,
+) -> None:
+    """Checks and records with nothing in between: five nodes racing for a single-use token
+    let one in, and two joins racing for one id give it to one."""
+    token, _ = await coordinator.membership.create_token(["volunteer"], uses=1)
+    raced = await asyncio.gather(
+        *(Joiner.new(f"n{i}").join(coordinator.membership, token) for i in range(5)),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(outcome, BaseException) for outcome in raced) == 1
+    assert all(
+        isinstance(outcome, JoinRefused) and "used up" in str(outcome)
+        for outcome in raced
+        if isinstance(outcome, BaseException)
+    )
+    many, _ = await coordinator.membership.create_token(["volunteer"])
+    same_id = await asyncio.gather(
+        Joiner.new("twin").join(coordinator.membership, many),
+        Joiner.new("twin").join(coordinator.membership, many),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(outcome, JoinRefused) for outcome in same_id) == 1
+
+
 async def test_revoking_a_token_refuses_it_and_its_members_for_good(
     coordinator: Coordinator, ca: ClusterAuthority
 ) -> None:
@@ -529,16 +556,19 @@ async def test_no_such_token_to_revoke_says_where_to_look(coordinator: Coordinat
         await coordinator.membership.revoke("zzzzzzzz")
 
 
-async def test_a_joined_id_cannot_be_claimed_again_until_its_certificate_expires(
+async def test_a_joined_id_cannot_be_claimed_again_even_after_its_certificate_expired(
     coordinator: Coordinator,
 ) -> None:
+    """Whoever holds an id is trusted as that node (its tasks, its sessions): an id lapsed
+    is not free for the next token holder."""
     token, _ = await coordinator.membership.create_token(["volunteer"])
     _, cert = await Joiner.new("n1").join(coordinator.membership, token)
     with pytest.raises(JoinRefused, match="node n1 has already joined this cluster"):
         await Joiner.new("n1").join(coordinator.membership, token)
     coordinator.clock.now = pki.load_cert(cert).not_valid_after_utc.timestamp() + 1
-    later, _ = await coordinator.membership.create_token(["volunteer"])
-    await Joiner.new("n1").join(coordinator.membership, later)
+    later, _ = await coordinator.membership.create_token(["manager"])
+    with pytest.raises(JoinRefused, match="node n1 has already joined this cluster"):
+        await Joiner.new("n1").join(coordinator.membership, later)
 
 
 @pytest.mark.parametrize("node_id", ["", "N1", "n1.id.vcnode", "a" * 64, "-n1", "n_1"])
@@ -612,7 +642,8 @@ async def test_a_held_certificate_does_not_serve_a_role_it_does_not_name(
     with pytest.raises(ConfigError) as refused:
         await establish(tmp_path, "n1", ("manager", "volunteer"), "lab", None)
     assert str(refused.value).startswith(
-        "this node's certificate grants volunteer, not manager: start it with a token"
+        "this node's certificate grants volunteer, not manager: its id keeps the roles it "
+        "joined with; start it from a fresh data dir with a token"
     )
 
 
