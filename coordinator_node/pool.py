@@ -159,14 +159,9 @@ class Pool:
 
     async def expel(self, node_ids: Iterable[str]) -> None:
         """Ends the volunteer sessions, the managers' watches and the managers' tasks of
-        nodes that may no longer be members (revoked)."""
+        nodes that may no longer be members (revoked). The watches end first: a revoked
+        manager hears nothing more, not even of its tasks' cancellation."""
         node_ids = list(node_ids)
-        async with self._lock:
-            now = time.time()
-            for node_id in node_ids:
-                await self._execute(
-                    self._scheduler.cancel_all_of(node_id, "its manager was revoked", now)
-                )
         for node_id in node_ids:
             session = self._sessions.get(node_id)
             if session is not None:
@@ -175,6 +170,12 @@ class Pool:
             for queue in self._watchers.get(node_id, ()):
                 log.info("manager %s revoked: ending its watch", node_id)
                 queue.put_nowait(None)
+        async with self._lock:
+            now = time.time()
+            for node_id in node_ids:
+                await self._execute(
+                    self._scheduler.cancel_all_of(node_id, "its manager was revoked", now)
+                )
 
     async def leave(self, session: PoolSession) -> None:
         async with self._lock:

@@ -917,8 +917,8 @@ def test_revoking_a_token_ends_its_volunteers_session_at_once_and_for_good(
     assert f"volunteer {volunteer.node_id} revoked: ending its session" in coordinator.log
 
     refused_for = (
-        f"node {volunteer.node_id[:12]} (volunteer) was revoked from this cluster: join again "
-        "with a new token"
+        f"node {volunteer.node_id[:12]} (volunteer) was revoked from this cluster: its id stays "
+        "refused; join from a fresh data dir with a new token"
     )
     wait_until(lambda: refused_for in volunteer.log, 10, "the volunteer's reconnect refused")
     assert not connected(address, volunteer.node_id)
