@@ -71,6 +71,10 @@ from workflows.graph import UpstreamInput, graph_problems
 
 log = logging.getLogger(__name__)
 
+# What a task that asked for no disk may send in all, as the manager counts it (its
+# volunteer holds it to its owner's disk cap besides).
+UNSIZED_OUTPUT_BYTES = 64 * 1024**3
+
 
 @dataclass(frozen=True)
 class Deleted:
@@ -102,6 +106,8 @@ class WorkflowManager:
         # Image archives served (sha256 -> image ID), and who holds which task now.
         self._archives: dict[str, str] = {}
         self._holders = Holders()
+        # What each running attempt sent (purpose "task:attempt" -> sha256 -> size).
+        self._uploads: dict[str, dict[str, int]] = {}
         self._watchers: dict[str, set[asyncio.Queue[WorkflowUpdate | None]]] = {}
         self._merges: dict[str, asyncio.Task[None]] = {}  # by workflow id
         self._lock = asyncio.Lock()
@@ -149,9 +155,14 @@ class WorkflowManager:
         return caller.owner in await self._store.blob_owners(sha256)
 
     def _track(self, tasks: Iterable[WorkflowTask]) -> None:
-        """Notes who holds each task now (see holders.holder_of)."""
+        """Notes who holds each task now (see holders.holder_of); forgets what the attempts
+        of a task no longer held sent."""
         for task in tasks:
-            self._holders.set(task.task_id, holder_of(task))
+            holder = holder_of(task)
+            self._holders.set(task.task_id, holder)
+            if not holder:
+                for purpose in [p for p in self._uploads if p.rpartition(":")[0] == task.task_id]:
+                    del self._uploads[purpose]
 
     def _needs(self, task_id: str, sha256: str) -> bool:
         spec = self._specs.get(task_id)
@@ -167,17 +178,23 @@ class WorkflowManager:
         "task_id:attempt"), within the disk the task asked for."""
         if purpose == "input":
             return bool(caller.kinds & PEOPLE)
-        task_id, _, _ = purpose.rpartition(":")
+        task_id, _, attempt = purpose.rpartition(":")
         spec = self._specs.get(task_id)
         run = self._runs.get(spec.workflow_id) if spec else None
         task = run.tasks.get(task_id) if run else None
         if spec is None or task is None or task.status.finished:
             return False
-        if spec.resources.disk_mb and size > spec.resources.disk_mb * MIB:
+        # All its outputs together, each counted once (a resumed upload is the same blob).
+        sent = self._uploads.setdefault(purpose, {})
+        cap = spec.resources.disk_mb * MIB if spec.resources.disk_mb else UNSIZED_OUTPUT_BYTES
+        if sum(sent.values()) - sent.get(sha256, 0) + size > cap:
             return False
-        return "volunteer" in caller.kinds and await self._holders.wait_for(
-            caller.node_id, lambda held: task_id in held
+        held = "volunteer" in caller.kinds and await self._holders.wait_for(
+            caller.node_id, lambda tasks: task_id in tasks and str(task.attempts) == attempt
         )
+        if held:
+            sent[sha256] = size
+        return held
 
     # --- submission -----------------------------------------------------------------------
 
@@ -651,6 +668,25 @@ class WorkflowManager:
                     f"workflow {workflow_id} is merging its results: too late to cancel"
                 )
             return await self._call_off(run, WorkflowState.CANCELLED, "cancelled by the user")
+
+    async def collect_orphans(self, older_than_seconds: float) -> int:
+        """Deletes the blobs no record refers to that arrived over `older_than_seconds` ago:
+        inputs uploaded for a submission that never came, outputs of attempts that never
+        reported. Returns how many it deleted."""
+        async with self._references.writer:  # no submission may refer to one meanwhile
+            referenced = await self._store.referenced_blobs()
+            cutoff = time.time() - older_than_seconds
+            orphans = [
+                blob.sha256
+                for blob in await self._blobs.held()
+                if blob.sha256 not in referenced and blob.modified < cutoff
+            ]
+            async with self._lock:
+                self._shareable -= set(orphans)
+            deleted = await self._blobs.delete_many(orphans)
+        if deleted:
+            log.info("deleted %d blobs nothing refers to", len(deleted))
+        return len(deleted)
 
     async def delete(self, workflow_id: str) -> Deleted:
         """Forgets an ended workflow and frees the blobs only it used (its inputs, outputs

@@ -29,6 +29,9 @@ BLOB_QUOTA_BYTES = 512 * GIB
 # An upload nobody resumed for this long is dropped (at start, and checked this often).
 ABANDONED_UPLOAD_SECONDS = 3600.0
 ABANDONED_UPLOAD_CHECK_SECONDS = 600.0
+# A whole blob nothing refers to (an upload for a submission that never came, outputs of an
+# attempt that never reported) is deleted once it is this old.
+ORPHAN_BLOB_SECONDS = 24 * 3600.0
 
 
 class ManagerRole:
@@ -96,6 +99,7 @@ class ManagerRole:
         while True:
             await asyncio.sleep(ABANDONED_UPLOAD_CHECK_SECONDS)  # a period, not a wait
             await self._drop_abandoned_uploads()
+            await self.manager.collect_orphans(ORPHAN_BLOB_SECONDS)
 
     async def _follow_revocations(self, client: CoordinatorClient) -> None:
         """Refuses, here too, whom the coordinator revoked (asked every two heartbeats),

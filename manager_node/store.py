@@ -344,6 +344,19 @@ class ManagerStore:
 
         return await self.database.read(read)
 
+    async def referenced_blobs(self) -> set[str]:
+        """Every blob a record here refers to: files of workflows, exported image archives."""
+
+        def read(db: sqlite_utils.Database) -> set[str]:
+            rows = db.execute(
+                """SELECT sha256 FROM files UNION
+                   SELECT substr(value, 1, instr(value, ':') - 1) FROM meta
+                   WHERE key LIKE 'image:%'"""
+            ).fetchall()
+            return {row[0] for row in rows}
+
+        return await self.database.read(read)
+
     async def blobs_only_of(self, workflow_id: str) -> list[FileRef]:
         """The blobs this workflow's files are and nothing else refers to (no other
         workflow's file, no exported image archive): those deleting it frees."""

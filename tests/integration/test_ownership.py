@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -12,7 +15,7 @@ import pytest
 
 from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc, transfer_pb2, transfer_pb2_grpc
 from daemon.transport.channels import open_channel
-from daemon.trust.credentials import USER
+from daemon.trust.credentials import NODE, USER, Credential
 from tests.integration.harness import NO_DOCKER, Daemons, cli_json, run_cli, start_pool, wait_until
 from tests.trust import credential
 
@@ -111,3 +114,55 @@ async def test_a_volunteer_gets_only_what_the_tasks_it_holds_need(
     assert "only to volunteers holding a task that runs in it" in str(image.value.details())
     # The volunteer that holds the task fetched the same input: the refusal was about who.
     assert volunteer.node_id == task["volunteer_id"]
+
+
+SIZED = """
+[workflow]
+name = "sized"
+
+[[tasks]]
+name = "wait"
+command = ["python3", "-c", "import time; time.sleep(30)"]
+outputs = ["out.bin"]
+resources = { disk_mb = 1 }
+"""
+
+
+async def test_the_holder_sends_only_its_running_attempts_outputs_within_its_disk(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    manager, [volunteer] = start_pool(daemons, "--allow-process-runtime", env=NO_DOCKER)
+    address = manager.address()
+    (tmp_path / "sized.toml").write_text(SIZED)
+    submitted = run_cli("submit", str(tmp_path / "sized.toml"), "--manager", address, "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    workflow_id = json.loads(submitted.stdout)["workflow_id"]
+
+    def running() -> dict[str, object] | None:
+        [task] = cli_json("status", workflow_id, "--data-dir", str(manager.data_dir))["tasks"]
+        return task if task["state"] == "running" else None
+
+    task = wait_until(running, 20, "the task to run")
+    # The volunteer's own credential: what it may send, as the manager sees it.
+    holder = Credential.load(volunteer.data_dir / "tls", NODE)
+    assert holder is not None
+    purpose = f"{task['task_id']}:{task['attempts']}"
+    first, second = os.urandom(700 * 1024), os.urandom(700 * 1024)
+    async with open_channel(address, holder) as channel:
+        transfer = transfer_pb2_grpc.TransferServiceStub(channel)
+        reply = await transfer.Upload(upload_messages(first, purpose))
+        assert reply.size == len(first), "the first output fits its 1 MiB"
+        for blob, wrong in ((second, purpose), (first, f"{task['task_id']}:99")):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await transfer.Upload(upload_messages(blob, wrong))
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, wrong
+    run_cli("cancel", workflow_id, "--manager", address)
+
+
+def upload_messages(blob: bytes, purpose: str) -> Iterator[transfer_pb2.UploadMessage]:
+    sha256 = hashlib.sha256(blob).hexdigest()
+    header = transfer_pb2.UploadHeader(sha256=sha256, size=len(blob), purpose=purpose)
+    yield transfer_pb2.UploadMessage(header=header)
+    yield transfer_pb2.UploadMessage(
+        chunk=transfer_pb2.Chunk(offset=0, data=blob, crc32=zlib.crc32(blob))
+    )
