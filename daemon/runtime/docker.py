@@ -30,6 +30,7 @@ from daemon.runtime.spec import (
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+SIGKILL_EXIT = 128 + 9
 NOBODY = "65534:65534"
 LOG_TAIL_LINES = 200
 OWNER_LABEL = "vcnode.volunteer"
@@ -187,7 +188,7 @@ class DockerRuntime:
             if exit_code != 0:
                 # Only a failure needs the details (the code after a kill, whether memory ran
                 # out): a task that succeeded saves a Docker call in its slot.
-                state = (await container.show())["State"]
+                state = await _final_state(container, oom_possible=not failure)
                 exit_code = state.get("ExitCode")
                 if not failure and state.get("OOMKilled"):
                     failure = (
@@ -223,3 +224,20 @@ class DockerRuntime:
         if self._docker is not None:
             await self._docker.close()
             self._docker = None
+
+
+# Docker may record an OOM kill a moment after the exit it caused (its OOM event and its
+# exit event race): a SIGKILL we did not send is looked at again for that long.
+OOM_RECORD_SECONDS = 2.0
+
+
+async def _final_state(container: Any, oom_possible: bool) -> dict[str, Any]:
+    """The container's state once it exited; `oom_possible` False when we killed it."""
+    state: dict[str, Any] = (await container.show())["State"]
+    deadline = time.monotonic() + OOM_RECORD_SECONDS
+    while oom_possible and state.get("ExitCode") == SIGKILL_EXIT and not state.get("OOMKilled"):
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.05)  # polls Docker's record, with a deadline
+        state = (await container.show())["State"]
+    return state
