@@ -152,7 +152,7 @@ async def _on_thread(work: Callable[[], T], cancel: Callable[[], object]) -> T:
 async def download(
     target: Target, sha256: str, size: int, store: BlobStore, *, retries: int = RETRIES
 ) -> Path:
-    """The blob from the peer at `target` (an address or an open channel), verified, in
+    """The blob from the peer at `target` (a `Dial`, or a channel the caller opened), verified, in
     `store`; returns its path there. Resumes from what the store holds of it already, and
     again from where a broken stream left off, up to `retries` times without progress."""
     check_blob_id(sha256)
