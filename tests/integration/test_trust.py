@@ -629,6 +629,7 @@ A_VOLUNTEER = "a volunteer"
 TRUST_ADMINS = "an admin or this node's owner"
 PEOPLE = f"{TRUST_ADMINS} or a person's credential (`vcnode login TOKEN`)"
 TRANSFER = f"{PEOPLE} or a volunteer"
+REVOCATIONS = "an admin or a manager or this node's owner"
 
 # (caller, method, what the method takes): each a call that role has no right to.
 FORBIDDEN = [
@@ -638,6 +639,7 @@ FORBIDDEN = [
     (VOLUNTEER, "TrustService/CreateToken", TRUST_ADMINS),
     (VOLUNTEER, "TrustService/ListTokens", TRUST_ADMINS),
     (VOLUNTEER, "TrustService/RevokeToken", TRUST_ADMINS),
+    (VOLUNTEER, "TrustService/ListRevoked", REVOCATIONS),
     (VOLUNTEER, "ManagerService/SubmitWorkflow", PEOPLE),
     (VOLUNTEER, "ManagerService/ListWorkflows", PEOPLE),
     (VOLUNTEER, "ManagerService/CancelWorkflow", PEOPLE),
@@ -656,6 +658,7 @@ FORBIDDEN = [
     (USER_ALICE, "TrustService/CreateToken", TRUST_ADMINS),
     (USER_ALICE, "TrustService/ListTokens", TRUST_ADMINS),
     (USER_ALICE, "TrustService/RevokeToken", TRUST_ADMINS),
+    (USER_ALICE, "TrustService/ListRevoked", REVOCATIONS),
     (USER_ALICE, "ManagerService/GetImageArchive", A_VOLUNTEER),
     (ADMIN_CALLER, "CoordinatorService/SubmitTasks", A_MANAGER),
     (ADMIN_CALLER, "CoordinatorService/VolunteerSession", A_VOLUNTEER),
