@@ -18,10 +18,13 @@ ADDRESS_FILE = "address"
 ROLES_FILE = "roles"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Readers see the old content or the new one, never half of it."""
+def write_atomically(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+    """Readers see the old content or the new one, never half of it; a file of mode 0o600
+    (a key) is never readable by others, even for an instant."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data.encode() if isinstance(data, str) else data)
     os.replace(temporary, path)
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from daemon.trust import pki
 from daemon.trust.pki import Identity
@@ -143,11 +142,7 @@ def set_current_caller(caller: Caller) -> None:
 @functools.lru_cache(maxsize=4096)
 def _public_key(pem: bytes) -> bytes:
     """The public key a peer's certificate (PEM, as TLS proved it) certifies, in DER."""
-    return (
-        pki.load_cert(pem)
-        .public_key()
-        .public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    )
+    return pki.public_key_der(pki.load_cert(pem))
 
 
 class AccessPolicy:

@@ -9,9 +9,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from daemon.datadir import write_atomically
 from daemon.errors import DataDirError
 from daemon.trust import pki
-from daemon.trust.credentials import CA_FILE, CA_KEY_FILE, Credential, write_private
+from daemon.trust.credentials import CA_FILE, CA_KEY_FILE, Credential
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,9 @@ class ClusterAuthority:
             ) from None
         key, cert = pki.create_ca(cluster)
         # The key first: a CA certificate without its key could never issue anything.
-        write_private(key_path, pki.key_pem(key))
-        write_private(cert_path, pki.cert_pem(cert), 0o644)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomically(key_path, pki.key_pem(key), 0o600)
+        write_atomically(cert_path, pki.cert_pem(cert))
         return cls(key, cert)
 
     def issue(

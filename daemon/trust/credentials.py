@@ -9,7 +9,6 @@ owner-only, atomically.
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,8 +17,8 @@ from typing import cast
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from daemon.datadir import write_atomically
 from daemon.trust import pki
 
 CA_FILE = "ca.pem"
@@ -31,17 +30,6 @@ USER = "user"
 
 def tls_dir(data_dir: Path) -> Path:
     return data_dir / "tls"
-
-
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Readers see the old file or the new one; a key is never readable by others, even
-    for an instant."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-    os.replace(temporary, path)
 
 
 @dataclass(frozen=True)
@@ -73,7 +61,7 @@ class Credential:
 
     @cached_property
     def public_key_der(self) -> bytes:
-        return self._cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        return pki.public_key_der(self._cert)
 
     @cached_property
     def ca_hash(self) -> str:
@@ -100,9 +88,10 @@ class Credential:
         )
 
     def save(self, directory: Path, stem: str) -> None:
-        write_private(directory / CA_FILE, self.ca_pem, 0o644)
-        write_private(directory / f"{stem}.key", self.key_pem)
-        write_private(directory / f"{stem}.pem", self.cert_pem, 0o644)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomically(directory / CA_FILE, self.ca_pem)
+        write_atomically(directory / f"{stem}.key", self.key_pem, 0o600)
+        write_atomically(directory / f"{stem}.pem", self.cert_pem)
 
     @classmethod
     def load(cls, directory: Path, stem: str) -> Credential | None:

@@ -123,13 +123,17 @@ def load_cert(pem: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem)
 
 
+def public_key_der(cert: x509.Certificate) -> bytes:
+    """The key a certificate certifies, as DER SubjectPublicKeyInfo."""
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def ca_hash(ca: x509.Certificate) -> str:
     """The fingerprint a join token pins: sha256 of the CA's public key (as kubeadm's
     discovery hash), in lower-case base32 so it survives copy and paste."""
-    spki = ca.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    digest = hashlib.sha256(spki).digest()
+    digest = hashlib.sha256(public_key_der(ca)).digest()
     return base64.b32encode(digest).decode().rstrip("=").lower()
 
 
