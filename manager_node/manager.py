@@ -106,7 +106,8 @@ class WorkflowManager:
         # Image archives served (sha256 -> image ID), and who holds which task now.
         self._archives: dict[str, str] = {}
         self._holders = Holders()
-        # What each running attempt sent (purpose "task:attempt" -> sha256 -> size).
+        # What the running attempt of each task sent (task id -> sha256 -> size); a task
+        # that stops running (ended, handed back) starts again from nothing.
         self._uploads: dict[str, dict[str, int]] = {}
         self._watchers: dict[str, set[asyncio.Queue[WorkflowUpdate | None]]] = {}
         self._merges: dict[str, asyncio.Task[None]] = {}  # by workflow id
@@ -161,8 +162,7 @@ class WorkflowManager:
             holder = holder_of(task)
             self._holders.set(task.task_id, holder)
             if not holder:
-                for purpose in [p for p in self._uploads if p.rpartition(":")[0] == task.task_id]:
-                    del self._uploads[purpose]
+                self._uploads.pop(task.task_id, None)
 
     def _needs(self, task_id: str, sha256: str) -> bool:
         spec = self._specs.get(task_id)
@@ -185,7 +185,7 @@ class WorkflowManager:
         if spec is None or task is None or task.status.finished:
             return False
         # All its outputs together, each counted once (a resumed upload is the same blob).
-        sent = self._uploads.setdefault(purpose, {})
+        sent = self._uploads.setdefault(task_id, {})
         cap = spec.resources.disk_mb * MIB if spec.resources.disk_mb else UNSIZED_OUTPUT_BYTES
         if sum(sent.values()) - sent.get(sha256, 0) + size > cap:
             return False
