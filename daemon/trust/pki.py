@@ -3,9 +3,12 @@
 Peers reach each other by IP addresses or by names mDNS gave, so a certificate never names a
 host. It names what its holder is, as DNS names under `.vcnode` in its subject alternative
 names: `<node id>.id.vcnode`, one `<role>.role.vcnode` per role, and `<name>.user.vcnode`
-for a person. A client dials with the name it expects as the TLS target name (a role, or
-one node's id), so the handshake itself proves the server is that; a server reads the same
-names from the client's certificate to decide what the caller may do.
+for a person. A volunteer's certificate may also say `vouched.trust.vcnode` (one of the lab's
+own machines: trusted for result validation from the start) and `<name>.owner.vcnode` (the
+person whose machine it is: two copies of one task never run on two machines of one owner).
+A client dials with the name it expects as the TLS target name (a role, or one node's id), so
+the handshake itself proves the server is that; a server reads the same names from the
+client's certificate to decide what the caller may do.
 """
 
 from __future__ import annotations
@@ -59,6 +62,14 @@ def is_label(text: str) -> bool:
     return _LABEL.fullmatch(text) is not None
 
 
+def is_owner_name(text: str) -> bool:
+    """A person's name that can sit in an `<owner>.owner.vcnode` name and read back."""
+    return USER_NAME.fullmatch(text) is not None and is_label(text)
+
+
+VOUCHED_NAME = f"vouched.trust{_SUFFIX}"
+
+
 @dataclass(frozen=True)
 class Identity:
     """What a certificate says about its holder."""
@@ -66,6 +77,10 @@ class Identity:
     node_id: str
     roles: frozenset[str]
     user: str | None = None
+    # The cluster vouches for the holder (the lab's own machine): trusted from the start.
+    vouched: bool = False
+    # The person whose machine this is.
+    owner: str | None = None
 
     def names(self) -> list[str]:
         names = [id_name(self.node_id), *(role_name(role) for role in sorted(self.roles))]
@@ -73,6 +88,10 @@ class Identity:
             names.append(ANY_NODE)
         if self.user is not None:
             names.append(f"{self.user}.user{_SUFFIX}")
+        if self.vouched:
+            names.append(VOUCHED_NAME)
+        if self.owner is not None:
+            names.append(f"{self.owner}.owner{_SUFFIX}")
         return names
 
     @classmethod
@@ -80,6 +99,8 @@ class Identity:
         """The identity that a certificate's DNS names spell, None when they spell none."""
         node_id: str | None = None
         user: str | None = None
+        owner: str | None = None
+        vouched = False
         roles: set[str] = set()
         for name in names:
             label, _, kind = name.removesuffix(_SUFFIX).partition(".")
@@ -91,9 +112,13 @@ class Identity:
                 roles.add(label)
             elif kind == "user":
                 user = label
+            elif name == VOUCHED_NAME:
+                vouched = True
+            elif kind == "owner" and is_owner_name(label):
+                owner = label
         if node_id is None:
             return None
-        return cls(node_id=node_id, roles=frozenset(roles), user=user)
+        return cls(node_id=node_id, roles=frozenset(roles), user=user, vouched=vouched, owner=owner)
 
 
 def new_key() -> Key:

@@ -117,6 +117,9 @@ def other_ca(tmp_path_factory: pytest.TempPathFactory) -> ClusterAuthority:
         pki.Identity("n2", frozenset({"coordinator", "manager", "volunteer"})),
         pki.Identity("user-1", frozenset({"user"}), user="alice"),
         pki.Identity("admin-1", frozenset({"admin"}), user="root"),
+        pki.Identity("n3", frozenset({"volunteer"}), vouched=True),
+        pki.Identity("n4", frozenset({"volunteer"}), owner="alice"),
+        pki.Identity("n5", frozenset({"manager", "volunteer"}), vouched=True, owner="bob-2"),
     ],
 )
 def test_an_identity_reads_back_from_the_certificate_that_names_it(
@@ -142,6 +145,30 @@ def test_names_outside_vcnode_or_of_unknown_roles_grant_nothing() -> None:
     ]
     assert pki.Identity.from_names(names) == pki.Identity("n1", frozenset({"volunteer"}))
     assert pki.Identity.from_names(["volunteer.role.vcnode", "node.vcnode"]) is None, "no id"
+
+
+def test_a_volunteer_is_vouched_for_and_owned_only_by_the_names_that_say_so() -> None:
+    said = ["n1.id.vcnode", "volunteer.role.vcnode", "vouched.trust.vcnode", "alice.owner.vcnode"]
+    assert pki.Identity.from_names(said) == pki.Identity(
+        "n1", frozenset({"volunteer"}), vouched=True, owner="alice"
+    )
+    assert pki.Identity("n1", frozenset({"volunteer"}), None, True, "alice").names() == [
+        *said[:2],
+        pki.ANY_NODE,
+        *said[2:],
+    ]
+    not_said = [
+        "n1.id.vcnode",
+        "volunteer.role.vcnode",
+        "vouched.trust.vcnode.evil.example",  # not under .vcnode
+        "yes.trust.vcnode",  # trust says vouched or nothing
+        "vouched.role.vcnode",  # not a role
+        "vouched.vcnode",  # no kind
+        "Alice.owner.vcnode",  # not a label
+        "1alice.owner.vcnode",  # a label, not a person's name
+        "alice.owner.other.vcnode",  # a kind that is not `owner`
+    ]
+    assert pki.Identity.from_names(not_said) == pki.Identity("n1", frozenset({"volunteer"}))
 
 
 def test_a_certificate_of_another_ca_or_for_another_key_is_not_ours(
