@@ -10,6 +10,7 @@ asks `is_revoked` on every call) and everywhere else when their certificates exp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -35,7 +36,14 @@ class TokenProblem(ValueError):
     """A token that cannot be made as asked."""
 
 
-def token_problem(roles: Sequence[str], name: str, ttl: float, uses: int) -> str | None:
+def token_problem(
+    roles: Sequence[str],
+    name: str,
+    ttl: float,
+    uses: int,
+    vouched: bool = False,
+    owner: str = "",
+) -> str | None:
     if not roles:
         return "a token needs a role: volunteer, manager, user or admin"
     people = [role for role in roles if role in pki.PERSON_ROLES]
@@ -58,6 +66,22 @@ def token_problem(roles: Sequence[str], name: str, ttl: float, uses: int) -> str
             )
         if name:
             return "--name is for user and admin tokens"
+    granted = ", ".join(roles)
+    if vouched and "volunteer" not in roles:
+        return (
+            f"--vouched is for volunteer tokens (the lab's own machines, trusted with results "
+            f"from the start), not {granted}: add volunteer to --role or leave --vouched out"
+        )
+    if owner and "volunteer" not in roles:
+        return (
+            f"--owner names the person whose machine a volunteer is, and a {granted} token "
+            "runs no tasks: add volunteer to --role or leave --owner out"
+        )
+    if owner and not pki.is_owner_name(owner):
+        return (
+            f"--owner {owner[:40]!r} is not a person's name: lower-case letters, digits and "
+            "dashes, up to 32, starting with a letter and not ending with a dash"
+        )
     if not 0 < ttl <= MAX_TOKEN_TTL:
         return f"a token lives more than 0 s and at most {MAX_TOKEN_TTL / 86400:.0f} days"
     if uses < 0:
@@ -95,6 +119,8 @@ class Membership:
                     identity.user or "",
                     self._clock(),
                     float("inf"),
+                    vouched=identity.vouched,
+                    owner=identity.owner or "",
                 )
             )
 
@@ -112,8 +138,12 @@ class Membership:
         ttl: float = DEFAULT_TOKEN_TTL,
         uses: int = 0,
         join_addresses: Sequence[str] = (),
+        vouched: bool = False,
+        owner: str = "",
     ) -> tuple[JoinToken, Token]:
-        problem = token_problem(roles, name, ttl, uses)
+        """A token for `roles`; a volunteer token may vouch for its nodes (the lab's own
+        machines) and name their `owner`, both said in the certificates it is traded for."""
+        problem = token_problem(roles, name, ttl, uses, vouched, owner)
         if problem:
             raise TokenProblem(problem)
         join = JoinToken(
@@ -131,6 +161,8 @@ class Membership:
             created_at=now,
             expires_at=now + ttl,
             uses=uses,
+            vouched=vouched,
+            owner=owner,
         )
         await self._store.add_token(token)
         return join, token
@@ -189,16 +221,32 @@ class Membership:
         except ValueError as error:
             raise JoinRefused(str(error)) from None
         person = token.roles[0] in pki.PERSON_ROLES
-        identity = pki.Identity(node_id, frozenset(token.roles), token.name if person else None)
+        identity = pki.Identity(
+            node_id,
+            frozenset(token.roles),
+            token.name if person else None,
+            vouched=token.vouched,
+            owner=token.owner or None,
+        )
         cert = self.authority.issue(public_key, identity, self._lifetime)
         expires_at = pki.load_cert(cert).not_valid_after_utc.timestamp()
         await self._store.record_join(
-            Member(node_id, token_id, token.roles, token.name, now, expires_at)
+            Member(
+                node_id,
+                token_id,
+                token.roles,
+                token.name,
+                now,
+                expires_at,
+                vouched=token.vouched,
+                owner=token.owner,
+            )
         )
         return self.authority.cert_pem, cert
 
     async def renew(self, identity: pki.Identity, request: bytes) -> bytes:
-        """A new certificate for `identity`, as the caller's current certificate proved it."""
+        """A new certificate for `identity`, as the caller's current certificate proved it,
+        vouched for and owned as its member record says (as it joined)."""
         async with self._changing:
             return await self._renew(identity, request)
 
@@ -209,6 +257,13 @@ class Membership:
             public_key = pki.read_request(request)
         except ValueError as error:
             raise JoinRefused(str(error)) from None
+        member = await self._store.member(identity.node_id)
+        if member is not None:
+            # Without a record (the CA restored without its membership file), the
+            # certificate is renewed as it is.
+            identity = dataclasses.replace(
+                identity, vouched=member.vouched, owner=member.owner or None
+            )
         cert = self.authority.issue(public_key, identity, self._lifetime)
         expires_at = pki.load_cert(cert).not_valid_after_utc.timestamp()
         await self._store.renew(identity.node_id, expires_at)

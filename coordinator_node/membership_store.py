@@ -27,6 +27,9 @@ class Token:
     uses: int  # 0: no limit
     joined: int = 0
     revoked: bool = False
+    # For volunteer tokens: what their certificates say (see daemon.trust.pki.Identity).
+    vouched: bool = False
+    owner: str = ""  # "": no owner named
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class Member:
     joined_at: float
     expires_at: float
     revoked: bool = False
+    # As its token said; a renewal issues the certificate with these again.
+    vouched: bool = False
+    owner: str = ""
 
 
 def _initial_schema(db: sqlite_utils.Database) -> None:
@@ -68,26 +74,42 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX members_by_token ON members (token_id)")
 
 
-MIGRATIONS = (Migration("membership/0001_initial", _initial_schema),)
+def _vouched_owner(db: sqlite_utils.Database) -> None:
+    """Volunteer tokens may vouch for their nodes and name their owner; members keep both."""
+    for table in ("tokens", "members"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN vouched INTEGER NOT NULL DEFAULT 0")
+        db.execute(f"ALTER TABLE {table} ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+
+
+MIGRATIONS = (
+    Migration("membership/0001_initial", _initial_schema),
+    Migration("membership/0002_vouched_owner", _vouched_owner),
+)
 
 
 def _row(item: Token | Member) -> dict[str, Any]:
     row = asdict(item)
     row["roles"] = ",".join(item.roles)
     row["revoked"] = int(item.revoked)
+    row["vouched"] = int(item.vouched)
     return row
 
 
+def _fields(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **row,
+        "roles": tuple(row["roles"].split(",")),
+        "revoked": bool(row["revoked"]),
+        "vouched": bool(row["vouched"]),
+    }
+
+
 def _token(row: dict[str, Any]) -> Token:
-    return Token(
-        **{**row, "roles": tuple(row["roles"].split(",")), "revoked": bool(row["revoked"])}
-    )
+    return Token(**_fields(row))
 
 
 def _member(row: dict[str, Any]) -> Member:
-    return Member(
-        **{**row, "roles": tuple(row["roles"].split(",")), "revoked": bool(row["revoked"])}
-    )
+    return Member(**_fields(row))
 
 
 class MembershipStore:

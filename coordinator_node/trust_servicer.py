@@ -25,6 +25,8 @@ def _token_to_proto(token: Token) -> trust_pb2.TokenInfo:
         uses=token.uses,
         joined=token.joined,
         revoked=token.revoked,
+        vouched=token.vouched,
+        owner=token.owner,
     )
 
 
@@ -77,6 +79,8 @@ class TrustServicer(trust_pb2_grpc.TrustServiceServicer):
                 request.ttl_seconds or DEFAULT_TOKEN_TTL,
                 request.uses,
                 self._join_addresses,
+                vouched=request.vouched,
+                owner=request.owner,
             )
         except TokenProblem as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))

@@ -15,15 +15,17 @@ from typing import Any
 
 import grpc
 import pytest
+import sqlite_utils
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from coordinator_node.membership import JoinRefused, Membership, token_problem
-from coordinator_node.membership_store import MembershipStore
+from coordinator_node.membership import JoinRefused, Membership, TokenProblem, token_problem
+from coordinator_node.membership_store import MIGRATIONS, MembershipStore
 from daemon.errors import ConfigError
 from daemon.rpc.v1 import coordinator_pb2, manager_pb2, node_pb2, transfer_pb2, trust_pb2
+from daemon.store import Database
 from daemon.transport.access import RULES, AccessPolicy, Caller
 from daemon.trust import pki
 from daemon.trust.authority import ClusterAuthority
@@ -353,6 +355,34 @@ def test_a_token_grants_volunteer_manager_user_or_admin_and_never_coordinator(
         assert problem in found
 
 
+@pytest.mark.parametrize(
+    ("roles", "name", "vouched", "owner", "problem"),
+    [
+        (["volunteer"], "", True, "alice", None),
+        (["volunteer"], "", False, "alice", None),
+        (["manager", "volunteer"], "", True, "", None),
+        (["manager"], "", True, "", "add volunteer to --role or leave --vouched out"),
+        (["admin"], "root", True, "", "--vouched is for volunteer tokens"),
+        (["manager"], "", False, "alice", "add volunteer to --role or leave --owner out"),
+        (["user"], "alice", False, "alice", "a user token runs no tasks"),
+        (["volunteer"], "", False, "Alice", "--owner 'Alice' is not a person's name"),
+        (["volunteer"], "", False, "1alice", "is not a person's name"),
+        (["volunteer"], "", False, "alice-", "is not a person's name"),
+        (["volunteer"], "", False, "a" * 33, "is not a person's name"),
+        (["volunteer"], "", False, "alice.owner.vcnode", "is not a person's name"),
+    ],
+)
+def test_only_a_volunteer_token_vouches_for_its_nodes_or_names_their_owner(
+    roles: list[str], name: str, vouched: bool, owner: str, problem: str | None
+) -> None:
+    found = token_problem(roles, name, DAY, 0, vouched=vouched, owner=owner)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert problem in found
+
+
 # --- the membership -----------------------------------------------------------------------
 
 
@@ -438,6 +468,71 @@ async def test_a_person_token_names_the_person(coordinator: Coordinator) -> None
     assert pki.identity_of(pki.load_cert(cert)) == pki.Identity(
         "user-1", frozenset({"user"}), user="alice"
     )
+
+
+async def test_a_vouched_token_with_an_owner_says_both_in_its_certificates_and_renewals(
+    coordinator: Coordinator,
+) -> None:
+    token, info = await coordinator.membership.create_token(
+        ["volunteer"], vouched=True, owner="alice"
+    )
+    assert (info.vouched, info.owner) == (True, "alice")
+    plain, _ = await coordinator.membership.create_token(["volunteer"])
+    _, cert = await Joiner.new("n1").join(coordinator.membership, token)
+    _, plain_cert = await Joiner.new("n2").join(coordinator.membership, plain)
+    vouched = pki.Identity("n1", frozenset({"volunteer"}), vouched=True, owner="alice")
+    assert pki.identity_of(pki.load_cert(cert)) == vouched
+    plain_identity = pki.Identity("n2", frozenset({"volunteer"}))
+    assert pki.identity_of(pki.load_cert(plain_cert)) == plain_identity
+    listed = {t.token_id: (t.vouched, t.owner) for t in await coordinator.membership.tokens()}
+    assert listed == {token.token_id: (True, "alice"), plain.token_id: (False, "")}
+
+    # A renewal issues what the member record holds, whatever the caller's certificate said.
+    for said in (vouched, pki.Identity("n1", frozenset({"volunteer"}))):
+        renewed = await coordinator.membership.renew(said, Joiner.new("n1").request)
+        assert pki.identity_of(pki.load_cert(renewed)) == vouched
+    renewed = await coordinator.membership.renew(
+        pki.Identity("n2", frozenset({"volunteer"}), vouched=True), Joiner.new("n2").request
+    )
+    assert pki.identity_of(pki.load_cert(renewed)) == plain_identity
+    # A certificate this coordinator has no record of is renewed as it is.
+    restored = pki.Identity("n9", frozenset({"volunteer"}), vouched=True, owner="bob")
+    renewed = await coordinator.membership.renew(restored, Joiner.new("n9").request)
+    assert pki.identity_of(pki.load_cert(renewed)) == restored
+
+
+async def test_a_vouched_or_owned_token_for_no_volunteer_is_not_made(
+    coordinator: Coordinator,
+) -> None:
+    with pytest.raises(TokenProblem, match="--vouched is for volunteer tokens"):
+        await coordinator.membership.create_token(["manager"], vouched=True)
+    with pytest.raises(TokenProblem, match="--owner names the person"):
+        await coordinator.membership.create_token(["manager"], owner="alice")
+    assert await coordinator.membership.tokens() == []
+
+
+async def test_tokens_and_members_kept_before_vouching_read_back_unvouched(
+    tmp_path: Path,
+) -> None:
+    old = Database(tmp_path / "membership.db", MIGRATIONS[:1])
+    await old.open()
+
+    def keep(db: sqlite_utils.Database) -> None:
+        db.execute("INSERT INTO tokens VALUES ('t1', x'00', 'volunteer', '', 1, 2, 0, 1, 0)")
+        db.execute("INSERT INTO members VALUES ('n1', 't1', 'volunteer', '', 1, 2, 0)")
+
+    await old.run(keep)
+    await old.close()
+    store = MembershipStore(tmp_path)
+    await store.open()
+    try:
+        [token] = await store.tokens()
+        member = await store.member("n1")
+    finally:
+        await store.close()
+    assert (token.vouched, token.owner) == (False, "")
+    assert member is not None
+    assert (member.vouched, member.owner) == (False, "")
 
 
 NOT_OURS = (

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x61\x65mon/rpc/v1/trust.proto\x12\tvcnode.v1\"m\n\x0bJoinRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x1b\n\x13\x63\x65rtificate_request\x18\x02 \x01(\x0c\x12\r\n\x05proof\x18\x03 \x01(\x0c\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63luster\x18\x05 \x01(\t\"I\n\tJoinReply\x12\x16\n\x0e\x63\x61_certificate\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\"+\n\x0cRenewRequest\x12\x1b\n\x13\x63\x65rtificate_request\x18\x01 \x01(\x0c\"T\n\x12\x43reateTokenRequest\x12\r\n\x05roles\x18\x01 \x03(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x01\x12\x0c\n\x04uses\x18\x04 \x01(\x05\"\x91\x01\n\tTokenInfo\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x0c\n\x04uses\x18\x06 \x01(\x05\x12\x0e\n\x06joined\x18\x07 \x01(\x05\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\"E\n\x10\x43reateTokenReply\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x04info\x18\x02 \x01(\x0b\x32\x14.vcnode.v1.TokenInfo\"\x13\n\x11ListTokensRequest\"7\n\x0fListTokensReply\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.vcnode.v1.TokenInfo\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"+\n\x10RevokeTokenReply\x12\x17\n\x0fmembers_revoked\x18\x01 \x01(\x05\"\x14\n\x12ListRevokedRequest\"$\n\x10ListRevokedReply\x12\x10\n\x08node_ids\x18\x01 \x03(\t2\xa5\x03\n\x0cTrustService\x12\x34\n\x04Join\x12\x16.vcnode.v1.JoinRequest\x1a\x14.vcnode.v1.JoinReply\x12\x36\n\x05Renew\x12\x17.vcnode.v1.RenewRequest\x1a\x14.vcnode.v1.JoinReply\x12I\n\x0b\x43reateToken\x12\x1d.vcnode.v1.CreateTokenRequest\x1a\x1b.vcnode.v1.CreateTokenReply\x12\x46\n\nListTokens\x12\x1c.vcnode.v1.ListTokensRequest\x1a\x1a.vcnode.v1.ListTokensReply\x12I\n\x0bRevokeToken\x12\x1d.vcnode.v1.RevokeTokenRequest\x1a\x1b.vcnode.v1.RevokeTokenReply\x12I\n\x0bListRevoked\x12\x1d.vcnode.v1.ListRevokedRequest\x1a\x1b.vcnode.v1.ListRevokedReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x61\x65mon/rpc/v1/trust.proto\x12\tvcnode.v1\"m\n\x0bJoinRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x1b\n\x13\x63\x65rtificate_request\x18\x02 \x01(\x0c\x12\r\n\x05proof\x18\x03 \x01(\x0c\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63luster\x18\x05 \x01(\t\"I\n\tJoinReply\x12\x16\n\x0e\x63\x61_certificate\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\"+\n\x0cRenewRequest\x12\x1b\n\x13\x63\x65rtificate_request\x18\x01 \x01(\x0c\"t\n\x12\x43reateTokenRequest\x12\r\n\x05roles\x18\x01 \x03(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x01\x12\x0c\n\x04uses\x18\x04 \x01(\x05\x12\x0f\n\x07vouched\x18\x05 \x01(\x08\x12\r\n\x05owner\x18\x06 \x01(\t\"\xb1\x01\n\tTokenInfo\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x0c\n\x04uses\x18\x06 \x01(\x05\x12\x0e\n\x06joined\x18\x07 \x01(\x05\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\x12\x0f\n\x07vouched\x18\t \x01(\x08\x12\r\n\x05owner\x18\n \x01(\t\"E\n\x10\x43reateTokenReply\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x04info\x18\x02 \x01(\x0b\x32\x14.vcnode.v1.TokenInfo\"\x13\n\x11ListTokensRequest\"7\n\x0fListTokensReply\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.vcnode.v1.TokenInfo\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"+\n\x10RevokeTokenReply\x12\x17\n\x0fmembers_revoked\x18\x01 \x01(\x05\"\x14\n\x12ListRevokedRequest\"$\n\x10ListRevokedReply\x12\x10\n\x08node_ids\x18\x01 \x03(\t2\xa5\x03\n\x0cTrustService\x12\x34\n\x04Join\x12\x16.vcnode.v1.JoinRequest\x1a\x14.vcnode.v1.JoinReply\x12\x36\n\x05Renew\x12\x17.vcnode.v1.RenewRequest\x1a\x14.vcnode.v1.JoinReply\x12I\n\x0b\x43reateToken\x12\x1d.vcnode.v1.CreateTokenRequest\x1a\x1b.vcnode.v1.CreateTokenReply\x12\x46\n\nListTokens\x12\x1c.vcnode.v1.ListTokensRequest\x1a\x1a.vcnode.v1.ListTokensReply\x12I\n\x0bRevokeToken\x12\x1d.vcnode.v1.RevokeTokenRequest\x1a\x1b.vcnode.v1.RevokeTokenReply\x12I\n\x0bListRevoked\x12\x1d.vcnode.v1.ListRevokedRequest\x1a\x1b.vcnode.v1.ListRevokedReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,23 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RENEWREQUEST']._serialized_start=226
   _globals['_RENEWREQUEST']._serialized_end=269
   _globals['_CREATETOKENREQUEST']._serialized_start=271
-  _globals['_CREATETOKENREQUEST']._serialized_end=355
-  _globals['_TOKENINFO']._serialized_start=358
-  _globals['_TOKENINFO']._serialized_end=503
-  _globals['_CREATETOKENREPLY']._serialized_start=505
-  _globals['_CREATETOKENREPLY']._serialized_end=574
-  _globals['_LISTTOKENSREQUEST']._serialized_start=576
-  _globals['_LISTTOKENSREQUEST']._serialized_end=595
-  _globals['_LISTTOKENSREPLY']._serialized_start=597
-  _globals['_LISTTOKENSREPLY']._serialized_end=652
-  _globals['_REVOKETOKENREQUEST']._serialized_start=654
-  _globals['_REVOKETOKENREQUEST']._serialized_end=692
-  _globals['_REVOKETOKENREPLY']._serialized_start=694
-  _globals['_REVOKETOKENREPLY']._serialized_end=737
-  _globals['_LISTREVOKEDREQUEST']._serialized_start=739
-  _globals['_LISTREVOKEDREQUEST']._serialized_end=759
-  _globals['_LISTREVOKEDREPLY']._serialized_start=761
-  _globals['_LISTREVOKEDREPLY']._serialized_end=797
-  _globals['_TRUSTSERVICE']._serialized_start=800
-  _globals['_TRUSTSERVICE']._serialized_end=1221
+  _globals['_CREATETOKENREQUEST']._serialized_end=387
+  _globals['_TOKENINFO']._serialized_start=390
+  _globals['_TOKENINFO']._serialized_end=567
+  _globals['_CREATETOKENREPLY']._serialized_start=569
+  _globals['_CREATETOKENREPLY']._serialized_end=638
+  _globals['_LISTTOKENSREQUEST']._serialized_start=640
+  _globals['_LISTTOKENSREQUEST']._serialized_end=659
+  _globals['_LISTTOKENSREPLY']._serialized_start=661
+  _globals['_LISTTOKENSREPLY']._serialized_end=716
+  _globals['_REVOKETOKENREQUEST']._serialized_start=718
+  _globals['_REVOKETOKENREQUEST']._serialized_end=756
+  _globals['_REVOKETOKENREPLY']._serialized_start=758
+  _globals['_REVOKETOKENREPLY']._serialized_end=801
+  _globals['_LISTREVOKEDREQUEST']._serialized_start=803
+  _globals['_LISTREVOKEDREQUEST']._serialized_end=823
+  _globals['_LISTREVOKEDREPLY']._serialized_start=825
+  _globals['_LISTREVOKEDREPLY']._serialized_end=861
+  _globals['_TRUSTSERVICE']._serialized_start=864
+  _globals['_TRUSTSERVICE']._serialized_end=1285
 # @@protoc_insertion_point(module_scope)

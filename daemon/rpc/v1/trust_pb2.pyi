@@ -106,12 +106,18 @@ class CreateTokenRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     USES_FIELD_NUMBER: _builtins.int
+    VOUCHED_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """A person's name, for role user or admin."""
     ttl_seconds: _builtins.float
     """0: the default (24 h)."""
     uses: _builtins.int
     """0: any number of joins until it expires."""
+    vouched: _builtins.bool
+    """Volunteer tokens only: the nodes are the lab's own machines, trusted from the start."""
+    owner: _builtins.str
+    """Volunteer tokens only: the person whose machines they are; empty: none named."""
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -121,10 +127,12 @@ class CreateTokenRequest(_message.Message):
         name: _builtins.str = ...,
         ttl_seconds: _builtins.float = ...,
         uses: _builtins.int = ...,
+        vouched: _builtins.bool = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "roles", b"roles", "ttl_seconds", b"ttl_seconds", "uses", b"uses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "owner", b"owner", "roles", b"roles", "ttl_seconds", b"ttl_seconds", "uses", b"uses", "vouched", b"vouched"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -142,6 +150,8 @@ class TokenInfo(_message.Message):
     USES_FIELD_NUMBER: _builtins.int
     JOINED_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
+    VOUCHED_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     token_id: _builtins.str
     name: _builtins.str
     created_at: _builtins.float
@@ -149,6 +159,8 @@ class TokenInfo(_message.Message):
     uses: _builtins.int
     joined: _builtins.int
     revoked: _builtins.bool
+    vouched: _builtins.bool
+    owner: _builtins.str
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -162,10 +174,12 @@ class TokenInfo(_message.Message):
         uses: _builtins.int = ...,
         joined: _builtins.int = ...,
         revoked: _builtins.bool = ...,
+        vouched: _builtins.bool = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "joined", b"joined", "name", b"name", "revoked", b"revoked", "roles", b"roles", "token_id", b"token_id", "uses", b"uses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "joined", b"joined", "name", b"name", "owner", b"owner", "revoked", b"revoked", "roles", b"roles", "token_id", b"token_id", "uses", b"uses", "vouched", b"vouched"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
