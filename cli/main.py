@@ -347,6 +347,14 @@ def _add_trust_parsers(commands: Any) -> None:
     )
     create.add_argument("--name", help="the person's name, for a user or admin token")
     create.add_argument(
+        "--vouched", action="store_true",
+        help="volunteer tokens: the lab's own machines, trusted with results from the start",
+    )  # fmt: skip
+    create.add_argument(
+        "--owner", metavar="NAME",
+        help="volunteer tokens: whose machines these are; two copies of a task never share one",
+    )  # fmt: skip
+    create.add_argument(
         "--ttl", type=parse_duration, default=24 * 3600.0, metavar="DURATION",
         help="how long it may be used: 30m, 24h, 7d (default 24h)",
     )  # fmt: skip

@@ -46,7 +46,15 @@ def _token_json(info: trust_pb2.TokenInfo) -> dict[str, object]:
         "uses": info.uses,
         "joined": info.joined,
         "revoked": info.revoked,
+        "vouched": info.vouched,
+        "owner": info.owner,
     }
+
+
+def _vouching(info: trust_pb2.TokenInfo) -> str:
+    """`, vouched, owned by alice`, as much of it as the token says."""
+    owned = f", owned by {info.owner}" if info.owner else ""
+    return (", vouched" if info.vouched else "") + owned
 
 
 def _token_state(info: trust_pb2.TokenInfo) -> str:
@@ -65,6 +73,8 @@ async def create(peer: Dial, args: argparse.Namespace) -> int:
         name=args.name or "",
         ttl_seconds=args.ttl,
         uses=args.uses,
+        vouched=args.vouched,
+        owner=args.owner or "",
     )
     async with connected(peer, "coordinator") as channel:
         reply = await trust_pb2_grpc.TrustServiceStub(channel).CreateToken(
@@ -80,7 +90,7 @@ async def create(peer: Dial, args: argparse.Namespace) -> int:
     print(reply.token)
     print(
         f"\ntoken {info.token_id}: {', '.join(info.roles)}"
-        f"{' for ' + info.name if info.name else ''}, valid until "
+        f"{' for ' + info.name if info.name else ''}{_vouching(info)}, valid until "
         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(info.expires_at))}, {uses}"
     )
     if set(info.roles) & {"user", "admin"}:
@@ -103,13 +113,16 @@ async def list_tokens(peer: Dial, args: argparse.Namespace) -> int:
             info.token_id,
             ",".join(info.roles),
             info.name or "-",
+            "yes" if info.vouched else "-",
+            info.owner or "-",
             _token_state(info),
             f"{info.joined}/{info.uses or '∞'}",
             time.strftime("%Y-%m-%d %H:%M", time.localtime(info.expires_at)),
         ]
         for info in reply.tokens
     ]
-    print(views.table(["TOKEN", "ROLES", "NAME", "STATE", "JOINED", "EXPIRES"], rows))
+    headers = ["TOKEN", "ROLES", "NAME", "VOUCHED", "OWNER", "STATE", "JOINED", "EXPIRES"]
+    print(views.table(headers, rows))
     return 0
 
 
