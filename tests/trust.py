@@ -31,10 +31,14 @@ def admin_credential() -> Credential:
 
 
 def credential(
-    roles: Iterable[str], user: str | None = None, node_id: str | None = None
+    roles: Iterable[str],
+    user: str | None = None,
+    node_id: str | None = None,
+    vouched: bool = False,
+    owner: str | None = None,
 ) -> Credential:
     """A fresh credential of the session's cluster, for node `node_id` (else a made-up one)."""
-    identity = Identity(node_id or uuid.uuid4().hex, frozenset(roles), user)
+    identity = Identity(node_id or uuid.uuid4().hex, frozenset(roles), user, vouched, owner)
     return authority().credential(identity)
 
 
@@ -47,9 +51,13 @@ def node_id_of(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def provision(data_dir: Path, roles: Iterable[str]) -> None:
+def provision(
+    data_dir: Path, roles: Iterable[str], vouched: bool = True, owner: str | None = None
+) -> None:
     """Puts in `data_dir` what joining would have: a coordinator gets the session's CA (as a
-    restored backup), any other node a certificate for its id and roles."""
+    restored backup), any other node a certificate for its id and roles. A volunteer's is
+    `vouched` (the tests' volunteers stand for the lab's own machines) unless told otherwise,
+    and names `owner`; those two are for volunteers only, as a token's are."""
     directory = tls_dir(data_dir)
     if (directory / f"{NODE}.pem").exists() or (directory / CA_KEY_FILE).exists():
         return
@@ -60,7 +68,11 @@ def provision(data_dir: Path, roles: Iterable[str]) -> None:
         (directory / CA_KEY_FILE).write_bytes(key_pem(ca.key))
         (directory / CA_FILE).write_bytes(cert_pem(ca.cert))
         return
-    ca.credential(Identity(node_id_of(data_dir), roles)).save(directory, NODE)
+    volunteer = "volunteer" in roles
+    if owner is not None and not volunteer:
+        raise ValueError(f"an owner is for volunteers, not {', '.join(sorted(roles))}")
+    identity = Identity(node_id_of(data_dir), roles, vouched=vouched and volunteer, owner=owner)
+    ca.credential(identity).save(directory, NODE)
 
 
 def login(config_home: Path) -> None:

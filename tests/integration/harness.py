@@ -165,15 +165,25 @@ class Daemons:
         *args: str,
         data_dir: Path | None = None,
         env: dict[str, str] | None = None,
+        vouched: bool = True,
+        owner: str | None = None,
     ) -> Daemon:
-        return self.add(Daemon(data_dir or self.root / name, list(args), env or {}))
+        daemon = Daemon(data_dir or self.root / name, list(args), env or {})
+        return self.add(daemon, vouched=vouched, owner=owner)
 
-    def add(self, daemon: Daemon, provisioned: bool = True) -> Daemon:
+    def add(
+        self,
+        daemon: Daemon,
+        provisioned: bool = True,
+        vouched: bool = True,
+        owner: str | None = None,
+    ) -> Daemon:
         """Starts `daemon`, stopped with the rest at the end of the test. Unless it was given
         a token (or `provisioned` is False), it starts with a certificate of the test
-        session's cluster already in its data dir, as if it had joined."""
+        session's cluster already in its data dir, as if it had joined (a volunteer's
+        `vouched` and naming `owner`: see tests.trust.provision)."""
         if provisioned and "--token" not in daemon.args:
-            provision(daemon.data_dir, roles_in(daemon.args, daemon.env))
+            provision(daemon.data_dir, roles_in(daemon.args, daemon.env), vouched, owner)
         self.started.append(daemon.start())
         return daemon
 

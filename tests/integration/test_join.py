@@ -1,8 +1,10 @@
 """Where a node with a token finds its coordinator's join port: the token's addresses, or
-mDNS when those are gone (a coordinator that moved, a token written down without them)."""
+mDNS when those are gone (a coordinator that moved, a token written down without them); and
+what a volunteer token says of its nodes (vouched for, whose machines) in their certificates."""
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 
@@ -11,16 +13,20 @@ import pytest
 
 from daemon.rpc.v1 import trust_pb2, trust_pb2_grpc
 from daemon.trust.authority import ClusterAuthority
+from daemon.trust.credentials import NODE, Credential, tls_dir
 from daemon.trust.join import join_cluster
 from daemon.trust.pki import Identity
 from daemon.trust.tokens import JoinToken
 from tests.integration.harness import (
+    Daemon,
     Daemons,
+    cli_json,
     list_volunteers,
     run_cli,
     unique_cluster,
     wait_until,
 )
+from tests.trust import authority
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +95,74 @@ async def test_a_join_port_echoing_our_ca_with_a_forged_certificate_is_passed_by
         await server.stop(None)
     assert joined.identity.node_id == "n1"
     assert joined.ca_pem == ca_pem
+
+
+def held(daemon: Daemon) -> Credential:
+    credential = Credential.load(tls_dir(daemon.data_dir), NODE)
+    assert credential is not None, f"no certificate in {daemon.data_dir}"
+    return credential
+
+
+def test_a_vouched_token_with_an_owner_says_both_in_the_certificate_and_a_renewal_keeps_them(
+    daemons: Daemons,
+) -> None:
+    cluster = unique_cluster()
+    common = ["--listen", "127.0.0.1:0", "--cluster", cluster, "--no-mdns", "--heartbeat", "0.5"]
+    coordinator = daemons.start("coordinator", "--role", "coordinator", *common)
+    address = coordinator.address()
+    on_coordinator = ["--data-dir", str(coordinator.data_dir)]
+    vouched = cli_json(
+        "token", "create", "--role", "volunteer", "--vouched", "--owner", "alice", *on_coordinator
+    )
+    plain = cli_json("token", "create", "--role", "volunteer", *on_coordinator)
+    assert (vouched["vouched"], vouched["owner"]) == (True, "alice")
+    assert (plain["vouched"], plain["owner"]) == (False, "")
+    listed = {t["token_id"]: t for t in cli_json("token", "list", *on_coordinator)}
+    assert (listed[vouched["token_id"]]["vouched"], listed[vouched["token_id"]]["owner"]) == (
+        True,
+        "alice",
+    )
+    assert (listed[plain["token_id"]]["vouched"], listed[plain["token_id"]]["owner"]) == (False, "")
+    table = run_cli("token", "list", *on_coordinator)
+    assert table.returncode == 0, table.stderr
+    [row] = [line.split() for line in table.stdout.splitlines() if vouched["token_id"] in line]
+    assert row[1:5] == ["volunteer", "-", "yes", "alice"], table.stdout
+
+    volunteer_args = ["--role", "volunteer", *common, "--coordinator", address]
+    lab = daemons.start("lab", *volunteer_args, "--token", vouched["token"])
+    guest = daemons.start("guest", *volunteer_args, "--token", plain["token"])
+    joined = {lab.address() and lab.node_id, guest.address() and guest.node_id}
+    wait_until(lambda: joined <= set(list_volunteers(address)), 15, "the volunteers to join")
+    said = Identity(lab.node_id, frozenset({"volunteer"}), vouched=True, owner="alice")
+    assert held(lab).identity == said
+    assert held(guest).identity == Identity(guest.node_id, frozenset({"volunteer"}))
+
+    # Two minutes left: due for renewal at the next start, from the coordinator.
+    assert lab.terminate() == 0, lab.log
+    short = authority().credential(said, datetime.timedelta(minutes=2))
+    short.save(tls_dir(lab.data_dir), NODE)
+    again = daemons.add(Daemon(lab.data_dir, volunteer_args))
+    again.address()
+    wait_until(lambda: held(again).expires_at > short.expires_at, 15, "the renewal")
+    assert held(again).identity == said
+    assert "renewed this node's certificate" in again.log
+
+
+def test_a_vouched_or_owned_token_for_a_manager_is_refused_with_what_to_do(
+    daemons: Daemons,
+) -> None:
+    coordinator = daemons.start(
+        "coordinator", "--role", "coordinator", "--listen", "127.0.0.1:0", "--no-mdns",
+        "--cluster", unique_cluster(),
+    )  # fmt: skip
+    coordinator.address()
+    on_coordinator = ["--data-dir", str(coordinator.data_dir)]
+    for asked, problem in (
+        (["--vouched"], "--vouched is for volunteer tokens"),
+        (["--owner", "alice"], "--owner names the person whose machine a volunteer is"),
+    ):
+        refused = run_cli("token", "create", "--role", "manager", *asked, *on_coordinator)
+        assert refused.returncode == 2, refused.stderr
+        assert problem in refused.stderr
+        assert "add volunteer to --role or leave" in refused.stderr
+    assert cli_json("token", "list", *on_coordinator) == []
