@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from coordinator_node.registry import SessionToken, VolunteerRegistry, registration_problem
 from coordinator_node.scheduler import (
@@ -22,8 +22,9 @@ from coordinator_node.scheduler import (
     SendOffer,
 )
 from coordinator_node.store import CoordinatorStore
+from coordinator_node.trust_records import TrustBook
 from daemon import inline
-from daemon.errors import AccessDeniedError, RejectedError
+from daemon.errors import AccessDeniedError, NotFoundError, RejectedError
 from daemon.models import (
     EventKind,
     Load,
@@ -31,6 +32,8 @@ from daemon.models import (
     TaskEvent,
     TaskResult,
     TaskSpec,
+    TrustRecord,
+    Verdict,
     Volunteer,
     VolunteerState,
 )
@@ -47,7 +50,7 @@ class AckResult:
     attempt: int
 
 
-Outgoing = SendOffer | SendCancel | AckResult
+Outgoing = SendOffer | SendCancel | AckResult | TrustRecord
 # A stimulus for the scheduler, given the time it happens.
 Stimulus = Callable[[float], list[Instruction]]
 
@@ -71,11 +74,13 @@ class Pool:
         cluster: str,
         protocol_version: int,
         supervisor: Supervisor,
+        trust: TrustBook | None = None,
     ) -> None:
         self._store = store
         self._supervisor = supervisor
         self._registry = registry
         self._scheduler = scheduler
+        self._trust = trust or TrustBook()
         self._cluster = cluster
         self._protocol_version = protocol_version
         self._sessions: dict[str, PoolSession] = {}
@@ -95,6 +100,7 @@ class Pool:
         self._registry.restore(known, time.time())
         tasks, ended = await self._store.load_tasks()
         self._scheduler.restore(tasks, ended)
+        self._trust.restore(await self._store.load_trust())
         online = sum(v.state is VolunteerState.ONLINE for v in known)
         log.info(
             "restored %d volunteers (%d were online) and %d tasks (%d unfinished)",
@@ -121,13 +127,25 @@ class Pool:
             session = PoolSession(token)
             self._sessions[token.volunteer_id] = session
             await self._store.save_volunteers([volunteer], event="online")
+            if (
+                enrolled := self._trust.enrol(token.volunteer_id, registration.vouched)
+            ) is not None:
+                await self._store.save_trust([(token.volunteer_id, enrolled)])
             log.info("volunteer %s (%s) online", volunteer.volunteer_id, volunteer.hostname)
-            await self._execute(
-                self._scheduler.volunteer_joined(
-                    _candidate(volunteer), registration.running_task_ids, now
-                )
-            )
+            session.outbox.put_nowait(self._trust.get(token.volunteer_id))
+            await self._admit(volunteer, registration.running_task_ids, now)
         return session
+
+    async def _admit(
+        self, volunteer: Volunteer, running_task_ids: Iterable[str], now: float
+    ) -> None:
+        """Makes an online volunteer a candidate for offers, unless it is blocklisted."""
+        if self._trust.is_blocklisted(volunteer.volunteer_id):
+            log.info("volunteer %s is blocklisted: offered nothing", volunteer.volunteer_id)
+            return
+        await self._execute(
+            self._scheduler.volunteer_joined(_candidate(volunteer), running_task_ids, now)
+        )
 
     async def heartbeat(self, session: PoolSession, load: Load) -> None:
         async with self._lock:
@@ -141,9 +159,7 @@ class Pool:
             if came_back:
                 log.info("volunteer %s is back", volunteer.volunteer_id)
                 running = self._scheduler.running_on(volunteer.volunteer_id)
-                await self._execute(
-                    self._scheduler.volunteer_joined(_candidate(volunteer), running, now)
-                )
+                await self._admit(volunteer, running, now)
 
     async def depart(self, session: PoolSession, reason: str) -> None:
         """The volunteer said goodbye: its tasks are offered elsewhere now."""
@@ -190,7 +206,53 @@ class Pool:
                 )
 
     def volunteers(self) -> list[Volunteer]:
-        return self._registry.volunteers()
+        return [
+            replace(volunteer, trust=self._trust.get(volunteer.volunteer_id))
+            for volunteer in self._registry.volunteers()
+        ]
+
+    # --- trust in results -----------------------------------------------------------------
+
+    async def report_verdicts(self, manager_id: str, verdicts: Sequence[Verdict]) -> int:
+        """Moves the trust records of the volunteers the verdicts name; counts only those
+        about a completed attempt of this manager's, each once. Returns how many counted."""
+        async with self._lock:
+            new = await self._store.add_verdicts(manager_id, verdicts)
+            now = time.time()
+            changed: dict[str, TrustRecord] = {}
+            barred: dict[str, str] = {}
+            for verdict in new:
+                vid = verdict.volunteer_id
+                was = self._trust.get(vid)
+                record = self._trust.record(vid, verdict.agreed, verdict.task_id, now)
+                changed[vid] = record
+                if record.blocklisted and not was.blocklisted:
+                    barred[vid] = record.blocklist_reason
+            await self._store.save_trust(list(changed.items()))
+            for vid, record in changed.items():
+                if (session := self._sessions.get(vid)) is not None:
+                    session.outbox.put_nowait(record)
+            for vid, reason in barred.items():
+                log.warning("volunteer %s blocklisted: %s", vid, reason)
+                await self._execute(self._scheduler.volunteer_barred(vid, "blocklisted", now))
+        return len(new)
+
+    async def clear_trust(self, volunteer_id: str) -> TrustRecord:
+        """An admin's fresh start for a volunteer: offered tasks again if it is online."""
+        async with self._lock:
+            if self._registry.get(volunteer_id) is None:
+                raise NotFoundError(f"no volunteer {volunteer_id!r} in this pool")
+            was = self._trust.get(volunteer_id)
+            record = self._trust.clear(volunteer_id)
+            await self._store.save_trust([(volunteer_id, record)])
+            log.info("volunteer %s: trust record cleared", volunteer_id)
+            session = self._sessions.get(volunteer_id)
+            volunteer = self._registry.get(volunteer_id)
+            if session is not None:
+                session.outbox.put_nowait(record)
+            if was.blocklisted and volunteer is not None and volunteer.connected:
+                await self._admit(volunteer, self._scheduler.running_on(volunteer_id), time.time())
+        return record
 
     # --- what volunteers report -----------------------------------------------------------
 
@@ -282,7 +344,11 @@ class Pool:
                     new_specs.add(instruction.task.spec.task_id)
         await self._store.save_tasks(list(saved.values()), new_specs)
         published = await self._store.append_events(
-            [(i.manager_id, i.event) for i in instructions if isinstance(i, Publish)]
+            [
+                (i.manager_id, self._with_trust(i.event))
+                for i in instructions
+                if isinstance(i, Publish)
+            ]
         )
         for event, instruction in zip(
             published, (i for i in instructions if isinstance(i, Publish)), strict=True
@@ -294,6 +360,13 @@ class Pool:
                 session = self._sessions.get(instruction.volunteer_id)
                 if session is not None:
                     session.outbox.put_nowait(instruction)
+
+    def _with_trust(self, event: TaskEvent) -> TaskEvent:
+        """A completed event tells the manager how far its volunteer is trusted now, which
+        decides whether that one copy may stand alone."""
+        if event.kind is not EventKind.COMPLETED or not event.volunteer_id:
+            return event
+        return replace(event, trust=self._trust.get(event.volunteer_id))
 
     async def _maintain_forever(self) -> None:
         # Four checks per heartbeat interval bound how late a `lost` can be to 1/4 interval.
@@ -325,4 +398,4 @@ class Pool:
 
 
 def _candidate(volunteer: Volunteer) -> Candidate:
-    return Candidate(volunteer.volunteer_id, volunteer.resources, volunteer.limits)
+    return Candidate(volunteer.volunteer_id, volunteer.resources, volunteer.limits, volunteer.owner)

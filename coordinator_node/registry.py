@@ -88,6 +88,7 @@ class VolunteerRegistry:
             last_seen=now,
             load=Load(running_tasks=len(registration.running_task_ids)),
             connected=True,
+            owner=registration.owner,
         )
         self._volunteers[vid] = volunteer
         self._heard_at[vid] = now

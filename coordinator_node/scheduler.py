@@ -16,6 +16,9 @@ Rules:
   older attempt (a late result from a volunteer we gave up on) is ignored, never counted.
 - A volunteer that is lost takes its tasks back to the queue; after `max_attempts` offers a
   task fails. A task that fails by itself is run again `retries` times, then fails.
+- Copies of one task (validation by replication: `TaskSpec.replica_of`) run on distinct
+  volunteers of distinct owners: never where another copy runs or ran (`avoid_volunteers`,
+  filled by the manager), nor on a machine of the same owner.
 - A task that ended is forgotten but for its run and last attempt number (`EndedTask`): its
   spec and result live in the store, so a coordinator's memory follows the work in hand,
   not every task it ever ran.
@@ -54,6 +57,8 @@ class Candidate:
     volunteer_id: str
     resources: Resources
     limits: OwnerLimits
+    # The person who owns the machine, when its certificate names one.
+    owner: str = ""
 
     @property
     def capacity(self) -> int:
@@ -160,6 +165,10 @@ class Scheduler:
         self._parked: dict[str, ScheduledTask] = {}
         # offers not answered yet.
         self._offered: dict[str, ScheduledTask] = {}
+        # Copies of each replicated task not ended yet (by the task they copy), and the
+        # owner of every volunteer seen: what keeps copies apart.
+        self._replicas: dict[str, set[str]] = {}
+        self._owners: dict[str, str] = {}
         self._next_order = 0
 
     # --- stimuli --------------------------------------------------------------------------
@@ -214,6 +223,7 @@ class Scheduler:
     ) -> list[Instruction]:
         vid = candidate.volunteer_id
         self._candidates[vid] = candidate
+        self._owners[vid] = candidate.owner
         # It may run what nobody could.
         parked, self._parked = self._parked, {}
         for task in parked.values():
@@ -241,6 +251,15 @@ class Scheduler:
     def volunteer_left(self, volunteer_id: str, reason: str, now: float) -> list[Instruction]:
         """It said goodbye, having stopped its tasks: they go elsewhere at once."""
         return self._take_back(volunteer_id, now, f"its volunteer left ({reason})")
+
+    def volunteer_barred(self, volunteer_id: str, reason: str, now: float) -> list[Instruction]:
+        """Its results are not trusted any more (blocklisted): it is offered nothing, and
+        what it holds is called off there and offered elsewhere."""
+        cancels = [
+            SendCancel(volunteer_id, task_id, reason)
+            for task_id in sorted(self._assigned.get(volunteer_id, set()))
+        ]
+        return cancels + self._take_back(volunteer_id, now, f"its volunteer was {reason}")
 
     def _take_back(self, volunteer_id: str, now: float, why: str) -> list[Instruction]:
         self._candidates.pop(volunteer_id, None)
@@ -404,7 +423,39 @@ class Scheduler:
         task.order = self._next_order
         self._next_order += 1
         self.tasks[task.task_id] = task
+        if task.spec.replica_of:
+            self._replicas.setdefault(task.spec.replica_of, set()).add(task.task_id)
         self._set_state(task, task.state)
+
+    def _kept_apart(self, task: ScheduledTask, volunteer_id: str) -> str | None:
+        """Why this volunteer may not run this copy of a replicated task, or None."""
+        spec = task.spec
+        if not spec.replica_of:
+            return None
+        if volunteer_id in spec.avoid_volunteers:
+            return "it ran another copy of this task"
+        others = {
+            self.tasks[task_id].volunteer_id
+            for task_id in self._replicas.get(spec.replica_of, ())
+            if task_id != task.task_id
+            and self.tasks[task_id].state in (TaskState.OFFERED, TaskState.RUNNING)
+        }
+        if volunteer_id in others:
+            return "it holds another copy of this task"
+        owner = self._owners.get(volunteer_id, "")
+        if owner and owner in {
+            self._owners.get(v, "") for v in others | set(spec.avoid_volunteers)
+        }:
+            return f"its owner ({owner}) has another copy of this task on another machine"
+        return None
+
+    def _could_run(self, task: ScheduledTask, volunteer_id: str) -> bool:
+        """Whether this volunteer could run the task, room aside."""
+        return (
+            volunteer_id not in task.distrusted
+            and unfit_reason(task.spec, self._candidates[volunteer_id]) is None
+            and self._kept_apart(task, volunteer_id) is None
+        )
 
     def _set_state(self, task: ScheduledTask, state: TaskState) -> None:
         """Every change of a task's state goes through here, to keep the indexes true."""
@@ -415,6 +466,10 @@ class Scheduler:
         if state in _ENDED:
             # The instructions about its end still hold the whole task, to save and tell.
             del self.tasks[task.task_id]
+            if (group := self._replicas.get(task.spec.replica_of)) is not None:
+                group.discard(task.task_id)
+                if not group:
+                    del self._replicas[task.spec.replica_of]
             self._ended[task.task_id] = EndedTask(task.spec.run, task.attempt, state)
         elif state is TaskState.QUEUED:
             self._queue.add(task)
@@ -438,15 +493,10 @@ class Scheduler:
                 vid
                 for vid in room
                 if now - task.declined_at.get(vid, -math.inf) >= DECLINE_COOLDOWN_SECONDS
-                and vid not in task.distrusted
-                and unfit_reason(task.spec, self._candidates[vid]) is None
+                and self._could_run(task, vid)
             ]
             if not ready:
-                if any(
-                    unfit_reason(task.spec, c) is None
-                    for vid, c in self._candidates.items()
-                    if vid not in task.distrusted
-                ):
+                if any(self._could_run(task, vid) for vid in self._candidates):
                     waiting.append(task)
                     continue
                 self._parked[task.task_id] = task
@@ -478,15 +528,7 @@ class Scheduler:
 
     def _unschedulable(self, task: ScheduledTask, now: float) -> Publish:
         reasons = sorted(
-            {
-                f"{c.volunteer_id[:8]}: "
-                + (
-                    "its result for it was refused"
-                    if c.volunteer_id in task.distrusted
-                    else str(unfit_reason(task.spec, c))
-                )
-                for c in self._candidates.values()
-            }
+            {f"{c.volunteer_id[:8]}: {self._why_not(task, c)}" for c in self._candidates.values()}
         )
         return self._event(
             task,
@@ -494,6 +536,15 @@ class Scheduler:
             now,
             message="no volunteer can run it (" + "; ".join(reasons) + ")",
         )
+
+    def _why_not(self, task: ScheduledTask, candidate: Candidate) -> str:
+        if candidate.volunteer_id in task.distrusted:
+            return "its result for it was refused"
+        unfit = unfit_reason(task.spec, candidate)
+        if unfit is not None:
+            return unfit
+        apart = self._kept_apart(task, candidate.volunteer_id)
+        return f"{apart} (copies must run on distinct volunteers)" if apart else "?"
 
     @staticmethod
     def _event(task: ScheduledTask, kind: EventKind, now: float, **details: object) -> Publish:

@@ -12,7 +12,8 @@ import grpc
 
 from coordinator_node.pool import AckResult, Outgoing, Pool, PoolSession
 from coordinator_node.scheduler import SendCancel, SendOffer
-from daemon.errors import AccessDeniedError, RejectedError
+from daemon.errors import AccessDeniedError, NotFoundError, RejectedError
+from daemon.models import TrustRecord
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.transport import addresses, convert
 from daemon.transport.access import current_caller
@@ -27,6 +28,8 @@ def _outgoing_to_proto(message: Outgoing) -> coordinator_pb2.CoordinatorMessage:
         return convert.cancel_to_proto(message.task_id, message.reason)
     if isinstance(message, AckResult):
         return convert.result_ack_to_proto(message.task_id, message.attempt)
+    if isinstance(message, TrustRecord):
+        return convert.trust_to_proto(message)
     assert_never(message)
 
 
@@ -49,8 +52,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message of a session must be register"
             )
-        registration = convert.registration_from_proto(first.register)
         caller = current_caller()
+        identity = caller.identity
+        # What the certificate vouches for, never what the message claims.
+        registration = replace(
+            convert.registration_from_proto(first.register),
+            vouched=identity is not None and identity.vouched,
+            owner=(identity.owner or "") if identity is not None else "",
+        )
         if registration.volunteer_id != caller.node_id:
             # Ids are public: only the certificate says who this is.
             await context.abort(
@@ -198,3 +207,29 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             request.manager_id, request.workflow_id, request.task_ids
         )
         return coordinator_pb2.CancelTasksReply(cancelled=cancelled)
+
+    async def ReportVerdicts(
+        self,
+        request: coordinator_pb2.ReportVerdictsRequest,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.ReportVerdictsRequest, coordinator_pb2.ReportVerdictsReply
+        ],
+    ) -> coordinator_pb2.ReportVerdictsReply:
+        await self._require_own(request.manager_id, context)
+        recorded = await self._pool.report_verdicts(
+            request.manager_id, [convert.verdict_from_proto(v) for v in request.verdicts]
+        )
+        return coordinator_pb2.ReportVerdictsReply(recorded=recorded)
+
+    async def ClearTrust(
+        self,
+        request: coordinator_pb2.ClearTrustRequest,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.ClearTrustRequest, coordinator_pb2.ClearTrustReply
+        ],
+    ) -> coordinator_pb2.ClearTrustReply:
+        try:
+            record = await self._pool.clear_trust(request.volunteer_id)
+        except NotFoundError as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        return coordinator_pb2.ClearTrustReply(trust=convert.trust_record_to_proto(record))

@@ -19,6 +19,8 @@ from daemon.models import (
     Resources,
     TaskEvent,
     TaskState,
+    TrustRecord,
+    Verdict,
     Volunteer,
     VolunteerState,
 )
@@ -97,11 +99,29 @@ def _drop_never_written(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE tasks DROP COLUMN max_attempts")
 
 
+def _trust(db: sqlite_utils.Database) -> None:
+    """Trust records of volunteers' results, and the verdicts that made them (one per copy
+    and attempt: a verdict reported twice counts once)."""
+    db.execute("CREATE TABLE trust (volunteer_id TEXT PRIMARY KEY, record TEXT NOT NULL)")
+    db.execute(
+        """CREATE TABLE verdicts (
+            task_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            volunteer_id TEXT NOT NULL,
+            manager_id TEXT NOT NULL,
+            agreed INTEGER NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (task_id, attempt)
+        )"""
+    )
+
+
 MIGRATIONS = (
     Migration("coordinator/0001_initial", _initial_schema),
     Migration("coordinator/0002_task_details", _task_details),
     Migration("coordinator/0003_task_runs", _task_runs),
     Migration("coordinator/0004_drop_never_written", _drop_never_written),
+    Migration("coordinator/0005_trust", _trust),
 )
 
 
@@ -144,6 +164,7 @@ def _event_row(manager_id: str, event: TaskEvent) -> dict[str, Any]:
         "message": event.message,
         "percent": event.percent,
         "result": asdict(event.result) if event.result else None,
+        "trust": asdict(event.trust) if event.trust else None,
     }
     return {
         "at": event.at,
@@ -158,6 +179,7 @@ def _event_row(manager_id: str, event: TaskEvent) -> dict[str, Any]:
 def _event_from_row(row: dict[str, Any]) -> TaskEvent:
     payload = json.loads(row["data"])
     result = payload.get("result")
+    trust = payload.get("trust")
     return TaskEvent(
         task_id=row["subject"],
         workflow_id=row["workflow_id"],
@@ -169,6 +191,7 @@ def _event_from_row(row: dict[str, Any]) -> TaskEvent:
         percent=payload.get("percent", 0.0),
         result=codecs.task_result_from_data(result) if result else None,
         sequence=row["id"],
+        trust=TrustRecord(**trust) if trust else None,
     )
 
 
@@ -361,3 +384,60 @@ class CoordinatorStore:
             return [_event_from_row(r) for r in db["events"].rows_where(where, args, order_by="id")]
 
         return await self.database.read(read)
+
+    # --- trust ----------------------------------------------------------------------------
+
+    async def load_trust(self) -> list[tuple[str, TrustRecord]]:
+        def read(db: sqlite_utils.Database) -> list[tuple[str, TrustRecord]]:
+            return [
+                (row["volunteer_id"], TrustRecord(**json.loads(row["record"])))
+                for row in db["trust"].rows
+            ]
+
+        return await self.database.read(read)
+
+    async def save_trust(self, records: Sequence[tuple[str, TrustRecord]]) -> None:
+        def write(db: sqlite_utils.Database) -> None:
+            db.conn.executemany(
+                "INSERT OR REPLACE INTO trust (volunteer_id, record) VALUES (?, ?)",
+                [(vid, json.dumps(asdict(record))) for vid, record in records],
+            )
+
+        await self.database.run(write)
+
+    async def add_verdicts(self, manager_id: str, verdicts: Sequence[Verdict]) -> list[Verdict]:
+        """Keeps the verdicts that are about a completed attempt of this manager's task, run
+        by the volunteer they name, and not known yet; returns those."""
+
+        def write(db: sqlite_utils.Database) -> list[Verdict]:
+            new = []
+            for verdict in verdicts:
+                row = db.execute(
+                    "SELECT manager_id, volunteer_id, attempts, state FROM tasks WHERE id = ?",
+                    [verdict.task_id],
+                ).fetchone()
+                if row is None or tuple(row) != (
+                    manager_id,
+                    verdict.volunteer_id,
+                    verdict.attempt,
+                    TaskState.COMPLETED.value,
+                ):
+                    continue
+                cursor = db.conn.execute(
+                    """INSERT OR IGNORE INTO verdicts
+                       (task_id, attempt, volunteer_id, manager_id, agreed, at)
+                       VALUES (?, ?, ?, ?, ?, ?)""",
+                    (
+                        verdict.task_id,
+                        verdict.attempt,
+                        verdict.volunteer_id,
+                        manager_id,
+                        int(verdict.agreed),
+                        time.time(),
+                    ),
+                )
+                if cursor.rowcount:
+                    new.append(verdict)
+            return new
+
+        return await self.database.run(write)

@@ -50,6 +50,44 @@ class Registration:
     resources: Resources
     limits: OwnerLimits
     running_task_ids: tuple[str, ...] = ()
+    # What its certificate says, never what it sends: enrolled with a vouched token, and
+    # the person who owns the machine (empty if none was named).
+    vouched: bool = False
+    owner: str = ""
+
+
+@dataclass(frozen=True)
+class TrustRecord:
+    """A volunteer's results as checked against other volunteers' copies of the same tasks
+    (see coordinator_node/trust.py for the rules)."""
+
+    agreed: int = 0
+    disagreed: int = 0
+    # Agreements since the last disagreement.
+    streak: int = 0
+    # Enrolled with a vouched token and no disagreement since: trusted from the start.
+    vouched: bool = False
+    last_disagreement_at: float = 0.0
+    last_disagreement_task: str = ""
+    # The latest verdicts, oldest first, "a" agreed and "d" disagreed: repeated
+    # disagreements among them blocklist the volunteer.
+    recent: str = ""
+    blocklisted: bool = False
+    blocklist_reason: str = ""
+
+    def trusted(self, threshold: int) -> bool:
+        """Whether one copy of a task it ran may stand alone (spot checks aside)."""
+        return not self.blocklisted and (self.vouched or self.streak >= threshold)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What comparing a task's copies found of one volunteer's result."""
+
+    task_id: str  # the copy's task id
+    attempt: int
+    volunteer_id: str
+    agreed: bool
 
 
 class VolunteerState(StrEnum):
@@ -72,6 +110,8 @@ class Volunteer:
     last_seen: float
     load: Load = field(default_factory=Load)
     connected: bool = False
+    trust: TrustRecord = field(default_factory=TrustRecord)
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -136,6 +176,11 @@ class TaskSpec:
     inline_inputs: tuple[InlineBlob, ...] = ()
     # The manager's node id, as the coordinator knows it from its certificate.
     manager_id: str = ""
+    # Validation by replication: the task this is a copy of (its own id for the first
+    # copy; empty when the task is not replicated), and the volunteers that ran earlier
+    # copies of it, which may not run this one.
+    replica_of: str = ""
+    avoid_volunteers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,6 +246,8 @@ class TaskEvent:
     percent: float = 0.0
     result: TaskResult | None = None
     sequence: int = 0
+    # On `completed`: how the coordinator trusted the volunteer when its result arrived.
+    trust: TrustRecord | None = None
 
 
 # --- workflows, as the manager tells its clients ------------------------------------------

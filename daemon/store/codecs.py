@@ -38,6 +38,7 @@ def task_spec_from_json(text: str) -> TaskSpec:
     data["inputs"] = tuple(FileRef(**item) for item in data["inputs"])
     data["outputs"] = tuple(data["outputs"])
     data["inline_inputs"] = _inline_blobs(data.get("inline_inputs"))
+    data["avoid_volunteers"] = tuple(data.get("avoid_volunteers", ()))
     return TaskSpec(**data)
 
 

@@ -40,6 +40,8 @@ RULES: dict[str, frozenset[str]] = {
     _COORDINATOR + "SubmitTasks": frozenset({"manager"}),
     _COORDINATOR + "WatchTasks": frozenset({"manager"}),
     _COORDINATOR + "CancelTasks": frozenset({"manager"}),
+    _COORDINATOR + "ReportVerdicts": frozenset({"manager"}),
+    _COORDINATOR + "ClearTrust": frozenset({"admin", SELF}),
     **{
         _MANAGER + name: PEOPLE
         for name in (

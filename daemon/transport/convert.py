@@ -17,6 +17,8 @@ from daemon.models import (
     TaskResult,
     TaskSpec,
     TaskStatusRow,
+    TrustRecord,
+    Verdict,
     Volunteer,
     VolunteerState,
     WorkflowCounts,
@@ -126,7 +128,48 @@ def volunteer_to_proto(volunteer: Volunteer) -> coordinator_pb2.VolunteerInfo:
         first_seen=volunteer.first_seen,
         version=volunteer.version,
         connected=volunteer.connected,
+        trust=trust_record_to_proto(volunteer.trust),
+        owner=volunteer.owner,
     )
+
+
+def trust_record_to_proto(record: TrustRecord) -> coordinator_pb2.TrustRecord:
+    return coordinator_pb2.TrustRecord(
+        agreed=record.agreed,
+        disagreed=record.disagreed,
+        streak=record.streak,
+        vouched=record.vouched,
+        last_disagreement_at=record.last_disagreement_at,
+        last_disagreement_task=record.last_disagreement_task,
+        blocklisted=record.blocklisted,
+        blocklist_reason=record.blocklist_reason,
+    )
+
+
+def trust_record_from_proto(message: coordinator_pb2.TrustRecord) -> TrustRecord:
+    return TrustRecord(
+        agreed=message.agreed,
+        disagreed=message.disagreed,
+        streak=message.streak,
+        vouched=message.vouched,
+        last_disagreement_at=message.last_disagreement_at,
+        last_disagreement_task=message.last_disagreement_task,
+        blocklisted=message.blocklisted,
+        blocklist_reason=message.blocklist_reason,
+    )
+
+
+def verdict_to_proto(verdict: Verdict) -> coordinator_pb2.Verdict:
+    return coordinator_pb2.Verdict(
+        task_id=verdict.task_id,
+        attempt=verdict.attempt,
+        volunteer_id=verdict.volunteer_id,
+        agreed=verdict.agreed,
+    )
+
+
+def verdict_from_proto(message: coordinator_pb2.Verdict) -> Verdict:
+    return Verdict(message.task_id, message.attempt, message.volunteer_id, message.agreed)
 
 
 def volunteer_from_proto(message: coordinator_pb2.VolunteerInfo) -> Volunteer:
@@ -141,6 +184,8 @@ def volunteer_from_proto(message: coordinator_pb2.VolunteerInfo) -> Volunteer:
         last_seen=message.last_seen,
         load=load_from_proto(message.load),
         connected=message.connected,
+        trust=trust_record_from_proto(message.trust),
+        owner=message.owner,
     )
 
 
@@ -214,6 +259,8 @@ def task_spec_to_proto(spec: TaskSpec) -> common_pb2.TaskSpec:
         image_from_manager=spec.image_from_manager,
         run=spec.run,
         inline_inputs=[inline_blob_to_proto(blob) for blob in spec.inline_inputs],
+        replica_of=spec.replica_of,
+        avoid_volunteers=list(spec.avoid_volunteers),
     )
 
 
@@ -241,6 +288,8 @@ def task_spec_from_proto(message: common_pb2.TaskSpec) -> TaskSpec:
         image_from_manager=message.image_from_manager,
         run=message.run,
         inline_inputs=tuple(inline_blob_from_proto(blob) for blob in message.inline_inputs),
+        replica_of=message.replica_of,
+        avoid_volunteers=tuple(message.avoid_volunteers),
     )
 
 
@@ -288,6 +337,8 @@ def task_event_to_proto(event: TaskEvent) -> coordinator_pb2.TaskEvent:
     )
     if event.result is not None:
         message.result.CopyFrom(task_result_to_proto(event.result))
+    if event.trust is not None:
+        message.trust.CopyFrom(trust_record_to_proto(event.trust))
     return message
 
 
@@ -304,6 +355,7 @@ def task_event_from_proto(message: coordinator_pb2.TaskEvent) -> TaskEvent:
         percent=message.percent,
         result=task_result_from_proto(message.result) if message.HasField("result") else None,
         sequence=message.sequence,
+        trust=trust_record_from_proto(message.trust) if message.HasField("trust") else None,
     )
 
 
@@ -320,6 +372,10 @@ def cancel_to_proto(task_id: str, reason: str) -> coordinator_pb2.CoordinatorMes
     return coordinator_pb2.CoordinatorMessage(
         cancel=coordinator_pb2.CancelTask(task_id=task_id, reason=reason)
     )
+
+
+def trust_to_proto(record: TrustRecord) -> coordinator_pb2.CoordinatorMessage:
+    return coordinator_pb2.CoordinatorMessage(trust=trust_record_to_proto(record))
 
 
 def result_ack_to_proto(task_id: str, attempt: int) -> coordinator_pb2.CoordinatorMessage:

@@ -227,6 +227,8 @@ class TaskSpec(_message.Message):
     RUN_FIELD_NUMBER: _builtins.int
     INLINE_INPUTS_FIELD_NUMBER: _builtins.int
     MANAGER_ID_FIELD_NUMBER: _builtins.int
+    REPLICA_OF_FIELD_NUMBER: _builtins.int
+    AVOID_VOLUNTEERS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     workflow_id: _builtins.str
     image: _builtins.str
@@ -251,6 +253,11 @@ class TaskSpec(_message.Message):
     """The manager's node id, as its certificate proved it to the coordinator: a volunteer
     takes inputs from and sends outputs to that very node only.
     """
+    replica_of: _builtins.str
+    """Validation by replication: the task this one is a copy of (its own id for the first
+    copy). The coordinator never places two copies of one task on one volunteer, nor on
+    two volunteers of one owner.
+    """
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -262,6 +269,10 @@ class TaskSpec(_message.Message):
     @_builtins.property
     def inline_inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InlineBlob]:
         """The bytes of some small inputs (see InlineBlob); the others come by TransferService."""
+
+    @_builtins.property
+    def avoid_volunteers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Volunteers that ran earlier copies of the same task: never offered this one."""
 
     def __init__(
         self,
@@ -283,10 +294,12 @@ class TaskSpec(_message.Message):
         run: _builtins.int = ...,
         inline_inputs: _abc.Iterable[Global___InlineBlob] | None = ...,
         manager_id: _builtins.str = ...,
+        replica_of: _builtins.str = ...,
+        avoid_volunteers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "image", b"image", "image_from_manager", b"image_from_manager", "image_id", b"image_id", "inline_inputs", b"inline_inputs", "inputs", b"inputs", "manager_address", b"manager_address", "manager_id", b"manager_id", "network", b"network", "outputs", b"outputs", "resources", b"resources", "retries", b"retries", "run", b"run", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "avoid_volunteers", b"avoid_volunteers", "command", b"command", "image", b"image", "image_from_manager", b"image_from_manager", "image_id", b"image_id", "inline_inputs", b"inline_inputs", "inputs", b"inputs", "manager_address", b"manager_address", "manager_id", b"manager_id", "network", b"network", "outputs", b"outputs", "replica_of", b"replica_of", "resources", b"resources", "retries", b"retries", "run", b"run", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -73,6 +73,7 @@ class CoordinatorMessage(_message.Message):
     OFFER_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     RESULT_ACK_FIELD_NUMBER: _builtins.int
+    TRUST_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -81,6 +82,12 @@ class CoordinatorMessage(_message.Message):
     def cancel(self) -> Global___CancelTask: ...
     @_builtins.property
     def result_ack(self) -> Global___TaskResultAck: ...
+    @_builtins.property
+    def trust(self) -> Global___TrustRecord:
+        """How the coordinator trusts this volunteer's results now; sent on joining and at
+        each change, so its owner sees it (`vcnode status` on that machine).
+        """
+
     def __init__(
         self,
         *,
@@ -88,12 +95,13 @@ class CoordinatorMessage(_message.Message):
         offer: Global___TaskOffer | None = ...,
         cancel: Global___CancelTask | None = ...,
         result_ack: Global___TaskResultAck | None = ...,
+        trust: Global___TrustRecord | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "offer", b"offer", "result_ack", b"result_ack", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "offer", b"offer", "result_ack", b"result_ack", "trust", b"trust", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "offer", b"offer", "result_ack", b"result_ack", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "offer", b"offer", "result_ack", b"result_ack", "trust", b"trust", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "offer", "cancel", "result_ack"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "offer", "cancel", "result_ack", "trust"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -385,6 +393,8 @@ class VolunteerInfo(_message.Message):
     FIRST_SEEN_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CONNECTED_FIELD_NUMBER: _builtins.int
+    TRUST_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     volunteer_id: _builtins.str
     hostname: _builtins.str
     state: _builtins.str
@@ -393,12 +403,16 @@ class VolunteerInfo(_message.Message):
     first_seen: _builtins.float
     version: _builtins.str
     connected: _builtins.bool
+    owner: _builtins.str
+    """The person who owns the machine, as its certificate names them; empty if none."""
     @_builtins.property
     def resources(self) -> _common_pb2.Resources: ...
     @_builtins.property
     def limits(self) -> _common_pb2.OwnerLimits: ...
     @_builtins.property
     def load(self) -> _common_pb2.Load: ...
+    @_builtins.property
+    def trust(self) -> Global___TrustRecord: ...
     def __init__(
         self,
         *,
@@ -412,14 +426,62 @@ class VolunteerInfo(_message.Message):
         first_seen: _builtins.float = ...,
         version: _builtins.str = ...,
         connected: _builtins.bool = ...,
+        trust: Global___TrustRecord | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "load", b"load", "resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "load", b"load", "resources", b"resources", "trust", b"trust"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "first_seen", b"first_seen", "hostname", b"hostname", "last_seen", b"last_seen", "limits", b"limits", "load", b"load", "resources", b"resources", "state", b"state", "version", b"version", "volunteer_id", b"volunteer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "first_seen", b"first_seen", "hostname", b"hostname", "last_seen", b"last_seen", "limits", b"limits", "load", b"load", "owner", b"owner", "resources", b"resources", "state", b"state", "trust", b"trust", "version", b"version", "volunteer_id", b"volunteer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VolunteerInfo: _TypeAlias = VolunteerInfo  # noqa: Y015
+
+@_typing.final
+class TrustRecord(_message.Message):
+    """A volunteer's record of results checked against other volunteers' copies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGREED_FIELD_NUMBER: _builtins.int
+    DISAGREED_FIELD_NUMBER: _builtins.int
+    STREAK_FIELD_NUMBER: _builtins.int
+    VOUCHED_FIELD_NUMBER: _builtins.int
+    LAST_DISAGREEMENT_AT_FIELD_NUMBER: _builtins.int
+    LAST_DISAGREEMENT_TASK_FIELD_NUMBER: _builtins.int
+    BLOCKLISTED_FIELD_NUMBER: _builtins.int
+    BLOCKLIST_REASON_FIELD_NUMBER: _builtins.int
+    agreed: _builtins.int
+    """Verdicts on its results: agreed with the quorum, or not."""
+    disagreed: _builtins.int
+    streak: _builtins.int
+    """Agreements since its last disagreement."""
+    vouched: _builtins.bool
+    """Enrolled with a vouched token, and no disagreement since: trusted from the start."""
+    last_disagreement_at: _builtins.float
+    last_disagreement_task: _builtins.str
+    blocklisted: _builtins.bool
+    """Offered nothing while set; `vcnode volunteers clear-trust ID` lifts it."""
+    blocklist_reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        agreed: _builtins.int = ...,
+        disagreed: _builtins.int = ...,
+        streak: _builtins.int = ...,
+        vouched: _builtins.bool = ...,
+        last_disagreement_at: _builtins.float = ...,
+        last_disagreement_task: _builtins.str = ...,
+        blocklisted: _builtins.bool = ...,
+        blocklist_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreed", b"agreed", "blocklist_reason", b"blocklist_reason", "blocklisted", b"blocklisted", "disagreed", b"disagreed", "last_disagreement_at", b"last_disagreement_at", "last_disagreement_task", b"last_disagreement_task", "streak", b"streak", "vouched", b"vouched"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrustRecord: _TypeAlias = TrustRecord  # noqa: Y015
 
 @_typing.final
 class ListVolunteersReply(_message.Message):
@@ -532,6 +594,7 @@ class TaskEvent(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    TRUST_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     workflow_id: _builtins.str
     kind: _builtins.str
@@ -547,6 +610,10 @@ class TaskEvent(_message.Message):
     """Increases by one per event stored by this coordinator."""
     @_builtins.property
     def result(self) -> _common_pb2.TaskResult: ...
+    @_builtins.property
+    def trust(self) -> Global___TrustRecord:
+        """On `completed`: how the coordinator trusted the volunteer when its result arrived."""
+
     def __init__(
         self,
         *,
@@ -560,14 +627,129 @@ class TaskEvent(_message.Message):
         result: _common_pb2.TaskResult | None = ...,
         at: _builtins.float = ...,
         sequence: _builtins.int = ...,
+        trust: Global___TrustRecord | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "trust", b"trust"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "attempt", b"attempt", "kind", b"kind", "message", b"message", "percent", b"percent", "result", b"result", "sequence", b"sequence", "task_id", b"task_id", "volunteer_id", b"volunteer_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "attempt", b"attempt", "kind", b"kind", "message", b"message", "percent", b"percent", "result", b"result", "sequence", b"sequence", "task_id", b"task_id", "trust", b"trust", "volunteer_id", b"volunteer_id", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskEvent: _TypeAlias = TaskEvent  # noqa: Y015
+
+@_typing.final
+class Verdict(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    VOLUNTEER_ID_FIELD_NUMBER: _builtins.int
+    AGREED_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """A copy's task id and attempt, as its result named them."""
+    attempt: _builtins.int
+    volunteer_id: _builtins.str
+    agreed: _builtins.bool
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        volunteer_id: _builtins.str = ...,
+        agreed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreed", b"agreed", "attempt", b"attempt", "task_id", b"task_id", "volunteer_id", b"volunteer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
+
+@_typing.final
+class ReportVerdictsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANAGER_ID_FIELD_NUMBER: _builtins.int
+    VERDICTS_FIELD_NUMBER: _builtins.int
+    manager_id: _builtins.str
+    """The calling manager, as its certificate names it: verdicts count only on its tasks."""
+    @_builtins.property
+    def verdicts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Verdict]: ...
+    def __init__(
+        self,
+        *,
+        manager_id: _builtins.str = ...,
+        verdicts: _abc.Iterable[Global___Verdict] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manager_id", b"manager_id", "verdicts", b"verdicts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportVerdictsRequest: _TypeAlias = ReportVerdictsRequest  # noqa: Y015
+
+@_typing.final
+class ReportVerdictsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_FIELD_NUMBER: _builtins.int
+    recorded: _builtins.int
+    """Verdicts that changed a trust record; the others were known already or do not match
+    a completed attempt of the manager's.
+    """
+    def __init__(
+        self,
+        *,
+        recorded: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recorded", b"recorded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportVerdictsReply: _TypeAlias = ReportVerdictsReply  # noqa: Y015
+
+@_typing.final
+class ClearTrustRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOLUNTEER_ID_FIELD_NUMBER: _builtins.int
+    volunteer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        volunteer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["volunteer_id", b"volunteer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearTrustRequest: _TypeAlias = ClearTrustRequest  # noqa: Y015
+
+@_typing.final
+class ClearTrustReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRUST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def trust(self) -> Global___TrustRecord: ...
+    def __init__(
+        self,
+        *,
+        trust: Global___TrustRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trust", b"trust"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["trust", b"trust"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearTrustReply: _TypeAlias = ClearTrustReply  # noqa: Y015
 
 @_typing.final
 class CancelTasksRequest(_message.Message):

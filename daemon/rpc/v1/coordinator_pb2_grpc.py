@@ -59,6 +59,16 @@ class CoordinatorServiceStub:
                 request_serializer=daemon_dot_rpc_dot_v1_dot_coordinator__pb2.CancelTasksRequest.SerializeToString,
                 response_deserializer=daemon_dot_rpc_dot_v1_dot_coordinator__pb2.CancelTasksReply.FromString,
                 _registered_method=True)
+        self.ReportVerdicts = channel.unary_unary(
+                '/vcnode.v1.CoordinatorService/ReportVerdicts',
+                request_serializer=daemon_dot_rpc_dot_v1_dot_coordinator__pb2.ReportVerdictsRequest.SerializeToString,
+                response_deserializer=daemon_dot_rpc_dot_v1_dot_coordinator__pb2.ReportVerdictsReply.FromString,
+                _registered_method=True)
+        self.ClearTrust = channel.unary_unary(
+                '/vcnode.v1.CoordinatorService/ClearTrust',
+                request_serializer=daemon_dot_rpc_dot_v1_dot_coordinator__pb2.ClearTrustRequest.SerializeToString,
+                response_deserializer=daemon_dot_rpc_dot_v1_dot_coordinator__pb2.ClearTrustReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -96,6 +106,21 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportVerdicts(self, request, context):
+        """What the manager's comparison of a task's copies found of each volunteer's result:
+        the coordinator's trust record of that volunteer follows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearTrust(self, request, context):
+        """An admin lifts a volunteer's blocklisting: its trust record starts afresh.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +148,16 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.CancelTasks,
                     request_deserializer=daemon_dot_rpc_dot_v1_dot_coordinator__pb2.CancelTasksRequest.FromString,
                     response_serializer=daemon_dot_rpc_dot_v1_dot_coordinator__pb2.CancelTasksReply.SerializeToString,
+            ),
+            'ReportVerdicts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportVerdicts,
+                    request_deserializer=daemon_dot_rpc_dot_v1_dot_coordinator__pb2.ReportVerdictsRequest.FromString,
+                    response_serializer=daemon_dot_rpc_dot_v1_dot_coordinator__pb2.ReportVerdictsReply.SerializeToString,
+            ),
+            'ClearTrust': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearTrust,
+                    request_deserializer=daemon_dot_rpc_dot_v1_dot_coordinator__pb2.ClearTrustRequest.FromString,
+                    response_serializer=daemon_dot_rpc_dot_v1_dot_coordinator__pb2.ClearTrustReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +295,60 @@ class CoordinatorService:
             '/vcnode.v1.CoordinatorService/CancelTasks',
             daemon_dot_rpc_dot_v1_dot_coordinator__pb2.CancelTasksRequest.SerializeToString,
             daemon_dot_rpc_dot_v1_dot_coordinator__pb2.CancelTasksReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportVerdicts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vcnode.v1.CoordinatorService/ReportVerdicts',
+            daemon_dot_rpc_dot_v1_dot_coordinator__pb2.ReportVerdictsRequest.SerializeToString,
+            daemon_dot_rpc_dot_v1_dot_coordinator__pb2.ReportVerdictsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearTrust(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vcnode.v1.CoordinatorService/ClearTrust',
+            daemon_dot_rpc_dot_v1_dot_coordinator__pb2.ClearTrustRequest.SerializeToString,
+            daemon_dot_rpc_dot_v1_dot_coordinator__pb2.ClearTrustReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,12 @@ class CoordinatorServiceStub:
     """Manager-facing calls."""
     WatchTasks: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.WatchTasksRequest, _coordinator_pb2.TaskEvent]
     CancelTasks: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CancelTasksRequest, _coordinator_pb2.CancelTasksReply]
+    ReportVerdicts: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ReportVerdictsRequest, _coordinator_pb2.ReportVerdictsReply]
+    """What the manager's comparison of a task's copies found of each volunteer's result:
+    the coordinator's trust record of that volunteer follows.
+    """
+    ClearTrust: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ClearTrustRequest, _coordinator_pb2.ClearTrustReply]
+    """An admin lifts a volunteer's blocklisting: its trust record starts afresh."""
 
 @_typing.type_check_only
 class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
@@ -49,6 +55,12 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     """Manager-facing calls."""
     WatchTasks: _aio.UnaryStreamMultiCallable[_coordinator_pb2.WatchTasksRequest, _coordinator_pb2.TaskEvent]  # type: ignore[assignment]
     CancelTasks: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CancelTasksRequest, _coordinator_pb2.CancelTasksReply]  # type: ignore[assignment]
+    ReportVerdicts: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ReportVerdictsRequest, _coordinator_pb2.ReportVerdictsReply]  # type: ignore[assignment]
+    """What the manager's comparison of a task's copies found of each volunteer's result:
+    the coordinator's trust record of that volunteer follows.
+    """
+    ClearTrust: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ClearTrustRequest, _coordinator_pb2.ClearTrustReply]  # type: ignore[assignment]
+    """An admin lifts a volunteer's blocklisting: its trust record starts afresh."""
 
 class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -87,5 +99,23 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.CancelTasksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.CancelTasksReply, _abc.Awaitable[_coordinator_pb2.CancelTasksReply]]: ...
+
+    @_abc_1.abstractmethod
+    def ReportVerdicts(
+        self,
+        request: _coordinator_pb2.ReportVerdictsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ReportVerdictsReply, _abc.Awaitable[_coordinator_pb2.ReportVerdictsReply]]:
+        """What the manager's comparison of a task's copies found of each volunteer's result:
+        the coordinator's trust record of that volunteer follows.
+        """
+
+    @_abc_1.abstractmethod
+    def ClearTrust(
+        self,
+        request: _coordinator_pb2.ClearTrustRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ClearTrustReply, _abc.Awaitable[_coordinator_pb2.ClearTrustReply]]:
+        """An admin lifts a volunteer's blocklisting: its trust record starts afresh."""
 
 def add_CoordinatorServiceServicer_to_server(servicer: CoordinatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

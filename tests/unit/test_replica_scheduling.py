@@ -1,0 +1,130 @@
+"""Copies of a replicated task, placed by the scheduler state machine: never two on one
+volunteer, nor on two machines of one owner, and unschedulable with the reason when the pool
+has no distinct volunteer left."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from coordinator_node.scheduler import Publish, Scheduler, SendCancel, SendOffer
+from daemon.models import EventKind, TaskResult, TaskSpec
+from tests.unit.test_scheduler import MANAGER, offers, spec, volunteer
+
+
+def copies(task_id: str, count: int) -> list[TaskSpec]:
+    """The first copy keeps the task's id; the others are `<id>~<n>`."""
+    return [
+        spec(task_id if n == 1 else f"{task_id}~{n}", replica_of=task_id)
+        for n in range(1, count + 1)
+    ]
+
+
+def test_two_copies_go_to_two_volunteers_even_when_one_has_room_for_both() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("big", slots=4), (), now=0)
+    scheduler.volunteer_joined(volunteer("small", slots=1), (), now=0)
+    placed = offers(scheduler.submit(MANAGER, copies("t", 2), now=1))
+    assert sorted(vid for vid, _, _ in placed) == ["big", "small"]
+
+
+def test_a_second_copy_waits_while_the_only_other_volunteer_is_busy() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("b", slots=1), (), now=0)
+    # b is full: one slot and one task fetched ahead.
+    assert len(offers(scheduler.submit(MANAGER, [spec("other"), spec("other2")], now=1))) == 2
+    scheduler.volunteer_joined(volunteer("a", slots=2), (), now=1)
+    placed = offers(scheduler.submit(MANAGER, copies("t", 2), now=2))
+    # a takes one copy; the other may not join it there, and is not unschedulable: b fits.
+    assert [p for p in placed if p[1].startswith("t")] == [("a", "t", 1)]
+    assert "t~2" in scheduler.tasks
+    assert scheduler.tasks["t~2"].volunteer_id == ""
+
+
+def test_one_volunteer_pool_reports_the_second_copy_unschedulable_with_the_reason() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("only", slots=4), (), now=0)
+    out = scheduler.submit(MANAGER, copies("t", 2), now=1)
+    assert offers(out) == [("only", "t", 1)]
+    unschedulable = [
+        i.event for i in out if isinstance(i, Publish) and i.event.kind is EventKind.UNSCHEDULABLE
+    ]
+    assert [e.task_id for e in unschedulable] == ["t~2"]
+    assert "holds another copy of this task" in unschedulable[0].message
+    assert "distinct volunteers" in unschedulable[0].message
+
+
+def test_a_parked_copy_goes_to_a_volunteer_that_joins_later() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("only", slots=4), (), now=0)
+    scheduler.submit(MANAGER, copies("t", 2), now=1)
+    out = scheduler.volunteer_joined(volunteer("late"), (), now=2)
+    assert offers(out) == [("late", "t~2", 1)]
+
+
+def test_avoided_volunteers_never_get_the_copy() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("ran-it", slots=4), (), now=0)
+    scheduler.volunteer_joined(volunteer("fresh"), (), now=0)
+    copy = replace(copies("t", 2)[1], avoid_volunteers=("ran-it",))
+    assert offers(scheduler.submit(MANAGER, [copy], now=1)) == [("fresh", "t~2", 1)]
+
+
+def test_two_machines_of_one_owner_never_hold_two_copies() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(replace(volunteer("alice-1"), owner="alice"), (), now=0)
+    scheduler.volunteer_joined(replace(volunteer("alice-2"), owner="alice"), (), now=0)
+    scheduler.volunteer_joined(replace(volunteer("bob-1"), owner="bob"), (), now=0)
+    placed = offers(scheduler.submit(MANAGER, copies("t", 3), now=1))
+    holders = sorted(vid for vid, _, _ in placed)
+    assert len(placed) == 2
+    assert holders in (["alice-1", "bob-1"], ["alice-2", "bob-1"])
+    third = next(t for t in scheduler.tasks.values() if t.volunteer_id == "")
+    assert third.spec.replica_of == "t"
+
+
+def test_an_owner_whose_machine_ran_a_copy_gets_no_other_copy_on_another_machine() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(replace(volunteer("alice-1"), owner="alice"), (), now=0)
+    scheduler.volunteer_joined(replace(volunteer("alice-2"), owner="alice"), (), now=0)
+    copy = replace(copies("t", 2)[1], avoid_volunteers=("alice-1",))
+    out = scheduler.submit(MANAGER, [copy], now=1)
+    assert offers(out) == []
+    (event,) = [i.event for i in out if isinstance(i, Publish)][1:]
+    assert event.kind is EventKind.UNSCHEDULABLE
+    assert "its owner (alice) has another copy" in event.message
+
+
+def test_volunteers_without_owners_are_not_kept_apart_by_owner() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("a"), (), now=0)
+    scheduler.volunteer_joined(volunteer("b"), (), now=0)
+    assert len(offers(scheduler.submit(MANAGER, copies("t", 2), now=1))) == 2
+
+
+def test_a_copy_that_ended_frees_its_volunteer_for_other_tasks_but_not_for_its_siblings() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("a", slots=2), (), now=0)
+    first, second = copies("t", 2)
+    scheduler.submit(MANAGER, [first], now=1)
+    scheduler.accepted("a", "t", 1, now=2)
+    scheduler.finished("a", TaskResult("t", 1, 0, ""), now=3)
+    # The manager names the volunteer of the ended copy; without it the sibling could go
+    # there (the scheduler forgets ended tasks).
+    out = scheduler.submit(MANAGER, [replace(second, avoid_volunteers=("a",))], now=4)
+    assert offers(out) == []
+    assert scheduler.tasks["t~2"].spec.avoid_volunteers == ("a",)
+    assert "t" not in scheduler.tasks  # ended
+
+
+def test_a_barred_volunteer_loses_its_tasks_with_a_cancel_and_gets_no_more_offers() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("cheat", slots=2), (), now=0)
+    scheduler.submit(MANAGER, [spec("x"), spec("y")], now=1)
+    scheduler.accepted("cheat", "x", 1, now=2)
+    out = scheduler.volunteer_barred("cheat", "blocklisted", now=3)
+    cancels = sorted(i.task_id for i in out if isinstance(i, SendCancel))
+    assert cancels == ["x", "y"]
+    assert not [i for i in out if isinstance(i, SendOffer)]
+    assert scheduler.running_on("cheat") == set()
+    out = scheduler.submit(MANAGER, [spec("z")], now=4)
+    assert offers(out) == []
