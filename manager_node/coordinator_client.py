@@ -16,7 +16,7 @@ import grpc
 from daemon.backoff import Backoff
 from daemon.discovery.directory import PeerDirectory
 from daemon.discovery.finder import CoordinatorFinder
-from daemon.models import TaskEvent, TaskSpec, Volunteer
+from daemon.models import TaskEvent, TaskSpec, Verdict, Volunteer
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc, trust_pb2, trust_pb2_grpc
 from daemon.supervision import run_together
 from daemon.transport import convert
@@ -53,7 +53,9 @@ class CoordinatorClient:
         self._after_sequence = after_sequence
         self._manager_address = ""
         self._to_submit: list[TaskSpec] = []
-        self._to_cancel: list[str] = []
+        # (workflow id, task ids): the workflow's tasks named, or all of them if none is.
+        self._to_cancel: list[tuple[str, tuple[str, ...]]] = []
+        self._to_report: list[Verdict] = []
         self._work = asyncio.Event()
         self._stub: coordinator_pb2_grpc.CoordinatorServiceAsyncStub | None = None
         self._trust: trust_pb2_grpc.TrustServiceAsyncStub | None = None
@@ -92,8 +94,21 @@ class CoordinatorClient:
         """Calls the workflow's tasks off at the coordinator, ahead of any submission still
         queued; the workflow's own queued tasks are never sent."""
         self._to_submit = [spec for spec in self._to_submit if spec.workflow_id != workflow_id]
-        self._to_cancel.append(workflow_id)
+        self._to_cancel.append((workflow_id, ()))
         self._work.set()
+
+    def cancel_tasks(self, workflow_id: str, task_ids: Sequence[str]) -> None:
+        """Calls these tasks of the workflow off (copies no longer needed)."""
+        named = set(task_ids)
+        self._to_submit = [spec for spec in self._to_submit if spec.task_id not in named]
+        self._to_cancel.append((workflow_id, tuple(task_ids)))
+        self._work.set()
+
+    def report(self, verdicts: Sequence[Verdict]) -> None:
+        """Verdicts on volunteers' results, for the coordinator's trust records."""
+        if verdicts:
+            self._to_report.extend(verdicts)
+            self._work.set()
 
     async def run(self, manager_address: str) -> None:
         """Stays connected until cancelled."""
@@ -136,7 +151,7 @@ class CoordinatorClient:
     async def _send_forever(self) -> None:
         """Delivers queued submissions and cancels; keeps them queued while calls fail."""
         backoff = Backoff()
-        if self._to_submit or self._to_cancel:
+        if self._to_submit or self._to_cancel or self._to_report:
             self._work.set()
         while True:
             await self._work.wait()
@@ -174,17 +189,38 @@ class CoordinatorClient:
                 )
             except BaseException:
                 # Not delivered: back at the front, less what was cancelled meanwhile.
-                cancelled = set(self._to_cancel)
-                self._to_submit[:0] = [s for s in batch if s.workflow_id not in cancelled]
+                whole = {workflow for workflow, named in self._to_cancel if not named}
+                named = {t for _, task_ids in self._to_cancel for t in task_ids}
+                self._to_submit[:0] = [
+                    s for s in batch if s.workflow_id not in whole and s.task_id not in named
+                ]
                 raise
             await self._send_cancels()
+        await self._send_verdicts()
+
+    async def _send_verdicts(self) -> None:
+        assert self._stub is not None
+        while self._to_report:
+            batch = self._to_report[:SUBMIT_BATCH]
+            await self._stub.ReportVerdicts(
+                coordinator_pb2.ReportVerdictsRequest(
+                    manager_id=self._manager_id,
+                    verdicts=[convert.verdict_to_proto(v) for v in batch],
+                ),
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+            del self._to_report[: len(batch)]
 
     async def _send_cancels(self) -> None:
         assert self._stub is not None
         while self._to_cancel:
+            workflow_id, task_ids = self._to_cancel[0]
             await self._stub.CancelTasks(
                 coordinator_pb2.CancelTasksRequest(
-                    manager_id=self._manager_id, workflow_id=self._to_cancel[0]
+                    manager_id=self._manager_id,
+                    # The tasks named, or the whole workflow.
+                    workflow_id="" if task_ids else workflow_id,
+                    task_ids=task_ids,
                 ),
                 timeout=CALL_TIMEOUT_SECONDS,
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import shutil
 import time
 import uuid
@@ -35,6 +36,7 @@ from daemon.models import (
     Submitted,
     TaskEvent,
     TaskSpec,
+    Verdict,
     WorkflowUpdate,
 )
 from daemon.resources import MIB
@@ -45,10 +47,20 @@ from daemon.transport import convert
 from daemon.transport.access import PEOPLE, Caller
 from daemon.transport.caps import excess
 from manager_node.admission import ProposedTask, inputs_mb, unschedulable
+from manager_node.comparison import answer_of
 from manager_node.coordinator_client import CoordinatorClient
 from manager_node.holders import Holders, holder_of
 from manager_node.images import ImageArchives
 from manager_node.store import COORDINATOR_SEQUENCE, ManagerStore, NewTask
+from manager_node.validation import (
+    Copy,
+    CopyState,
+    Decision,
+    copy_id,
+    new_validation,
+    task_of,
+)
+from manager_node.validation import Verdict as CopyVerdict
 from manager_node.workflow import (
     MissingUpstreamError,
     WorkflowRun,
@@ -124,6 +136,8 @@ class WorkflowManager:
             self._track(run.tasks.values())
             self._types[stored.workflow_id] = stored.type
             self._specs.update(stored.specs)
+            for task in run.tasks.values():
+                self._register_copies(task)
             if stored.state == WorkflowState.MERGING.value:
                 self._start_merge(stored.workflow_id)
         if self._runs:
@@ -133,6 +147,15 @@ class WorkflowManager:
         """Hands over, again, what was ready before a restart (the coordinator dedupes)."""
         self.coordinator = coordinator
         self.address = address
+        # Verdicts may have been lost with the process: the coordinator counts each once.
+        coordinator.report(
+            [
+                verdict
+                for run in self._runs.values()
+                for task in run.tasks.values()
+                for verdict in _verdicts(task, [c for c in _copies(task) if c.verdict])
+            ]
+        )
         for run in list(self._runs.values()):
             held = [t for t in run.tasks.values() if t.status.value in ("queued", "running")]
             await self._submit(held)
@@ -159,10 +182,17 @@ class WorkflowManager:
         """Notes who holds each task now (see holders.holder_of); forgets what the attempts
         of a task no longer held sent."""
         for task in tasks:
-            holder = holder_of(task)
-            self._holders.set(task.task_id, holder)
-            if not holder:
-                self._uploads.pop(task.task_id, None)
+            if task.validation is None:
+                held = [(task.task_id, holder_of(task))]
+            else:
+                held = [
+                    (copy_id(task.task_id, copy.number), copy_holder(copy))
+                    for copy in task.validation.copies
+                ]
+            for task_id, holder in held:
+                self._holders.set(task_id, holder)
+                if not holder:
+                    self._uploads.pop(task_id, None)
 
     def _needs(self, task_id: str, sha256: str) -> bool:
         spec = self._specs.get(task_id)
@@ -180,9 +210,18 @@ class WorkflowManager:
             return bool(caller.kinds & PEOPLE)
         task_id, _, attempt = purpose.rpartition(":")
         spec = self._specs.get(task_id)
+        of_task, number = task_of(task_id)
         run = self._runs.get(spec.workflow_id) if spec else None
-        task = run.tasks.get(task_id) if run else None
-        if spec is None or task is None or task.status.finished:
+        task = run.tasks.get(of_task) if run else None
+        if spec is None or task is None:
+            return False
+        if task.validation is None:
+            going, running_attempt = not task.status.finished, task.attempts
+        else:  # a copy runs on, to be judged, after its task is decided
+            copy = task.validation.copy(number)
+            going = copy is not None and copy.state.live
+            running_attempt = copy.attempt if copy is not None else 0
+        if not going:
             return False
         # All its outputs together, each counted once (a resumed upload is the same blob).
         sent = self._uploads.setdefault(task_id, {})
@@ -190,7 +229,7 @@ class WorkflowManager:
         if sum(sent.values()) - sent.get(sha256, 0) + size > cap:
             return False
         held = "volunteer" in caller.kinds and await self._holders.wait_for(
-            caller.node_id, lambda tasks: task_id in tasks and str(task.attempts) == attempt
+            caller.node_id, lambda tasks: task_id in tasks and str(running_attempt) == attempt
         )
         if held:
             sent[sha256] = size
@@ -227,6 +266,10 @@ class WorkflowManager:
         try:
             if workflow.type == EXPLICIT_TYPE:
                 tasks = await self._explicit_tasks(workflow_id, workflow.tasks, files)
+                tasks = [
+                    replace(new, validation=entry.validation or workflow.validation)
+                    for new, entry in zip(tasks, workflow.tasks, strict=True)
+                ]
             else:
                 splitter = get_splitter(workflow.type)
                 raw = await self._materialize_files(
@@ -239,6 +282,7 @@ class WorkflowManager:
                 if not templates:
                     raise SplitterError("parameters", "the split produced no tasks")
                 tasks = await self._tasks(workflow_id, templates)
+                tasks = [replace(new, validation=workflow.validation) for new in tasks]
             _check_graph(workflow.type, tasks)
             # On a thread: ~15 us a task, 1.5 s for 100,000, the event loop's to keep.
             await asyncio.to_thread(_check_sendable, workflow.type, tasks)
@@ -267,7 +311,13 @@ class WorkflowManager:
             run = WorkflowRun.of(
                 workflow_id,
                 [
-                    WorkflowTask(new.spec.task_id, new.name, new.depends_on, new.upstream)
+                    WorkflowTask(
+                        new.spec.task_id,
+                        new.name,
+                        new.depends_on,
+                        new.upstream,
+                        validation=new_validation(new.spec.task_id, new.validation),
+                    )
                     for new in tasks
                 ],
                 workflow.on_failure,
@@ -459,6 +509,8 @@ class WorkflowManager:
                 )
                 ended += run.fail(task, f"cannot start: {error}")
                 continue
+            if task.validation is not None and not task.validation.copies:
+                task.validation.start()
             startable.append(task)
         if startable or ended:
             # One transaction for a whole first wave.
@@ -471,7 +523,13 @@ class WorkflowManager:
         """Hands tasks to the coordinator, their small inputs inline."""
         if not tasks or self.coordinator is None:
             return
-        specs = [self._specs[task.task_id] for task in tasks]
+        specs = []
+        for task in tasks:
+            if task.validation is None:
+                specs.append(self._specs[task.task_id])
+            else:
+                live = [c for c in self._register_copies(task) if c.state.live]
+                specs += [self._specs[copy_id(task.task_id, c.number)] for c in live]
         chosen = [_inline_choice(spec) for spec in specs]
         # One read for the whole wave: a sweep's tasks share their small script and wrapper.
         contents = await self._blobs.read_small({sha for shas in chosen for sha in shas})
@@ -481,6 +539,28 @@ class WorkflowManager:
                 for spec, shas in zip(specs, chosen, strict=True)
             ]
         )
+
+    def _register_copies(self, task: WorkflowTask) -> list[Copy]:
+        """Makes each copy's spec from the task's (a copy's own id, kept apart from the
+        volunteers of the others); returns the copies."""
+        if task.validation is None:
+            return []
+        base = self._specs.get(task.task_id)
+        if base is None:
+            return []
+        for copy in task.validation.copies:
+            others = tuple(
+                dict.fromkeys(
+                    c.volunteer_id
+                    for c in task.validation.copies
+                    if c.volunteer_id and c.number != copy.number
+                )
+            )
+            the_copy = copy_id(task.task_id, copy.number)
+            self._specs[the_copy] = replace(
+                base, task_id=the_copy, replica_of=task.task_id, avoid_volunteers=others
+            )
+        return task.validation.copies
 
     async def _resolve_upstream(self, run: WorkflowRun, task: WorkflowTask) -> None:
         """Adds the outputs this task reads from its dependencies to its inputs; they are
@@ -517,6 +597,145 @@ class WorkflowManager:
 
     async def _apply(self, run: WorkflowRun, event: TaskEvent) -> bool:
         """Applies the event to its run; False when it changed nothing there."""
+        of_task, number = task_of(event.task_id)
+        task = run.tasks.get(of_task)
+        if task is not None and task.validation is not None:
+            return await self._apply_to_copy(run, task, number, event)
+        if number != 1:
+            return False
+        return await self._apply_to_task(run, event)
+
+    async def _apply_to_copy(
+        self, run: WorkflowRun, task: WorkflowTask, number: int, event: TaskEvent
+    ) -> bool:
+        """An event about one copy of a replicated task: the copy moves, and what its
+        validation decides reaches the task (and the coordinator)."""
+        validation = task.validation
+        assert validation is not None
+        decision = Decision()
+        kind = event.kind
+        forward: TaskEvent | None = None
+        if kind is EventKind.RUNNING:
+            validation.running(number, event.volunteer_id, event.attempt)
+            forward = event
+        elif kind is EventKind.PROGRESS:
+            forward = event
+        elif kind in (EventKind.DECLINED, EventKind.REQUEUED):
+            validation.handed_back(number)
+            forward = event if number == 1 else None
+        elif kind is EventKind.UNSCHEDULABLE:
+            decision = validation.unschedulable(number)
+            forward = event if number == 1 or not decision.accept else None
+            if forward is not None and number != 1:
+                forward = replace(forward, message=f"copy {number}: {forward.message}")
+        elif kind in (EventKind.QUEUED, EventKind.OFFERED):
+            forward = event if number == 1 else None
+        elif kind is EventKind.COMPLETED:
+            decision = await self._judge(run, task, number, event)
+        elif kind is EventKind.FAILED:
+            decision = validation.failed_copy(number, event.result, event.message)
+        elif kind is EventKind.CANCELLED:
+            validation.cancelled(number)
+            if number == 1 and not validation.decided:
+                forward = event
+        changed: list[WorkflowTask] = []
+        if forward is not None:
+            changed += self._forward(run, replace(forward, task_id=task.task_id))
+        changed += await self._carry_out(run, task, decision, event)
+        self._track([task])
+        if not changed:
+            # Only the copy moved: its record, and the event as followed.
+            await self._store.save_tasks([task], event.sequence)
+            return True
+        now = run.state()
+        await self._store.save_tasks(
+            [task, *changed],
+            event.sequence,
+            (run.workflow_id, now.value) if not run.finished else None,
+        )
+        await self._publish(run, task.task_id, kind, task.message)
+        await self._hand_over_ready(run)
+        if run.finished:
+            await self._finish(run)
+        return True
+
+    def _forward(self, run: WorkflowRun, event: TaskEvent) -> list[WorkflowTask]:
+        applied = run.apply(event)
+        if applied is None:
+            return []
+        self._track(applied.changed)
+        return list(applied.changed)
+
+    async def _judge(
+        self, run: WorkflowRun, task: WorkflowTask, number: int, event: TaskEvent
+    ) -> Decision:
+        """A copy completed: which answer it gives, and whether its volunteer's word may
+        stand alone."""
+        validation = task.validation
+        assert validation is not None
+        result = event.result
+        if result is None or not await self._outputs_arrived(event):
+            return validation.failed_copy(
+                number, result, "its outputs did not arrive intact at the manager"
+            )
+        result = replace(result, inline_outputs=())
+        kind = self._types.get(run.workflow_id, EXPLICIT_TYPE)
+        splitter = None if kind == EXPLICIT_TYPE else get_splitter(kind)
+        answers = [c.result for c in validation.answers() if c.result is not None]
+        answer = await answer_of(result, answers, self._blobs, splitter)
+        policy = validation.policy
+        trusted = event.trust is not None and event.trust.trusted(policy.trust_threshold)
+        spot_check = _draw.random() < policy.spot_check_rate
+        return validation.completed(number, event.volunteer_id, result, answer, trusted, spot_check)
+
+    async def _carry_out(
+        self, run: WorkflowRun, task: WorkflowTask, decision: Decision, event: TaskEvent
+    ) -> list[WorkflowTask]:
+        """Does what a validation decided; returns the tasks that changed in the run."""
+        if self.coordinator is not None:
+            if decision.judged:
+                self.coordinator.report(_verdicts(task, decision.judged))
+            if decision.cancel:
+                self.coordinator.cancel_tasks(
+                    run.workflow_id, [copy_id(task.task_id, n) for n in decision.cancel]
+                )
+        if decision.submit:
+            await self._submit_copies(task, decision.submit)
+        verdict: TaskEvent | None = None
+        if decision.accept is not None and decision.accept.result is not None:
+            copy = decision.accept
+            assert copy.result is not None
+            verdict = replace(
+                event,
+                task_id=task.task_id,
+                kind=EventKind.COMPLETED,
+                volunteer_id=copy.volunteer_id,
+                result=replace(copy.result, task_id=task.task_id),
+                message="",
+            )
+        elif decision.fail:
+            verdict = replace(
+                event, task_id=task.task_id, kind=EventKind.FAILED, message=decision.fail
+            )
+        return self._forward(run, verdict) if verdict is not None else []
+
+    async def _submit_copies(self, task: WorkflowTask, numbers: Sequence[int]) -> None:
+        if self.coordinator is None:
+            return
+        self._register_copies(task)
+        wanted = {copy_id(task.task_id, n) for n in numbers}
+        chosen_specs = [self._specs[t] for t in sorted(wanted)]
+        chosen = [_inline_choice(spec) for spec in chosen_specs]
+        contents = await self._blobs.read_small({sha for shas in chosen for sha in shas})
+        self.coordinator.submit(
+            [
+                _with_inline_inputs(spec, shas, contents)
+                for spec, shas in zip(chosen_specs, chosen, strict=True)
+            ]
+        )
+
+    async def _apply_to_task(self, run: WorkflowRun, event: TaskEvent) -> bool:
+        """An event about a task that is not replicated."""
         verified = event.kind is not EventKind.COMPLETED or await self._outputs_arrived(event)
         if event.result is not None and event.result.inline_outputs:
             # Stored as blobs now; the task's record keeps only their refs.
@@ -643,8 +862,15 @@ class WorkflowManager:
         run = self._runs.pop(workflow_id)
         # An ended workflow lives in the store only (`resume` loads it back from there).
         self._types.pop(workflow_id, None)
-        for task_id in run.tasks:
-            self._specs.pop(task_id, None)
+        live = False
+        for task in run.tasks.values():
+            self._specs.pop(task.task_id, None)
+            for copy in _copies(task):
+                self._specs.pop(copy_id(task.task_id, copy.number), None)
+                live = live or copy.state.live
+        if live and self.coordinator is not None:
+            # Copies still out (checking a decided task) are of no use any more.
+            self.coordinator.cancel(workflow_id)
         log.info("workflow %s %s%s", workflow_id, state.value, f": {message}" if message else "")
         await self._publish(run, "", state.value, message)
         for queue in self._watchers.pop(workflow_id, set()):
@@ -782,6 +1008,33 @@ class WorkflowManager:
         for queues in self._watchers.values():
             for queue in queues:
                 queue.put_nowait(None)
+
+
+# Spot checks must be unpredictable to volunteers.
+_draw = random.SystemRandom()
+
+
+def _copies(task: WorkflowTask) -> list[Copy]:
+    return task.validation.copies if task.validation is not None else []
+
+
+def _verdicts(task: WorkflowTask, copies: Iterable[Copy]) -> list[Verdict]:
+    """The coordinator's form of the verdicts on these copies (unchecked ones say nothing)."""
+    return [
+        Verdict(
+            copy_id(task.task_id, copy.number),
+            copy.attempt,
+            copy.volunteer_id,
+            copy.verdict is CopyVerdict.AGREED,
+        )
+        for copy in copies
+        if copy.verdict in (CopyVerdict.AGREED, CopyVerdict.DISAGREED)
+    ]
+
+
+def copy_holder(copy: Copy) -> str:
+    """Who holds a copy now (see holders.holder_of)."""
+    return copy.volunteer_id if copy.state is CopyState.RUNNING else ""
 
 
 def _inline_choice(spec: TaskSpec) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,11 @@ import sqlite_utils
 
 from daemon.models import FileRef, TaskSpec, TaskStatusRow, WorkflowStatus
 from daemon.store import Database, Migration, codecs
+from manager_node.validation import Copy, CopyState, Validation, new_validation
+from manager_node.validation import Verdict as CopyVerdict
 from manager_node.workflow import TaskStatus, WorkflowTask, workflow_counts
 from workflows.graph import OnFailure, UpstreamInput
+from workflows.validation_policy import NO_VALIDATION, Mode, ValidationPolicy
 
 
 def _initial_schema(db: sqlite_utils.Database) -> None:
@@ -80,6 +83,11 @@ def _owner(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX files_by_sha256 ON files (sha256)")
 
 
+def _validation(db: sqlite_utils.Database) -> None:
+    """Each replicated task's validation: its policy, its copies and their verdicts."""
+    db.execute("ALTER TABLE tasks ADD COLUMN validation TEXT")
+
+
 MIGRATIONS = (
     Migration("manager/0001_initial", _initial_schema),
     Migration("manager/0002_meta", _meta),
@@ -87,6 +95,7 @@ MIGRATIONS = (
     Migration("manager/0004_upstream_inputs", _upstream_inputs),
     Migration("manager/0005_on_failure", _on_failure),
     Migration("manager/0006_owner", _owner),
+    Migration("manager/0007_validation", _validation),
 )
 COORDINATOR_SEQUENCE = "coordinator_sequence"
 
@@ -97,6 +106,57 @@ class NewTask:
     name: str
     depends_on: tuple[str, ...]
     upstream: tuple[UpstreamInput, ...] = ()
+    validation: ValidationPolicy = NO_VALIDATION
+
+
+def _dump_validation(validation: Validation | None) -> str | None:
+    if validation is None:
+        return None
+    return json.dumps(
+        {
+            "policy": asdict(validation.policy),
+            "copies": [
+                {
+                    **asdict(replace(copy, result=None)),
+                    "result": asdict(replace(copy.result, inline_outputs=()))
+                    if copy.result
+                    else None,
+                }
+                for copy in validation.copies
+            ],
+            "accepted": validation.accepted,
+            "outcome": validation.outcome,
+            "failed": validation.failed,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _load_validation(task_id: str, text: str | None) -> Validation | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    policy = data["policy"]
+    copies = [
+        Copy(
+            number=item["number"],
+            state=CopyState(item["state"]),
+            volunteer_id=item["volunteer_id"],
+            attempt=item["attempt"],
+            result=codecs.task_result_from_data(item["result"]) if item["result"] else None,
+            answer=item["answer"],
+            verdict=CopyVerdict(item["verdict"]),
+        )
+        for item in data["copies"]
+    ]
+    return Validation(
+        task_id,
+        ValidationPolicy(**{**policy, "mode": Mode(policy["mode"])}),
+        copies,
+        accepted=data["accepted"],
+        outcome=data["outcome"],
+        failed=data["failed"],
+    )
 
 
 def _dump_upstream(upstream: tuple[UpstreamInput, ...]) -> str:
@@ -198,9 +258,8 @@ class ManagerStore:
                 ),
             )
             db.conn.executemany(
-                "INSERT INTO tasks "
-                "(id, workflow_id, name, state, spec, depends_on, upstream, updated_at) "
-                "VALUES (?, ?, ?, 'waiting', ?, ?, ?, ?)",
+                "INSERT INTO tasks (id, workflow_id, name, state, spec, depends_on, upstream, "
+                "validation, updated_at) VALUES (?, ?, ?, 'waiting', ?, ?, ?, ?, ?)",
                 [
                     (
                         t.spec.task_id,
@@ -209,6 +268,7 @@ class ManagerStore:
                         codecs.dump(t.spec),
                         json.dumps(list(t.depends_on)),
                         _dump_upstream(t.upstream),
+                        _dump_validation(new_validation(t.spec.task_id, t.validation)),
                         now,
                     )
                     for t in tasks
@@ -255,13 +315,14 @@ class ManagerStore:
     def _write_task(self, db: sqlite_utils.Database, task: WorkflowTask) -> None:
         db.execute(
             "UPDATE tasks SET state = ?, attempts = ?, volunteer_id = ?, error = ?, "
-            "result = ?, updated_at = ? WHERE id = ?",
+            "result = ?, validation = ?, updated_at = ? WHERE id = ?",
             (
                 task.status.value,
                 task.attempts,
                 task.volunteer_id or None,
                 task.message or None,
                 codecs.dump(task.result) if task.result else None,
+                _dump_validation(task.validation),
                 time.time(),
                 task.task_id,
             ),
@@ -348,10 +409,15 @@ class ManagerStore:
         """Every blob a record here refers to: files of workflows, exported image archives."""
 
         def read(db: sqlite_utils.Database) -> set[str]:
+            # Outputs of copies count too: they are compared until their task is decided.
             rows = db.execute(
                 """SELECT sha256 FROM files UNION
                    SELECT substr(value, 1, instr(value, ':') - 1) FROM meta
-                   WHERE key LIKE 'image:%'"""
+                   WHERE key LIKE 'image:%' UNION
+                   SELECT json_extract(output.value, '$.sha256')
+                   FROM tasks, json_each(tasks.validation, '$.copies') AS copy,
+                        json_each(copy.value, '$.result.outputs') AS output
+                   WHERE tasks.validation IS NOT NULL"""
             ).fetchall()
             return {row[0] for row in rows}
 
@@ -463,6 +529,7 @@ def _stored_run(db: sqlite_utils.Database, workflow: dict[str, Any]) -> StoredRu
                 message=row["error"] or "",
                 outputs=result.outputs if result and status is TaskStatus.COMPLETED else (),
                 result=result,
+                validation=_load_validation(row["id"], row["validation"]),
             )
         )
     return StoredRun(

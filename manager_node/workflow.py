@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import assert_never
 
 from daemon.models import EventKind, FileRef, TaskEvent, TaskResult, WorkflowCounts
+from manager_node.validation import Validation
 from workflows.graph import OnFailure, UpstreamInput
 
 
@@ -74,6 +75,8 @@ class WorkflowTask:
     message: str = ""
     outputs: tuple[FileRef, ...] = ()
     result: TaskResult | None = None
+    # Its copies and their verdicts, when its results are checked by replication.
+    validation: Validation | None = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +261,8 @@ class WorkflowRun:
             task.message = ""
             task.volunteer_id = ""
             task.result = None
+            if task.validation is not None:  # copies of the new run start from none
+                task.validation = Validation(task.task_id, task.validation.policy)
         return again
 
     def _end_dependents(self, failed: WorkflowTask) -> list[WorkflowTask]:

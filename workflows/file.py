@@ -15,6 +15,7 @@ from daemon.models import ResourceRequest
 from daemon.task_files import file_name_problem
 from splitters.api import DEFAULT_IMAGE, SplitterError, TaskOutput
 from workflows.graph import OnFailure, UpstreamInput, graph_problems
+from workflows.validation_policy import POLICY_KEYS, ValidationPolicy, parse_policy
 
 T = TypeVar("T")
 EXPLICIT_TYPE = "tasks"
@@ -37,6 +38,8 @@ class ExplicitTask:
     retries: int = 0
     depends_on: tuple[str, ...] = ()
     network: bool = False
+    # How its results are checked, when it says more than its workflow does.
+    validation: ValidationPolicy | None = None
 
     @property
     def upstream(self) -> tuple[UpstreamInput, ...]:
@@ -56,6 +59,7 @@ class WorkflowFile:
     parameters: dict[str, Any] = field(default_factory=dict)
     tasks: tuple[ExplicitTask, ...] = ()
     on_failure: OnFailure = OnFailure.SKIP
+    validation: ValidationPolicy = field(default_factory=ValidationPolicy)
 
     def input_files(self) -> list[str]:
         """Every file the explicit tasks read, as written in the workflow file."""
@@ -119,14 +123,19 @@ def parse_workflow(text: str, overrides: Mapping[str, str] | None = None) -> Wor
             f"workflow.{unknown}", f"unknown key; known: {', '.join(sorted(_WORKFLOW_KEYS))}"
         )
     on_failure = problems.check(lambda: _on_failure(workflow), OnFailure.SKIP)
+    validation = problems.check(lambda: parse_policy(workflow, "workflow"), ValidationPolicy())
     if "tasks" in document:
-        tasks = _parse_tasks(document["tasks"], problems)
+        tasks = _parse_tasks(document["tasks"], problems, validation)
         name = workflow.get("name", "tasks")
         if not isinstance(name, str) or not name.strip():
             problems.add("workflow.name", "must be a non-empty string")
         problems.raise_any()
         return WorkflowFile(
-            name=str(name).strip(), type=EXPLICIT_TYPE, tasks=tasks, on_failure=on_failure
+            name=str(name).strip(),
+            type=EXPLICIT_TYPE,
+            tasks=tasks,
+            on_failure=on_failure,
+            validation=validation,
         )
     workflow_type = workflow.get("type")
     if not isinstance(workflow_type, str) or not workflow_type:
@@ -146,10 +155,11 @@ def parse_workflow(text: str, overrides: Mapping[str, str] | None = None) -> Wor
         type=str(workflow_type),
         parameters={**parameters, **(overrides or {})},
         on_failure=on_failure,
+        validation=validation,
     )
 
 
-_WORKFLOW_KEYS = {"name", "type", "on_failure"}
+_WORKFLOW_KEYS = {"name", "type", "on_failure", *POLICY_KEYS}
 
 
 def _on_failure(workflow: dict[str, Any]) -> OnFailure:
@@ -165,16 +175,20 @@ def _on_failure(workflow: dict[str, Any]) -> OnFailure:
 
 _TASK_KEYS = {
     "name", "command", "image", "inputs", "outputs", "resources", "timeout", "retries",
-    "depends_on", "network",
+    "depends_on", "network", *POLICY_KEYS,
 }  # fmt: skip
 _RESOURCE_KEYS = {"cpus", "memory_mb", "disk_mb", "gpus"}
 
 
-def _parse_tasks(entries: Any, problems: _Problems) -> tuple[ExplicitTask, ...]:
+def _parse_tasks(
+    entries: Any, problems: _Problems, validation: ValidationPolicy
+) -> tuple[ExplicitTask, ...]:
     if not isinstance(entries, list) or not entries:
         problems.add("tasks", "must be a non-empty array of tables ([[tasks]])")
         return ()
-    parsed = [_parse_task(index, entry, problems) for index, entry in enumerate(entries)]
+    parsed = [
+        _parse_task(index, entry, problems, validation) for index, entry in enumerate(entries)
+    ]
     tasks = [task for task in parsed if task is not None]
     if len(tasks) == len(parsed):  # the graph of a partly unreadable file says little
         where = {task.name: f"tasks[{index}]" for index, task in enumerate(tasks)}
@@ -184,7 +198,9 @@ def _parse_tasks(entries: Any, problems: _Problems) -> tuple[ExplicitTask, ...]:
     return tuple(tasks)
 
 
-def _parse_task(index: int, entry: Any, problems: _Problems) -> ExplicitTask | None:
+def _parse_task(
+    index: int, entry: Any, problems: _Problems, validation: ValidationPolicy
+) -> ExplicitTask | None:
     where = f"tasks[{index}]"
     if not isinstance(entry, dict):
         problems.add(where, "must be a table")
@@ -220,6 +236,10 @@ def _parse_task(index: int, entry: Any, problems: _Problems) -> ExplicitTask | N
         ),
         depends_on=problems.check(lambda: _depends_on(entry, inputs, where), ()),
         network=problems.check(lambda: _boolean(entry, "network", where), False),
+        validation=problems.check(
+            lambda: parse_policy(entry, where, validation) if POLICY_KEYS & set(entry) else None,
+            None,
+        ),
     )
     return task if len(problems.errors) == before else None
 
