@@ -5,6 +5,10 @@ result files (`merge`), and says beforehand what the tasks will ask for (`estima
 manager runs split and merge; each task runs in a container on some volunteer, seeing its
 inputs read-only at /input/<name> and writing its declared outputs to /output/<name>.
 
+Some tasks run on two volunteers, and the manager asks the splitter whether the two copies
+of an output agree (`equivalent`); `same_bytes` is the comparison of outputs that must match
+byte for byte, and splitters/equivalence.py has those of arrays and JSON (it imports numpy).
+
 This module imports no numpy: daemons without the manager role load the registry too.
 """
 
@@ -37,8 +41,13 @@ __all__ = [
     "SplitterError",
     "TaskOutput",
     "TaskTemplate",
+    "outputs_agree",
+    "same_bytes",
     "validate_parameters",
 ]
+
+# Bytes compared at a time by same_bytes.
+COMPARE_CHUNK_BYTES = 1024 * 1024
 
 # The generic worker image: python3 + numpy 1.24 (Debian bookworm); built by `make image`.
 DEFAULT_IMAGE = "vcnode/worker:1"
@@ -97,6 +106,40 @@ def run_step(splitter: Splitter, step: str, call: Callable[[], T]) -> T:
         raise SplitterError(
             f"{splitter.name} {step}", f"the splitter failed: {type(error).__name__}: {error}"
         ) from error
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes, read a chunk at a time; False (logged at
+    debug) when either cannot be read. (Not filecmp.cmp: its cache of results, kept for
+    the life of the process, would grow with every pair a long-running manager compares.)"""
+    try:
+        if a.stat().st_size != b.stat().st_size:
+            return False
+        with a.open("rb") as one, b.open("rb") as other:
+            while True:
+                chunk = one.read(COMPARE_CHUNK_BYTES)
+                if chunk != other.read(COMPARE_CHUNK_BYTES):
+                    return False
+                if not chunk:
+                    return True
+    except OSError as error:
+        log.debug("cannot compare %s with %s: %s", a, b, error)
+        return False
+
+
+def outputs_agree(splitter: Splitter, output: str, a: Path, b: Path) -> bool:
+    """`splitter.equivalent(output, a, b)`, safe to call with any splitter: one without
+    the method (a plugin written before it) has its copies compared byte for byte, and one
+    whose method raises (a bug of its own: it must not) is logged with its traceback and
+    taken to say that they disagree."""
+    compare = getattr(splitter, "equivalent", None)
+    if compare is None:
+        return same_bytes(a, b)
+    try:
+        return bool(compare(output, a, b))
+    except Exception as error:
+        log.error("splitter %s: equivalent raised on %s", splitter.name, output, exc_info=error)
+        return False
 
 
 def _check_plain_name(name: str, what: str) -> None:
@@ -345,4 +388,13 @@ class Splitter(Protocol):
 
     def estimate(self, params: Mapping[str, Any]) -> Estimate:
         """Task count, per-task resources and a rough time, without writing anything."""
+        ...
+
+    def equivalent(self, output: str, a: Path, b: Path) -> bool:
+        """Whether two copies of the task output named `output`, run on two volunteers,
+        agree (result validation by replication). Called only when their bytes differ (the
+        caller compares hashes first), on a worker thread, with files that may be large and
+        come from anyone: stream or memory-map them, and return False, never raise, for a
+        truncated or malformed copy. Say in the docstring why this splitter's outputs may
+        differ legitimately and what tolerance that earns; with no reason, `same_bytes`."""
         ...

@@ -48,6 +48,7 @@ from splitters.api import (
     Parameter,
     SplitterError,
     TaskTemplate,
+    same_bytes,
 )
 
 RECORD = "batch.json"
@@ -379,6 +380,15 @@ class ImageBatch:
                 )
             )
         return tasks
+
+    def equivalent(self, output: str, a: Path, b: Path) -> bool:
+        """Two copies agree only byte for byte. batch.json is the split's record, copied
+        as it is; the other outputs are whatever the user's command makes of the files, in
+        the user's image: images, arrays, anything, of a format and an exactness nothing
+        here knows. The manifest records each output's sha256, and a command run on the
+        same files in the same image must write the same bytes to be confirmed (one that
+        stamps times into its files never will)."""
+        return same_bytes(a, b)
 
     def merge(self, outputs: Mapping[str, Mapping[str, Path]], workdir: Path) -> list[Path]:
         rows: list[tuple[str, str, str, str, int]] = []

@@ -1,5 +1,7 @@
 """C = A + B, one task per block of a `blocks` x `blocks` grid: task (i, j) adds A[i, j] and
-B[i, j]. Each block of A and B is needed by exactly one task, so nothing is shared."""
+B[i, j]. Each block of A and B is needed by exactly one task, so nothing is shared.
+
+Two volunteers' copies of a block must hold the same values (see `equivalent`)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from splitters import blocks
-from splitters.api import Estimate, Parameter, SplitterError, TaskTemplate
+from splitters.api import Estimate, Parameter, SplitterError, TaskTemplate, same_bytes
+from splitters.equivalence import same_arrays
 
 WORKER = "matadd_block.py"
 A_INPUT = "a_block.npy"
@@ -70,6 +73,19 @@ class MatrixAddition:
                     )
                 )
         return tasks
+
+    def equivalent(self, output: str, a: Path, b: Path) -> bool:
+        """Two copies of a block agree when they hold the same array: same shape, dtype and
+        values, with no tolerance. Adding two numbers is one correctly rounded IEEE
+        operation, the same on every CPU and in any order of elements, so an honest sum
+        has exactly one value. The bytes, though, may differ where the values do not: a
+        volunteer without Docker runs its host's numpy, and numpy versions have laid
+        the .npy header out differently (its padding, the data's alignment); a big-endian
+        host writes >f8; and an invalid sum (inf + -inf) is a NaN whose sign bit x86 sets
+        and ARM does not. So the arrays are compared, not the bytes, with NaN equal to NaN."""
+        if output == blocks.BLOCK_OUTPUT:
+            return same_arrays(a, b)
+        return same_bytes(a, b)
 
     def merge(self, outputs: Mapping[str, Mapping[str, Path]], workdir: Path) -> list[Path]:
         return [blocks.assemble(outputs, workdir)]

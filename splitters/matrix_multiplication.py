@@ -9,6 +9,9 @@ task reading one A panel and one B panel.
 When panels are too big for a volunteer, the shared dimension k is cut too (`inner_blocks`,
 or chosen from `memory_mb`): task `partial-i-j-k` computes A_ik · B_kj, and a reduce task
 `block-i-j`, which depends on them and reads their outputs, adds them into C[i, j].
+
+Two volunteers' copies of a block agree when they are within rounding of each other (see
+`MatrixMultiplication.equivalent`): the same product, added up in another order.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from splitters import blocks
-from splitters.api import Estimate, Parameter, SplitterError, TaskOutput, TaskTemplate
+from splitters.api import Estimate, Parameter, SplitterError, TaskOutput, TaskTemplate, same_bytes
+from splitters.equivalence import EXACT, Tolerance, close_arrays
 
 WORKER = "matmul_block.py"
 REDUCER = "sum_blocks.py"
@@ -31,6 +35,19 @@ B_INPUT = "b_panel.npy"
 PARTIAL_OUTPUT = "partial.npy"
 PARTIAL_PREFIX = "partial-"
 INNER_KEY = "inner_blocks"
+# Relative tolerance of two copies of a block, by the precision of its floating-point type
+# (bits of the real part): see MatrixMultiplication.equivalent.
+RTOL_BY_BITS = ((64, 1e-9), (32, 1e-4), (0, 1e-2))
+
+
+def block_tolerance(dtype: np.dtype[Any]) -> Tolerance:
+    """How far two copies of a product block of this type may be apart: exact for
+    integers and booleans, else RTOL_BY_BITS of each value and of the block's magnitude."""
+    if dtype.kind not in "fc":
+        return EXACT
+    bits = np.finfo(dtype).bits
+    rtol = next(rtol for least, rtol in RTOL_BY_BITS if bits >= least)
+    return Tolerance(rtol=rtol, scaled_atol=rtol)
 
 
 def _multiply(output: str) -> tuple[str, ...]:
@@ -222,6 +239,39 @@ class MatrixMultiplication:
                     )
                 )
         return tasks
+
+    def equivalent(self, output: str, a: Path, b: Path) -> bool:
+        """Two copies of a block (or of a partial product) agree when they have one shape
+        and dtype and their values are equal within rounding.
+
+        Why they differ: each element is a sum of k products, and BLAS adds them in an
+        order of its own, chosen by the CPU (kernels for AVX2, AVX-512, NEON, with or
+        without fused multiply-add) and the library and its version (a volunteer without
+        Docker runs its host's numpy). Each order rounds differently: the errors grow with
+        the number of terms and with the size of the terms, not of the result, so a sum
+        that cancels to a small element carries an error the size of its large terms.
+
+        Tolerance, float64: |x - y| <= 1e-9 * min(|x|, |y|) + 1e-9 * scale, scale being
+        the block's largest finite |value| (of the copy whose largest is smaller, so a
+        forged huge value does not widen it). The relative part covers elements of the
+        block's own size; the part relative to the scale covers small elements that are
+        what is left of cancelling sums, whose rounding error is relative to the terms'
+        size, of which the block's magnitude is the measure at hand (the inputs are not).
+        Roundoff in float64 is 1.1e-16 per operation and grows like sqrt(k) in practice,
+        1e-13 for k = 1e6 terms: 1e-9 leaves a margin of 1e4 for cancellation, and lets
+        through no change larger than a billionth of the block's magnitude (the last 22
+        of a float64's 52 fraction bits), no error to bend a result with; wrong
+        arithmetic, a byte corrupted above those bits, other inputs or a forged block are
+        caught. (A product that cancels more, as an ill-conditioned matrix times its
+        inverse does, can make honest copies disagree.) float32 blocks get 1e-4 (roundoff
+        6e-8, times sqrt(k)), float16 1e-2;
+        integer and boolean products are exact in any order (integers wrap the same way),
+        so they must be equal. NaN agrees with NaN (another CPU writes another NaN bit
+        pattern); .npy headers and byte order may differ, the values may not.
+        """
+        if output in (blocks.BLOCK_OUTPUT, PARTIAL_OUTPUT):
+            return close_arrays(a, b, block_tolerance)
+        return same_bytes(a, b)
 
     def merge(self, outputs: Mapping[str, Mapping[str, Path]], workdir: Path) -> list[Path]:
         # Partial products are intermediate: the reduce tasks' blocks are C.

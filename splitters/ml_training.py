@@ -24,6 +24,9 @@ Merge writes model.npz (the last round's model: layers w0, b0[, w1, b1], plus cl
 and std: predict with argmax(layers((x - mean) / std)) and look the index up in classes),
 and metrics.json (a list, one object per round) and metrics.csv with each round's test
 accuracy and loss. It needs nothing from split's folder (the manager may have restarted).
+
+Two volunteers' copies of an update, a model or metrics agree when their numbers are equal
+within rounding (see `MlTraining.equivalent`).
 """
 
 from __future__ import annotations
@@ -52,7 +55,10 @@ from splitters.api import (
     SplitterError,
     TaskOutput,
     TaskTemplate,
+    same_bytes,
 )
+from splitters.equivalence import EXACT, Tolerance, close_json, close_npz
+from splitters.workers.ml_worker import LAYER_KEY
 
 WORKER = "ml_worker.py"
 MODEL = "model.npz"
@@ -83,6 +89,13 @@ FLOAT_BYTES = 8
 
 # Units in an mlp's hidden layer unless the workflow says.
 DEFAULT_HIDDEN = 32
+
+# How far two volunteers' copies of a trained value may be apart: see MlTraining.equivalent.
+WEIGHT_TOLERANCE = Tolerance(rtol=1e-4, scaled_atol=1e-6)
+METRIC_TOLERANCE = Tolerance(rtol=1e-4, atol=1e-12)
+# Members of update.npz and model.npz that training computes; the others (samples, and
+# classes, mean and std copied from the inputs) must be equal.
+TRAINED_MEMBERS = ("train_loss",)
 
 
 def train_name(round_index: int, shard: int) -> str:
@@ -368,6 +381,41 @@ class MlTraining:
             depends_on=tuple(train_name(round_index, s) for s in shards),
         )
 
+    def equivalent(self, output: str, a: Path, b: Path) -> bool:
+        """Two copies of update.npz or model.npz agree when they hold the same arrays, of
+        one shape and dtype, the trained ones (layers w0, b0, ... and train_loss) within
+        WEIGHT_TOLERANCE and the rest (samples, and classes, mean and std, copied from the
+        inputs) equal; two copies of metrics.json when they hold the same keys and
+        integers, and floats (accuracy, loss, train_loss) within METRIC_TOLERANCE.
+
+        Why they differ: the worker's arithmetic is matrix products (BLAS, which adds them
+        up in an order of its own on each CPU) and exp and log (whose last bit depends on
+        numpy's SIMD paths), repeated for every step of every epoch; a volunteer without
+        Docker runs its host's numpy, another version. Each step's rounding is ulps;
+        gradient descent on this loss damps rather than amplifies it: weights trained from
+        models 1 ulp apart (MLP and softmax on the digits, up to 1000 epochs, full and
+        mini-batch) ended about 1e-15 of the layer's largest weight apart, 3e-13 at most
+        relative. And .npz bytes differ anyway with another numpy's .npy headers.
+
+        Tolerance: a weight within 1e-4 relative, or 1e-6 of its layer's largest |weight|
+        (the smaller copy's: a forged huge weight does not widen it), so small weights,
+        whose relative error is larger, are measured against the layer. That is about 1e9
+        times what rounding was seen to do, room for longer and less stable training,
+        and still a change that no prediction but a near tie notices: agreeing copies are
+        one model. A corrupted byte fails the member's CRC, and with the CRC rewritten is
+        caught unless it hit the lowest bits of a weight, where it changes nothing; a
+        forged update, or weights of another data set, seed or learning rate, are
+        different models. Metrics: floats within 1e-4 relative (1e-12 absolute for a loss
+        of about 0), integers and the JSON's keys exact. Accuracy counts test samples
+        whose prediction is right, so rounding would change it only by a test sample
+        whose two best classes tie to 1e-13: that is taken as a disagreement.
+        """
+        if output in (UPDATE, MODEL):
+            return close_npz(a, b, _member_tolerance)
+        if output == METRICS:
+            return close_json(a, b, METRIC_TOLERANCE)
+        return same_bytes(a, b)
+
     def merge(self, outputs: Mapping[str, Mapping[str, Path]], workdir: Path) -> list[Path]:
         averages = _average_outputs(outputs)
         rounds = [_read_metrics(round_index, files) for round_index, files in enumerate(averages)]
@@ -380,6 +428,12 @@ class MlTraining:
         metrics_csv = workdir / METRICS_CSV
         metrics_csv.write_text(_csv(rounds), encoding="utf-8")
         return [model, metrics_json, metrics_csv]
+
+
+def _member_tolerance(member: str, dtype: np.dtype[Any]) -> Tolerance:
+    if LAYER_KEY.fullmatch(member) or member in TRAINED_MEMBERS:
+        return WEIGHT_TOLERANCE
+    return EXACT
 
 
 # --- merge ------------------------------------------------------------------------------

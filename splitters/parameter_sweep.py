@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from splitters import templating
-from splitters.api import Estimate, MergeError, Parameter, SplitterError, TaskTemplate
+from splitters.api import (
+    Estimate,
+    MergeError,
+    Parameter,
+    SplitterError,
+    TaskTemplate,
+    same_bytes,
+)
 
 POINT_RECORD = "point.json"
 RESULTS_CSV = "results.csv"
@@ -250,6 +257,14 @@ class ParameterSweep:
                 )
             )
         return tasks
+
+    def equivalent(self, output: str, a: Path, b: Path) -> bool:
+        """Two copies agree only byte for byte. point.json is the split's record, copied
+        as it is; the result is whatever the user's command writes, in the user's image,
+        and nothing here knows its format or how exact it is, so a command run with the
+        same point, image and inputs must write the same bytes to be confirmed (a command
+        that prints times or unseeded random numbers never will)."""
+        return same_bytes(a, b)
 
     def merge(self, outputs: Mapping[str, Mapping[str, Path]], workdir: Path) -> list[Path]:
         points = _read_points(outputs)

@@ -7,8 +7,9 @@ A package adds a workflow type by declaring, in its pyproject.toml,
 
 where the object is a splitter (see `splitters.api.Splitter`) or a class whose no-argument
 instance is one, and its `name` is the entry point's name. Built-in names cannot be taken
-over by a package. Nothing is imported until asked for: listing names loads no plugin code
-and no numpy.
+over by a package. `equivalent` is not required of a plugin written before it existed:
+`splitters.api.outputs_agree` compares such a splitter's outputs byte for byte. Nothing is
+imported until asked for: listing names loads no plugin code and no numpy.
 """
 
 from __future__ import annotations
