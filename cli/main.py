@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import logging
 import os
@@ -237,6 +238,21 @@ async def _call(address: Dial, what: str, call: Callable[[grpc.aio.Channel], Awa
 
 async def _volunteers(args: argparse.Namespace) -> int:
     address = await locate(_target(args))
+    if args.clear_trust:
+        cleared = await _call(
+            address,
+            "coordinator",
+            lambda channel: coordinator_pb2_grpc.CoordinatorServiceStub(channel).ClearTrust(
+                coordinator_pb2.ClearTrustRequest(volunteer_id=args.clear_trust),
+                timeout=CALL_TIMEOUT_SECONDS,
+            ),
+        )
+        record = convert.trust_record_from_proto(cleared.trust)
+        if args.json:
+            views.print_json(dataclasses.asdict(record))
+        else:
+            print(f"volunteer {args.clear_trust}: trust record cleared; it is offered tasks again")
+        return 0
     reply = await _call(
         address,
         "coordinator",
@@ -387,6 +403,12 @@ def _add_client_parsers(commands: Any) -> None:
     )
     status.add_argument("workflow", nargs="?", help="a workflow id: show its tasks instead")
     status.add_argument(
+        "--task",
+        metavar="TASK",
+        help="with WORKFLOW: one task (name or id) and every copy that ran of it, with "
+        "its volunteer, output hashes and verdict",
+    )
+    status.add_argument(
         "--all",
         action="store_true",
         help="with WORKFLOW: list every task (else at most 40, those needing attention first)",
@@ -400,8 +422,15 @@ def _add_client_parsers(commands: Any) -> None:
     )
     status.set_defaults(handler=_async(_status))
 
-    volunteers = commands.add_parser("volunteers", help="the coordinator's volunteers")
+    volunteers = commands.add_parser(
+        "volunteers", help="the coordinator's volunteers and how far their results are trusted"
+    )
     _add_target_arguments(volunteers, "coordinator")
+    volunteers.add_argument(
+        "--clear-trust",
+        metavar="ID",
+        help="lift a volunteer's blocklisting: its trust record starts afresh (admins)",
+    )
     volunteers.set_defaults(handler=_async(_volunteers))
 
     peers = commands.add_parser(

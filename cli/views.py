@@ -77,7 +77,22 @@ def volunteer_json(volunteer: Volunteer) -> dict[str, Any]:
         "version": volunteer.version,
         "first_seen": volunteer.first_seen,
         "last_seen": volunteer.last_seen,
+        "owner": volunteer.owner,
+        "trust": asdict(volunteer.trust),
     }
+
+
+def trust_of(volunteer: Volunteer) -> str:
+    """Its results as checked against other volunteers': "vouched", "7 agreed in a row",
+    "blocklisted", "new"."""
+    trust = volunteer.trust
+    if trust.blocklisted:
+        return f"blocklisted ({trust.disagreed} disagreed)"
+    if trust.vouched:
+        return "vouched" + (f", {trust.streak} agreed" if trust.streak else "")
+    if trust.disagreed:
+        return f"{trust.streak} agreed since a disagreement"
+    return f"{trust.streak} agreed" if trust.streak else "new"
 
 
 def volunteers_table(volunteers: Sequence[Volunteer]) -> str:
@@ -91,12 +106,20 @@ def volunteers_table(volunteers: Sequence[Volunteer]) -> str:
             f"{v.resources.memory_mb / 1024:.1f} GiB",
             f"{v.load.cpu_percent:.0f}% cpu, {v.load.running_tasks} tasks",
             runtime_of(v),
+            trust_of(v),
             v.state.value,
             ago(v.last_seen),
         ]
         for v in volunteers
     ]
-    return table(["ID", "HOST", "CORES", "RAM", "LOAD", "RUNTIME", "STATE", "LAST SEEN"], rows)
+    headers = ["ID", "HOST", "CORES", "RAM", "LOAD", "RUNTIME", "TRUST", "STATE", "LAST SEEN"]
+    table_text = table(headers, rows)
+    blocked = [v for v in volunteers if v.trust.blocklisted]
+    for v in blocked:
+        table_text += f"\n{v.volunteer_id[:8]} is blocklisted: {v.trust.blocklist_reason}"
+    if blocked:
+        table_text += "\n(an admin lifts it: vcnode volunteers --clear-trust ID)"
+    return table_text
 
 
 def peer_json(peer: Peer) -> dict[str, Any]:

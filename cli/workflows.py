@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,7 +26,7 @@ from cli.rpc import connected
 from cli.workflow_file import local_files, located, read_workflow
 from daemon.backoff import Backoff
 from daemon.errors import InvalidInputError, NodeError, UnreachableError
-from daemon.models import FileRef, Submitted, WorkflowCounts, WorkflowStatus
+from daemon.models import FileRef, Submitted, TaskStatusRow, WorkflowCounts, WorkflowStatus
 from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
 from daemon.transfer.client import download, upload
 from daemon.transfer.hashing import sha256_file
@@ -60,10 +61,10 @@ async def manager_at(peer: Dial) -> AsyncIterator[manager_pb2_grpc.ManagerServic
 
 
 async def _workflow_status(
-    manager: manager_pb2_grpc.ManagerServiceAsyncStub, workflow_id: str
+    manager: manager_pb2_grpc.ManagerServiceAsyncStub, workflow_id: str, task: str = ""
 ) -> WorkflowStatus:
     reply = await manager.GetWorkflowStatus(
-        manager_pb2.GetWorkflowStatusRequest(workflow_id=workflow_id),
+        manager_pb2.GetWorkflowStatusRequest(workflow_id=workflow_id, task=task),
         timeout=CALL_TIMEOUT_SECONDS,
     )
     return convert.workflow_status_from_proto(reply)
@@ -308,9 +309,22 @@ def _status_json(status: WorkflowStatus) -> dict[str, Any]:
                 "attempts": task.attempts,
                 "error": task.error,
                 "volunteer_id": task.volunteer_id,
+                "copies": task.copies,
+                "agreeing": task.agreeing,
+                "validation": task.validation,
+                **(
+                    {"copy_details": [asdict(copy) for copy in task.copy_details]}
+                    if task.copy_details
+                    else {}
+                ),
             }
             for task in status.tasks
         ],
+        "validation_cost": {
+            "extra_copies": status.extra_copies,
+            "extra_run_seconds": status.extra_run_seconds,
+            "run_seconds": status.run_seconds,
+        },
         "created_at": status.created_at,
         "updated_at": status.updated_at,
     }
@@ -329,8 +343,56 @@ def task_rows(status: WorkflowStatus, everything: bool) -> tuple[list[list[str]]
     if not everything and len(tasks) > TASK_ROWS:
         tasks = sorted(tasks, key=lambda t: _INTEREST.get(t.state, len(_INTEREST)))
     shown, left_out = (tasks, []) if everything else (tasks[:TASK_ROWS], tasks[TASK_ROWS:])
-    rows = [[t.name, t.state, str(t.attempts), t.volunteer_id[:8], t.error] for t in shown]
+    rows = [
+        [t.name, t.state, _copies(t), str(t.attempts), t.volunteer_id[:8], t.error] for t in shown
+    ]
     return rows, Counter(t.state for t in left_out)
+
+
+def _copies(task: TaskStatusRow) -> str:
+    """How many copies ran and agreed: "1" for a task run once."""
+    if task.copies <= 1:
+        return str(task.copies or 1)
+    return f"{task.copies} ({task.agreeing} agreed)"
+
+
+def validation_cost(status: WorkflowStatus) -> str:
+    """What checking results cost this workflow, in copies and run time."""
+    if not status.extra_copies:
+        return "no extra copies ran"
+    share = status.extra_run_seconds / status.run_seconds if status.run_seconds else 0.0
+    return (
+        f"{status.extra_copies} extra copies ran to check results: "
+        f"{status.extra_run_seconds:.1f} s of {status.run_seconds:.1f} s of run time "
+        f"({share:.0%})"
+    )
+
+
+def _print_copies(status: WorkflowStatus) -> None:
+    """One task and every copy that ran of it."""
+    (task,) = status.tasks
+    print(f"task      {task.name} ({task.task_id}) in {status.workflow_id}")
+    print(f"state     {task.state}" + (f": {task.error}" if task.error else ""))
+    if not task.copy_details:
+        print(
+            f"copies    1 (its results are not checked by replication); ran on "
+            f"{task.volunteer_id[:8] or 'no volunteer yet'}"
+        )
+        return
+    print(f"copies    {task.copies}, {task.agreeing} agreed: {task.validation or 'undecided'}")
+    rows = [
+        [
+            str(copy.number),
+            copy.state,
+            copy.volunteer_id[:8],
+            copy.verdict or "-",
+            f"{copy.run_seconds:.1f}s",
+            " ".join(f"{ref.name}={ref.sha256[:12]}" for ref in copy.outputs) or copy.error,
+        ]
+        for copy in task.copy_details
+    ]
+    print()
+    print(views.table(["COPY", "STATE", "VOLUNTEER", "VERDICT", "RAN", "OUTPUTS (sha256)"], rows))
 
 
 def _print_outcome(status: WorkflowStatus, everything: bool = False) -> None:
@@ -344,10 +406,12 @@ def _print_outcome(status: WorkflowStatus, everything: bool = False) -> None:
         f"{counts.failed} failed, {counts.queued} queued, {counts.cancelled} cancelled "
         f"of {counts.total}"
     )
+    if status.extra_copies:
+        print(f"checks    {validation_cost(status)}")
     rows, left_out = task_rows(status, everything)
     if rows:
         print()
-        print(views.table(["TASK", "STATE", "ATTEMPTS", "VOLUNTEER", "REASON"], rows))
+        print(views.table(["TASK", "STATE", "COPIES", "ATTEMPTS", "VOLUNTEER", "REASON"], rows))
     if left_out:
         states = ", ".join(f"{count} {state}" for state, count in sorted(left_out.items()))
         print(
@@ -360,9 +424,11 @@ def _print_outcome(status: WorkflowStatus, everything: bool = False) -> None:
 
 async def status(peer: Dial, args: argparse.Namespace) -> int:
     async with manager_at(peer) as manager:
-        found = await _workflow_status(manager, args.workflow)
+        found = await _workflow_status(manager, args.workflow, args.task or "")
     if args.json:
         views.print_json(_status_json(found))
+    elif args.task:
+        _print_copies(found)
     else:
         _print_outcome(found, everything=args.all)
     return 0

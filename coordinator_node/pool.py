@@ -58,6 +58,8 @@ Stimulus = Callable[[float], list[Instruction]]
 @dataclass
 class PoolSession:
     token: SessionToken
+    # Its trust record as the session opened (told in the welcome).
+    trust: TrustRecord = field(default_factory=TrustRecord)
     # What to send the volunteer; None ends the session.
     outbox: asyncio.Queue[Outgoing | None] = field(default_factory=asyncio.Queue)
 
@@ -124,15 +126,15 @@ class Pool:
             replaced = self._sessions.get(token.volunteer_id)
             if replaced is not None:
                 replaced.close()
-            session = PoolSession(token)
+            session = PoolSession(token, self._trust.get(token.volunteer_id))
             self._sessions[token.volunteer_id] = session
             await self._store.save_volunteers([volunteer], event="online")
             if (
                 enrolled := self._trust.enrol(token.volunteer_id, registration.vouched)
             ) is not None:
                 await self._store.save_trust([(token.volunteer_id, enrolled)])
+            session.trust = self._trust.get(token.volunteer_id)
             log.info("volunteer %s (%s) online", volunteer.volunteer_id, volunteer.hostname)
-            session.outbox.put_nowait(self._trust.get(token.volunteer_id))
             await self._admit(volunteer, registration.running_task_ids, now)
         return session
 
@@ -144,7 +146,7 @@ class Pool:
             log.info("volunteer %s is blocklisted: offered nothing", volunteer.volunteer_id)
             return
         await self._execute(
-            self._scheduler.volunteer_joined(_candidate(volunteer), running_task_ids, now)
+            self._scheduler.volunteer_joined(self._candidate(volunteer), running_task_ids, now)
         )
 
     async def heartbeat(self, session: PoolSession, load: Load) -> None:
@@ -217,8 +219,11 @@ class Pool:
         """Moves the trust records of the volunteers the verdicts name; counts only those
         about a completed attempt of this manager's, each once. Returns how many counted."""
         async with self._lock:
-            new = await self._store.add_verdicts(manager_id, verdicts)
             now = time.time()
+            await self._execute(
+                self._scheduler.judged([(v.volunteer_id, v.task_id) for v in verdicts], now)
+            )
+            new = await self._store.add_verdicts(manager_id, [v for v in verdicts if v.checked])
             changed: dict[str, TrustRecord] = {}
             barred: dict[str, str] = {}
             for verdict in new:
@@ -235,6 +240,10 @@ class Pool:
             for vid, reason in barred.items():
                 log.warning("volunteer %s blocklisted: %s", vid, reason)
                 await self._execute(self._scheduler.volunteer_barred(vid, "blocklisted", now))
+            for vid in changed.keys() - barred.keys():
+                if (volunteer := self._registry.get(vid)) is not None:
+                    candidate = self._candidate(volunteer)
+                    await self._execute(self._scheduler.volunteer_changed(candidate, now))
         return len(new)
 
     async def clear_trust(self, volunteer_id: str) -> TrustRecord:
@@ -361,6 +370,16 @@ class Pool:
                 if session is not None:
                     session.outbox.put_nowait(instruction)
 
+    def _candidate(self, volunteer: Volunteer) -> Candidate:
+        trust = self._trust.get(volunteer.volunteer_id)
+        return Candidate(
+            volunteer.volunteer_id,
+            volunteer.resources,
+            volunteer.limits,
+            volunteer.owner,
+            probation=trust.on_probation,
+        )
+
     def _with_trust(self, event: TaskEvent) -> TaskEvent:
         """A completed event tells the manager how far its volunteer is trusted now, which
         decides whether that one copy may stand alone."""
@@ -395,7 +414,3 @@ class Pool:
             session.close()
         if self._maintenance is not None:
             await self._supervisor.cancel(self._maintenance)
-
-
-def _candidate(volunteer: Volunteer) -> Candidate:
-    return Candidate(volunteer.volunteer_id, volunteer.resources, volunteer.limits, volunteer.owner)

@@ -18,7 +18,9 @@ Rules:
   task fails. A task that fails by itself is run again `retries` times, then fails.
 - Copies of one task (validation by replication: `TaskSpec.replica_of`) run on distinct
   volunteers of distinct owners: never where another copy runs or ran (`avoid_volunteers`,
-  filled by the manager), nor on a machine of the same owner.
+  filled by the manager), nor on a machine of the same owner. A copy sent after another
+  ran goes before the queue: a result waits on it. A volunteer on probation (see
+  Candidate) holds one replicated task at a time.
 - A task that ended is forgotten but for its run and last attempt number (`EndedTask`): its
   spec and result live in the store, so a coordinator's memory follows the work in hand,
   not every task it ever ran.
@@ -48,6 +50,10 @@ DEFAULT_MAX_ATTEMPTS = 5
 # A volunteer that declined a task is not asked about it again for this long.
 DECLINE_COOLDOWN_SECONDS = 30.0
 _ENDED = {TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED}
+# How long a volunteer on probation waits for the verdict on its last result at most.
+PROBATION_PATIENCE_SECONDS = 60.0
+# Added to the order of copies checking another's result: ahead of every first copy.
+_CHECKS_FIRST = 2**62
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,10 @@ class Candidate:
     limits: OwnerLimits
     # The person who owns the machine, when its certificate names one.
     owner: str = ""
+    # Not vouched for and none of its results agreed with another's yet: it takes a
+    # replicated task only when it holds none and its last result was judged (or
+    # PROBATION_PATIENCE passed), so a cheat is caught after `blocklist_after` results.
+    probation: bool = False
 
     @property
     def capacity(self) -> int:
@@ -169,6 +179,8 @@ class Scheduler:
         # owner of every volunteer seen: what keeps copies apart.
         self._replicas: dict[str, set[str]] = {}
         self._owners: dict[str, str] = {}
+        # Results of volunteers on probation awaiting a verdict: volunteer -> task -> when.
+        self._awaiting: dict[str, dict[str, float]] = {}
         self._next_order = 0
 
     # --- stimuli --------------------------------------------------------------------------
@@ -233,6 +245,23 @@ class Scheduler:
         for task_id in sorted(self._assigned.get(vid, set()) - still_running):
             out += self._requeue(self.tasks[task_id], now, "its volunteer restarted without it")
         return out + self._dispatch(now)
+
+    def judged(self, pairs: Iterable[tuple[str, str]], now: float) -> list[Instruction]:
+        """Verdicts (or word that none is coming) on these (volunteer, task) results."""
+        for volunteer_id, task_id in pairs:
+            awaiting = self._awaiting.get(volunteer_id)
+            if awaiting is not None:
+                awaiting.pop(task_id, None)
+                if not awaiting:
+                    del self._awaiting[volunteer_id]
+        return self._dispatch(now)
+
+    def volunteer_changed(self, candidate: Candidate, now: float) -> list[Instruction]:
+        """What matching knows of a connected volunteer changed (its probation ended)."""
+        if candidate.volunteer_id not in self._candidates:
+            return []
+        self._candidates[candidate.volunteer_id] = candidate
+        return self._dispatch(now)
 
     def volunteer_disconnected(self, volunteer_id: str, now: float) -> list[Instruction]:
         """Its stream closed: no more offers, and pending offers are void. Running tasks
@@ -317,6 +346,9 @@ class Scheduler:
             return self._requeue(task, now, why) + self._dispatch(now)
         self._release(task)
         task.result = result
+        candidate = self._candidates.get(volunteer_id)
+        if result.succeeded and task.spec.replica_of and candidate and candidate.probation:
+            self._awaiting.setdefault(volunteer_id, {})[task.task_id] = now
         if result.succeeded:
             self._set_state(task, TaskState.COMPLETED)
             task.error = ""
@@ -421,6 +453,11 @@ class Scheduler:
 
     def _track(self, task: ScheduledTask) -> None:
         task.order = self._next_order
+        if task.spec.replica_of and task.spec.avoid_volunteers:
+            # A copy sent after another ran (it names that one's volunteer) checks a result
+            # that waits on it: it goes before the queue (in its own order), and the sooner
+            # it is judged the sooner a cheat is stopped.
+            task.order -= _CHECKS_FIRST
         self._next_order += 1
         self.tasks[task.task_id] = task
         if task.spec.replica_of:
@@ -448,6 +485,16 @@ class Scheduler:
         }:
             return f"its owner ({owner}) has another copy of this task on another machine"
         return None
+
+    def _held_back(self, task: ScheduledTask, volunteer_id: str, now: float) -> bool:
+        """A volunteer on probation takes a replicated task only when it holds none and no
+        result of its awaits a verdict (for long)."""
+        if not task.spec.replica_of or not self._candidates[volunteer_id].probation:
+            return False
+        if any(self.tasks[t].spec.replica_of for t in self._assigned.get(volunteer_id, ())):
+            return True
+        awaiting = self._awaiting.get(volunteer_id, {})
+        return any(now - since < PROBATION_PATIENCE_SECONDS for since in awaiting.values())
 
     def _could_run(self, task: ScheduledTask, volunteer_id: str) -> bool:
         """Whether this volunteer could run the task, room aside."""
@@ -494,6 +541,7 @@ class Scheduler:
                 for vid in room
                 if now - task.declined_at.get(vid, -math.inf) >= DECLINE_COOLDOWN_SECONDS
                 and self._could_run(task, vid)
+                and not self._held_back(task, vid, now)
             ]
             if not ready:
                 if any(self._could_run(task, vid) for vid in self._candidates):

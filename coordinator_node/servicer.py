@@ -79,6 +79,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 welcome=coordinator_pb2.Welcome(
                     coordinator_id=self._coordinator_id,
                     heartbeat_seconds=self._pool.heartbeat_seconds,
+                    trust=convert.trust_record_to_proto(session.trust),
                 )
             )
             while (outgoing := await session.outbox.get()) is not None:

@@ -75,6 +75,11 @@ class TrustRecord:
     blocklisted: bool = False
     blocklist_reason: str = ""
 
+    @property
+    def on_probation(self) -> bool:
+        """Not vouched for, and no result of its agreed with another's yet."""
+        return not self.vouched and not self.agreed and not self.blocklisted
+
     def trusted(self, threshold: int) -> bool:
         """Whether one copy of a task it ran may stand alone (spot checks aside)."""
         return not self.blocklisted and (self.vouched or self.streak >= threshold)
@@ -88,6 +93,8 @@ class Verdict:
     attempt: int
     volunteer_id: str
     agreed: bool
+    # False: the result stood alone, unchecked; no verdict, only word that none is coming.
+    checked: bool = True
 
 
 class VolunteerState(StrEnum):
@@ -267,6 +274,22 @@ class WorkflowCounts:
 
 
 @dataclass(frozen=True)
+class CopyStatus:
+    """One copy of a replicated task, as `node status WF --task T` lists it."""
+
+    number: int
+    task_id: str
+    state: str
+    volunteer_id: str = ""
+    attempt: int = 0
+    # agreed, disagreed, unchecked (it stood alone), or "" while undecided.
+    verdict: str = ""
+    outputs: tuple[FileRef, ...] = ()
+    run_seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class TaskStatusRow:
     """One task in a workflow's status; `state` is the manager's word for it (waiting,
     queued, running, completed, failed, cancelled or skipped)."""
@@ -277,6 +300,12 @@ class TaskStatusRow:
     attempts: int = 0
     error: str = ""
     volunteer_id: str = ""
+    # Validation by replication: copies run, those that agreed with the result that
+    # stands, and how it was decided; the copies themselves when asked for one task.
+    copies: int = 0
+    agreeing: int = 0
+    validation: str = ""
+    copy_details: tuple[CopyStatus, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -296,6 +325,11 @@ class WorkflowStatus:
     error: str = ""
     # Who submitted it (see daemon.transport.access.Caller.owner); empty before owners.
     owner: str = ""
+    # What validation cost: copies beyond each task's first and their run time, against
+    # the run time of every copy of the tasks validated.
+    extra_copies: int = 0
+    extra_run_seconds: float = 0.0
+    run_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,11 @@ class ProposedTask:
     # or "" for a splitter, whose parameter is named like the resource if it has one.
     resources_key: str
     parameters: frozenset[str] = frozenset()
+    # Copies that must agree (validation "quorum"), each on a volunteer of its own; 1 if
+    # one copy may stand.
+    distinct: int = 1
+    # Where that number is set, for the message.
+    distinct_key: str = "workflow.quorum"
 
 
 IMAGE_HINT = (
@@ -85,7 +90,21 @@ def unschedulable(
             for v in online
         ]
         found = [shortfall for shortfall in shortfalls if shortfall is not None]
-        if len(found) < len(shortfalls):
+        able = [v for v, shortfall in zip(online, shortfalls, strict=True) if shortfall is None]
+        if able and task.distinct > 1:
+            # Copies go to distinct volunteers and distinct owners (the scheduler's rule).
+            apart = len({v.owner or v.volunteer_id for v in able})
+            if apart < task.distinct and task.distinct_key not in problems:
+                problems[task.distinct_key] = SplitterError(
+                    task.distinct_key,
+                    f"task {task.name} is unschedulable: its {task.distinct} agreeing copies "
+                    f"need {task.distinct} distinct volunteers (of distinct owners), and "
+                    f"{apart} of the {len(online)} online can run it; add volunteers, or "
+                    'set validation = "adaptive" (copies only where a volunteer is not '
+                    'trusted) or "none"',
+                )
+            continue
+        if able:
             continue  # some volunteer can run it
         key = _key(task, found[0])
         distinct = sorted({shortfall.message for shortfall in found})

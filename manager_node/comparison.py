@@ -4,16 +4,12 @@ as its splitter judges equivalent (floating-point order may differ between machi
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 from daemon.errors import NotFoundError
 from daemon.models import FileRef, TaskResult
 from daemon.transfer.blobstore import BlobStore
-from splitters.api import Splitter
-
-log = logging.getLogger(__name__)
+from splitters.api import Splitter, outputs_agree
 
 
 async def answer_of(
@@ -50,16 +46,7 @@ async def _same_outputs(
         except NotFoundError:
             return False
         # The splitter reads whole files: on a thread, never on the event loop.
-        same = await asyncio.to_thread(_equivalent, splitter, a.name, paths[0], paths[1])
+        same = await asyncio.to_thread(outputs_agree, splitter, a.name, paths[0], paths[1])
         if not same:
             return False
     return True
-
-
-def _equivalent(splitter: Splitter, name: str, a: Path, b: Path) -> bool:
-    try:
-        return bool(splitter.equivalent(name, a, b))
-    except Exception:
-        # A comparator's bug must not take the manager down: the copies simply differ.
-        log.exception("splitter %s: comparing copies of %s failed", splitter.name, name)
-        return False

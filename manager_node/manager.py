@@ -80,6 +80,7 @@ from splitters.api import (
 from splitters.registry import get_splitter
 from workflows.file import EXPLICIT_TYPE, ExplicitTask, WorkflowFile, parse_workflow
 from workflows.graph import UpstreamInput, graph_problems
+from workflows.validation_policy import Mode, ValidationPolicy
 
 log = logging.getLogger(__name__)
 
@@ -346,11 +347,25 @@ class WorkflowManager:
         if workflow.type == EXPLICIT_TYPE:
             index = {entry.name: i for i, entry in enumerate(workflow.tasks)}
             proposed = [
-                ProposedTask(t.name, t.spec, f"tasks[{index[t.name]}].resources.") for t in tasks
+                ProposedTask(
+                    t.name,
+                    t.spec,
+                    f"tasks[{index[t.name]}].resources.",
+                    distinct=_agreeing_copies(t.validation),
+                    distinct_key=(
+                        f"tasks[{index[t.name]}].quorum"
+                        if workflow.tasks[index[t.name]].validation
+                        else "workflow.quorum"
+                    ),
+                )
+                for t in tasks
             ]
         else:
             names = frozenset(p.name for p in get_splitter(workflow.type).parameters)
-            proposed = [ProposedTask(t.name, t.spec, "", names) for t in tasks]
+            proposed = [
+                ProposedTask(t.name, t.spec, "", names, _agreeing_copies(t.validation))
+                for t in tasks
+            ]
         problems = unschedulable(proposed, volunteers)
         if problems:
             raise SplitterError.combine(problems)
@@ -1010,6 +1025,12 @@ class WorkflowManager:
                 queue.put_nowait(None)
 
 
+def _agreeing_copies(policy: ValidationPolicy) -> int:
+    """Distinct volunteers a task needs before it can be decided at all: adaptive lets a
+    lone answer stand when no second volunteer can check it; quorum does not."""
+    return policy.quorum if policy.mode is Mode.QUORUM else 1
+
+
 # Spot checks must be unpredictable to volunteers.
 _draw = random.SystemRandom()
 
@@ -1019,16 +1040,18 @@ def _copies(task: WorkflowTask) -> list[Copy]:
 
 
 def _verdicts(task: WorkflowTask, copies: Iterable[Copy]) -> list[Verdict]:
-    """The coordinator's form of the verdicts on these copies (unchecked ones say nothing)."""
+    """The coordinator's form of the verdicts on these copies; a copy that stood alone
+    unchecked says only that no verdict is coming."""
     return [
         Verdict(
             copy_id(task.task_id, copy.number),
             copy.attempt,
             copy.volunteer_id,
             copy.verdict is CopyVerdict.AGREED,
+            checked=copy.verdict is not CopyVerdict.UNCHECKED,
         )
         for copy in copies
-        if copy.verdict in (CopyVerdict.AGREED, CopyVerdict.DISAGREED)
+        if copy.verdict is not CopyVerdict.PENDING
     ]
 
 

@@ -74,9 +74,11 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         ],
     ) -> manager_pb2.WorkflowStatus:
         await self._own(request.workflow_id, context)
-        found = await self._store.workflows(request.workflow_id)
+        found = await self._store.workflows(request.workflow_id, request.task)
         if not found:
             raise NotFoundError(f"no workflow {request.workflow_id!r} on this manager")
+        if request.task and not found[0].tasks:
+            raise NotFoundError(f"workflow {request.workflow_id} has no task {request.task[:80]!r}")
         return convert.workflow_status_to_proto(found[0])
 
     @maps_errors

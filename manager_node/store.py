@@ -11,9 +11,9 @@ from typing import Any
 
 import sqlite_utils
 
-from daemon.models import FileRef, TaskSpec, TaskStatusRow, WorkflowStatus
+from daemon.models import CopyStatus, FileRef, TaskSpec, TaskStatusRow, WorkflowStatus
 from daemon.store import Database, Migration, codecs
-from manager_node.validation import Copy, CopyState, Validation, new_validation
+from manager_node.validation import Copy, CopyState, Validation, copy_id, new_validation
 from manager_node.validation import Verdict as CopyVerdict
 from manager_node.workflow import TaskStatus, WorkflowTask, workflow_counts
 from workflows.graph import OnFailure, UpstreamInput
@@ -159,6 +159,60 @@ def _load_validation(task_id: str, text: str | None) -> Validation | None:
     )
 
 
+@dataclass(frozen=True)
+class _Cost:
+    extra_copies: int = 0
+    extra_seconds: float = 0.0
+    run_seconds: float = 0.0
+
+
+def _status_row(row: dict[str, Any], detailed: bool) -> tuple[TaskStatusRow, _Cost]:
+    """A task's status line, and what its validation cost."""
+    status = TaskStatusRow(
+        task_id=row["id"],
+        name=row["name"],
+        state=row["state"],
+        attempts=row["attempts"],
+        error=row["error"] or "",
+        volunteer_id=row["volunteer_id"] or "",
+    )
+    validation = _load_validation(row["id"], row["validation"])
+    if validation is None or not validation.copies:
+        return status, _Cost()
+    copies = validation.copies
+    standing = validation.copy(validation.accepted)
+    agreeing = sum(c.verdict is CopyVerdict.AGREED for c in copies) or int(standing is not None)
+    first = standing or copies[0]
+    status = replace(
+        status,
+        copies=len(copies),
+        agreeing=agreeing,
+        validation=validation.outcome,
+        copy_details=tuple(_copy_status(row["id"], c) for c in copies) if detailed else (),
+    )
+    cost = _Cost(
+        extra_copies=len(copies) - 1,
+        extra_seconds=sum(c.run_seconds for c in copies if c is not first),
+        run_seconds=sum(c.run_seconds for c in copies),
+    )
+    return status, cost
+
+
+def _copy_status(task_id: str, copy: Copy) -> CopyStatus:
+    result = copy.result
+    return CopyStatus(
+        number=copy.number,
+        task_id=copy_id(task_id, copy.number),
+        state=copy.state.value,
+        volunteer_id=copy.volunteer_id,
+        attempt=copy.attempt,
+        verdict=copy.verdict.value,
+        outputs=result.outputs if result else (),
+        run_seconds=copy.run_seconds,
+        error=result.error if result else "",
+    )
+
+
 def _dump_upstream(upstream: tuple[UpstreamInput, ...]) -> str:
     return json.dumps([[u.name, u.task, u.output] for u in upstream])
 
@@ -191,25 +245,25 @@ class ManagerStore:
     async def close(self) -> None:
         await self.database.close()
 
-    async def workflows(self, workflow_id: str | None = None) -> list[WorkflowStatus]:
+    async def workflows(
+        self, workflow_id: str | None = None, task: str = ""
+    ) -> list[WorkflowStatus]:
+        """Workflows with their tasks; with `task` (a name or id), that task's row alone,
+        with its copies."""
+
         def read(db: sqlite_utils.Database) -> list[WorkflowStatus]:
             where, args = ("id = ?", [workflow_id]) if workflow_id else (None, [])
             found = []
             for row in db["workflows"].rows_where(where, args, order_by="created_at"):
-                tasks = tuple(
-                    TaskStatusRow(
-                        task_id=task["id"],
-                        name=task["name"],
-                        state=task["state"],
-                        attempts=task["attempts"],
-                        error=task["error"] or "",
-                        volunteer_id=task["volunteer_id"] or "",
-                    )
-                    for task in db["tasks"].rows_where(
+                rows = [
+                    _status_row(task_row, detailed=task in (task_row["id"], task_row["name"]))
+                    for task_row in db["tasks"].rows_where(
                         "workflow_id = ?", [row["id"]], order_by="id"
                     )
-                )
-                states = Counter(task.state for task in tasks)
+                ]
+                tasks = tuple(status for status, _ in rows)
+                states = Counter(status.state for status in tasks)
+                costs = [cost for _, cost in rows]
                 found.append(
                     WorkflowStatus(
                         workflow_id=row["id"],
@@ -219,9 +273,12 @@ class ManagerStore:
                         created_at=row["created_at"],
                         updated_at=row["updated_at"],
                         counts=workflow_counts({**states, "total": len(tasks)}),
-                        tasks=tasks,
+                        tasks=tuple(t for t in tasks if task in ("", t.task_id, t.name)),
                         error=row["error"],
                         owner=row["owner"],
+                        extra_copies=sum(cost.extra_copies for cost in costs),
+                        extra_run_seconds=sum(cost.extra_seconds for cost in costs),
+                        run_seconds=sum(cost.run_seconds for cost in costs),
                     )
                 )
             return found

@@ -100,7 +100,7 @@ class Decision:
     accept: Copy | None = None
     # The task fails, for this reason.
     fail: str = ""
-    # Copies judged now: their verdicts go to the coordinator.
+    # Copies judged now (or let stand unchecked): their verdicts go to the coordinator.
     judged: tuple[Copy, ...] = ()
     # Copies to call off at the coordinator, by number.
     cancel: tuple[int, ...] = ()
@@ -185,7 +185,7 @@ class Validation:
         completed = [c for c in self.copies if c.state is CopyState.COMPLETED]
         if self.policy.mode is Mode.ADAPTIVE and len(completed) == 1 and trusted and not spot_check:
             copy.verdict = Verdict.UNCHECKED
-            return self._accept(copy, "its volunteer is trusted")
+            return replace(self._accept(copy, "its volunteer is trusted"), judged=(copy,))
         return self._tally()
 
     def failed_copy(self, number: int, result: TaskResult | None, message: str) -> Decision:
@@ -229,7 +229,7 @@ class Validation:
         only = answers[0]
         only.verdict = Verdict.UNCHECKED
         decision = self._accept(only, "unverified: no distinct volunteer could run a second copy")
-        return replace(decision, cancel=(number,))
+        return replace(decision, cancel=(number,), judged=(only,))
 
     # --- internals ------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from daemon.discovery.peers import Peer
 from daemon.models import (
+    CopyStatus,
     EventKind,
     FileRef,
     InlineBlob,
@@ -165,11 +166,18 @@ def verdict_to_proto(verdict: Verdict) -> coordinator_pb2.Verdict:
         attempt=verdict.attempt,
         volunteer_id=verdict.volunteer_id,
         agreed=verdict.agreed,
+        unchecked=not verdict.checked,
     )
 
 
 def verdict_from_proto(message: coordinator_pb2.Verdict) -> Verdict:
-    return Verdict(message.task_id, message.attempt, message.volunteer_id, message.agreed)
+    return Verdict(
+        message.task_id,
+        message.attempt,
+        message.volunteer_id,
+        message.agreed,
+        checked=not message.unchecked,
+    )
 
 
 def volunteer_from_proto(message: coordinator_pb2.VolunteerInfo) -> Volunteer:
@@ -441,6 +449,38 @@ def task_status_row_to_proto(task: TaskStatusRow) -> manager_pb2.TaskStatus:
         attempts=task.attempts,
         error=task.error,
         volunteer_id=task.volunteer_id,
+        copies=task.copies,
+        agreeing=task.agreeing,
+        validation=task.validation,
+        copy_details=[copy_status_to_proto(copy) for copy in task.copy_details],
+    )
+
+
+def copy_status_to_proto(copy: CopyStatus) -> manager_pb2.CopyStatus:
+    return manager_pb2.CopyStatus(
+        number=copy.number,
+        task_id=copy.task_id,
+        state=copy.state,
+        volunteer_id=copy.volunteer_id,
+        attempt=copy.attempt,
+        verdict=copy.verdict,
+        outputs=[file_ref_to_proto(ref) for ref in copy.outputs],
+        run_seconds=copy.run_seconds,
+        error=copy.error,
+    )
+
+
+def copy_status_from_proto(message: manager_pb2.CopyStatus) -> CopyStatus:
+    return CopyStatus(
+        number=message.number,
+        task_id=message.task_id,
+        state=message.state,
+        volunteer_id=message.volunteer_id,
+        attempt=message.attempt,
+        verdict=message.verdict,
+        outputs=tuple(file_ref_from_proto(ref) for ref in message.outputs),
+        run_seconds=message.run_seconds,
+        error=message.error,
     )
 
 
@@ -452,6 +492,10 @@ def task_status_row_from_proto(message: manager_pb2.TaskStatus) -> TaskStatusRow
         attempts=message.attempts,
         error=message.error,
         volunteer_id=message.volunteer_id,
+        copies=message.copies,
+        agreeing=message.agreeing,
+        validation=message.validation,
+        copy_details=tuple(copy_status_from_proto(copy) for copy in message.copy_details),
     )
 
 
@@ -467,6 +511,9 @@ def workflow_status_to_proto(status: WorkflowStatus) -> manager_pb2.WorkflowStat
         updated_at=status.updated_at,
         error=status.error,
         owner=status.owner,
+        extra_copies=status.extra_copies,
+        extra_run_seconds=status.extra_run_seconds,
+        run_seconds=status.run_seconds,
     )
 
 
@@ -482,6 +529,9 @@ def workflow_status_from_proto(message: manager_pb2.WorkflowStatus) -> WorkflowS
         tasks=tuple(task_status_row_from_proto(task) for task in message.tasks),
         error=message.error,
         owner=message.owner,
+        extra_copies=message.extra_copies,
+        extra_run_seconds=message.extra_run_seconds,
+        run_seconds=message.run_seconds,
     )
 
 

@@ -51,7 +51,8 @@ def _own_credentials(
         )
     authority = ClusterAuthority.load_or_create(directory, cluster)
     for stem, identity in (
-        (NODE, Identity(node_id, frozenset(roles))),
+        # The coordinator host's own volunteer is the admin's machine: vouched for.
+        (NODE, Identity(node_id, frozenset(roles), vouched="volunteer" in roles)),
         (ADMIN, admin_identity(node_id)),
     ):
         held = Credential.load(directory, stem)

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from coordinator_node.scheduler import Publish, Scheduler, SendCancel, SendOffer
+from coordinator_node.scheduler import (
+    PROBATION_PATIENCE_SECONDS,
+    Publish,
+    Scheduler,
+    SendCancel,
+    SendOffer,
+)
 from daemon.models import EventKind, TaskResult, TaskSpec
 from tests.unit.test_scheduler import MANAGER, offers, spec, volunteer
 
@@ -128,3 +134,53 @@ def test_a_barred_volunteer_loses_its_tasks_with_a_cancel_and_gets_no_more_offer
     assert scheduler.running_on("cheat") == set()
     out = scheduler.submit(MANAGER, [spec("z")], now=4)
     assert offers(out) == []
+
+
+def test_a_check_copy_goes_before_the_tasks_already_queued() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("a"), (), now=0)
+    # a holds two (one slot, one ahead); three more wait.
+    scheduler.submit(MANAGER, [spec(f"q{n}") for n in range(5)], now=1)
+    scheduler.volunteer_joined(volunteer("b"), (), now=1)
+    scheduler.volunteer_disconnected("b", now=1)  # b ran nothing yet; it comes back below
+    check = replace(copies("t", 2)[1], avoid_volunteers=("a",))
+    scheduler.submit(MANAGER, [check], now=2)
+    placed = offers(scheduler.volunteer_joined(volunteer("b"), (), now=3))
+    assert placed[0] == ("b", "t~2", 1)
+
+
+def test_a_volunteer_on_probation_holds_one_replicated_task_at_a_time() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(replace(volunteer("new", slots=3), probation=True), (), now=0)
+    out = scheduler.submit(
+        MANAGER,
+        [spec("r1", replica_of="r1"), spec("r2", replica_of="r2"), spec("plain")],
+        now=1,
+    )
+    # One replicated task, and the unreplicated one beside it; r2 waits, not unschedulable.
+    assert sorted(t for _, t, _ in offers(out)) == ["plain", "r1"]
+    assert not [i for i in out if isinstance(i, Publish) and i.event.kind.value == "unschedulable"]
+    # Its probation ends (a result of its agreed): r2 goes to it.
+    out = scheduler.volunteer_changed(volunteer("new", slots=3), now=2)
+    assert offers(out) == [("new", "r2", 1)]
+
+
+def test_on_probation_the_next_replicated_task_waits_for_the_last_ones_verdict() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(replace(volunteer("new", slots=2), probation=True), (), now=0)
+    scheduler.submit(MANAGER, [spec("r1", replica_of="r1"), spec("r2", replica_of="r2")], now=1)
+    scheduler.accepted("new", "r1", 1, now=2)
+    out = scheduler.finished("new", TaskResult("r1", 1, 0, ""), now=3)
+    assert offers(out) == []  # r1's result awaits its verdict
+    assert offers(scheduler.tick(now=4)) == []
+    assert offers(scheduler.judged([("new", "r1")], now=5)) == [("new", "r2", 1)]
+
+
+def test_on_probation_a_verdict_that_never_comes_holds_it_back_only_so_long() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(replace(volunteer("new"), probation=True), (), now=0)
+    scheduler.submit(MANAGER, [spec("r1", replica_of="r1"), spec("r2", replica_of="r2")], now=1)
+    scheduler.accepted("new", "r1", 1, now=2)
+    scheduler.finished("new", TaskResult("r1", 1, 0, ""), now=3)
+    assert offers(scheduler.tick(now=3 + PROBATION_PATIENCE_SECONDS - 1)) == []
+    assert offers(scheduler.tick(now=3 + PROBATION_PATIENCE_SECONDS)) == [("new", "r2", 1)]

@@ -81,7 +81,7 @@ def test_adaptive_lets_a_trusted_volunteers_copy_stand_alone() -> None:
     assert v.start().submit == (1,)
     decision = complete(v, 1, answer=0, trusted=True, spot=False)
     assert decision.accept is not None
-    assert not decision.judged
+    assert [c.verdict for c in decision.judged] == [Verdict.UNCHECKED]
     assert v.copies[0].verdict is Verdict.UNCHECKED
     assert v.outcome == "its volunteer is trusted"
 

@@ -84,8 +84,8 @@ class CoordinatorMessage(_message.Message):
     def result_ack(self) -> Global___TaskResultAck: ...
     @_builtins.property
     def trust(self) -> Global___TrustRecord:
-        """How the coordinator trusts this volunteer's results now; sent on joining and at
-        each change, so its owner sees it (`vcnode status` on that machine).
+        """How the coordinator trusts this volunteer's results now, at each change, so its
+        owner sees it (`vcnode status` on that machine).
         """
 
     def __init__(
@@ -158,18 +158,24 @@ class Welcome(_message.Message):
 
     COORDINATOR_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_SECONDS_FIELD_NUMBER: _builtins.int
+    TRUST_FIELD_NUMBER: _builtins.int
     coordinator_id: _builtins.str
     heartbeat_seconds: _builtins.float
     """The interval the coordinator expects heartbeats at; the volunteer adopts it."""
+    @_builtins.property
+    def trust(self) -> Global___TrustRecord:
+        """How the coordinator trusts this volunteer's results (later changes come as `trust`)."""
+
     def __init__(
         self,
         *,
         coordinator_id: _builtins.str = ...,
         heartbeat_seconds: _builtins.float = ...,
+        trust: Global___TrustRecord | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trust", b"trust"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_id", b"coordinator_id", "heartbeat_seconds", b"heartbeat_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_id", b"coordinator_id", "heartbeat_seconds", b"heartbeat_seconds", "trust", b"trust"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -645,11 +651,16 @@ class Verdict(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     VOLUNTEER_ID_FIELD_NUMBER: _builtins.int
     AGREED_FIELD_NUMBER: _builtins.int
+    UNCHECKED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """A copy's task id and attempt, as its result named them."""
     attempt: _builtins.int
     volunteer_id: _builtins.str
     agreed: _builtins.bool
+    unchecked: _builtins.bool
+    """The result stood alone, unchecked (its volunteer trusted, or no second volunteer
+    could check it): no verdict, only word that none is coming.
+    """
     def __init__(
         self,
         *,
@@ -657,10 +668,11 @@ class Verdict(_message.Message):
         attempt: _builtins.int = ...,
         volunteer_id: _builtins.str = ...,
         agreed: _builtins.bool = ...,
+        unchecked: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreed", b"agreed", "attempt", b"attempt", "task_id", b"task_id", "volunteer_id", b"volunteer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreed", b"agreed", "attempt", b"attempt", "task_id", b"task_id", "unchecked", b"unchecked", "volunteer_id", b"volunteer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from daemon.rpc.v1 import common_pb2 as daemon_dot_rpc_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x61\x65mon/rpc/v1/manager.proto\x12\tvcnode.v1\x1a\x1a\x64\x61\x65mon/rpc/v1/common.proto\"9\n\x16GetImageArchiveRequest\x12\r\n\x05image\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\"\x8e\x02\n\x15SubmitWorkflowRequest\x12\x15\n\rworkflow_toml\x18\x01 \x01(\t\x12\x42\n\toverrides\x18\x02 \x03(\x0b\x32/.vcnode.v1.SubmitWorkflowRequest.OverridesEntry\x12!\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x12.vcnode.v1.FileRef\x12+\n\x0cinline_files\x18\x05 \x03(\x0b\x32\x15.vcnode.v1.InlineFile\x1a\x30\n\x0eOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x04\x10\x05R\x12resume_workflow_id\">\n\nInlineFile\x12\x1f\n\x03ref\x18\x01 \x01(\x0b\x32\x12.vcnode.v1.FileRef\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"b\n\x13SubmitWorkflowReply\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x12\n\ntask_count\x18\x02 \x01(\x05\x12\"\n\x1a\x65stimated_seconds_per_task\x18\x03 \x01(\x01\",\n\x15ResumeWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"+\n\x14WatchWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"\x8b\x01\n\rWorkflowEvent\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\x01\x12)\n\x06\x63ounts\x18\x06 \x01(\x0b\x32\x19.vcnode.v1.WorkflowCounts\"v\n\x0eWorkflowCounts\x12\x0e\n\x06queued\x18\x01 \x01(\x05\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\x11\n\tcompleted\x18\x03 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x05\x12\x11\n\tcancelled\x18\x05 \x01(\x05\x12\r\n\x05total\x18\x06 \x01(\x05\"/\n\x18GetWorkflowStatusRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"q\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x14\n\x0cvolunteer_id\x18\x06 \x01(\t\"\xe7\x01\n\x0eWorkflowStatus\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12)\n\x06\x63ounts\x18\x05 \x01(\x0b\x32\x19.vcnode.v1.WorkflowCounts\x12$\n\x05tasks\x18\x06 \x03(\x0b\x32\x15.vcnode.v1.TaskStatus\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x12\n\nupdated_at\x18\x08 \x01(\x01\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\r\n\x05owner\x18\n \x01(\t\"(\n\x11GetResultsRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"4\n\x0fGetResultsReply\x12!\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x12.vcnode.v1.FileRef\",\n\x15\x43\x61ncelWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\".\n\x13\x43\x61ncelWorkflowReply\x12\x17\n\x0f\x63\x61ncelled_tasks\x18\x01 \x01(\x05\",\n\x15\x44\x65leteWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"A\n\x13\x44\x65leteWorkflowReply\x12\x15\n\rdeleted_blobs\x18\x01 \x01(\x05\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x03\"\x16\n\x14ListWorkflowsRequest\"B\n\x12ListWorkflowsReply\x12,\n\tworkflows\x18\x01 \x03(\x0b\x32\x19.vcnode.v1.WorkflowStatus2\xe6\x05\n\x0eManagerService\x12R\n\x0eSubmitWorkflow\x12 .vcnode.v1.SubmitWorkflowRequest\x1a\x1e.vcnode.v1.SubmitWorkflowReply\x12L\n\rWatchWorkflow\x12\x1f.vcnode.v1.WatchWorkflowRequest\x1a\x18.vcnode.v1.WorkflowEvent0\x01\x12S\n\x11GetWorkflowStatus\x12#.vcnode.v1.GetWorkflowStatusRequest\x1a\x19.vcnode.v1.WorkflowStatus\x12\x46\n\nGetResults\x12\x1c.vcnode.v1.GetResultsRequest\x1a\x1a.vcnode.v1.GetResultsReply\x12R\n\x0e\x43\x61ncelWorkflow\x12 .vcnode.v1.CancelWorkflowRequest\x1a\x1e.vcnode.v1.CancelWorkflowReply\x12R\n\x0eResumeWorkflow\x12 .vcnode.v1.ResumeWorkflowRequest\x1a\x1e.vcnode.v1.SubmitWorkflowReply\x12O\n\rListWorkflows\x12\x1f.vcnode.v1.ListWorkflowsRequest\x1a\x1d.vcnode.v1.ListWorkflowsReply\x12R\n\x0e\x44\x65leteWorkflow\x12 .vcnode.v1.DeleteWorkflowRequest\x1a\x1e.vcnode.v1.DeleteWorkflowReply\x12H\n\x0fGetImageArchive\x12!.vcnode.v1.GetImageArchiveRequest\x1a\x12.vcnode.v1.FileRefb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x61\x65mon/rpc/v1/manager.proto\x12\tvcnode.v1\x1a\x1a\x64\x61\x65mon/rpc/v1/common.proto\"9\n\x16GetImageArchiveRequest\x12\r\n\x05image\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\"\x8e\x02\n\x15SubmitWorkflowRequest\x12\x15\n\rworkflow_toml\x18\x01 \x01(\t\x12\x42\n\toverrides\x18\x02 \x03(\x0b\x32/.vcnode.v1.SubmitWorkflowRequest.OverridesEntry\x12!\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x12.vcnode.v1.FileRef\x12+\n\x0cinline_files\x18\x05 \x03(\x0b\x32\x15.vcnode.v1.InlineFile\x1a\x30\n\x0eOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x04\x10\x05R\x12resume_workflow_id\">\n\nInlineFile\x12\x1f\n\x03ref\x18\x01 \x01(\x0b\x32\x12.vcnode.v1.FileRef\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"b\n\x13SubmitWorkflowReply\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x12\n\ntask_count\x18\x02 \x01(\x05\x12\"\n\x1a\x65stimated_seconds_per_task\x18\x03 \x01(\x01\",\n\x15ResumeWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"+\n\x14WatchWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"\x8b\x01\n\rWorkflowEvent\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\x01\x12)\n\x06\x63ounts\x18\x06 \x01(\x0b\x32\x19.vcnode.v1.WorkflowCounts\"v\n\x0eWorkflowCounts\x12\x0e\n\x06queued\x18\x01 \x01(\x05\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\x11\n\tcompleted\x18\x03 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x05\x12\x11\n\tcancelled\x18\x05 \x01(\x05\x12\r\n\x05total\x18\x06 \x01(\x05\"=\n\x18GetWorkflowStatusRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\"\xd4\x01\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x14\n\x0cvolunteer_id\x18\x06 \x01(\t\x12\x0e\n\x06\x63opies\x18\x07 \x01(\x05\x12\x10\n\x08\x61greeing\x18\x08 \x01(\x05\x12\x12\n\nvalidation\x18\t \x01(\t\x12+\n\x0c\x63opy_details\x18\n \x03(\x0b\x32\x15.vcnode.v1.CopyStatus\"\xbd\x01\n\nCopyStatus\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x14\n\x0cvolunteer_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x0f\n\x07verdict\x18\x06 \x01(\t\x12#\n\x07outputs\x18\x07 \x03(\x0b\x32\x12.vcnode.v1.FileRef\x12\x13\n\x0brun_seconds\x18\x08 \x01(\x01\x12\r\n\x05\x65rror\x18\t \x01(\t\"\xad\x02\n\x0eWorkflowStatus\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12)\n\x06\x63ounts\x18\x05 \x01(\x0b\x32\x19.vcnode.v1.WorkflowCounts\x12$\n\x05tasks\x18\x06 \x03(\x0b\x32\x15.vcnode.v1.TaskStatus\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x12\n\nupdated_at\x18\x08 \x01(\x01\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\r\n\x05owner\x18\n \x01(\t\x12\x14\n\x0c\x65xtra_copies\x18\x0b \x01(\x05\x12\x19\n\x11\x65xtra_run_seconds\x18\x0c \x01(\x01\x12\x13\n\x0brun_seconds\x18\r \x01(\x01\"(\n\x11GetResultsRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"4\n\x0fGetResultsReply\x12!\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x12.vcnode.v1.FileRef\",\n\x15\x43\x61ncelWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\".\n\x13\x43\x61ncelWorkflowReply\x12\x17\n\x0f\x63\x61ncelled_tasks\x18\x01 \x01(\x05\",\n\x15\x44\x65leteWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"A\n\x13\x44\x65leteWorkflowReply\x12\x15\n\rdeleted_blobs\x18\x01 \x01(\x05\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x03\"\x16\n\x14ListWorkflowsRequest\"B\n\x12ListWorkflowsReply\x12,\n\tworkflows\x18\x01 \x03(\x0b\x32\x19.vcnode.v1.WorkflowStatus2\xe6\x05\n\x0eManagerService\x12R\n\x0eSubmitWorkflow\x12 .vcnode.v1.SubmitWorkflowRequest\x1a\x1e.vcnode.v1.SubmitWorkflowReply\x12L\n\rWatchWorkflow\x12\x1f.vcnode.v1.WatchWorkflowRequest\x1a\x18.vcnode.v1.WorkflowEvent0\x01\x12S\n\x11GetWorkflowStatus\x12#.vcnode.v1.GetWorkflowStatusRequest\x1a\x19.vcnode.v1.WorkflowStatus\x12\x46\n\nGetResults\x12\x1c.vcnode.v1.GetResultsRequest\x1a\x1a.vcnode.v1.GetResultsReply\x12R\n\x0e\x43\x61ncelWorkflow\x12 .vcnode.v1.CancelWorkflowRequest\x1a\x1e.vcnode.v1.CancelWorkflowReply\x12R\n\x0eResumeWorkflow\x12 .vcnode.v1.ResumeWorkflowRequest\x1a\x1e.vcnode.v1.SubmitWorkflowReply\x12O\n\rListWorkflows\x12\x1f.vcnode.v1.ListWorkflowsRequest\x1a\x1d.vcnode.v1.ListWorkflowsReply\x12R\n\x0e\x44\x65leteWorkflow\x12 .vcnode.v1.DeleteWorkflowRequest\x1a\x1e.vcnode.v1.DeleteWorkflowReply\x12H\n\x0fGetImageArchive\x12!.vcnode.v1.GetImageArchiveRequest\x1a\x12.vcnode.v1.FileRefb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,27 +53,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKFLOWCOUNTS']._serialized_start=799
   _globals['_WORKFLOWCOUNTS']._serialized_end=917
   _globals['_GETWORKFLOWSTATUSREQUEST']._serialized_start=919
-  _globals['_GETWORKFLOWSTATUSREQUEST']._serialized_end=966
-  _globals['_TASKSTATUS']._serialized_start=968
-  _globals['_TASKSTATUS']._serialized_end=1081
-  _globals['_WORKFLOWSTATUS']._serialized_start=1084
-  _globals['_WORKFLOWSTATUS']._serialized_end=1315
-  _globals['_GETRESULTSREQUEST']._serialized_start=1317
-  _globals['_GETRESULTSREQUEST']._serialized_end=1357
-  _globals['_GETRESULTSREPLY']._serialized_start=1359
-  _globals['_GETRESULTSREPLY']._serialized_end=1411
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=1413
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=1457
-  _globals['_CANCELWORKFLOWREPLY']._serialized_start=1459
-  _globals['_CANCELWORKFLOWREPLY']._serialized_end=1505
-  _globals['_DELETEWORKFLOWREQUEST']._serialized_start=1507
-  _globals['_DELETEWORKFLOWREQUEST']._serialized_end=1551
-  _globals['_DELETEWORKFLOWREPLY']._serialized_start=1553
-  _globals['_DELETEWORKFLOWREPLY']._serialized_end=1618
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=1620
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1642
-  _globals['_LISTWORKFLOWSREPLY']._serialized_start=1644
-  _globals['_LISTWORKFLOWSREPLY']._serialized_end=1710
-  _globals['_MANAGERSERVICE']._serialized_start=1713
-  _globals['_MANAGERSERVICE']._serialized_end=2455
+  _globals['_GETWORKFLOWSTATUSREQUEST']._serialized_end=980
+  _globals['_TASKSTATUS']._serialized_start=983
+  _globals['_TASKSTATUS']._serialized_end=1195
+  _globals['_COPYSTATUS']._serialized_start=1198
+  _globals['_COPYSTATUS']._serialized_end=1387
+  _globals['_WORKFLOWSTATUS']._serialized_start=1390
+  _globals['_WORKFLOWSTATUS']._serialized_end=1691
+  _globals['_GETRESULTSREQUEST']._serialized_start=1693
+  _globals['_GETRESULTSREQUEST']._serialized_end=1733
+  _globals['_GETRESULTSREPLY']._serialized_start=1735
+  _globals['_GETRESULTSREPLY']._serialized_end=1787
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=1789
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=1833
+  _globals['_CANCELWORKFLOWREPLY']._serialized_start=1835
+  _globals['_CANCELWORKFLOWREPLY']._serialized_end=1881
+  _globals['_DELETEWORKFLOWREQUEST']._serialized_start=1883
+  _globals['_DELETEWORKFLOWREQUEST']._serialized_end=1927
+  _globals['_DELETEWORKFLOWREPLY']._serialized_start=1929
+  _globals['_DELETEWORKFLOWREPLY']._serialized_end=1994
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=1996
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=2018
+  _globals['_LISTWORKFLOWSREPLY']._serialized_start=2020
+  _globals['_LISTWORKFLOWSREPLY']._serialized_end=2086
+  _globals['_MANAGERSERVICE']._serialized_start=2089
+  _globals['_MANAGERSERVICE']._serialized_end=2831
 # @@protoc_insertion_point(module_scope)

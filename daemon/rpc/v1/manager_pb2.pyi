@@ -265,15 +265,19 @@ class GetWorkflowStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
+    task: _builtins.str
+    """One task (by name or id): its row alone, with every copy that ran of it."""
     def __init__(
         self,
         *,
         workflow_id: _builtins.str = ...,
+        task: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -289,12 +293,26 @@ class TaskStatus(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     VOLUNTEER_ID_FIELD_NUMBER: _builtins.int
+    COPIES_FIELD_NUMBER: _builtins.int
+    AGREEING_FIELD_NUMBER: _builtins.int
+    VALIDATION_FIELD_NUMBER: _builtins.int
+    COPY_DETAILS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     name: _builtins.str
     state: _builtins.str
     attempts: _builtins.int
     error: _builtins.str
     volunteer_id: _builtins.str
+    copies: _builtins.int
+    """Validation by replication: copies run, copies that agreed with the result that
+    stands, and how it was decided ("2 of 2 copies agreed", "its volunteer is trusted").
+    """
+    agreeing: _builtins.int
+    validation: _builtins.str
+    @_builtins.property
+    def copy_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___CopyStatus]:
+        """Filled when the request names this task."""
+
     def __init__(
         self,
         *,
@@ -304,14 +322,64 @@ class TaskStatus(_message.Message):
         attempts: _builtins.int = ...,
         error: _builtins.str = ...,
         volunteer_id: _builtins.str = ...,
+        copies: _builtins.int = ...,
+        agreeing: _builtins.int = ...,
+        validation: _builtins.str = ...,
+        copy_details: _abc.Iterable[Global___CopyStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "error", b"error", "name", b"name", "state", b"state", "task_id", b"task_id", "volunteer_id", b"volunteer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreeing", b"agreeing", "attempts", b"attempts", "copies", b"copies", "copy_details", b"copy_details", "error", b"error", "name", b"name", "state", b"state", "task_id", b"task_id", "validation", b"validation", "volunteer_id", b"volunteer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
+
+@_typing.final
+class CopyStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    VOLUNTEER_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    RUN_SECONDS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    number: _builtins.int
+    task_id: _builtins.str
+    state: _builtins.str
+    """queued, running, completed, failed or cancelled."""
+    volunteer_id: _builtins.str
+    attempt: _builtins.int
+    verdict: _builtins.str
+    """agreed, disagreed, unchecked (it stood alone), or empty while undecided."""
+    run_seconds: _builtins.float
+    error: _builtins.str
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.FileRef]: ...
+    def __init__(
+        self,
+        *,
+        number: _builtins.int = ...,
+        task_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        volunteer_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        verdict: _builtins.str = ...,
+        outputs: _abc.Iterable[_common_pb2.FileRef] | None = ...,
+        run_seconds: _builtins.float = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "number", b"number", "outputs", b"outputs", "run_seconds", b"run_seconds", "state", b"state", "task_id", b"task_id", "verdict", b"verdict", "volunteer_id", b"volunteer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CopyStatus: _TypeAlias = CopyStatus  # noqa: Y015
 
 @_typing.final
 class WorkflowStatus(_message.Message):
@@ -327,6 +395,9 @@ class WorkflowStatus(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    EXTRA_COPIES_FIELD_NUMBER: _builtins.int
+    EXTRA_RUN_SECONDS_FIELD_NUMBER: _builtins.int
+    RUN_SECONDS_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     name: _builtins.str
     type: _builtins.str
@@ -338,6 +409,12 @@ class WorkflowStatus(_message.Message):
     """Why the workflow failed, beyond its tasks (e.g. the merge step); empty otherwise."""
     owner: _builtins.str
     """Who submitted it: a user's name, or "node <id>" for a node's own owner."""
+    extra_copies: _builtins.int
+    """What validation cost: copies beyond the first of each task, and their run time,
+    against the run time of every copy.
+    """
+    extra_run_seconds: _builtins.float
+    run_seconds: _builtins.float
     @_builtins.property
     def counts(self) -> Global___WorkflowCounts: ...
     @_builtins.property
@@ -355,10 +432,13 @@ class WorkflowStatus(_message.Message):
         updated_at: _builtins.float = ...,
         error: _builtins.str = ...,
         owner: _builtins.str = ...,
+        extra_copies: _builtins.int = ...,
+        extra_run_seconds: _builtins.float = ...,
+        run_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "created_at", b"created_at", "error", b"error", "name", b"name", "owner", b"owner", "state", b"state", "tasks", b"tasks", "type", b"type", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "created_at", b"created_at", "error", b"error", "extra_copies", b"extra_copies", "extra_run_seconds", b"extra_run_seconds", "name", b"name", "owner", b"owner", "run_seconds", b"run_seconds", "state", b"state", "tasks", b"tasks", "type", b"type", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
