@@ -319,6 +319,12 @@ async def _status(args: argparse.Namespace) -> int:
                 "data_dir": info.data_dir,
                 "mdns": info.mdns,
                 "started_at": info.started_at,
+                "coordinator": info.coordinator,
+                "trust": (
+                    dataclasses.asdict(convert.trust_record_from_proto(info.trust))
+                    if info.HasField("trust")
+                    else None
+                ),
                 "resources": {
                     "cpu_cores": resources.cpu_cores,
                     "memory_mb": resources.memory_mb,
@@ -331,6 +337,10 @@ async def _status(args: argparse.Namespace) -> int:
         return 0
     print(f"node      {info.node_id} ({info.hostname})")
     print(f"roles     {', '.join(info.roles)}")
+    if "volunteer" in info.roles:
+        print(f"coordinator {info.coordinator or 'none (looking for one)'}")
+        if info.HasField("trust"):
+            print(f"results   {views.standing(convert.trust_record_from_proto(info.trust))}")
     print(f"cluster   {info.cluster}")
     print(f"address   {info.address}")
     print(f"version   {info.version} (protocol {info.protocol_version})")

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from daemon.discovery.peers import Peer
-from daemon.models import Volunteer
+from daemon.models import TrustRecord, Volunteer
 
 
 def print_json(value: Any) -> None:
@@ -80,6 +80,20 @@ def volunteer_json(volunteer: Volunteer) -> dict[str, Any]:
         "owner": volunteer.owner,
         "trust": asdict(volunteer.trust),
     }
+
+
+def standing(trust: TrustRecord) -> str:
+    """A volunteer's own view of how its coordinator trusts its results."""
+    if trust.blocklisted:
+        return (
+            f"BLOCKLISTED by the coordinator: {trust.blocklist_reason}. No tasks come until "
+            "an admin clears it (vcnode volunteers --clear-trust ID); check this machine's "
+            "memory and its Docker images first"
+        )
+    checked = f"{trust.agreed} agreed with other volunteers', {trust.disagreed} disagreed"
+    if trust.vouched:
+        return f"trusted (vouched for); {checked}"
+    return f"{checked}; {trust.streak} agreed in a row"
 
 
 def trust_of(volunteer: Volunteer) -> str:

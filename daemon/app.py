@@ -177,6 +177,7 @@ class Node:
                     started_at=time.time(),
                     resources=lambda: measure_resources(data_dir.path),
                     directory=directory,
+                    board=context.board,
                 ),
                 server,
             )

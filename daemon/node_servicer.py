@@ -9,6 +9,7 @@ import grpc
 from daemon.discovery.directory import PeerDirectory
 from daemon.models import NodeIdentity, Resources
 from daemon.rpc.v1 import node_pb2, node_pb2_grpc
+from daemon.status_board import StatusBoard
 from daemon.transport import convert
 
 
@@ -22,7 +23,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         started_at: float,
         resources: Callable[[], Resources],
         directory: PeerDirectory | None,
+        board: StatusBoard | None = None,
     ) -> None:
+        self._board = board or StatusBoard()
         self._identity = identity
         self._address = address
         self._data_dir = data_dir
@@ -35,7 +38,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         request: node_pb2.GetInfoRequest,
         context: grpc.aio.ServicerContext[node_pb2.GetInfoRequest, node_pb2.NodeInfo],
     ) -> node_pb2.NodeInfo:
-        return node_pb2.NodeInfo(
+        info = node_pb2.NodeInfo(
             node_id=self._identity.node_id,
             hostname=self._identity.hostname,
             roles=list(self._identity.roles),
@@ -47,7 +50,11 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             started_at=self._started_at,
             data_dir=self._data_dir,
             mdns=self._directory is not None,
+            coordinator=self._board.coordinator,
         )
+        if self._board.trust is not None:
+            info.trust.CopyFrom(convert.trust_record_to_proto(self._board.trust))
+        return info
 
     async def Health(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +19,7 @@ from daemon.config import NodeConfig
 from daemon.discovery.directory import PeerDirectory
 from daemon.errors import NodeError
 from daemon.models import NodeIdentity
+from daemon.status_board import StatusBoard
 from daemon.transport.access import AccessPolicy
 from daemon.trust.bootstrap import NodeTrust
 
@@ -47,6 +48,8 @@ class RoleContext:
     policy: AccessPolicy
     # Where a coordinator takes join requests, as peers on other hosts dial it (else empty).
     join_addresses: tuple[str, ...] = ()
+    # What the roles tell the node's owner about themselves (`vcnode status`).
+    board: StatusBoard = field(default_factory=StatusBoard)
 
 
 class Role(Protocol):

@@ -19,8 +19,9 @@ from daemon.backoff import Backoff
 from daemon.discovery.directory import PeerDirectory
 from daemon.discovery.finder import CoordinatorFinder
 from daemon.errors import AccessDeniedError, RejectedError
-from daemon.models import Load, Registration, TaskResult, TaskSpec
+from daemon.models import Load, Registration, TaskResult, TaskSpec, TrustRecord
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
+from daemon.status_board import StatusBoard
 from daemon.supervision import run_together
 from daemon.transport import addresses, convert
 from daemon.transport.caps import excess
@@ -57,7 +58,10 @@ class CoordinatorLink:
         handler: SessionHandler,
         heartbeat_seconds: float,
         backoff: Backoff | None = None,
+        board: StatusBoard | None = None,
     ) -> None:
+        # Where the owner's `vcnode status` reads our coordinator and its trust in us.
+        self.board = board or StatusBoard()
         self._finder = CoordinatorFinder(explicit_address, directory)
         self._credential = credential
         self._registration = registration
@@ -188,7 +192,9 @@ class CoordinatorLink:
             ):
                 return
             interval = first.welcome.heartbeat_seconds or self._default_heartbeat
-            self.connected_to = address
+            self.connected_to = self.board.coordinator = address
+            if first.welcome.HasField("trust"):
+                self._trusted(convert.trust_record_from_proto(first.welcome.trust))
             log.info(
                 "joined coordinator %s at %s (heartbeat every %.1f s)",
                 first.welcome.coordinator_id,
@@ -198,6 +204,7 @@ class CoordinatorLink:
             await self._handler.on_connected()
             await run_together(self._read_forever(call), self._heartbeat_forever(interval))
         finally:
+            self.board.coordinator = ""
             await channel.close()
             self._session_ended.set()
             self._session_ended = None
@@ -233,8 +240,22 @@ class CoordinatorLink:
         elif kind == "result_ack":
             ack = message.result_ack
             await self._handler.on_result_ack(ack.task_id, ack.attempt)
+        elif kind == "trust":
+            self._trusted(convert.trust_record_from_proto(message.trust))
         else:
             log.warning("coordinator sent an unexpected %s", kind)
+
+    def _trusted(self, record: TrustRecord) -> None:
+        """The coordinator's word on our results, for the owner to see."""
+        was = self.board.trust
+        self.board.trust = record
+        if record.blocklisted and (was is None or not was.blocklisted):
+            log.warning(
+                "the coordinator blocklisted this volunteer: %s. It gets no tasks until an "
+                "admin clears it (vcnode volunteers --clear-trust ID); check this machine's "
+                "memory and Docker images",
+                record.blocklist_reason,
+            )
 
     async def _heartbeat_forever(self, interval: float) -> None:
         while True:

@@ -131,6 +131,7 @@ class VolunteerRole:
             load=self._load,
             handler=self.worker,
             heartbeat_seconds=config.heartbeat_seconds,
+            board=self._context.board,
         )
         self.worker.attach(self.link)
         self._link_task = self._supervisor.spawn(

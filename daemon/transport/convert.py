@@ -134,8 +134,8 @@ def volunteer_to_proto(volunteer: Volunteer) -> coordinator_pb2.VolunteerInfo:
     )
 
 
-def trust_record_to_proto(record: TrustRecord) -> coordinator_pb2.TrustRecord:
-    return coordinator_pb2.TrustRecord(
+def trust_record_to_proto(record: TrustRecord) -> common_pb2.TrustRecord:
+    return common_pb2.TrustRecord(
         agreed=record.agreed,
         disagreed=record.disagreed,
         streak=record.streak,
@@ -147,7 +147,7 @@ def trust_record_to_proto(record: TrustRecord) -> coordinator_pb2.TrustRecord:
     )
 
 
-def trust_record_from_proto(message: coordinator_pb2.TrustRecord) -> TrustRecord:
+def trust_record_from_proto(message: common_pb2.TrustRecord) -> TrustRecord:
     return TrustRecord(
         agreed=message.agreed,
         disagreed=message.disagreed,

@@ -357,3 +357,49 @@ class TaskResult(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskResult: _TypeAlias = TaskResult  # noqa: Y015
+
+@_typing.final
+class TrustRecord(_message.Message):
+    """A volunteer's record of results checked against other volunteers' copies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGREED_FIELD_NUMBER: _builtins.int
+    DISAGREED_FIELD_NUMBER: _builtins.int
+    STREAK_FIELD_NUMBER: _builtins.int
+    VOUCHED_FIELD_NUMBER: _builtins.int
+    LAST_DISAGREEMENT_AT_FIELD_NUMBER: _builtins.int
+    LAST_DISAGREEMENT_TASK_FIELD_NUMBER: _builtins.int
+    BLOCKLISTED_FIELD_NUMBER: _builtins.int
+    BLOCKLIST_REASON_FIELD_NUMBER: _builtins.int
+    agreed: _builtins.int
+    """Verdicts on its results: agreed with the quorum, or not."""
+    disagreed: _builtins.int
+    streak: _builtins.int
+    """Agreements since its last disagreement."""
+    vouched: _builtins.bool
+    """Enrolled with a vouched token, and no disagreement since: trusted from the start."""
+    last_disagreement_at: _builtins.float
+    last_disagreement_task: _builtins.str
+    blocklisted: _builtins.bool
+    """Offered nothing while set; `vcnode volunteers --clear-trust ID` lifts it."""
+    blocklist_reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        agreed: _builtins.int = ...,
+        disagreed: _builtins.int = ...,
+        streak: _builtins.int = ...,
+        vouched: _builtins.bool = ...,
+        last_disagreement_at: _builtins.float = ...,
+        last_disagreement_task: _builtins.str = ...,
+        blocklisted: _builtins.bool = ...,
+        blocklist_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreed", b"agreed", "blocklist_reason", b"blocklist_reason", "blocklisted", b"blocklisted", "disagreed", b"disagreed", "last_disagreement_at", b"last_disagreement_at", "last_disagreement_task", b"last_disagreement_task", "streak", b"streak", "vouched", b"vouched"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrustRecord: _TypeAlias = TrustRecord  # noqa: Y015

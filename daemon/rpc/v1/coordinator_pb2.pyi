@@ -83,7 +83,7 @@ class CoordinatorMessage(_message.Message):
     @_builtins.property
     def result_ack(self) -> Global___TaskResultAck: ...
     @_builtins.property
-    def trust(self) -> Global___TrustRecord:
+    def trust(self) -> _common_pb2.TrustRecord:
         """How the coordinator trusts this volunteer's results now, at each change, so its
         owner sees it (`vcnode status` on that machine).
         """
@@ -95,7 +95,7 @@ class CoordinatorMessage(_message.Message):
         offer: Global___TaskOffer | None = ...,
         cancel: Global___CancelTask | None = ...,
         result_ack: Global___TaskResultAck | None = ...,
-        trust: Global___TrustRecord | None = ...,
+        trust: _common_pb2.TrustRecord | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "offer", b"offer", "result_ack", b"result_ack", "trust", b"trust", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -163,7 +163,7 @@ class Welcome(_message.Message):
     heartbeat_seconds: _builtins.float
     """The interval the coordinator expects heartbeats at; the volunteer adopts it."""
     @_builtins.property
-    def trust(self) -> Global___TrustRecord:
+    def trust(self) -> _common_pb2.TrustRecord:
         """How the coordinator trusts this volunteer's results (later changes come as `trust`)."""
 
     def __init__(
@@ -171,7 +171,7 @@ class Welcome(_message.Message):
         *,
         coordinator_id: _builtins.str = ...,
         heartbeat_seconds: _builtins.float = ...,
-        trust: Global___TrustRecord | None = ...,
+        trust: _common_pb2.TrustRecord | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["trust", b"trust"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -418,7 +418,7 @@ class VolunteerInfo(_message.Message):
     @_builtins.property
     def load(self) -> _common_pb2.Load: ...
     @_builtins.property
-    def trust(self) -> Global___TrustRecord: ...
+    def trust(self) -> _common_pb2.TrustRecord: ...
     def __init__(
         self,
         *,
@@ -432,7 +432,7 @@ class VolunteerInfo(_message.Message):
         first_seen: _builtins.float = ...,
         version: _builtins.str = ...,
         connected: _builtins.bool = ...,
-        trust: Global___TrustRecord | None = ...,
+        trust: _common_pb2.TrustRecord | None = ...,
         owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "load", b"load", "resources", b"resources", "trust", b"trust"]  # noqa: Y015
@@ -442,52 +442,6 @@ class VolunteerInfo(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VolunteerInfo: _TypeAlias = VolunteerInfo  # noqa: Y015
-
-@_typing.final
-class TrustRecord(_message.Message):
-    """A volunteer's record of results checked against other volunteers' copies."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    AGREED_FIELD_NUMBER: _builtins.int
-    DISAGREED_FIELD_NUMBER: _builtins.int
-    STREAK_FIELD_NUMBER: _builtins.int
-    VOUCHED_FIELD_NUMBER: _builtins.int
-    LAST_DISAGREEMENT_AT_FIELD_NUMBER: _builtins.int
-    LAST_DISAGREEMENT_TASK_FIELD_NUMBER: _builtins.int
-    BLOCKLISTED_FIELD_NUMBER: _builtins.int
-    BLOCKLIST_REASON_FIELD_NUMBER: _builtins.int
-    agreed: _builtins.int
-    """Verdicts on its results: agreed with the quorum, or not."""
-    disagreed: _builtins.int
-    streak: _builtins.int
-    """Agreements since its last disagreement."""
-    vouched: _builtins.bool
-    """Enrolled with a vouched token, and no disagreement since: trusted from the start."""
-    last_disagreement_at: _builtins.float
-    last_disagreement_task: _builtins.str
-    blocklisted: _builtins.bool
-    """Offered nothing while set; `vcnode volunteers clear-trust ID` lifts it."""
-    blocklist_reason: _builtins.str
-    def __init__(
-        self,
-        *,
-        agreed: _builtins.int = ...,
-        disagreed: _builtins.int = ...,
-        streak: _builtins.int = ...,
-        vouched: _builtins.bool = ...,
-        last_disagreement_at: _builtins.float = ...,
-        last_disagreement_task: _builtins.str = ...,
-        blocklisted: _builtins.bool = ...,
-        blocklist_reason: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreed", b"agreed", "blocklist_reason", b"blocklist_reason", "blocklisted", b"blocklisted", "disagreed", b"disagreed", "last_disagreement_at", b"last_disagreement_at", "last_disagreement_task", b"last_disagreement_task", "streak", b"streak", "vouched", b"vouched"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___TrustRecord: _TypeAlias = TrustRecord  # noqa: Y015
 
 @_typing.final
 class ListVolunteersReply(_message.Message):
@@ -617,7 +571,7 @@ class TaskEvent(_message.Message):
     @_builtins.property
     def result(self) -> _common_pb2.TaskResult: ...
     @_builtins.property
-    def trust(self) -> Global___TrustRecord:
+    def trust(self) -> _common_pb2.TrustRecord:
         """On `completed`: how the coordinator trusted the volunteer when its result arrived."""
 
     def __init__(
@@ -633,7 +587,7 @@ class TaskEvent(_message.Message):
         result: _common_pb2.TaskResult | None = ...,
         at: _builtins.float = ...,
         sequence: _builtins.int = ...,
-        trust: Global___TrustRecord | None = ...,
+        trust: _common_pb2.TrustRecord | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "trust", b"trust"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -749,11 +703,11 @@ class ClearTrustReply(_message.Message):
 
     TRUST_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def trust(self) -> Global___TrustRecord: ...
+    def trust(self) -> _common_pb2.TrustRecord: ...
     def __init__(
         self,
         *,
-        trust: Global___TrustRecord | None = ...,
+        trust: _common_pb2.TrustRecord | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["trust", b"trust"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

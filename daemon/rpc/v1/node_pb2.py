@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from daemon.rpc.v1 import common_pb2 as daemon_dot_rpc_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x61\x65mon/rpc/v1/node.proto\x12\tvcnode.v1\x1a\x1a\x64\x61\x65mon/rpc/v1/common.proto\"\x10\n\x0eGetInfoRequest\"\xe6\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x18\n\x10protocol_version\x18\x05 \x01(\x05\x12\x0f\n\x07\x63luster\x18\x06 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x07 \x01(\t\x12\'\n\tresources\x18\x08 \x01(\x0b\x32\x14.vcnode.v1.Resources\x12\x12\n\nstarted_at\x18\t \x01(\x01\x12\x10\n\x08\x64\x61ta_dir\x18\n \x01(\t\x12\x0c\n\x04mdns\x18\x0b \x01(\x08\"\x0f\n\rHealthRequest\"\x1e\n\x0bHealthReply\x12\x0f\n\x07serving\x18\x01 \x01(\x08\"\x12\n\x10ListPeersRequest\"\xbf\x01\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x04 \x01(\x05\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x0c\n\x04port\x18\x06 \x01(\x05\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x11\n\tlast_seen\x18\x08 \x01(\x01\x12\x16\n\x0eskipped_reason\x18\t \x01(\t\x12\x14\n\x0cservice_name\x18\n \x01(\t\"0\n\x0eListPeersReply\x12\x1e\n\x05peers\x18\x01 \x03(\x0b\x32\x0f.vcnode.v1.Peer2\xc9\x01\n\x0bNodeService\x12\x39\n\x07GetInfo\x12\x19.vcnode.v1.GetInfoRequest\x1a\x13.vcnode.v1.NodeInfo\x12:\n\x06Health\x12\x18.vcnode.v1.HealthRequest\x1a\x16.vcnode.v1.HealthReply\x12\x43\n\tListPeers\x12\x1b.vcnode.v1.ListPeersRequest\x1a\x19.vcnode.v1.ListPeersReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x61\x65mon/rpc/v1/node.proto\x12\tvcnode.v1\x1a\x1a\x64\x61\x65mon/rpc/v1/common.proto\"\x10\n\x0eGetInfoRequest\"\xa2\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x18\n\x10protocol_version\x18\x05 \x01(\x05\x12\x0f\n\x07\x63luster\x18\x06 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x07 \x01(\t\x12\'\n\tresources\x18\x08 \x01(\x0b\x32\x14.vcnode.v1.Resources\x12\x12\n\nstarted_at\x18\t \x01(\x01\x12\x10\n\x08\x64\x61ta_dir\x18\n \x01(\t\x12\x0c\n\x04mdns\x18\x0b \x01(\x08\x12\x13\n\x0b\x63oordinator\x18\x0c \x01(\t\x12%\n\x05trust\x18\r \x01(\x0b\x32\x16.vcnode.v1.TrustRecord\"\x0f\n\rHealthRequest\"\x1e\n\x0bHealthReply\x12\x0f\n\x07serving\x18\x01 \x01(\x08\"\x12\n\x10ListPeersRequest\"\xbf\x01\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x04 \x01(\x05\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x0c\n\x04port\x18\x06 \x01(\x05\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x11\n\tlast_seen\x18\x08 \x01(\x01\x12\x16\n\x0eskipped_reason\x18\t \x01(\t\x12\x14\n\x0cservice_name\x18\n \x01(\t\"0\n\x0eListPeersReply\x12\x1e\n\x05peers\x18\x01 \x03(\x0b\x32\x0f.vcnode.v1.Peer2\xc9\x01\n\x0bNodeService\x12\x39\n\x07GetInfo\x12\x19.vcnode.v1.GetInfoRequest\x1a\x13.vcnode.v1.NodeInfo\x12:\n\x06Health\x12\x18.vcnode.v1.HealthRequest\x1a\x16.vcnode.v1.HealthReply\x12\x43\n\tListPeers\x12\x1b.vcnode.v1.ListPeersRequest\x1a\x19.vcnode.v1.ListPeersReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETINFOREQUEST']._serialized_start=67
   _globals['_GETINFOREQUEST']._serialized_end=83
   _globals['_NODEINFO']._serialized_start=86
-  _globals['_NODEINFO']._serialized_end=316
-  _globals['_HEALTHREQUEST']._serialized_start=318
-  _globals['_HEALTHREQUEST']._serialized_end=333
-  _globals['_HEALTHREPLY']._serialized_start=335
-  _globals['_HEALTHREPLY']._serialized_end=365
-  _globals['_LISTPEERSREQUEST']._serialized_start=367
-  _globals['_LISTPEERSREQUEST']._serialized_end=385
-  _globals['_PEER']._serialized_start=388
-  _globals['_PEER']._serialized_end=579
-  _globals['_LISTPEERSREPLY']._serialized_start=581
-  _globals['_LISTPEERSREPLY']._serialized_end=629
-  _globals['_NODESERVICE']._serialized_start=632
-  _globals['_NODESERVICE']._serialized_end=833
+  _globals['_NODEINFO']._serialized_end=376
+  _globals['_HEALTHREQUEST']._serialized_start=378
+  _globals['_HEALTHREQUEST']._serialized_end=393
+  _globals['_HEALTHREPLY']._serialized_start=395
+  _globals['_HEALTHREPLY']._serialized_end=425
+  _globals['_LISTPEERSREQUEST']._serialized_start=427
+  _globals['_LISTPEERSREQUEST']._serialized_end=445
+  _globals['_PEER']._serialized_start=448
+  _globals['_PEER']._serialized_end=639
+  _globals['_LISTPEERSREPLY']._serialized_start=641
+  _globals['_LISTPEERSREPLY']._serialized_end=689
+  _globals['_NODESERVICE']._serialized_start=692
+  _globals['_NODESERVICE']._serialized_end=893
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,8 @@ class NodeInfo(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     DATA_DIR_FIELD_NUMBER: _builtins.int
     MDNS_FIELD_NUMBER: _builtins.int
+    COORDINATOR_FIELD_NUMBER: _builtins.int
+    TRUST_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     hostname: _builtins.str
     version: _builtins.str
@@ -58,10 +60,16 @@ class NodeInfo(_message.Message):
     started_at: _builtins.float
     data_dir: _builtins.str
     mdns: _builtins.bool
+    coordinator: _builtins.str
+    """A volunteer's: the coordinator it is in session with ("" when none), and how that
+    coordinator trusts its results (blocklisted, and why, included).
+    """
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def resources(self) -> _common_pb2.Resources: ...
+    @_builtins.property
+    def trust(self) -> _common_pb2.TrustRecord: ...
     def __init__(
         self,
         *,
@@ -76,10 +84,12 @@ class NodeInfo(_message.Message):
         started_at: _builtins.float = ...,
         data_dir: _builtins.str = ...,
         mdns: _builtins.bool = ...,
+        coordinator: _builtins.str = ...,
+        trust: _common_pb2.TrustRecord | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "trust", b"trust"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cluster", b"cluster", "data_dir", b"data_dir", "hostname", b"hostname", "mdns", b"mdns", "node_id", b"node_id", "protocol_version", b"protocol_version", "resources", b"resources", "roles", b"roles", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cluster", b"cluster", "coordinator", b"coordinator", "data_dir", b"data_dir", "hostname", b"hostname", "mdns", b"mdns", "node_id", b"node_id", "protocol_version", b"protocol_version", "resources", b"resources", "roles", b"roles", "started_at", b"started_at", "trust", b"trust", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
