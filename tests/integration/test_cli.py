@@ -53,15 +53,21 @@ def test_status_and_volunteers_for_people_and_scripts(daemons: Daemons) -> None:
     assert table.returncode == 0
     header, row = table.stdout.splitlines()
     assert header.split() == [
-        "ID", "HOST", "CORES", "RAM", "LOAD", "RUNTIME", "STATE", "LAST", "SEEN",
+        "ID", "HOST", "CORES", "RAM", "LOAD", "RUNTIME", "TRUST", "STATE", "LAST", "SEEN",
     ]  # fmt: skip
     assert row.startswith(volunteer.node_id[:8])
     assert " online " in row
+    assert " vouched " in row  # the harness's volunteers stand for the lab's own machines
+    assert listed["trust"]["vouched"] is True
 
     text = run_cli("status", "--data-dir", str(volunteer.data_dir))
     assert text.returncode == 0
     assert f"node      {volunteer.node_id}" in text.stdout
     assert "roles     volunteer" in text.stdout
+    assert f"coordinator {address}" in text.stdout
+    assert "results   trusted (vouched for); 0 agreed with other volunteers', 0 disagreed" in (
+        text.stdout
+    )
 
 
 def test_peers_shows_other_clusters_and_malformed_announcements_as_skipped(

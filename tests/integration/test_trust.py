@@ -636,6 +636,12 @@ FORBIDDEN = [
     (VOLUNTEER, "CoordinatorService/SubmitTasks", A_MANAGER),
     (VOLUNTEER, "CoordinatorService/WatchTasks", A_MANAGER),
     (VOLUNTEER, "CoordinatorService/CancelTasks", A_MANAGER),
+    (VOLUNTEER, "CoordinatorService/ReportVerdicts", A_MANAGER),
+    (VOLUNTEER, "CoordinatorService/ClearTrust", TRUST_ADMINS),
+    (MANAGER, "CoordinatorService/ClearTrust", TRUST_ADMINS),
+    (USER_ALICE, "CoordinatorService/ReportVerdicts", A_MANAGER),
+    (USER_ALICE, "CoordinatorService/ClearTrust", TRUST_ADMINS),
+    (ADMIN_CALLER, "CoordinatorService/ReportVerdicts", A_MANAGER),
     (VOLUNTEER, "TrustService/CreateToken", TRUST_ADMINS),
     (VOLUNTEER, "TrustService/ListTokens", TRUST_ADMINS),
     (VOLUNTEER, "TrustService/RevokeToken", TRUST_ADMINS),
@@ -678,6 +684,11 @@ def request_for(method: str, caller_id: str, mesh: Mesh) -> bytes:
             manager_id=caller_id, workflow_id=workflow_id
         ),
         "CoordinatorService/VolunteerSession": registration(caller_id, mesh.cluster),
+        "CoordinatorService/ReportVerdicts": coordinator_pb2.ReportVerdictsRequest(
+            manager_id=caller_id,
+            verdicts=[coordinator_pb2.Verdict(task_id="t", attempt=1, volunteer_id="v")],
+        ),
+        "CoordinatorService/ClearTrust": coordinator_pb2.ClearTrustRequest(volunteer_id="v"),
         "TrustService/CreateToken": trust_pb2.CreateTokenRequest(roles=["admin"], name="mallory"),
         "TrustService/RevokeToken": trust_pb2.RevokeTokenRequest(token_id=mesh.spare_token_id),
     }.get(method)
@@ -766,6 +777,7 @@ def test_a_volunteer_cannot_register_as_another_and_the_real_one_keeps_its_sessi
         "CoordinatorService/SubmitTasks",
         "CoordinatorService/WatchTasks",
         "CoordinatorService/CancelTasks",
+        "CoordinatorService/ReportVerdicts",
     ],
 )
 def test_a_manager_cannot_act_under_another_managers_id(mesh: Mesh, method: str) -> None:
@@ -779,6 +791,9 @@ def test_a_manager_cannot_act_under_another_managers_id(mesh: Mesh, method: str)
         "CoordinatorService/WatchTasks": coordinator_pb2.WatchTasksRequest(manager_id=victim),
         "CoordinatorService/CancelTasks": coordinator_pb2.CancelTasksRequest(
             manager_id=victim, workflow_id="any"
+        ),
+        "CoordinatorService/ReportVerdicts": coordinator_pb2.ReportVerdictsRequest(
+            manager_id=victim, verdicts=[coordinator_pb2.Verdict(task_id="t", volunteer_id="v")]
         ),
     }[method]
     with open_sync_channel(mesh.address, credential(["manager"], node_id=impostor_id)) as channel:

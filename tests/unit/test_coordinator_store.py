@@ -13,12 +13,16 @@ import pytest
 from coordinator_node.scheduler import EndedTask, ScheduledTask
 from coordinator_node.store import MIGRATIONS, CoordinatorStore, _task_from_row
 from daemon.models import (
+    EventKind,
     Load,
     OwnerLimits,
     ResourceRequest,
     Resources,
+    TaskEvent,
     TaskSpec,
     TaskState,
+    TrustRecord,
+    Verdict,
     Volunteer,
     VolunteerState,
 )
@@ -176,3 +180,57 @@ async def test_a_store_from_before_the_cleanup_keeps_its_tasks_and_loses_what_wa
     assert "leases" not in tables
     assert "max_attempts" not in columns
     assert ids == ["wf.t"]
+
+
+async def test_verdicts_count_only_on_the_reporting_managers_completed_attempt_and_once(
+    store: CoordinatorStore,
+) -> None:
+    spec = TaskSpec(
+        task_id="wf.t~2",
+        workflow_id="wf",
+        image="vcnode/worker:1",
+        command=("true",),
+        resources=ResourceRequest(),
+        timeout_seconds=60,
+        replica_of="wf.t",
+    )
+    done = ScheduledTask(
+        spec=spec, manager_id="m", state=TaskState.COMPLETED, attempt=3, volunteer_id="v"
+    )
+    going = ScheduledTask(
+        spec=replace(spec, task_id="wf.u"), manager_id="m", state=TaskState.RUNNING,
+        attempt=1, volunteer_id="v",
+    )  # fmt: skip
+    await store.save_tasks([done, going], new_specs={"wf.t~2", "wf.u"})
+    honest = Verdict("wf.t~2", 3, "v", agreed=False)
+    assert await store.add_verdicts("m", [honest]) == [honest]
+    assert await store.add_verdicts("m", [honest]) == [], "a verdict counts once"
+    forged = [
+        Verdict("wf.t~2", 3, "v", agreed=True, checked=True),  # the same attempt again
+        Verdict("wf.t~2", 2, "v", agreed=False),  # an older attempt
+        Verdict("wf.t~2", 3, "someone-else", agreed=False),  # not who ran it
+        Verdict("wf.u", 1, "v", agreed=False),  # not completed
+        Verdict("nope", 1, "v", agreed=False),  # no such task
+    ]
+    assert await store.add_verdicts("m", forged) == []
+    assert await store.add_verdicts("another-manager", [Verdict("wf.t~2", 4, "v", False)]) == []
+
+
+async def test_trust_records_and_completed_events_round_trip(tmp_path: Path) -> None:
+    record = TrustRecord(
+        agreed=3, disagreed=2, streak=0, vouched=False, last_disagreement_at=12.5,
+        last_disagreement_task="wf.t~2", recent="aadd", blocklisted=True,
+        blocklist_reason="2 of its last 4 results disagreed",
+    )  # fmt: skip
+    store = CoordinatorStore(tmp_path)
+    await store.open()
+    await store.save_trust([("v", record), ("w", TrustRecord(vouched=True))])
+    event = TaskEvent("wf.t", "wf", EventKind.COMPLETED, at=1.0, volunteer_id="v", trust=record)
+    await store.append_events([("m", event)])
+    await store.close()
+    store = CoordinatorStore(tmp_path)
+    await store.open()
+    assert dict(await store.load_trust()) == {"v": record, "w": TrustRecord(vouched=True)}
+    [stored] = await store.task_events("m", "", 0)
+    assert stored.trust == record
+    await store.close()

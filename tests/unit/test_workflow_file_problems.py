@@ -11,6 +11,7 @@ from daemon.errors import InvalidInputError
 from splitters.api import SplitterError, TaskOutput
 from workflows.file import parse_workflow
 from workflows.graph import OnFailure
+from workflows.validation_policy import Mode, ValidationPolicy
 
 TWO_BAD_TASKS = """\
 [workflow]
@@ -128,3 +129,35 @@ def test_a_long_refusal_counts_every_problem_while_it_lists_ten(tmp_path: Path) 
     lines = str(located).splitlines()
     assert lines[0] == "25 problems:"
     assert lines[-1] == f"  {tmp_path / 'wf.toml'}: ... and 15 more problems"
+
+
+def test_validation_is_adaptive_unless_the_workflow_or_a_task_says_otherwise() -> None:
+    parsed = parse_workflow(
+        '[workflow]\nname = "v"\nvalidation = "quorum"\nreplicas = 3\nquorum = 2\n\n'
+        '[[tasks]]\nname = "a"\ncommand = ["true"]\n\n'
+        '[[tasks]]\nname = "b"\ncommand = ["true"]\nvalidation = "none"\n\n'
+        '[[tasks]]\nname = "c"\ncommand = ["true"]\nspot_check_rate = 0.5\n'
+    )
+    assert parsed.validation == ValidationPolicy(Mode.QUORUM, replicas=3, quorum=2)
+    a, b, c = parsed.tasks
+    assert a.validation is None  # the workflow's
+    assert b.validation == ValidationPolicy(Mode.NONE, replicas=3, quorum=2)
+    assert c.validation == ValidationPolicy(Mode.QUORUM, 3, 2, spot_check_rate=0.5)
+    default = parse_workflow('[workflow]\ntype = "matrix_addition"\n[parameters]\nsize = 4\n')
+    assert default.validation == ValidationPolicy()
+    assert default.validation.mode is Mode.ADAPTIVE
+
+
+def test_every_bad_validation_key_is_reported_with_what_would_do() -> None:
+    found = dict(
+        problems_of(
+            '[workflow]\nname = "v"\nvalidation = "majority"\nquorum = 1.5\n'
+            'spot_check_rate = "often"\n\n'
+            '[[tasks]]\nname = "a"\ncommand = ["true"]\nvalidation = "quorum"\nquorum = 5\n'
+            "replicas = 2\n"
+        )
+    )
+    assert found["workflow.validation"].startswith("must be one of none, quorum, adaptive")
+    assert found["workflow.quorum"] == "must be a whole number, got 1.5"
+    assert found["workflow.spot_check_rate"] == "must be a number, got 'often'"
+    assert found["tasks[0].replicas"] == "must be between quorum (5) and 16"
