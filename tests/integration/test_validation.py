@@ -157,6 +157,30 @@ def test_a_volunteer_forging_every_result_is_blocklisted_and_none_of_its_outputs
     listing = run_cli("volunteers", "--data-dir", str(manager.data_dir)).stdout
     assert f"{cheat.node_id[:8]} is blocklisted" in listing
 
+    # Its owner sees it on that machine, with the reason.
+    def blocklisted_here() -> str | None:
+        text = run_cli("status", "--data-dir", str(cheat.data_dir)).stdout
+        return text if "BLOCKLISTED" in text else None
+
+    seen = wait_until(blocklisted_here, 20, "the blocklisting in the volunteer's own status")
+    assert "disagreed with other volunteers" in seen
+    assert cli_json("status", "--data-dir", str(cheat.data_dir))["trust"]["blocklisted"]
+    # An admin lifts it; the volunteer hears at once.
+    cleared = run_cli(
+        "volunteers", "--clear-trust", cheat.node_id, "--data-dir", str(manager.data_dir)
+    )
+    assert cleared.returncode == 0, cleared.stderr
+    assert "trust record cleared" in cleared.stdout
+    assert not trust_of(manager, cheat)["blocklisted"]
+    wait_until(
+        lambda: not cli_json("status", "--data-dir", str(cheat.data_dir))["trust"]["blocklisted"],
+        20,
+        "the volunteer to hear it was cleared",
+    )
+    unknown = run_cli("volunteers", "--clear-trust", "nobody", "--data-dir", str(manager.data_dir))
+    assert unknown.returncode != 0
+    assert "no volunteer 'nobody' in this pool" in unknown.stderr
+
 
 def test_quorum_on_a_pool_of_one_volunteer_is_refused_with_the_reason(
     daemons: Daemons, tmp_path: Path, worker_image: str
@@ -172,3 +196,70 @@ def test_quorum_on_a_pool_of_one_volunteer_is_refused_with_the_reason(
     assert "workflow.quorum" in result.stderr
     assert "2 distinct volunteers" in result.stderr
     assert "1 of the 1 online can run it" in result.stderr
+
+
+def test_copies_and_verdicts_survive_a_manager_restart_and_count_once(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    """The manager is killed while copies run and started again at its address: every task
+    still ends with two agreeing copies, and the coordinator counted each verdict once
+    (the restarted manager reports them all again)."""
+    common = ["--cluster", unique_cluster(), "--heartbeat", "0.5", "--no-mdns"]
+    coordinator = daemons.start(
+        "coordinator", "--role", "coordinator", "--listen", "127.0.0.1:0", *common
+    )
+    coordinator_address = coordinator.address()
+    manager_args = ["--role", "manager", "--coordinator", coordinator_address, *common]
+    manager = daemons.start("manager", *manager_args, "--listen", "127.0.0.1:0")
+    manager_address = manager.address()
+    volunteers = [
+        daemons.start(
+            f"volunteer-{i}",
+            "--role",
+            "volunteer",
+            "--listen",
+            "127.0.0.1:0",
+            "--coordinator",
+            coordinator_address,
+            *common,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    ids = {v.address() and v.node_id for v in volunteers}
+    wait_until(lambda: ids <= set(list_volunteers(coordinator_address)), 20, "the volunteers")
+    tasks = "".join(
+        f'\n[[tasks]]\nname = "t{n}"\n'
+        f'command = ["sh", "-c", "sleep 2; echo {n} > /output/out.txt"]\noutputs = ["out.txt"]\n'
+        for n in range(3)
+    )
+    workflow = tmp_path / "q.toml"
+    workflow.write_text(f'[workflow]\nname = "q"\nvalidation = "quorum"\n{tasks}')
+    workflow_id = cli_json("submit", str(workflow), "--manager", manager_address)["workflow_id"]
+    wait_until(
+        lambda: cli_json("status", workflow_id, "--manager", manager_address)["counts"]["running"],
+        30,
+        "copies to run",
+    )
+    manager.kill()
+    restarted = daemons.start(
+        "manager", *manager_args, "--listen", manager_address, data_dir=manager.data_dir
+    )
+    assert restarted.address() == manager_address
+
+    def finished() -> dict[str, Any] | None:
+        status: dict[str, Any] = cli_json("status", workflow_id, "--manager", manager_address)
+        return status if status["state"] in ("completed", "failed") else None
+
+    status = wait_until(finished, 90, "the workflow to end after the restart")
+    assert status["state"] == "completed", status
+    for task in status["tasks"]:
+        assert (task["copies"], task["agreeing"]) == (2, 2), task
+    listing = cli_json("volunteers", "--coordinator", coordinator_address)
+
+    def agreed() -> int | None:
+        listing = cli_json("volunteers", "--coordinator", coordinator_address)
+        total = sum(v["trust"]["agreed"] for v in listing)
+        return total if total >= 6 else None
+
+    assert wait_until(agreed, 20, "the verdicts to reach the coordinator") == 6
+    assert all(v["trust"]["disagreed"] == 0 for v in listing)
