@@ -212,19 +212,9 @@ def test_copies_and_verdicts_survive_a_manager_restart_and_count_once(
     manager_args = ["--role", "manager", "--coordinator", coordinator_address, *common]
     manager = daemons.start("manager", *manager_args, "--listen", "127.0.0.1:0")
     manager_address = manager.address()
-    volunteers = [
-        daemons.start(
-            f"volunteer-{i}",
-            "--role",
-            "volunteer",
-            "--listen",
-            "127.0.0.1:0",
-            "--coordinator",
-            coordinator_address,
-            *common,
-        )  # fmt: skip
-        for i in range(2)
-    ]
+    volunteer_args = ["--role", "volunteer", "--listen", "127.0.0.1:0"]
+    volunteer_args += ["--coordinator", coordinator_address, *common]
+    volunteers = [daemons.start(f"volunteer-{i}", *volunteer_args) for i in range(2)]
     ids = {v.address() and v.node_id for v in volunteers}
     wait_until(lambda: ids <= set(list_volunteers(coordinator_address)), 20, "the volunteers")
     tasks = "".join(
