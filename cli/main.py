@@ -413,6 +413,14 @@ def _add_client_parsers(commands: Any) -> None:
     )
     status.add_argument("workflow", nargs="?", help="a workflow id: show its tasks instead")
     status.add_argument(
+        "--why",
+        nargs="?",
+        const="",
+        metavar="TASK",
+        help="with WORKFLOW: why its queued tasks (or TASK) are not running, against each "
+        "volunteer of the pool",
+    )
+    status.add_argument(
         "--task",
         metavar="TASK",
         help="with WORKFLOW: one task (name or id) and every copy that ran of it, with "

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from daemon.discovery.peers import Peer
-from daemon.models import TrustRecord, Volunteer
+from daemon.models import TaskExplanation, TrustRecord, Volunteer
 
 
 def print_json(value: Any) -> None:
@@ -134,6 +134,26 @@ def volunteers_table(volunteers: Sequence[Volunteer]) -> str:
     if blocked:
         table_text += "\n(an admin lifts it: vcnode volunteers --clear-trust ID)"
     return table_text
+
+
+def explanation_text(explanation: TaskExplanation) -> str:
+    """Why one task is not running, a line per reason: "2 volunteers: not enough disk"."""
+    lines = [f"task {explanation.name} ({explanation.state})"]
+    if explanation.message:
+        lines.append(f"  {explanation.message}")
+    if not explanation.groups:
+        waiting = explanation.state in ("queued", "waiting")
+        lines.append("  no volunteer has joined the pool" if waiting else "  not waiting")
+    for group in explanation.groups:
+        count = len(group.volunteer_ids)
+        if not count:
+            lines.append(f"  {group.reason}")
+            continue
+        who = f"{count} volunteer{'s' if count != 1 else ''}"
+        ids = ", ".join(vid[:8] for vid in group.volunteer_ids[:4])
+        more = f" and {count - 4} more" if count > 4 else ""
+        lines.append(f"  {who}: {group.reason} ({ids}{more})")
+    return "\n".join(lines)
 
 
 def peer_json(peer: Peer) -> dict[str, Any]:

@@ -423,6 +423,8 @@ def _print_outcome(status: WorkflowStatus, everything: bool = False) -> None:
 
 
 async def status(peer: Dial, args: argparse.Namespace) -> int:
+    if args.why is not None:
+        return await _why(peer, args)
     async with manager_at(peer) as manager:
         found = await _workflow_status(manager, args.workflow, args.task or "")
     if args.json:
@@ -431,6 +433,35 @@ async def status(peer: Dial, args: argparse.Namespace) -> int:
         _print_copies(found)
     else:
         _print_outcome(found, everything=args.all)
+    return 0
+
+
+async def _why(peer: Dial, args: argparse.Namespace) -> int:
+    async with manager_at(peer) as manager:
+        reply = await manager.ExplainTasks(
+            manager_pb2.ExplainTasksRequest(workflow_id=args.workflow, task=args.why),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+    explained = [convert.explanation_from_proto(t) for t in reply.tasks]
+    if args.json:
+        views.print_json(
+            {
+                "tasks": [asdict(explanation) for explanation in explained],
+                "pool_unknown": reply.pool_unknown,
+            }
+        )
+        return 0
+    if reply.pool_unknown:
+        print(f"the pool is not known: {reply.pool_unknown}")
+    if not explained:
+        print(f"workflow {args.workflow}: no task waits")
+    for explanation in explained[:TASK_ROWS]:
+        print(views.explanation_text(explanation))
+    if len(explained) > TASK_ROWS:
+        print(
+            f"... and {len(explained) - TASK_ROWS} more waiting tasks: "
+            f"vcnode status {args.workflow} --why TASK explains one"
+        )
     return 0
 
 

@@ -346,6 +346,26 @@ class WorkflowUpdate:
 
 
 @dataclass(frozen=True)
+class ReasonGroup:
+    """Volunteers that do not run a queued task for one same reason."""
+
+    reason: str
+    volunteer_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskExplanation:
+    """Why a task is not running (`node status WF --why`)."""
+
+    task_id: str
+    name: str
+    state: str
+    # The task's own latest word (e.g. the coordinator's "unschedulable: ...").
+    message: str = ""
+    groups: tuple[ReasonGroup, ...] = ()
+
+
+@dataclass(frozen=True)
 class Submitted:
     """A workflow the manager accepted (or resumed) and how many tasks it runs."""
 

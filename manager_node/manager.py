@@ -33,10 +33,13 @@ from daemon.models import (
     EventKind,
     FileRef,
     InlineBlob,
+    ReasonGroup,
     Submitted,
     TaskEvent,
+    TaskExplanation,
     TaskSpec,
     Verdict,
+    Volunteer,
     WorkflowUpdate,
 )
 from daemon.resources import MIB
@@ -61,8 +64,10 @@ from manager_node.validation import (
     task_of,
 )
 from manager_node.validation import Verdict as CopyVerdict
+from manager_node.why import why_waiting
 from manager_node.workflow import (
     MissingUpstreamError,
+    TaskStatus,
     WorkflowRun,
     WorkflowState,
     WorkflowTask,
@@ -123,6 +128,9 @@ class WorkflowManager:
         # that stops running (ended, handed back) starts again from nothing.
         self._uploads: dict[str, dict[str, int]] = {}
         self._watchers: dict[str, set[asyncio.Queue[WorkflowUpdate | None]]] = {}
+        # The last decline reason of each volunteer that declined a task (task -> volunteer
+        # -> reason), for `status --why`; in memory only.
+        self._declines: dict[str, dict[str, str]] = {}
         self._merges: dict[str, asyncio.Task[None]] = {}  # by workflow id
         self._lock = asyncio.Lock()
         # Held shared by submissions (from their first blob to their records) and resumes;
@@ -596,6 +604,9 @@ class WorkflowManager:
         return int(await self._store.meta(COORDINATOR_SEQUENCE) or 0)
 
     async def on_event(self, event: TaskEvent) -> None:
+        if event.kind is EventKind.DECLINED and event.volunteer_id:
+            declines = self._declines.setdefault(task_of(event.task_id)[0], {})
+            declines[event.volunteer_id] = event.message
         async with self._lock:
             run = self._runs.get(event.workflow_id)
             if run is not None:
@@ -880,6 +891,7 @@ class WorkflowManager:
         live = False
         for task in run.tasks.values():
             self._specs.pop(task.task_id, None)
+            self._declines.pop(task.task_id, None)
             for copy in _copies(task):
                 self._specs.pop(copy_id(task.task_id, copy.number), None)
                 live = live or copy.state.live
@@ -990,6 +1002,52 @@ class WorkflowManager:
             else:  # every task completed before: only the merge failed
                 await self._finish(run)
         return Submitted(workflow_id, len(again))
+
+    async def explain(self, workflow_id: str, task: str = "") -> tuple[list[TaskExplanation], str]:
+        """Why the workflow's queued tasks (or the one named) are not running, against each
+        volunteer of the pool; and, when the pool cannot be asked now, why not."""
+        run = self._runs.get(workflow_id)
+        if run is None:
+            state = await self._store.workflow_state(workflow_id)
+            if state is None:
+                raise NotFoundError(f"no workflow {workflow_id!r} on this manager")
+            raise RejectedError(f"workflow {workflow_id} has ended ({state}): nothing waits")
+        if task:
+            chosen = [t for t in run.tasks.values() if task in (t.task_id, t.name)]
+            if not chosen:
+                raise NotFoundError(f"workflow {workflow_id} has no task {task[:80]!r}")
+        else:
+            waiting = (TaskStatus.QUEUED, TaskStatus.WAITING)
+            chosen = [t for t in run.tasks.values() if t.status in waiting]
+        volunteers = await self.coordinator.volunteers() if self.coordinator else None
+        unknown = "" if volunteers is not None else "the coordinator does not answer now"
+        return [self._explain(run, t, volunteers or []) for t in chosen], unknown
+
+    def _explain(
+        self, run: WorkflowRun, task: WorkflowTask, volunteers: list[Volunteer]
+    ) -> TaskExplanation:
+        groups: list[ReasonGroup] = []
+        if task.status is TaskStatus.WAITING:
+            pending = [
+                name
+                for name in task.depends_on
+                if run.by_name[name].status is not TaskStatus.COMPLETED
+            ]
+            groups = [ReasonGroup(f"waits for {', '.join(pending)} to complete")]
+        else:
+            # A replicated task waits on its queued copy, if any (it names whom to avoid).
+            queued = [
+                copy_id(task.task_id, c.number)
+                for c in _copies(task)
+                if c.state is CopyState.QUEUED
+            ]
+            spec = self._specs.get(queued[0] if queued else task.task_id)
+            if spec is not None and (queued or task.status is TaskStatus.QUEUED):
+                declines = self._declines.get(task.task_id, {})
+                groups = why_waiting(spec, volunteers, declines)
+        return TaskExplanation(
+            task.task_id, task.name, task.status.value, task.message, tuple(groups)
+        )
 
     async def watch(self, workflow_id: str) -> AsyncIterator[WorkflowUpdate]:
         """Updates until the workflow ends; nothing more if it already has."""

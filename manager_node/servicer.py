@@ -66,6 +66,20 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             yield convert.workflow_update_to_proto(update)
 
     @maps_errors
+    async def ExplainTasks(
+        self,
+        request: manager_pb2.ExplainTasksRequest,
+        context: grpc.aio.ServicerContext[
+            manager_pb2.ExplainTasksRequest, manager_pb2.ExplainTasksReply
+        ],
+    ) -> manager_pb2.ExplainTasksReply:
+        await self._own(request.workflow_id, context)
+        explained, unknown = await self._manager.explain(request.workflow_id, request.task)
+        return manager_pb2.ExplainTasksReply(
+            tasks=[convert.explanation_to_proto(e) for e in explained], pool_unknown=unknown
+        )
+
+    @maps_errors
     async def GetWorkflowStatus(
         self,
         request: manager_pb2.GetWorkflowStatusRequest,

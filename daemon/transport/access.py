@@ -53,6 +53,7 @@ RULES: dict[str, frozenset[str]] = {
             "ResumeWorkflow",
             "ListWorkflows",
             "DeleteWorkflow",
+            "ExplainTasks",
         )
     },
     _MANAGER + "GetImageArchive": frozenset({"volunteer"}),

@@ -10,11 +10,13 @@ from daemon.models import (
     InlineBlob,
     Load,
     OwnerLimits,
+    ReasonGroup,
     Registration,
     ResourceRequest,
     Resources,
     Submitted,
     TaskEvent,
+    TaskExplanation,
     TaskResult,
     TaskSpec,
     TaskStatusRow,
@@ -532,6 +534,31 @@ def workflow_status_from_proto(message: manager_pb2.WorkflowStatus) -> WorkflowS
         extra_copies=message.extra_copies,
         extra_run_seconds=message.extra_run_seconds,
         run_seconds=message.run_seconds,
+    )
+
+
+def explanation_to_proto(explanation: TaskExplanation) -> manager_pb2.TaskExplanation:
+    return manager_pb2.TaskExplanation(
+        task_id=explanation.task_id,
+        name=explanation.name,
+        state=explanation.state,
+        message=explanation.message,
+        groups=[
+            manager_pb2.ReasonGroup(reason=group.reason, volunteer_ids=group.volunteer_ids)
+            for group in explanation.groups
+        ],
+    )
+
+
+def explanation_from_proto(message: manager_pb2.TaskExplanation) -> TaskExplanation:
+    return TaskExplanation(
+        task_id=message.task_id,
+        name=message.name,
+        state=message.state,
+        message=message.message,
+        groups=tuple(
+            ReasonGroup(group.reason, tuple(group.volunteer_ids)) for group in message.groups
+        ),
     )
 
 

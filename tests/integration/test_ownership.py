@@ -59,7 +59,13 @@ def test_users_see_and_act_on_their_own_workflows_only(daemons: Daemons, tmp_pat
     seen_by_bob = run_cli("workflows", "--manager", address, "--json", env=bob)
     assert seen_by_bob.returncode == 0, seen_by_bob.stderr
     assert json.loads(seen_by_bob.stdout) == []
-    for command in (["status", workflow_id], ["cancel", workflow_id], ["watch", workflow_id]):
+    for command in (
+        ["status", workflow_id],
+        ["status", workflow_id, "--why"],
+        ["status", workflow_id, "--task", "t"],
+        ["cancel", workflow_id],
+        ["watch", workflow_id],
+    ):
         refused = run_cli(*command, "--manager", address, env=bob)
         assert refused.returncode == 4, (command, refused.stdout, refused.stderr)
         assert f"workflow {workflow_id} is not yours (user bob" in refused.stderr, refused.stderr

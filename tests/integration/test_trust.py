@@ -650,6 +650,8 @@ FORBIDDEN = [
     (VOLUNTEER, "ManagerService/ListWorkflows", PEOPLE),
     (VOLUNTEER, "ManagerService/CancelWorkflow", PEOPLE),
     (VOLUNTEER, "ManagerService/DeleteWorkflow", PEOPLE),
+    (VOLUNTEER, "ManagerService/ExplainTasks", PEOPLE),
+    (MANAGER, "ManagerService/ExplainTasks", PEOPLE),
     (MANAGER, "CoordinatorService/VolunteerSession", A_VOLUNTEER),
     (MANAGER, "TrustService/CreateToken", TRUST_ADMINS),
     (MANAGER, "TrustService/RevokeToken", TRUST_ADMINS),

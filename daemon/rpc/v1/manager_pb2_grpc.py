@@ -80,6 +80,11 @@ class ManagerServiceStub:
                 request_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.GetImageArchiveRequest.SerializeToString,
                 response_deserializer=daemon_dot_rpc_dot_v1_dot_common__pb2.FileRef.FromString,
                 _registered_method=True)
+        self.ExplainTasks = channel.unary_unary(
+                '/vcnode.v1.ManagerService/ExplainTasks',
+                request_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ExplainTasksRequest.SerializeToString,
+                response_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ExplainTasksReply.FromString,
+                _registered_method=True)
 
 
 class ManagerServiceServicer:
@@ -144,6 +149,13 @@ class ManagerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainTasks(self, request, context):
+        """Why queued tasks are not running: each online volunteer's reason, grouped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +203,11 @@ def add_ManagerServiceServicer_to_server(servicer, server):
                     servicer.GetImageArchive,
                     request_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.GetImageArchiveRequest.FromString,
                     response_serializer=daemon_dot_rpc_dot_v1_dot_common__pb2.FileRef.SerializeToString,
+            ),
+            'ExplainTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainTasks,
+                    request_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ExplainTasksRequest.FromString,
+                    response_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ExplainTasksReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -436,6 +453,33 @@ class ManagerService:
             '/vcnode.v1.ManagerService/GetImageArchive',
             daemon_dot_rpc_dot_v1_dot_manager__pb2.GetImageArchiveRequest.SerializeToString,
             daemon_dot_rpc_dot_v1_dot_common__pb2.FileRef.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vcnode.v1.ManagerService/ExplainTasks',
+            daemon_dot_rpc_dot_v1_dot_manager__pb2.ExplainTasksRequest.SerializeToString,
+            daemon_dot_rpc_dot_v1_dot_manager__pb2.ExplainTasksReply.FromString,
             options,
             channel_credentials,
             insecure,

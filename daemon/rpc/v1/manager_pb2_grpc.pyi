@@ -48,6 +48,8 @@ class ManagerServiceStub:
     """A task's image as a `docker save` archive blob (fetch it with TransferService), for a
     volunteer that lacks it. Exported on first request, then kept.
     """
+    ExplainTasks: _grpc.UnaryUnaryMultiCallable[_manager_pb2.ExplainTasksRequest, _manager_pb2.ExplainTasksReply]
+    """Why queued tasks are not running: each online volunteer's reason, grouped."""
 
 @_typing.type_check_only
 class ManagerServiceAsyncStub(ManagerServiceStub):
@@ -68,6 +70,8 @@ class ManagerServiceAsyncStub(ManagerServiceStub):
     """A task's image as a `docker save` archive blob (fetch it with TransferService), for a
     volunteer that lacks it. Exported on first request, then kept.
     """
+    ExplainTasks: _aio.UnaryUnaryMultiCallable[_manager_pb2.ExplainTasksRequest, _manager_pb2.ExplainTasksReply]  # type: ignore[assignment]
+    """Why queued tasks are not running: each online volunteer's reason, grouped."""
 
 class ManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -139,5 +143,13 @@ class ManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         """A task's image as a `docker save` archive blob (fetch it with TransferService), for a
         volunteer that lacks it. Exported on first request, then kept.
         """
+
+    @_abc_1.abstractmethod
+    def ExplainTasks(
+        self,
+        request: _manager_pb2.ExplainTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.ExplainTasksReply, _abc.Awaitable[_manager_pb2.ExplainTasksReply]]:
+        """Why queued tasks are not running: each online volunteer's reason, grouped."""
 
 def add_ManagerServiceServicer_to_server(servicer: ManagerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

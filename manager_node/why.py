@@ -1,0 +1,50 @@
+"""Why a queued task is not running: each online volunteer's reason, grouped, as HTCondor's
+`condor_q -better-analyze` and Nomad's placement failures say it.
+
+The reasons come from the rules the pool itself applies, in the order it applies them: the
+coordinator's trust (a blocklisted volunteer gets nothing), the capacity rule the scheduler
+and the volunteers share (daemon/capacity.py), the images a volunteer can get, copies kept
+apart, then what the volunteer said (its last decline) and whether it has a free slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from daemon.capacity import capacity_problem, task_slots
+from daemon.models import ReasonGroup, TaskSpec, Volunteer, VolunteerState
+from manager_node.admission import image_shortfall
+
+
+def why_waiting(
+    spec: TaskSpec, volunteers: Sequence[Volunteer], declined: Mapping[str, str]
+) -> list[ReasonGroup]:
+    """Each volunteer's reason for not running the queued task `spec`, grouped by reason,
+    most volunteers first; `declined` holds the last decline reason of each volunteer that
+    declined it."""
+    groups: dict[str, list[str]] = {}
+    for volunteer in volunteers:
+        groups.setdefault(_reason(spec, volunteer, declined), []).append(volunteer.volunteer_id)
+    ranked = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
+    return [ReasonGroup(reason, tuple(sorted(ids))) for reason, ids in ranked]
+
+
+def _reason(spec: TaskSpec, volunteer: Volunteer, declined: Mapping[str, str]) -> str:
+    vid = volunteer.volunteer_id
+    if volunteer.state is not VolunteerState.ONLINE:
+        return f"{volunteer.state.value}: not connected"
+    if volunteer.trust.blocklisted:
+        return "blocklisted: its results disagreed with other volunteers'"
+    shortfall = capacity_problem(spec, volunteer.resources, volunteer.limits)
+    shortfall = shortfall or image_shortfall(spec, volunteer)
+    if shortfall is not None:
+        return shortfall.message
+    if vid in spec.avoid_volunteers:
+        return "ran another copy of this task (copies run on distinct volunteers)"
+    if vid in declined:
+        return f"declined it: {declined[vid]}"
+    slots = task_slots(volunteer.limits)
+    held = volunteer.load.running_tasks
+    if held >= slots:
+        return f"busy until a slot frees (holds {held} tasks, runs {slots} at once)"
+    return "free: the coordinator offers it at its next dispatch"
