@@ -101,7 +101,8 @@ class Pool:
         known = await self._store.load_volunteers()
         self._registry.restore(known, time.time())
         tasks, ended = await self._store.load_tasks()
-        self._scheduler.restore(tasks, ended)
+        going = {(t.manager_id, t.spec.replica_of) for t in tasks if t.spec.replica_of}
+        self._scheduler.restore(tasks, ended, await self._store.ended_copies(going))
         self._trust.restore(await self._store.load_trust())
         online = sum(v.state is VolunteerState.ONLINE for v in known)
         log.info(
@@ -223,17 +224,21 @@ class Pool:
             await self._execute(
                 self._scheduler.judged([(v.volunteer_id, v.task_id) for v in verdicts], now)
             )
-            new = await self._store.add_verdicts(manager_id, [v for v in verdicts if v.checked])
+            checked = [v for v in verdicts if v.checked]
+            new = await self._store.matching_verdicts(manager_id, checked)
             changed: dict[str, TrustRecord] = {}
             barred: dict[str, str] = {}
             for verdict in new:
                 vid = verdict.volunteer_id
-                was = self._trust.get(vid)
-                record = self._trust.record(vid, verdict.agreed, verdict.task_id, now)
+                was = changed.get(vid) or self._trust.get(vid)
+                record = self._trust.judged(was, verdict.agreed, verdict.task_id, now)
                 changed[vid] = record
                 if record.blocklisted and not was.blocklisted:
                     barred[vid] = record.blocklist_reason
-            await self._store.save_trust(list(changed.items()))
+            # Saved together, then believed: a crash between leaves both or neither.
+            await self._store.save_verdicts(manager_id, new, list(changed.items()))
+            for vid, record in changed.items():
+                self._trust.set(vid, record)
             for vid, record in changed.items():
                 if (session := self._sessions.get(vid)) is not None:
                     session.outbox.put_nowait(record)

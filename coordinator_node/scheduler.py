@@ -149,6 +149,23 @@ class SaveTask:
 Instruction = SendOffer | SendCancel | Publish | SaveTask
 
 
+def _group(task: ScheduledTask) -> tuple[str, str]:
+    """The copies a task belongs with: one manager's copies of one task (another manager
+    naming the same task makes a group of its own)."""
+    return task.manager_id, task.spec.replica_of
+
+
+def replica_problem(spec: TaskSpec) -> str | None:
+    """Why `spec` cannot be a copy of the task it names, or None: a copy is the task
+    itself or `<task>~<n>`."""
+    if not spec.replica_of or spec.task_id == spec.replica_of:
+        return None
+    prefix, separator, number = spec.task_id.rpartition("~")
+    if separator and prefix == spec.replica_of and number.isdigit():
+        return None
+    return f"task {spec.task_id[:80]!r} cannot be a copy of {spec.replica_of[:80]!r}"
+
+
 def unfit_reason(request: TaskSpec, candidate: Candidate) -> str | None:
     """Why this volunteer can never run this task, or None if it can."""
     shortfall = capacity_problem(request, candidate.resources, candidate.limits)
@@ -177,7 +194,9 @@ class Scheduler:
         self._offered: dict[str, ScheduledTask] = {}
         # Copies of each replicated task not ended yet (by the task they copy), and the
         # owner of every volunteer seen: what keeps copies apart.
-        self._replicas: dict[str, set[str]] = {}
+        self._replicas: dict[tuple[str, str], set[str]] = {}
+        # ... and the volunteers that ran one of them to its end, while any is not ended.
+        self._ran: dict[tuple[str, str], set[str]] = {}
         self._owners: dict[str, str] = {}
         # Results of volunteers on probation awaiting a verdict: volunteer -> task -> when.
         self._awaiting: dict[str, dict[str, float]] = {}
@@ -186,12 +205,18 @@ class Scheduler:
     # --- stimuli --------------------------------------------------------------------------
 
     def restore(
-        self, tasks: Iterable[ScheduledTask], ended: Iterable[tuple[str, EndedTask]] = ()
+        self,
+        tasks: Iterable[ScheduledTask],
+        ended: Iterable[tuple[str, EndedTask]] = (),
+        ran: Iterable[tuple[str, str, str]] = (),
     ) -> None:
         """Loads saved tasks after a restart: those not ended in full, the others as
-        `EndedTask`s. Offers died with their streams; running tasks stay with their volunteer
-        until it reconnects without them or is lost."""
+        `EndedTask`s, and (manager, task copied, volunteer) for each ended copy of a task
+        with copies still going. Offers died with their streams; running tasks stay with
+        their volunteer until it reconnects without them or is lost."""
         self._ended.update(ended)
+        for manager_id, replica_of, volunteer_id in ran:
+            self._ran.setdefault((manager_id, replica_of), set()).add(volunteer_id)
         for task in tasks:
             if task.state is TaskState.OFFERED:
                 task.state = TaskState.QUEUED
@@ -346,6 +371,8 @@ class Scheduler:
             return self._requeue(task, now, why) + self._dispatch(now)
         self._release(task)
         task.result = result
+        if task.spec.replica_of:  # its siblings may never run there, whatever came of it
+            self._ran.setdefault(_group(task), set()).add(volunteer_id)
         candidate = self._candidates.get(volunteer_id)
         if result.succeeded and task.spec.replica_of and candidate and candidate.probation:
             self._awaiting.setdefault(volunteer_id, {})[task.task_id] = now
@@ -373,6 +400,13 @@ class Scheduler:
     ) -> list[Instruction]:
         """Cancels `manager_id`'s tasks of the workflow and those named; never another's."""
         wanted = set(task_ids)
+        if not workflow_id:  # only those named: looked up, not searched for
+            named = [
+                task
+                for task_id in sorted(wanted)
+                if (task := self.tasks.get(task_id)) is not None and task.manager_id == manager_id
+            ]
+            return self._cancel_these(named, "cancelled", now)
         return self._cancel_where(
             lambda task: (
                 task.manager_id == manager_id
@@ -389,10 +423,14 @@ class Scheduler:
     def _cancel_where(
         self, chosen: Callable[[ScheduledTask], bool], reason: str, now: float
     ) -> list[Instruction]:
+        # Those not ended (ending removes them), listed first: cancelling changes the dict.
+        return self._cancel_these([t for t in self.tasks.values() if chosen(t)], reason, now)
+
+    def _cancel_these(
+        self, tasks: Iterable[ScheduledTask], reason: str, now: float
+    ) -> list[Instruction]:
         out: list[Instruction] = []
-        for task in list(self.tasks.values()):  # those not ended; ending removes them
-            if not chosen(task):
-                continue
+        for task in tasks:
             if task.state in (TaskState.OFFERED, TaskState.RUNNING):
                 out.append(SendCancel(task.volunteer_id, task.spec.task_id, reason))
                 self._release(task)
@@ -461,7 +499,7 @@ class Scheduler:
         self._next_order += 1
         self.tasks[task.task_id] = task
         if task.spec.replica_of:
-            self._replicas.setdefault(task.spec.replica_of, set()).add(task.task_id)
+            self._replicas.setdefault(_group(task), set()).add(task.task_id)
         self._set_state(task, task.state)
 
     def _kept_apart(self, task: ScheduledTask, volunteer_id: str) -> str | None:
@@ -471,12 +509,15 @@ class Scheduler:
             return None
         if volunteer_id in spec.avoid_volunteers:
             return "it ran another copy of this task"
+        if volunteer_id in self._ran.get(_group(task), ()):
+            return "it ran another copy of this task"
         others = {
             self.tasks[task_id].volunteer_id
-            for task_id in self._replicas.get(spec.replica_of, ())
+            for task_id in self._replicas.get(_group(task), ())
             if task_id != task.task_id
             and self.tasks[task_id].state in (TaskState.OFFERED, TaskState.RUNNING)
         }
+        others |= self._ran.get(_group(task), set())
         if volunteer_id in others:
             return "it holds another copy of this task"
         owner = self._owners.get(volunteer_id, "")
@@ -493,8 +534,15 @@ class Scheduler:
             return False
         if any(self.tasks[t].spec.replica_of for t in self._assigned.get(volunteer_id, ())):
             return True
-        awaiting = self._awaiting.get(volunteer_id, {})
-        return any(now - since < PROBATION_PATIENCE_SECONDS for since in awaiting.values())
+        awaiting = self._awaiting.get(volunteer_id)
+        if not awaiting:
+            return False
+        for task_id, since in list(awaiting.items()):
+            if now - since >= PROBATION_PATIENCE_SECONDS:  # no verdict is coming: forgotten
+                del awaiting[task_id]
+        if not awaiting:
+            del self._awaiting[volunteer_id]
+        return bool(awaiting)
 
     def _could_run(self, task: ScheduledTask, volunteer_id: str) -> bool:
         """Whether this volunteer could run the task, room aside."""
@@ -513,10 +561,11 @@ class Scheduler:
         if state in _ENDED:
             # The instructions about its end still hold the whole task, to save and tell.
             del self.tasks[task.task_id]
-            if (group := self._replicas.get(task.spec.replica_of)) is not None:
+            if (group := self._replicas.get(_group(task))) is not None:
                 group.discard(task.task_id)
-                if not group:
-                    del self._replicas[task.spec.replica_of]
+                if not group:  # the manager's avoid list speaks for them from now on
+                    del self._replicas[_group(task)]
+                    self._ran.pop(_group(task), None)
             self._ended[task.task_id] = EndedTask(task.spec.run, task.attempt, state)
         elif state is TaskState.QUEUED:
             self._queue.add(task)
@@ -546,6 +595,13 @@ class Scheduler:
             if not ready:
                 if any(self._could_run(task, vid) for vid in self._candidates):
                     waiting.append(task)
+                    if task.spec.replica_of and all(
+                        self._held_back(task, vid, now) for vid in room
+                    ):
+                        # Only volunteers on probation have room, and they take no other
+                        # replicated task now: looking further would walk the whole queue
+                        # at every stimulus (what waits behind goes at the next dispatch).
+                        break
                     continue
                 self._parked[task.task_id] = task
                 if not task.unschedulable_reported:
@@ -565,8 +621,17 @@ class Scheduler:
                 SaveTask(task),
                 # The offer names the manager its certificate proved: the volunteer
                 # takes inputs from and sends outputs to that node only.
+                # What copy it is and who ran the others stays here: a volunteer that knew
+                # whether its result would be checked could cheat when it would not.
                 SendOffer(
-                    chosen, replace(task.spec, attempt=task.attempt, manager_id=task.manager_id)
+                    chosen,
+                    replace(
+                        task.spec,
+                        attempt=task.attempt,
+                        manager_id=task.manager_id,
+                        replica_of="",
+                        avoid_volunteers=(),
+                    ),
                 ),
                 self._event(task, EventKind.OFFERED, now),
             ]

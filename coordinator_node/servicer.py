@@ -11,7 +11,7 @@ from typing import Any, assert_never
 import grpc
 
 from coordinator_node.pool import AckResult, Outgoing, Pool, PoolSession
-from coordinator_node.scheduler import SendCancel, SendOffer
+from coordinator_node.scheduler import SendCancel, SendOffer, replica_problem
 from daemon.errors import AccessDeniedError, NotFoundError, RejectedError
 from daemon.models import TrustRecord
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
@@ -178,6 +178,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             replace(convert.task_spec_from_proto(task), manager_address=manager_address)
             for task in request.tasks
         ]
+        for spec in specs:
+            if (problem := replica_problem(spec)) is not None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         accepted = await self._pool.submit(request.manager_id, specs)
         return coordinator_pb2.SubmitTasksReply(accepted=accepted)
 

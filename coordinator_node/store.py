@@ -353,6 +353,26 @@ class CoordinatorStore:
 
         return await self.database.read(read)
 
+    async def ended_copies(self, groups: Collection[tuple[str, str]]) -> list[tuple[str, str, str]]:
+        """(manager, task copied, volunteer) of each ended copy in these groups of copies
+        (manager id, task copied) that ran somewhere."""
+        if not groups:
+            return []
+        wanted = set(groups)
+        ended_states = [state.value for state in TaskState if state.finished]
+        marks = ", ".join("?" * len(ended_states))
+
+        def read(db: sqlite_utils.Database) -> list[tuple[str, str, str]]:
+            rows = db.execute(
+                "SELECT manager_id, json_extract(spec, '$.replica_of'), volunteer_id FROM tasks "
+                f"WHERE state IN ({marks}) AND volunteer_id IS NOT NULL "
+                "AND json_extract(spec, '$.replica_of') != ''",
+                ended_states,
+            ).fetchall()
+            return [(m, r, v) for m, r, v in rows if (m, r) in wanted]
+
+        return await self.database.read(read)
+
     async def append_events(self, events: Sequence[tuple[str, TaskEvent]]) -> list[TaskEvent]:
         """Stores (manager id, event) pairs; returns the events with their sequence numbers."""
         if not events:
@@ -405,39 +425,97 @@ class CoordinatorStore:
 
         await self.database.run(write)
 
-    async def add_verdicts(self, manager_id: str, verdicts: Sequence[Verdict]) -> list[Verdict]:
-        """Keeps the verdicts that are about a completed attempt of this manager's task, run
-        by the volunteer they name, and not known yet; returns those."""
+    async def matching_verdicts(
+        self, manager_id: str, verdicts: Sequence[Verdict]
+    ) -> list[Verdict]:
+        """The verdicts the coordinator's own records bear out, not known yet: each about a
+        completed copy of one of this manager's tasks, run by the volunteer it names, at
+        that attempt; "agreed" only where another volunteer's copy has the very same
+        outputs, "disagreed" only where two other volunteers' copies agree with each other
+        and not with it. A manager cannot vouch for or frame a volunteer on its word alone
+        (copies that agree by a splitter's tolerance and not by sha256 earn no verdict
+        here)."""
 
-        def write(db: sqlite_utils.Database) -> list[Verdict]:
-            new = []
+        def read(db: sqlite_utils.Database) -> list[Verdict]:
+            borne_out = []
             for verdict in verdicts:
                 row = db.execute(
-                    "SELECT manager_id, volunteer_id, attempts, state FROM tasks WHERE id = ?",
+                    "SELECT manager_id, volunteer_id, attempts, state, "
+                    "json_extract(spec, '$.replica_of'), result FROM tasks WHERE id = ?",
                     [verdict.task_id],
                 ).fetchone()
-                if row is None or tuple(row) != (
+                if row is None:
+                    continue
+                owner, volunteer_id, attempts, state, replica_of, result = row
+                if (owner, volunteer_id, attempts, state) != (
                     manager_id,
                     verdict.volunteer_id,
                     verdict.attempt,
                     TaskState.COMPLETED.value,
-                ):
+                ) or not replica_of:
                     continue
-                cursor = db.conn.execute(
-                    """INSERT OR IGNORE INTO verdicts
-                       (task_id, attempt, volunteer_id, manager_id, agreed, at)
-                       VALUES (?, ?, ?, ?, ?, ?)""",
-                    (
-                        verdict.task_id,
-                        verdict.attempt,
-                        verdict.volunteer_id,
-                        manager_id,
-                        int(verdict.agreed),
-                        time.time(),
-                    ),
-                )
-                if cursor.rowcount:
-                    new.append(verdict)
-            return new
+                if db.execute(
+                    "SELECT 1 FROM verdicts WHERE task_id = ? AND attempt = ?",
+                    [verdict.task_id, verdict.attempt],
+                ).fetchone():
+                    continue
+                siblings = db.execute(
+                    "SELECT volunteer_id, result FROM tasks WHERE manager_id = ? AND state = ? "
+                    "AND json_extract(spec, '$.replica_of') = ? AND id != ? "
+                    "AND volunteer_id IS NOT NULL AND volunteer_id != ?",
+                    [manager_id, TaskState.COMPLETED.value, replica_of, verdict.task_id,
+                     verdict.volunteer_id],
+                ).fetchall()  # fmt: skip
+                if _borne_out(verdict.agreed, _outputs_of(result), siblings):
+                    borne_out.append(verdict)
+            return borne_out
 
-        return await self.database.run(write)
+        return await self.database.read(read)
+
+    async def save_verdicts(
+        self,
+        manager_id: str,
+        verdicts: Sequence[Verdict],
+        records: Sequence[tuple[str, TrustRecord]],
+    ) -> None:
+        """The verdicts counted and the trust records they made, in one transaction: a
+        verdict is never marked counted without the record it moved."""
+
+        def write(db: sqlite_utils.Database) -> None:
+            db.conn.executemany(
+                """INSERT OR IGNORE INTO verdicts
+                   (task_id, attempt, volunteer_id, manager_id, agreed, at)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                [
+                    (v.task_id, v.attempt, v.volunteer_id, manager_id, int(v.agreed), time.time())
+                    for v in verdicts
+                ],
+            )
+            db.conn.executemany(
+                "INSERT OR REPLACE INTO trust (volunteer_id, record) VALUES (?, ?)",
+                [(vid, json.dumps(asdict(record))) for vid, record in records],
+            )
+
+        await self.database.run(write)
+
+
+def _outputs_of(result: str | None) -> dict[str, str] | None:
+    """A stored result's outputs, name -> sha256; None without a result."""
+    if not result:
+        return None
+    return {ref["name"]: ref["sha256"] for ref in json.loads(result)["outputs"]}
+
+
+def _borne_out(agreed: bool, mine: dict[str, str] | None, siblings: list[Any]) -> bool:
+    """Whether the completed sibling copies (volunteer, result) bear a verdict out."""
+    if mine is None:
+        return False
+    answers: dict[str, dict[str, str]] = {}  # one answer per volunteer
+    for volunteer_id, result in siblings:
+        outputs = _outputs_of(result)
+        if outputs is not None:
+            answers[volunteer_id] = outputs
+    if agreed:
+        return any(outputs == mine for outputs in answers.values())
+    others = [outputs for outputs in answers.values() if outputs != mine]
+    return any(others.count(outputs) >= 2 for outputs in others)

@@ -54,7 +54,16 @@ class TrustBook:
 
     def record(self, volunteer_id: str, agreed: bool, task_id: str, now: float) -> TrustRecord:
         """Applies one verdict; returns the record as it now stands."""
-        record = self.get(volunteer_id)
+        record = self.judged(self.get(volunteer_id), agreed, task_id, now)
+        self._records[volunteer_id] = record
+        return record
+
+    def set(self, volunteer_id: str, record: TrustRecord) -> None:
+        """Takes a record `judged` made, once it is saved."""
+        self._records[volunteer_id] = record
+
+    def judged(self, record: TrustRecord, agreed: bool, task_id: str, now: float) -> TrustRecord:
+        """`record` after one more verdict (nothing changes here)."""
         recent = (record.recent + ("a" if agreed else "d"))[-self.window :]
         if agreed:
             record = replace(
@@ -80,7 +89,6 @@ class TrustBook:
                         f"volunteers' (the latest: task {task_id})"
                     ),
                 )
-        self._records[volunteer_id] = record
         return record
 
     def clear(self, volunteer_id: str) -> TrustRecord:

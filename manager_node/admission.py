@@ -80,7 +80,8 @@ def unschedulable(
 ) -> list[SplitterError]:
     """A problem per key for tasks no online volunteer can hold; none when no volunteer is
     online (the pool may still be gathering: the coordinator reports such tasks then)."""
-    online = [v for v in volunteers if v.state is VolunteerState.ONLINE]
+    # A blocklisted volunteer is offered nothing: it can hold nothing either.
+    online = [v for v in volunteers if v.state is VolunteerState.ONLINE and not v.trust.blocklisted]
     if not online:
         return []
     problems: dict[str, SplitterError] = {}

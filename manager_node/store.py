@@ -88,6 +88,17 @@ def _validation(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE tasks ADD COLUMN validation TEXT")
 
 
+def _files_by_task(db: sqlite_utils.Database) -> None:
+    """A task's files found without a scan (its outputs are recorded once), and what status
+    shows of its validation in columns (see _summary)."""
+    db.execute("CREATE INDEX files_by_task ON files (task_id)")
+    db.execute("ALTER TABLE tasks ADD COLUMN copies INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE tasks ADD COLUMN agreeing INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE tasks ADD COLUMN validation_outcome TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE tasks ADD COLUMN extra_seconds REAL NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE tasks ADD COLUMN copy_seconds REAL NOT NULL DEFAULT 0")
+
+
 MIGRATIONS = (
     Migration("manager/0001_initial", _initial_schema),
     Migration("manager/0002_meta", _meta),
@@ -96,6 +107,7 @@ MIGRATIONS = (
     Migration("manager/0005_on_failure", _on_failure),
     Migration("manager/0006_owner", _owner),
     Migration("manager/0007_validation", _validation),
+    Migration("manager/0008_files_by_task", _files_by_task),
 )
 COORDINATOR_SEQUENCE = "coordinator_sequence"
 
@@ -118,7 +130,10 @@ def _dump_validation(validation: Validation | None) -> str | None:
             "copies": [
                 {
                     **asdict(replace(copy, result=None)),
-                    "result": asdict(replace(copy.result, inline_outputs=()))
+                    # The task's own result keeps the tails of what its volunteer wrote.
+                    "result": asdict(
+                        replace(copy.result, inline_outputs=(), stdout_tail="", stderr_tail="")
+                    )
                     if copy.result
                     else None,
                 }
@@ -166,6 +181,25 @@ class _Cost:
     run_seconds: float = 0.0
 
 
+def _summary(validation: Validation | None) -> tuple[int, int, str, float, float]:
+    """What status shows of a task's validation, kept in columns beside its JSON so that a
+    status of 100,000 tasks reads no JSON: copies, agreeing, outcome, extra and all run
+    seconds."""
+    if validation is None or not validation.copies:
+        return 0, 0, "", 0.0, 0.0
+    copies = validation.copies
+    standing = validation.copy(validation.accepted)
+    agreeing = sum(c.verdict is CopyVerdict.AGREED for c in copies) or int(standing is not None)
+    first = standing or copies[0]
+    return (
+        len(copies),
+        agreeing,
+        validation.outcome,
+        sum(c.run_seconds for c in copies if c is not first),
+        sum(c.run_seconds for c in copies),
+    )
+
+
 def _status_row(row: dict[str, Any], detailed: bool) -> tuple[TaskStatusRow, _Cost]:
     """A task's status line, and what its validation cost."""
     status = TaskStatusRow(
@@ -175,25 +209,17 @@ def _status_row(row: dict[str, Any], detailed: bool) -> tuple[TaskStatusRow, _Co
         attempts=row["attempts"],
         error=row["error"] or "",
         volunteer_id=row["volunteer_id"] or "",
+        copies=row["copies"],
+        agreeing=row["agreeing"],
+        validation=row["validation_outcome"],
     )
-    validation = _load_validation(row["id"], row["validation"])
-    if validation is None or not validation.copies:
-        return status, _Cost()
-    copies = validation.copies
-    standing = validation.copy(validation.accepted)
-    agreeing = sum(c.verdict is CopyVerdict.AGREED for c in copies) or int(standing is not None)
-    first = standing or copies[0]
-    status = replace(
-        status,
-        copies=len(copies),
-        agreeing=agreeing,
-        validation=validation.outcome,
-        copy_details=tuple(_copy_status(row["id"], c) for c in copies) if detailed else (),
-    )
+    if detailed and (validation := _load_validation(row["id"], row["validation"])):
+        details = tuple(_copy_status(row["id"], c) for c in validation.copies)
+        status = replace(status, copy_details=details)
     cost = _Cost(
-        extra_copies=len(copies) - 1,
-        extra_seconds=sum(c.run_seconds for c in copies if c is not first),
-        run_seconds=sum(c.run_seconds for c in copies),
+        extra_copies=max(0, row["copies"] - 1),
+        extra_seconds=row["extra_seconds"],
+        run_seconds=row["copy_seconds"],
     )
     return status, cost
 
@@ -372,7 +398,8 @@ class ManagerStore:
     def _write_task(self, db: sqlite_utils.Database, task: WorkflowTask) -> None:
         db.execute(
             "UPDATE tasks SET state = ?, attempts = ?, volunteer_id = ?, error = ?, "
-            "result = ?, validation = ?, updated_at = ? WHERE id = ?",
+            "result = ?, validation = ?, copies = ?, agreeing = ?, validation_outcome = ?, "
+            "extra_seconds = ?, copy_seconds = ?, updated_at = ? WHERE id = ?",
             (
                 task.status.value,
                 task.attempts,
@@ -380,15 +407,21 @@ class ManagerStore:
                 task.message or None,
                 codecs.dump(task.result) if task.result else None,
                 _dump_validation(task.validation),
+                *_summary(task.validation),
                 time.time(),
                 task.task_id,
             ),
         )
         if task.status is TaskStatus.COMPLETED and task.outputs:
-            workflow_id = db.execute(
-                "SELECT workflow_id FROM tasks WHERE id = ?", (task.task_id,)
-            ).fetchone()[0]
-            self._insert_files(db, workflow_id, task.task_id, "output", list(task.outputs))
+            recorded = db.execute(
+                "SELECT 1 FROM files WHERE task_id = ? AND role = 'output' LIMIT 1",
+                (task.task_id,),
+            ).fetchone()
+            if recorded is None:  # saved again later (a late copy's event): once is enough
+                workflow_id = db.execute(
+                    "SELECT workflow_id FROM tasks WHERE id = ?", (task.task_id,)
+                ).fetchone()[0]
+                self._insert_files(db, workflow_id, task.task_id, "output", list(task.outputs))
 
     async def save_upstream_inputs(self, spec: TaskSpec, files: tuple[FileRef, ...]) -> None:
         """The task's spec once its upstream inputs are known, and those files as its inputs
@@ -491,8 +524,13 @@ class ManagerStore:
                      AND sha256 NOT IN (
                        SELECT substr(value, 1, instr(value, ':') - 1) FROM meta
                        WHERE key LIKE 'image:%')
+                     AND sha256 NOT IN (
+                       SELECT json_extract(output.value, '$.sha256')
+                       FROM tasks, json_each(tasks.validation, '$.copies') AS copy,
+                            json_each(copy.value, '$.result.outputs') AS output
+                       WHERE tasks.validation IS NOT NULL AND tasks.workflow_id != ?)
                    GROUP BY sha256""",
-                (workflow_id, workflow_id),
+                (workflow_id, workflow_id, workflow_id),
             ).fetchall()
             return [FileRef(sha256, sha256, size) for sha256, size in rows]
 

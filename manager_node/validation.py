@@ -175,6 +175,13 @@ class Validation:
         copy = self.copy(number)
         if copy is None or not copy.state.live:
             return Decision()
+        if any(
+            c.volunteer_id == volunteer_id and c.state is CopyState.COMPLETED for c in self.copies
+        ):
+            # Never two answers from one volunteer: the coordinator keeps copies apart, and
+            # this is the check behind it.
+            copy.volunteer_id = volunteer_id
+            return self.failed_copy(number, result, "its volunteer ran another copy")
         copy.state = CopyState.COMPLETED
         copy.volunteer_id = volunteer_id
         copy.attempt = result.attempt

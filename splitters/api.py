@@ -180,6 +180,8 @@ class TaskTemplate:
 
     def __post_init__(self) -> None:
         _check_plain_name(self.name, "task")
+        if "~" in self.name:  # the manager names a task's copies `<task>~<n>`
+            raise ValueError(f"task name {self.name!r} holds '~', which names a task's copies")
         if not self.command:
             raise ValueError(f"task {self.name} has an empty command")
         for input_name, source in self.inputs.items():

@@ -974,7 +974,9 @@ def test_revoking_a_managers_token_ends_its_open_watch(host: Mesh) -> None:
     workflow_id = f"wf-{uuid.uuid4().hex[:8]}"
     with open_sync_channel(host.address, held) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-        watch = stub.WatchTasks(coordinator_pb2.WatchTasksRequest(manager_id=manager_id), timeout=5)
+        watch = stub.WatchTasks(
+            coordinator_pb2.WatchTasksRequest(manager_id=manager_id), timeout=30
+        )
         stub.SubmitTasks(
             coordinator_pb2.SubmitTasksRequest(
                 manager_id=manager_id, manager_address="127.0.0.1:9", tasks=[task(workflow_id)]

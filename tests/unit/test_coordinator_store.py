@@ -14,11 +14,13 @@ from coordinator_node.scheduler import EndedTask, ScheduledTask
 from coordinator_node.store import MIGRATIONS, CoordinatorStore, _task_from_row
 from daemon.models import (
     EventKind,
+    FileRef,
     Load,
     OwnerLimits,
     ResourceRequest,
     Resources,
     TaskEvent,
+    TaskResult,
     TaskSpec,
     TaskState,
     TrustRecord,
@@ -182,38 +184,58 @@ async def test_a_store_from_before_the_cleanup_keeps_its_tasks_and_loses_what_wa
     assert ids == ["wf.t"]
 
 
-async def test_verdicts_count_only_on_the_reporting_managers_completed_attempt_and_once(
-    store: CoordinatorStore,
-) -> None:
+def copy_of(
+    task_id: str, volunteer_id: str, sha256: str, replica_of: str = "wf.t"
+) -> ScheduledTask:
     spec = TaskSpec(
-        task_id="wf.t~2",
+        task_id=task_id,
         workflow_id="wf",
         image="vcnode/worker:1",
         command=("true",),
         resources=ResourceRequest(),
         timeout_seconds=60,
-        replica_of="wf.t",
+        replica_of=replica_of,
     )
-    done = ScheduledTask(
-        spec=spec, manager_id="m", state=TaskState.COMPLETED, attempt=3, volunteer_id="v"
+    result = TaskResult(task_id, 1, 0, "", (FileRef("out.txt", sha256, 3),))
+    return ScheduledTask(
+        spec=spec,
+        manager_id="m",
+        state=TaskState.COMPLETED,
+        attempt=1,
+        volunteer_id=volunteer_id,
+        result=result,
     )
-    going = ScheduledTask(
-        spec=replace(spec, task_id="wf.u"), manager_id="m", state=TaskState.RUNNING,
-        attempt=1, volunteer_id="v",
-    )  # fmt: skip
-    await store.save_tasks([done, going], new_specs={"wf.t~2", "wf.u"})
-    honest = Verdict("wf.t~2", 3, "v", agreed=False)
-    assert await store.add_verdicts("m", [honest]) == [honest]
-    assert await store.add_verdicts("m", [honest]) == [], "a verdict counts once"
-    forged = [
-        Verdict("wf.t~2", 3, "v", agreed=True, checked=True),  # the same attempt again
-        Verdict("wf.t~2", 2, "v", agreed=False),  # an older attempt
-        Verdict("wf.t~2", 3, "someone-else", agreed=False),  # not who ran it
-        Verdict("wf.u", 1, "v", agreed=False),  # not completed
-        Verdict("nope", 1, "v", agreed=False),  # no such task
+
+
+async def test_verdicts_count_only_where_the_copies_bear_them_out_and_once(
+    store: CoordinatorStore,
+) -> None:
+    honest, forged = "a" * 64, "f" * 64
+    tasks = [
+        copy_of("wf.t", "v1", honest),
+        copy_of("wf.t~2", "cheat", forged),
+        copy_of("wf.t~3", "v3", honest),
+        copy_of("wf.solo", "v1", honest, replica_of=""),  # no copies: no verdict
     ]
-    assert await store.add_verdicts("m", forged) == []
-    assert await store.add_verdicts("another-manager", [Verdict("wf.t~2", 4, "v", False)]) == []
+    await store.save_tasks(tasks, new_specs={t.task_id for t in tasks})
+    borne_out = [
+        Verdict("wf.t", 1, "v1", agreed=True),  # v3's copy is the same
+        Verdict("wf.t~2", 1, "cheat", agreed=False),  # v1 and v3 agree without it
+    ]
+    assert await store.matching_verdicts("m", borne_out) == borne_out
+    not_borne_out = [
+        Verdict("wf.t~2", 1, "cheat", agreed=True),  # nobody has its answer
+        Verdict("wf.t", 1, "v1", agreed=False),  # only the cheat differs from it
+        Verdict("wf.t", 2, "v1", agreed=True),  # another attempt
+        Verdict("wf.t", 1, "v3", agreed=True),  # not who ran it
+        Verdict("wf.solo", 1, "v1", agreed=False),  # not a copy of anything
+        Verdict("nope", 1, "v1", agreed=False),  # no such task
+    ]
+    assert await store.matching_verdicts("m", not_borne_out) == []
+    assert await store.matching_verdicts("another-manager", borne_out) == []
+    await store.save_verdicts("m", borne_out, [("cheat", TrustRecord(disagreed=1))])
+    assert await store.matching_verdicts("m", borne_out) == [], "a verdict counts once"
+    assert dict(await store.load_trust()) == {"cheat": TrustRecord(disagreed=1)}
 
 
 async def test_trust_records_and_completed_events_round_trip(tmp_path: Path) -> None:

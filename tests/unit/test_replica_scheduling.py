@@ -12,6 +12,7 @@ from coordinator_node.scheduler import (
     Scheduler,
     SendCancel,
     SendOffer,
+    replica_problem,
 )
 from daemon.models import EventKind, TaskResult, TaskSpec
 from tests.unit.test_scheduler import MANAGER, offers, spec, volunteer
@@ -122,6 +123,45 @@ def test_a_copy_that_ended_frees_its_volunteer_for_other_tasks_but_not_for_its_s
     assert "t" not in scheduler.tasks  # ended
 
 
+def test_a_copy_never_goes_where_a_sibling_ended_even_with_a_stale_avoid_list() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("cheat"), (), now=0)
+    first, second = copies("t", 2)  # quorum: both submitted at once, nobody to avoid yet
+    scheduler.submit(MANAGER, [first, second], now=1)
+    assert scheduler.tasks["t"].volunteer_id == "cheat"
+    scheduler.accepted("cheat", "t", 1, now=2)
+    out = scheduler.finished("cheat", TaskResult("t", 1, 0, ""), now=3)
+    assert offers(out) == []  # t~2 may not go where t ran
+    scheduler.volunteer_joined(volunteer("honest"), (), now=4)
+    assert scheduler.tasks["t~2"].volunteer_id == "honest"
+
+
+def test_another_managers_task_of_the_same_name_is_no_sibling() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("a", slots=2), (), now=0)
+    scheduler.submit(MANAGER, [copies("t", 2)[0]], now=1)
+    decoy = spec("t~2", replica_of="t")
+    assert offers(scheduler.submit("another-manager", [decoy], now=2)) == [("a", "t~2", 1)]
+
+
+def test_an_offer_says_nothing_of_copies() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("a"), (), now=0)
+    check = replace(copies("t", 2)[1], avoid_volunteers=("b",))
+    [offer] = [i for i in scheduler.submit(MANAGER, [check], now=1) if isinstance(i, SendOffer)]
+    assert (offer.task.replica_of, offer.task.avoid_volunteers) == ("", ())
+
+
+def test_a_copy_id_must_name_the_task_it_copies() -> None:
+    assert replica_problem(spec("t~2", replica_of="t")) is None
+    assert replica_problem(spec("t", replica_of="t")) is None
+    assert replica_problem(spec("t")) is None
+    assert replica_problem(spec("victim", replica_of="t")) == (
+        "task 'victim' cannot be a copy of 't'"
+    )
+    assert replica_problem(spec("t~x", replica_of="t")) is not None
+
+
 def test_a_barred_volunteer_loses_its_tasks_with_a_cancel_and_gets_no_more_offers() -> None:
     scheduler = Scheduler()
     scheduler.volunteer_joined(volunteer("cheat", slots=2), (), now=0)
@@ -157,12 +197,30 @@ def test_a_volunteer_on_probation_holds_one_replicated_task_at_a_time() -> None:
         [spec("r1", replica_of="r1"), spec("r2", replica_of="r2"), spec("plain")],
         now=1,
     )
-    # One replicated task, and the unreplicated one beside it; r2 waits, not unschedulable.
-    assert sorted(t for _, t, _ in offers(out)) == ["plain", "r1"]
+    # One replicated task; r2 waits, not unschedulable, and dispatch looks no further (the
+    # unreplicated task behind it waits too, a dispatch or two).
+    assert sorted(t for _, t, _ in offers(out)) == ["r1"]
     assert not [i for i in out if isinstance(i, Publish) and i.event.kind.value == "unschedulable"]
-    # Its probation ends (a result of its agreed): r2 goes to it.
+    # Its probation ends (a result of its agreed): the rest goes to it.
     out = scheduler.volunteer_changed(volunteer("new", slots=3), now=2)
-    assert offers(out) == [("new", "r2", 1)]
+    assert sorted(t for _, t, _ in offers(out)) == ["plain", "r2"]
+
+
+def test_a_queue_held_back_by_probation_is_not_walked_at_each_dispatch() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(replace(volunteer("new", slots=2), probation=True), (), now=0)
+    scheduler.submit(MANAGER, [spec(f"r{n}", replica_of=f"r{n}") for n in range(1000)], now=1)
+    popped = 0
+    pop = scheduler._queue.pop_front
+
+    def counting_pop() -> object:
+        nonlocal popped
+        popped += 1
+        return pop()
+
+    scheduler._queue.pop_front = counting_pop  # type: ignore[method-assign,assignment]
+    scheduler.tick(now=2)
+    assert popped <= 2
 
 
 def test_on_probation_the_next_replicated_task_waits_for_the_last_ones_verdict() -> None:

@@ -175,3 +175,13 @@ def test_policy_problems_name_the_key() -> None:
     }
     assert keys == {"replicas", "spot_check_rate"}
     assert [k for k, _ in ValidationPolicy(quorum=1).problems()] == ["quorum"]
+
+
+def test_a_second_answer_from_one_volunteer_never_counts_toward_the_quorum() -> None:
+    v = Validation("t", QUORUM)
+    v.start()
+    v.completed(1, "cheat", result(1), 0, trusted=False, spot_check=False)
+    decision = v.completed(2, "cheat", result(2), 0, trusted=False, spot_check=False)
+    assert decision.accept is None
+    assert decision.submit == (3,)
+    assert v.copies[1].state is CopyState.FAILED
