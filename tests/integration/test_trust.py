@@ -807,6 +807,23 @@ def test_a_manager_cannot_act_under_another_managers_id(mesh: Mesh, method: str)
     )
 
 
+def test_a_manager_cannot_pass_a_task_off_as_a_copy_of_another(mesh: Mesh) -> None:
+    """A copy's id names the task it copies: a task claiming to copy another (a victim's, to
+    make the volunteers running decoys "hold another copy" of it) is refused at the edge."""
+    manager_id = f"manager-{uuid.uuid4().hex[:12]}"
+    decoy = task("wf-decoy")
+    decoy.replica_of = "wf-victim.t0"
+    request = coordinator_pb2.SubmitTasksRequest(
+        manager_id=manager_id, manager_address="127.0.0.1:9", tasks=[decoy]
+    )
+    with open_sync_channel(mesh.address, credential(["manager"], node_id=manager_id)) as channel:
+        refused = refusal(channel, "CoordinatorService/SubmitTasks", request.SerializeToString())
+    assert refused == (
+        "INVALID_ARGUMENT",
+        "task 'wf-decoy.t0' cannot be a copy of 'wf-victim.t0'",
+    )
+
+
 def test_a_managers_cancel_and_resubmission_never_touch_another_managers_tasks(
     mesh: Mesh,
 ) -> None:

@@ -256,3 +256,15 @@ async def test_trust_records_and_completed_events_round_trip(tmp_path: Path) -> 
     [stored] = await store.task_events("m", "", 0)
     assert stored.trust == record
     await store.close()
+
+
+async def test_the_volunteers_that_ran_ended_copies_are_found_for_groups_still_going(
+    store: CoordinatorStore,
+) -> None:
+    ended = copy_of("wf.t", "v1", "a" * 64)
+    other_group = copy_of("wf.u", "v2", "b" * 64, replica_of="wf.u")
+    going = replace(copy_of("wf.t~2", "", "a" * 64), state=TaskState.QUEUED, result=None)
+    await store.save_tasks([ended, other_group, going], new_specs={"wf.t", "wf.u", "wf.t~2"})
+    assert await store.ended_copies({("m", "wf.t")}) == [("m", "wf.t", "v1")]
+    assert await store.ended_copies({("another", "wf.t")}) == []
+    assert await store.ended_copies(set()) == []

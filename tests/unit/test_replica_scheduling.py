@@ -9,6 +9,7 @@ from dataclasses import replace
 from coordinator_node.scheduler import (
     PROBATION_PATIENCE_SECONDS,
     Publish,
+    ScheduledTask,
     Scheduler,
     SendCancel,
     SendOffer,
@@ -242,3 +243,14 @@ def test_on_probation_a_verdict_that_never_comes_holds_it_back_only_so_long() ->
     scheduler.finished("new", TaskResult("r1", 1, 0, ""), now=3)
     assert offers(scheduler.tick(now=3 + PROBATION_PATIENCE_SECONDS - 1)) == []
     assert offers(scheduler.tick(now=3 + PROBATION_PATIENCE_SECONDS)) == [("new", "r2", 1)]
+
+
+def test_after_a_restart_a_copy_still_avoids_where_its_ended_sibling_ran() -> None:
+    scheduler = Scheduler()
+    queued = ScheduledTask(spec=copies("t", 2)[1], manager_id=MANAGER)
+    scheduler.restore([queued], ran=[(MANAGER, "t", "ran-it")])
+    out = scheduler.volunteer_joined(volunteer("ran-it"), (), now=0)
+    assert offers(out) == []
+    assert offers(scheduler.volunteer_joined(volunteer("fresh"), (), now=1)) == [
+        ("fresh", "t~2", 1)
+    ]
