@@ -534,6 +534,10 @@ class Scheduler:
             return False
         if any(self.tasks[t].spec.replica_of for t in self._assigned.get(volunteer_id, ())):
             return True
+        if task.spec.avoid_volunteers:
+            # A check of another's result: it may take one while its own awaits a verdict,
+            # else a pool of newcomers would each wait on the others' checks.
+            return False
         awaiting = self._awaiting.get(volunteer_id)
         if not awaiting:
             return False

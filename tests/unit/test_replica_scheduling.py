@@ -254,3 +254,25 @@ def test_after_a_restart_a_copy_still_avoids_where_its_ended_sibling_ran() -> No
     assert offers(scheduler.volunteer_joined(volunteer("fresh"), (), now=1)) == [
         ("fresh", "t~2", 1)
     ]
+
+
+def test_newcomers_on_probation_check_each_others_results_without_waiting() -> None:
+    scheduler = Scheduler()
+    for vid in ("a", "b"):
+        scheduler.volunteer_joined(replace(volunteer(vid), probation=True), (), now=0)
+    scheduler.submit(MANAGER, [spec("r1", replica_of="r1"), spec("r2", replica_of="r2")], now=1)
+    ran = {task_id: scheduler.tasks[task_id].volunteer_id for task_id in ("r1", "r2")}
+    assert sorted(ran.values()) == ["a", "b"]
+    for task_id, vid in ran.items():
+        scheduler.accepted(vid, task_id, 1, now=2)
+        scheduler.finished(vid, TaskResult(task_id, 1, 0, ""), now=3)
+    # Each awaits a verdict, which needs the other to check its result: checks go at once.
+    checks = [
+        replace(spec(f"{task_id}~2", replica_of=task_id), avoid_volunteers=(vid,))
+        for task_id, vid in ran.items()
+    ]
+    out = scheduler.submit(MANAGER, checks, now=4)
+    other = {"a": "b", "b": "a"}
+    assert sorted(offers(out)) == sorted(
+        (other[vid], f"{task_id}~2", 1) for task_id, vid in ran.items()
+    )
