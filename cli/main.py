@@ -513,6 +513,15 @@ def _add_workflow_parsers(commands: Any) -> None:
     _add_target_arguments(results, "manager")
     results.set_defaults(handler=_on_target(_lazy("workflows", "results")))
 
+    logs = commands.add_parser(
+        "logs", help="what a task wrote to stdout (or --stderr) in its last attempt"
+    )
+    logs.add_argument("workflow", help="the workflow id")
+    logs.add_argument("task", help="the task's name (or id)")
+    logs.add_argument("--stderr", action="store_true", help="its stderr instead of stdout")
+    _add_target_arguments(logs, "manager")
+    logs.set_defaults(handler=_on_target(_lazy("workflows", "logs")))
+
     validate = commands.add_parser(
         "validate", help="check a workflow file (parameters, files, split); submits nothing"
     )

@@ -418,6 +418,12 @@ def _print_outcome(status: WorkflowStatus, everything: bool = False) -> None:
             f"... and {left_out.total()} more ({states}): "
             f"node status {status.workflow_id} --all lists every task"
         )
+    failed = [t for t in status.tasks if t.state == "failed" and t.error]
+    if failed:
+        print(
+            f"\nwhat a task wrote: vcnode logs {status.workflow_id} {failed[0].name} --stderr "
+            "(or without --stderr, its stdout)"
+        )
     if status.state in ("failed", "cancelled"):
         print(f"\nto run again what did not complete: vcnode submit --resume {status.workflow_id}")
 
@@ -530,6 +536,32 @@ async def results(peer: Dial, args: argparse.Namespace) -> int:
     else:
         for item in written:
             print(f"{item['path']}  ({item['size']} bytes, sha256 {item['sha256'][:12]})")
+    return 0
+
+
+async def logs(peer: Dial, args: argparse.Namespace) -> int:
+    stream = "stderr" if args.stderr else "stdout"
+    async with manager_at(peer) as manager:
+        reply = await manager.GetTaskLog(
+            manager_pb2.GetTaskLogRequest(workflow_id=args.workflow, task=args.task, stream=stream),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+    if args.json:
+        views.print_json(
+            {
+                "task_id": reply.task_id,
+                "name": reply.name,
+                "state": reply.state,
+                "stream": stream,
+                "content": reply.content.decode("utf-8", "replace"),
+                "note": reply.note,
+            }
+        )
+        return 0
+    sys.stdout.buffer.write(reply.content)
+    sys.stdout.flush()
+    if reply.note:
+        print(f"({reply.name}: {reply.note})", file=sys.stderr)
     return 0
 
 

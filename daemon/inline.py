@@ -73,12 +73,13 @@ def with_checked_outputs(result: TaskResult) -> TaskResult:
     if not result.inline_outputs:
         return result
     try:
-        carried = verified(result.outputs, result.inline_outputs)
+        carried = verified((*result.outputs, *result.logs), result.inline_outputs)
     except InlineBlobError as error:
         return replace(
             result,
             error=f"the volunteer sent unusable inline outputs: {error}",
             outputs=(),
             inline_outputs=(),
+            logs=(),
         )
     return replace(result, inline_outputs=tuple(map(InlineBlob, carried, carried.values())))

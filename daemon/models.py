@@ -204,6 +204,10 @@ class TaskResult:
     stderr_tail: str = ""
     # The bytes of some small outputs; the others were uploaded to the manager.
     inline_outputs: tuple[InlineBlob, ...] = ()
+    # What the task wrote, "stdout" and "stderr", delivered like outputs (`vcnode logs`),
+    # and why they are not whole, if they are not.
+    logs: tuple[FileRef, ...] = ()
+    log_note: str = ""
 
     @property
     def succeeded(self) -> bool:

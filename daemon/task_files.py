@@ -9,6 +9,9 @@ from collections.abc import Sequence
 
 # Where a task may write its progress (0-100); never one of its inputs or outputs.
 PROGRESS_FILE = ".progress"
+# The last word of an upload's purpose (`<task>:<attempt>:log`) for a task's stdout or
+# stderr, which the manager counts apart from its outputs.
+LOG_PURPOSE = "log"
 
 
 def file_name_problem(name: str) -> str | None:

@@ -22,6 +22,7 @@ import aiorwlock
 from daemon import inline
 from daemon.errors import (
     AccessDeniedError,
+    InvalidInputError,
     NodeError,
     NotFoundError,
     RejectedError,
@@ -34,14 +35,16 @@ from daemon.models import (
     Submitted,
     TaskEvent,
     TaskExplanation,
+    TaskResult,
     TaskSpec,
     Verdict,
     Volunteer,
     WorkflowUpdate,
 )
 from daemon.resources import MIB
+from daemon.runtime.spec import LOG_BYTES
 from daemon.supervision import Supervisor
-from daemon.task_files import outputs_problem
+from daemon.task_files import LOG_PURPOSE, outputs_problem
 from daemon.transfer.blobstore import BlobStore
 from daemon.transport.access import PEOPLE, Caller
 from manager_node.comparison import answer_of
@@ -82,6 +85,16 @@ SPOT_CHECK_SECRET = "spot_check_secret"
 # What a task that asked for no disk may send in all, as the manager counts it (its
 # volunteer holds it to its owner's disk cap besides).
 UNSIZED_OUTPUT_BYTES = 64 * 1024**3
+
+
+@dataclass(frozen=True)
+class TaskLog:
+    task_id: str
+    name: str
+    state: str
+    content: bytes
+    # Why the log is not whole, or why there is none.
+    note: str
 
 
 @dataclass(frozen=True)
@@ -211,9 +224,15 @@ class WorkflowManager:
     async def may_upload(self, sha256: str, size: int, purpose: str, caller: Caller) -> bool:
         """Input files people send with a workflow (purpose "input"); from a volunteer, the
         outputs of a task of ours it holds and that is still going (purpose
-        "task_id:attempt"), within the disk the task asked for."""
+        "task_id:attempt"), within the disk the task asked for, and its stdout and stderr
+        ("task_id:attempt:log"), LOG_BYTES each at most."""
         if purpose == "input":
             return bool(caller.kinds & PEOPLE)
+        is_log = purpose.endswith(f":{LOG_PURPOSE}")
+        if is_log:
+            purpose = purpose.removesuffix(f":{LOG_PURPOSE}")
+            if size > LOG_BYTES:
+                return False
         task_id, _, attempt = purpose.rpartition(":")
         spec = self._specs.get(task_id)
         of_task, number = task_of(task_id)
@@ -232,12 +251,12 @@ class WorkflowManager:
         # All its outputs together, each counted once (a resumed upload is the same blob).
         sent = self._uploads.setdefault(task_id, {})
         cap = spec.resources.disk_mb * MIB if spec.resources.disk_mb else UNSIZED_OUTPUT_BYTES
-        if sum(sent.values()) - sent.get(sha256, 0) + size > cap:
+        if not is_log and sum(sent.values()) - sent.get(sha256, 0) + size > cap:
             return False
         held = "volunteer" in caller.kinds and await self._holders.wait_for(
             caller.node_id, lambda tasks: task_id in tasks and str(running_attempt) == attempt
         )
-        if held:
+        if held and not is_log:
             sent[sha256] = size
         return held
 
@@ -399,6 +418,32 @@ class WorkflowManager:
     async def last_sequence(self) -> int:
         return int(await self._store.meta(COORDINATOR_SEQUENCE) or 0)
 
+    async def _kept_logs(self, result: TaskResult) -> TaskResult:
+        """The result with the logs that arrived whole, stored; those that did not are
+        said so in its note (a log never fails a task)."""
+        if not result.logs:
+            return result
+        kept: list[FileRef] = []
+        lost: list[FileRef] = []
+        try:
+            carried = inline.verified(result.logs, result.inline_outputs)
+        except inline.InlineBlobError:
+            carried = {}
+        for ref in result.logs:
+            if ref.sha256 in carried:
+                await self._blobs.put_bytes(carried[ref.sha256])
+            try:
+                intact = await self._blobs.size(ref.sha256) == ref.size
+            except NotFoundError:
+                intact = False
+            (kept if intact else lost).append(ref)
+        if kept:
+            await self._blobs.make_durable([ref.sha256 for ref in kept])
+        note = "; ".join(
+            filter(None, [result.log_note, *(f"{ref.name} did not arrive" for ref in lost)])
+        )
+        return replace(result, logs=tuple(kept), log_note=note)
+
     async def on_event(self, event: TaskEvent) -> None:
         if event.kind is EventKind.DECLINED and event.volunteer_id:
             declines = self._declines.setdefault(task_of(event.task_id)[0], {})
@@ -407,6 +452,8 @@ class WorkflowManager:
             run = self._runs.get(event.workflow_id)
             if run is not None:
                 try:
+                    if event.result is not None and event.result.logs:
+                        event = replace(event, result=await self._kept_logs(event.result))
                     if await self._apply(run, event):
                         return
                 except Exception as error:
@@ -852,6 +899,26 @@ class WorkflowManager:
         return TaskExplanation(
             task.task_id, task.name, task.status.value, task.message, tuple(groups)
         )
+
+    async def task_log(self, workflow_id: str, task: str, stream: str) -> TaskLog:
+        """What the task (by name or id) wrote to `stream` in its last attempt."""
+        if stream not in ("stdout", "stderr"):
+            raise InvalidInputError(f"a log is stdout or stderr, not {stream[:40]!r}")
+        found = await self._store.task_result(workflow_id, task)
+        if found is None:
+            raise NotFoundError(f"workflow {workflow_id} has no task {task[:80]!r}")
+        task_id, name, state, result = found
+        if result is None:
+            return TaskLog(task_id, name, state, b"", f"{name} has no result yet ({state})")
+        refs = [ref for ref in result.logs if ref.name == stream]
+        if not refs:
+            said = f"{name} wrote nothing to {stream}"
+            return TaskLog(
+                task_id, name, state, b"", "; ".join(filter(None, [said, result.log_note]))
+            )
+        path = await self._blobs.path(refs[0].sha256)
+        content = await asyncio.to_thread(path.read_bytes)
+        return TaskLog(task_id, name, state, content, result.log_note)
 
     async def watch(self, workflow_id: str) -> AsyncIterator[WorkflowUpdate]:
         """Updates until the workflow ends; nothing more if it already has."""

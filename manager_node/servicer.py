@@ -66,6 +66,24 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             yield convert.workflow_update_to_proto(update)
 
     @maps_errors
+    async def GetTaskLog(
+        self,
+        request: manager_pb2.GetTaskLogRequest,
+        context: grpc.aio.ServicerContext[
+            manager_pb2.GetTaskLogRequest, manager_pb2.GetTaskLogReply
+        ],
+    ) -> manager_pb2.GetTaskLogReply:
+        await self._own(request.workflow_id, context)
+        found = await self._manager.task_log(request.workflow_id, request.task, request.stream)
+        return manager_pb2.GetTaskLogReply(
+            task_id=found.task_id,
+            name=found.name,
+            state=found.state,
+            content=found.content,
+            note=found.note,
+        )
+
+    @maps_errors
     async def ExplainTasks(
         self,
         request: manager_pb2.ExplainTasksRequest,

@@ -11,7 +11,14 @@ from typing import Any
 
 import sqlite_utils
 
-from daemon.models import CopyStatus, FileRef, TaskSpec, TaskStatusRow, WorkflowStatus
+from daemon.models import (
+    CopyStatus,
+    FileRef,
+    TaskResult,
+    TaskSpec,
+    TaskStatusRow,
+    WorkflowStatus,
+)
 from daemon.store import Database, Migration, codecs
 from manager_node.validation import Copy, CopyState, Validation, copy_id, new_validation
 from manager_node.validation import Verdict as CopyVerdict
@@ -119,6 +126,11 @@ class NewTask:
     depends_on: tuple[str, ...]
     upstream: tuple[UpstreamInput, ...] = ()
     validation: ValidationPolicy = NO_VALIDATION
+
+
+# Every log blob a task's result refers to (select the sha256s).
+_LOGS = """SELECT json_extract(log.value, '$.sha256')
+   FROM tasks, json_each(tasks.result, '$.logs') AS log WHERE tasks.result IS NOT NULL"""
 
 
 def _dump_validation(validation: Validation | None) -> str | None:
@@ -499,17 +511,36 @@ class ManagerStore:
         """Every blob a record here refers to: files of workflows, exported image archives."""
 
         def read(db: sqlite_utils.Database) -> set[str]:
-            # Outputs of copies count too: they are compared until their task is decided.
+            # Outputs of copies count too: they are compared until their task is decided;
+            # and tasks' logs.
             rows = db.execute(
-                """SELECT sha256 FROM files UNION
+                f"""SELECT sha256 FROM files UNION
                    SELECT substr(value, 1, instr(value, ':') - 1) FROM meta
                    WHERE key LIKE 'image:%' UNION
                    SELECT json_extract(output.value, '$.sha256')
                    FROM tasks, json_each(tasks.validation, '$.copies') AS copy,
                         json_each(copy.value, '$.result.outputs') AS output
-                   WHERE tasks.validation IS NOT NULL"""
+                   WHERE tasks.validation IS NOT NULL UNION {_LOGS}"""
             ).fetchall()
             return {row[0] for row in rows}
+
+        return await self.database.read(read)
+
+    async def task_result(
+        self, workflow_id: str, task: str
+    ) -> tuple[str, str, str, TaskResult | None] | None:
+        """(id, name, state, last result) of the workflow's task named or with that id."""
+
+        def read(db: sqlite_utils.Database) -> tuple[str, str, str, TaskResult | None] | None:
+            row = db.execute(
+                "SELECT id, name, state, result FROM tasks WHERE workflow_id = ? "
+                "AND (id = ? OR name = ?) LIMIT 1",
+                (workflow_id, task, task),
+            ).fetchone()
+            if row is None:
+                return None
+            task_id, name, state, result = row
+            return task_id, name, state, codecs.task_result_from_json(result)
 
         return await self.database.read(read)
 

@@ -23,7 +23,7 @@ import shutil
 import stat
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -32,8 +32,8 @@ from daemon.backoff import Backoff
 from daemon.capacity import task_slots
 from daemon.errors import NodeError, UnreachableError
 from daemon.models import FileRef, InlineBlob, OwnerLimits, Resources, TaskResult, TaskSpec
-from daemon.runtime.spec import RunResult, RunSpec, Runtime
-from daemon.task_files import PROGRESS_FILE, file_name_problem
+from daemon.runtime.spec import LOG_BYTES, RunResult, RunSpec, Runtime
+from daemon.task_files import LOG_PURPOSE, PROGRESS_FILE, file_name_problem
 from volunteer_node.blobs import ManagerPeer
 from volunteer_node.policy import Situation, decline_reason
 from volunteer_node.store import AttemptState, VolunteerStore
@@ -250,7 +250,52 @@ class TaskWorker:
             return TaskResult(
                 task_id=task.task_id, attempt=task.attempt, exit_code=-1, error=str(failure)
             )
-        return _result(task, run, error, outputs)
+        logs, note = await self._deliver_logs(task, workdir / "logs", run, outputs)
+        # `logs.inline` is every blob the result carries: the outputs' and the logs'.
+        return replace(
+            _result(task, run, error, outputs),
+            logs=logs.refs,
+            inline_outputs=logs.inline,
+            log_note=note,
+        )
+
+    async def _deliver_logs(
+        self, task: TaskSpec, log_dir: Path, run: RunResult, outputs: Outputs
+    ) -> tuple[Outputs, str]:
+        """What the task wrote, to the manager: small logs inline (after the outputs, in
+        what is left of the task's inline budget), the others uploaded; returns their refs
+        with every blob the result carries (the outputs' too). Logs that cannot be
+        delivered are said so in the result; they never fail the attempt."""
+        streams = [
+            (name, data) for name, data in (("stdout", run.stdout), ("stderr", run.stderr)) if data
+        ]
+        cut = [
+            name
+            for name, was_cut in (("stdout", run.stdout_cut), ("stderr", run.stderr_cut))
+            if was_cut
+        ]
+        note = f"{' and '.join(cut)}: only the last {LOG_BYTES // 2**20} MiB" if cut else ""
+        if not streams:
+            return Outputs((), outputs.inline), note
+        carried = [len(blob.content) for blob in outputs.inline]
+        fits = inline.pick([*carried, *(len(data) for _, data in streams)])[len(carried) :]
+        refs: list[FileRef] = []
+        blobs: list[InlineBlob] = list(outputs.inline)
+        deadline = time.monotonic() + self._config.upload_patience_seconds
+        for (name, data), small in zip(streams, fits, strict=True):
+            if small:
+                blob = inline.blob_of(data)
+                refs.append(FileRef(name, blob.sha256, len(data)))
+                blobs.append(blob)
+                continue
+            path = log_dir / name
+            await asyncio.to_thread(_write_log, path, data)
+            try:
+                refs.append(await self._upload_until_delivered(task, path, deadline, LOG_PURPOSE))
+            except TaskFailedError as error:
+                log.warning("task %s: its %s was not delivered: %s", task.task_id, name, error)
+                note = "; ".join(filter(None, [note, f"{name} not delivered: {error}"]))
+        return Outputs(tuple(refs), tuple(blobs)), note
 
     async def _ensure_image(self, task: TaskSpec) -> None:
         """Makes the task's image (the one it pins, if it pins one) present: ours, else
@@ -398,11 +443,14 @@ class TaskWorker:
             carried.append(blob)
         return Outputs(tuple(refs), tuple(carried))
 
-    async def _upload_until_delivered(self, task: TaskSpec, path: Path, deadline: float) -> FileRef:
+    async def _upload_until_delivered(
+        self, task: TaskSpec, path: Path, deadline: float, kind: str = ""
+    ) -> FileRef:
         """Keeps trying while the manager is away (a restart): outputs are costly to lose.
-        Gives up at `deadline` (monotonic), failing the attempt."""
+        Gives up at `deadline` (monotonic), failing the attempt. `kind` LOG_PURPOSE for a
+        log (the manager counts those apart from outputs)."""
         backoff = Backoff(initial=1.0, maximum=UPLOAD_RETRY_MAX_SECONDS)
-        purpose = f"{task.task_id}:{task.attempt}"
+        purpose = f"{task.task_id}:{task.attempt}" + (f":{kind}" if kind else "")
         patience = self._config.upload_patience_seconds
         while True:
             try:
@@ -446,6 +494,11 @@ class Outputs:
 
     refs: tuple[FileRef, ...] = ()
     inline: tuple[InlineBlob, ...] = ()
+
+
+def _write_log(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def _write_files(directory: Path, files: list[tuple[Path, bytes]]) -> None:

@@ -19,6 +19,7 @@ import aiodocker
 
 from daemon.runtime.image_archive import untagged_copy
 from daemon.runtime.spec import (
+    LogBuffer,
     OutputWatch,
     ProgressCallback,
     RunResult,
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 SIGKILL_EXIT = 128 + 9
 NOBODY = "65534:65534"
-LOG_TAIL_LINES = 200
 OWNER_LABEL = "vcnode.volunteer"
 EXPORT_CHUNK_BYTES = 1 << 20
 # A whole image over a slow link; a registry that answers nothing is given up on.
@@ -75,8 +75,19 @@ def container_config(spec: RunSpec, owner: str = "") -> dict[str, Any]:
             "PidsLimit": spec.pids_limit,
             "NetworkMode": "bridge" if spec.network else "none",
             "Init": False,
+            # A task writing without end must not fill the owner's disk through Docker's
+            # log: two files of 8 MiB at most, enough for the last LOG_BYTES we keep.
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": "8m", "max-file": "2"}},
         },
     }
+
+
+async def _log(container: Any, **stream: bool) -> LogBuffer:
+    """One of a stopped container's streams, its last LOG_BYTES (Docker keeps 16 MiB)."""
+    buffer = LogBuffer()
+    for line in await container.log(**stream):
+        buffer.append(line.encode("utf-8", "surrogateescape"))
+    return buffer
 
 
 class DockerRuntime:
@@ -194,16 +205,20 @@ class DockerRuntime:
                     failure = (
                         f"out of memory: needed more than its {spec.memory_mb} MiB limit (killed)"
                     )
-            stdout = await container.log(stdout=True, tail=LOG_TAIL_LINES)
-            stderr = await container.log(stderr=True, tail=LOG_TAIL_LINES)
-            failure = failure or failure_for_exit(exit_code, "".join(stderr))
+            stdout = await _log(container, stdout=True)
+            stderr = await _log(container, stderr=True)
+            failure = failure or failure_for_exit(exit_code, stderr.content)
             return RunResult(
                 exit_code=exit_code,
                 failure=failure,
-                stdout_tail=tail("".join(stdout)),
-                stderr_tail=tail("".join(stderr)),
+                stdout_tail=tail(stdout.content),
+                stderr_tail=tail(stderr.content),
                 started_at=started_at,
                 finished_at=finished_at,
+                stdout=stdout.content,
+                stderr=stderr.content,
+                stdout_cut=stdout.cut,
+                stderr_cut=stderr.cut,
             )
         finally:
             progress.cancel()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from daemon.capacity import MAX_SLOTS
 from daemon.runtime.spec import (
+    LogBuffer,
     OutputWatch,
     ProgressCallback,
     RunResult,
@@ -174,17 +175,26 @@ class ProcessRuntime:
         watch = OutputWatch(spec, on_progress, stop, also=(scratch,))
         progress = asyncio.get_running_loop().create_task(watch.run())
         failure = ""
+        stdout, stderr = LogBuffer(), LogBuffer()
+        # Read as it comes and kept to its end: a task writing without end holds no more
+        # than twice LOG_BYTES of the volunteer's memory.
+        assert process.stdout is not None
+        assert process.stderr is not None
+        reading = asyncio.gather(_drain(process.stdout, stdout), _drain(process.stderr, stderr))
         try:
             try:
                 async with asyncio.timeout(spec.timeout_seconds):
-                    stdout, stderr = await process.communicate()
+                    await process.wait()
+                    await reading
             except TimeoutError:
                 self._kill_group(process)
-                stdout, stderr = await process.communicate()
+                await process.wait()
+                await reading
                 failure = f"timed out after {spec.timeout_seconds:g} s (killed)"
         except asyncio.CancelledError:
             self._kill_group(process)
             await asyncio.shield(process.wait())
+            reading.cancel()
             raise
         finally:
             progress.cancel()
@@ -195,15 +205,19 @@ class ProcessRuntime:
         failure = watch.overflow or failure
         if not failure and exit_code is not None and exit_code < 0:
             failure = f"killed by signal {signal.Signals(-exit_code).name}"
-        if not failure and b"MemoryError" in stderr:
+        if not failure and b"MemoryError" in stderr.content:
             failure = f"out of memory: needed more than its {spec.memory_mb} MiB limit"
         return RunResult(
             exit_code=exit_code,
-            failure=failure or failure_for_exit(exit_code, stderr),
-            stdout_tail=tail(stdout),
-            stderr_tail=tail(stderr),
+            failure=failure or failure_for_exit(exit_code, stderr.content),
+            stdout_tail=tail(stdout.content),
+            stderr_tail=tail(stderr.content),
             started_at=started_at,
             finished_at=time.time(),
+            stdout=stdout.content,
+            stderr=stderr.content,
+            stdout_cut=stdout.cut,
+            stderr_cut=stderr.cut,
         )
 
     @staticmethod
@@ -211,3 +225,8 @@ class ProcessRuntime:
         # bwrap dies, and --die-with-parent takes the sandbox's processes with it.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+async def _drain(stream: asyncio.StreamReader, buffer: LogBuffer) -> None:
+    while chunk := await stream.read(1 << 16):
+        buffer.append(chunk)

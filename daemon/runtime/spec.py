@@ -45,6 +45,11 @@ class RunResult:
     stderr_tail: str
     started_at: float
     finished_at: float
+    # What the task wrote, its last LOG_BYTES of each; `*_cut` when more came before.
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_cut: bool = False
+    stderr_cut: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -64,23 +69,55 @@ class Runtime(Protocol):
         ...
 
 
-# The last stderr line said with a failure is cut to this many characters.
+# The stderr line said with a failure is cut to this many characters.
 FAILURE_LINE_CHARS = 200
+# What a task's stdout and stderr keep each, their end (where the failure is): the
+# volunteer sends them to the manager with the result (`vcnode logs`).
+LOG_BYTES = 8 * 1024 * 1024
+
+
+def telling_line(stderr: bytes | str) -> str:
+    """The stderr line most likely to say why a task failed: the first that speaks of an
+    error (the cause, before what it led to), else the last (a Python exception,
+    `sys.exit("...")`); "" when there is none."""
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = next((line for line in lines if "error" in line.lower()), lines[-1])
+    return line if len(line) <= FAILURE_LINE_CHARS else line[: FAILURE_LINE_CHARS - 1] + "…"
 
 
 def failure_for_exit(exit_code: int | None, stderr: bytes | str = b"") -> str:
-    """Why a task that ended by itself failed; its last stderr line is usually the reason
-    (a Python exception, `sys.exit("...")`), so it comes along."""
+    """Why a task that ended by itself failed, with its most telling stderr line."""
     if exit_code == 0:
         return ""
     reason = "did not exit" if exit_code is None else f"exited with code {exit_code}"
-    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if lines:
-        last = lines[-1]
-        last = last if len(last) <= FAILURE_LINE_CHARS else last[: FAILURE_LINE_CHARS - 1] + "…"
-        reason += f": {last}"
-    return reason
+    line = telling_line(stderr)
+    return f"{reason}: {line}" if line else reason
+
+
+class LogBuffer:
+    """The last `limit` bytes of a stream read in chunks, and whether more came before;
+    it never holds more than twice the limit."""
+
+    def __init__(self, limit: int = LOG_BYTES) -> None:
+        self._limit = limit
+        self._data = bytearray()
+        self.cut = False
+
+    def append(self, chunk: bytes) -> None:
+        self._data += chunk
+        if len(self._data) > 2 * self._limit:
+            del self._data[: len(self._data) - self._limit]
+            self.cut = True
+
+    @property
+    def content(self) -> bytes:
+        if len(self._data) > self._limit:
+            self.cut = True
+            return bytes(self._data[-self._limit :])
+        return bytes(self._data)
 
 
 def tail(text: bytes | str, limit: int = TAIL_BYTES) -> str:

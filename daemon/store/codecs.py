@@ -47,6 +47,7 @@ def task_result_from_data(data: dict[str, Any]) -> TaskResult:
     data = dict(data)
     data["outputs"] = tuple(FileRef(**item) for item in data["outputs"])
     data["inline_outputs"] = _inline_blobs(data.get("inline_outputs"))
+    data["logs"] = tuple(FileRef(**item) for item in data.get("logs", ()))
     return TaskResult(**data)
 
 

@@ -54,6 +54,7 @@ RULES: dict[str, frozenset[str]] = {
             "ListWorkflows",
             "DeleteWorkflow",
             "ExplainTasks",
+            "GetTaskLog",
         )
     },
     _MANAGER + "GetImageArchive": frozenset({"volunteer"}),

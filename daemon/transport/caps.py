@@ -34,6 +34,7 @@ ITEMS: dict[str, int] = {
     "vcnode.v1.SubmitTasksRequest.tasks": 1_000,  # a manager sends 500 at a time
     "vcnode.v1.ReportVerdictsRequest.verdicts": 1_000,  # and verdicts 500 at a time
     "vcnode.v1.TaskSpec.avoid_volunteers": 64,  # copies of one task: a handful
+    "vcnode.v1.TaskResult.logs": 2,  # stdout and stderr
     "vcnode.v1.SubmitWorkflowRequest.files": INPUT_FILES,
     "vcnode.v1.SubmitWorkflowRequest.inline_files": INPUT_FILES,
     "vcnode.v1.SubmitWorkflowRequest.overrides": 1_000,

@@ -315,6 +315,8 @@ def task_result_to_proto(result: TaskResult) -> common_pb2.TaskResult:
         stdout_tail=result.stdout_tail,
         stderr_tail=result.stderr_tail,
         inline_outputs=[inline_blob_to_proto(blob) for blob in result.inline_outputs],
+        logs=[file_ref_to_proto(ref) for ref in result.logs],
+        log_note=result.log_note,
     )
 
 
@@ -330,6 +332,8 @@ def task_result_from_proto(message: common_pb2.TaskResult) -> TaskResult:
         stdout_tail=message.stdout_tail,
         stderr_tail=message.stderr_tail,
         inline_outputs=tuple(inline_blob_from_proto(blob) for blob in message.inline_outputs),
+        logs=tuple(file_ref_from_proto(ref) for ref in message.logs),
+        log_note=message.log_note,
     )
 
 

@@ -63,6 +63,7 @@ def test_users_see_and_act_on_their_own_workflows_only(daemons: Daemons, tmp_pat
         ["status", workflow_id],
         ["status", workflow_id, "--why"],
         ["status", workflow_id, "--task", "t"],
+        ["logs", workflow_id, "t"],
         ["cancel", workflow_id],
         ["watch", workflow_id],
     ):

@@ -20,7 +20,7 @@ from daemon.runtime.process import (
     scratch_dir,
     unavailable,
 )
-from daemon.runtime.spec import RunSpec
+from daemon.runtime.spec import LOG_BYTES, RunSpec
 
 pytestmark = pytest.mark.integration
 
@@ -175,3 +175,23 @@ async def test_a_tasks_tmp_is_on_disk_counted_with_its_output_and_gone_after(
     assert result.failure.startswith("wrote more than its 2 MiB of output and /tmp ("), result
     assert not scratch_dir(spec).exists(), "the task's /tmp is removed after it"
     assert list((tmp_path / "output").iterdir()) == []
+
+
+async def test_a_task_writing_without_end_keeps_the_last_8_mib_and_says_its_error_line(
+    tmp_path: Path,
+) -> None:
+    runtime = ProcessRuntime()
+    # 20 MiB on stdout, then a numbered end; stderr names its cause on line 2 of many.
+    script = (
+        "head -c 20971520 /dev/zero | tr '\\0' x; echo; echo THE-END; "
+        "echo starting >&2; echo 'Error: unable to open /om/scenario.xsd' >&2; "
+        "seq 1 400 >&2; exit 67"
+    )
+    result = await runtime.run(make_spec(tmp_path, "sh", "-c", script), lambda _: None)
+    assert result.failure == "exited with code 67: Error: unable to open /om/scenario.xsd"
+    assert len(result.stdout) == LOG_BYTES
+    assert result.stdout_cut
+    assert result.stdout.endswith(b"THE-END\n")
+    assert not result.stderr_cut
+    assert result.stderr.splitlines()[1] == b"Error: unable to open /om/scenario.xsd"
+    assert result.stderr.splitlines()[-1] == b"400"

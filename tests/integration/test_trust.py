@@ -652,6 +652,8 @@ FORBIDDEN = [
     (VOLUNTEER, "ManagerService/DeleteWorkflow", PEOPLE),
     (VOLUNTEER, "ManagerService/ExplainTasks", PEOPLE),
     (MANAGER, "ManagerService/ExplainTasks", PEOPLE),
+    (VOLUNTEER, "ManagerService/GetTaskLog", PEOPLE),
+    (MANAGER, "ManagerService/GetTaskLog", PEOPLE),
     (MANAGER, "CoordinatorService/VolunteerSession", A_VOLUNTEER),
     (MANAGER, "TrustService/CreateToken", TRUST_ADMINS),
     (MANAGER, "TrustService/RevokeToken", TRUST_ADMINS),

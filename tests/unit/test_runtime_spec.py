@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from daemon.runtime.spec import failure_for_exit, read_progress
+from daemon.runtime.spec import LogBuffer, failure_for_exit, read_progress, telling_line
 from daemon.task_files import PROGRESS_FILE
 
 
@@ -30,3 +30,24 @@ def test_progress_is_read_only_from_a_regular_file_and_only_its_first_bytes(
     progress.unlink()
     os.mkfifo(progress)  # a reader of a FIFO blocks until someone writes
     assert read_progress(tmp_path) is None
+
+
+def test_the_telling_line_is_the_first_that_speaks_of_an_error_else_the_last() -> None:
+    assert telling_line(b"reading\nERROR: no such file x.xsd\nIn: /input/s.xml\n") == (
+        "ERROR: no such file x.xsd"
+    )
+    assert telling_line("a\nb\n\n") == "b"
+    assert telling_line(b"") == ""
+    trace = b'Traceback (most recent call last):\n  File "t.py", line 1\nValueError: bad\n'
+    assert telling_line(trace) == "ValueError: bad"
+
+
+def test_a_log_buffer_keeps_the_end_and_says_it_was_cut() -> None:
+    buffer = LogBuffer(limit=10)
+    for chunk in (b"0123456789", b"abcdefghij", b"KLMNOPQRST", b"uv"):
+        buffer.append(chunk)
+    assert buffer.content == b"MNOPQRSTuv"
+    assert buffer.cut
+    whole = LogBuffer(limit=10)
+    whole.append(b"short")
+    assert (whole.content, whole.cut) == (b"short", False)

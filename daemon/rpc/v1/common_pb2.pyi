@@ -319,6 +319,8 @@ class TaskResult(_message.Message):
     STDOUT_TAIL_FIELD_NUMBER: _builtins.int
     STDERR_TAIL_FIELD_NUMBER: _builtins.int
     INLINE_OUTPUTS_FIELD_NUMBER: _builtins.int
+    LOGS_FIELD_NUMBER: _builtins.int
+    LOG_NOTE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     exit_code: _builtins.int
@@ -328,12 +330,20 @@ class TaskResult(_message.Message):
     finished_at: _builtins.float
     stdout_tail: _builtins.str
     stderr_tail: _builtins.str
+    log_note: _builtins.str
+    """Why the logs are not whole ("stderr: only its last 8 MiB"), or ""."""
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileRef]: ...
     @_builtins.property
     def inline_outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InlineBlob]:
         """The bytes of some small outputs (see InlineBlob); the others were uploaded to the
         manager before the result was sent.
+        """
+
+    @_builtins.property
+    def logs(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileRef]:
+        """What the task wrote, named "stdout" and "stderr" (each its last 8 MiB), uploaded or
+        inline like outputs; an empty stream is left out.
         """
 
     def __init__(
@@ -349,10 +359,12 @@ class TaskResult(_message.Message):
         stdout_tail: _builtins.str = ...,
         stderr_tail: _builtins.str = ...,
         inline_outputs: _abc.Iterable[Global___InlineBlob] | None = ...,
+        logs: _abc.Iterable[Global___FileRef] | None = ...,
+        log_note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "inline_outputs", b"inline_outputs", "outputs", b"outputs", "started_at", b"started_at", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "inline_outputs", b"inline_outputs", "log_note", b"log_note", "logs", b"logs", "outputs", b"outputs", "started_at", b"started_at", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

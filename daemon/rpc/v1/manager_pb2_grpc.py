@@ -85,6 +85,11 @@ class ManagerServiceStub:
                 request_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ExplainTasksRequest.SerializeToString,
                 response_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ExplainTasksReply.FromString,
                 _registered_method=True)
+        self.GetTaskLog = channel.unary_unary(
+                '/vcnode.v1.ManagerService/GetTaskLog',
+                request_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.GetTaskLogRequest.SerializeToString,
+                response_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.GetTaskLogReply.FromString,
+                _registered_method=True)
 
 
 class ManagerServiceServicer:
@@ -156,6 +161,13 @@ class ManagerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTaskLog(self, request, context):
+        """What a task wrote to stdout or stderr in its last attempt (its last 8 MiB).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +220,11 @@ def add_ManagerServiceServicer_to_server(servicer, server):
                     servicer.ExplainTasks,
                     request_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ExplainTasksRequest.FromString,
                     response_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.ExplainTasksReply.SerializeToString,
+            ),
+            'GetTaskLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTaskLog,
+                    request_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.GetTaskLogRequest.FromString,
+                    response_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.GetTaskLogReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -480,6 +497,33 @@ class ManagerService:
             '/vcnode.v1.ManagerService/ExplainTasks',
             daemon_dot_rpc_dot_v1_dot_manager__pb2.ExplainTasksRequest.SerializeToString,
             daemon_dot_rpc_dot_v1_dot_manager__pb2.ExplainTasksReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTaskLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vcnode.v1.ManagerService/GetTaskLog',
+            daemon_dot_rpc_dot_v1_dot_manager__pb2.GetTaskLogRequest.SerializeToString,
+            daemon_dot_rpc_dot_v1_dot_manager__pb2.GetTaskLogReply.FromString,
             options,
             channel_credentials,
             insecure,

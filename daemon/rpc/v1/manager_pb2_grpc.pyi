@@ -50,6 +50,8 @@ class ManagerServiceStub:
     """
     ExplainTasks: _grpc.UnaryUnaryMultiCallable[_manager_pb2.ExplainTasksRequest, _manager_pb2.ExplainTasksReply]
     """Why queued tasks are not running: each online volunteer's reason, grouped."""
+    GetTaskLog: _grpc.UnaryUnaryMultiCallable[_manager_pb2.GetTaskLogRequest, _manager_pb2.GetTaskLogReply]
+    """What a task wrote to stdout or stderr in its last attempt (its last 8 MiB)."""
 
 @_typing.type_check_only
 class ManagerServiceAsyncStub(ManagerServiceStub):
@@ -72,6 +74,8 @@ class ManagerServiceAsyncStub(ManagerServiceStub):
     """
     ExplainTasks: _aio.UnaryUnaryMultiCallable[_manager_pb2.ExplainTasksRequest, _manager_pb2.ExplainTasksReply]  # type: ignore[assignment]
     """Why queued tasks are not running: each online volunteer's reason, grouped."""
+    GetTaskLog: _aio.UnaryUnaryMultiCallable[_manager_pb2.GetTaskLogRequest, _manager_pb2.GetTaskLogReply]  # type: ignore[assignment]
+    """What a task wrote to stdout or stderr in its last attempt (its last 8 MiB)."""
 
 class ManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -151,5 +155,13 @@ class ManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_manager_pb2.ExplainTasksReply, _abc.Awaitable[_manager_pb2.ExplainTasksReply]]:
         """Why queued tasks are not running: each online volunteer's reason, grouped."""
+
+    @_abc_1.abstractmethod
+    def GetTaskLog(
+        self,
+        request: _manager_pb2.GetTaskLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.GetTaskLogReply, _abc.Awaitable[_manager_pb2.GetTaskLogReply]]:
+        """What a task wrote to stdout or stderr in its last attempt (its last 8 MiB)."""
 
 def add_ManagerServiceServicer_to_server(servicer: ManagerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
