@@ -28,6 +28,7 @@ from daemon.backoff import Backoff
 from daemon.errors import InvalidInputError, NodeError, UnreachableError
 from daemon.models import FileRef, Submitted, TaskStatusRow, WorkflowCounts, WorkflowStatus
 from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
+from daemon.task_files import file_name_problem
 from daemon.transfer.client import download, upload
 from daemon.transfer.hashing import sha256_file
 from daemon.transport import convert
@@ -524,11 +525,12 @@ async def results(peer: Dial, args: argparse.Namespace) -> int:
         await store.open()
         written: list[dict[str, Any]] = []
         for ref in refs:
+            target = out / result_path(ref.name)
             path = await download(peer, ref.sha256, ref.size, store)
-            target = out / Path(ref.name).name
+            await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
             await asyncio.to_thread(shutil.move, path, target)
             written.append(
-                {"name": target.name, "path": str(target), "sha256": ref.sha256, "size": ref.size}
+                {"name": ref.name, "path": str(target), "sha256": ref.sha256, "size": ref.size}
             )
         await store.close()
     if args.json:
@@ -563,6 +565,15 @@ async def logs(peer: Dial, args: argparse.Namespace) -> int:
     if reply.note:
         print(f"({reply.name}: {reply.note})", file=sys.stderr)
     return 0
+
+
+def result_path(name: str) -> Path:
+    """Where a result goes under the output folder: `file`, or `task/file` for a task's
+    own output. A manager's name never leaves the folder: every part must be a plain name."""
+    parts = name.split("/")
+    if len(parts) > 2 or any(file_name_problem(part) is not None for part in parts):
+        raise NodeError(f"the manager named a result {name[:80]!r}, which is not a file name")
+    return Path(*parts)
 
 
 async def cancel(peer: Dial, args: argparse.Namespace) -> int:

@@ -701,8 +701,13 @@ class WorkflowManager:
         run = self._runs[workflow_id]
         try:
             if self._types[workflow_id] == EXPLICIT_TYPE:
-                # Nothing to merge: every task's outputs are the results.
-                results = [ref for task in run.tasks.values() for ref in task.outputs]
+                # Nothing to merge: every task's outputs are the results, each in a folder
+                # named after its task (two tasks may write files of the same name).
+                results = [
+                    replace(ref, name=f"{task.name}/{ref.name}")
+                    for task in run.tasks.values()
+                    for ref in task.outputs
+                ]
                 await self._store.add_results(workflow_id, results)
                 self._shareable |= {ref.sha256 for ref in results}
                 await self._end(workflow_id, WorkflowState.COMPLETED, "")

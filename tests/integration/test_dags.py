@@ -98,9 +98,9 @@ def test_outputs_flow_down_three_levels_in_containers(
         "results", reply["workflow_id"], "--data-dir", str(manager.data_dir), "-o", str(out)
     )
     assert fetched.returncode == 0, fetched.stderr
-    assert (out / "squares.txt").read_text() == "1 4 9 16"
-    assert (out / "cubes.txt").read_text() == "1 8 27 64"
-    assert (out / "total.txt").read_text() == str(30 + 100)
+    assert (out / "squares" / "squares.txt").read_text() == "1 4 9 16"
+    assert (out / "cubes" / "cubes.txt").read_text() == "1 8 27 64"
+    assert (out / "total" / "total.txt").read_text() == str(30 + 100)
 
 
 # b needs something the test opens only after the first run failed: a port of this host's
@@ -195,7 +195,7 @@ def test_resume_runs_only_the_branch_that_did_not_complete(
     assert after["b"]["attempts"] == 2
     out = tmp_path / "out"
     run_cli("results", workflow_id, "--data-dir", str(manager.data_dir), "-o", str(out))
-    assert (out / "d.txt").read_text() == "30", "b.txt holds 0, c.txt the squares of 1..4"
+    assert (out / "d" / "d.txt").read_text() == "30", "b.txt holds 0, c.txt the squares of 1..4"
 
 
 def test_resume_refuses_a_workflow_that_completed_or_does_not_exist(
@@ -227,7 +227,9 @@ def test_the_init_example_dag_runs_as_written(
     assert reply["exit_code"] == 0, reply
     out = tmp_path / "out"
     run_cli("results", reply["workflow_id"], "--data-dir", str(manager.data_dir), "-o", str(out))
-    assert (out / "total.txt").read_text().strip() == str(sum(n * n for n in range(1, 101)))
+    assert (out / "total" / "total.txt").read_text().strip() == str(
+        sum(n * n for n in range(1, 101))
+    )
 
 
 def test_on_failure_fail_fails_the_dependents_and_resume_still_runs_them(

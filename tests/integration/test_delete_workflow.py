@@ -75,7 +75,7 @@ def test_delete_frees_what_only_the_workflow_used_and_keeps_what_others_share(
     out = tmp_path / "results"
     fetched = run_cli("results", second, "--data-dir", str(manager.data_dir), "-o", str(out))
     assert fetched.returncode == 0, fetched.stderr
-    assert (out / "out.txt").read_text() == "only second's input\nsecond"
+    assert (out / "copy" / "out.txt").read_text() == "only second's input\nsecond"
 
 
 def test_a_workflow_still_going_is_not_deleted(daemons: Daemons, tmp_path: Path) -> None:

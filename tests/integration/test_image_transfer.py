@@ -103,7 +103,7 @@ def test_volunteer_loads_the_image_from_the_manager(
     out = tmp_path / "out"
     workflow_id = json.loads(submitted.stdout)["workflow_id"]
     run_cli("results", workflow_id, "--data-dir", str(manager.data_dir), "-o", str(out))
-    assert (out / "v.txt").read_text().startswith("1.")
+    assert (out / "hello" / "v.txt").read_text().startswith("1.")
 
 
 def test_an_image_from_the_manager_never_moves_the_owners_tag(

@@ -71,6 +71,6 @@ def test_outputs_reach_a_manager_that_was_down_when_the_task_ended(
             "results", workflow_id, "--manager", manager_address, "-o", str(out), "--json"
         ).stdout
     )
-    assert [item["name"] for item in listing] == ["late.txt"]
+    assert [item["name"] for item in listing] == ["late/late.txt"]
     expected = subprocess.run(["sh", "-c", writer], capture_output=True, check=True).stdout
-    assert (out / "late.txt").read_bytes() == expected
+    assert (out / "late" / "late.txt").read_bytes() == expected

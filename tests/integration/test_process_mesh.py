@@ -51,7 +51,7 @@ def test_process_runtime_runs_tasks_and_is_shown_apart(daemons: Daemons, tmp_pat
     workflow_id = json.loads(submitted.stdout)["workflow_id"]
     out = tmp_path / "out"
     run_cli("results", workflow_id, "--data-dir", str(manager.data_dir), "-o", str(out))
-    assert (out / "out.txt").read_text() == "HELLO"
+    assert (out / "upper" / "out.txt").read_text() == "HELLO"
     assert "bubblewrap sandbox" in volunteer.log
 
 

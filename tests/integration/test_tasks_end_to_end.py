@@ -148,7 +148,7 @@ outputs = ["report.txt"]
     assert reply["exit_code"] == 0, reply
     out = tmp_path / "results"
     run_cli("results", reply["workflow_id"], "--data-dir", str(manager.data_dir), "-o", str(out))
-    report = (out / "report.txt").read_text().split("\n")
+    report = (out / "probe" / "report.txt").read_text().split("\n")
     assert report[:6] == [
         "uid=65534",
         "interfaces=lo,",
@@ -205,9 +205,9 @@ outputs = ["out-{i}.txt"]
             "results", workflow_id, "--data-dir", str(manager.data_dir), "-o", str(out), "--json"
         ).stdout
     )
-    assert sorted(item["name"] for item in listing) == [f"out-{i}.txt" for i in range(4)]
+    assert sorted(item["name"] for item in listing) == [f"step-{i}/out-{i}.txt" for i in range(4)]
     for i in range(4):
-        assert (out / f"out-{i}.txt").read_text().strip() == str(i)
+        assert (out / f"step-{i}" / f"out-{i}.txt").read_text().strip() == str(i)
 
     # Restarted, the victim removes the container its killed self left behind.
     assert containers_of(victim.node_id), "the killed volunteer left no container to clean"
@@ -275,7 +275,9 @@ depends_on = {json.dumps(deps)}
     assert reply["exit_code"] == 0, reply
     out = tmp_path / "out"
     run_cli("results", reply["workflow_id"], "--data-dir", str(manager.data_dir), "-o", str(out))
-    spans = {name: [float(t) for t in (out / f"{name}.txt").read_text().split()] for name in graph}
+    spans = {
+        name: [float(t) for t in (out / name / f"{name}.txt").read_text().split()] for name in graph
+    }
     for name, deps in graph.items():
         for dep in deps:
             assert spans[name][0] >= spans[dep][1], f"{name} started before {dep} ended"
@@ -299,8 +301,8 @@ def test_small_files_travel_inline_and_large_ones_by_transfer(
     assert reply["exit_code"] == 0, reply
     out = tmp_path / "out"
     run_cli("results", reply["workflow_id"], "--data-dir", str(manager.data_dir), "-o", str(out))
-    assert (out / "small").read_bytes() == small
-    assert (out / "large").read_bytes() == large
+    assert (out / "small" / "small").read_bytes() == small
+    assert (out / "large" / "large").read_bytes() == large
 
     # Only the large input went through the volunteer's blob cache (TransferService).
     cached = {p.name for p in (volunteer.data_dir / "blobs" / "complete").rglob("*") if p.is_file()}

@@ -310,7 +310,7 @@ def test_a_volunteer_with_only_a_token_joins_runs_tasks_and_restarts_without_it(
         "results", workflow_id, "--data-dir", str(coordinator.data_dir), "-o", str(out)
     )
     assert fetched.returncode == 0, fetched.stderr
-    assert (out / "out.txt").read_text() == "HELLO"
+    assert (out / "upper" / "out.txt").read_text() == "HELLO"
     assert token_info(coordinator, token_id)["joined"] == 1
 
     # The second start: no token, the certificate the first one got.
