@@ -152,8 +152,9 @@ async def _after_submit(
     if args.json and not args.wait:
         views.print_json({"workflow_id": workflow_id, "tasks": submitted.task_count})
         return 0
-    if not args.json:
-        print(f"{verb} {workflow_id}: {submitted.task_count} tasks")
+    # Said at once, whatever follows: the id is what every other command takes.
+    said = f"{verb} {workflow_id}: {submitted.task_count} tasks"
+    print(said, file=sys.stderr if args.json else sys.stdout, flush=True)
     if not args.wait:
         return 0
     bar = ProgressBar(sys.stderr, submitted.estimated_seconds_per_task)
@@ -190,9 +191,11 @@ def eta_seconds(
 
 
 class ProgressBar:
-    """One line, redrawn in place on a terminal; a line per change elsewhere."""
+    """One line, redrawn in place on a terminal (never wider than it); off a terminal (a
+    log, a pipe), a line when the counts change, every PIPE_SECONDS at most, and the last."""
 
-    WIDTH = 30
+    WIDTH = 20
+    PIPE_SECONDS = 5.0
 
     def __init__(self, stream: TextIO, estimated_seconds_per_task: float = 0.0) -> None:
         self._stream = stream
@@ -200,39 +203,63 @@ class ProgressBar:
         self._last = ""
         self._tty = stream.isatty()
         self._estimate = estimated_seconds_per_task
+        self._printed_at = -math.inf
+        self._pending = ""
 
     def show(self, counts: WorkflowCounts, note: str = "") -> None:
-        done = counts.completed + counts.failed + counts.cancelled
-        total = max(counts.total, 1)
-        filled = round(self.WIDTH * done / total)
         elapsed = time.monotonic() - self._started
         rate = counts.completed / elapsed if elapsed > 0 else 0.0
         left = eta_seconds(counts, elapsed, self._estimate)
         if left is None:
             eta = "ETA --"
         else:
-            eta = f"ETA ~{left[0]:.0f}s (estimate)" if left[1] else f"ETA {left[0]:.0f}s"
-        bar = "#" * filled + "." * (self.WIDTH - filled)
-        line = (
-            f"[{bar}] {counts.completed}/{counts.total} done, "
-            f"{counts.running} running, {counts.failed} failed, {counts.queued} queued | "
-            f"{rate:.2f} tasks/s | {eta}" + (f" | {note}" if note else "")
+            eta = f"ETA ~{left[0]:.0f}s" if left[1] else f"ETA {left[0]:.0f}s"
+        text = (
+            f"{counts.completed}/{counts.total} done, {counts.running} run, "
+            f"{counts.failed} failed, {counts.queued} wait | {rate:.1f}/s | {eta}"
+            + (f" | {note}" if note else "")
         )
+        width = self.WIDTH
+        if self._tty:  # the bar gives way first, down to 8, so the counts stay whole
+            columns = shutil.get_terminal_size().columns - 1
+            width = max(8, min(self.WIDTH, columns - len(text) - 3))
+        line = f"[{_bar(counts, width)}] {text}"
         # Off a terminal, a new line only when the counts change, not the rate.
         key = line if self._tty else line.split(" | ")[0] + note
         if key == self._last:
             return
         self._last = key
         if self._tty:
-            self._stream.write("\r\033[K" + line)
-        else:
-            self._stream.write(line + "\n")
-        self._stream.flush()
+            columns = shutil.get_terminal_size().columns - 1
+            self._stream.write("\r\033[K" + line[:columns])
+            self._stream.flush()
+            return
+        self._pending = line
+        now = time.monotonic()
+        if now - self._printed_at >= self.PIPE_SECONDS:
+            self._print_pending(now)
+
+    def _print_pending(self, now: float) -> None:
+        if self._pending:
+            self._stream.write(self._pending + "\n")
+            self._stream.flush()
+            self._pending = ""
+            self._printed_at = now
 
     def close(self) -> None:
         if self._tty and self._last:
             self._stream.write("\n")
             self._stream.flush()
+        elif not self._tty:
+            self._print_pending(time.monotonic())
+
+
+def _bar(counts: WorkflowCounts, width: int) -> str:
+    """Completed tasks fill it with #, failed and cancelled ones with x: ended, not done."""
+    total = max(counts.total, 1)
+    bar = "#" * round(width * counts.completed / total)
+    bar += "x" * round(width * (counts.failed + counts.cancelled) / total)
+    return bar[:width] + "." * (width - len(bar))
 
 
 async def _follow(
