@@ -459,6 +459,8 @@ def _add_client_parsers(commands: Any) -> None:
 
 
 def _add_workflow_parsers(commands: Any) -> None:
+    from cli.trust import parse_duration
+
     submit = commands.add_parser("submit", help="split a workflow into tasks and run them")
     submit.add_argument(
         "workflow", type=Path, nargs="?", help="a workflow file (TOML); not with --resume"
@@ -482,8 +484,20 @@ def _add_workflow_parsers(commands: Any) -> None:
     _add_target_arguments(submit, "manager")
     submit.set_defaults(handler=_on_target(_lazy("workflows", "submit")))
 
+    watch = commands.add_parser(
+        "watch", help="print a workflow's events as they happen (an ended one's: its history)"
+    )
+    watch.add_argument("workflow", help="the workflow id")
+    watch.add_argument(
+        "--since",
+        type=parse_duration,
+        metavar="DURATION",
+        help="of an ended workflow's history, only the last DURATION (e.g. 30m, 2h)",
+    )
+    _add_target_arguments(watch, "manager")
+    watch.set_defaults(handler=_on_target(_lazy("workflows", "watch")))
+
     for name, handler, help_text in (
-        ("watch", _lazy("workflows", "watch"), "print a workflow's events as they happen"),
         (
             "cancel",
             _lazy("workflows", "cancel"),

@@ -501,8 +501,9 @@ async def _why(peer: Dial, args: argparse.Namespace) -> int:
 
 async def watch(peer: Dial, args: argparse.Namespace) -> int:
     async with manager_at(peer) as manager:
+        since = time.time() - args.since if args.since else 0.0
         async for event in manager.WatchWorkflow(
-            manager_pb2.WatchWorkflowRequest(workflow_id=args.workflow)
+            manager_pb2.WatchWorkflowRequest(workflow_id=args.workflow, since=since)
         ):
             update = convert.workflow_update_from_proto(event)
             if args.json:

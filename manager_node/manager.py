@@ -13,6 +13,7 @@ import logging
 import secrets
 import shutil
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -925,20 +926,41 @@ class WorkflowManager:
         content = await asyncio.to_thread(path.read_bytes)
         return TaskLog(task_id, name, state, content, result.log_note)
 
-    async def watch(self, workflow_id: str) -> AsyncIterator[WorkflowUpdate]:
-        """Updates until the workflow ends; nothing more if it already has."""
+    async def watch(self, workflow_id: str, since: float = 0.0) -> AsyncIterator[WorkflowUpdate]:
+        """Updates until the workflow ends; for one that has, its history replayed (each
+        task's end, then its own), from `since` on."""
         queue: asyncio.Queue[WorkflowUpdate | None] = asyncio.Queue()
         async with self._lock:
             run = self._runs.get(workflow_id)
-            if run is None:
-                return
-            self._watchers.setdefault(workflow_id, set()).add(queue)
-            queue.put_nowait(self._update(run, "", "status", ""))
+            if run is not None:
+                self._watchers.setdefault(workflow_id, set()).add(queue)
+                queue.put_nowait(self._update(run, "", "status", ""))
+        if run is None:  # ended (the lock is not held while a client reads)
+            async for past in self._replay(workflow_id, since):
+                yield past
+            return
         try:
             while (update := await queue.get()) is not None:
                 yield update
         finally:
             self._watchers.get(workflow_id, set()).discard(queue)
+
+    async def _replay(self, workflow_id: str, since: float) -> AsyncIterator[WorkflowUpdate]:
+        found = await self._store.workflows(workflow_id)
+        if not found:
+            return
+        status = found[0]
+        tally: Counter[str] = Counter()
+        total = len(status.tasks)
+        for task_id, state, message, at in await self._store.history(workflow_id):
+            tally[state] += 1
+            if at >= since:
+                counts = workflow_counts({**tally, "queued": total - tally.total(), "total": total})
+                yield WorkflowUpdate(workflow_id, task_id, state, message, at, counts)
+        if status.updated_at >= since:
+            yield WorkflowUpdate(
+                workflow_id, "", status.state, status.error, status.updated_at, status.counts
+            )
 
     async def _publish(self, run: WorkflowRun, task_id: str, kind: str, message: str) -> None:
         update = self._update(run, task_id, kind, message)

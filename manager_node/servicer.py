@@ -62,7 +62,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             await self._own(request.workflow_id, context)
         except NodeError as error:
             await context.abort(status_for(error), str(error))
-        async for update in self._manager.watch(request.workflow_id):
+        async for update in self._manager.watch(request.workflow_id, request.since):
             yield convert.workflow_update_to_proto(update)
 
     @maps_errors

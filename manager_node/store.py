@@ -526,6 +526,20 @@ class ManagerStore:
 
         return await self.database.read(read)
 
+    async def history(self, workflow_id: str) -> list[tuple[str, str, str, float]]:
+        """(task id, state, its last word, when) of the workflow's ended tasks, in order."""
+
+        def read(db: sqlite_utils.Database) -> list[tuple[str, str, str, float]]:
+            rows = db.execute(
+                "SELECT id, state, COALESCE(error, ''), updated_at FROM tasks "
+                "WHERE workflow_id = ? AND state IN ('completed', 'failed', 'cancelled', "
+                "'skipped') ORDER BY updated_at, id",
+                (workflow_id,),
+            ).fetchall()
+            return [tuple(row) for row in rows]
+
+        return await self.database.read(read)
+
     async def task_result(
         self, workflow_id: str, task: str
     ) -> tuple[str, str, str, TaskResult | None] | None:

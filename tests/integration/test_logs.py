@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Daemons, cli_json, run_cli, start_pool
+from tests.integration.harness import Daemons, cli_json, run_cli, start_pool, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -69,3 +69,33 @@ def test_logs_travel_with_the_result_and_the_reason_names_the_cause(
     missing = run_cli("logs", workflow_id, "nope", *data)
     assert missing.returncode != 0
     assert "has no task 'nope'" in missing.stderr
+
+
+def test_watch_replays_an_ended_workflows_history(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    manager, _ = start_pool(daemons, volunteers=1)
+    workflow = tmp_path / "two.toml"
+    workflow.write_text(
+        '[workflow]\nname = "two"\n\n[[tasks]]\nname = "a"\ncommand = ["true"]\n\n'
+        '[[tasks]]\nname = "b"\ncommand = ["sh", "-c", "echo nope >&2; exit 3"]\n'
+    )
+    data = ["--data-dir", str(manager.data_dir)]
+    submitted = run_cli("submit", str(workflow), *data, "--json", "--wait", timeout=240)
+    workflow_id = json.loads(submitted.stdout)["workflow_id"]
+    watched = run_cli("watch", workflow_id, *data, "--json")
+    assert watched.returncode == 1  # it failed
+    events = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert {(e["task_id"], e["kind"]) for e in events[:-1]} == {
+        (f"{workflow_id}.a", "completed"),
+        (f"{workflow_id}.b", "failed"),
+    }
+    assert (events[-1]["task_id"], events[-1]["kind"]) == ("", "failed")
+    failed = next(e for e in events if e["kind"] == "failed" and e["task_id"])
+    assert failed["message"] == "exited with code 3: nope"
+    # --since: what happened within the last second only, which is soon nothing.
+    wait_until(
+        lambda: run_cli("watch", workflow_id, *data, "--json", "--since", "1s").stdout == "",
+        20,
+        "the history to fall out of the last second",
+    )
