@@ -5,7 +5,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from benchmarks import discovery, idle, scheduler, task_overhead, tls_handshake, transfer
+from benchmarks import (
+    discovery,
+    idle,
+    scheduler,
+    task_overhead,
+    tls_handshake,
+    transfer,
+    validation,
+)
 from benchmarks.report import Figure
 
 # figure name -> the benchmark that measures it (one run may measure several figures)
@@ -23,6 +31,10 @@ BENCHMARKS: dict[str, Callable[[], list[Figure]]] = {
     "workflow_run_scaling_ratio": scheduler.run,
     "tls_handshake_ms": tls_handshake.run,
     "tls_handshake_warm_call_ms": tls_handshake.run,
+    "validation_overhead_ratio": validation.run_overhead,
+    "cheater_caught_tasks": validation.run_cheater,
+    "cheater_vouched_tasks": validation.run_cheater,
+    "cheater_vouched_forged_accepted": validation.run_cheater,
 }
 
 

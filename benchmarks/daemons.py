@@ -9,10 +9,12 @@ admin credential (`admin_credential`), as the CLI on that host does.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from daemon.datadir import read_address
@@ -22,10 +24,15 @@ from daemon.trust.credentials import ADMIN, Credential, tls_dir
 TOKEN_TTL = "2h"
 
 
-def start_daemon(data_dir: Path, *args: str) -> subprocess.Popen[bytes]:
+def start_daemon(
+    data_dir: Path, *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`node daemon` on `data_dir` with `args`; `env` adds to (or overrides) this process's
+    environment."""
     log = (data_dir.parent / f"{data_dir.name}.log").open("wb")
     command = [sys.executable, "-m", "cli", "daemon", "--data-dir", str(data_dir), *args]
-    return subprocess.Popen(command, stdout=log, stderr=log)
+    environment = {**os.environ, **env} if env else None
+    return subprocess.Popen(command, stdout=log, stderr=log, env=environment)
 
 
 def wait_for_address(process: subprocess.Popen[bytes], data_dir: Path, timeout: float = 20) -> str:
@@ -40,12 +47,13 @@ def wait_for_address(process: subprocess.Popen[bytes], data_dir: Path, timeout: 
     raise RuntimeError(f"daemon in {data_dir} did not serve within {timeout} s")
 
 
-def join_token(coordinator_dir: Path, roles: str = "volunteer") -> str:
+def join_token(coordinator_dir: Path, roles: str = "volunteer", vouched: bool = False) -> str:
     """A join token for `roles` (comma separated), any number of joins, made with the admin
-    credential of the coordinator serving from `coordinator_dir`."""
+    credential of the coordinator serving from `coordinator_dir`; `vouched`: volunteers
+    joining with it are trusted with results from the start (`token create --vouched`)."""
     made = subprocess.run(
         [sys.executable, "-m", "cli", "token", "create", "--role", roles, "--ttl", TOKEN_TTL,
-         "--data-dir", str(coordinator_dir), "--json"],
+         "--data-dir", str(coordinator_dir), "--json", *(["--vouched"] if vouched else [])],
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     if made.returncode != 0:
