@@ -25,12 +25,13 @@ from daemon.errors import ConfigError, NodeError
 from daemon.models import NodeIdentity
 from daemon.node_servicer import NodeServicer
 from daemon.resources import measure_resources
-from daemon.roles import START_ORDER, Role, RoleContext, create_role
+from daemon.roles import ROLE_SERVICES, START_ORDER, Role, RoleContext, create_role
 from daemon.rpc.v1 import node_pb2_grpc
 from daemon.supervision import Supervisor
 from daemon.transport import addresses
 from daemon.transport.access import AccessPolicy
 from daemon.transport.channels import bind, create_server
+from daemon.transport.operations import Operations
 from daemon.trust.bootstrap import establish
 from daemon.trust.renewal import Renewal
 from daemon.version import VERSION
@@ -183,6 +184,9 @@ class Node:
             )
             for role in roles:
                 role.register(server)
+            operations = Operations(
+                server, [name for role in identity.roles for name in ROLE_SERVICES[role]]
+            )
             # The exit stack unwinds in reverse: mDNS says goodbye, roles end their streams
             # while the server still answers, the server stops, and state closes last.
             for role in roles:
@@ -217,6 +221,9 @@ class Node:
 
             for role in roles:
                 await role.start(self.address, advertised)
+            await operations.serving()
+            # First on the way down: probes see NOT_SERVING while the roles wind down.
+            stack.push_async_callback(operations.stopping)
             background = Supervisor(self._on_fatal)
             stack.push_async_callback(background.stop)
             renewal = Renewal(

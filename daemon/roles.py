@@ -28,6 +28,12 @@ ROLE_CLASSES = {
     "manager": "manager_node.role:ManagerRole",
     "volunteer": "volunteer_node.role:VolunteerRole",
 }
+# The gRPC services each role adds to the node's server (for health and reflection).
+ROLE_SERVICES = {
+    "coordinator": ("vcnode.v1.CoordinatorService", "vcnode.v1.TrustService"),
+    "manager": ("vcnode.v1.ManagerService", "vcnode.v1.TransferService"),
+    "volunteer": (),
+}
 # Start order: whoever serves others comes up first; stop runs in reverse.
 START_ORDER = ("coordinator", "manager", "volunteer")
 

@@ -68,6 +68,13 @@ RULES: dict[str, frozenset[str]] = {
     _TRUST + "ListTokens": frozenset({"admin", SELF}),
     _TRUST + "RevokeToken": frozenset({"admin", SELF}),
     _TRUST + "ListRevoked": frozenset({"manager", "admin", SELF}),
+    # Operators' tools (daemon/transport/operations.py): whether a node serves is no secret
+    # (a probe without a certificate may ask on a coordinator's join port); what it serves is
+    # for members.
+    "/grpc.health.v1.Health/Check": frozenset({STRANGER}),
+    "/grpc.health.v1.Health/Watch": frozenset({STRANGER}),
+    "/grpc.health.v1.Health/List": frozenset({MEMBER}),
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": frozenset({MEMBER}),
 }
 
 

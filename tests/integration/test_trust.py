@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -1189,3 +1190,47 @@ def test_a_join_port_of_another_ca_found_on_mdns_does_not_stop_the_join(
     volunteer = daemons.add(Daemon(daemons.root / "volunteer", args), provisioned=False)
     volunteer.address()
     wait_until(lambda: connected(address, volunteer.node_id), 10, "the volunteer to join")
+
+
+# --- 8. operators' tools: gRPC health and reflection ------------------------------------------
+
+
+def _health(channel: grpc.Channel, service: str = "") -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    # The stub packages type the stubs for grpc.aio only.
+    stub: Any = health_pb2_grpc.HealthStub(channel)
+    reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=CALL_SECONDS)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def _reflected(channel: grpc.Channel) -> list[str]:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub: Any = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    [reply] = list(stub.ServerReflectionInfo(iter([request]), timeout=CALL_SECONDS))
+    return sorted(service.name for service in reply.list_services_response.service)
+
+
+def test_members_see_health_and_reflection_and_a_probe_without_a_certificate_health_only(
+    mesh: Mesh,
+) -> None:
+    with open_sync_channel(mesh.address, admin_credential()) as channel:
+        assert _health(channel) == "SERVING"
+        assert _health(channel, "vcnode.v1.ManagerService") == "SERVING"
+        assert _reflected(channel) == [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "vcnode.v1.CoordinatorService",
+            "vcnode.v1.ManagerService",
+            "vcnode.v1.NodeService",
+            "vcnode.v1.TransferService",
+            "vcnode.v1.TrustService",
+        ]
+    # A probe on the plaintext join port (Kubernetes' gRPC probe has no certificate).
+    with grpc.insecure_channel(mesh.join_address) as channel:
+        assert _health(channel) == "SERVING"
+        with pytest.raises(grpc.RpcError) as refused:
+            _reflected(channel)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -203,13 +203,25 @@ def test_a_saved_credential_keeps_its_key_owner_only(ca: ClusterAuthority, tmp_p
 
 
 def every_rpc() -> set[str]:
+    """Every method the nodes serve: ours, and the standard health and reflection."""
+    from grpc_health.v1 import health_pb2
+    from grpc_reflection.v1alpha import reflection_pb2
+
     modules = (node_pb2, coordinator_pb2, manager_pb2, transfer_pb2, trust_pb2)
     return {
         f"/{service.full_name}/{method.name}"
-        for module in modules
+        for module in (*modules, health_pb2, reflection_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }
+
+
+# Whether a node serves is no secret: a probe without a certificate may ask.
+OPEN_TO_STRANGERS = {
+    "/vcnode.v1.TrustService/Join",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+}
 
 
 def test_every_rpc_has_a_rule_and_every_rule_an_rpc() -> None:
@@ -229,7 +241,7 @@ def caller(*roles: str, node_id: str = "n1", user: str | None = None) -> Caller:
 @pytest.mark.parametrize("method", sorted(every_rpc()))
 def test_a_stranger_may_call_join_and_nothing_else(method: str) -> None:
     refused = AccessPolicy(OWN_ID).refusal(method, STRANGER)
-    if method == "/vcnode.v1.TrustService/Join":
+    if method in OPEN_TO_STRANGERS:
         assert refused is None
     else:
         assert refused is not None
