@@ -225,7 +225,11 @@ class Pool:
                 self._scheduler.judged([(v.volunteer_id, v.task_id) for v in verdicts], now)
             )
             checked = [v for v in verdicts if v.checked]
+            if not checked:
+                return 0
             new = await self._store.matching_verdicts(manager_id, checked)
+            if not new:
+                return 0
             changed: dict[str, TrustRecord] = {}
             barred: dict[str, str] = {}
             for verdict in new:

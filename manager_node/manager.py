@@ -556,6 +556,8 @@ class WorkflowManager:
         policy = validation.policy
         trusted = event.trust is not None and event.trust.trusted(policy.trust_threshold)
         spot_check = self._draw(event.task_id, result.attempt) < policy.spot_check_rate
+        if (copy := validation.copy(number)) is not None and event.trust is not None:
+            copy.probation = event.trust.on_probation
         return validation.completed(number, event.volunteer_id, result, answer, trusted, spot_check)
 
     def _draw(self, copy_task_id: str, attempt: int) -> float:
@@ -987,7 +989,8 @@ def _copies(task: WorkflowTask) -> list[Copy]:
 
 def _verdicts(task: WorkflowTask, copies: Iterable[Copy]) -> list[Verdict]:
     """The coordinator's form of the verdicts on these copies; a copy that stood alone
-    unchecked says only that no verdict is coming."""
+    unchecked says only that no verdict is coming, and only when its volunteer waits for
+    that (on probation): a trusted volunteer's copies cost the coordinator nothing."""
     return [
         Verdict(
             copy_id(task.task_id, copy.number),
@@ -997,7 +1000,8 @@ def _verdicts(task: WorkflowTask, copies: Iterable[Copy]) -> list[Verdict]:
             checked=copy.verdict is not CopyVerdict.UNCHECKED,
         )
         for copy in copies
-        if copy.verdict is not CopyVerdict.PENDING
+        if copy.verdict in (CopyVerdict.AGREED, CopyVerdict.DISAGREED)
+        or (copy.verdict is CopyVerdict.UNCHECKED and copy.probation)
     ]
 
 

@@ -173,6 +173,7 @@ def _load_validation(task_id: str, text: str | None) -> Validation | None:
             result=codecs.task_result_from_data(item["result"]) if item["result"] else None,
             answer=item["answer"],
             verdict=CopyVerdict(item["verdict"]),
+            probation=item.get("probation", False),
         )
         for item in data["copies"]
     ]

@@ -81,6 +81,9 @@ class Copy:
     # in the order first seen); -1 until it completed.
     answer: int = -1
     verdict: Verdict = Verdict.PENDING
+    # Its volunteer was on probation when it completed: the coordinator waits to hear
+    # even of an unchecked verdict before it offers that volunteer more.
+    probation: bool = False
 
     @property
     def run_seconds(self) -> float:

@@ -185,3 +185,19 @@ def test_a_second_answer_from_one_volunteer_never_counts_toward_the_quorum() -> 
     assert decision.accept is None
     assert decision.submit == (3,)
     assert v.copies[1].state is CopyState.FAILED
+
+
+def test_only_a_volunteer_on_probation_hears_of_an_unchecked_result() -> None:
+    from manager_node.manager import _verdicts
+    from manager_node.workflow import WorkflowTask
+
+    copies = [
+        Copy(1, CopyState.COMPLETED, "trusted", 1, result(1), 0, Verdict.UNCHECKED),
+        Copy(2, CopyState.COMPLETED, "newcomer", 1, result(2), 0, Verdict.UNCHECKED),
+        Copy(3, CopyState.COMPLETED, "checked", 1, result(3), 0, Verdict.AGREED),
+        Copy(4, CopyState.RUNNING, "late", 1),
+    ]
+    copies[1].probation = True
+    task = WorkflowTask("t", "t", validation=Validation("t", ADAPTIVE, copies))
+    said = {(v.volunteer_id, v.checked) for v in _verdicts(task, copies)}
+    assert said == {("newcomer", False), ("checked", True)}
