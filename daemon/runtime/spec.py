@@ -76,15 +76,21 @@ FAILURE_LINE_CHARS = 200
 LOG_BYTES = 8 * 1024 * 1024
 
 
+# Words of a line that says what went wrong (lower case).
+_TELLING = ("error", "unable to", "cannot", "can't", "no such file", "not found", "fatal")
+
+
 def telling_line(stderr: bytes | str) -> str:
     """The stderr line most likely to say why a task failed: the first that speaks of an
-    error (the cause, before what it led to), else the last (a Python exception,
-    `sys.exit("...")`); "" when there is none."""
+    error (the cause, before what it led to: "unable to open primary document entity
+    ..."), else the last (a Python exception, `sys.exit("...")`); "" when there is none."""
     text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return ""
-    line = next((line for line in lines if "error" in line.lower()), lines[-1])
+    line = next(
+        (line for line in lines if any(word in line.lower() for word in _TELLING)), lines[-1]
+    )
     return line if len(line) <= FAILURE_LINE_CHARS else line[: FAILURE_LINE_CHARS - 1] + "…"
 
 

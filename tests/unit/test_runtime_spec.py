@@ -37,6 +37,8 @@ def test_the_telling_line_is_the_first_that_speaks_of_an_error_else_the_last() -
         "ERROR: no such file x.xsd"
     )
     assert telling_line("a\nb\n\n") == "b"
+    xerces = b"OpenMalaria\nunable to open primary document entity '/om/s.xsd'\nIn: /input/s.xml\n"
+    assert telling_line(xerces) == "unable to open primary document entity '/om/s.xsd'"
     assert telling_line(b"") == ""
     trace = b'Traceback (most recent call last):\n  File "t.py", line 1\nValueError: bad\n'
     assert telling_line(trace) == "ValueError: bad"
