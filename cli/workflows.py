@@ -179,7 +179,8 @@ def eta_seconds(
 ) -> tuple[float, bool] | None:
     """Seconds left and whether that is the splitter's estimate (before any task completed)
     rather than the measured rate; None when there is nothing to go on."""
-    remaining = counts.total - (counts.completed + counts.failed + counts.cancelled)
+    ended = counts.completed + counts.failed + counts.cancelled + counts.skipped
+    remaining = counts.total - ended
     if remaining <= 0:
         return None
     if counts.completed and elapsed > 0:
@@ -216,7 +217,9 @@ class ProgressBar:
             eta = f"ETA ~{left[0]:.0f}s" if left[1] else f"ETA {left[0]:.0f}s"
         text = (
             f"{counts.completed}/{counts.total} done, {counts.running} run, "
-            f"{counts.failed} failed, {counts.queued} wait | {rate:.1f}/s | {eta}"
+            f"{counts.failed} failed, "
+            + (f"{counts.skipped} skipped, " if counts.skipped else "")
+            + f"{counts.queued} wait | {rate:.1f}/s | {eta}"
             + (f" | {note}" if note else "")
         )
         width = self.WIDTH
@@ -258,7 +261,7 @@ def _bar(counts: WorkflowCounts, width: int) -> str:
     """Completed tasks fill it with #, failed and cancelled ones with x: ended, not done."""
     total = max(counts.total, 1)
     bar = "#" * round(width * counts.completed / total)
-    bar += "x" * round(width * (counts.failed + counts.cancelled) / total)
+    bar += "x" * round(width * (counts.failed + counts.skipped + counts.cancelled) / total)
     return bar[:width] + "." * (width - len(bar))
 
 
@@ -326,6 +329,7 @@ def _status_json(status: WorkflowStatus) -> dict[str, Any]:
             "running": status.counts.running,
             "completed": status.counts.completed,
             "failed": status.counts.failed,
+            "skipped": status.counts.skipped,
             "cancelled": status.counts.cancelled,
             "total": status.counts.total,
         },
@@ -431,7 +435,8 @@ def _print_outcome(status: WorkflowStatus, everything: bool = False) -> None:
     counts = status.counts
     print(
         f"tasks     {counts.completed} completed, {counts.running} running, "
-        f"{counts.failed} failed, {counts.queued} queued, {counts.cancelled} cancelled "
+        f"{counts.failed} failed, {counts.skipped} skipped, {counts.queued} queued, "
+        f"{counts.cancelled} cancelled "
         f"of {counts.total}"
     )
     if status.extra_copies:

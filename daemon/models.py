@@ -267,7 +267,7 @@ class TaskEvent:
 @dataclass(frozen=True)
 class WorkflowCounts:
     """A workflow's tasks by state as its user sees them: the manager counts tasks waiting
-    for their dependencies as queued, and skipped ones as failed."""
+    for their dependencies as queued; skipped ones (a dependency did not complete) apart."""
 
     queued: int = 0
     running: int = 0
@@ -275,6 +275,7 @@ class WorkflowCounts:
     failed: int = 0
     cancelled: int = 0
     total: int = 0
+    skipped: int = 0
 
 
 @dataclass(frozen=True)

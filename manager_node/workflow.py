@@ -37,14 +37,15 @@ _FINISHED = {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, Task
 
 def workflow_counts(counts: Mapping[str, int]) -> WorkflowCounts:
     """What the user is shown of tasks per status (and "total"): waiting tasks count as
-    queued, skipped ones as failed."""
+    queued."""
     return WorkflowCounts(
         queued=counts.get(TaskStatus.QUEUED, 0) + counts.get(TaskStatus.WAITING, 0),
         running=counts.get(TaskStatus.RUNNING, 0),
         completed=counts.get(TaskStatus.COMPLETED, 0),
-        failed=counts.get(TaskStatus.FAILED, 0) + counts.get(TaskStatus.SKIPPED, 0),
+        failed=counts.get(TaskStatus.FAILED, 0),
         cancelled=counts.get(TaskStatus.CANCELLED, 0),
         total=counts.get("total", 0),
+        skipped=counts.get(TaskStatus.SKIPPED, 0),
     )
 
 

@@ -433,6 +433,7 @@ def workflow_counts_to_proto(counts: WorkflowCounts) -> manager_pb2.WorkflowCoun
         failed=counts.failed,
         cancelled=counts.cancelled,
         total=counts.total,
+        skipped=counts.skipped,
     )
 
 
@@ -444,6 +445,7 @@ def workflow_counts_from_proto(message: manager_pb2.WorkflowCounts) -> WorkflowC
         failed=message.failed,
         cancelled=message.cancelled,
         total=message.total,
+        skipped=message.skipped,
     )
 
 

@@ -48,3 +48,9 @@ def test_failed_tasks_fill_the_bar_with_their_own_mark() -> None:
     stream = io.StringIO()
     ProgressBar(stream).show(WorkflowCounts(completed=10, failed=10, total=20))
     assert stream.getvalue().startswith("[##########xxxxxxxxxx] 10/20 done")
+
+
+def test_skipped_tasks_are_said_apart_from_failed_ones() -> None:
+    stream = io.StringIO()
+    ProgressBar(stream).show(WorkflowCounts(completed=2, failed=1, skipped=3, total=6))
+    assert "] 2/6 done, 0 run, 1 failed, 3 skipped, 0 wait |" in stream.getvalue()

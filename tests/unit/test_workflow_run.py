@@ -117,10 +117,10 @@ def test_counts_fold_waiting_into_queued() -> None:
     assert counts["total"] == 4
 
 
-def test_the_user_sees_waiting_tasks_as_queued_and_skipped_ones_as_failed() -> None:
+def test_the_user_sees_waiting_tasks_as_queued_and_skipped_ones_apart() -> None:
     states = {"waiting": 2, "queued": 1, "running": 1, "failed": 1, "skipped": 3, "total": 9}
     assert workflow_counts(states) == WorkflowCounts(
-        queued=3, running=1, completed=0, failed=4, cancelled=0, total=9
+        queued=3, running=1, completed=0, failed=1, cancelled=0, total=9, skipped=3
     )
 
 

@@ -404,12 +404,15 @@ class WorkflowCounts(_message.Message):
     FAILED_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
     queued: _builtins.int
     running: _builtins.int
     completed: _builtins.int
     failed: _builtins.int
     cancelled: _builtins.int
     total: _builtins.int
+    skipped: _builtins.int
+    """Tasks that never ran because a task they depend on did not complete."""
     def __init__(
         self,
         *,
@@ -419,10 +422,11 @@ class WorkflowCounts(_message.Message):
         failed: _builtins.int = ...,
         cancelled: _builtins.int = ...,
         total: _builtins.int = ...,
+        skipped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "completed", b"completed", "failed", b"failed", "queued", b"queued", "running", b"running", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "completed", b"completed", "failed", b"failed", "queued", b"queued", "running", b"running", "skipped", b"skipped", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
