@@ -572,13 +572,17 @@ class WorkflowManager:
         self, run: WorkflowRun, task: WorkflowTask, decision: Decision, event: TaskEvent
     ) -> list[WorkflowTask]:
         """Does what a validation decided; returns the tasks that changed in the run."""
-        if self.coordinator is not None:
-            if decision.judged:
+        if decision.judged:
+            if self.coordinator is not None:
                 self.coordinator.report(_verdicts(task, decision.judged))
-            if decision.cancel:
-                self.coordinator.cancel_tasks(
-                    run.workflow_id, [copy_id(task.task_id, n) for n in decision.cancel]
-                )
+            for caught in {
+                c.volunteer_id for c in decision.judged if c.verdict is CopyVerdict.DISAGREED
+            }:
+                await self._recheck(caught)
+        if self.coordinator is not None and decision.cancel:
+            self.coordinator.cancel_tasks(
+                run.workflow_id, [copy_id(task.task_id, n) for n in decision.cancel]
+            )
         if decision.submit:
             await self._submit_copies(task, decision.submit)
         verdict: TaskEvent | None = None
@@ -598,6 +602,39 @@ class WorkflowManager:
                 event, task_id=task.task_id, kind=EventKind.FAILED, message=decision.fail
             )
         return self._forward(run, verdict) if verdict is not None else []
+
+    async def _recheck(self, volunteer_id: str) -> None:
+        """A volunteer was caught disagreeing: its answers that stood unchecked (it was
+        trusted) in workflows still going are checked after all, where nothing has read
+        them yet."""
+        for run in list(self._runs.values()):
+            if run.workflow_id in self._merges:
+                continue
+            reopened = []
+            for task in run.tasks.values():
+                validation = task.validation
+                standing = validation.copy(validation.accepted) if validation else None
+                if (
+                    validation is None
+                    or standing is None
+                    or standing.volunteer_id != volunteer_id
+                    or standing.verdict is not CopyVerdict.UNCHECKED
+                    or not run.reopen(task, "re-checked: its volunteer was caught disagreeing")
+                ):
+                    continue
+                decision = validation.reopen()
+                await self._submit_copies(task, decision.submit)
+                reopened.append(task)
+            if reopened:
+                log.warning(
+                    "workflow %s: %d results of volunteer %s stood unchecked; checking them",
+                    run.workflow_id,
+                    len(reopened),
+                    volunteer_id[:12],
+                )
+                self._track(reopened)
+                await self._store.forget_outputs([t.task_id for t in reopened])
+                await self._store.save_tasks(reopened)
 
     async def _submit_copies(self, task: WorkflowTask, numbers: Sequence[int]) -> None:
         if self.coordinator is None:

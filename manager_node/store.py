@@ -541,6 +541,17 @@ class ManagerStore:
 
         return await self.database.read(read)
 
+    async def forget_outputs(self, task_ids: list[str]) -> None:
+        """The recorded outputs of tasks whose result is in doubt again."""
+
+        def write(db: sqlite_utils.Database) -> None:
+            db.conn.executemany(
+                "DELETE FROM files WHERE task_id = ? AND role = 'output'",
+                [(task_id,) for task_id in task_ids],
+            )
+
+        await self.database.run(write)
+
     async def task_result(
         self, workflow_id: str, task: str
     ) -> tuple[str, str, str, TaskResult | None] | None:

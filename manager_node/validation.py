@@ -215,6 +215,18 @@ class Validation:
             return Decision()
         return self._tally()
 
+    def reopen(self) -> Decision:
+        """The answer that stood unchecked came from a volunteer since caught disagreeing:
+        it is checked after all (another copy runs); nothing changes for an answer that
+        was checked."""
+        standing = self.copy(self.accepted)
+        if standing is None or standing.verdict is not Verdict.UNCHECKED:
+            return Decision()
+        standing.verdict = Verdict.PENDING
+        self.accepted = 0
+        self.outcome = ""
+        return self._tally()
+
     def cancelled(self, number: int) -> None:
         copy = self.copy(number)
         if copy is not None and copy.state.live:

@@ -230,6 +230,19 @@ class WorkflowRun:
                 assert_never(unknown)
         return Applied(task, (task, *ended))
 
+    def reopen(self, task: WorkflowTask, message: str) -> bool:
+        """A completed task runs again (its result is in doubt) if no task that depends on
+        it has started; returns whether it does."""
+        if self.cancelled or task.status is not TaskStatus.COMPLETED:
+            return False
+        if any(d.status is not TaskStatus.WAITING for d in self._dependents[task.name]):
+            return False  # its outputs were read already: too late to take them back
+        self._set_status(task, TaskStatus.RUNNING)
+        task.outputs = ()
+        task.percent = 0.0
+        task.message = message
+        return True
+
     def fail(self, task: WorkflowTask, message: str) -> list[WorkflowTask]:
         """Ends a task that cannot run, and what its failure ends downstream; returns every
         task it changed."""

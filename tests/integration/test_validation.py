@@ -253,3 +253,37 @@ def test_copies_and_verdicts_survive_a_manager_restart_and_count_once(
 
     assert wait_until(agreed, 20, "the verdicts to reach the coordinator") == 6
     assert all(v["trust"]["disagreed"] == 0 for v in listing)
+
+
+def test_a_trusted_cheat_once_caught_has_its_unchecked_results_checked_after_all(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    """Vouched for, the cheat's results stand unchecked until a spot check catches it; then
+    those of the workflow still going are checked after all, and none stays the result."""
+    manager, _, cheat = start_pool(daemons, honest=2, tamperer="every", tamperer_vouched=True)
+    assert cheat is not None
+    count = 40
+    tasks = "".join(
+        f'\n[[tasks]]\nname = "t{n}"\ncommand = ["sh", "-c", "echo {n} > /output/out.txt"]\n'
+        'outputs = ["out.txt"]\n'
+        for n in range(count)
+    )
+    workflow = tmp_path / "many.toml"
+    workflow.write_text(
+        f'[workflow]\nname = "many"\nvalidation = "adaptive"\nspot_check_rate = 0.5\n{tasks}'
+    )
+    reply = submit(manager, workflow)
+    assert reply["exit_code"] == 0, reply
+    workflow_id = reply["workflow_id"]
+    assert trust_of(manager, cheat)["disagreed"] >= 1, "the cheat was never caught"
+    rechecked = 0
+    for task in cli_json("status", workflow_id, "--data-dir", str(manager.data_dir))["tasks"]:
+        copies = copies_of(manager, workflow_id, task["name"])
+        standing = [c for c in copies if c["verdict"] in ("agreed", "unchecked")]
+        assert standing, task
+        expected = hashlib.sha256(f"{task['name'][1:]}\n".encode()).hexdigest()
+        assert [ref["sha256"] for ref in standing[0]["outputs"]] == [expected], task
+        rechecked += any(
+            c["volunteer_id"] == cheat.node_id and c["verdict"] == "disagreed" for c in copies
+        )
+    assert rechecked >= 1

@@ -201,3 +201,28 @@ def test_only_a_volunteer_on_probation_hears_of_an_unchecked_result() -> None:
     task = WorkflowTask("t", "t", validation=Validation("t", ADAPTIVE, copies))
     said = {(v.volunteer_id, v.checked) for v in _verdicts(task, copies)}
     assert said == {("newcomer", False), ("checked", True)}
+
+
+def test_an_unchecked_answer_is_checked_after_all_when_reopened() -> None:
+    v = Validation("t", ADAPTIVE)
+    v.start()
+    complete(v, 1, answer=0, trusted=True, spot=False)
+    assert v.accepted == 1
+    decision = v.reopen()
+    assert decision.submit == (2,)
+    assert (v.accepted, v.copies[0].verdict) == (0, Verdict.PENDING)
+    forged_caught = complete(v, 2, answer=1)  # the check disagrees with it
+    assert forged_caught.submit == (3,)
+    settled = complete(v, 3, answer=1)
+    assert settled.accept is not None
+    assert settled.accept.number == 2
+    assert {c.number: c.verdict for c in settled.judged}[1] is Verdict.DISAGREED
+
+
+def test_a_checked_answer_is_not_reopened() -> None:
+    v = Validation("t", QUORUM)
+    v.start()
+    complete(v, 1, answer=0)
+    complete(v, 2, answer=0)
+    assert v.reopen() == Decision()
+    assert v.accepted == 1

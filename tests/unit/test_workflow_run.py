@@ -277,3 +277,25 @@ def test_a_task_that_cannot_start_fails_with_what_depends_on_it() -> None:
     assert first.message == "cannot start: its input is gone"
     assert aside.status is TaskStatus.QUEUED  # taken to run: untouched
     assert not run.finished
+
+
+def test_a_completed_task_reopens_only_while_nothing_read_its_outputs() -> None:
+    run = WorkflowRun.of(
+        "wf",
+        [WorkflowTask("wf.a", "a"), WorkflowTask("wf.b", "b", depends_on=("a",))],
+    )
+    a, b = run.tasks["wf.a"], run.tasks["wf.b"]
+    run.take_ready()
+    run.apply(
+        TaskEvent("wf.a", "wf", EventKind.COMPLETED, at=1.0, result=TaskResult("wf.a", 1, 0, ""))
+    )
+    assert a.status is TaskStatus.COMPLETED
+    assert run.reopen(a, "re-checked")
+    assert (a.status, a.message) == (TaskStatus.RUNNING, "re-checked")
+    assert run.take_ready() == []  # b waits for a again
+    run.apply(
+        TaskEvent("wf.a", "wf", EventKind.COMPLETED, at=2.0, result=TaskResult("wf.a", 2, 0, ""))
+    )
+    assert [t.name for t in run.take_ready()] == ["b"]
+    assert b.status is TaskStatus.QUEUED
+    assert not run.reopen(a, "too late"), "b started: a's outputs were read"
