@@ -534,11 +534,12 @@ class Scheduler:
             return False
         if any(self.tasks[t].spec.replica_of for t in self._assigned.get(volunteer_id, ())):
             return True
-        if task.spec.avoid_volunteers:
-            # A check of another's result: it may take one while its own awaits a verdict,
-            # else a pool of newcomers would each wait on the others' checks.
-            return False
         awaiting = self._awaiting.get(volunteer_id)
+        if awaiting and task.spec.avoid_volunteers and not self._trusted_could_run(task):
+            # A check of another's result that only newcomers can run: it may take one while
+            # its own awaits a verdict, else a pool of newcomers would each wait on the
+            # others' checks. Where a volunteer off probation can, that one checks.
+            return False
         if not awaiting:
             return False
         for task_id, since in list(awaiting.items()):
@@ -547,6 +548,13 @@ class Scheduler:
         if not awaiting:
             del self._awaiting[volunteer_id]
         return bool(awaiting)
+
+    def _trusted_could_run(self, task: ScheduledTask) -> bool:
+        """Whether a connected volunteer off probation could run the task, room aside."""
+        return any(
+            not candidate.probation and self._could_run(task, vid)
+            for vid, candidate in self._candidates.items()
+        )
 
     def _could_run(self, task: ScheduledTask, volunteer_id: str) -> bool:
         """Whether this volunteer could run the task, room aside."""

@@ -276,3 +276,18 @@ def test_newcomers_on_probation_check_each_others_results_without_waiting() -> N
     assert sorted(offers(out)) == sorted(
         (other[vid], f"{task_id}~2", 1) for task_id, vid in ran.items()
     )
+
+
+def test_a_newcomer_awaiting_its_verdict_leaves_checks_to_a_trusted_volunteer() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(replace(volunteer("new", slots=4), probation=True), (), now=0)
+    scheduler.submit(MANAGER, [spec("r1", replica_of="r1")], now=1)
+    scheduler.accepted("new", "r1", 1, now=2)
+    scheduler.finished("new", TaskResult("r1", 1, 0, ""), now=3)  # awaits its verdict
+    scheduler.volunteer_joined(volunteer("a-trusted"), (), now=3)
+    # The newcomer has the most room, yet the check goes to the trusted volunteer.
+    check = replace(spec("o~2", replica_of="o"), avoid_volunteers=("elsewhere",))
+    assert offers(scheduler.submit(MANAGER, [check], now=4)) == [("a-trusted", "o~2", 1)]
+    # A pool of newcomers only: the newcomer checks, though its own result still awaits.
+    out = scheduler.volunteer_left("a-trusted", "stopped", now=5)
+    assert offers(out) == [("new", "o~2", 2)]
