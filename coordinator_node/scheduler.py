@@ -106,6 +106,16 @@ class ScheduledTask:
 
 
 @dataclass(frozen=True, slots=True)
+class Apart:
+    """Whom a copy of a task is kept from: volunteers that ran it or were named to avoid
+    (`ran`), that hold another copy now (`holding`), and the owners of all of them."""
+
+    ran: frozenset[str]
+    holding: frozenset[str]
+    owners: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class EndedTask:
     """All the scheduler keeps of a task that ended: enough to tell a manager resubmitting
     it (same run: ignored) from `--resume` (a later run: a fresh start whose attempt numbers
@@ -502,28 +512,38 @@ class Scheduler:
             self._replicas.setdefault(_group(task), set()).add(task.task_id)
         self._set_state(task, task.state)
 
-    def _kept_apart(self, task: ScheduledTask, volunteer_id: str) -> str | None:
-        """Why this volunteer may not run this copy of a replicated task, or None."""
+    def _apart(self, task: ScheduledTask) -> Apart | None:
+        """Whom a copy of a replicated task is kept from, worked out once per task: dispatch
+        asks it of every volunteer with room. None when nobody is to be avoided."""
         spec = task.spec
         if not spec.replica_of:
             return None
-        if volunteer_id in spec.avoid_volunteers:
-            return "it ran another copy of this task"
-        if volunteer_id in self._ran.get(_group(task), ()):
-            return "it ran another copy of this task"
-        others = {
+        group = _group(task)
+        ran = set(spec.avoid_volunteers) | self._ran.get(group, set())
+        holding = {
             self.tasks[task_id].volunteer_id
-            for task_id in self._replicas.get(_group(task), ())
+            for task_id in self._replicas.get(group, ())
             if task_id != task.task_id
             and self.tasks[task_id].state in (TaskState.OFFERED, TaskState.RUNNING)
         }
-        others |= self._ran.get(_group(task), set())
-        if volunteer_id in others:
+        if not ran and not holding:
+            return None  # a first copy with no sibling out: the common case
+        owners = {self._owners.get(vid, "") for vid in ran | holding} - {""}
+        return Apart(frozenset(ran), frozenset(holding), frozenset(owners))
+
+    def _kept_apart(
+        self, task: ScheduledTask, volunteer_id: str, apart: Apart | None
+    ) -> str | None:
+        """Why this volunteer may not run this copy of a replicated task, or None;
+        `apart` is `_apart(task)`."""
+        if apart is None:
+            return None
+        if volunteer_id in apart.ran:
+            return "it ran another copy of this task"
+        if volunteer_id in apart.holding:
             return "it holds another copy of this task"
         owner = self._owners.get(volunteer_id, "")
-        if owner and owner in {
-            self._owners.get(v, "") for v in others | set(spec.avoid_volunteers)
-        }:
+        if owner in apart.owners:
             return f"its owner ({owner}) has another copy of this task on another machine"
         return None
 
@@ -551,17 +571,18 @@ class Scheduler:
 
     def _trusted_could_run(self, task: ScheduledTask) -> bool:
         """Whether a connected volunteer off probation could run the task, room aside."""
+        apart = self._apart(task)
         return any(
-            not candidate.probation and self._could_run(task, vid)
+            not candidate.probation and self._could_run(task, vid, apart)
             for vid, candidate in self._candidates.items()
         )
 
-    def _could_run(self, task: ScheduledTask, volunteer_id: str) -> bool:
-        """Whether this volunteer could run the task, room aside."""
+    def _could_run(self, task: ScheduledTask, volunteer_id: str, apart: Apart | None) -> bool:
+        """Whether this volunteer could run the task, room aside (`apart`: `_apart(task)`)."""
         return (
             volunteer_id not in task.distrusted
             and unfit_reason(task.spec, self._candidates[volunteer_id]) is None
-            and self._kept_apart(task, volunteer_id) is None
+            and self._kept_apart(task, volunteer_id, apart) is None
         )
 
     def _set_state(self, task: ScheduledTask, state: TaskState) -> None:
@@ -595,17 +616,18 @@ class Scheduler:
         }
         waiting: list[ScheduledTask] = []
         while room and (task := self._queue.pop_front()) is not None:
+            apart = self._apart(task)
             # Those with room first: usually one of them takes it, and the rest of the pool
             # need not be asked.
             ready = [
                 vid
                 for vid in room
                 if now - task.declined_at.get(vid, -math.inf) >= DECLINE_COOLDOWN_SECONDS
-                and self._could_run(task, vid)
+                and self._could_run(task, vid, apart)
                 and not self._held_back(task, vid, now)
             ]
             if not ready:
-                if any(self._could_run(task, vid) for vid in self._candidates):
+                if any(self._could_run(task, vid, apart) for vid in self._candidates):
                     waiting.append(task)
                     if task.spec.replica_of and all(
                         self._held_back(task, vid, now) for vid in room
@@ -668,7 +690,7 @@ class Scheduler:
         unfit = unfit_reason(task.spec, candidate)
         if unfit is not None:
             return unfit
-        apart = self._kept_apart(task, candidate.volunteer_id)
+        apart = self._kept_apart(task, candidate.volunteer_id, self._apart(task))
         return f"{apart} (copies must run on distinct volunteers)" if apart else "?"
 
     @staticmethod
