@@ -424,26 +424,32 @@ class WorkflowManager:
         said so in its note (a log never fails a task)."""
         if not result.logs:
             return result
-        kept: list[FileRef] = []
-        lost: list[FileRef] = []
         try:
             carried = inline.verified(result.logs, result.inline_outputs)
         except inline.InlineBlobError:
             carried = {}
-        for ref in result.logs:
-            if ref.sha256 in carried:
-                await self._blobs.put_bytes(carried[ref.sha256])
-            try:
-                intact = await self._blobs.size(ref.sha256) == ref.size
-            except NotFoundError:
-                intact = False
-            (kept if intact else lost).append(ref)
-        if kept:
+        kept = await self._arrived(result.logs, carried)
+        try:
             await self._blobs.make_durable([ref.sha256 for ref in kept])
-        note = "; ".join(
-            filter(None, [result.log_note, *(f"{ref.name} did not arrive" for ref in lost)])
-        )
+        except OSError as error:
+            log.error("task %s: its logs cannot be kept: %s", result.task_id, error)
+            kept = []
+        lost = [f"{ref.name} did not arrive" for ref in result.logs if ref not in kept]
+        note = "; ".join(filter(None, [result.log_note, *lost]))
         return replace(result, logs=tuple(kept), log_note=note)
+
+    async def _arrived(self, refs: Sequence[FileRef], carried: dict[str, bytes]) -> list[FileRef]:
+        """Those of `refs` that are here whole, once the bytes carried inline are stored
+        (together: the store syncs blobs published at once in one round)."""
+        await asyncio.gather(*(self._blobs.put_bytes(content) for content in carried.values()))
+        intact = []
+        for ref in refs:
+            try:
+                if await self._blobs.size(ref.sha256) == ref.size:
+                    intact.append(ref)
+            except NotFoundError:
+                pass
+        return intact
 
     async def on_event(self, event: TaskEvent) -> None:
         if event.kind is EventKind.DECLINED and event.volunteer_id:
@@ -701,14 +707,9 @@ class WorkflowManager:
         except inline.InlineBlobError as error:
             log.warning("task %s: %s", event.task_id, error)
             return False
-        # Together: the store syncs blobs published at once in one round.
-        await asyncio.gather(*(self._blobs.put_bytes(content) for content in carried.values()))
+        arrived = await self._arrived(event.result.outputs, carried)
         for ref in event.result.outputs:
-            try:
-                intact = await self._blobs.size(ref.sha256) == ref.size
-            except NotFoundError:
-                intact = False
-            if not intact:
+            if ref not in arrived:
                 log.warning("task %s: output %s did not arrive intact", event.task_id, ref.name)
                 return False
         try:
