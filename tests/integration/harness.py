@@ -234,17 +234,19 @@ def start_pool(
 
 @dataclass(frozen=True)
 class SplitPool:
-    """A coordinator, a manager and a volunteer, each a daemon of its own."""
+    """A coordinator, a manager and volunteers, each a daemon of its own."""
 
     manager: Daemon
     # How the manager was started, to start it again at the same address.
     manager_args: list[str]
-    volunteer: Daemon
+    volunteer: Daemon  # the first
+    volunteers: list[Daemon]
+    coordinator_address: str
 
 
-def start_split_pool(daemons: Daemons) -> SplitPool:
-    """Coordinator, manager and volunteer as three daemons on loopback, explicit addresses,
-    in a cluster of their own; returns once the volunteer joined."""
+def start_split_pool(daemons: Daemons, volunteers: int = 1) -> SplitPool:
+    """Coordinator, manager and volunteers as daemons of their own on loopback, explicit
+    addresses, in a cluster of their own; returns once every volunteer joined."""
     common = ["--cluster", unique_cluster(), "--heartbeat", "0.5", "--no-mdns"]
     coordinator = daemons.start(
         "coordinator", "--role", "coordinator", "--listen", "127.0.0.1:0", *common
@@ -253,13 +255,14 @@ def start_split_pool(daemons: Daemons) -> SplitPool:
     manager_args = ["--role", "manager", "--coordinator", coordinator_address, *common]
     manager = daemons.start("manager", *manager_args, "--listen", "127.0.0.1:0")
     manager.address()
-    volunteer = daemons.start(
-        "volunteer", "--role", "volunteer", "--listen", "127.0.0.1:0",
-        "--coordinator", coordinator_address, *common,
-    )  # fmt: skip
-    volunteer.address()
-    wait_until(lambda: volunteer.node_id in list_volunteers(coordinator_address), 15, "join")
-    return SplitPool(manager, manager_args, volunteer)
+    volunteer_args = ["--role", "volunteer", "--listen", "127.0.0.1:0"]
+    volunteer_args += ["--coordinator", coordinator_address, *common]
+    # The first keeps the name "volunteer" (tests read its data dir by it).
+    names = ["volunteer", *(f"volunteer-{i}" for i in range(1, volunteers))]
+    started = [daemons.start(name, *volunteer_args) for name in names]
+    ids = {v.address() and v.node_id for v in started}
+    wait_until(lambda: ids <= set(list_volunteers(coordinator_address)), 15, "join")
+    return SplitPool(manager, manager_args, started[0], started, coordinator_address)
 
 
 def volunteers_by_id(coordinator: Daemon) -> dict[str, dict[str, Any]]:

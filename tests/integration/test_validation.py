@@ -20,6 +20,7 @@ from tests.integration.harness import (
     cli_json,
     list_volunteers,
     run_cli,
+    start_split_pool,
     unique_cluster,
     wait_until,
 )
@@ -204,19 +205,9 @@ def test_copies_and_verdicts_survive_a_manager_restart_and_count_once(
     """The manager is killed while copies run and started again at its address: every task
     still ends with two agreeing copies, and the coordinator counted each verdict once
     (the restarted manager reports them all again)."""
-    common = ["--cluster", unique_cluster(), "--heartbeat", "0.5", "--no-mdns"]
-    coordinator = daemons.start(
-        "coordinator", "--role", "coordinator", "--listen", "127.0.0.1:0", *common
-    )
-    coordinator_address = coordinator.address()
-    manager_args = ["--role", "manager", "--coordinator", coordinator_address, *common]
-    manager = daemons.start("manager", *manager_args, "--listen", "127.0.0.1:0")
-    manager_address = manager.address()
-    volunteer_args = ["--role", "volunteer", "--listen", "127.0.0.1:0"]
-    volunteer_args += ["--coordinator", coordinator_address, *common]
-    volunteers = [daemons.start(f"volunteer-{i}", *volunteer_args) for i in range(2)]
-    ids = {v.address() and v.node_id for v in volunteers}
-    wait_until(lambda: ids <= set(list_volunteers(coordinator_address)), 20, "the volunteers")
+    pool = start_split_pool(daemons, volunteers=2)
+    manager, manager_args = pool.manager, pool.manager_args
+    coordinator_address, manager_address = pool.coordinator_address, manager.address()
     tasks = "".join(
         f'\n[[tasks]]\nname = "t{n}"\n'
         f'command = ["sh", "-c", "sleep 2; echo {n} > /output/out.txt"]\noutputs = ["out.txt"]\n'
