@@ -233,8 +233,10 @@ class Validation:
             copy.state = CopyState.CANCELLED
 
     def unschedulable(self, number: int) -> Decision:
-        """No volunteer online can run this copy apart from the others. Adaptive lets the
-        first answer stand, unverified; quorum waits (the workflow shows why)."""
+        """No volunteer online can run this copy apart from the others. Adaptive lets a
+        lone answer stand, unverified, and fails a task whose copies disagree (nobody is left
+        to settle it: waiting would be for ever in a small pool); quorum waits (the workflow
+        shows why)."""
         copy = self.copy(number)
         if (
             self.decided
@@ -245,7 +247,16 @@ class Validation:
         ):
             return Decision()
         answers = self.answers()
-        if len(answers) != 1:
+        if len(answers) > 1:
+            copy.state = CopyState.CANCELLED
+            self.failed = True
+            self.outcome = (
+                f"{self._no_quorum([c for c in self.copies if c.state is CopyState.COMPLETED])}"
+                "; no other volunteer online can run another copy. If this task's outputs "
+                'differ from run to run (timestamps, randomness), give it validation = "none"'
+            )
+            return Decision(fail=self.outcome, cancel=(number,))
+        if not answers:
             return Decision()
         copy.state = CopyState.CANCELLED
         only = answers[0]
@@ -316,6 +327,6 @@ class Validation:
         failures = sum(c.state is CopyState.FAILED for c in self.copies)
         tail = f"; {failures} failed" if failures else ""
         return (
-            f"no quorum: {self.policy.quorum} agreeing copies needed, {len(self.copies)} "
-            f"ran ({listed}{tail})"
+            f"no quorum: {self.policy.quorum} agreeing copies needed, "
+            f"{len(completed) + failures} ran ({listed}{tail})"
         )

@@ -226,3 +226,15 @@ def test_a_checked_answer_is_not_reopened() -> None:
     complete(v, 2, answer=0)
     assert v.reopen() == Decision()
     assert v.accepted == 1
+
+
+def test_adaptive_fails_a_disagreement_nobody_is_left_to_settle_and_says_why() -> None:
+    v = Validation("t", ADAPTIVE)
+    v.start()
+    complete(v, 1, answer=0, trusted=True, spot=True)
+    assert complete(v, 2, answer=1).submit == (3,)  # a third copy would settle it ...
+    decision = v.unschedulable(3)  # ... but no other volunteer can run it
+    assert decision.cancel == (3,)
+    assert decision.fail.startswith("no quorum: 2 agreeing copies needed, 2 ran")
+    assert 'give it validation = "none"' in decision.fail
+    assert v.failed
