@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable
 
 from benchmarks import (
+    dashboard,
     discovery,
     idle,
     scheduler,
@@ -35,6 +36,9 @@ BENCHMARKS: dict[str, Callable[[], list[Figure]]] = {
     "cheater_caught_tasks": validation.run_cheater,
     "cheater_vouched_tasks": validation.run_cheater,
     "cheater_vouched_forged_accepted": validation.run_cheater,
+    "dashboard_update_latency": dashboard.run,
+    "dashboard_update_latency_p90": dashboard.run,
+    "dashboard_update_ratio": dashboard.run,
 }
 
 

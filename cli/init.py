@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli.docs import topics
 from daemon.errors import InvalidInputError, NodeError
 from daemon.toml_values import toml_key, toml_value
 from splitters.api import Directory, Parameter, Splitter
@@ -80,8 +81,10 @@ def render(type_name: str, file_name: str = "workflow.toml") -> str:
         return EXPLICIT_EXAMPLE.format(file=file_name)
     splitter: Splitter = get_splitter(type_name)
     example: dict[str, Any] = dict(getattr(splitter, "example", {}) or {})
-    lines = [
-        f"# {splitter.description}",
+    lines = [f"# {splitter.description}"]
+    if type_name in topics():
+        lines.append(f"# Read first: vcnode docs {type_name}")
+    lines += [
         f"# Check it:  node validate {file_name}",
         f"# Run it:    node submit {file_name} --wait   (change a value: --set key=value)",
         "",

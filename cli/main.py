@@ -21,6 +21,7 @@ from cli.locate import Target, browse, locate
 from cli.rpc import connected
 from daemon import config as config_module
 from daemon.errors import NodeError
+from daemon.log_format import JsonLogFormatter
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
 from daemon.transport import convert
 from daemon.transport.channels import Dial
@@ -110,6 +111,17 @@ def _add_daemon_parser(commands: Any) -> None:
     )
     parser.add_argument("--config", metavar="FILE", type=Path, help="a TOML config file")
     parser.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
+    parser.add_argument(
+        "--log-format",
+        metavar="FORMAT",
+        help="text (default), or json: one object per line (time, level, logger, message)",
+    )
+    parser.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve the web dashboard and Prometheus /metrics here (off by default); "
+        "`vcnode dashboard` prints a login link",
+    )
     limits = parser.add_argument_group("owner's limits (volunteer)")
     limits.add_argument("--max-cpus", dest="limits.max_cpus", metavar="N")
     limits.add_argument("--max-memory-mb", dest="limits.max_memory_mb", metavar="MB")
@@ -157,6 +169,15 @@ def _keep_numpy_out() -> None:
     sys.modules.setdefault("numpy", None)  # type: ignore[arg-type]
 
 
+def configure_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
 def _run_daemon(args: argparse.Namespace) -> int:
     config, sources = _resolve_config(args)
     if args.print_config:
@@ -164,11 +185,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
         return 0
     if "manager" not in config.roles:
         _keep_numpy_out()
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(config.log_level, config.log_format)
     from daemon.app import Node  # the daemon's imports (zeroconf, roles) only for it
 
     node = Node(config)
@@ -408,6 +425,17 @@ def _add_trust_parsers(commands: Any) -> None:
 
 def _add_client_parsers(commands: Any) -> None:
     _add_trust_parsers(commands)
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="a login link into a node's web dashboard (a node started with --http)",
+    )
+    dashboard.add_argument(
+        "--scrape-token",
+        action="store_true",
+        help="print a 90-day bearer token for Prometheus to scrape /metrics instead",
+    )
+    _add_target_arguments(dashboard, None)
+    dashboard.set_defaults(handler=_on_target(_lazy("dashboard", "open_dashboard")))
     status = commands.add_parser(
         "status", help="this node and the peers it sees, or a workflow's progress"
     )
@@ -528,11 +556,36 @@ def _add_workflow_parsers(commands: Any) -> None:
     results.set_defaults(handler=_on_target(_lazy("workflows", "results")))
 
     logs = commands.add_parser(
-        "logs", help="what a task wrote to stdout (or --stderr) in its last attempt"
+        "logs",
+        help="what a task wrote to stdout (or --stderr): in its last attempt, in another "
+        "(--attempt N), or as it runs (-f)",
     )
     logs.add_argument("workflow", help="the workflow id")
-    logs.add_argument("task", help="the task's name (or id)")
+    logs.add_argument(
+        "task",
+        nargs="?",
+        default="",
+        help="the task's name or id (optional when the workflow has one task); copy N of a "
+        "replicated task is TASK~N, as `vcnode status WF --task TASK` lists them",
+    )
     logs.add_argument("--stderr", action="store_true", help="its stderr instead of stdout")
+    logs.add_argument(
+        "--attempt",
+        type=int,
+        metavar="N",
+        help="attempt N's log, as status numbers attempts (each copy TASK~N has attempts of "
+        "its own; TASK alone is its first copy). Default: the result that stands (a "
+        "replicated task's: its accepted copy's), else the latest attempt that ended",
+    )
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="print what the running task wrote so far, then what it writes, until it ends "
+        "(exit 0 only if it completed); a task not started is waited for, an ended one's log "
+        "printed. TASK of a replicated task follows its first copy until the task ends; "
+        "TASK~N follows copy N until that copy ends",
+    )
     _add_target_arguments(logs, "manager")
     logs.set_defaults(handler=_on_target(_lazy("workflows", "logs")))
 
@@ -561,6 +614,9 @@ def _add_workflow_parsers(commands: Any) -> None:
     )
     init.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     init.set_defaults(handler=_lazy("init", "init"))
+    docs = commands.add_parser("docs", help="read the guides shipped with vcnode (no network)")
+    docs.add_argument("topic", nargs="?", metavar="TOPIC", help="default: list the topics")
+    docs.set_defaults(handler=_lazy("docs", "docs"))
 
     listing = commands.add_parser("workflows", help="the manager's workflows")
     _add_target_arguments(listing, "manager")

@@ -186,7 +186,9 @@ def eta_seconds(
     if counts.completed and elapsed > 0:
         return remaining / (counts.completed / elapsed), False
     if estimated_per_task > 0:
-        waves = math.ceil(remaining / max(counts.running, 1))
+        # Tasks run this many at a time; before any starts, those fetched are the best
+        # guess (they include the ones held ahead of a slot, so it errs on the short side).
+        waves = math.ceil(remaining / max(counts.running or counts.fetching, 1))
         return max(0.0, waves * estimated_per_task - elapsed), True
     return None
 
@@ -196,6 +198,7 @@ class ProgressBar:
     log, a pipe), a line when the counts change, every PIPE_SECONDS at most, and the last."""
 
     WIDTH = 20
+    MIN_WIDTH = 6
     PIPE_SECONDS = 5.0
 
     def __init__(self, stream: TextIO, estimated_seconds_per_task: float = 0.0) -> None:
@@ -215,17 +218,23 @@ class ProgressBar:
             eta = "ETA --"
         else:
             eta = f"ETA ~{left[0]:.0f}s" if left[1] else f"ETA {left[0]:.0f}s"
-        text = (
+        counted = (
             f"{counts.completed}/{counts.total} done, {counts.running} run, "
-            f"{counts.failed} failed, "
+            + (f"{counts.fetching} fetch, " if counts.fetching else "")
+            + f"{counts.failed} failed, "
             + (f"{counts.skipped} skipped, " if counts.skipped else "")
-            + f"{counts.queued} wait | {rate:.1f}/s | {eta}"
-            + (f" | {note}" if note else "")
+            + f"{counts.queued} wait"
         )
+        tail = f" | {eta}" + (f" | {note}" if note else "")
+        text = f"{counted} | {rate:.1f}/s{tail}"
         width = self.WIDTH
-        if self._tty:  # the bar gives way first, down to 8, so the counts stay whole
+        if self._tty:
+            # The bar gives way first, down to MIN_WIDTH, then the rate (the ETA says it
+            # too), so that the counts and the ETA stay whole.
             columns = shutil.get_terminal_size().columns - 1
-            width = max(8, min(self.WIDTH, columns - len(text) - 3))
+            if len(text) + 3 + self.MIN_WIDTH > columns:
+                text = counted + tail
+            width = max(self.MIN_WIDTH, min(self.WIDTH, columns - len(text) - 3))
         line = f"[{_bar(counts, width)}] {text}"
         # Off a terminal, a new line only when the counts change, not the rate.
         key = line if self._tty else line.split(" | ")[0] + note
@@ -258,10 +267,13 @@ class ProgressBar:
 
 
 def _bar(counts: WorkflowCounts, width: int) -> str:
-    """Completed tasks fill it with #, failed and cancelled ones with x: ended, not done."""
+    """Completed tasks fill it with #, failed and cancelled ones with x (ended, not done),
+    running ones with >, those a volunteer fetches (or holds for a slot) with -."""
     total = max(counts.total, 1)
     bar = "#" * round(width * counts.completed / total)
     bar += "x" * round(width * (counts.failed + counts.skipped + counts.cancelled) / total)
+    bar += ">" * round(width * counts.running / total)
+    bar += "-" * round(width * counts.fetching / total)
     return bar[:width] + "." * (width - len(bar))
 
 
@@ -327,6 +339,7 @@ def _status_json(status: WorkflowStatus) -> dict[str, Any]:
         "counts": {
             "queued": status.counts.queued,
             "running": status.counts.running,
+            "fetching": status.counts.fetching,
             "completed": status.counts.completed,
             "failed": status.counts.failed,
             "skipped": status.counts.skipped,
@@ -364,7 +377,7 @@ def _status_json(status: WorkflowStatus) -> dict[str, Any]:
 
 # Tasks a status lists at most unless asked for all: those needing attention come first.
 TASK_ROWS = 40
-_INTEREST = {"failed": 0, "running": 1, "skipped": 2, "cancelled": 3}
+_INTEREST = {"failed": 0, "running": 1, "fetching": 2, "skipped": 3, "cancelled": 4}
 
 
 def task_rows(status: WorkflowStatus, everything: bool) -> tuple[list[list[str]], Counter[str]]:
@@ -435,9 +448,8 @@ def _print_outcome(status: WorkflowStatus, everything: bool = False) -> None:
     counts = status.counts
     print(
         f"tasks     {counts.completed} completed, {counts.running} running, "
-        f"{counts.failed} failed, {counts.skipped} skipped, {counts.queued} queued, "
-        f"{counts.cancelled} cancelled "
-        f"of {counts.total}"
+        f"{counts.fetching} fetching, {counts.failed} failed, {counts.skipped} skipped, "
+        f"{counts.queued} queued, {counts.cancelled} cancelled of {counts.total}"
     )
     if status.extra_copies:
         print(f"checks    {validation_cost(status)}")
@@ -576,9 +588,22 @@ async def results(peer: Dial, args: argparse.Namespace) -> int:
 
 async def logs(peer: Dial, args: argparse.Namespace) -> int:
     stream = "stderr" if args.stderr else "stdout"
+    if args.follow:
+        if args.attempt is not None:
+            raise InvalidInputError(
+                "--follow follows the attempt that runs and --attempt N shows one that ended: "
+                "give one of them"
+            )
+        if args.json:
+            raise InvalidInputError("--json does not go with --follow: the log is printed raw")
+        return await _follow_log(peer, args.workflow, args.task, stream)
+    if args.attempt is not None and args.attempt < 1:
+        raise InvalidInputError(f"--attempt counts from 1, not {args.attempt}")
     async with manager_at(peer) as manager:
         reply = await manager.GetTaskLog(
-            manager_pb2.GetTaskLogRequest(workflow_id=args.workflow, task=args.task, stream=stream),
+            manager_pb2.GetTaskLogRequest(
+                workflow_id=args.workflow, task=args.task, stream=stream, attempt=args.attempt or 0
+            ),
             timeout=CALL_TIMEOUT_SECONDS,
         )
     if args.json:
@@ -590,14 +615,59 @@ async def logs(peer: Dial, args: argparse.Namespace) -> int:
                 "stream": stream,
                 "content": reply.content.decode("utf-8", "replace"),
                 "note": reply.note,
+                "attempt": reply.attempt,
+                "attempts": list(reply.attempts),
             }
         )
         return 0
     sys.stdout.buffer.write(reply.content)
     sys.stdout.flush()
+    if len(reply.attempts) > 1:
+        kept = ", ".join(map(str, reply.attempts))
+        print(
+            f"({reply.name}: attempt {reply.attempt}; --attempt N shows another of {kept})",
+            file=sys.stderr,
+        )
     if reply.note:
         print(f"({reply.name}: {reply.note})", file=sys.stderr)
     return 0
+
+
+async def _follow_log(peer: Dial, workflow_id: str, task: str, stream: str) -> int:
+    """Prints the log as it comes (notes to stderr); the exit says how the task ended."""
+    end: manager_pb2.TaskLogEnd | None = None
+    attempts = 0
+    async with manager_at(peer) as manager:
+        request = manager_pb2.FollowTaskLogRequest(
+            workflow_id=workflow_id, task=task, stream=stream
+        )
+        async for piece in manager.FollowTaskLog(request):
+            kind = piece.WhichOneof("kind")
+            if kind == "data":
+                sys.stdout.buffer.write(piece.data)
+                sys.stdout.flush()
+            elif kind == "attempt":
+                attempts += 1
+                if attempts > 1:  # the first needs no saying
+                    on = piece.attempt.volunteer_id[:12]
+                    print(
+                        f"(attempt {piece.attempt.attempt}" + (f" on {on})" if on else ")"),
+                        file=sys.stderr,
+                    )
+            elif kind == "skipped":
+                print(f"({piece.skipped} bytes not shown: written too fast)", file=sys.stderr)
+            elif kind == "note":
+                print(f"({piece.note})", file=sys.stderr)
+            elif kind == "end":
+                end = piece.end
+    if end is None:
+        raise NodeError(
+            f"the manager stopped before the task ended: `vcnode logs {workflow_id} "
+            f"{task} -f` follows it again"
+        )
+    said = f": {end.error}" if end.error and end.state != "completed" else ""
+    print(f"({end.name} {end.state}{said})", file=sys.stderr)
+    return 0 if end.state == "completed" else 1
 
 
 def result_path(name: str) -> Path:

@@ -92,6 +92,9 @@ class Pool:
         # reach the store in the order the changes happened.
         self._lock = asyncio.Lock()
         self._maintenance: asyncio.Task[None] | None = None
+        # Told every task event as it is published (the dashboard's live view and metrics);
+        # a listener must not block.
+        self.listeners: list[Callable[[TaskEvent], None]] = []
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -208,6 +211,9 @@ class Pool:
                     self._scheduler.volunteer_disconnected(volunteer.volunteer_id, now)
                 )
 
+    def waiting_tasks(self) -> int:
+        return self._scheduler.waiting()
+
     def volunteers(self) -> list[Volunteer]:
         return [
             replace(volunteer, trust=self._trust.get(volunteer.volunteer_id))
@@ -274,10 +280,21 @@ class Pool:
 
     # --- what volunteers report -----------------------------------------------------------
 
-    async def accepted(self, session: PoolSession, task_id: str, attempt: int) -> None:
+    async def accepted(
+        self, session: PoolSession, task_id: str, attempt: int, says_started: bool = False
+    ) -> None:
+        vid = session.token.volunteer_id
         await self._stimulus(
             session,
-            lambda now: self._scheduler.accepted(session.token.volunteer_id, task_id, attempt, now),
+            lambda now: self._scheduler.accepted(
+                vid, task_id, attempt, now, says_started=says_started
+            ),
+        )
+
+    async def started(self, session: PoolSession, task_id: str, attempt: int) -> None:
+        vid = session.token.volunteer_id
+        await self._stimulus(
+            session, lambda now: self._scheduler.started(vid, task_id, attempt, now)
         )
 
     async def declined(self, session: PoolSession, task_id: str, attempt: int, reason: str) -> None:
@@ -327,16 +344,18 @@ class Pool:
         )
 
     async def watch(
-        self, manager_id: str, workflow_id: str, after_sequence: int
+        self, manager_id: str, workflow_id: str, after_sequence: int, knows_fetching: bool = True
     ) -> AsyncIterator[TaskEvent]:
         """Stored events after `after_sequence`, then live ones, with no gap and no repeat.
-        Raises AccessDeniedError when its manager is revoked meanwhile."""
+        Raises AccessDeniedError when its manager is revoked meanwhile. A manager that does
+        not know `fetching` hears `running` instead: it skips kinds it does not know, and
+        would refuse the volunteer the task's inputs."""
         queue: asyncio.Queue[TaskEvent | None] = asyncio.Queue()
         self._watchers.setdefault(manager_id, set()).add(queue)
         try:
             last = after_sequence
             for stored in await self._store.task_events(manager_id, workflow_id, after_sequence):
-                yield stored
+                yield stored if knows_fetching else _without_fetching(stored)
                 last = stored.sequence
             while True:
                 event = await queue.get()
@@ -344,7 +363,7 @@ class Pool:
                     raise AccessDeniedError(f"manager {manager_id} was revoked from this cluster")
                 if event.sequence <= last or workflow_id not in ("", event.workflow_id):
                     continue
-                yield event
+                yield event if knows_fetching else _without_fetching(event)
                 last = event.sequence
         finally:
             self._watchers[manager_id].discard(queue)
@@ -373,6 +392,8 @@ class Pool:
         ):
             for queue in self._watchers.get(instruction.manager_id, ()):
                 queue.put_nowait(event)
+            for listener in self.listeners:
+                listener(event)
         for instruction in instructions:
             if isinstance(instruction, SendOffer | SendCancel):
                 session = self._sessions.get(instruction.volunteer_id)
@@ -423,3 +444,10 @@ class Pool:
             session.close()
         if self._maintenance is not None:
             await self._supervisor.cancel(self._maintenance)
+
+
+def _without_fetching(event: TaskEvent) -> TaskEvent:
+    """The event as a manager that predates `fetching` knew it: acceptance is `running`."""
+    if event.kind is EventKind.FETCHING:
+        return replace(event, kind=EventKind.RUNNING)
+    return event

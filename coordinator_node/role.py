@@ -17,6 +17,7 @@ from daemon.roles import RoleContext
 from daemon.rpc.v1 import coordinator_pb2_grpc, trust_pb2_grpc
 from daemon.supervision import Supervisor
 from daemon.trust.bootstrap import admin_identity
+from daemon.web.site import WebSite
 
 
 class CoordinatorRole:
@@ -50,6 +51,11 @@ class CoordinatorRole:
             TrustServicer(self.membership, self._join_addresses, self.pool.expel),
             server,
         )
+
+    def web(self, site: WebSite) -> None:
+        from coordinator_node.dashboard import CoordinatorDashboard  # only with --http
+
+        CoordinatorDashboard(self.pool).attach(site)
 
     async def open(self) -> None:
         await self._membership_store.open()

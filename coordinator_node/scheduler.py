@@ -14,6 +14,10 @@ Rules:
   have room (see benchmarks/scheduler.py).
 - Every offer has a number (`attempt`). Answers and results carry it, so anything about an
   older attempt (a late result from a volunteer we gave up on) is ignored, never counted.
+- An accepted task is `fetching` (inputs and image on their way, or fetched ahead and
+  waiting for a slot) until its volunteer says it started, then `running`; an older
+  volunteer never says so, and its task is `running` from acceptance. Both are held: room,
+  leases, cancels, retries and a lost volunteer treat them alike.
 - A volunteer that is lost takes its tasks back to the queue; after `max_attempts` offers a
   task fails. A task that fails by itself is run again `retries` times, then fails.
 - Copies of one task (validation by replication: `TaskSpec.replica_of`) run on distinct
@@ -50,6 +54,7 @@ DEFAULT_MAX_ATTEMPTS = 5
 # A volunteer that declined a task is not asked about it again for this long.
 DECLINE_COOLDOWN_SECONDS = 30.0
 _ENDED = {TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED}
+_HELD = (TaskState.FETCHING, TaskState.RUNNING)
 # How long a volunteer on probation waits for the verdict on its last result at most.
 PROBATION_PATIENCE_SECONDS = 60.0
 # Added to the order of copies checking another's result: ahead of every first copy.
@@ -232,7 +237,7 @@ class Scheduler:
                 task.state = TaskState.QUEUED
                 task.volunteer_id = ""
             self._track(task)
-            if task.state is TaskState.RUNNING:
+            if task.state.held:
                 self._assigned.setdefault(task.volunteer_id, set()).add(task.spec.task_id)
 
     def submit(self, manager_id: str, specs: Iterable[TaskSpec], now: float) -> list[Instruction]:
@@ -333,12 +338,37 @@ class Scheduler:
         return out + self._dispatch(now)
 
     def accepted(
-        self, volunteer_id: str, task_id: str, attempt: int, now: float
+        self,
+        volunteer_id: str,
+        task_id: str,
+        attempt: int,
+        now: float,
+        *,
+        says_started: bool = False,
     ) -> list[Instruction]:
+        """`says_started`: the volunteer will say when the task starts (`started`); an older
+        one does not, and its task runs, as far as anyone can tell, from now."""
         task = self.tasks.get(task_id)
         if not self._is_current(task, volunteer_id, attempt, TaskState.OFFERED):
             # We no longer want this volunteer to run it (offer timed out, cancelled, ...).
             return [SendCancel(volunteer_id, task_id, "the offer is no longer valid")]
+        assert task is not None
+        state, kind = (
+            (TaskState.FETCHING, EventKind.FETCHING)
+            if says_started
+            else (TaskState.RUNNING, EventKind.RUNNING)
+        )
+        self._set_state(task, state)
+        return [SaveTask(task), self._event(task, kind, now)]
+
+    def started(
+        self, volunteer_id: str, task_id: str, attempt: int, now: float
+    ) -> list[Instruction]:
+        """The task's container started on its volunteer: it runs now. Word of an attempt
+        that is over, or said twice, changes nothing."""
+        task = self.tasks.get(task_id)
+        if not self._is_current(task, volunteer_id, attempt, TaskState.FETCHING):
+            return []
         assert task is not None
         self._set_state(task, TaskState.RUNNING)
         return [SaveTask(task), self._event(task, EventKind.RUNNING, now)]
@@ -363,14 +393,15 @@ class Scheduler:
         self, volunteer_id: str, task_id: str, attempt: int, percent: float, now: float
     ) -> list[Instruction]:
         task = self.tasks.get(task_id)
-        if not self._is_current(task, volunteer_id, attempt, TaskState.RUNNING):
+        if not self._is_current(task, volunteer_id, attempt, *_HELD):
             return []
         assert task is not None
         return [self._event(task, EventKind.PROGRESS, now, percent=percent)]
 
     def finished(self, volunteer_id: str, result: TaskResult, now: float) -> list[Instruction]:
         task = self.tasks.get(result.task_id)
-        if not self._is_current(task, volunteer_id, result.attempt, TaskState.RUNNING):
+        # A task may end while still fetching (an input that cannot be had).
+        if not self._is_current(task, volunteer_id, result.attempt, *_HELD):
             return []  # late or duplicate: the attempt it belongs to is over
         assert task is not None
         problem = outputs_problem(task.spec.outputs, [ref.name for ref in result.outputs])
@@ -395,7 +426,11 @@ class Scheduler:
             if task.failures <= task.spec.retries:
                 self._set_state(task, TaskState.QUEUED)
                 message = f"{result.error}; retry {task.failures} of {task.spec.retries}"
-                out = [SaveTask(task), self._event(task, EventKind.REQUEUED, now, message=message)]
+                # With its result: the manager keeps every attempt's logs (`logs --attempt`).
+                requeued = self._event(
+                    task, EventKind.REQUEUED, now, message=message, result=result
+                )
+                out = [SaveTask(task), requeued]
             else:
                 self._set_state(task, TaskState.FAILED)
                 task.error = result.error
@@ -441,7 +476,7 @@ class Scheduler:
     ) -> list[Instruction]:
         out: list[Instruction] = []
         for task in tasks:
-            if task.state in (TaskState.OFFERED, TaskState.RUNNING):
+            if task.state in (TaskState.OFFERED, *_HELD):
                 out.append(SendCancel(task.volunteer_id, task.spec.task_id, reason))
                 self._release(task)
             self._set_state(task, TaskState.CANCELLED)
@@ -467,6 +502,10 @@ class Scheduler:
     def running_on(self, volunteer_id: str) -> set[str]:
         return set(self._assigned.get(volunteer_id, set()))
 
+    def waiting(self) -> int:
+        """Tasks queued for a volunteer (those no connected volunteer can run included)."""
+        return len(self._queue) + len(self._parked)
+
     def state_of(self, task_id: str) -> TaskState | None:
         """The task's state, ended or not; None for a task never submitted here."""
         task = self.tasks.get(task_id)
@@ -478,11 +517,11 @@ class Scheduler:
     # --- internals ------------------------------------------------------------------------
 
     def _is_current(
-        self, task: ScheduledTask | None, volunteer_id: str, attempt: int, state: TaskState
+        self, task: ScheduledTask | None, volunteer_id: str, attempt: int, *states: TaskState
     ) -> bool:
         return (
             task is not None
-            and task.state is state
+            and task.state in states
             and task.volunteer_id == volunteer_id
             and task.attempt == attempt
         )
@@ -523,8 +562,7 @@ class Scheduler:
         holding = {
             self.tasks[task_id].volunteer_id
             for task_id in self._replicas.get(group, ())
-            if task_id != task.task_id
-            and self.tasks[task_id].state in (TaskState.OFFERED, TaskState.RUNNING)
+            if task_id != task.task_id and self.tasks[task_id].state in (TaskState.OFFERED, *_HELD)
         }
         if not ran and not holding:
             return None  # a first copy with no sibling out: the common case

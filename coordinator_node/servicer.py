@@ -115,7 +115,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         if kind == "heartbeat":
             await self._pool.heartbeat(session, convert.load_from_proto(message.heartbeat.load))
         elif kind == "accept":
-            await self._pool.accepted(session, message.accept.task_id, message.accept.attempt)
+            accept = message.accept
+            await self._pool.accepted(session, accept.task_id, accept.attempt, accept.says_started)
+        elif kind == "started":
+            await self._pool.started(session, message.started.task_id, message.started.attempt)
         elif kind == "decline":
             decline = message.decline
             await self._pool.declined(session, decline.task_id, decline.attempt, decline.reason)
@@ -192,7 +195,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         ],
     ) -> AsyncIterator[coordinator_pb2.TaskEvent]:
         await self._require_own(request.manager_id, context)
-        events = self._pool.watch(request.manager_id, request.workflow_id, request.after_sequence)
+        events = self._pool.watch(
+            request.manager_id, request.workflow_id, request.after_sequence, request.knows_fetching
+        )
         try:
             async for event in events:
                 yield convert.task_event_to_proto(event)

@@ -13,8 +13,9 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
 
-from daemon.config import JOIN_PORT, PROTOCOL_VERSION, NodeConfig
+from daemon.config import JOIN_PORT, PROTOCOL_VERSION, NodeConfig, split_host_port
 from daemon.datadir import DataDir
 from daemon.discovery.browsing import listening
 from daemon.discovery.directory import PeerDirectory
@@ -35,6 +36,11 @@ from daemon.transport.operations import Operations
 from daemon.trust.bootstrap import establish
 from daemon.trust.renewal import Renewal
 from daemon.version import VERSION
+from daemon.web.sessions import DashboardDoor, LoginCodes, SessionSigner
+from daemon.web.site import WebSite
+
+if TYPE_CHECKING:
+    from daemon.web.server import DashboardServer
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +120,35 @@ class Node:
 
         return find
 
+    async def _serve_dashboard(
+        self,
+        door: DashboardDoor,
+        roles: list[Role],
+        identity: NodeIdentity,
+        policy: AccessPolicy,
+    ) -> DashboardServer:
+        from daemon.web.server import DashboardServer  # aiohttp and prometheus: --http only
+
+        site = WebSite(f"{identity.hostname} ({', '.join(identity.roles)})", identity.roles)
+        for role in roles:
+            role.web(site)
+        server = DashboardServer(site, policy, door.signer, door.codes)
+        address = self.config.http or ""
+        host, port = split_host_port(address, "http")
+        try:
+            door.port = await server.start(host, port)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot serve the dashboard on {address} ({error.strerror}): the port is taken "
+                "or the address is not this machine's; pass --http HOST:PORT with a free port "
+                "(0 picks one)"
+            ) from None
+        log.info(
+            "dashboard and /metrics at http://%s (`vcnode dashboard` prints a login link)",
+            connectable_address(host, door.port),
+        )
+        return server
+
     async def run(self) -> None:
         """Serves until asked to stop; raises the NodeError that stopped it, if any."""
         config = self.config
@@ -170,6 +205,15 @@ class Node:
                 join_addresses,
             )
             roles: list[Role] = [create_role(name, context) for name in identity.roles]
+            door = (
+                DashboardDoor(
+                    SessionSigner.for_data_dir(data_dir.path),
+                    LoginCodes(),
+                    split_host_port(config.http, "http")[0],
+                )
+                if config.http
+                else None
+            )
             node_pb2_grpc.add_NodeServiceServicer_to_server(
                 NodeServicer(
                     identity,
@@ -179,6 +223,7 @@ class Node:
                     resources=lambda: measure_resources(data_dir.path),
                     directory=directory,
                     board=context.board,
+                    dashboard=door,
                 ),
                 server,
             )
@@ -193,10 +238,15 @@ class Node:
                 await role.open()
                 stack.push_async_callback(role.close)
 
+            # The dashboard listens before anyone learns the node's address, so a login link
+            # (NodeService.OpenDashboard) never names a port not bound yet.
+            dashboard = await self._serve_dashboard(door, roles, identity, policy) if door else None
             await server.start()
             stack.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
             for role in roles:
                 stack.push_async_callback(role.stop)
+            if dashboard is not None:
+                stack.push_async_callback(dashboard.stop)  # its streams end before the roles
             data_dir.write_address(self.address, identity.roles)
 
             if directory is not None:

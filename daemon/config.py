@@ -28,6 +28,7 @@ COORDINATOR_PORT = 7450
 JOIN_PORT = 7449
 MANAGER_PORT = 7451
 ENV_PREFIX = "VCNODE_"
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class NodeConfig:
     join_listen: str | None = None
     limits: OwnerLimits = field(default_factory=OwnerLimits)
     log_level: str = "INFO"
+    # text, or json: one object per line for log shippers.
+    log_format: str = "text"
+    # Where the web dashboard and /metrics listen; None keeps them off (and unimported).
+    http: str | None = None
 
     @property
     def listen_host(self) -> str:
@@ -188,6 +193,13 @@ def _parse_token(value: Any) -> str:
     return text
 
 
+def _parse_log_format(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in LOG_FORMATS:
+        raise ValueError(f"expected {' or '.join(LOG_FORMATS)}, got {value!r}")
+    return text
+
+
 def _parse_log_level(value: Any) -> str:
     text = str(value).strip().upper()
     if text not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -208,6 +220,8 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "mdns_interfaces": _parse_interfaces,
     "heartbeat_seconds": _parse_positive_float,
     "log_level": _parse_log_level,
+    "log_format": _parse_log_format,
+    "http": _parse_address,
     "token": _parse_token,
     "join_listen": _parse_address,
 }

@@ -217,6 +217,9 @@ class TaskResult:
 class TaskState(StrEnum):
     QUEUED = "queued"
     OFFERED = "offered"
+    # Accepted: its volunteer fetches its inputs (and image), or holds it fetched ahead
+    # until a slot frees.
+    FETCHING = "fetching"
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -225,6 +228,12 @@ class TaskState(StrEnum):
     @property
     def finished(self) -> bool:
         return self in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)
+
+    @property
+    def held(self) -> bool:
+        """Accepted by a volunteer and not ended: it counts against that volunteer's room,
+        and a lease, a cancel or the volunteer's loss concerns it, fetching or running."""
+        return self in (TaskState.FETCHING, TaskState.RUNNING)
 
 
 class EventKind(StrEnum):
@@ -236,7 +245,10 @@ class EventKind(StrEnum):
     DECLINED = "declined"
     REQUEUED = "requeued"  # its volunteer was lost, or it failed with retries left
     UNSCHEDULABLE = "unschedulable"  # no online volunteer can hold it
-    RUNNING = "running"
+    # Accepted: inputs and image on their way, or fetched ahead and waiting for a slot.
+    # An older volunteer never says when its task starts: its acceptance is `running`.
+    FETCHING = "fetching"
+    RUNNING = "running"  # its container (or process) started
     PROGRESS = "progress"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -270,12 +282,15 @@ class WorkflowCounts:
     for their dependencies as queued; skipped ones (a dependency did not complete) apart."""
 
     queued: int = 0
+    # Actually executing; `fetching`: held by a volunteer that fetches their inputs or
+    # waits for a slot.
     running: int = 0
     completed: int = 0
     failed: int = 0
     cancelled: int = 0
     total: int = 0
     skipped: int = 0
+    fetching: int = 0
 
 
 @dataclass(frozen=True)
@@ -297,7 +312,7 @@ class CopyStatus:
 @dataclass(frozen=True)
 class TaskStatusRow:
     """One task in a workflow's status; `state` is the manager's word for it (waiting,
-    queued, running, completed, failed, cancelled or skipped)."""
+    queued, fetching, running, completed, failed, cancelled or skipped)."""
 
     task_id: str
     name: str

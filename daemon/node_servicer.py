@@ -7,10 +7,14 @@ from collections.abc import Callable
 import grpc
 
 from daemon.discovery.directory import PeerDirectory
+from daemon.errors import RejectedError
 from daemon.models import NodeIdentity, Resources
 from daemon.rpc.v1 import node_pb2, node_pb2_grpc
 from daemon.status_board import StatusBoard
 from daemon.transport import convert
+from daemon.transport.access import current_caller
+from daemon.transport.errors import maps_errors
+from daemon.web.sessions import DashboardDoor
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
@@ -24,7 +28,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         resources: Callable[[], Resources],
         directory: PeerDirectory | None,
         board: StatusBoard | None = None,
+        dashboard: DashboardDoor | None = None,
     ) -> None:
+        self._dashboard = dashboard
         self._board = board or StatusBoard()
         self._identity = identity
         self._address = address
@@ -70,3 +76,25 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.ListPeersReply:
         peers = self._directory.table.peers() if self._directory else []
         return node_pb2.ListPeersReply(peers=[convert.peer_to_proto(p) for p in peers])
+
+    @maps_errors
+    async def OpenDashboard(
+        self,
+        request: node_pb2.OpenDashboardRequest,
+        context: grpc.aio.ServicerContext[
+            node_pb2.OpenDashboardRequest, node_pb2.OpenDashboardReply
+        ],
+    ) -> node_pb2.OpenDashboardReply:
+        if self._dashboard is None:
+            raise RejectedError(
+                "this node serves no dashboard: start its daemon with --http HOST:PORT "
+                "(e.g. --http 0.0.0.0:7480)"
+            )
+        link = self._dashboard.open(current_caller(), request.scrape_token)
+        return node_pb2.OpenDashboardReply(
+            host=link.host,
+            port=link.port,
+            login_path=link.login_path,
+            scrape_token=link.scrape_token,
+            expires_at=link.expires_at,
+        )

@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 
 from daemon.models import Load, Resources
+from daemon.runtime import engine
 from daemon.transport.caps import IMAGES
 
 log = logging.getLogger(__name__)
@@ -48,13 +49,17 @@ def measure_load(running_tasks: int) -> Load:
 
 async def probe_docker() -> tuple[bool, tuple[str, ...]]:
     """Whether a Docker engine answers, and the image tags it holds."""
-    # Imported here: aiohttp is heavy and a volunteer without Docker never needs it.
-    import aiodocker
-
+    # Over the engine's socket without aiodocker when it is local (daemon/runtime/engine.py):
+    # aiohttp is heavy, and a volunteer that only waits for work never needs it.
     try:
         async with asyncio.timeout(DOCKER_PROBE_SECONDS):
-            async with aiodocker.Docker() as docker:
-                images = await docker.images.list()
+            host = await asyncio.to_thread(engine.docker_host)
+            if host is None:
+                raise OSError(
+                    "DOCKER_HOST is not set and no engine socket is at "
+                    + ", ".join(str(path) for path in engine.SOCKET_PATHS)
+                )
+            images = await engine.list_images(host)
     except Exception as error:  # any failure means "no usable engine", and we say why
         log.info("no Docker engine answered (%s); tasks needing containers will be declined", error)
         return False, ()

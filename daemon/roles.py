@@ -22,6 +22,7 @@ from daemon.models import NodeIdentity
 from daemon.status_board import StatusBoard
 from daemon.transport.access import AccessPolicy
 from daemon.trust.bootstrap import NodeTrust
+from daemon.web.site import WebSite
 
 ROLE_CLASSES = {
     "coordinator": "coordinator_node.role:CoordinatorRole",
@@ -63,6 +64,9 @@ class Role(Protocol):
 
     def register(self, server: grpc.aio.Server) -> None:
         """Adds this role's servicers; called before the server starts."""
+
+    def web(self, site: WebSite) -> None:
+        """Adds this role's part to the web dashboard (only on a node started with --http)."""
 
     async def open(self) -> None:
         """Loads state; called before the server takes its first call."""

@@ -132,7 +132,9 @@ class CoordinatorClient:
     async def _follow_events(self, address: str, backoff: Backoff) -> None:
         assert self._stub is not None
         request = coordinator_pb2.WatchTasksRequest(
-            manager_id=self._manager_id, after_sequence=await self._after_sequence()
+            manager_id=self._manager_id,
+            after_sequence=await self._after_sequence(),
+            knows_fetching=True,
         )
         first = True
         async for message in self._stub.WatchTasks(request):

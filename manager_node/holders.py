@@ -11,17 +11,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Set
 
-from manager_node.workflow import TaskStatus, WorkflowTask
+from manager_node.workflow import WorkflowTask
 
 # How long a volunteer's request waits for the manager to hear that it holds the task.
 HOLDER_WAIT_SECONDS = 5.0
 
 
 def holder_of(task: WorkflowTask) -> str:
-    """The volunteer that holds `task`: the one it runs on (a volunteer fetches inputs once
-    it accepted, which is when the coordinator says it runs); "" for a task declined,
-    handed back, waiting or ended, whoever had it last."""
-    return task.volunteer_id if task.status is TaskStatus.RUNNING else ""
+    """The volunteer that holds `task`: the one that accepted it, fetching its inputs or
+    running it; "" for a task declined, handed back, waiting or ended, whoever had it
+    last."""
+    return task.volunteer_id if task.status.held else ""
 
 
 class Holders:

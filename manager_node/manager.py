@@ -14,7 +14,7 @@ import secrets
 import shutil
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,7 +43,7 @@ from daemon.models import (
     WorkflowUpdate,
 )
 from daemon.resources import MIB
-from daemon.runtime.spec import LOG_BYTES
+from daemon.runtime.spec import LOG_BYTES, LogChunk
 from daemon.supervision import Supervisor
 from daemon.task_files import LOG_PURPOSE, outputs_problem
 from daemon.transfer.blobstore import BlobStore
@@ -52,8 +52,10 @@ from manager_node.comparison import answer_of
 from manager_node.coordinator_client import CoordinatorClient
 from manager_node.holders import Holders, holder_of
 from manager_node.images import ImageArchives
+from manager_node.live_logs import STREAMS, LiveLogs, Piece, Unit
 from manager_node.store import COORDINATOR_SEQUENCE, ManagerStore
 from manager_node.submission import TaskBuilder
+from manager_node.task_logs import LogUnit, TaskLog, TaskLogs
 from manager_node.validation import (
     Copy,
     CopyState,
@@ -63,7 +65,7 @@ from manager_node.validation import (
     task_of,
 )
 from manager_node.validation import Verdict as CopyVerdict
-from manager_node.why import why_waiting
+from manager_node.why import why_fetching, why_waiting
 from manager_node.workflow import (
     MissingUpstreamError,
     TaskStatus,
@@ -86,16 +88,6 @@ SPOT_CHECK_SECRET = "spot_check_secret"
 # What a task that asked for no disk may send in all, as the manager counts it (its
 # volunteer holds it to its owner's disk cap besides).
 UNSIZED_OUTPUT_BYTES = 64 * 1024**3
-
-
-@dataclass(frozen=True)
-class TaskLog:
-    task_id: str
-    name: str
-    state: str
-    content: bytes
-    # Why the log is not whole, or why there is none.
-    note: str
 
 
 @dataclass(frozen=True)
@@ -129,10 +121,15 @@ class WorkflowManager:
         # Image archives served (sha256 -> image ID), and who holds which task now.
         self._archives: dict[str, str] = {}
         self._holders = Holders()
+        # What running attempts write, for `vcnode logs -f` (memory only, bounded).
+        self._live = LiveLogs()
+        self._logs = TaskLogs(store, blobs, self._live, self._unit_now)
         # What the running attempt of each task sent (task id -> sha256 -> size); a task
         # that stops running (ended, handed back) starts again from nothing.
         self._uploads: dict[str, dict[str, int]] = {}
         self._watchers: dict[str, set[asyncio.Queue[WorkflowUpdate | None]]] = {}
+        # Told every update of every workflow (the dashboard); a listener must not block.
+        self.listeners: list[Callable[[WorkflowUpdate], None]] = []
         # The last decline reason of each volunteer that declined a task (task -> volunteer
         # -> reason), for `status --why`; in memory only.
         self._declines: dict[str, dict[str, str]] = {}
@@ -177,7 +174,7 @@ class WorkflowManager:
             ]
         )
         for run in list(self._runs.values()):
-            held = [t for t in run.tasks.values() if t.status.value in ("queued", "running")]
+            held = [t for t in run.tasks.values() if t.status is TaskStatus.QUEUED or t.status.held]
             await self._submit(held)
             await self._hand_over_ready(run)
             if run.finished:  # a task that could not start ended what was left
@@ -211,6 +208,7 @@ class WorkflowManager:
                 ]
             for task_id, holder in held:
                 self._holders.set(task_id, holder)
+                self._live.held(task_id, holder)
                 if not holder:
                     self._uploads.pop(task_id, None)
 
@@ -461,6 +459,7 @@ class WorkflowManager:
                 try:
                     if event.result is not None and event.result.logs:
                         event = replace(event, result=await self._kept_logs(event.result))
+                    await self._keep_attempt(run, event)
                     if await self._apply(run, event):
                         return
                 except Exception as error:
@@ -491,7 +490,12 @@ class WorkflowManager:
         decision = Decision()
         kind = event.kind
         forward: TaskEvent | None = None
-        if kind is EventKind.RUNNING:
+        if kind is EventKind.FETCHING:
+            validation.fetching(number, event.volunteer_id, event.attempt)
+            # The task shows the furthest any copy got: one running outranks this one.
+            if not any(c.state is CopyState.RUNNING for c in validation.copies):
+                forward = event
+        elif kind is EventKind.RUNNING:
             validation.running(number, event.volunteer_id, event.attempt)
             forward = event
         elif kind is EventKind.PROGRESS:
@@ -783,6 +787,7 @@ class WorkflowManager:
     async def _end(self, workflow_id: str, state: WorkflowState, message: str) -> None:
         await self._store.set_workflow_state(workflow_id, state.value, message)
         run = self._runs.pop(workflow_id)
+        self._live.workflow_ended(workflow_id)
         # An ended workflow lives in the store only (`resume` loads it back from there).
         self._types.pop(workflow_id, None)
         live = False
@@ -931,6 +936,12 @@ class WorkflowManager:
                 if run.by_name[name].status is not TaskStatus.COMPLETED
             ]
             groups = [ReasonGroup(f"waits for {', '.join(pending)} to complete")]
+        elif (
+            task.status is TaskStatus.FETCHING
+            and task.volunteer_id
+            and not any(c.state is CopyState.QUEUED for c in _copies(task))
+        ):
+            groups = why_fetching(task.volunteer_id)
         else:
             # A replicated task waits on its queued copy, if any (it names whom to avoid).
             queued = [
@@ -946,25 +957,93 @@ class WorkflowManager:
             task.task_id, task.name, task.status.value, task.message, tuple(groups)
         )
 
-    async def task_log(self, workflow_id: str, task: str, stream: str) -> TaskLog:
-        """What the task (by name or id) wrote to `stream` in its last attempt."""
-        if stream not in ("stdout", "stderr"):
-            raise InvalidInputError(f"a log is stdout or stderr, not {stream[:40]!r}")
-        found = await self._store.task_result(workflow_id, task)
-        if found is None:
-            raise NotFoundError(f"workflow {workflow_id} has no task {task[:80]!r}")
-        task_id, name, state, result = found
-        if result is None:
-            return TaskLog(task_id, name, state, b"", f"{name} has no result yet ({state})")
-        refs = [ref for ref in result.logs if ref.name == stream]
-        if not refs:
-            said = f"{name} wrote nothing to {stream}"
-            return TaskLog(
-                task_id, name, state, b"", "; ".join(filter(None, [said, result.log_note]))
+    async def task_log(self, workflow_id: str, task: str, stream: str, attempt: int = 0) -> TaskLog:
+        """What the task (by name or id, or a copy: TASK~N) wrote to `stream` in that
+        attempt; without one, in the result that stands, else in its latest attempt."""
+        return await self._logs.task_log(workflow_id, task, stream, attempt)
+
+    def follow_log(self, workflow_id: str, task: str, stream: str) -> AsyncIterator[Piece]:
+        """The task's log as it is written, until the task ends (see task_logs)."""
+        return self._logs.follow(workflow_id, task, stream)
+
+    async def push_log(
+        self,
+        caller: Caller,
+        task_id: str,
+        attempt: int,
+        chunks: Sequence[LogChunk],
+        final: bool,
+    ) -> bool:
+        """New output of a running attempt, from the volunteer that runs it and from no
+        other; returns whether someone follows the task."""
+        if len({chunk.stream for chunk in chunks}) != len(chunks) or any(
+            chunk.stream not in STREAMS or chunk.offset < 0 for chunk in chunks
+        ):
+            raise InvalidInputError(
+                "a log push holds at most one chunk of stdout and one of stderr, each at an "
+                "offset from 0"
             )
-        path = await self._blobs.path(refs[0].sha256)
-        content = await asyncio.to_thread(path.read_bytes)
-        return TaskLog(task_id, name, state, content, result.log_note)
+        spec = self._specs.get(task_id)
+        if (
+            spec is None
+            or "volunteer" not in caller.kinds
+            or not await self._holders.wait_for(
+                caller.node_id,
+                lambda held: task_id in held and self._held_attempt(task_id) == attempt,
+            )
+        ):
+            raise AccessDeniedError(
+                f"{caller.describe()} does not run attempt {attempt} of task {task_id[:80]!r}: "
+                "only the volunteer running a task sends its log"
+            )
+        return self._live.push(spec.workflow_id, task_id, attempt, caller.node_id, chunks, final)
+
+    def _held_attempt(self, task_id: str) -> int:
+        """The attempt of the task (or copy) a volunteer holds now; 0 when none is held."""
+        spec = self._specs.get(task_id)
+        run = self._runs.get(spec.workflow_id) if spec is not None else None
+        of_task, number = task_of(task_id)
+        task = run.tasks.get(of_task) if run is not None else None
+        if task is None:
+            return 0
+        if task.validation is None:
+            return task.attempts if not task.status.finished else 0
+        copy = task.validation.copy(number)
+        return copy.attempt if copy is not None and copy.state.live else 0
+
+    def _unit_now(self, unit: LogUnit) -> Unit | None:
+        """How a task (or copy) followed by `vcnode logs -f` stands; None once its workflow
+        ended. TASK alone ends with the task, whichever copies it waits on."""
+        run = self._runs.get(unit.workflow_id)
+        task = run.tasks.get(unit.task.task_id) if run is not None else None
+        if task is None:
+            return None
+        status, message = task.status, task.message
+        if task.validation is None:
+            running = task.attempts if status is TaskStatus.RUNNING else 0
+            return Unit(running, task.volunteer_id, status.finished, status.value, message)
+        copy = task.validation.copy(unit.number)
+        if copy is None:  # none yet (the task runs again from scratch): it may come
+            return Unit(0, "", status.finished, status.value, message)
+        running = copy.attempt if copy.state is CopyState.RUNNING else 0
+        if unit.number == 1:
+            return Unit(running, copy.volunteer_id, status.finished, status.value, message)
+        error = copy.result.error if copy.result is not None else ""
+        return Unit(running, copy.volunteer_id, not copy.state.live, copy.state.value, error)
+
+    async def _keep_attempt(self, run: WorkflowRun, event: TaskEvent) -> None:
+        """An attempt of a task of `run` ended with a result: its logs are kept, whatever
+        comes of the task (`vcnode logs --attempt N`)."""
+        result = event.result
+        if (
+            result is not None
+            and result.attempt == event.attempt  # not a result of an earlier attempt, again
+            and event.kind in (EventKind.COMPLETED, EventKind.FAILED, EventKind.REQUEUED)
+            and task_of(event.task_id)[0] in run.tasks
+        ):
+            await self._store.save_attempt(
+                run.workflow_id, event.task_id, event.volunteer_id, result
+            )
 
     async def watch(self, workflow_id: str, since: float = 0.0) -> AsyncIterator[WorkflowUpdate]:
         """Updates until the workflow ends; for one that has, its history replayed (each
@@ -1006,6 +1085,8 @@ class WorkflowManager:
         update = self._update(run, task_id, kind, message)
         for queue in self._watchers.get(run.workflow_id, ()):
             queue.put_nowait(update)
+        for listener in self.listeners:
+            listener(update)
 
     @staticmethod
     def _update(run: WorkflowRun, task_id: str, kind: str, message: str) -> WorkflowUpdate:
@@ -1013,9 +1094,17 @@ class WorkflowManager:
             run.workflow_id, task_id, kind, message, time.time(), workflow_counts(run.counts())
         )
 
+    def active_counts(self) -> Counter[str]:
+        """Tasks per status over the workflows not ended (the dashboard and /metrics)."""
+        total: Counter[str] = Counter()
+        for run in self._runs.values():
+            total.update(run.counts())
+        return total
+
     async def stop(self) -> None:
         """Merges were cancelled with the role's other background work."""
         await self._images.close()
+        self._live.close()
         for queues in self._watchers.values():
             for queue in queues:
                 queue.put_nowait(None)
@@ -1045,7 +1134,7 @@ def _verdicts(task: WorkflowTask, copies: Iterable[Copy]) -> list[Verdict]:
 
 def copy_holder(copy: Copy) -> str:
     """Who holds a copy now (see holders.holder_of)."""
-    return copy.volunteer_id if copy.state is CopyState.RUNNING else ""
+    return copy.volunteer_id if copy.state.held else ""
 
 
 def _inline_choice(spec: TaskSpec) -> list[str]:

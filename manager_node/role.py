@@ -13,6 +13,7 @@ from daemon.rpc.v1 import manager_pb2_grpc
 from daemon.supervision import Supervisor
 from daemon.transfer.blobstore import BlobStore
 from daemon.transfer.servicer import TransferServicer, add_transfer_service
+from daemon.web.site import WebSite
 from manager_node.coordinator_client import CoordinatorClient
 from manager_node.images import ImageArchives
 from manager_node.manager import WorkflowManager
@@ -49,12 +50,18 @@ class ManagerRole:
         self.manager = WorkflowManager(
             self._store, self._blobs, context.data_dir / "workflows", images, self._supervisor
         )
+        self._transfers = TransferServicer(self._blobs, self.manager)
+
+    def web(self, site: WebSite) -> None:
+        from manager_node.dashboard import ManagerDashboard  # only with --http
+
+        ManagerDashboard(self.manager, self._store, self._transfers).attach(site)
 
     def register(self, server: grpc.aio.Server) -> None:
         manager_pb2_grpc.add_ManagerServiceServicer_to_server(
             ManagerServicer(self.manager, self._store), server
         )
-        add_transfer_service(server, TransferServicer(self._blobs, self.manager))
+        add_transfer_service(server, self._transfers)
 
     async def open(self) -> None:
         await self._store.open()

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, assert_never
 
 import grpc
 
-from daemon.errors import AccessDeniedError, NodeError, NotFoundError
+from daemon.errors import NodeError, NotFoundError
 from daemon.rpc.v1 import common_pb2, manager_pb2, manager_pb2_grpc
 from daemon.transport import convert
 from daemon.transport.access import current_caller
 from daemon.transport.errors import maps_errors, status_for
+from manager_node.live_logs import AttemptStarted, Data, Ended, Note, Piece, Skipped
 from manager_node.manager import WorkflowManager
+from manager_node.ownership import check_may_see, may_see
 from manager_node.store import ManagerStore
 
 
@@ -24,15 +26,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
     async def _own(self, workflow_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Raises unless the caller may see and act on the workflow: its owner, an admin, or
         this node's own owner."""
-        owner = await self._store.workflow_owner(workflow_id)
-        if owner is None:
-            raise NotFoundError(f"no workflow {workflow_id!r} on this manager")
-        caller = current_caller()
-        if owner != caller.owner and not caller.sees_everything:
-            raise AccessDeniedError(
-                f"workflow {workflow_id} is not yours ({caller.describe()}): users see and "
-                "act on their own workflows only"
-            )
+        await check_may_see(self._store, workflow_id, current_caller())
 
     @maps_errors
     async def SubmitWorkflow(
@@ -74,14 +68,50 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         ],
     ) -> manager_pb2.GetTaskLogReply:
         await self._own(request.workflow_id, context)
-        found = await self._manager.task_log(request.workflow_id, request.task, request.stream)
+        found = await self._manager.task_log(
+            request.workflow_id, request.task, request.stream, request.attempt
+        )
         return manager_pb2.GetTaskLogReply(
             task_id=found.task_id,
             name=found.name,
             state=found.state,
             content=found.content,
             note=found.note,
+            attempt=found.attempt,
+            attempts=found.attempts,
         )
+
+    async def FollowTaskLog(
+        self,
+        request: manager_pb2.FollowTaskLogRequest,
+        context: grpc.aio.ServicerContext[
+            manager_pb2.FollowTaskLogRequest, manager_pb2.TaskLogPiece
+        ],
+    ) -> AsyncIterator[manager_pb2.TaskLogPiece]:
+        try:
+            await self._own(request.workflow_id, context)
+            pieces = self._manager.follow_log(request.workflow_id, request.task, request.stream)
+            async for piece in pieces:
+                yield _piece_to_proto(piece)
+        except NodeError as error:
+            await context.abort(status_for(error), str(error))
+
+    @maps_errors
+    async def PushTaskLog(
+        self,
+        request: manager_pb2.PushTaskLogRequest,
+        context: grpc.aio.ServicerContext[
+            manager_pb2.PushTaskLogRequest, manager_pb2.PushTaskLogReply
+        ],
+    ) -> manager_pb2.PushTaskLogReply:
+        followed = await self._manager.push_log(
+            current_caller(),
+            request.task_id,
+            request.attempt,
+            convert.log_chunks_from_proto(request),
+            request.final,
+        )
+        return manager_pb2.PushTaskLogReply(followed=followed)
 
     @maps_errors
     async def ExplainTasks(
@@ -189,8 +219,30 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         workflows = [
             workflow
             for workflow in await self._store.workflows()
-            if caller.sees_everything or workflow.owner == caller.owner
+            if may_see(workflow.owner, caller)
         ]
         return manager_pb2.ListWorkflowsReply(
             workflows=[convert.workflow_status_to_proto(w) for w in workflows]
         )
+
+
+def _piece_to_proto(piece: Piece) -> manager_pb2.TaskLogPiece:
+    match piece:
+        case AttemptStarted(task_id, attempt, volunteer_id):
+            return manager_pb2.TaskLogPiece(
+                attempt=manager_pb2.TaskLogAttempt(
+                    task_id=task_id, attempt=attempt, volunteer_id=volunteer_id
+                )
+            )
+        case Data(content):
+            return manager_pb2.TaskLogPiece(data=content)
+        case Skipped(count):
+            return manager_pb2.TaskLogPiece(skipped=count)
+        case Note(text):
+            return manager_pb2.TaskLogPiece(note=text)
+        case Ended(task_id, name, state, error):
+            return manager_pb2.TaskLogPiece(
+                end=manager_pb2.TaskLogEnd(task_id=task_id, name=name, state=state, error=error)
+            )
+        case unknown:
+            assert_never(unknown)

@@ -20,7 +20,14 @@ from daemon.models import (
     WorkflowStatus,
 )
 from daemon.store import Database, Migration, codecs
-from manager_node.validation import Copy, CopyState, Validation, copy_id, new_validation
+from manager_node.validation import (
+    COPY_SEPARATOR,
+    Copy,
+    CopyState,
+    Validation,
+    copy_id,
+    new_validation,
+)
 from manager_node.validation import Verdict as CopyVerdict
 from manager_node.workflow import TaskStatus, WorkflowTask, workflow_counts
 from workflows.graph import OnFailure, UpstreamInput
@@ -106,6 +113,47 @@ def _files_by_task(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE tasks ADD COLUMN copy_seconds REAL NOT NULL DEFAULT 0")
 
 
+def _attempt_logs(db: sqlite_utils.Database) -> None:
+    """Every attempt's logs, kept as its result arrives (`vcnode logs --attempt N`), by the
+    id the coordinator ran it under: the task's, or a copy's (`<task>~<n>`)."""
+    db.execute(
+        """CREATE TABLE attempt_logs (
+            task_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            workflow_id TEXT NOT NULL,
+            volunteer_id TEXT NOT NULL DEFAULT '',
+            error TEXT NOT NULL DEFAULT '',
+            logs TEXT NOT NULL DEFAULT '[]',
+            note TEXT NOT NULL DEFAULT '',
+            at REAL NOT NULL,
+            PRIMARY KEY (task_id, attempt)
+        )"""
+    )
+    db.execute("CREATE INDEX attempt_logs_by_workflow ON attempt_logs (workflow_id)")
+    # What was kept before: the last result of each task, and each copy's.
+    db.execute(
+        """INSERT OR IGNORE INTO attempt_logs
+           SELECT id, json_extract(result, '$.attempt'), workflow_id,
+                  COALESCE(volunteer_id, ''), COALESCE(json_extract(result, '$.error'), ''),
+                  COALESCE(json_extract(result, '$.logs'), '[]'),
+                  COALESCE(json_extract(result, '$.log_note'), ''), updated_at
+           FROM tasks WHERE result IS NOT NULL AND validation IS NULL"""
+    )
+    db.execute(
+        f"""INSERT OR IGNORE INTO attempt_logs
+           SELECT CASE json_extract(copy.value, '$.number') WHEN 1 THEN tasks.id
+                  ELSE tasks.id || '{COPY_SEPARATOR}' || json_extract(copy.value, '$.number') END,
+                  json_extract(copy.value, '$.result.attempt'), tasks.workflow_id,
+                  COALESCE(json_extract(copy.value, '$.volunteer_id'), ''),
+                  COALESCE(json_extract(copy.value, '$.result.error'), ''),
+                  COALESCE(json_extract(copy.value, '$.result.logs'), '[]'),
+                  COALESCE(json_extract(copy.value, '$.result.log_note'), ''), tasks.updated_at
+           FROM tasks, json_each(tasks.validation, '$.copies') AS copy
+           WHERE tasks.validation IS NOT NULL
+             AND json_extract(copy.value, '$.result') IS NOT NULL"""
+    )
+
+
 MIGRATIONS = (
     Migration("manager/0001_initial", _initial_schema),
     Migration("manager/0002_meta", _meta),
@@ -115,6 +163,7 @@ MIGRATIONS = (
     Migration("manager/0006_owner", _owner),
     Migration("manager/0007_validation", _validation),
     Migration("manager/0008_files_by_task", _files_by_task),
+    Migration("manager/0009_attempt_logs", _attempt_logs),
 )
 COORDINATOR_SEQUENCE = "coordinator_sequence"
 
@@ -128,9 +177,60 @@ class NewTask:
     validation: ValidationPolicy = NO_VALIDATION
 
 
-# Every log blob a task's result refers to (select the sha256s).
-_LOGS = """SELECT json_extract(log.value, '$.sha256')
-   FROM tasks, json_each(tasks.result, '$.logs') AS log WHERE tasks.result IS NOT NULL"""
+@dataclass(frozen=True)
+class TimelineRow:
+    task_id: str
+    name: str
+    state: str
+    attempts: int
+    volunteer_id: str
+    error: str
+    # When its last result's run began and ended (0 before it has one).
+    started_at: float
+    finished_at: float
+    # When its state last changed.
+    updated_at: float
+
+
+# Every log blob a task's result or an attempt refers to, of the workflows chosen by
+# `{where}` (on column workflow_id): select (sha256, size).
+_LOGS = """SELECT json_extract(log.value, '$.sha256') AS sha256,
+   json_extract(log.value, '$.size') AS size
+   FROM tasks, json_each(tasks.result, '$.logs') AS log
+   WHERE tasks.result IS NOT NULL AND {where} UNION ALL
+   SELECT json_extract(log.value, '$.sha256'), json_extract(log.value, '$.size')
+   FROM attempt_logs, json_each(attempt_logs.logs) AS log WHERE {where}"""
+
+
+@dataclass(frozen=True)
+class AttemptLog:
+    """An attempt that ended, and its logs: `task_id` is the task's, or its copy's."""
+
+    task_id: str
+    attempt: int
+    volunteer_id: str
+    error: str
+    logs: tuple[FileRef, ...]
+    note: str
+
+    @property
+    def outcome(self) -> str:
+        return f"failed: {self.error}" if self.error else "completed"
+
+
+@dataclass(frozen=True)
+class StoredTask:
+    """A task as `vcnode logs` looks for it."""
+
+    task_id: str
+    name: str
+    state: str
+    error: str
+    result: TaskResult | None
+    # Of a replicated task: the state of each copy it made (copy n at n - 1), and whose
+    # result stands (0: none).
+    copies: tuple[str, ...] = ()
+    accepted: int = 0
 
 
 def _dump_validation(validation: Validation | None) -> str | None:
@@ -521,7 +621,8 @@ class ManagerStore:
                    SELECT json_extract(output.value, '$.sha256')
                    FROM tasks, json_each(tasks.validation, '$.copies') AS copy,
                         json_each(copy.value, '$.result.outputs') AS output
-                   WHERE tasks.validation IS NOT NULL UNION {_LOGS}"""
+                   WHERE tasks.validation IS NOT NULL UNION
+                   SELECT sha256 FROM ({_LOGS.format(where="1")})"""
             ).fetchall()
             return {row[0] for row in rows}
 
@@ -541,6 +642,22 @@ class ManagerStore:
 
         return await self.database.read(read)
 
+    async def timeline(self, workflow_id: str) -> list[TimelineRow]:
+        """Each task's state, volunteer and run times (its last result's), in task order:
+        the dashboard's per-task timeline."""
+
+        def read(db: sqlite_utils.Database) -> list[TimelineRow]:
+            rows = db.execute(
+                "SELECT id, name, state, attempts, COALESCE(volunteer_id, ''), "
+                "COALESCE(error, ''), COALESCE(json_extract(result, '$.started_at'), 0), "
+                "COALESCE(json_extract(result, '$.finished_at'), 0), updated_at "
+                "FROM tasks WHERE workflow_id = ? ORDER BY id",
+                (workflow_id,),
+            ).fetchall()
+            return [TimelineRow(*row) for row in rows]
+
+        return await self.database.read(read)
+
     async def forget_outputs(self, task_ids: list[str]) -> None:
         """The recorded outputs of tasks whose result is in doubt again."""
 
@@ -552,32 +669,102 @@ class ManagerStore:
 
         await self.database.run(write)
 
-    async def task_result(
-        self, workflow_id: str, task: str
-    ) -> tuple[str, str, str, TaskResult | None] | None:
-        """(id, name, state, last result) of the workflow's task named or with that id."""
+    async def find_task(self, workflow_id: str, task: str) -> StoredTask | None:
+        """The workflow's task named `task` or with that id."""
 
-        def read(db: sqlite_utils.Database) -> tuple[str, str, str, TaskResult | None] | None:
+        def read(db: sqlite_utils.Database) -> StoredTask | None:
             row = db.execute(
-                "SELECT id, name, state, result FROM tasks WHERE workflow_id = ? "
-                "AND (id = ? OR name = ?) LIMIT 1",
+                "SELECT id, name, state, COALESCE(error, ''), result, validation FROM tasks "
+                "WHERE workflow_id = ? AND (id = ? OR name = ?) LIMIT 1",
                 (workflow_id, task, task),
             ).fetchone()
             if row is None:
                 return None
-            task_id, name, state, result = row
-            return task_id, name, state, codecs.task_result_from_json(result)
+            task_id, name, state, error, result, validation = row
+            found = StoredTask(task_id, name, state, error, codecs.task_result_from_json(result))
+            if validation:
+                data = json.loads(validation)
+                copies = tuple(str(copy["state"]) for copy in data["copies"])
+                found = replace(found, copies=copies, accepted=data["accepted"])
+            return found
+
+        return await self.database.read(read)
+
+    async def task_names(self, workflow_id: str, limit: int) -> list[str]:
+        """The names of the workflow's first `limit` tasks."""
+
+        def read(db: sqlite_utils.Database) -> list[str]:
+            rows = db.execute(
+                "SELECT name FROM tasks WHERE workflow_id = ? ORDER BY rowid LIMIT ?",
+                (workflow_id, limit),
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self.database.read(read)
+
+    async def save_attempt(
+        self, workflow_id: str, task_id: str, volunteer_id: str, result: TaskResult
+    ) -> None:
+        """An attempt's end, with its logs (`task_id` is the task's, or a copy's); the same
+        attempt told again (a replayed event) is written again."""
+
+        def write(db: sqlite_utils.Database) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO attempt_logs (task_id, attempt, workflow_id, "
+                "volunteer_id, error, logs, note, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    task_id,
+                    result.attempt,
+                    workflow_id,
+                    volunteer_id,
+                    result.error,
+                    json.dumps([asdict(ref) for ref in result.logs]),
+                    result.log_note,
+                    time.time(),
+                ),
+            )
+
+        await self.database.run(write)
+
+    async def attempts(self, task_id: str) -> list[AttemptLog]:
+        """The ended attempts of a task (or of a copy, by its id) whose logs are kept, in
+        order."""
+
+        def read(db: sqlite_utils.Database) -> list[AttemptLog]:
+            rows = db.execute(
+                "SELECT attempt, volunteer_id, error, logs, note FROM attempt_logs "
+                "WHERE task_id = ? ORDER BY attempt",
+                (task_id,),
+            ).fetchall()
+            return [
+                AttemptLog(
+                    task_id,
+                    attempt,
+                    volunteer_id,
+                    error,
+                    tuple(FileRef(**ref) for ref in json.loads(logs)),
+                    note,
+                )
+                for attempt, volunteer_id, error, logs, note in rows
+            ]
 
         return await self.database.read(read)
 
     async def blobs_only_of(self, workflow_id: str) -> list[FileRef]:
-        """The blobs this workflow's files are and nothing else refers to (no other
-        workflow's file, no exported image archive): those deleting it frees."""
+        """The blobs this workflow's files and logs are and nothing else refers to (no
+        other workflow's file or log, no exported image archive): those deleting it frees."""
+        mine = _LOGS.format(where="workflow_id = :workflow")
+        others = _LOGS.format(where="workflow_id != :workflow")
 
         def read(db: sqlite_utils.Database) -> list[FileRef]:
             rows = db.execute(
-                """SELECT sha256, MAX(size) FROM files WHERE workflow_id = ?
-                     AND sha256 NOT IN (SELECT sha256 FROM files WHERE workflow_id != ?)
+                f"""SELECT sha256, MAX(size) FROM (
+                       SELECT sha256, size FROM files WHERE workflow_id = :workflow
+                       UNION ALL {mine})
+                   WHERE sha256 IS NOT NULL
+                     AND sha256 NOT IN (SELECT sha256 FROM files WHERE workflow_id != :workflow)
+                     AND sha256 NOT IN (
+                       SELECT sha256 FROM ({others}) WHERE sha256 IS NOT NULL)
                      AND sha256 NOT IN (
                        SELECT substr(value, 1, instr(value, ':') - 1) FROM meta
                        WHERE key LIKE 'image:%')
@@ -585,9 +772,9 @@ class ManagerStore:
                        SELECT json_extract(output.value, '$.sha256')
                        FROM tasks, json_each(tasks.validation, '$.copies') AS copy,
                             json_each(copy.value, '$.result.outputs') AS output
-                       WHERE tasks.validation IS NOT NULL AND tasks.workflow_id != ?)
+                       WHERE tasks.validation IS NOT NULL AND tasks.workflow_id != :workflow)
                    GROUP BY sha256""",
-                (workflow_id, workflow_id, workflow_id),
+                {"workflow": workflow_id},
             ).fetchall()
             return [FileRef(sha256, sha256, size) for sha256, size in rows]
 
@@ -597,7 +784,7 @@ class ManagerStore:
         """Removes the workflow, its tasks and its file records, in one transaction."""
 
         def write(db: sqlite_utils.Database) -> None:
-            for table in ("files", "tasks"):
+            for table in ("files", "tasks", "attempt_logs"):
                 db.execute(f"DELETE FROM {table} WHERE workflow_id = ?", (workflow_id,))
             db.execute("DELETE FROM workflows WHERE id = ?", (workflow_id,))
 

@@ -52,6 +52,8 @@ def task_of(copy_task_id: str) -> tuple[str, int]:
 
 class CopyState(StrEnum):
     QUEUED = "queued"
+    # A volunteer accepted it: its inputs and image are on their way, or it waits for a slot.
+    FETCHING = "fetching"
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -59,7 +61,12 @@ class CopyState(StrEnum):
 
     @property
     def live(self) -> bool:
-        return self in (CopyState.QUEUED, CopyState.RUNNING)
+        return self in (CopyState.QUEUED, CopyState.FETCHING, CopyState.RUNNING)
+
+    @property
+    def held(self) -> bool:
+        """A volunteer has it (fetching or running): the one that may fetch its inputs."""
+        return self in (CopyState.FETCHING, CopyState.RUNNING)
 
 
 class Verdict(StrEnum):
@@ -150,12 +157,14 @@ class Validation:
         count = self.policy.replicas if self.policy.mode is Mode.QUORUM else 1
         return Decision(submit=self._add(count))
 
+    def fetching(self, number: int, volunteer_id: str, attempt: int) -> None:
+        """A volunteer accepted the copy: it fetches what the copy needs, or waits for a
+        slot."""
+        self._held(number, volunteer_id, attempt, CopyState.FETCHING)
+
     def running(self, number: int, volunteer_id: str, attempt: int) -> None:
-        copy = self.copy(number)
-        if copy is not None and copy.state.live:
-            copy.state = CopyState.RUNNING
-            copy.volunteer_id = volunteer_id
-            copy.attempt = attempt
+        """The copy's container started (or, from an older volunteer, it was accepted)."""
+        self._held(number, volunteer_id, attempt, CopyState.RUNNING)
 
     def handed_back(self, number: int) -> None:
         """The coordinator queued the copy again (declined, volunteer lost)."""
@@ -265,6 +274,13 @@ class Validation:
         return replace(decision, cancel=(number,), judged=(only,))
 
     # --- internals ------------------------------------------------------------------------
+
+    def _held(self, number: int, volunteer_id: str, attempt: int, state: CopyState) -> None:
+        copy = self.copy(number)
+        if copy is not None and copy.state.live:
+            copy.state = state
+            copy.volunteer_id = volunteer_id
+            copy.attempt = attempt
 
     def _add(self, count: int) -> tuple[int, ...]:
         first = len(self.copies) + 1

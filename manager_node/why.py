@@ -48,3 +48,9 @@ def _reason(spec: TaskSpec, volunteer: Volunteer, declined: Mapping[str, str]) -
     if held >= slots:
         return f"busy until a slot frees (holds {held} tasks, runs {slots} at once)"
     return "free: the coordinator offers it at its next dispatch"
+
+
+def why_fetching(volunteer_id: str) -> list[ReasonGroup]:
+    """Why a task its volunteer accepted is not running yet."""
+    reason = "holds it: fetching its inputs (and image), or waiting there for a free slot"
+    return [ReasonGroup(reason, (volunteer_id,))]

@@ -21,7 +21,9 @@ from workflows.graph import OnFailure, UpstreamInput
 class TaskStatus(StrEnum):
     WAITING = "waiting"  # for its dependencies
     QUEUED = "queued"  # handed to the coordinator, not running yet
-    RUNNING = "running"
+    # A volunteer holds it: its inputs and image are on their way, or it waits for a slot.
+    FETCHING = "fetching"
+    RUNNING = "running"  # its container runs
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -30,6 +32,11 @@ class TaskStatus(StrEnum):
     @property
     def finished(self) -> bool:
         return self in _FINISHED
+
+    @property
+    def held(self) -> bool:
+        """A volunteer has it, fetching or running: the one that may fetch its inputs."""
+        return self in (TaskStatus.FETCHING, TaskStatus.RUNNING)
 
 
 _FINISHED = {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.SKIPPED}
@@ -41,6 +48,7 @@ def workflow_counts(counts: Mapping[str, int]) -> WorkflowCounts:
     return WorkflowCounts(
         queued=counts.get(TaskStatus.QUEUED, 0) + counts.get(TaskStatus.WAITING, 0),
         running=counts.get(TaskStatus.RUNNING, 0),
+        fetching=counts.get(TaskStatus.FETCHING, 0),
         completed=counts.get(TaskStatus.COMPLETED, 0),
         failed=counts.get(TaskStatus.FAILED, 0),
         cancelled=counts.get(TaskStatus.CANCELLED, 0),
@@ -198,6 +206,10 @@ class WorkflowRun:
                 self._set_status(task, TaskStatus.QUEUED)
                 task.percent = 0.0
                 task.message = f"{event.kind}: {event.message}"
+            case EventKind.FETCHING:
+                self._set_status(task, TaskStatus.FETCHING)
+                task.percent = 0.0
+                task.message = ""
             case EventKind.RUNNING:
                 self._set_status(task, TaskStatus.RUNNING)
                 task.message = ""
@@ -309,6 +321,7 @@ class WorkflowRun:
             return WorkflowState.FAILED
         if (
             statuses[TaskStatus.RUNNING]
+            or statuses[TaskStatus.FETCHING]
             or statuses[TaskStatus.COMPLETED]
             or statuses[TaskStatus.FAILED]
         ):

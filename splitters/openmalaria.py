@@ -126,7 +126,8 @@ def _parameters() -> tuple[Parameter, ...]:
         Parameter(
             "image",
             str,
-            "Docker image with openMalaria and its resource files (docs/openmalaria.md)",
+            "Docker image with openMalaria and its resource files"
+            " (how to build one: vcnode docs openmalaria)",
             required=True,
         ),
         Parameter(

@@ -29,6 +29,7 @@ async def _docker_answers() -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _need_lan(items)
+    _need_browser(items)
     if not any(item.get_closest_marker("docker") for item in items):
         return
     import asyncio
@@ -58,6 +59,24 @@ def _need_lan(items: list[pytest.Item]) -> None:
     skip = pytest.mark.skip(reason=f"{reason} (the LAN tests make network namespaces)")
     for item in items:
         if item.get_closest_marker("lan"):
+            item.add_marker(skip)
+
+
+def _need_browser(items: list[pytest.Item]) -> None:
+    """Tests marked `browser` drive a real Chromium: skipped where there is none, a failure
+    under CI (whose script installs it)."""
+    if not any(item.get_closest_marker("browser") for item in items):
+        return
+    from tests.integration.browser import unavailable
+
+    reason = unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        raise pytest.UsageError(f"CI is set but the browser tests cannot run: {reason}")
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if item.get_closest_marker("browser"):
             item.add_marker(skip)
 
 

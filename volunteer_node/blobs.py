@@ -28,12 +28,14 @@ from daemon.transport.errors import error_from_rpc
 from daemon.trust.credentials import Credential, LiveCredential
 from daemon.trust.pki import id_name
 from volunteer_node.cache import CacheIndex
+from volunteer_node.live_logs import LogPush
 
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
 # Exporting a large image on the manager's first request takes a while.
 EXPORT_TIMEOUT_SECONDS = 600.0
+PUSH_LOG_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,19 @@ class BlobTransfers:
         except grpc.aio.AioRpcError as error:
             raise error_from_rpc(error, manager.address, "manager") from None
         return convert.file_ref_from_proto(reply)
+
+    async def push_log(self, manager: ManagerPeer, push: LogPush) -> bool:
+        """A running task's new output, to its manager (see live_logs); whether someone
+        follows the task there."""
+        stub = manager_pb2_grpc.ManagerServiceStub(self._channel(manager))
+        try:
+            reply = await stub.PushTaskLog(
+                convert.log_push_to_proto(push.task_id, push.attempt, push.chunks, push.final),
+                timeout=PUSH_LOG_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error, manager.address, "manager") from None
+        return reply.followed
 
     async def close(self) -> None:
         for channel in [*(opened[1] for opened in self._channels.values()), *self._retired]:

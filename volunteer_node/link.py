@@ -116,7 +116,13 @@ class CoordinatorLink:
     # --- what the volunteer tells its coordinator ----------------------------------------
 
     def send_accept(self, task_id: str, attempt: int) -> None:
-        self._send(accept=coordinator_pb2.TaskAccept(task_id=task_id, attempt=attempt))
+        # The task is `fetching` until send_started says its container started.
+        self._send(
+            accept=coordinator_pb2.TaskAccept(task_id=task_id, attempt=attempt, says_started=True)
+        )
+
+    def send_started(self, task_id: str, attempt: int) -> None:
+        self._send(started=coordinator_pb2.TaskStarted(task_id=task_id, attempt=attempt))
 
     def send_decline(self, task_id: str, attempt: int, reason: str) -> None:
         self._send(

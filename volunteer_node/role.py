@@ -6,6 +6,7 @@ import asyncio
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -13,7 +14,7 @@ from daemon.errors import ConfigError, NodeError, RejectedError
 from daemon.models import Load, Registration
 from daemon.resources import measure_load, measure_resources, probe_docker
 from daemon.roles import RoleContext
-from daemon.runtime.docker import DockerRuntime, PullError
+from daemon.runtime.engine import DockerOnDemand
 from daemon.runtime.image_archive import ImageArchiveError
 from daemon.runtime.process import ProcessRuntime
 from daemon.runtime.process import unavailable as sandbox_unavailable
@@ -24,6 +25,9 @@ from volunteer_node.image_ids import ImageIds
 from volunteer_node.link import CoordinatorLink
 from volunteer_node.store import VolunteerStore
 from volunteer_node.worker import TaskWorker, WorkerConfig
+
+if TYPE_CHECKING:
+    from daemon.web.site import WebSite
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ class VolunteerRole:
         self._limits = replace(configured, max_disk_mb=configured.max_disk_mb or DEFAULT_CACHE_MB)
         cache_bytes = self._limits.max_disk_mb * MIB
         self._transfers = BlobTransfers(context.data_dir / "blobs", cache_bytes, context.trust.live)
-        self._docker: DockerRuntime | None = None
+        self._docker: DockerOnDemand | None = None
         self._docker_available = False
         self._images: tuple[str, ...] = ()
         self._image_ids = ImageIds(self._image_id)
@@ -57,6 +61,9 @@ class VolunteerRole:
     def register(self, server: grpc.aio.Server) -> None:
         """The volunteer serves nothing of its own: it only dials out."""
 
+    def web(self, site: WebSite) -> None:
+        """A volunteer adds nothing to a dashboard yet: its owner has `vcnode status`."""
+
     async def open(self) -> None:
         await self._store.open()
         await self._transfers.open()
@@ -64,7 +71,8 @@ class VolunteerRole:
         limits = self._limits
         runtime: Runtime | None = None
         if self._docker_available:
-            self._docker = runtime = DockerRuntime(owner=self._context.identity.node_id)
+            # aiodocker (~12 MiB) is imported by the first task that needs it, not while idle.
+            self._docker = runtime = DockerOnDemand(owner=self._context.identity.node_id)
             if removed := await self._docker.remove_leftovers():
                 log.warning(
                     "removed %d containers left by a previous run of this volunteer", removed
@@ -93,6 +101,7 @@ class VolunteerRole:
             image_id=self._image_ids.get,
             load_image=self._load_image if self._docker else None,
             pull_image=self._pull_image if self._docker else None,
+            push_log=self._transfers.push_log,
         )
         await self.worker.open()
 
@@ -100,6 +109,8 @@ class VolunteerRole:
         return await self._docker.image_id(image) if self._docker else None
 
     async def _pull_image(self, image: str) -> None:
+        from daemon.runtime.docker import PullError  # with aiodocker, which pulls it
+
         assert self._docker is not None
         try:
             await self._docker.pull_image(image)

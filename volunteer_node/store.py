@@ -3,17 +3,16 @@ results not yet delivered to their manager."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from enum import StrEnum
 from pathlib import Path
 
-import sqlite_utils
-
 from daemon.models import TaskResult, TaskSpec
-from daemon.store import Database, Migration, codecs
+from daemon.store import PlainDatabase, PlainMigration, codecs
 
 
-def _initial_schema(db: sqlite_utils.Database) -> None:
+def _initial_schema(db: sqlite3.Connection) -> None:
     db.execute(
         """CREATE TABLE tasks (
             id TEXT NOT NULL,
@@ -49,7 +48,9 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = (Migration("volunteer/0001_initial", _initial_schema),)
+# Plain sqlite3: the volunteer's few statements need nothing of sqlite-utils, whose imports
+# would cost every volunteer ~4 MiB (daemon/store/database.py).
+MIGRATIONS = (PlainMigration("volunteer/0001_initial", _initial_schema),)
 
 
 class AttemptState(StrEnum):
@@ -69,7 +70,7 @@ class VolunteerStore:
     FILE_NAME = "volunteer.db"
 
     def __init__(self, data_dir: Path) -> None:
-        self.database = Database(data_dir / self.FILE_NAME, MIGRATIONS)
+        self.database = PlainDatabase(data_dir / self.FILE_NAME, MIGRATIONS)
 
     async def open(self) -> None:
         await self.database.open()
@@ -80,7 +81,7 @@ class VolunteerStore:
     async def record_task(self, spec: TaskSpec, state: AttemptState) -> None:
         now = time.time()
 
-        def write(db: sqlite_utils.Database) -> None:
+        def write(db: sqlite3.Connection) -> None:
             db.execute(
                 """INSERT INTO tasks
                      (id, attempt, workflow_id, spec, state, received_at, updated_at)
@@ -103,7 +104,7 @@ class VolunteerStore:
     async def abandon_unfinished(self) -> int:
         """After a restart: runs that were in progress died with the old process."""
 
-        def write(db: sqlite_utils.Database) -> int:
+        def write(db: sqlite3.Connection) -> int:
             cursor = db.execute(
                 "UPDATE tasks SET state = ?, updated_at = ? WHERE state NOT IN (?, ?, ?)",
                 (AttemptState.ABANDONED.value, time.time(), *(state.value for state in _ENDED)),
@@ -116,7 +117,7 @@ class VolunteerStore:
         """Keeps the result in the outbox until the coordinator acknowledges it."""
         now = time.time()
 
-        def write(db: sqlite_utils.Database) -> None:
+        def write(db: sqlite3.Connection) -> None:
             db.execute(
                 "UPDATE tasks SET state = ?, result = ?, updated_at = ? "
                 "WHERE id = ? AND attempt = ?",
@@ -137,7 +138,7 @@ class VolunteerStore:
         await self.database.run(write)
 
     async def acknowledge(self, task_id: str, attempt: int) -> None:
-        def write(db: sqlite_utils.Database) -> None:
+        def write(db: sqlite3.Connection) -> None:
             db.execute(
                 "UPDATE outbox SET delivered_at = ? "
                 "WHERE task_id = ? AND attempt = ? AND delivered_at IS NULL",
@@ -147,7 +148,7 @@ class VolunteerStore:
         await self.database.run(write)
 
     async def unacknowledged_results(self) -> list[TaskResult]:
-        def read(db: sqlite_utils.Database) -> list[TaskResult]:
+        def read(db: sqlite3.Connection) -> list[TaskResult]:
             rows = db.execute(
                 "SELECT result FROM outbox WHERE delivered_at IS NULL ORDER BY id"
             ).fetchall()

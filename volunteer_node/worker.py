@@ -35,6 +35,7 @@ from daemon.models import FileRef, InlineBlob, OwnerLimits, Resources, TaskResul
 from daemon.runtime.spec import LOG_BYTES, RunResult, RunSpec, Runtime
 from daemon.task_files import LOG_PURPOSE, PROGRESS_FILE, file_name_problem
 from volunteer_node.blobs import ManagerPeer
+from volunteer_node.live_logs import LogPush, PushLog, pushing
 from volunteer_node.policy import Situation, decline_reason
 from volunteer_node.store import AttemptState, VolunteerStore
 
@@ -66,7 +67,11 @@ class Transfers(Protocol):
 class Reporter(Protocol):
     """The coordinator link, as far as the worker is concerned."""
 
-    def send_accept(self, task_id: str, attempt: int) -> None: ...
+    def send_accept(self, task_id: str, attempt: int) -> None:
+        """We hold the task: it is `fetching` until send_started."""
+
+    def send_started(self, task_id: str, attempt: int) -> None:
+        """Its container started (see RunningWord): it is `running`."""
 
     def send_decline(self, task_id: str, attempt: int, reason: str) -> None: ...
 
@@ -123,7 +128,9 @@ class TaskWorker:
         image_id: Callable[[str], Awaitable[str | None]],
         load_image: Callable[[Path, str], Awaitable[None]] | None = None,
         pull_image: Callable[[str], Awaitable[None]] | None = None,
+        push_log: Callable[[ManagerPeer, LogPush], Awaitable[bool]] | None = None,
     ) -> None:
+        """`push_log`: sends a running task's new output to its manager (see live_logs)."""
         self._config = config
         self._store = store
         self._transfers = transfers
@@ -132,12 +139,14 @@ class TaskWorker:
         self._image_id = image_id
         self._load_image = load_image
         self._pull_image = pull_image
+        self._push_log = push_log
         # One image load at a time: two tasks of a new image must not both load it.
         self._image_lock = asyncio.Lock()
         self._reporter: Reporter | None = None
         self._pipelines: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         self._slots = asyncio.Semaphore(task_slots(config.limits))
+        self._said_running = RunningWord(task_slots(config.limits))
         self._unacknowledged: set[tuple[str, int]] = set()
 
     def attach(self, reporter: Reporter) -> None:
@@ -186,7 +195,12 @@ class TaskWorker:
         self.reporter.send_accept(task.task_id, task.attempt)
         pipeline = asyncio.get_running_loop().create_task(self._pipeline(task))
         self._pipelines[task.task_id] = pipeline
-        pipeline.add_done_callback(lambda _: self._pipelines.pop(task.task_id, None))
+        pipeline.add_done_callback(lambda _: self._ended(task.task_id))
+
+    def _ended(self, task_id: str) -> None:
+        """Its pipeline is over: its result was sent (or it was called off)."""
+        self._pipelines.pop(task_id, None)
+        self._said_running.ended(task_id)
 
     async def on_cancel(self, task_id: str, reason: str) -> None:
         pipeline = self._pipelines.get(task_id)
@@ -237,10 +251,22 @@ class TaskWorker:
             await self._store.record_task(task, AttemptState.READY)
             # Inputs are here; the container waits for a free slot (we hold one task more
             # than we run, so the next one is ready the moment a slot frees). Nothing else
-            # happens inside the slot: between two containers, every millisecond counts.
-            async with self._slots:
+            # happens inside the slot: between two containers, every millisecond counts
+            # (word that it runs, `fetching` no more, only joins the link's queue).
+            # What it writes goes to the manager as it comes (`vcnode logs -f`); the last of
+            # it once the slot is free again.
+            async with (
+                pushing(task.task_id, task.attempt, self._push_log_of(task)) as live,
+                self._slots,
+            ):
+                self._said_running.started(
+                    task.task_id,
+                    lambda: self.reporter.send_started(task.task_id, task.attempt),
+                )
                 run = await self._runtime.run(
-                    self._run_spec(task, input_dir, output_dir), self._progress(task)
+                    self._run_spec(task, input_dir, output_dir),
+                    self._progress(task),
+                    live.write if live is not None else None,
                 )
             outputs = Outputs()
             error = run.failure
@@ -385,6 +411,13 @@ class TaskWorker:
             output_mb=min(task.resources.disk_mb or limits.max_disk_mb, limits.max_disk_mb),
         )
 
+    def _push_log_of(self, task: TaskSpec) -> PushLog | None:
+        push_log = self._push_log
+        if push_log is None:
+            return None
+        manager = ManagerPeer.of(task)
+        return lambda push: push_log(manager, push)
+
     def _progress(self, task: TaskSpec) -> Callable[[float], None]:
         def report(percent: float) -> None:
             self.reporter.send_progress(task.task_id, task.attempt, percent)
@@ -481,6 +514,39 @@ class TaskWorker:
         for pipeline in list(self._pipelines.values()):
             with contextlib.suppress(asyncio.CancelledError):
                 await pipeline
+
+
+class RunningWord:
+    """When the coordinator hears that a task runs here: as its container starts, unless as
+    many tasks as there are slots are said to run already. A task is said to run until its
+    result is sent, and the slot frees as its container ends, before its outputs are
+    delivered: the next task starts at once but is said to run only once that result is
+    sent (still `fetching` meanwhile), so the pool never counts more tasks running here
+    than there are slots."""
+
+    def __init__(self, slots: int) -> None:
+        self._slots = slots
+        self._said: set[str] = set()
+        # Tasks started and not said yet, in the order they started: how to say each.
+        self._unsaid: dict[str, Callable[[], None]] = {}
+
+    def started(self, task_id: str, say: Callable[[], None]) -> None:
+        if len(self._said) < self._slots:
+            self._said.add(task_id)
+            say()
+        else:
+            self._unsaid[task_id] = say
+
+    def ended(self, task_id: str) -> None:
+        """Its result is sent, or it was called off: it runs here no more."""
+        self._unsaid.pop(task_id, None)
+        if task_id not in self._said:
+            return
+        self._said.discard(task_id)
+        if self._unsaid:
+            waiting = next(iter(self._unsaid))
+            self._said.add(waiting)
+            self._unsaid.pop(waiting)()
 
 
 def _make_output_dir(path: Path) -> None:

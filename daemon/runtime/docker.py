@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
+import aiohttp
 
+from daemon.runtime.engine import OWNER_LABEL as OWNER_LABEL  # where others read it
 from daemon.runtime.image_archive import untagged_copy
 from daemon.runtime.spec import (
     LogBuffer,
+    OutputCallback,
     OutputWatch,
     ProgressCallback,
     RunResult,
@@ -33,10 +36,11 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 SIGKILL_EXIT = 128 + 9
 NOBODY = "65534:65534"
-OWNER_LABEL = "vcnode.volunteer"
 EXPORT_CHUNK_BYTES = 1 << 20
 # A whole image over a slow link; a registry that answers nothing is given up on.
 PULL_TIMEOUT_SECONDS = 1800.0
+# When a running container's output starts being relayed (`vcnode logs -f`).
+FOLLOW_AFTER_SECONDS = 1.0
 
 
 class ImageMissingError(Exception):
@@ -88,6 +92,21 @@ async def _log(container: Any, **stream: bool) -> LogBuffer:
     for line in await container.log(**stream):
         buffer.append(line.encode("utf-8", "surrogateescape"))
     return buffer
+
+
+async def _follow(container: Any, on_output: OutputCallback, name: str) -> None:
+    """Tells what the running container writes to stream `name`, as Docker relays it (and
+    decodes it, as `_log` reads it after: the same bytes), until it stops. A log that cannot
+    be followed is no failure of the task: `_log` still reads it whole."""
+    # A period, not a wait: Docker relays a followed log from its start, so a container that
+    # ends within it costs no stream at all (its result carries what it wrote).
+    await asyncio.sleep(FOLLOW_AFTER_SECONDS)
+    try:
+        async for text in container.log(follow=True, **{name: True}):
+            if text:
+                on_output(name, text.encode("utf-8", "surrogateescape"))
+    except (aiodocker.DockerError, aiohttp.ClientError, OSError, ValueError) as error:
+        log.debug("stopped following the %s of %s: %s", name, container.id, error)
 
 
 class DockerRuntime:
@@ -166,7 +185,9 @@ class DockerRuntime:
         finally:
             await asyncio.to_thread(copy.unlink, True)
 
-    async def run(self, spec: RunSpec, on_progress: ProgressCallback) -> RunResult:
+    async def run(
+        self, spec: RunSpec, on_progress: ProgressCallback, on_output: OutputCallback | None = None
+    ) -> RunResult:
         try:
             container = await self._client().containers.create(
                 config=container_config(spec, self._owner), name=f"vcnode-{spec.run_id}"
@@ -182,9 +203,16 @@ class DockerRuntime:
                 await container.kill()
 
         watch = OutputWatch(spec, on_progress, stop)
-        progress = asyncio.get_running_loop().create_task(watch.run())
+        loop = asyncio.get_running_loop()
+        progress = loop.create_task(watch.run())
+        following: list[asyncio.Task[None]] = []
         try:
             await container.start()
+            if on_output is not None:
+                following = [
+                    loop.create_task(_follow(container, on_output, name))
+                    for name in ("stdout", "stderr")
+                ]
             failure = ""
             exit_code: int | None = None
             try:
@@ -221,9 +249,11 @@ class DockerRuntime:
                 stderr_cut=stderr.cut,
             )
         finally:
-            progress.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await progress
+            # What the followers had not relayed yet is in the stored log (`_log`).
+            for task in (progress, *following):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             # Shielded: a cancelled task must still not leave its container behind.
             await asyncio.shield(self._remove(container))
 

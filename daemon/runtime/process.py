@@ -27,6 +27,7 @@ from pathlib import Path
 from daemon.capacity import MAX_SLOTS
 from daemon.runtime.spec import (
     LogBuffer,
+    OutputCallback,
     OutputWatch,
     ProgressCallback,
     RunResult,
@@ -136,28 +137,41 @@ class ProcessRuntime:
     def __init__(self) -> None:
         self._free_uids = list(reversed(TASK_UIDS))
 
-    async def run(self, spec: RunSpec, on_progress: ProgressCallback) -> RunResult:
+    async def run(
+        self, spec: RunSpec, on_progress: ProgressCallback, on_output: OutputCallback | None = None
+    ) -> RunResult:
         problem = unavailable()
         if problem is not None:
             raise RuntimeError(problem)
         uid = self._free_uids.pop()  # a volunteer runs at most MAX_SLOTS (+1 fetched)
         try:
-            return await self._run(spec, on_progress, uid)
+            return await self._run(spec, on_progress, uid, on_output)
         finally:
             self._free_uids.append(uid)
 
-    async def _run(self, spec: RunSpec, on_progress: ProgressCallback, uid: int) -> RunResult:
+    async def _run(
+        self,
+        spec: RunSpec,
+        on_progress: ProgressCallback,
+        uid: int,
+        on_output: OutputCallback | None,
+    ) -> RunResult:
         # The task writes its outputs as its uid; the volunteer, as root, reads them.
         await asyncio.to_thread(os.chown, spec.output_dir, uid, uid)
         scratch = scratch_dir(spec)
         await asyncio.to_thread(_fresh_dir, scratch, uid)
         try:
-            return await self._run_in(spec, on_progress, uid, scratch)
+            return await self._run_in(spec, on_progress, uid, scratch, on_output)
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
 
     async def _run_in(
-        self, spec: RunSpec, on_progress: ProgressCallback, uid: int, scratch: Path
+        self,
+        spec: RunSpec,
+        on_progress: ProgressCallback,
+        uid: int,
+        scratch: Path,
+        on_output: OutputCallback | None,
     ) -> RunResult:
         started_at = time.time()
         process = await asyncio.create_subprocess_exec(
@@ -180,7 +194,10 @@ class ProcessRuntime:
         # than twice LOG_BYTES of the volunteer's memory.
         assert process.stdout is not None
         assert process.stderr is not None
-        reading = asyncio.gather(_drain(process.stdout, stdout), _drain(process.stderr, stderr))
+        reading = asyncio.gather(
+            _drain(process.stdout, stdout, "stdout", on_output),
+            _drain(process.stderr, stderr, "stderr", on_output),
+        )
         try:
             try:
                 async with asyncio.timeout(spec.timeout_seconds):
@@ -227,6 +244,13 @@ class ProcessRuntime:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-async def _drain(stream: asyncio.StreamReader, buffer: LogBuffer) -> None:
+async def _drain(
+    stream: asyncio.StreamReader,
+    buffer: LogBuffer,
+    name: str,
+    on_output: OutputCallback | None,
+) -> None:
     while chunk := await stream.read(1 << 16):
         buffer.append(chunk)
+        if on_output is not None:
+            on_output(name, chunk)

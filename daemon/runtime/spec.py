@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,18 @@ class RunResult:
 
 
 ProgressCallback = Callable[[float], None]
+# Told each piece a running task writes, as it comes: ("stdout" or "stderr", its bytes).
+OutputCallback = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """Bytes a running task wrote to one stream (`vcnode logs -f`), from `offset` on: how
+    much it had written to that stream before."""
+
+    stream: str
+    offset: int
+    data: bytes
 
 
 class Runtime(Protocol):
@@ -64,8 +77,11 @@ class Runtime(Protocol):
     # False for the process runtime: every place that shows the volunteer must say so.
     isolated: bool
 
-    async def run(self, spec: RunSpec, on_progress: ProgressCallback) -> RunResult:
-        """Runs to completion (or timeout); cancelling the caller stops the run."""
+    async def run(
+        self, spec: RunSpec, on_progress: ProgressCallback, on_output: OutputCallback | None = None
+    ) -> RunResult:
+        """Runs to completion (or timeout); cancelling the caller stops the run. With
+        `on_output`, what the task writes is told as it comes, too."""
         ...
 
 
@@ -78,18 +94,23 @@ LOG_BYTES = 8 * 1024 * 1024
 
 # Words of a line that says what went wrong (lower case).
 _TELLING = ("error", "unable to", "cannot", "can't", "no such file", "not found", "fatal")
+# A quoted name or a path: what a line that names the culprit has. OpenMalaria's first line,
+# "XSD error: instance document parsing failed", only says that something went wrong; the
+# next, "... unable to open primary document entity '/om/scenario_48.xsd'", says what.
+_NAMES = re.compile(r"'[^']+'|\"[^\"]+\"|(?:^|[\s:=(])\.{0,2}/[\w.-]")
 
 
 def telling_line(stderr: bytes | str) -> str:
-    """The stderr line most likely to say why a task failed: the first that speaks of an
-    error (the cause, before what it led to: "unable to open primary document entity
-    ..."), else the last (a Python exception, `sys.exit("...")`); "" when there is none."""
+    """The stderr line most likely to say why a task failed: of the lines that speak of an
+    error, the first that names a file or value, else the first (the cause, before what it
+    led to), else the last line (a Python exception, `sys.exit("...")`); "" for none."""
     text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return ""
+    telling = [line for line in lines if any(word in line.lower() for word in _TELLING)]
     line = next(
-        (line for line in lines if any(word in line.lower() for word in _TELLING)), lines[-1]
+        (line for line in telling if _NAMES.search(line)), telling[0] if telling else lines[-1]
     )
     return line if len(line) <= FAILURE_LINE_CHARS else line[: FAILURE_LINE_CHARS - 1] + "…"
 

@@ -1,5 +1,6 @@
-"""Per-node SQLite state through sqlite-utils; every query runs on the database's own thread."""
+"""Per-node SQLite state, through sqlite-utils or plain sqlite3; every query runs on the
+database's own thread."""
 
-from daemon.store.database import Database, Migration
+from daemon.store.database import Database, Migration, PlainDatabase, PlainMigration
 
-__all__ = ["Database", "Migration"]
+__all__ = ["Database", "Migration", "PlainDatabase", "PlainMigration"]

@@ -103,6 +103,9 @@ class TransferServicer:
         self._store = store
         self._policy = policy
         self._uploads: Counter[str] = Counter()  # by the caller's node id
+        # Bytes served and taken since start (/metrics): chunks as they cross the wire.
+        self.bytes_sent = 0
+        self.bytes_received = 0
         keep_freed_memory()
 
     async def Download(
@@ -117,6 +120,7 @@ class TransferServicer:
                 raise PolicyRefusedError(f"this node does not serve blob {sha256} to you")
             # `yield` rather than context.write(): measurably faster in grpc.aio.
             async for message in self._store.read_messages(sha256, request.offset):
+                self.bytes_sent += len(message)
                 yield message
         except NodeError as error:
             await _refuse(context, error)
@@ -181,6 +185,7 @@ class TransferServicer:
                             f"{writer.received} was expected"
                         )
                     await writer.append(chunk.data, chunk.crc32)
+                    self.bytes_received += len(chunk.data)
                 await writer.finish()
         except BlobExistsError:
             # Another upload of the same blob finished while this one waited its turn.

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from daemon.trust import pki
+from daemon.trust import certinfo
 from daemon.trust.pki import Identity
 
 # Kinds of caller beyond the roles a certificate names.
@@ -31,6 +31,9 @@ _TRANSFER = "/vcnode.v1.TransferService/"
 _TRUST = "/vcnode.v1.TrustService/"
 
 PEOPLE = frozenset({"user", "admin", SELF})
+# The web dashboard's requests pass the same rule, under these names (daemon/web/server.py).
+DASHBOARD_RULE = "/http/dashboard"
+METRICS_RULE = "/http/metrics"
 RULES: dict[str, frozenset[str]] = {
     _NODE + "GetInfo": frozenset({MEMBER}),
     _NODE + "Health": frozenset({MEMBER}),
@@ -55,9 +58,14 @@ RULES: dict[str, frozenset[str]] = {
             "DeleteWorkflow",
             "ExplainTasks",
             "GetTaskLog",
+            "FollowTaskLog",
         )
     },
+    _NODE + "OpenDashboard": PEOPLE,
+    DASHBOARD_RULE: PEOPLE,
+    METRICS_RULE: PEOPLE,
     _MANAGER + "GetImageArchive": frozenset({"volunteer"}),
+    _MANAGER + "PushTaskLog": frozenset({"volunteer"}),  # the manager checks it holds the task
     # Volunteers fetch inputs and send outputs; people send inputs and fetch results.
     _TRANSFER + "Download": PEOPLE | {"volunteer"},
     _TRANSFER + "Upload": PEOPLE | {"volunteer"},
@@ -152,8 +160,13 @@ def set_current_caller(caller: Caller) -> None:
 
 @functools.lru_cache(maxsize=4096)
 def _public_key(pem: bytes) -> bytes:
-    """The public key a peer's certificate (PEM, as TLS proved it) certifies, in DER."""
-    return pki.public_key_der(pki.load_cert(pem))
+    """The public key a peer's certificate (PEM, as TLS proved it) certifies, in DER, as it
+    sits in the certificate: read without `cryptography`, which a node does not keep in its
+    memory (daemon/trust/certinfo.py). Empty when it cannot be read, which is no one's key."""
+    try:
+        return certinfo.public_key_der(pem)
+    except ValueError:
+        return b""
 
 
 class AccessPolicy:

@@ -17,6 +17,9 @@ DEFAULT_ITEMS = 10_000  # entries of a list or a map
 INLINE_FILE_BYTES = 256 * 1024
 INPUT_FILES = 100_000  # a folder of inputs
 IMAGES = 1_000  # image tags a volunteer reports (it reports at most these)
+# What a volunteer pushes of a running task's stream at once (`vcnode logs -f`); it keeps
+# the newest bytes when more came, and says how many it skipped.
+LOG_PUSH_BYTES = 64 * 1024
 # By field name as the .proto files spell it.
 TEXT: dict[str, int] = {
     # Who a volunteer says it is: shown in every listing of the pool.
@@ -28,6 +31,9 @@ TEXT: dict[str, int] = {
     # A workflow file may be as large as a message may be.
     "vcnode.v1.SubmitWorkflowRequest.workflow_toml": 16 * 1024 * 1024,
     "vcnode.v1.InlineFile.content": INLINE_FILE_BYTES,
+    "vcnode.v1.LogChunk.data": LOG_PUSH_BYTES,
+    "vcnode.v1.LogChunk.stream": 16,
+    "vcnode.v1.PushTaskLogRequest.task_id": 1024,
 }
 ITEMS: dict[str, int] = {
     "vcnode.v1.Resources.images": IMAGES,
@@ -35,6 +41,7 @@ ITEMS: dict[str, int] = {
     "vcnode.v1.ReportVerdictsRequest.verdicts": 1_000,  # and verdicts 500 at a time
     "vcnode.v1.TaskSpec.avoid_volunteers": 64,  # copies of one task: a handful
     "vcnode.v1.TaskResult.logs": 2,  # stdout and stderr
+    "vcnode.v1.PushTaskLogRequest.chunks": 2,  # and what each wrote since the last push
     "vcnode.v1.SubmitWorkflowRequest.files": INPUT_FILES,
     "vcnode.v1.SubmitWorkflowRequest.inline_files": INPUT_FILES,
     "vcnode.v1.SubmitWorkflowRequest.overrides": 1_000,

@@ -29,6 +29,7 @@ from daemon.models import (
     WorkflowUpdate,
 )
 from daemon.rpc.v1 import common_pb2, coordinator_pb2, manager_pb2, node_pb2
+from daemon.runtime.spec import LogChunk
 
 
 def resources_to_proto(resources: Resources) -> common_pb2.Resources:
@@ -434,6 +435,7 @@ def workflow_counts_to_proto(counts: WorkflowCounts) -> manager_pb2.WorkflowCoun
         cancelled=counts.cancelled,
         total=counts.total,
         skipped=counts.skipped,
+        fetching=counts.fetching,
     )
 
 
@@ -446,6 +448,7 @@ def workflow_counts_from_proto(message: manager_pb2.WorkflowCounts) -> WorkflowC
         cancelled=message.cancelled,
         total=message.total,
         skipped=message.skipped,
+        fetching=message.fetching,
     )
 
 
@@ -541,6 +544,24 @@ def workflow_status_from_proto(message: manager_pb2.WorkflowStatus) -> WorkflowS
         extra_run_seconds=message.extra_run_seconds,
         run_seconds=message.run_seconds,
     )
+
+
+def log_push_to_proto(
+    task_id: str, attempt: int, chunks: tuple[LogChunk, ...], final: bool
+) -> manager_pb2.PushTaskLogRequest:
+    return manager_pb2.PushTaskLogRequest(
+        task_id=task_id,
+        attempt=attempt,
+        chunks=[
+            manager_pb2.LogChunk(stream=chunk.stream, offset=chunk.offset, data=chunk.data)
+            for chunk in chunks
+        ],
+        final=final,
+    )
+
+
+def log_chunks_from_proto(message: manager_pb2.PushTaskLogRequest) -> tuple[LogChunk, ...]:
+    return tuple(LogChunk(chunk.stream, chunk.offset, chunk.data) for chunk in message.chunks)
 
 
 def explanation_to_proto(explanation: TaskExplanation) -> manager_pb2.TaskExplanation:

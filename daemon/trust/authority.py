@@ -5,14 +5,16 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING
 
 from daemon.datadir import write_atomically
 from daemon.errors import DataDirError
 from daemon.trust import pki
 from daemon.trust.credentials import CA_FILE, CA_KEY_FILE, Credential
+
+if TYPE_CHECKING:  # only a coordinator, which has a CA, imports `cryptography` (pki.py)
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 
 @dataclass(frozen=True)

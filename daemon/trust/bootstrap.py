@@ -9,10 +9,21 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from daemon.datadir import write_atomically
 from daemon.errors import ConfigError
 from daemon.trust.authority import ClusterAuthority
-from daemon.trust.credentials import ADMIN, CA_KEY_FILE, NODE, Credential, LiveCredential, tls_dir
+from daemon.trust.credentials import (
+    ADMIN,
+    CA_KEY_FILE,
+    NODE,
+    Credential,
+    LiveCredential,
+    facts_file,
+    kept_facts,
+    tls_dir,
+)
 from daemon.trust.join import join_cluster
+from daemon.trust.keywork import KeyWorker
 from daemon.trust.pki import CERTIFICATE_LIFETIME, Identity
 from daemon.trust.tokens import JoinToken
 
@@ -68,6 +79,29 @@ def _own_credentials(
     return NodeTrust(credential, authority)
 
 
+async def _keep_facts(directory: Path) -> None:
+    """Keeps what the node's certificate says beside it when it was saved without (by a
+    vcnode before these were kept), read in a child process: read here, `cryptography` would
+    stay in the memory of this run of the node (daemon/trust/keywork.py)."""
+    try:
+        cert_pem = await asyncio.to_thread((directory / f"{NODE}.pem").read_bytes)
+    except OSError:
+        return  # not joined, or not ours to read: Credential.load says which
+    if await asyncio.to_thread(kept_facts, directory, NODE, cert_pem) is not None:
+        return
+    async with KeyWorker() as keys:
+        try:
+            facts = await keys.facts_of(cert_pem)
+        except ValueError:
+            return  # not a certificate: Credential.load treats it as none
+    try:
+        await asyncio.to_thread(write_atomically, facts_file(directory, NODE), facts.to_json())
+    except OSError as error:  # Credential.load reads the certificate itself, as before
+        log.warning("cannot keep what %s/%s.pem says beside it: %s", directory, NODE, error)
+        return
+    log.info("read %s/%s.pem once and kept what it says beside it", directory, NODE)
+
+
 async def establish(
     data_dir: Path,
     node_id: str,
@@ -84,6 +118,7 @@ async def establish(
         return await asyncio.to_thread(
             _own_credentials, directory, cluster, node_id, roles, lifetime
         )
+    await _keep_facts(directory)
     held = await asyncio.to_thread(Credential.load, directory, NODE)
     token = JoinToken.parse(token_text) if token_text else None
     if held is not None and (token is None or token.ca_hash == held.ca_hash):

@@ -4,22 +4,30 @@ Kept under `<data dir>/tls/` for nodes (`node.*`; on a coordinator also the CA's
 `admin.*` credential that the local CLI of the same OS user reads, as kubectl reads
 admin.conf) and under `~/.config/vcnode/` for people (`vcnode login`). Keys are written
 owner-only, atomically.
+
+Beside each certificate, `<stem>.cert.json` keeps what it says (daemon.trust.certinfo): a
+node reads who it is and when its certificate expires from there, without `cryptography`.
+A certificate saved before those were kept has them derived once, on its first load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import cast
 
 import grpc
-from cryptography import x509
 
 from daemon.datadir import write_atomically
-from daemon.trust import pki
+from daemon.trust import certinfo, pki
+from daemon.trust.certinfo import CertificateFacts
+
+log = logging.getLogger(__name__)
 
 CA_FILE = "ca.pem"
 CA_KEY_FILE = "ca.key"
@@ -32,40 +40,59 @@ def tls_dir(data_dir: Path) -> Path:
     return data_dir / "tls"
 
 
+def facts_file(directory: Path, stem: str) -> Path:
+    return directory / f"{stem}.cert.json"
+
+
+def kept_facts(directory: Path, stem: str, cert_pem: bytes) -> CertificateFacts | None:
+    """The facts kept beside the certificate `cert_pem`; None when none are kept for it."""
+    try:
+        facts = CertificateFacts.from_json(facts_file(directory, stem).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return facts if facts.describe(cert_pem) else None
+
+
 @dataclass(frozen=True)
 class Credential:
-    """Who this process is to the cluster, and how it knows the cluster's other members."""
+    """Who this process is to the cluster, and how it knows the cluster's other members.
+
+    `facts`, what the certificate says, are read from it (with `cryptography`) unless given:
+    whoever gives them read them from this very certificate (a fingerprint says so)."""
 
     ca_pem: bytes
     key_pem: bytes
     cert_pem: bytes
-    _cert: x509.Certificate = field(init=False, repr=False, compare=False)
+    facts: InitVar[CertificateFacts | None] = None
+    _facts: CertificateFacts = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_cert", pki.load_cert(self.cert_pem))
+    def __post_init__(self, facts: CertificateFacts | None) -> None:
+        if facts is None or not facts.describe(self.cert_pem):
+            facts = pki.facts_of(self.cert_pem)
+        object.__setattr__(self, "_facts", facts)
 
     @cached_property
     def identity(self) -> pki.Identity:
-        identity = pki.identity_of(self._cert)
+        identity = pki.Identity.from_names(self._facts.names)
         if identity is None:
             raise ValueError("the certificate names no vcnode identity")
         return identity
 
     @property
     def expires_at(self) -> datetime.datetime:
-        return self._cert.not_valid_after_utc
+        return self._facts.not_after
 
     @property
     def lifetime(self) -> datetime.timedelta:
-        return self._cert.not_valid_after_utc - self._cert.not_valid_before_utc
+        return self._facts.not_after - self._facts.not_before
 
     @cached_property
     def public_key_der(self) -> bytes:
-        return pki.public_key_der(self._cert)
+        return certinfo.public_key_der(self.cert_pem)
 
     @cached_property
     def ca_hash(self) -> str:
-        return pki.ca_hash(pki.load_cert(self.ca_pem))
+        return certinfo.ca_hash(self.ca_pem)
 
     def expired(self, now: datetime.datetime | None = None) -> bool:
         return (now or datetime.datetime.now(datetime.UTC)) >= self.expires_at
@@ -92,21 +119,31 @@ class Credential:
         write_atomically(directory / CA_FILE, self.ca_pem)
         write_atomically(directory / f"{stem}.key", self.key_pem, 0o600)
         write_atomically(directory / f"{stem}.pem", self.cert_pem)
+        write_atomically(facts_file(directory, stem), self._facts.to_json())
 
     @classmethod
     def load(cls, directory: Path, stem: str) -> Credential | None:
         """The credential saved as `stem` in `directory`; None when there is none or this
         user may not read it."""
         try:
-            return cls(
-                ca_pem=(directory / CA_FILE).read_bytes(),
-                key_pem=(directory / f"{stem}.key").read_bytes(),
-                cert_pem=(directory / f"{stem}.pem").read_bytes(),
-            )
+            ca_pem = (directory / CA_FILE).read_bytes()
+            key_pem = (directory / f"{stem}.key").read_bytes()
+            cert_pem = (directory / f"{stem}.pem").read_bytes()
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             return None
+        kept = kept_facts(directory, stem, cert_pem)
+        try:
+            credential = cls(ca_pem, key_pem, cert_pem, kept)
         except ValueError:
             return None
+        if kept is None:
+            # Saved before the facts were kept beside it (or they were lost): this once they
+            # were read with `cryptography`; from now on they are read from the file. A reader
+            # that may not write there (another user's CLI) reads them again next time.
+            with contextlib.suppress(OSError):
+                write_atomically(facts_file(directory, stem), credential._facts.to_json())
+                log.info("read %s/%s.pem once and kept what it says beside it", directory, stem)
+        return credential
 
 
 class LiveCredential:

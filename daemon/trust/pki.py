@@ -9,6 +9,10 @@ person whose machine it is: two copies of one task never run on two machines of 
 A client dials with the name it expects as the TLS target name (a role, or one node's id), so
 the handshake itself proves the server is that; a server reads the same names from the
 client's certificate to decide what the caller may do.
+
+`cryptography` is imported by the functions that make or check keys and certificates, not
+with this module: every node reads the names, and a node that only runs (a volunteer) should
+not keep the ~8 MiB that importing it costs (see daemon/trust/certinfo.py, daemon/trust/keywork.py).
 """
 
 from __future__ import annotations
@@ -20,11 +24,15 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from daemon.trust.certinfo import CertificateFacts, fingerprint
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    Key: TypeAlias = ec.EllipticCurvePrivateKey
 
 # Who may hold a certificate. `admin` is a person who may see and do everything.
 NODE_ROLES = ("coordinator", "manager", "volunteer")
@@ -40,9 +48,6 @@ _SUFFIX = ".vcnode"
 # A DNS label: what a node id, a role or a user name must be to sit in a name.
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 USER_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
-
-Key = ec.EllipticCurvePrivateKey
-
 
 # Every node's certificate names this too: what a client dials when any member will do.
 ANY_NODE = f"node{_SUFFIX}"
@@ -122,10 +127,14 @@ class Identity:
 
 
 def new_key() -> Key:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def key_pem(key: Key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -134,6 +143,9 @@ def key_pem(key: Key) -> bytes:
 
 
 def load_key(pem: bytes) -> Key:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError("not an EC private key")
@@ -141,15 +153,21 @@ def load_key(pem: bytes) -> Key:
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def load_cert(pem: bytes) -> x509.Certificate:
+    from cryptography import x509
+
     return x509.load_pem_x509_certificate(pem)
 
 
 def public_key_der(cert: x509.Certificate) -> bytes:
     """The key a certificate certifies, as DER SubjectPublicKeyInfo."""
+    from cryptography.hazmat.primitives import serialization
+
     return cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -157,7 +175,8 @@ def public_key_der(cert: x509.Certificate) -> bytes:
 
 def ca_hash(ca: x509.Certificate) -> str:
     """The fingerprint a join token pins: sha256 of the CA's public key (as kubeadm's
-    discovery hash), in lower-case base32 so it survives copy and paste."""
+    discovery hash), in lower-case base32 so it survives copy and paste. (Without
+    `cryptography`, from the CA's PEM: daemon.trust.certinfo.ca_hash.)"""
     digest = hashlib.sha256(public_key_der(ca)).digest()
     return base64.b32encode(digest).decode().rstrip("=").lower()
 
@@ -167,6 +186,10 @@ def _now() -> datetime.datetime:
 
 
 def create_ca(cluster: str) -> tuple[Key, x509.Certificate]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
     key = new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"vcnode cluster {cluster} CA")])
     now = _now()
@@ -202,6 +225,10 @@ def create_ca(cluster: str) -> tuple[Key, x509.Certificate]:
 def certificate_request(key: Key, node_id: str) -> bytes:
     """A CSR (DER): proves the joining node holds `key`. The CA takes only the public key
     from it; what the certificate says comes from the token, never from the request."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)])
     csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
     return csr.public_bytes(serialization.Encoding.DER)
@@ -209,6 +236,9 @@ def certificate_request(key: Key, node_id: str) -> bytes:
 
 def read_request(der: bytes) -> ec.EllipticCurvePublicKey:
     """The public key of a CSR whose signature holds; ValueError otherwise."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     csr = x509.load_der_x509_csr(der)
     if not csr.is_signature_valid:
         raise ValueError("the certificate request's signature does not verify")
@@ -227,6 +257,10 @@ def issue(
     identity: Identity,
     lifetime: datetime.timedelta = CERTIFICATE_LIFETIME,
 ) -> x509.Certificate:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     now = _now()
     return (
         x509.CertificateBuilder()
@@ -255,12 +289,31 @@ def issue(
     )
 
 
-def identity_of(cert: x509.Certificate) -> Identity | None:
+def _dns_names(cert: x509.Certificate) -> list[str] | None:
+    from cryptography import x509
+
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return None
-    return Identity.from_names(names.get_values_for_type(x509.DNSName))
+    return names.get_values_for_type(x509.DNSName)
+
+
+def identity_of(cert: x509.Certificate) -> Identity | None:
+    names = _dns_names(cert)
+    return None if names is None else Identity.from_names(names)
+
+
+def facts_of(pem: bytes) -> CertificateFacts:
+    """What the certificate `pem` says of its holder, to keep beside it; ValueError when it
+    is not a certificate."""
+    cert = load_cert(pem)
+    return CertificateFacts(
+        certificate=fingerprint(pem),
+        names=tuple(_dns_names(cert) or ()),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+    )
 
 
 def check_issued(ca: x509.Certificate, cert: x509.Certificate, key: Key) -> None:
@@ -271,6 +324,23 @@ def check_issued(ca: x509.Certificate, cert: x509.Certificate, key: Key) -> None
         raise ValueError(f"the certificate was not issued by the cluster's CA ({error})") from None
     if cert.public_key() != key.public_key():
         raise ValueError("the certificate is not for this node's key")
+
+
+def accept_certificate(
+    ca_pem: bytes, cert_pem: bytes, key: bytes, pinned_ca_hash: str | None = None
+) -> CertificateFacts:
+    """The facts of `cert_pem` once it is shown to be a certificate `ca_pem` issued for the
+    key `key` (PEM), and `ca_pem` (when `pinned_ca_hash` is given) the CA a join token
+    names; ValueError saying which is not so otherwise."""
+    try:
+        ca = load_cert(ca_pem)
+        cert = load_cert(cert_pem)
+    except ValueError:
+        raise ValueError("sent something that is not a certificate") from None
+    if pinned_ca_hash is not None and ca_hash(ca) != pinned_ca_hash:
+        raise ValueError("its CA is not the one the token names: not our cluster")
+    check_issued(ca, cert, load_key(key))
+    return facts_of(cert_pem)
 
 
 def new_secret(nbytes: int) -> str:

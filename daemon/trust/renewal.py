@@ -4,6 +4,7 @@ Once a certificate is in the last third of its life, a coordinator issues itself
 admin credential) a new one from its own CA; any other node asks its coordinator, over mTLS
 with the certificate it still holds, for one with the same identity and a new key. The new
 credential is saved in the data dir, then served and presented from the next connection on.
+A node that asks makes its key in a child process (daemon/trust/keywork.py), as at its join.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from daemon.transport.channels import open_channel
 from daemon.trust import pki
 from daemon.trust.authority import ClusterAuthority
 from daemon.trust.credentials import ADMIN, NODE, Credential, LiveCredential, tls_dir
+from daemon.trust.keywork import KeyWorker
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +32,15 @@ RENEW_TIMEOUT_SECONDS = 30.0
 
 async def renewed_by_coordinator(credential: Credential, coordinator: str) -> Credential:
     """A new credential for the same identity, from the coordinator at `coordinator`."""
-    key = pki.new_key()
-    request = trust_pb2.RenewRequest(
-        certificate_request=pki.certificate_request(key, credential.identity.node_id)
-    )
-    async with open_channel(coordinator, credential, pki.role_name("coordinator")) as channel:
-        reply = await trust_pb2_grpc.TrustServiceStub(channel).Renew(
-            request, timeout=RENEW_TIMEOUT_SECONDS
-        )
-    ca = pki.load_cert(credential.ca_pem)
-    cert = pki.load_cert(reply.certificate)
-    pki.check_issued(ca, cert, key)
-    renewed = Credential(credential.ca_pem, pki.key_pem(key), reply.certificate)
+    async with KeyWorker() as keys:
+        key, request = await keys.new_request(credential.identity.node_id)
+        async with open_channel(coordinator, credential, pki.role_name("coordinator")) as channel:
+            reply = await trust_pb2_grpc.TrustServiceStub(channel).Renew(
+                trust_pb2.RenewRequest(certificate_request=request),
+                timeout=RENEW_TIMEOUT_SECONDS,
+            )
+        facts = await keys.accept(credential.ca_pem, reply.certificate, key)
+    renewed = Credential(credential.ca_pem, key, reply.certificate, facts)
     if renewed.identity != credential.identity:
         raise ValueError("the renewed certificate names someone else")
     return renewed

@@ -213,11 +213,13 @@ def start_pool(
     volunteers: int = 1,
     env: dict[str, str] | None = None,
     heartbeat: str = "0.5",
+    manager_args: tuple[str, ...] = (),
 ) -> tuple[Daemon, list[Daemon]]:
-    """A coordinator+manager and `volunteers` volunteers (each with `volunteer_args` and
-    `env`) in a cluster of their own on loopback; returns once every volunteer joined."""
+    """A coordinator+manager (with `manager_args`) and `volunteers` volunteers (each with
+    `volunteer_args` and `env`) in a cluster of their own on loopback; returns once every
+    volunteer joined."""
     common = ["--listen", "127.0.0.1:0", "--cluster", unique_cluster(), "--heartbeat", heartbeat]
-    manager = daemons.start("manager", "--role", "coordinator,manager", *common)
+    manager = daemons.start("manager", "--role", "coordinator,manager", *common, *manager_args)
     address = manager.address()
     started = [
         daemons.start(f"volunteer-{i}", "--role", "volunteer", *volunteer_args, *common, env=env)

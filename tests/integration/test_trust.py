@@ -654,6 +654,8 @@ FORBIDDEN = [
     (VOLUNTEER, "ManagerService/ExplainTasks", PEOPLE),
     (MANAGER, "ManagerService/ExplainTasks", PEOPLE),
     (VOLUNTEER, "ManagerService/GetTaskLog", PEOPLE),
+    (VOLUNTEER, "NodeService/OpenDashboard", PEOPLE),
+    (MANAGER, "NodeService/OpenDashboard", PEOPLE),
     (MANAGER, "ManagerService/GetTaskLog", PEOPLE),
     (MANAGER, "CoordinatorService/VolunteerSession", A_VOLUNTEER),
     (MANAGER, "TrustService/CreateToken", TRUST_ADMINS),

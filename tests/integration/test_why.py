@@ -72,6 +72,7 @@ def test_why_names_the_disk_cap_and_the_busy_volunteer_and_the_dependency(
 
 
 def _held(manager: Daemon, workflow_id: str) -> set[str]:
-    """The tasks the roomy volunteer holds (running), which have nothing to explain."""
+    """The tasks the roomy volunteer holds (one running, one fetched ahead of its slot),
+    which have nothing to explain."""
     status = cli_json("status", workflow_id, "--data-dir", str(manager.data_dir))
-    return {task["name"] for task in status["tasks"] if task["state"] == "running"}
+    return {task["name"] for task in status["tasks"] if task["state"] in ("running", "fetching")}

@@ -10,7 +10,7 @@ import pytest
 import sqlite_utils
 
 from daemon.errors import DataDirError
-from daemon.store import Database, Migration
+from daemon.store import Database, Migration, PlainDatabase, PlainMigration
 
 
 def counted_migrations(applied: list[str]) -> list[Migration]:
@@ -111,5 +111,43 @@ async def test_a_corrupt_file_is_refused_with_what_to_do(tmp_path: Path) -> None
         with pytest.raises(DataDirError, match="move it aside to start afresh") as caught:
             await database.open()
         assert f"state file {path} is unusable" in str(caught.value)
+    finally:
+        await database.close()
+
+
+async def test_a_plain_database_hands_work_the_connection_itself_with_the_same_guarantees(
+    tmp_path: Path,
+) -> None:
+    """What a volunteer uses: no sqlite-utils, the same migrations, WAL and transactions."""
+    applied: list[str] = []
+
+    def create_items(db: sqlite3.Connection) -> None:
+        applied.append("0001_items")
+        db.execute("CREATE TABLE items (name TEXT PRIMARY KEY)")
+
+    path = tmp_path / "plain.db"
+    migrations = [PlainMigration("test/0001_items", create_items)]
+    for _ in range(2):
+        database = PlainDatabase(path, migrations)
+        await database.open()
+        await database.close()
+    assert applied == ["0001_items"]
+
+    database = PlainDatabase(path, migrations)
+    await database.open()
+    try:
+        assert await database.read(lambda db: isinstance(db, sqlite3.Connection))
+        mode = await database.read(lambda db: db.execute("PRAGMA journal_mode").fetchone()[0])
+        assert mode == "wal"
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO items (name) VALUES ('a')")
+            raise KeyError("boom")
+
+        with pytest.raises(KeyError):
+            await database.run(insert)
+        assert count_on_disk(path, "SELECT COUNT(*) FROM items") == 0
+        await database.run(lambda db: db.execute("INSERT INTO items (name) VALUES ('b')"))
+        assert count_on_disk(path, "SELECT COUNT(*) FROM items") == 1
     finally:
         await database.close()

@@ -28,3 +28,14 @@ def test_once_tasks_complete_the_measured_rate_takes_over() -> None:
 def test_without_estimate_or_completions_there_is_no_eta() -> None:
     assert eta_seconds(counts(4, running=2), elapsed=5, estimated_per_task=0) is None
     assert eta_seconds(counts(4, completed=4), elapsed=5, estimated_per_task=3) is None
+
+
+def test_tasks_that_started_set_the_pace_not_those_held_for_a_slot() -> None:
+    # 2 volunteers of one slot each: 2 run, 2 fetched ahead; 8 tasks of 10 s, 3 s gone.
+    held = WorkflowCounts(total=8, running=2, fetching=2)
+    assert eta_seconds(held, elapsed=3, estimated_per_task=10) == (37, True)
+
+
+def test_before_any_task_starts_the_fetching_ones_stand_for_those_running() -> None:
+    fetching = WorkflowCounts(total=8, fetching=2)
+    assert eta_seconds(fetching, elapsed=3, estimated_per_task=10) == (37, True)

@@ -22,7 +22,7 @@ def test_a_task_is_held_while_it_runs_and_by_nobody_once_declined_or_handed_back
     seen = []
     for kind in (
         EventKind.OFFERED,
-        EventKind.RUNNING,
+        EventKind.RUNNING,  # an older volunteer: no `fetching` first
         EventKind.PROGRESS,
         EventKind.DECLINED,
         EventKind.OFFERED,
@@ -32,6 +32,25 @@ def test_a_task_is_held_while_it_runs_and_by_nobody_once_declined_or_handed_back
         run.apply(event(kind))
         seen.append(holder_of(task))
     # Offered is not held (it fetches once it accepted); a decliner keeps nothing.
+    assert seen == ["", "v1", "v1", "", "", "v1", ""]
+
+
+def test_a_task_is_held_while_its_volunteer_fetches_its_inputs() -> None:
+    run = WorkflowRun.of("wf", [WorkflowTask("wf.t", "t")])
+    task = run.tasks["wf.t"]
+    run.take_ready()
+    seen = []
+    for kind in (
+        EventKind.OFFERED,
+        EventKind.FETCHING,
+        EventKind.RUNNING,
+        EventKind.REQUEUED,
+        EventKind.OFFERED,
+        EventKind.FETCHING,
+        EventKind.CANCELLED,
+    ):
+        run.apply(event(kind))
+        seen.append(holder_of(task))
     assert seen == ["", "v1", "v1", "", "", "v1", ""]
 
 

@@ -35,3 +35,11 @@ def test_every_parameter_is_in_the_file_with_its_help(type_name: str) -> None:
 def test_the_explicit_example_is_a_dag_passing_data() -> None:
     workflow = parse_workflow(render(EXPLICIT_TYPE))
     assert [task.depends_on for task in workflow.tasks] == [(), ("numbers",), ("squares",)]
+
+
+def test_the_openmalaria_file_points_to_the_guide_a_pip_install_ships() -> None:
+    text = render("openmalaria")
+    assert "# Read first: vcnode docs openmalaria" in text
+    assert "docs/openmalaria.md" not in text, "a pip install has no docs/ folder"
+    image_help = next(line for line in text.splitlines() if line.startswith("# Docker image"))
+    assert "vcnode docs openmalaria" in image_help

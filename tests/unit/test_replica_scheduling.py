@@ -291,3 +291,18 @@ def test_a_newcomer_awaiting_its_verdict_leaves_checks_to_a_trusted_volunteer() 
     # A pool of newcomers only: the newcomer checks, though its own result still awaits.
     out = scheduler.volunteer_left("a-trusted", "stopped", now=5)
     assert offers(out) == [("new", "o~2", 2)]
+
+
+def test_a_copy_fetching_keeps_its_sibling_off_that_volunteer_as_a_running_one_does() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("a", slots=4), (), now=0)
+    first, second = copies("t", 2)
+    assert offers(scheduler.submit(MANAGER, [first], now=1)) == [("a", "t", 1)]
+    scheduler.accepted("a", "t", 1, now=2, says_started=True)
+    out = scheduler.submit(MANAGER, [second], now=3)
+    assert offers(out) == []
+    (event,) = [i.event for i in out if isinstance(i, Publish)][1:]
+    assert event.kind is EventKind.UNSCHEDULABLE
+    assert "holds another copy of this task" in event.message
+    scheduler.started("a", "t", 1, now=4)
+    assert offers(scheduler.tick(now=5)) == [], "running: still apart"

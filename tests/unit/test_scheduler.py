@@ -104,12 +104,16 @@ def test_offers_fill_slots_plus_one_ahead_and_spread_over_volunteers() -> None:
     assert made[0][0] == "v1", "the least busy volunteer first"
 
 
-def test_accept_run_complete_frees_room_for_the_next_task() -> None:
+def test_accept_fetch_start_complete_frees_room_for_the_next_task() -> None:
     scheduler = Scheduler()
     scheduler.volunteer_joined(volunteer("v1"), [], now=0)
     out = scheduler.submit(MANAGER, [spec("t1"), spec("t2"), spec("t3")], now=0)
     assert offers(out) == [("v1", "t1", 1), ("v1", "t2", 1)], "one slot and one ahead"
-    assert events(scheduler.accepted("v1", "t1", 1, now=1)) == [("t1", "running")]
+    accepted = scheduler.accepted("v1", "t1", 1, now=1, says_started=True)
+    assert events(accepted) == [("t1", "fetching")]
+    assert state_of(scheduler, "t1") is TaskState.FETCHING
+    assert events(scheduler.started("v1", "t1", 1, now=1.5)) == [("t1", "running")]
+    assert state_of(scheduler, "t1") is TaskState.RUNNING
     out = scheduler.finished("v1", ok("t1", 1), now=2)
     assert ("t1", "completed") in events(out)
     assert offers(out) == [("v1", "t3", 1)]
@@ -482,3 +486,120 @@ def test_a_manager_cannot_move_another_managers_task() -> None:
     out = scheduler.submit("intruder", [spec("t1", manager_address="10.6.6.6:7451")], now=1)
     assert out == []
     assert scheduler.tasks["t1"].spec.manager_address == "10.0.0.2:7451"
+
+
+# --- fetching: accepted, not started yet -----------------------------------------------------
+
+
+def test_an_older_volunteers_accept_is_running_at_once() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1")], now=0)
+    out = scheduler.accepted("v1", "t1", 1, now=1)  # no word that it will say when it starts
+    assert events(out) == [("t1", "running")]
+    assert state_of(scheduler, "t1") is TaskState.RUNNING
+    completed = scheduler.finished("v1", ok("t1", 1), now=2)
+    assert ("t1", "completed") in events(completed)
+
+
+def test_fetching_tasks_take_the_room_running_ones_did_and_starting_frees_none() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec(f"t{i}") for i in range(4)], now=0)
+    scheduler.accepted("v1", "t0", 1, now=1, says_started=True)
+    scheduler.accepted("v1", "t1", 1, now=1, says_started=True)
+    assert scheduler.running_on("v1") == {"t0", "t1"}
+    assert offers(scheduler.tick(now=2)) == [], "one slot and one ahead, both fetching"
+    out = scheduler.started("v1", "t0", 1, now=3)
+    assert offers(out) == [], "a task that starts held its room already"
+    assert {state_of(scheduler, "t0"), state_of(scheduler, "t1")} == {
+        TaskState.RUNNING,
+        TaskState.FETCHING,
+    }
+    out = scheduler.finished("v1", ok("t0", 1), now=4)
+    assert offers(out) == [("v1", "t2", 1)], "the room t0 held, and only that"
+
+
+def test_word_of_a_start_counts_once_and_only_for_the_current_attempt() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.volunteer_joined(volunteer("v2"), [], now=0)
+    [(first, _, _)] = offers(scheduler.submit(MANAGER, [spec("t1")], now=0))
+    other = "v2" if first == "v1" else "v1"
+    scheduler.accepted(first, "t1", 1, now=1, says_started=True)
+    assert scheduler.started(other, "t1", 1, now=2) == [], "not its task"
+    assert scheduler.started(first, "t1", 2, now=2) == [], "not this attempt"
+    assert state_of(scheduler, "t1") is TaskState.FETCHING
+    assert events(scheduler.started(first, "t1", 1, now=3)) == [("t1", "running")]
+    assert scheduler.started(first, "t1", 1, now=4) == [], "said twice"
+
+
+def test_a_task_fetching_on_a_lost_volunteer_goes_back_and_elsewhere() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1")], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1, says_started=True)
+    out = scheduler.volunteer_disconnected("v1", now=2)
+    assert events(out) == [], "held like a running task: it may reconnect with it"
+    out = scheduler.volunteer_lost("v1", now=10)
+    assert messages(out, "requeued") == ["its volunteer was lost"]
+    assert scheduler.running_on("v1") == set()
+    out = scheduler.volunteer_joined(volunteer("v2"), [], now=11)
+    assert offers(out) == [("v2", "t1", 2)]
+    assert scheduler.started("v1", "t1", 1, now=12) == [], "the lost one's word is stale"
+    assert scheduler.finished("v1", ok("t1", 1), now=13) == [], "and so is its result"
+
+
+def test_a_fetching_volunteer_that_reconnects_without_the_task_hands_it_back() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1")], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1, says_started=True)
+    scheduler.volunteer_disconnected("v1", now=2)
+    out = scheduler.volunteer_joined(volunteer("v1"), ["t1"], now=3)
+    assert state_of(scheduler, "t1") is TaskState.FETCHING, "it still has it"
+    out = scheduler.volunteer_joined(volunteer("v1"), [], now=4)
+    assert ("t1", "requeued") in events(out)
+
+
+def test_cancelling_a_fetching_task_calls_it_off_on_its_volunteer() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1"), spec("t2")], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1, says_started=True)
+    scheduler.accepted("v1", "t2", 1, now=1, says_started=True)
+    scheduler.started("v1", "t1", 1, now=2)
+    out = scheduler.cancel(MANAGER, "wf", [], now=3)
+    assert [i for i in out if isinstance(i, SendCancel)] == [
+        SendCancel("v1", "t1", "cancelled"),
+        SendCancel("v1", "t2", "cancelled"),
+    ], "the running task and the one fetching"
+    assert events(out) == [("t1", "cancelled"), ("t2", "cancelled")]
+    assert scheduler.running_on("v1") == set()
+    assert scheduler.started("v1", "t2", 1, now=4) == [], "a cancelled task does not start"
+
+
+def test_a_task_can_fail_while_fetching_and_is_retried() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1", retries=1)], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1, says_started=True)
+    out = scheduler.finished("v1", failed("t1", 1, "could not fetch input a.bin: gone"), now=2)
+    assert messages(out, "requeued") == ["could not fetch input a.bin: gone; retry 1 of 1"]
+    assert offers(out) == [("v1", "t1", 2)]
+
+
+def test_progress_of_a_fetching_task_is_passed_on() -> None:
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1")], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1, says_started=True)
+    assert events(scheduler.progressed("v1", "t1", 1, 40.0, now=2)) == [("t1", "progress")]
+
+
+def test_restore_keeps_fetching_tasks_with_their_volunteer() -> None:
+    fetching = ScheduledTask(spec("t1"), MANAGER, TaskState.FETCHING, attempt=1, volunteer_id="v1")
+    scheduler = Scheduler()
+    scheduler.restore([fetching])
+    assert scheduler.running_on("v1") == {"t1"}
+    assert events(scheduler.started("v1", "t1", 1, now=1)) == [("t1", "running")]

@@ -15,6 +15,8 @@ import itertools
 import json
 import math
 import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from collections.abc import Mapping
@@ -24,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from daemon.runtime.spec import failure_for_exit
 from splitters import openmalaria_results as results
 from splitters.api import DEFAULT_IMAGE, MergeError, SplitterError, TaskTemplate
 from splitters.openmalaria import OpenMalaria, absolute_schema, placeholders, render
@@ -593,3 +596,66 @@ def test_rates_pool_the_population_and_skip_what_is_not_a_count(tmp_path: Path) 
     float_row = next(row for row in document["rows"] if row["measure"] == 5)
     assert float_row["sum"] is None
     assert float_row["mean"] is None
+
+
+# The start and the end of what openMalaria (26b21889, an image built as docs/openmalaria.md
+# says) wrote to stderr, 319 lines in all, run by vcnode on the example with
+# resource_dir = "/opt/om", a folder its image does not have.
+REAL_SCHEMA_STDERR_HEAD = [
+    "XSD error: instance document parsing failed",
+    ":0:0 warning: unable to open primary document entity '/opt/om/scenario_48.xsd'",
+    ":12:247 error: no declaration found for element 'om:scenario'",
+    ":12:247 error: attribute '{http://www.w3.org/2000/xmlns/}om' is not declared for element"
+    " 'om:scenario'",
+]
+REAL_SCHEMA_STDERR_TAIL = [
+    ":192:43 error: attribute 'iseed' is not declared for element 'computationParameters'",
+    "OpenMalaria: No such file or directory",
+]
+
+
+def run_fake(scenario: Path, resource_dir: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(FAKE), "--resource-path", resource_dir, "--scenario", str(scenario),
+         "--output", str(tmp_path / "output.txt")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_a_schema_that_cannot_be_read_fails_as_openmalaria_does_and_the_reason_names_it(
+    tmp_path: Path,
+) -> None:
+    tasks = OM.split(prepare(OM, {**OM.example, "resource_dir": "/opt/om"}, tmp_path), tmp_path)
+    scenario = tasks[0].inputs["scenario.xml"]
+    assert isinstance(scenario, Path)
+    ran = run_fake(scenario, "/opt/om", tmp_path)
+    lines = ran.stderr.splitlines()
+    assert ran.returncode == 67
+    assert len(lines) == 319
+    assert lines[:4] == REAL_SCHEMA_STDERR_HEAD
+    assert lines[-2:] == REAL_SCHEMA_STDERR_TAIL
+    assert failure_for_exit(ran.returncode, ran.stderr) == (
+        "exited with code 67: :0:0 warning: unable to open primary document entity"
+        " '/opt/om/scenario_48.xsd'"
+    )
+
+
+def test_a_missing_resource_file_fails_as_openmalaria_does_and_the_reason_names_it(
+    fake_setup: dict[str, Any], tmp_path: Path
+) -> None:
+    om_dir = Path(fake_setup["resource_dir"])
+    (om_dir / "densities.csv").unlink()
+    work = tmp_path / "work"
+    work.mkdir()
+    tasks = OM.split(prepare(OM, {**OM.example, **fake_setup}, tmp_path), work)
+    scenario = tasks[0].inputs["scenario.xml"]
+    assert isinstance(scenario, Path)
+    ran = run_fake(scenario, str(om_dir), tmp_path)
+    assert ran.returncode == 72
+    assert ran.stderr.splitlines() == [
+        f"Error: Cannot read {om_dir}/densities.csv",
+        "OpenMalaria: No such file or directory",
+    ]
+    assert failure_for_exit(ran.returncode, ran.stderr) == (
+        f"exited with code 72: Error: Cannot read {om_dir}/densities.csv"
+    )

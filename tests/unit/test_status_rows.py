@@ -3,8 +3,12 @@ those needing attention first, up to a cap, with what was left out counted."""
 
 from __future__ import annotations
 
-from cli.workflows import TASK_ROWS, task_rows
-from daemon.models import TaskStatusRow, WorkflowStatus
+from dataclasses import replace
+
+import pytest
+
+from cli.workflows import TASK_ROWS, _print_outcome, _status_json, task_rows
+from daemon.models import TaskStatusRow, WorkflowCounts, WorkflowStatus
 
 
 def workflow(state: str, *tasks: tuple[str, str]) -> WorkflowStatus:
@@ -45,3 +49,29 @@ def test_an_ended_workflow_lists_only_what_did_not_complete() -> None:
     status = workflow("failed", ("a", "completed"), ("b", "failed"), ("c", "skipped"))
     rows, _ = task_rows(status, everything=True)
     assert [(row[0], row[1]) for row in rows] == [("b", "failed"), ("c", "skipped")]
+
+
+def test_status_says_fetching_tasks_apart_from_running_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = replace(
+        workflow("running", ("a", "running"), ("b", "fetching"), ("c", "queued")),
+        counts=WorkflowCounts(queued=1, running=1, fetching=1, total=3),
+    )
+    _print_outcome(status)
+    shown = capsys.readouterr().out
+    assert "tasks     0 completed, 1 running, 1 fetching, 0 failed, 0 skipped, 1 queued" in shown
+    assert [line.split()[:2] for line in shown.splitlines() if line.startswith("b ")] == [
+        ["b", "fetching"]
+    ]
+    as_json = _status_json(status)
+    assert as_json["counts"]["fetching"] == 1
+    assert as_json["counts"]["running"] == 1
+    assert [t["state"] for t in as_json["tasks"]] == ["running", "fetching", "queued"]
+
+
+def test_a_large_workflow_lists_fetching_tasks_after_running_ones() -> None:
+    tasks = [(f"q{i:03d}", "queued") for i in range(100)]
+    tasks += [("g", "fetching"), ("r", "running"), ("f", "failed")]
+    rows, _ = task_rows(workflow("running", *tasks), everything=False)
+    assert [row[0] for row in rows[:4]] == ["f", "r", "g", "q000"]

@@ -25,6 +25,7 @@ def result(number: int, attempt: int = 1, error: str = "") -> TaskResult:
 def complete(
     v: Validation, number: int, answer: int, trusted: bool = False, spot: bool = False
 ) -> Decision:
+    v.fetching(number, f"vol-{number}", 1)
     v.running(number, f"vol-{number}", 1)
     return v.completed(number, f"vol-{number}", result(number), answer, trusted, spot)
 
@@ -238,3 +239,35 @@ def test_adaptive_fails_a_disagreement_nobody_is_left_to_settle_and_says_why() -
     assert decision.fail.startswith("no quorum: 2 agreeing copies needed, 2 ran")
     assert 'give it validation = "none"' in decision.fail
     assert v.failed
+
+
+def test_a_copy_fetching_is_held_by_its_volunteer_and_goes_back_when_handed_back() -> None:
+    v = Validation("t", QUORUM)
+    v.start()
+    v.fetching(1, "vol-1", 1)
+    copy = v.copy(1)
+    assert copy is not None
+    assert (copy.state, copy.volunteer_id, copy.attempt) == (CopyState.FETCHING, "vol-1", 1)
+    assert copy.state.live
+    assert copy.state.held
+    assert v.avoided() == ("vol-1",), "a copy there already: the next goes elsewhere"
+    v.handed_back(1)  # its volunteer was lost before the copy started
+    assert copy.state is CopyState.QUEUED
+    assert not copy.state.held
+    v.fetching(1, "vol-3", 2)
+    v.running(1, "vol-3", 2)
+    assert (copy.state, copy.volunteer_id, copy.attempt) == (CopyState.RUNNING, "vol-3", 2)
+
+
+def test_a_copy_cancelled_while_fetching_ends_and_a_fetching_copy_can_still_fail() -> None:
+    v = Validation("t", QUORUM)
+    v.start()
+    v.fetching(1, "vol-1", 1)
+    v.cancelled(1)
+    assert v.copies[0].state is CopyState.CANCELLED
+    v.fetching(1, "late", 1)
+    assert v.copies[0].state is CopyState.CANCELLED, "an ended copy stays ended"
+    v.fetching(2, "vol-2", 1)
+    decision = v.failed_copy(2, None, "could not fetch input a.bin")
+    assert v.copies[1].state is CopyState.FAILED
+    assert decision.fail == "could not fetch input a.bin", "no copy left live"

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from cli.views import explanation_text
 from daemon.models import (
     Load,
     OwnerLimits,
     ReasonGroup,
     ResourceRequest,
     Resources,
+    TaskExplanation,
     TaskSpec,
     TrustRecord,
     Volunteer,
     VolunteerState,
 )
-from manager_node.why import why_waiting
+from manager_node.why import why_fetching, why_waiting
 
 SPEC = TaskSpec(
     task_id="wf.t",
@@ -77,3 +79,12 @@ def test_a_copy_names_the_volunteers_that_ran_the_others() -> None:
 
 def test_an_empty_pool_gives_no_reasons() -> None:
     assert why_waiting(SPEC, [], {}) == []
+
+
+def test_a_fetching_task_names_the_volunteer_that_holds_it() -> None:
+    explained = TaskExplanation("wf.t", "t", "fetching", "", tuple(why_fetching("volunteer-7")))
+    assert explanation_text(explained) == (
+        "task t (fetching)\n"
+        "  1 volunteer: holds it: fetching its inputs (and image), or waiting there for a "
+        "free slot (voluntee)"
+    )

@@ -82,6 +82,7 @@ def test_unverified_outputs_fail_the_task() -> None:
 def test_progress_and_requeue_are_tracked() -> None:
     run = diamond()
     run.take_ready()
+    run.apply(event("wf.a", "fetching", attempt=1, volunteer_id="v1"))
     run.apply(event("wf.a", "running", attempt=1, volunteer_id="v1"))
     run.apply(event("wf.a", "progress", attempt=1, percent=42.0))
     assert run.tasks["wf.a"].percent == 42.0
@@ -122,6 +123,74 @@ def test_the_user_sees_waiting_tasks_as_queued_and_skipped_ones_apart() -> None:
     assert workflow_counts(states) == WorkflowCounts(
         queued=3, running=1, completed=0, failed=1, cancelled=0, total=9, skipped=3
     )
+
+
+def test_tasks_fetching_are_counted_apart_from_those_running() -> None:
+    states = {"queued": 1, "fetching": 2, "running": 1, "total": 4}
+    assert workflow_counts(states) == WorkflowCounts(queued=1, fetching=2, running=1, total=4)
+
+
+def test_a_task_is_fetching_until_its_volunteer_says_it_started() -> None:
+    run = diamond()
+    run.take_ready()
+    assert run.state() is WorkflowState.QUEUED
+    run.apply(event("wf.a", "offered", attempt=1, volunteer_id="v1"))
+    applied = run.apply(event("wf.a", "fetching", attempt=1, volunteer_id="v1"))
+    assert applied is not None
+    assert applied.changed == (run.tasks["wf.a"],), "saved"
+    task = run.tasks["wf.a"]
+    assert (task.status, task.volunteer_id, task.attempts) == (TaskStatus.FETCHING, "v1", 1)
+    assert run.counts()["fetching"] == 1
+    assert run.counts()["running"] == 0
+    assert run.state() is WorkflowState.RUNNING, "a workflow a volunteer holds is under way"
+    run.apply(event("wf.a", "running", attempt=1, volunteer_id="v1"))
+    assert task.status is TaskStatus.RUNNING
+    assert (run.counts()["fetching"], run.counts()["running"]) == (0, 1)
+    run.apply(completed("wf.a"))
+    assert run.tasks["wf.a"].status is TaskStatus.COMPLETED
+
+
+def test_an_older_volunteers_task_runs_without_fetching_first() -> None:
+    run = diamond()
+    run.take_ready()
+    run.apply(event("wf.a", "offered", attempt=1, volunteer_id="v1"))
+    run.apply(event("wf.a", "running", attempt=1, volunteer_id="v1"))
+    assert run.tasks["wf.a"].status is TaskStatus.RUNNING
+    assert run.counts()["fetching"] == 0
+
+
+def test_a_task_fetching_on_a_lost_volunteer_is_queued_again() -> None:
+    run = diamond()
+    run.take_ready()
+    run.apply(event("wf.a", "fetching", attempt=1, volunteer_id="v1"))
+    run.apply(event("wf.a", "requeued", attempt=1, message="its volunteer was lost"))
+    task = run.tasks["wf.a"]
+    assert task.status is TaskStatus.QUEUED
+    assert task.message == "requeued: its volunteer was lost"
+    assert run.counts()["fetching"] == 0
+    run.apply(event("wf.a", "fetching", attempt=2, volunteer_id="v2"))
+    assert (task.status, task.volunteer_id, task.attempts) == (TaskStatus.FETCHING, "v2", 2)
+    assert task.message == "", "the reason it went back is over"
+
+
+def test_cancelling_a_workflow_calls_off_its_fetching_tasks() -> None:
+    run = diamond()
+    run.take_ready()
+    run.apply(event("wf.a", "fetching", attempt=1, volunteer_id="v1"))
+    held = run.cancel()
+    assert [t.name for t in held] == ["a"], "the coordinator holds it: it is told"
+    assert run.tasks["wf.a"].status is TaskStatus.CANCELLED
+    assert run.counts()["fetching"] == 0
+    assert run.apply(event("wf.a", "running", attempt=1, volunteer_id="v1")) is None
+
+
+def test_a_fetching_task_cancelled_at_the_coordinator_ends_cancelled() -> None:
+    run = diamond()
+    run.take_ready()
+    run.apply(event("wf.a", "fetching", attempt=1, volunteer_id="v1"))
+    run.apply(event("wf.a", "cancelled", attempt=1))
+    assert run.tasks["wf.a"].status is TaskStatus.CANCELLED
+    assert run.tasks["wf.d"].status is TaskStatus.SKIPPED
 
 
 def test_upstream_inputs_are_the_producers_outputs_under_the_readers_names() -> None:

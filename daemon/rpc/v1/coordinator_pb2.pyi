@@ -30,6 +30,7 @@ class VolunteerMessage(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     GOODBYE_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Register: ...
     @_builtins.property
@@ -44,6 +45,8 @@ class VolunteerMessage(_message.Message):
     def result(self) -> _common_pb2.TaskResult: ...
     @_builtins.property
     def goodbye(self) -> Global___Goodbye: ...
+    @_builtins.property
+    def started(self) -> Global___TaskStarted: ...
     def __init__(
         self,
         *,
@@ -54,12 +57,13 @@ class VolunteerMessage(_message.Message):
         progress: Global___TaskProgress | None = ...,
         result: _common_pb2.TaskResult | None = ...,
         goodbye: Global___Goodbye | None = ...,
+        started: Global___TaskStarted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "decline", b"decline", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "kind", b"kind", "progress", b"progress", "register", b"register", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "decline", b"decline", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "kind", b"kind", "progress", b"progress", "register", b"register", "result", b"result", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "decline", b"decline", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "kind", b"kind", "progress", b"progress", "register", b"register", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "decline", b"decline", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "kind", b"kind", "progress", b"progress", "register", b"register", "result", b"result", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "heartbeat", "accept", "decline", "progress", "result", "goodbye"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "heartbeat", "accept", "decline", "progress", "result", "goodbye", "started"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -251,6 +255,40 @@ Global___TaskOffer: _TypeAlias = TaskOffer  # noqa: Y015
 
 @_typing.final
 class TaskAccept(_message.Message):
+    """The volunteer holds the task now: it fetches the inputs (and image), or holds it
+    fetched ahead until a slot frees.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    SAYS_STARTED_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    attempt: _builtins.int
+    says_started: _builtins.bool
+    """It sends TaskStarted when the task's container starts; till then the task is
+    `fetching`. An older volunteer does not: its task is `running` from acceptance.
+    """
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        says_started: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "says_started", b"says_started", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskAccept: _TypeAlias = TaskAccept  # noqa: Y015
+
+@_typing.final
+class TaskStarted(_message.Message):
+    """The task's container (or process) started: `fetching` ends, `running` begins."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
@@ -269,7 +307,7 @@ class TaskAccept(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TaskAccept: _TypeAlias = TaskAccept  # noqa: Y015
+Global___TaskStarted: _TypeAlias = TaskStarted  # noqa: Y015
 
 @_typing.final
 class TaskDecline(_message.Message):
@@ -518,6 +556,7 @@ class WatchTasksRequest(_message.Message):
     MANAGER_ID_FIELD_NUMBER: _builtins.int
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    KNOWS_FETCHING_FIELD_NUMBER: _builtins.int
     manager_id: _builtins.str
     workflow_id: _builtins.str
     """Empty: every workflow of this manager."""
@@ -525,16 +564,21 @@ class WatchTasksRequest(_message.Message):
     """Replays stored events after this sequence number first, so a manager that was away
     misses nothing.
     """
+    knows_fetching: _builtins.bool
+    """The manager knows `fetching` events. An older one does not (it would skip them, and
+    refuse a fetching volunteer its inputs): it is told `running` instead.
+    """
     def __init__(
         self,
         *,
         manager_id: _builtins.str = ...,
         workflow_id: _builtins.str = ...,
         after_sequence: _builtins.int = ...,
+        knows_fetching: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "manager_id", b"manager_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "knows_fetching", b"knows_fetching", "manager_id", b"manager_id", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -558,8 +602,9 @@ class TaskEvent(_message.Message):
     task_id: _builtins.str
     workflow_id: _builtins.str
     kind: _builtins.str
-    """queued, offered, declined, running, progress, completed, failed, cancelled, requeued,
-    unschedulable.
+    """queued, offered, declined, fetching (accepted: inputs and image on their way, or
+    fetched ahead and waiting for a slot), running (its container started), progress,
+    completed, failed, cancelled, requeued, unschedulable.
     """
     attempt: _builtins.int
     volunteer_id: _builtins.str

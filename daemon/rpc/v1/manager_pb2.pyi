@@ -20,7 +20,7 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
-class GetTaskLogRequest(_message.Message):
+class FollowTaskLogRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
@@ -28,7 +28,9 @@ class GetTaskLogRequest(_message.Message):
     STREAM_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     task: _builtins.str
-    """A task's name or id."""
+    """A task's name or id (empty: the workflow's only task); TASK~N follows copy N of a
+    replicated task, TASK alone its first copy.
+    """
     stream: _builtins.str
     """"stdout" or "stderr"."""
     def __init__(
@@ -44,6 +46,227 @@ class GetTaskLogRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+Global___FollowTaskLogRequest: _TypeAlias = FollowTaskLogRequest  # noqa: Y015
+
+@_typing.final
+class TaskLogPiece(_message.Message):
+    """One step of a followed log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The next bytes of the stream."""
+    skipped: _builtins.int
+    """So many bytes of the stream are not shown here (too much, too fast); the stored log
+    of the attempt has its last 8 MiB.
+    """
+    note: _builtins.str
+    """Something to say to the person following (not part of the log)."""
+    @_builtins.property
+    def attempt(self) -> Global___TaskLogAttempt:
+        """An attempt is followed from here on: what follows is its output."""
+
+    @_builtins.property
+    def end(self) -> Global___TaskLogEnd:
+        """The task (or the copy followed) ended: nothing follows."""
+
+    def __init__(
+        self,
+        *,
+        attempt: Global___TaskLogAttempt | None = ...,
+        data: _builtins.bytes = ...,
+        skipped: _builtins.int = ...,
+        note: _builtins.str = ...,
+        end: Global___TaskLogEnd | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "data", b"data", "end", b"end", "kind", b"kind", "note", b"note", "skipped", b"skipped"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "data", b"data", "end", b"end", "kind", b"kind", "note", b"note", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["attempt", "data", "skipped", "note", "end"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___TaskLogPiece: _TypeAlias = TaskLogPiece  # noqa: Y015
+
+@_typing.final
+class TaskLogAttempt(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    VOLUNTEER_ID_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """The task's id, or the copy's (TASK~N)."""
+    attempt: _builtins.int
+    volunteer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        volunteer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "task_id", b"task_id", "volunteer_id", b"volunteer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskLogAttempt: _TypeAlias = TaskLogAttempt  # noqa: Y015
+
+@_typing.final
+class TaskLogEnd(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    name: _builtins.str
+    state: _builtins.str
+    """completed, failed, cancelled or skipped."""
+    error: _builtins.str
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        state: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "name", b"name", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskLogEnd: _TypeAlias = TaskLogEnd  # noqa: Y015
+
+@_typing.final
+class LogChunk(_message.Message):
+    """Bytes a running attempt wrote to one stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    stream: _builtins.str
+    """"stdout" or "stderr"."""
+    offset: _builtins.int
+    """Where `data` begins in the stream (how much the attempt wrote to it before): a gap
+    after the chunk before is what the volunteer skipped, keeping the newest.
+    """
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        stream: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogChunk: _TypeAlias = LogChunk  # noqa: Y015
+
+@_typing.final
+class PushTaskLogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """The task's id, or a copy's, as the offer named it."""
+    attempt: _builtins.int
+    final: _builtins.bool
+    """The attempt ended: these are its last bytes."""
+    @_builtins.property
+    def chunks(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogChunk]:
+        """One per stream at most."""
+
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        chunks: _abc.Iterable[Global___LogChunk] | None = ...,
+        final: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "chunks", b"chunks", "final", b"final", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushTaskLogRequest: _TypeAlias = PushTaskLogRequest  # noqa: Y015
+
+@_typing.final
+class PushTaskLogReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOLLOWED_FIELD_NUMBER: _builtins.int
+    followed: _builtins.bool
+    """Someone follows the task now: the volunteer pushes every second rather than now and
+    then.
+    """
+    def __init__(
+        self,
+        *,
+        followed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["followed", b"followed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushTaskLogReply: _TypeAlias = PushTaskLogReply  # noqa: Y015
+
+@_typing.final
+class GetTaskLogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    workflow_id: _builtins.str
+    task: _builtins.str
+    """A task's name or id."""
+    stream: _builtins.str
+    """"stdout" or "stderr"."""
+    attempt: _builtins.int
+    """Which attempt's (as status shows them); 0: the result that stands (a replicated task's:
+    its accepted copy's), else the latest attempt that ended. TASK~N names copy N of a
+    replicated task, whose attempts are its own; TASK alone is its first copy.
+    """
+    def __init__(
+        self,
+        *,
+        workflow_id: _builtins.str = ...,
+        task: _builtins.str = ...,
+        stream: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "stream", b"stream", "task", b"task", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
 Global___GetTaskLogRequest: _TypeAlias = GetTaskLogRequest  # noqa: Y015
 
 @_typing.final
@@ -55,12 +278,21 @@ class GetTaskLogReply(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    """The task's id, or the copy's whose attempt this is."""
     name: _builtins.str
     state: _builtins.str
     content: _builtins.bytes
     note: _builtins.str
     """Why the log is not whole, or why there is none."""
+    attempt: _builtins.int
+    """The attempt the log is of (0: none), and every attempt of that task or copy whose log
+    the manager keeps.
+    """
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
@@ -69,10 +301,12 @@ class GetTaskLogReply(_message.Message):
         state: _builtins.str = ...,
         content: _builtins.bytes = ...,
         note: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        attempts: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "name", b"name", "note", b"note", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "content", b"content", "name", b"name", "note", b"note", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -405,14 +639,20 @@ class WorkflowCounts(_message.Message):
     CANCELLED_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
+    FETCHING_FIELD_NUMBER: _builtins.int
     queued: _builtins.int
     running: _builtins.int
+    """Tasks whose container (or process) runs now."""
     completed: _builtins.int
     failed: _builtins.int
     cancelled: _builtins.int
     total: _builtins.int
     skipped: _builtins.int
     """Tasks that never ran because a task they depend on did not complete."""
+    fetching: _builtins.int
+    """Tasks a volunteer accepted and does not run yet: it fetches their inputs (and image),
+    or holds them fetched ahead until a slot frees.
+    """
     def __init__(
         self,
         *,
@@ -423,10 +663,11 @@ class WorkflowCounts(_message.Message):
         cancelled: _builtins.int = ...,
         total: _builtins.int = ...,
         skipped: _builtins.int = ...,
+        fetching: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "completed", b"completed", "failed", b"failed", "queued", b"queued", "running", b"running", "skipped", b"skipped", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "completed", b"completed", "failed", b"failed", "fetching", b"fetching", "queued", b"queued", "running", b"running", "skipped", b"skipped", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -523,7 +764,7 @@ class CopyStatus(_message.Message):
     number: _builtins.int
     task_id: _builtins.str
     state: _builtins.str
-    """queued, running, completed, failed or cancelled."""
+    """queued, fetching, running, completed, failed or cancelled."""
     volunteer_id: _builtins.str
     attempt: _builtins.int
     verdict: _builtins.str

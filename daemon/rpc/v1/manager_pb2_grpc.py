@@ -90,6 +90,16 @@ class ManagerServiceStub:
                 request_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.GetTaskLogRequest.SerializeToString,
                 response_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.GetTaskLogReply.FromString,
                 _registered_method=True)
+        self.FollowTaskLog = channel.unary_stream(
+                '/vcnode.v1.ManagerService/FollowTaskLog',
+                request_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.FollowTaskLogRequest.SerializeToString,
+                response_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.TaskLogPiece.FromString,
+                _registered_method=True)
+        self.PushTaskLog = channel.unary_unary(
+                '/vcnode.v1.ManagerService/PushTaskLog',
+                request_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.PushTaskLogRequest.SerializeToString,
+                response_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.PushTaskLogReply.FromString,
+                _registered_method=True)
 
 
 class ManagerServiceServicer:
@@ -162,7 +172,24 @@ class ManagerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTaskLog(self, request, context):
-        """What a task wrote to stdout or stderr in its last attempt (its last 8 MiB).
+        """What a task wrote to stdout or stderr in its last attempt, or another (its last 8 MiB).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FollowTaskLog(self, request, context):
+        """A task's log as it is written (`vcnode logs -f`): what its running attempt wrote so far,
+        then what it writes, until the task ends; for a task that has not started, from when it
+        starts; for one that ended, its stored log. Same rights as GetTaskLog.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushTaskLog(self, request, context):
+        """What a running attempt wrote since its last push, from the volunteer that runs it (and
+        from no other), at most about once a second.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,6 +252,16 @@ def add_ManagerServiceServicer_to_server(servicer, server):
                     servicer.GetTaskLog,
                     request_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.GetTaskLogRequest.FromString,
                     response_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.GetTaskLogReply.SerializeToString,
+            ),
+            'FollowTaskLog': grpc.unary_stream_rpc_method_handler(
+                    servicer.FollowTaskLog,
+                    request_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.FollowTaskLogRequest.FromString,
+                    response_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.TaskLogPiece.SerializeToString,
+            ),
+            'PushTaskLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushTaskLog,
+                    request_deserializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.PushTaskLogRequest.FromString,
+                    response_serializer=daemon_dot_rpc_dot_v1_dot_manager__pb2.PushTaskLogReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -524,6 +561,60 @@ class ManagerService:
             '/vcnode.v1.ManagerService/GetTaskLog',
             daemon_dot_rpc_dot_v1_dot_manager__pb2.GetTaskLogRequest.SerializeToString,
             daemon_dot_rpc_dot_v1_dot_manager__pb2.GetTaskLogReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FollowTaskLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vcnode.v1.ManagerService/FollowTaskLog',
+            daemon_dot_rpc_dot_v1_dot_manager__pb2.FollowTaskLogRequest.SerializeToString,
+            daemon_dot_rpc_dot_v1_dot_manager__pb2.TaskLogPiece.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushTaskLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vcnode.v1.ManagerService/PushTaskLog',
+            daemon_dot_rpc_dot_v1_dot_manager__pb2.PushTaskLogRequest.SerializeToString,
+            daemon_dot_rpc_dot_v1_dot_manager__pb2.PushTaskLogReply.FromString,
             options,
             channel_credentials,
             insecure,

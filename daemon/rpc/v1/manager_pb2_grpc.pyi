@@ -51,7 +51,16 @@ class ManagerServiceStub:
     ExplainTasks: _grpc.UnaryUnaryMultiCallable[_manager_pb2.ExplainTasksRequest, _manager_pb2.ExplainTasksReply]
     """Why queued tasks are not running: each online volunteer's reason, grouped."""
     GetTaskLog: _grpc.UnaryUnaryMultiCallable[_manager_pb2.GetTaskLogRequest, _manager_pb2.GetTaskLogReply]
-    """What a task wrote to stdout or stderr in its last attempt (its last 8 MiB)."""
+    """What a task wrote to stdout or stderr in its last attempt, or another (its last 8 MiB)."""
+    FollowTaskLog: _grpc.UnaryStreamMultiCallable[_manager_pb2.FollowTaskLogRequest, _manager_pb2.TaskLogPiece]
+    """A task's log as it is written (`vcnode logs -f`): what its running attempt wrote so far,
+    then what it writes, until the task ends; for a task that has not started, from when it
+    starts; for one that ended, its stored log. Same rights as GetTaskLog.
+    """
+    PushTaskLog: _grpc.UnaryUnaryMultiCallable[_manager_pb2.PushTaskLogRequest, _manager_pb2.PushTaskLogReply]
+    """What a running attempt wrote since its last push, from the volunteer that runs it (and
+    from no other), at most about once a second.
+    """
 
 @_typing.type_check_only
 class ManagerServiceAsyncStub(ManagerServiceStub):
@@ -75,7 +84,16 @@ class ManagerServiceAsyncStub(ManagerServiceStub):
     ExplainTasks: _aio.UnaryUnaryMultiCallable[_manager_pb2.ExplainTasksRequest, _manager_pb2.ExplainTasksReply]  # type: ignore[assignment]
     """Why queued tasks are not running: each online volunteer's reason, grouped."""
     GetTaskLog: _aio.UnaryUnaryMultiCallable[_manager_pb2.GetTaskLogRequest, _manager_pb2.GetTaskLogReply]  # type: ignore[assignment]
-    """What a task wrote to stdout or stderr in its last attempt (its last 8 MiB)."""
+    """What a task wrote to stdout or stderr in its last attempt, or another (its last 8 MiB)."""
+    FollowTaskLog: _aio.UnaryStreamMultiCallable[_manager_pb2.FollowTaskLogRequest, _manager_pb2.TaskLogPiece]  # type: ignore[assignment]
+    """A task's log as it is written (`vcnode logs -f`): what its running attempt wrote so far,
+    then what it writes, until the task ends; for a task that has not started, from when it
+    starts; for one that ended, its stored log. Same rights as GetTaskLog.
+    """
+    PushTaskLog: _aio.UnaryUnaryMultiCallable[_manager_pb2.PushTaskLogRequest, _manager_pb2.PushTaskLogReply]  # type: ignore[assignment]
+    """What a running attempt wrote since its last push, from the volunteer that runs it (and
+    from no other), at most about once a second.
+    """
 
 class ManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -162,6 +180,27 @@ class ManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _manager_pb2.GetTaskLogRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_manager_pb2.GetTaskLogReply, _abc.Awaitable[_manager_pb2.GetTaskLogReply]]:
-        """What a task wrote to stdout or stderr in its last attempt (its last 8 MiB)."""
+        """What a task wrote to stdout or stderr in its last attempt, or another (its last 8 MiB)."""
+
+    @_abc_1.abstractmethod
+    def FollowTaskLog(
+        self,
+        request: _manager_pb2.FollowTaskLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_manager_pb2.TaskLogPiece], _abc.AsyncIterator[_manager_pb2.TaskLogPiece]]:
+        """A task's log as it is written (`vcnode logs -f`): what its running attempt wrote so far,
+        then what it writes, until the task ends; for a task that has not started, from when it
+        starts; for one that ended, its stored log. Same rights as GetTaskLog.
+        """
+
+    @_abc_1.abstractmethod
+    def PushTaskLog(
+        self,
+        request: _manager_pb2.PushTaskLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_manager_pb2.PushTaskLogReply, _abc.Awaitable[_manager_pb2.PushTaskLogReply]]:
+        """What a running attempt wrote since its last push, from the volunteer that runs it (and
+        from no other), at most about once a second.
+        """
 
 def add_ManagerServiceServicer_to_server(servicer: ManagerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -211,3 +211,56 @@ class ListPeersReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListPeersReply: _TypeAlias = ListPeersReply  # noqa: Y015
+
+@_typing.final
+class OpenDashboardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCRAPE_TOKEN_FIELD_NUMBER: _builtins.int
+    scrape_token: _builtins.bool
+    """A long-lived bearer token for a scraper (Prometheus) instead of a login link."""
+    def __init__(
+        self,
+        *,
+        scrape_token: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scrape_token", b"scrape_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenDashboardRequest: _TypeAlias = OpenDashboardRequest  # noqa: Y015
+
+@_typing.final
+class OpenDashboardReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    LOGIN_PATH_FIELD_NUMBER: _builtins.int
+    SCRAPE_TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    """The host the dashboard listens on as configured (may be 0.0.0.0: dial the node's host)."""
+    port: _builtins.int
+    login_path: _builtins.str
+    """Open http://HOST:PORT + login_path; empty when a scrape token was asked for."""
+    scrape_token: _builtins.str
+    expires_at: _builtins.float
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
+        login_path: _builtins.str = ...,
+        scrape_token: _builtins.str = ...,
+        expires_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "host", b"host", "login_path", b"login_path", "port", b"port", "scrape_token", b"scrape_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenDashboardReply: _TypeAlias = OpenDashboardReply  # noqa: Y015

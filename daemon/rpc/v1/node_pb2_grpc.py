@@ -49,6 +49,11 @@ class NodeServiceStub:
                 request_serializer=daemon_dot_rpc_dot_v1_dot_node__pb2.ListPeersRequest.SerializeToString,
                 response_deserializer=daemon_dot_rpc_dot_v1_dot_node__pb2.ListPeersReply.FromString,
                 _registered_method=True)
+        self.OpenDashboard = channel.unary_unary(
+                '/vcnode.v1.NodeService/OpenDashboard',
+                request_serializer=daemon_dot_rpc_dot_v1_dot_node__pb2.OpenDashboardRequest.SerializeToString,
+                response_deserializer=daemon_dot_rpc_dot_v1_dot_node__pb2.OpenDashboardReply.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -75,6 +80,13 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenDashboard(self, request, context):
+        """A one-time link into this node's web dashboard for the caller (`vcnode dashboard`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +104,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ListPeers,
                     request_deserializer=daemon_dot_rpc_dot_v1_dot_node__pb2.ListPeersRequest.FromString,
                     response_serializer=daemon_dot_rpc_dot_v1_dot_node__pb2.ListPeersReply.SerializeToString,
+            ),
+            'OpenDashboard': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenDashboard,
+                    request_deserializer=daemon_dot_rpc_dot_v1_dot_node__pb2.OpenDashboardRequest.FromString,
+                    response_serializer=daemon_dot_rpc_dot_v1_dot_node__pb2.OpenDashboardReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,33 @@ class NodeService:
             '/vcnode.v1.NodeService/ListPeers',
             daemon_dot_rpc_dot_v1_dot_node__pb2.ListPeersRequest.SerializeToString,
             daemon_dot_rpc_dot_v1_dot_node__pb2.ListPeersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenDashboard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vcnode.v1.NodeService/OpenDashboard',
+            daemon_dot_rpc_dot_v1_dot_node__pb2.OpenDashboardRequest.SerializeToString,
+            daemon_dot_rpc_dot_v1_dot_node__pb2.OpenDashboardReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,8 @@ class NodeServiceStub:
     """Cheap liveness check."""
     ListPeers: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListPeersRequest, _node_pb2.ListPeersReply]
     """The peers this node's mDNS browser currently sees."""
+    OpenDashboard: _grpc.UnaryUnaryMultiCallable[_node_pb2.OpenDashboardRequest, _node_pb2.OpenDashboardReply]
+    """A one-time link into this node's web dashboard for the caller (`vcnode dashboard`)."""
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -47,6 +49,8 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """Cheap liveness check."""
     ListPeers: _aio.UnaryUnaryMultiCallable[_node_pb2.ListPeersRequest, _node_pb2.ListPeersReply]  # type: ignore[assignment]
     """The peers this node's mDNS browser currently sees."""
+    OpenDashboard: _aio.UnaryUnaryMultiCallable[_node_pb2.OpenDashboardRequest, _node_pb2.OpenDashboardReply]  # type: ignore[assignment]
+    """A one-time link into this node's web dashboard for the caller (`vcnode dashboard`)."""
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -72,5 +76,13 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.ListPeersReply, _abc.Awaitable[_node_pb2.ListPeersReply]]:
         """The peers this node's mDNS browser currently sees."""
+
+    @_abc_1.abstractmethod
+    def OpenDashboard(
+        self,
+        request: _node_pb2.OpenDashboardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.OpenDashboardReply, _abc.Awaitable[_node_pb2.OpenDashboardReply]]:
+        """A one-time link into this node's web dashboard for the caller (`vcnode dashboard`)."""
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""The opt-in web dashboard and Prometheus endpoint (`node daemon --http HOST:PORT`)."""
