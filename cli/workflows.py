@@ -532,6 +532,7 @@ async def watch(peer: Dial, args: argparse.Namespace) -> int:
                             "kind": update.kind,
                             "message": update.message,
                             "at": update.at,
+                            "counts": asdict(update.counts),
                         }
                     )
                     + "\n"

@@ -91,6 +91,9 @@ def test_watch_replays_an_ended_workflows_history(
         (f"{workflow_id}.b", "failed"),
     }
     assert (events[-1]["task_id"], events[-1]["kind"]) == ("", "failed")
+    # Each line carries the counts as they stood after it, as the progress bar shows them.
+    counts = events[-1]["counts"]
+    assert (counts["total"], counts["completed"], counts["failed"]) == (2, 1, 1)
     failed = next(e for e in events if e["kind"] == "failed" and e["task_id"])
     assert failed["message"] == "exited with code 3: nope"
     # --since: what happened within the last second only, which is soon nothing.
