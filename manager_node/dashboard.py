@@ -21,6 +21,8 @@ from manager_node.store import ManagerStore, TimelineRow
 
 # The page shows the end of a long log; `vcnode logs` gives all of it.
 MAX_LOG_BYTES = 256 * 1024
+# Task rows a workflow's page gets at most (`vcnode status --all` lists every one).
+MAX_TASK_ROWS = 500
 # Rate and ETA look at the tasks that ended in this window.
 RATE_WINDOW_SECONDS = 600.0
 TASK_STATES = ("queued", "fetching", "running", "completed", "failed", "cancelled", "skipped")
@@ -71,7 +73,8 @@ class ManagerDashboard:
             **_summary(status),
             "rate_per_minute": rate,
             "eta_seconds": round(60 * remaining / rate) if rate and remaining else None,
-            "tasks": [asdict(row) for row in timeline],
+            "tasks": [asdict(row) for row in _shown(timeline)],
+            "tasks_total": len(timeline),
             "failures": [
                 {"task_id": row.task_id, "name": row.name, "error": row.error}
                 for row in timeline
@@ -160,6 +163,19 @@ class ManagerDashboard:
         moved.add_metric(["sent"], self._transfers.bytes_sent)
         moved.add_metric(["received"], self._transfers.bytes_received)
         yield moved
+
+
+def _shown(timeline: list[TimelineRow]) -> list[TimelineRow]:
+    """The rows a page gets: those held by a volunteer and those that failed first, then
+    the latest to change, in task order (a page of a huge workflow stays small)."""
+    if len(timeline) <= MAX_TASK_ROWS:
+        return timeline
+    urgent = {"running": 0, "fetching": 0, "failed": 1}
+    ranked = sorted(
+        range(len(timeline)),
+        key=lambda i: (urgent.get(timeline[i].state, 2), -timeline[i].updated_at),
+    )
+    return [timeline[i] for i in sorted(ranked[:MAX_TASK_ROWS])]
 
 
 def _summary(status: WorkflowStatus) -> dict[str, Any]:

@@ -11,6 +11,7 @@ const state = {
   workflow: null,
   workflows: null,
   refetch: null,
+  renderMs: 0,
 };
 
 // --- small helpers ----------------------------------------------------------------------
@@ -315,7 +316,7 @@ async function workflow(id) {
       h(
         "tbody",
         {},
-        w.tasks.slice(0, 500).map((t) =>
+        w.tasks.map((t) =>
           h(
             "tr",
             {},
@@ -329,7 +330,7 @@ async function workflow(id) {
         ),
       ),
     ),
-    w.tasks.length > 500 ? h("p", { class: "muted" }, `…and ${w.tasks.length - 500} more: \`vcnode status ${id} --all\``) : null,
+    w.tasks_total > w.tasks.length ? h("p", { class: "muted" }, `${w.tasks.length} of ${w.tasks_total} tasks shown (those running or failed, then the latest): \`vcnode status ${id} --all\` lists every one`) : null,
   );
 }
 
@@ -382,13 +383,18 @@ async function render() {
   }
 }
 
-// Re-reads the view shortly after a burst of events (counts are patched at once).
+// Re-reads the view shortly after a burst of events (counts are patched at once), never
+// more often than four times the last read took: a big workflow costs the manager more to
+// read, so its page asks less often.
 function refreshSoon() {
   if (state.refetch) return;
-  state.refetch = setTimeout(() => {
+  const delay = Math.min(10000, Math.max(500, 4 * state.renderMs));
+  state.refetch = setTimeout(async () => {
+    const started = performance.now();
+    await render();
+    state.renderMs = performance.now() - started;
     state.refetch = null;
-    render();
-  }, 500);
+  }, delay);
 }
 
 function onWorkflowEvent(event) {
