@@ -28,10 +28,18 @@ def dashboard_url(reply: node_pb2.OpenDashboardReply, dialed: str) -> str:
 async def open_dashboard(peer: Dial, args: argparse.Namespace) -> int:
     async with connected(peer, "node") as channel:
         reply = await node_pb2_grpc.NodeServiceStub(channel).OpenDashboard(
-            node_pb2.OpenDashboardRequest(scrape_token=args.scrape_token),
+            node_pb2.OpenDashboardRequest(
+                scrape_token=args.scrape_token, end_sessions=args.end_sessions
+            ),
             timeout=CALL_TIMEOUT_SECONDS,
         )
     base = dashboard_url(reply, peer.address)
+    if args.end_sessions:
+        if args.json:
+            views.print_json({"url": base, "sessions_ended": True})
+        else:
+            print(f"every session and scrape token of {base} ended: log in again")
+        return 0
     if args.json:
         views.print_json(
             {
@@ -45,8 +53,8 @@ async def open_dashboard(peer: Dial, args: argparse.Namespace) -> int:
     if args.scrape_token:
         days = (reply.expires_at - time.time()) / 86400
         print(
-            f"# A bearer token for {base}/metrics, valid {days:.0f} days: in prometheus.yml, "
-            "`authorization: {credentials: TOKEN}`",
+            f"# A bearer token for {base}/metrics only, valid {days:.0f} days: in "
+            "prometheus.yml, `authorization: {credentials: TOKEN}`",
             file=sys.stderr,
         )
         print(reply.scrape_token)

@@ -432,7 +432,14 @@ def _add_client_parsers(commands: Any) -> None:
     dashboard.add_argument(
         "--scrape-token",
         action="store_true",
-        help="print a 90-day bearer token for Prometheus to scrape /metrics instead",
+        help="print a bearer token for Prometheus to scrape /metrics (only that) instead; it "
+        "lasts 90 days, or until your certificate expires",
+    )
+    dashboard.add_argument(
+        "--end-sessions",
+        action="store_true",
+        help="end every dashboard session and scrape token of the node at once (an admin or "
+        "the node's owner)",
     )
     _add_target_arguments(dashboard, None)
     dashboard.set_defaults(handler=_on_target(_lazy("dashboard", "open_dashboard")))

@@ -132,7 +132,8 @@ class Node:
         site = WebSite(f"{identity.hostname} ({', '.join(identity.roles)})", identity.roles)
         for role in roles:
             role.web(site)
-        server = DashboardServer(site, policy, door.signer, door.codes)
+        cookie = f"vcnode_{identity.node_id[:12]}"
+        server = DashboardServer(site, policy, door.signer, door.codes, cookie)
         address = self.config.http or ""
         host, port = split_host_port(address, "http")
         try:

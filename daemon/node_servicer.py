@@ -7,13 +7,14 @@ from collections.abc import Callable
 import grpc
 
 from daemon.discovery.directory import PeerDirectory
-from daemon.errors import RejectedError
+from daemon.errors import AccessDeniedError, RejectedError
 from daemon.models import NodeIdentity, Resources
 from daemon.rpc.v1 import node_pb2, node_pb2_grpc
 from daemon.status_board import StatusBoard
 from daemon.transport import convert
 from daemon.transport.access import current_caller
 from daemon.transport.errors import maps_errors
+from daemon.trust import pki
 from daemon.web.sessions import DashboardDoor
 
 
@@ -90,7 +91,21 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 "this node serves no dashboard: start its daemon with --http HOST:PORT "
                 "(e.g. --http 0.0.0.0:7480)"
             )
-        link = self._dashboard.open(current_caller(), request.scrape_token)
+        caller = current_caller()
+        if request.end_sessions:
+            if not caller.sees_everything:
+                raise AccessDeniedError(
+                    f"only an admin or this node's owner may end every dashboard session, "
+                    f"not {caller.describe()}"
+                )
+            self._dashboard.signer.end_every_session()
+            return node_pb2.OpenDashboardReply(host=self._dashboard.host, port=self._dashboard.port)
+        presented = list(context.auth_context().get("x509_pem_cert", []))
+        link = self._dashboard.open(
+            caller,
+            request.scrape_token,
+            certificate_expires_at=_expiry(presented[0]) if presented else 0.0,
+        )
         return node_pb2.OpenDashboardReply(
             host=link.host,
             port=link.port,
@@ -98,3 +113,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             scrape_token=link.scrape_token,
             expires_at=link.expires_at,
         )
+
+
+def _expiry(pem: bytes) -> float:
+    """When the certificate a caller presented (TLS proved it) expires: no session it opens
+    may last longer. Read with `cryptography`, imported only by this rare call."""
+    return pki.load_cert(pem).not_valid_after_utc.timestamp()

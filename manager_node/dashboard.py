@@ -4,6 +4,7 @@ chart figures and Prometheus metrics. Imported only by a node started with `--ht
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
@@ -11,20 +12,28 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from daemon.errors import InvalidInputError
+from daemon.errors import InvalidInputError, NotFoundError
 from daemon.models import WorkflowStatus, WorkflowUpdate
 from daemon.transfer.servicer import TransferServicer
 from daemon.web.site import Query, WebSite
 from manager_node.manager import WorkflowManager
 from manager_node.ownership import check_may_see, may_see
-from manager_node.store import ManagerStore, TimelineRow
+from manager_node.store import ManagerStore
+
+log = logging.getLogger(__name__)
 
 # The page shows the end of a long log; `vcnode logs` gives all of it.
 MAX_LOG_BYTES = 256 * 1024
-# Task rows a workflow's page gets at most (`vcnode status --all` lists every one).
+# Task rows a workflow's page gets at most (`vcnode status --all` lists every one): those
+# running and failed first, then the latest to change.
 MAX_TASK_ROWS = 500
+MAX_FAILURES = 100
 # Rate and ETA look at the tasks that ended in this window.
 RATE_WINDOW_SECONDS = 600.0
+# Updates waiting to go to the pages, at most.
+MAX_PENDING_UPDATES = 10_000
+# A workflow's own update in one of these states is its last.
+_ENDED = frozenset({"completed", "failed", "cancelled"})
 TASK_STATES = ("queued", "fetching", "running", "completed", "failed", "cancelled", "skipped")
 
 
@@ -35,7 +44,7 @@ class ManagerDashboard:
         self._manager = manager
         self._store = store
         self._transfers = transfers
-        self._updates: asyncio.Queue[WorkflowUpdate] = asyncio.Queue()
+        self._updates: asyncio.Queue[WorkflowUpdate] = asyncio.Queue(MAX_PENDING_UPDATES)
         self._owners: dict[str, str] = {}
         self._completed = 0
 
@@ -53,33 +62,35 @@ class ManagerDashboard:
     async def workflows(self, query: Query) -> list[dict[str, Any]]:
         return [
             _summary(status)
-            for status in reversed(await self._store.workflows())
+            for status in await self._store.summaries()
             if may_see(status.owner, query.caller)
         ]
 
     async def workflow(self, query: Query) -> dict[str, Any]:
         workflow_id = query.path["workflow_id"]
         await check_may_see(self._store, workflow_id, query.caller)
-        found = await self._store.workflows(workflow_id)
-        timeline = await self._store.timeline(workflow_id)
+        found = await self._store.summaries(workflow_id)
+        if not found:  # deleted since the check
+            raise NotFoundError(f"no workflow {workflow_id!r} on this manager")
         status = found[0]
-        rate = _rate_per_minute(timeline, status.created_at, time.time())
-        remaining = (
-            status.counts.total
-            - sum(getattr(status.counts, state) for state in ("completed", "failed", "cancelled"))
-            - status.counts.skipped
-        )
+        now = time.time()
+        window = max(1.0, min(RATE_WINDOW_SECONDS, now - status.created_at))
+        rate = round(60 * await self._store.ended_since(workflow_id, now - window) / window, 2)
+        counts = status.counts
+        remaining = counts.queued + counts.fetching + counts.running
+        failures, failed = await self._store.failures(workflow_id, MAX_FAILURES)
+        timeline = await self._store.timeline(workflow_id, MAX_TASK_ROWS)
         return {
             **_summary(status),
             "rate_per_minute": rate,
             "eta_seconds": round(60 * remaining / rate) if rate and remaining else None,
-            "tasks": [asdict(row) for row in _shown(timeline)],
-            "tasks_total": len(timeline),
+            "tasks": [asdict(row) for row in timeline],
+            "tasks_total": counts.total,
             "failures": [
-                {"task_id": row.task_id, "name": row.name, "error": row.error}
-                for row in timeline
-                if row.state == "failed"
+                {"task_id": task_id, "name": name, "error": error}
+                for task_id, name, error in failures
             ],
+            "failures_total": failed,
         }
 
     async def task_log(self, query: Query) -> dict[str, Any]:
@@ -111,15 +122,22 @@ class ManagerDashboard:
     def _heard(self, update: WorkflowUpdate) -> None:
         if update.task_id and update.kind == "completed":
             self._completed += 1
+        if self._updates.full():
+            # Nobody's page can keep up with this many: the oldest go (a page's next
+            # re-read shows where things stand).
+            self._updates.get_nowait()
         self._updates.put_nowait(update)
 
     async def _publish_forever(self, site: WebSite) -> None:
         while True:
             update = await self._updates.get()
-            owner = self._owners.get(update.workflow_id)
-            if owner is None:
-                owner = await self._store.workflow_owner(update.workflow_id) or ""
-                self._owners[update.workflow_id] = owner
+            try:
+                owner = await self._owner_of(update.workflow_id)
+            except Exception:  # one failed read must not end every page's live view
+                log.exception("no owner found for workflow %s's update", update.workflow_id)
+                continue
+            if not update.task_id and update.kind in _ENDED:
+                self._owners.pop(update.workflow_id, None)  # it says nothing more
             data = {
                 "workflow_id": update.workflow_id,
                 "task_id": update.task_id,
@@ -129,6 +147,13 @@ class ManagerDashboard:
                 "counts": asdict(update.counts),
             }
             site.publish("workflow", data, owner=owner)
+
+    async def _owner_of(self, workflow_id: str) -> str:
+        owner = self._owners.get(workflow_id)
+        if owner is None:
+            owner = await self._store.workflow_owner(workflow_id) or ""
+            self._owners[workflow_id] = owner
+        return owner
 
     async def sample(self) -> Mapping[str, float]:
         counts = self._manager.active_counts()
@@ -165,19 +190,6 @@ class ManagerDashboard:
         yield moved
 
 
-def _shown(timeline: list[TimelineRow]) -> list[TimelineRow]:
-    """The rows a page gets: those held by a volunteer and those that failed first, then
-    the latest to change, in task order (a page of a huge workflow stays small)."""
-    if len(timeline) <= MAX_TASK_ROWS:
-        return timeline
-    urgent = {"running": 0, "fetching": 0, "failed": 1}
-    ranked = sorted(
-        range(len(timeline)),
-        key=lambda i: (urgent.get(timeline[i].state, 2), -timeline[i].updated_at),
-    )
-    return [timeline[i] for i in sorted(ranked[:MAX_TASK_ROWS])]
-
-
 def _summary(status: WorkflowStatus) -> dict[str, Any]:
     return {
         "workflow_id": status.workflow_id,
@@ -190,12 +202,3 @@ def _summary(status: WorkflowStatus) -> dict[str, Any]:
         "error": status.error,
         "counts": asdict(status.counts),
     }
-
-
-def _rate_per_minute(timeline: list[TimelineRow], created_at: float, now: float) -> float:
-    """Tasks ended per minute over the last ten minutes (or since the workflow began)."""
-    window = max(1.0, min(RATE_WINDOW_SECONDS, now - created_at))
-    ended = sum(
-        row.state in ("completed", "failed") and row.updated_at >= now - window for row in timeline
-    )
-    return round(60 * ended / window, 2)

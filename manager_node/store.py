@@ -642,19 +642,94 @@ class ManagerStore:
 
         return await self.database.read(read)
 
-    async def timeline(self, workflow_id: str) -> list[TimelineRow]:
-        """Each task's state, volunteer and run times (its last result's), in task order:
-        the dashboard's per-task timeline."""
+    async def timeline(self, workflow_id: str, limit: int) -> list[TimelineRow]:
+        """Up to `limit` of the workflow's tasks, with their state, volunteer and run times
+        (their last result's): those held by a volunteer and those that failed first, then
+        the latest to change; in task order. The dashboard's timeline."""
 
         def read(db: sqlite_utils.Database) -> list[TimelineRow]:
             rows = db.execute(
                 "SELECT id, name, state, attempts, COALESCE(volunteer_id, ''), "
                 "COALESCE(error, ''), COALESCE(json_extract(result, '$.started_at'), 0), "
                 "COALESCE(json_extract(result, '$.finished_at'), 0), updated_at "
-                "FROM tasks WHERE workflow_id = ? ORDER BY id",
-                (workflow_id,),
+                "FROM tasks WHERE workflow_id = ? ORDER BY "
+                "CASE state WHEN 'running' THEN 0 WHEN 'fetching' THEN 0 "
+                "WHEN 'failed' THEN 1 ELSE 2 END, updated_at DESC LIMIT ?",
+                (workflow_id, limit),
             ).fetchall()
-            return [TimelineRow(*row) for row in rows]
+            return sorted((TimelineRow(*row) for row in rows), key=lambda row: row.task_id)
+
+        return await self.database.read(read)
+
+    async def summaries(self, workflow_id: str | None = None) -> list[WorkflowStatus]:
+        """Workflows with their counts and without their tasks, newest first: what a list
+        shows, at the cost of one count per state, however many tasks there are."""
+
+        def read(db: sqlite_utils.Database) -> list[WorkflowStatus]:
+            args = [workflow_id] if workflow_id else []
+            where, tasks_where = ("WHERE id = ?", "WHERE workflow_id = ?") if args else ("", "")
+            counts: dict[str, Counter[str]] = {}
+            tally = db.execute(
+                f"SELECT workflow_id, state, COUNT(*) FROM tasks {tasks_where} "
+                "GROUP BY workflow_id, state",
+                args,
+            )
+            for owner_id, state, count in tally.fetchall():
+                counts.setdefault(owner_id, Counter())[state] = count
+            rows = db.execute(
+                "SELECT id, name, type, state, created_at, updated_at, error, owner "
+                f"FROM workflows {where} ORDER BY created_at DESC",
+                args,
+            ).fetchall()
+            found = []
+            for wid, name, kind, state, created_at, updated_at, error, owner in rows:
+                states = counts.get(wid, Counter())
+                found.append(
+                    WorkflowStatus(
+                        workflow_id=wid,
+                        name=name,
+                        type=kind,
+                        state=state,
+                        created_at=created_at,
+                        updated_at=updated_at,
+                        counts=workflow_counts({**states, "total": states.total()}),
+                        error=error,
+                        owner=owner,
+                    )
+                )
+            return found
+
+        return await self.database.read(read)
+
+    async def ended_since(self, workflow_id: str, since: float) -> int:
+        """How many of the workflow's tasks completed or failed from `since` on."""
+
+        def read(db: sqlite_utils.Database) -> int:
+            row = db.execute(
+                "SELECT COUNT(*) FROM tasks WHERE workflow_id = ? "
+                "AND state IN ('completed', 'failed') AND updated_at >= ?",
+                (workflow_id, since),
+            ).fetchone()
+            return int(row[0])
+
+        return await self.database.read(read)
+
+    async def failures(
+        self, workflow_id: str, limit: int
+    ) -> tuple[list[tuple[str, str, str]], int]:
+        """(id, name, reason) of up to `limit` failed tasks, and how many failed in all."""
+
+        def read(db: sqlite_utils.Database) -> tuple[list[tuple[str, str, str]], int]:
+            total = db.execute(
+                "SELECT COUNT(*) FROM tasks WHERE workflow_id = ? AND state = 'failed'",
+                (workflow_id,),
+            ).fetchone()[0]
+            rows = db.execute(
+                "SELECT id, name, COALESCE(error, '') FROM tasks "
+                "WHERE workflow_id = ? AND state = 'failed' ORDER BY id LIMIT ?",
+                (workflow_id, limit),
+            ).fetchall()
+            return [tuple(row) for row in rows], int(total)
 
         return await self.database.read(read)
 

@@ -24,14 +24,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 
 from daemon.errors import AccessDeniedError, NodeError, NotFoundError
 from daemon.transport.access import DASHBOARD_RULE, METRICS_RULE, AccessPolicy, Caller
-from daemon.web.sessions import LoginCodes, SessionSigner, Viewer
-from daemon.web.site import SAMPLE_SECONDS, Query, WebSite
+from daemon.web.sessions import DASHBOARD, LoginCodes, SessionSigner, Viewer
+from daemon.web.site import SAMPLE_SECONDS, LiveEvent, Query, WebSite
 
 log = logging.getLogger(__name__)
 
 COOKIE = "vcnode_session"
 # An SSE comment this often keeps proxies and the browser from calling the stream dead.
-KEEPALIVE_SECONDS = 15.0
+KEEPALIVE_SECONDS = 5.0
 LAG_PROBE_SECONDS = 0.5
 MAX_PATH_PARAMETER_CHARS = 256
 MAX_QUERY_VALUE_CHARS = 256
@@ -62,8 +62,12 @@ class DashboardServer:
         policy: AccessPolicy,
         signer: SessionSigner,
         codes: LoginCodes,
+        cookie: str = COOKIE,
     ) -> None:
         self._site = site
+        # Named after the node: browsers send a host's cookies to all its ports, and two
+        # dashboards on one host must not take each other's sessions.
+        self._cookie = cookie
         self._policy = policy
         self._signer = signer
         self._codes = codes
@@ -86,7 +90,7 @@ class DashboardServer:
         app = web.Application(middlewares=[self._headers], client_max_size=64 * 1024)
         app.router.add_get("/", self._index)
         app.router.add_get("/login", self._login)
-        app.router.add_get("/logout", self._logout)
+        app.router.add_post("/logout", self._logout)
         app.router.add_static("/static/", static_dir(), follow_symlinks=False)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/api/whoami", self._whoami)
@@ -147,22 +151,30 @@ class DashboardServer:
     # --- who is asking --------------------------------------------------------------------
 
     def _viewer(self, request: web.Request) -> Viewer | None:
-        token = request.cookies.get(COOKIE, "")
+        token = request.cookies.get(self._cookie, "")
         authorization = request.headers.get("Authorization", "")
         if authorization.startswith("Bearer "):
             token = authorization.removeprefix("Bearer ").strip()
         return self._signer.check(token)
 
-    def _caller(self, request: web.Request, rule: str) -> Caller:
+    def _refusal(self, viewer: Viewer, rule: str) -> str | None:
+        """Why this session may not make a request under `rule` now, or None."""
+        if viewer.expires_at <= time.time():
+            return "this session ended: run `vcnode dashboard` again"
+        if rule == DASHBOARD_RULE and viewer.scope != DASHBOARD:
+            return "a scrape token opens /metrics only: run `vcnode dashboard` for the pages"
+        refusal = self._policy.refusal(rule, Caller(viewer.identity, is_self=viewer.is_self))
+        return refusal[1] if refusal is not None else None
+
+    def _caller(self, request: web.Request, rule: str) -> tuple[Caller, Viewer]:
         """The person making the request, or an HTTP error saying why they may not."""
         viewer = self._viewer(request)
         if viewer is None:
             raise _error(web.HTTPUnauthorized, _NOT_LOGGED_IN)
-        caller = Caller(viewer.identity, is_self=viewer.is_self)
-        refusal = self._policy.refusal(rule, caller)
+        refusal = self._refusal(viewer, rule)
         if refusal is not None:
-            raise _error(web.HTTPForbidden, refusal[1])
-        return caller
+            raise _error(web.HTTPForbidden, refusal)
+        return Caller(viewer.identity, is_self=viewer.is_self), viewer
 
     # --- pages ----------------------------------------------------------------------------
 
@@ -192,7 +204,7 @@ class DashboardServer:
         # The URL held the code; land on one that does not, so it stays out of history.
         response = web.HTTPSeeOther("/")
         response.set_cookie(
-            COOKIE,
+            self._cookie,
             self._signer.issue(viewer),
             max_age=max(0, int(viewer.expires_at - time.time())),
             httponly=True,
@@ -202,17 +214,19 @@ class DashboardServer:
         raise response
 
     async def _logout(self, request: web.Request) -> web.StreamResponse:
-        response = web.HTTPSeeOther("/")
-        response.del_cookie(COOKIE, path="/")
+        response = web.HTTPNoContent()
+        response.del_cookie(self._cookie, path="/")
         raise response
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         self._caller(request, METRICS_RULE)
-        body = await asyncio.to_thread(generate_latest, self._registry)
+        # On the loop: the collectors read the roles' live state, which only the loop may
+        # touch (formatting a few hundred samples takes well under a millisecond).
+        body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _whoami(self, request: web.Request) -> web.StreamResponse:
-        caller = self._caller(request, DASHBOARD_RULE)
+        caller, _ = self._caller(request, DASHBOARD_RULE)
         return web.json_response(
             {
                 "who": caller.describe(),
@@ -228,7 +242,7 @@ class DashboardServer:
         return web.json_response(list(self._site.samples.history))
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        caller = self._caller(request, DASHBOARD_RULE)
+        caller, viewer = self._caller(request, DASHBOARD_RULE)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
         )
@@ -241,10 +255,19 @@ class DashboardServer:
                 try:
                     event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
                 except TimeoutError:
-                    await response.write(b": keepalive\n\n")
-                    continue
+                    event = LiveEvent("keepalive", {})
                 if event is None:
                     break
+                # An open stream is asked again at each event: a revoked person or an
+                # ended session stops hearing at once, not when the page reloads.
+                refusal = self._refusal(viewer, DASHBOARD_RULE)
+                if refusal is not None:
+                    data = json.dumps({"error": refusal})
+                    await response.write(f"event: refused\ndata: {data}\n\n".encode())
+                    break
+                if event.kind == "keepalive":
+                    await response.write(b": keepalive\n\n")
+                    continue
                 if event.visible_to(caller):
                     data = json.dumps(event.data, separators=(",", ":"))
                     await response.write(f"event: {event.kind}\ndata: {data}\n\n".encode())
@@ -256,7 +279,7 @@ class DashboardServer:
 
     def _endpoint(self, endpoint: Callable[[Query], Awaitable[Any]]) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
-            caller = self._caller(request, DASHBOARD_RULE)
+            caller, _ = self._caller(request, DASHBOARD_RULE)
             path = dict(request.match_info)
             args = {key: request.query[key] for key in request.query}
             too_long = [

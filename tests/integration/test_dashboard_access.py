@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from daemon.rpc.v1 import node_pb2, node_pb2_grpc
@@ -36,6 +37,10 @@ class Browser:
         self._opener = urllib.request.build_opener(
             urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
         )
+
+    def open(self, url: str) -> Any:
+        """A response to read as it comes (a live-event stream)."""
+        return self._opener.open(url, timeout=30)
 
     def get(self, url: str) -> tuple[int, Any]:
         """The status, and the body: parsed when it is JSON, else its text."""
@@ -140,6 +145,9 @@ def test_a_revoked_user_loses_the_dashboard_at_once(daemons: Daemons, tmp_path: 
     assert mallory.get(json.loads(opened.stdout)["url"])[0] == 200
     base = json.loads(opened.stdout)["metrics"].removesuffix("/metrics")
     assert mallory.get(base + "/api/workflows")[0] == 200
+    # A live-event stream she opened before the revocation, read as it goes.
+    stream = mallory.open(base + "/api/events")
+    assert stream.readline() == b": connected\n"
 
     revoked = run_cli("token", "revoke", token["token_id"], *data)
     assert revoked.returncode == 0, revoked.stderr
@@ -149,3 +157,31 @@ def test_a_revoked_user_loses_the_dashboard_at_once(daemons: Daemons, tmp_path: 
         "the revoked session to be refused",
     )
     assert "revoked" in refused[1]["error"]
+    # The open stream says so at its next event (a keepalive at the latest) and ends.
+    said = b"".join(iter(stream.readline, b""))
+    assert b"event: refused" in said
+    assert b"revoked" in said
+
+
+def test_ending_every_session_logs_everyone_out_and_only_the_owner_may(
+    daemons: Daemons,
+) -> None:
+    manager, _ = start_pool(
+        daemons, "--allow-process-runtime", env=NO_DOCKER, manager_args=("--http", "127.0.0.1:0")
+    )
+    address = manager.address()
+    alice, base = _log_in_as(address, "alice")
+    assert alice.get(base + "/api/workflows")[0] == 200
+    # Alice may not log everyone out.
+    alices = credential(["user"], user="alice")
+    with open_sync_channel(address, alices) as channel, pytest.raises(grpc.RpcError) as refused:
+        node_pb2_grpc.NodeServiceStub(channel).OpenDashboard(
+            node_pb2.OpenDashboardRequest(end_sessions=True), timeout=5
+        )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert alice.get(base + "/api/workflows")[0] == 200
+    # The node's owner may: every session ends, Alice's included.
+    ended = run_cli("dashboard", "--end-sessions", "--data-dir", str(manager.data_dir))
+    assert ended.returncode == 0, ended.stderr
+    assert "ended" in ended.stdout
+    assert alice.get(base + "/api/workflows")[0] == 401

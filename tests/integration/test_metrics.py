@@ -68,6 +68,16 @@ def test_metrics_count_tasks_transfers_volunteers_and_dispatch_latency(
     assert metrics['vcnode_tasks{"state": "running"}'] == 0
     assert "vcnode_event_loop_lag_seconds_count{}" in metrics
 
+    # The scrape token opens /metrics and nothing else.
+    pages = urllib.request.Request(
+        url.removesuffix("/metrics") + "/api/workflows",
+        headers={"Authorization": f"Bearer {token['scrape_token']}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused_pages:
+        urllib.request.urlopen(pages, timeout=5)
+    assert refused_pages.value.code == 403
+    assert "/metrics only" in refused_pages.value.read().decode()
+
     # Without a token, or with a made-up one, /metrics says nothing.
     for headers in ({}, {"Authorization": "Bearer made.up"}):
         request = urllib.request.Request(url, headers=headers)

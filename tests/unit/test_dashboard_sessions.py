@@ -7,6 +7,7 @@ import json
 import logging
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,11 @@ from daemon.models import EventKind, TaskEvent
 from daemon.transport.access import Caller
 from daemon.trust.pki import Identity
 from daemon.web.sessions import (
+    DASHBOARD,
     LOGIN_CODE_SECONDS,
+    MAX_CODES_PER_PERSON,
     MAX_PENDING_CODES,
+    METRICS,
     SESSION_SECONDS,
     DashboardDoor,
     LoginCodes,
@@ -75,30 +79,69 @@ def test_a_login_code_works_once_and_only_for_two_minutes() -> None:
     assert codes.redeem("not-a-code", now=NOW) is None
 
 
-def test_unused_login_codes_cannot_grow_without_bound() -> None:
+def test_unused_login_codes_cannot_grow_without_bound_nor_push_out_other_peoples() -> None:
     codes = LoginCodes()
-    issued = [codes.issue(_viewer(), now=NOW + n * 0.001) for n in range(MAX_PENDING_CODES + 10)]
-    assert len(codes._pending) == MAX_PENDING_CODES
-    assert codes.redeem(issued[0], now=NOW + 1) is None  # the oldest went first
-    assert codes.redeem(issued[-1], now=NOW + 1) is not None
+    bob = Identity("b" * 32, frozenset({"user"}), user="bob")
+    bobs = codes.issue(_viewer(bob), now=NOW)
+    alices = [codes.issue(_viewer(), now=NOW + n * 0.001) for n in range(50)]
+    # Alice asking again and again pushes out only her own oldest codes.
+    assert len(codes) == 1 + MAX_CODES_PER_PERSON
+    assert codes.redeem(alices[0], now=NOW + 1) is None
+    assert codes.redeem(alices[-1], now=NOW + 1) is not None
+    assert codes.redeem(bobs, now=NOW + 1) is not None
+    # Many people at once: the oldest code of all goes.
+    people = [Identity(f"{n:032x}", frozenset({"user"}), user=f"u{n}") for n in range(300)]
+    for n, person in enumerate(people):
+        codes.issue(_viewer(person), now=NOW + 2 + n * 0.001)
+    assert len(codes) == MAX_PENDING_CODES
 
 
-def test_the_door_gives_a_link_for_people_and_a_long_token_for_scrapers() -> None:
+def test_the_door_gives_a_link_for_people_and_a_metrics_only_token_for_scrapers() -> None:
     signer = SessionSigner(b"k" * 32)
     door = DashboardDoor(signer, LoginCodes(), "0.0.0.0")
     with pytest.raises(ValueError, match="not listening yet"):
         door.open(Caller(ALICE))
     door.port = 7480
-    link = door.open(Caller(ALICE))
+    link = door.open(Caller(ALICE, is_self=True))
     assert link.login_path.startswith("/login?code=")
     assert (link.host, link.port, link.scrape_token) == ("0.0.0.0", 7480, "")
-    scrape = door.open(Caller(ALICE), scrape_token=True)
-    viewer = signer.check(scrape.scrape_token)
+    viewer = door.codes.redeem(link.login_path.removeprefix("/login?code="))
     assert viewer is not None
-    assert viewer.identity.user == "alice"
-    assert viewer.expires_at - SESSION_SECONDS > link.expires_at
+    assert (viewer.scope, viewer.is_self) == (DASHBOARD, True)
+    scrape = door.open(Caller(ALICE, is_self=True), scrape_token=True)
+    scraper = signer.check(scrape.scrape_token)
+    assert scraper is not None
+    assert scraper.identity.user == "alice"
+    # /metrics only, and never with the owner's powers.
+    assert (scraper.scope, scraper.is_self) == (METRICS, False)
+    assert scraper.expires_at - SESSION_SECONDS > viewer.expires_at - 60
     with pytest.raises(ValueError, match="stranger"):
         door.open(Caller(None))
+
+
+def test_no_session_outlives_the_certificate_it_came_from() -> None:
+    signer = SessionSigner(b"k" * 32)
+    door = DashboardDoor(signer, LoginCodes(), "127.0.0.1")
+    door.port = 1
+    soon = time.time() + 600
+    scrape = door.open(Caller(ALICE), scrape_token=True, certificate_expires_at=soon)
+    assert scrape.expires_at == soon
+    link = door.open(Caller(ALICE), certificate_expires_at=soon)
+    viewer = door.codes.redeem(link.login_path.removeprefix("/login?code="))
+    assert viewer is not None
+    assert viewer.expires_at == soon
+
+
+def test_ending_every_session_makes_every_token_worthless_after_a_restart_too(
+    tmp_path: Path,
+) -> None:
+    signer = SessionSigner.for_data_dir(tmp_path)
+    token = signer.issue(_viewer(expires_at=time.time() + 60))
+    assert signer.check(token) is not None
+    signer.end_every_session()
+    assert signer.check(token) is None
+    assert SessionSigner.for_data_dir(tmp_path).check(token) is None
+    assert stat.S_IMODE((tmp_path / "dashboard.key").stat().st_mode) == 0o600
 
 
 async def test_live_events_reach_only_those_who_may_see_them() -> None:

@@ -217,16 +217,22 @@ class OpenDashboardRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SCRAPE_TOKEN_FIELD_NUMBER: _builtins.int
+    END_SESSIONS_FIELD_NUMBER: _builtins.int
     scrape_token: _builtins.bool
-    """A long-lived bearer token for a scraper (Prometheus) instead of a login link."""
+    """A long-lived bearer token for a scraper (Prometheus), for /metrics only, instead of a
+    login link.
+    """
+    end_sessions: _builtins.bool
+    """End every dashboard session and scrape token at once (an admin or the node's owner)."""
     def __init__(
         self,
         *,
         scrape_token: _builtins.bool = ...,
+        end_sessions: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["scrape_token", b"scrape_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_sessions", b"end_sessions", "scrape_token", b"scrape_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,6 +12,9 @@ const state = {
   workflows: null,
   refetch: null,
   renderMs: 0,
+  // Each render's number: a slow answer never replaces a newer view.
+  generation: 0,
+  patches: null,
 };
 
 // --- small helpers ----------------------------------------------------------------------
@@ -59,7 +62,9 @@ function ended(counts) {
   return counts.completed + counts.failed + counts.cancelled + (counts.skipped || 0);
 }
 
-function show(...content) {
+// Puts a view on screen, unless a later render began meanwhile (its answer came first).
+function show(generation, ...content) {
+  if (generation !== state.generation) return;
   const main = document.getElementById("main");
   main.replaceChildren(...content.flat().filter((part) => part !== null && part !== undefined));
 }
@@ -155,7 +160,7 @@ function perMinute(key) {
 
 // --- views ------------------------------------------------------------------------------
 
-async function overview() {
+async function overview(gen) {
   const roles = state.me.roles;
   const cards = [];
   const last = state.samples[state.samples.length - 1] || {};
@@ -187,7 +192,7 @@ async function overview() {
   if (last.volunteers_online !== undefined) facts.push(h("div", { class: "fact" }, h("b", {}, last.volunteers_online), " volunteers online"));
   if (last.tasks_running !== undefined) facts.push(h("div", { class: "fact" }, h("b", {}, last.tasks_running), " tasks running"));
   if (last.tasks_queued !== undefined) facts.push(h("div", { class: "fact" }, h("b", {}, last.tasks_queued), " tasks queued"));
-  show(h("h1", {}, state.me.title), h("div", { class: "facts" }, facts), h("div", { class: "charts" }, cards));
+  show(gen, h("h1", {}, state.me.title), h("div", { class: "facts" }, facts), h("div", { class: "charts" }, cards));
 }
 
 function volunteerRow(v) {
@@ -219,10 +224,10 @@ function volunteerRow(v) {
   );
 }
 
-async function pool() {
+async function pool(gen) {
   const found = await api("pool");
   const online = found.volunteers.filter((v) => v.state === "online").length;
-  show(
+  show(gen, 
     h("h1", {}, "Pool"),
     h("p", {}, `${online} of ${found.volunteers.length} volunteers online · ${found.waiting_tasks} tasks waiting`),
     h(
@@ -247,10 +252,10 @@ function workflowRow(w) {
   );
 }
 
-async function workflows() {
+async function workflows(gen) {
   const found = await api("workflows");
   state.workflows = found;
-  show(
+  show(gen, 
     h("h1", {}, "Workflows"),
     found.length
       ? h(
@@ -292,11 +297,11 @@ function timeline(tasks, start, now) {
   );
 }
 
-async function workflow(id) {
+async function workflow(gen, id) {
   const w = await api("workflows/" + encodeURIComponent(id));
   state.workflow = w;
   const now = Date.now() / 1000;
-  show(
+  show(gen, 
     h("p", {}, h("a", { href: "#/workflows" }, "← workflows")),
     h("h1", {}, w.name, " ", h("span", { class: "muted" }, w.workflow_id)),
     h("p", {}, h("span", { class: "state-" + w.state, "data-testid": "workflow-state" }, w.state), ` · ${w.type} · ${w.owner} · submitted ${when(w.created_at)}`),
@@ -334,10 +339,10 @@ async function workflow(id) {
   );
 }
 
-async function task(id, name, stream) {
+async function task(gen, id, name, stream) {
   const log = await api(`workflows/${encodeURIComponent(id)}/tasks/${encodeURIComponent(name)}/log?stream=${stream}`);
   const tab = (s) => h("a", { href: `#/workflows/${encodeURIComponent(id)}/tasks/${encodeURIComponent(name)}/${s}`, class: s === stream ? "tab on" : "tab" }, s);
-  show(
+  show(gen, 
     h("p", {}, h("a", { href: "#/workflows/" + encodeURIComponent(id) }, "← workflow")),
     h("h1", {}, log.name, " ", h("span", { class: "state-" + log.state }, log.state)),
     h("nav", { class: "tabs" }, tab("stdout"), tab("stderr")),
@@ -349,6 +354,7 @@ async function task(id, name, stream) {
 // --- routing and live updates -----------------------------------------------------------
 
 async function render() {
+  const gen = ++state.generation;
   const route = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
   state.route = route;
   state.workflow = null;
@@ -366,20 +372,21 @@ async function render() {
         const role = serves[link.dataset.view];
         link.hidden = Boolean(role) && !state.me.roles.includes(role);
       }
-      state.samples = await api("samples");
+      document.getElementById("logout").hidden = false;
       connect();
+      state.samples = await api("samples").catch(() => []);
     }
     const serves = { pool: "coordinator", workflows: "manager" };
     if (serves[route[0]] && !state.me.roles.includes(serves[route[0]])) {
       const elsewhere = { pool: "the pool is on its coordinator's dashboard", workflows: "workflows are on their manager's dashboard" };
-      show(h("p", { class: "muted" }, `This node is not a ${serves[route[0]]}: ${elsewhere[route[0]]}.`));
-    } else if (route[0] === "pool") await pool();
-    else if (route[0] === "workflows" && route[3]) await task(route[1], route[3], route[4] || "stdout");
-    else if (route[0] === "workflows" && route[1]) await workflow(route[1]);
-    else if (route[0] === "workflows") await workflows();
-    else await overview();
+      show(gen, h("p", { class: "muted" }, `This node is not a ${serves[route[0]]}: ${elsewhere[route[0]]}.`));
+    } else if (route[0] === "pool") await pool(gen);
+    else if (route[0] === "workflows" && route[3]) await task(gen, route[1], route[3], route[4] || "stdout");
+    else if (route[0] === "workflows" && route[1]) await workflow(gen, route[1]);
+    else if (route[0] === "workflows") await workflows(gen);
+    else await overview(gen);
   } catch (error) {
-    show(problem(error));
+    show(gen, problem(error));
   }
 }
 
@@ -402,12 +409,25 @@ function onWorkflowEvent(event) {
   const route = state.route;
   if (route[0] !== "workflows" || route[3]) return;
   if (route[1] && route[1] !== update.workflow_id) return;
-  // Patch what is on screen now; the re-read that follows fills in the rest.
-  const counts = document.querySelector(route[1] ? '[data-testid="workflow-counts"]' : `[data-testid="counts-${CSS.escape(update.workflow_id)}"]`);
-  if (counts) counts.textContent = countsText(update.counts);
-  const bar = document.querySelector(route[1] ? '[data-testid="workflow-bar"]' : `[data-testid="bar-${CSS.escape(update.workflow_id)}"]`);
-  if (bar) bar.replaceWith(progressBar(update.counts, bar.dataset.testid));
+  // The latest counts of each workflow go on screen once per frame, however many events
+  // arrive; the re-read that follows fills in the rest.
+  if (!state.patches) {
+    state.patches = new Map();
+    requestAnimationFrame(patchCounts);
+  }
+  state.patches.set(update.workflow_id, update.counts);
   refreshSoon();
+}
+
+function patchCounts() {
+  const detail = Boolean(state.route[1]);
+  for (const [id, counts] of state.patches) {
+    const text = document.querySelector(detail ? '[data-testid="workflow-counts"]' : `[data-testid="counts-${CSS.escape(id)}"]`);
+    if (text) text.textContent = countsText(counts);
+    const bar = document.querySelector(detail ? '[data-testid="workflow-bar"]' : `[data-testid="bar-${CSS.escape(id)}"]`);
+    if (bar) bar.replaceWith(progressBar(counts, bar.dataset.testid));
+  }
+  state.patches = null;
 }
 
 function onSample(event) {
@@ -430,7 +450,23 @@ function connect() {
   });
   source.addEventListener("workflow", onWorkflowEvent);
   source.addEventListener("sample", onSample);
+  // The node refused this session (it ended, or its person was revoked): stop asking.
+  source.addEventListener("refused", (event) => {
+    source.close();
+    live.textContent = "logged out";
+    const error = new Error(JSON.parse(event.data).error);
+    error.status = 401;
+    state.me = null;
+    show(state.generation, problem(error));
+  });
+}
+
+async function logOut() {
+  await fetch("/logout", { method: "POST", credentials: "same-origin" });
+  location.hash = "";
+  location.reload();
 }
 
 window.addEventListener("hashchange", render);
+document.getElementById("logout").addEventListener("click", logOut);
 render();
