@@ -175,7 +175,7 @@ class Node:
                 config.token,
                 self._join_addresses,
             )
-            policy = AccessPolicy(identity.node_id, lambda: trust.credential.public_key_der)
+            policy = AccessPolicy(identity.node_id, trust.live.own_certificates)
             server = create_server(policy)
             port = bind(server, config.listen, trust.live)
             if port == 0:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import glob
 import logging
 import os
@@ -11,13 +10,13 @@ from pathlib import Path
 import psutil
 
 from daemon.models import Load, Resources
-from daemon.runtime import engine
+from daemon.runtime import probe
+from daemon.runtime.probe import ProbeError
 from daemon.transport.caps import IMAGES
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-DOCKER_PROBE_SECONDS = 3.0
 
 
 def count_gpus() -> int:
@@ -49,21 +48,11 @@ def measure_load(running_tasks: int) -> Load:
 
 async def probe_docker() -> tuple[bool, tuple[str, ...]]:
     """Whether a Docker engine answers, and the image tags it holds."""
-    # Over the engine's socket without aiodocker when it is local (daemon/runtime/engine.py):
-    # aiohttp is heavy, and a volunteer that only waits for work never needs it.
+    # Asked in a child process (daemon/runtime/probe.py): aiodocker and aiohttp are heavy,
+    # and a volunteer that only waits for work keeps neither.
     try:
-        async with asyncio.timeout(DOCKER_PROBE_SECONDS):
-            host = await asyncio.to_thread(engine.docker_host)
-            if host is None:
-                raise OSError(
-                    "DOCKER_HOST is not set and no engine socket is at "
-                    + ", ".join(str(path) for path in engine.SOCKET_PATHS)
-                )
-            images = await engine.list_images(host)
-    except Exception as error:  # any failure means "no usable engine", and we say why
+        tags = await probe.image_tags()
+    except ProbeError as error:  # any failure means "no usable engine", and we say why
         log.info("no Docker engine answered (%s); tasks needing containers will be declined", error)
         return False, ()
-    tags = sorted(
-        {tag for image in images for tag in (image.get("RepoTags") or []) if tag != "<none>:<none>"}
-    )
-    return True, tuple(tags[:IMAGES])  # what the coordinator's edge admits
+    return True, tags[:IMAGES]  # what the coordinator's edge admits

@@ -14,8 +14,9 @@ from daemon.errors import ConfigError, NodeError, RejectedError
 from daemon.models import Load, Registration
 from daemon.resources import measure_load, measure_resources, probe_docker
 from daemon.roles import RoleContext
-from daemon.runtime.engine import DockerOnDemand
 from daemon.runtime.image_archive import ImageArchiveError
+from daemon.runtime.on_demand import DockerOnDemand
+from daemon.runtime.probe import ProbeError
 from daemon.runtime.process import ProcessRuntime
 from daemon.runtime.process import unavailable as sandbox_unavailable
 from daemon.runtime.spec import Runtime
@@ -71,9 +72,20 @@ class VolunteerRole:
         limits = self._limits
         runtime: Runtime | None = None
         if self._docker_available:
-            # aiodocker (~12 MiB) is imported by the first task that needs it, not while idle.
-            self._docker = runtime = DockerOnDemand(owner=self._context.identity.node_id)
-            if removed := await self._docker.remove_leftovers():
+            # aiodocker (~14 MiB) is imported by the first task that needs it, not while idle.
+            node_id = self._context.identity.node_id
+            self._docker = runtime = DockerOnDemand(owner=node_id)
+            try:
+                removed = await self._docker.remove_leftovers()
+            except ProbeError as error:  # they keep running; tasks can still run beside them
+                log.warning(
+                    "could not remove the containers a previous run of this volunteer left "
+                    "(`docker ps -a --filter label=vcnode.volunteer=%s` lists them): %s",
+                    node_id,
+                    error,
+                )
+                removed = 0
+            if removed:
                 log.warning(
                     "removed %d containers left by a previous run of this volunteer", removed
                 )

@@ -18,7 +18,6 @@ from typing import Any
 import aiodocker
 import aiohttp
 
-from daemon.runtime.engine import OWNER_LABEL as OWNER_LABEL  # where others read it
 from daemon.runtime.image_archive import untagged_copy
 from daemon.runtime.spec import (
     LogBuffer,
@@ -36,6 +35,9 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 SIGKILL_EXIT = 128 + 9
 NOBODY = "65534:65534"
+# The label a volunteer's containers carry: its id (removed by its next start if it is killed,
+# daemon/runtime/probe.py).
+OWNER_LABEL = "vcnode.volunteer"
 EXPORT_CHUNK_BYTES = 1 << 20
 # A whole image over a slow link; a registry that answers nothing is given up on.
 PULL_TIMEOUT_SECONDS = 1800.0

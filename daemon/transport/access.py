@@ -9,14 +9,12 @@ a method not listed here is refused to everyone. What a caller may do with a giv
 from __future__ import annotations
 
 import contextvars
-import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from daemon.trust import certinfo
 from daemon.trust.pki import Identity
 
 # Kinds of caller beyond the roles a certificate names.
@@ -158,15 +156,10 @@ def set_current_caller(caller: Caller) -> None:
     _CALLER.set(caller)
 
 
-@functools.lru_cache(maxsize=4096)
-def _public_key(pem: bytes) -> bytes:
-    """The public key a peer's certificate (PEM, as TLS proved it) certifies, in DER, as it
-    sits in the certificate: read without `cryptography`, which a node does not keep in its
-    memory (daemon/trust/certinfo.py). Empty when it cannot be read, which is no one's key."""
-    try:
-        return certinfo.public_key_der(pem)
-    except ValueError:
-        return b""
+def _unwrapped(pem: bytes) -> bytes:
+    """A certificate's PEM without its whitespace: two copies of one certificate compare
+    equal however their lines are wrapped. Compared as it is, never parsed."""
+    return b"".join(pem.split())
 
 
 class AccessPolicy:
@@ -175,12 +168,13 @@ class AccessPolicy:
     def __init__(
         self,
         node_id: str,
-        own_key: Callable[[], bytes] = lambda: b"",
+        own_certificates: Callable[[], Iterable[bytes]] = tuple,
         rules: dict[str, frozenset[str]] = RULES,
     ) -> None:
         self.node_id = node_id
-        # This node's public key (DER): a caller presenting it is this node's owner.
-        self._own_key = own_key
+        # This node's own certificates (PEM; LiveCredential.own_certificates): a caller
+        # presenting one of them is this node's owner.
+        self._own_certificates = own_certificates
         self._rules = rules
         # The coordinator plugs its revocation list in; other nodes trust certificates until
         # they expire.
@@ -188,20 +182,20 @@ class AccessPolicy:
 
     def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         """The caller of a call, as its TLS session proved it. Its owner is who holds this
-        node's own key, not whoever holds a certificate naming this node's id."""
+        node's own key, not whoever holds a certificate naming this node's id: TLS proved
+        the caller holds the key of the certificate it presented, so a caller presenting one
+        of this node's own certificates, byte for byte, holds this node's key."""
         auth = context.auth_context()
         if auth.get("transport_security_type") != [b"ssl"]:
             return Caller(None)
         names = auth.get("x509_subject_alternative_name", [])
         identity = Identity.from_names(name.decode(errors="replace") for name in names)
-        certificates = list(auth.get("x509_pem_cert", []))
-        own_key = self._own_key()
+        presented = list(auth.get("x509_pem_cert", []))
         is_self = bool(
             identity is not None
             and identity.node_id == self.node_id
-            and certificates
-            and own_key
-            and _public_key(certificates[0]) == own_key
+            and presented
+            and _unwrapped(presented[0]) in {_unwrapped(own) for own in self._own_certificates()}
         )
         return Caller(identity, is_self=is_self)
 

@@ -14,6 +14,7 @@ from daemon.errors import ConfigError
 from daemon.trust.authority import ClusterAuthority
 from daemon.trust.credentials import (
     ADMIN,
+    CA_FILE,
     CA_KEY_FILE,
     NODE,
     Credential,
@@ -81,17 +82,19 @@ def _own_credentials(
 
 async def _keep_facts(directory: Path) -> None:
     """Keeps what the node's certificate says beside it when it was saved without (by a
-    vcnode before these were kept), read in a child process: read here, `cryptography` would
-    stay in the memory of this run of the node (daemon/trust/keywork.py)."""
+    vcnode before these were kept, or before they held its CA's hash), read in a child
+    process: read here, `cryptography` would stay in the memory of this run of the node
+    (daemon/trust/keywork.py)."""
     try:
         cert_pem = await asyncio.to_thread((directory / f"{NODE}.pem").read_bytes)
+        ca_pem = await asyncio.to_thread((directory / CA_FILE).read_bytes)
     except OSError:
         return  # not joined, or not ours to read: Credential.load says which
-    if await asyncio.to_thread(kept_facts, directory, NODE, cert_pem) is not None:
+    if await asyncio.to_thread(kept_facts, directory, NODE, cert_pem, ca_pem) is not None:
         return
     async with KeyWorker() as keys:
         try:
-            facts = await keys.facts_of(cert_pem)
+            facts = await keys.facts_of(cert_pem, ca_pem)
         except ValueError:
             return  # not a certificate: Credential.load treats it as none
     try:

@@ -5,9 +5,10 @@ Kept under `<data dir>/tls/` for nodes (`node.*`; on a coordinator also the CA's
 admin.conf) and under `~/.config/vcnode/` for people (`vcnode login`). Keys are written
 owner-only, atomically.
 
-Beside each certificate, `<stem>.cert.json` keeps what it says (daemon.trust.certinfo): a
-node reads who it is and when its certificate expires from there, without `cryptography`.
-A certificate saved before those were kept has them derived once, on its first load.
+Beside each certificate, `<stem>.cert.json` keeps what it says (daemon/trust/facts.py): a
+node reads who it is, when its certificate expires and its CA's hash from there, without
+`cryptography`. A certificate saved before those were kept has them read once, on its first
+load.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import cast
 import grpc
 
 from daemon.datadir import write_atomically
-from daemon.trust import certinfo, pki
-from daemon.trust.certinfo import CertificateFacts
+from daemon.trust import pki
+from daemon.trust.facts import CertificateFacts
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,16 @@ def facts_file(directory: Path, stem: str) -> Path:
     return directory / f"{stem}.cert.json"
 
 
-def kept_facts(directory: Path, stem: str, cert_pem: bytes) -> CertificateFacts | None:
-    """The facts kept beside the certificate `cert_pem`; None when none are kept for it."""
+def kept_facts(
+    directory: Path, stem: str, cert_pem: bytes, ca_pem: bytes
+) -> CertificateFacts | None:
+    """The facts kept beside the certificate `cert_pem` (of the CA `ca_pem`); None when none
+    are kept for those two."""
     try:
         facts = CertificateFacts.from_json(facts_file(directory, stem).read_bytes())
     except (OSError, ValueError):
         return None
-    return facts if facts.describe(cert_pem) else None
+    return facts if facts.describe(cert_pem, ca_pem) else None
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class Credential:
     """Who this process is to the cluster, and how it knows the cluster's other members.
 
     `facts`, what the certificate says, are read from it (with `cryptography`) unless given:
-    whoever gives them read them from this very certificate (a fingerprint says so)."""
+    whoever gives them read them from this very certificate and CA (fingerprints say so)."""
 
     ca_pem: bytes
     key_pem: bytes
@@ -67,8 +71,8 @@ class Credential:
     _facts: CertificateFacts = field(init=False, repr=False, compare=False)
 
     def __post_init__(self, facts: CertificateFacts | None) -> None:
-        if facts is None or not facts.describe(self.cert_pem):
-            facts = pki.facts_of(self.cert_pem)
+        if facts is None or not facts.describe(self.cert_pem, self.ca_pem):
+            facts = pki.facts_of(self.cert_pem, self.ca_pem)
         object.__setattr__(self, "_facts", facts)
 
     @cached_property
@@ -86,13 +90,9 @@ class Credential:
     def lifetime(self) -> datetime.timedelta:
         return self._facts.not_after - self._facts.not_before
 
-    @cached_property
-    def public_key_der(self) -> bytes:
-        return certinfo.public_key_der(self.cert_pem)
-
-    @cached_property
+    @property
     def ca_hash(self) -> str:
-        return certinfo.ca_hash(self.ca_pem)
+        return self._facts.ca_hash
 
     def expired(self, now: datetime.datetime | None = None) -> bool:
         return (now or datetime.datetime.now(datetime.UTC)) >= self.expires_at
@@ -131,7 +131,7 @@ class Credential:
             cert_pem = (directory / f"{stem}.pem").read_bytes()
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             return None
-        kept = kept_facts(directory, stem, cert_pem)
+        kept = kept_facts(directory, stem, cert_pem, ca_pem)
         try:
             credential = cls(ca_pem, key_pem, cert_pem, kept)
         except ValueError:
@@ -152,13 +152,24 @@ class LiveCredential:
 
     def __init__(self, credential: Credential) -> None:
         self._current = credential
+        self._previous: Credential | None = None
 
     @property
     def current(self) -> Credential:
         return self._current
 
     def replace(self, credential: Credential) -> None:
-        self._current = credential
+        self._previous, self._current = self._current, credential
+
+    def own_certificates(self) -> tuple[bytes, ...]:
+        """The certificates (PEM) that are this node's own: whoever presents one over TLS
+        holds its key, so is the node's owner (daemon/transport/access.py). The current one,
+        and the one before the latest renewal: a CLI may have read the files just before the
+        node renewed them."""
+        previous = self._previous
+        if previous is None:
+            return (self._current.cert_pem,)
+        return self._current.cert_pem, previous.cert_pem
 
     def server_credentials(self) -> grpc.ServerCredentials:
         served = self._current

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from daemon.errors import NodeError
-from daemon.trust.certinfo import CertificateFacts
+from daemon.trust.facts import CertificateFacts
 
 # Starting Python and importing `cryptography` takes ~0.2 s; a loaded machine may take more.
 REPLY_TIMEOUT_SECONDS = 60.0
@@ -122,10 +122,10 @@ class KeyWorker:
         )
         return CertificateFacts.from_json(reply["facts"])
 
-    async def facts_of(self, cert_pem: bytes) -> CertificateFacts:
-        """What the certificate `cert_pem` says (daemon.trust.pki.facts_of); ValueError
-        when it is not a certificate."""
-        reply = await self._call({"do": "facts", "cert": _text(cert_pem)})
+    async def facts_of(self, cert_pem: bytes, ca_pem: bytes) -> CertificateFacts:
+        """What the certificate `cert_pem`, issued under `ca_pem`, says (daemon.trust.pki.
+        facts_of); ValueError when either is not a certificate."""
+        reply = await self._call({"do": "facts", "cert": _text(cert_pem), "ca": _text(ca_pem)})
         return CertificateFacts.from_json(reply["facts"])
 
     async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +184,7 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
         )  # fmt: skip
         return {"facts": facts.to_json()}
     if request["do"] == "facts":
-        return {"facts": pki.facts_of(_bytes(request["cert"])).to_json()}
+        return {"facts": pki.facts_of(_bytes(request["cert"]), _bytes(request["ca"])).to_json()}
     raise RuntimeError(f"no such key work: {request['do']!r}")
 
 

@@ -12,7 +12,7 @@ client's certificate to decide what the caller may do.
 
 `cryptography` is imported by the functions that make or check keys and certificates, not
 with this module: every node reads the names, and a node that only runs (a volunteer) should
-not keep the ~8 MiB that importing it costs (see daemon/trust/certinfo.py, daemon/trust/keywork.py).
+not keep the ~8 MiB that importing it costs (see daemon/trust/facts.py, daemon/trust/keywork.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
-from daemon.trust.certinfo import CertificateFacts, fingerprint
+from daemon.trust.facts import CertificateFacts, fingerprint
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -175,8 +175,8 @@ def public_key_der(cert: x509.Certificate) -> bytes:
 
 def ca_hash(ca: x509.Certificate) -> str:
     """The fingerprint a join token pins: sha256 of the CA's public key (as kubeadm's
-    discovery hash), in lower-case base32 so it survives copy and paste. (Without
-    `cryptography`, from the CA's PEM: daemon.trust.certinfo.ca_hash.)"""
+    discovery hash), in lower-case base32 so it survives copy and paste. A node's own CA's
+    is kept with its certificate's facts (daemon/trust/facts.py)."""
     digest = hashlib.sha256(public_key_der(ca)).digest()
     return base64.b32encode(digest).decode().rstrip("=").lower()
 
@@ -304,15 +304,17 @@ def identity_of(cert: x509.Certificate) -> Identity | None:
     return None if names is None else Identity.from_names(names)
 
 
-def facts_of(pem: bytes) -> CertificateFacts:
-    """What the certificate `pem` says of its holder, to keep beside it; ValueError when it
-    is not a certificate."""
+def facts_of(pem: bytes, ca_pem: bytes) -> CertificateFacts:
+    """What the certificate `pem`, issued under the CA `ca_pem`, says of its holder, to keep
+    beside it; ValueError when either is not a certificate."""
     cert = load_cert(pem)
     return CertificateFacts(
         certificate=fingerprint(pem),
         names=tuple(_dns_names(cert) or ()),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
+        ca_certificate=fingerprint(ca_pem),
+        ca_hash=ca_hash(load_cert(ca_pem)),
     )
 
 
@@ -340,7 +342,7 @@ def accept_certificate(
     if pinned_ca_hash is not None and ca_hash(ca) != pinned_ca_hash:
         raise ValueError("its CA is not the one the token names: not our cluster")
     check_issued(ca, cert, load_key(key))
-    return facts_of(cert_pem)
+    return facts_of(cert_pem, ca_pem)
 
 
 def new_secret(nbytes: int) -> str:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
 
 from daemon.app import Node
@@ -78,13 +79,37 @@ async def test_a_volunteer_renews_its_certificate_from_its_coordinator_while_it_
             assert new.expires_at - datetime.datetime.now(datetime.UTC) > datetime.timedelta(
                 days=29
             )
-            assert old.identity.node_id in await connected_volunteers(address)
+            # Its link registers once Docker was asked (in a child process): maybe after that.
+            deadline = time.monotonic() + DEADLINE_SECONDS
+            while old.identity.node_id not in await connected_volunteers(address):
+                assert time.monotonic() < deadline, "the volunteer did not connect"
+                await asyncio.sleep(0.05)
             # Its server takes new handshakes with the new certificate.
             async with open_channel(volunteer_address, new, role_name("volunteer")) as channel:
                 reply = await node_pb2_grpc.NodeServiceStub(channel).Health(
                     node_pb2.HealthRequest(), timeout=5
                 )
             assert reply.serving
+            # A CLI that read the files just before the renewal is still the node's owner;
+            # a certificate naming the node's id on another key never was.
+            namesake = authority().credential(old.identity)
+            said = [await open_dashboard(volunteer_address, held) for held in (new, old, namesake)]
+            no_dashboard = "this node serves no dashboard: start its daemon with --http"
+            assert [details.startswith(no_dashboard) for _, details in said] == [True, True, False]
+            assert said[2][0] == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def open_dashboard(address: str, held: Credential) -> tuple[grpc.StatusCode, str]:
+    """How the node at `address` refuses `held` a dashboard (it serves none): as its owner,
+    or as someone who may not ask."""
+    async with open_channel(address, held, role_name("volunteer")) as channel:
+        try:
+            await node_pb2_grpc.NodeServiceStub(channel).OpenDashboard(
+                node_pb2.OpenDashboardRequest(), timeout=5
+            )
+        except grpc.aio.AioRpcError as error:
+            return error.code(), error.details() or ""
+    raise AssertionError("a node without --http served a dashboard")
 
 
 async def test_a_coordinator_renews_its_own_and_its_admin_certificates(tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ async def test_a_request_proves_the_new_key_and_its_certificate_is_accepted(
         assert public_key == pki.load_key(key_pem).public_key()
         cert_pem = ca.issue(public_key, IDENTITY)
         facts = await keys.accept(ca.cert_pem, cert_pem, key_pem, ca.ca_hash)
-    assert facts == pki.facts_of(cert_pem)
+    assert facts == pki.facts_of(cert_pem, ca.cert_pem)
+    assert facts.ca_hash == ca.ca_hash
     assert pki.Identity.from_names(facts.names) == IDENTITY
     assert keys._process is None, "the child is gone once the work is done"
 
@@ -68,9 +69,11 @@ async def test_what_a_certificate_saved_before_its_facts_says_is_read_in_the_chi
 ) -> None:
     cert_pem = ca.issue(pki.new_key().public_key(), IDENTITY)
     async with KeyWorker() as keys:
-        assert await keys.facts_of(cert_pem) == pki.facts_of(cert_pem)
+        assert await keys.facts_of(cert_pem, ca.cert_pem) == pki.facts_of(cert_pem, ca.cert_pem)
         with pytest.raises(ValueError, match=r"PEM|certificate"):
-            await keys.facts_of(b"not a certificate")
+            await keys.facts_of(b"not a certificate", ca.cert_pem)
+        with pytest.raises(ValueError, match=r"PEM|certificate"):
+            await keys.facts_of(cert_pem, b"not a CA")
 
 
 async def test_a_child_that_cannot_start_or_dies_says_so(

@@ -30,7 +30,14 @@ from daemon.transport.access import DASHBOARD_RULE, METRICS_RULE, RULES, AccessP
 from daemon.trust import pki
 from daemon.trust.authority import ClusterAuthority
 from daemon.trust.bootstrap import establish
-from daemon.trust.credentials import ADMIN, CA_KEY_FILE, NODE, Credential, tls_dir
+from daemon.trust.credentials import (
+    ADMIN,
+    CA_KEY_FILE,
+    NODE,
+    Credential,
+    LiveCredential,
+    tls_dir,
+)
 from daemon.trust.tokens import MAX_ADDRESSES, JoinToken, proof, proof_holds, secret_key
 
 CA_HASH = "a" * 52
@@ -322,23 +329,76 @@ def test_the_nodes_owner_is_who_holds_its_key_not_whoever_names_its_id(
 ) -> None:
     own = ca.credential(pki.Identity(OWN_ID, frozenset({"coordinator"})))
     namesake = ca.credential(pki.Identity(OWN_ID, frozenset({"volunteer"})))
-    policy = AccessPolicy(OWN_ID, lambda: own.public_key_der)
+    policy = AccessPolicy(OWN_ID, LiveCredential(own).own_certificates)
     assert policy.caller(tls_call(own)) == Caller(own.identity, is_self=True)
     assert policy.caller(tls_call(namesake)) == Caller(namesake.identity, is_self=False)
     assert (
         policy.refusal("/vcnode.v1.TrustService/CreateToken", policy.caller(tls_call(own))) is None
     )
     assert policy.caller(call_context({"transport_security_type": [b"insecure"]})) == STRANGER
+    assert AccessPolicy(OWN_ID).caller(tls_call(own)) == Caller(own.identity, is_self=False), (
+        "a node that names no certificate of its own has no owner"
+    )
 
 
-def test_a_caller_whose_certificate_shows_no_key_is_not_the_owner(ca: ClusterAuthority) -> None:
-    """The key is read from the certificate without `cryptography`: what does not read as
-    one is nobody's key, not an error, and still not this node's owner."""
+def rewrapped(pem: bytes, width: int, newline: bytes) -> bytes:
+    """The same certificate, its base64 in lines of `width` ending in `newline`."""
+    lines = pem.strip().split(b"\n")
+    body = b"".join(lines[1:-1])
+    chunks = [body[at : at + width] for at in range(0, len(body), width)]
+    return newline.join([lines[0], *chunks, lines[-1]]) + newline
+
+
+def test_the_owner_presents_this_nodes_certificate_byte_for_byte(ca: ClusterAuthority) -> None:
+    """The certificate a caller presented is compared with the node's own, never parsed:
+    however its PEM is wrapped it is the same certificate; a byte changed, or what is no
+    certificate, is not the node's."""
     own = ca.credential(pki.Identity(OWN_ID, frozenset({"coordinator"})))
-    policy = AccessPolicy(OWN_ID, lambda: own.public_key_der)
+    policy = AccessPolicy(OWN_ID, LiveCredential(own).own_certificates)
+
+    def presenting(pem: bytes) -> Caller:
+        call = tls_call(own)
+        call.auth_context()["x509_pem_cert"] = [pem]
+        return policy.caller(call)
+
+    for width, newline in ((76, b"\n"), (64, b"\r\n"), (10_000, b"\n")):
+        assert presenting(rewrapped(own.cert_pem, width, newline)).is_self
+    body = own.cert_pem.split(b"\n")[1]
+    changed = body[:20] + (b"A" if body[20:21] != b"A" else b"B") + body[21:]
+    for pem in (
+        own.cert_pem.replace(body, changed),
+        b"-----BEGIN CERTIFICATE-----\nMAA=\n",
+        b"",
+        own.cert_pem + own.cert_pem,
+    ):
+        assert presenting(pem) == Caller(own.identity, is_self=False)
     call = tls_call(own)
-    call.auth_context()["x509_pem_cert"] = [b"-----BEGIN CERTIFICATE-----\nMAA=\n"]
+    del call.auth_context()["x509_pem_cert"]
     assert policy.caller(call) == Caller(own.identity, is_self=False)
+
+
+def test_the_certificate_before_the_latest_renewal_is_still_the_owners(
+    ca: ClusterAuthority,
+) -> None:
+    """A CLI may have read the node's files just before it renewed its certificate: that
+    one is still the owner's until the next renewal, the one before it no longer."""
+    identity = pki.Identity(OWN_ID, frozenset({"manager"}))
+    first, second, third = (ca.credential(identity) for _ in range(3))
+    live = LiveCredential(first)
+    policy = AccessPolicy(OWN_ID, live.own_certificates)
+    assert [policy.caller(tls_call(held)).is_self for held in (first, second)] == [True, False]
+    live.replace(second)
+    assert [policy.caller(tls_call(held)).is_self for held in (first, second, third)] == [
+        True,
+        True,
+        False,
+    ]
+    live.replace(third)
+    assert [policy.caller(tls_call(held)).is_self for held in (first, second, third)] == [
+        False,
+        True,
+        True,
+    ]
 
 
 # --- what a token may grant ---------------------------------------------------------------

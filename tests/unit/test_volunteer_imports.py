@@ -1,7 +1,8 @@
 """What a volunteer daemon imports leaves out the packages it does not need while it waits
 for work (benchmarks/idle.py: idle_rss): `cryptography` (joins and renewals run it in a child,
 daemon/trust/keywork.py), aiohttp and aiodocker (imported by the first task that needs Docker,
-daemon/runtime/engine.py) and sqlite-utils (the volunteer's store is plain sqlite3). Each
+daemon/runtime/on_demand.py; what an idle volunteer asks Docker is asked in a child,
+daemon/runtime/probe.py) and sqlite-utils (the volunteer's store is plain sqlite3). Each
 stays in a process for good once imported: together ~25 MiB."""
 
 from __future__ import annotations

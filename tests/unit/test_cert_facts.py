@@ -1,24 +1,20 @@
-"""What a node reads of certificates without `cryptography` (daemon/trust/certinfo.py) says
-what `cryptography` reads, and the facts kept beside a certificate stand for that one only."""
+"""What a node's own certificate says, kept beside it (daemon/trust/facts.py) so that the node
+knows it without `cryptography`: it is what `cryptography` reads, it reads back as kept, and
+it stands for that certificate and that CA only."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
-from daemon.trust import certinfo, pki
+from daemon.trust import pki
 from daemon.trust.authority import ClusterAuthority
-from daemon.trust.certinfo import CertificateFacts
-from daemon.trust.credentials import NODE, Credential, facts_file, tls_dir
+from daemon.trust.credentials import CA_FILE, NODE, Credential, facts_file, tls_dir
+from daemon.trust.facts import CertificateFacts, fingerprint
 
 IDENTITIES = [
     pki.Identity("n1", frozenset({"volunteer"})),
@@ -33,71 +29,41 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> ClusterAuthority:
     return ClusterAuthority.load_or_create(tmp_path_factory.mktemp("ca"), "unit")
 
 
-def rsa_certificate() -> bytes:
-    """A self-signed RSA certificate without extensions: another shape than ours."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "elsewhere")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
+@pytest.fixture(scope="module")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> ClusterAuthority:
+    return ClusterAuthority.load_or_create(tmp_path_factory.mktemp("other-ca"), "unit")
 
 
 @pytest.mark.parametrize("identity", IDENTITIES)
-def test_the_key_a_certificate_certifies_reads_as_cryptography_reads_it(
+def test_the_facts_are_what_cryptography_reads_and_read_back_as_kept(
     ca: ClusterAuthority, identity: pki.Identity
 ) -> None:
     held = ca.credential(identity)
-    assert held.public_key_der == pki.public_key_der(pki.load_cert(held.cert_pem))
-    other = rsa_certificate()
-    assert certinfo.public_key_der(other) == pki.public_key_der(pki.load_cert(other))
-
-
-def test_the_ca_hash_reads_as_the_token_pins_it(ca: ClusterAuthority) -> None:
-    assert certinfo.ca_hash(ca.cert_pem) == pki.ca_hash(ca.cert) == ca.ca_hash
-    assert ca.credential(IDENTITIES[0]).ca_hash == ca.ca_hash
-
-
-@pytest.mark.parametrize(
-    "pem",
-    [
-        b"",
-        b"not a certificate",
-        b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
-        b"-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",  # an empty SEQUENCE
-        b"-----BEGIN CERTIFICATE-----\nAgEB\n-----END CERTIFICATE-----\n",  # an INTEGER
-    ],
-)
-def test_what_is_not_a_certificate_has_no_key(pem: bytes) -> None:
-    with pytest.raises(ValueError, match=r"PEM|DER|certificate"):
-        certinfo.public_key_der(pem)
-
-
-def test_a_certificate_cut_short_has_no_key(ca: ClusterAuthority) -> None:
-    der = certinfo.certificate_der(ca.cert_pem)
-    for length in (1, 2, 10, len(der) // 2, len(der) - 1):
-        with pytest.raises(ValueError, match=r"DER|certificate"):
-            certinfo.subject_public_key_info(der[:length])
-
-
-def test_facts_read_back_as_they_were_kept(ca: ClusterAuthority) -> None:
-    held = ca.credential(IDENTITIES[3])
-    facts = pki.facts_of(held.cert_pem)
+    facts = pki.facts_of(held.cert_pem, held.ca_pem)
     cert = pki.load_cert(held.cert_pem)
     assert facts.not_before == cert.not_valid_before_utc
     assert facts.not_after == cert.not_valid_after_utc
-    assert pki.Identity.from_names(facts.names) == IDENTITIES[3]
+    assert pki.Identity.from_names(facts.names) == identity
     assert CertificateFacts.from_json(facts.to_json()) == facts
-    assert facts.describe(held.cert_pem)
-    assert not facts.describe(ca.credential(IDENTITIES[3]).cert_pem), "another certificate"
+    assert facts.describe(held.cert_pem, held.ca_pem)
+
+
+def test_the_kept_ca_hash_is_the_one_a_token_pins(ca: ClusterAuthority) -> None:
+    held = ca.credential(IDENTITIES[0])
+    assert pki.facts_of(held.cert_pem, held.ca_pem).ca_hash == pki.ca_hash(ca.cert) == ca.ca_hash
+    assert held.ca_hash == ca.ca_hash
+    assert len(held.ca_hash) == 52
+
+
+def test_facts_stand_for_their_certificate_and_their_ca_only(
+    ca: ClusterAuthority, other_ca: ClusterAuthority
+) -> None:
+    held = ca.credential(IDENTITIES[3])
+    facts = pki.facts_of(held.cert_pem, held.ca_pem)
+    assert not facts.describe(ca.credential(IDENTITIES[3]).cert_pem, held.ca_pem), "another one"
+    assert not facts.describe(held.cert_pem, other_ca.cert_pem), "another CA"
+    assert facts.certificate == fingerprint(held.cert_pem)
+    assert facts.ca_certificate == fingerprint(ca.cert_pem)
 
 
 @pytest.mark.parametrize(
@@ -112,6 +78,12 @@ def test_facts_read_back_as_they_were_kept(ca: ClusterAuthority) -> None:
         '"not_after": "2026-02-01T00:00:00"}',
         '{"certificate_sha256": "ab", "dns_names": [], "not_before": "yesterday", '
         '"not_after": "2026-02-01T00:00:00+00:00"}',
+        # As the vcnode before kept them, without the CA's: read again, not taken.
+        '{"certificate_sha256": "ab", "dns_names": [], "not_before": '
+        '"2026-01-01T00:00:00+00:00", "not_after": "2026-02-01T00:00:00+00:00"}',
+        '{"certificate_sha256": "ab", "dns_names": [], "not_before": '
+        '"2026-01-01T00:00:00+00:00", "not_after": "2026-02-01T00:00:00+00:00", '
+        '"ca_sha256": "cd", "ca_hash": 7}',
     ],
 )
 def test_what_is_not_kept_facts_is_refused(text: str) -> None:
@@ -126,7 +98,7 @@ def test_a_saved_credential_keeps_its_facts_beside_it(ca: ClusterAuthority, tmp_
     held = ca.credential(IDENTITIES[0])
     held.save(tmp_path, NODE)
     kept = CertificateFacts.from_json(facts_file(tmp_path, NODE).read_text())
-    assert kept == pki.facts_of(held.cert_pem)
+    assert kept == pki.facts_of(held.cert_pem, held.ca_pem)
     loaded = Credential.load(tmp_path, NODE)
     assert loaded == held
     assert loaded is not None
@@ -172,7 +144,7 @@ def test_a_certificate_saved_before_its_facts_were_kept_has_them_read_once(
     said = f"n1 {held.expires_at.isoformat()} {ca.ca_hash}"
     assert load_in_a_fresh_process(directory) == [said, "True"]
     assert CertificateFacts.from_json(facts_file(directory, NODE).read_text()).describe(
-        held.cert_pem
+        held.cert_pem, held.ca_pem
     )
     assert load_in_a_fresh_process(directory) == [said, "False"]
 
@@ -192,8 +164,21 @@ def test_facts_kept_for_another_certificate_are_not_taken_for_this_one(
     assert loaded is not None
     assert loaded.identity == IDENTITIES[1]
     assert json.loads(facts_file(tmp_path, NODE).read_text())["certificate_sha256"] == (
-        certinfo.fingerprint(other.cert_pem)
+        fingerprint(other.cert_pem)
     ), "rewritten for the certificate it sits beside"
+
+
+def test_facts_kept_under_another_ca_do_not_give_its_hash(
+    ca: ClusterAuthority, other_ca: ClusterAuthority, tmp_path: Path
+) -> None:
+    """ca.pem was replaced (a restored backup of another cluster's): the CA hash a token is
+    checked against is read from the CA that is there, not from facts of the one before."""
+    ca.credential(IDENTITIES[0]).save(tmp_path, NODE)
+    (tmp_path / CA_FILE).write_bytes(other_ca.cert_pem)
+    loaded = Credential.load(tmp_path, NODE)
+    assert loaded is not None
+    assert loaded.ca_hash == other_ca.ca_hash != ca.ca_hash
+    assert json.loads(facts_file(tmp_path, NODE).read_text())["ca_hash"] == other_ca.ca_hash
 
 
 def test_facts_that_do_not_read_are_read_again_from_the_certificate(
@@ -219,6 +204,6 @@ def test_a_credential_given_facts_of_another_certificate_reads_its_own(
     ca: ClusterAuthority,
 ) -> None:
     held = ca.credential(IDENTITIES[0])
-    wrong = pki.facts_of(ca.credential(IDENTITIES[1]).cert_pem)
+    wrong = pki.facts_of(ca.credential(IDENTITIES[1]).cert_pem, ca.cert_pem)
     rebuilt = Credential(held.ca_pem, held.key_pem, held.cert_pem, wrong)
     assert rebuilt.identity == IDENTITIES[0]
