@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from daemon.datadir import read_address
 from daemon.trust.credentials import ADMIN, Credential, tls_dir
@@ -74,3 +75,22 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=15)
+
+
+def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """`vcnode ARGS` as a person types it, with this interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def cli_json(*args: str) -> Any:
+    """`vcnode ARGS --json`, parsed; raises with its stderr when it fails."""
+    result = cli(*args, "--json")
+    if result.returncode != 0:
+        raise RuntimeError(f"vcnode {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
+    return json.loads(result.stdout)

@@ -46,6 +46,7 @@ from typing import Any
 
 from benchmarks.daemons import (
     admin_credential,
+    cli_json,
     join_token,
     start_daemon,
     stop,
@@ -88,23 +89,6 @@ _OBSERVER = """() => {
 }"""
 
 
-def _cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def _cli_json(*args: str) -> Any:
-    result = _cli(*args, "--json")
-    if result.returncode != 0:
-        raise RuntimeError(f"vcnode {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
-    return json.loads(result.stdout)
-
-
 def _write_workflow(path: Path, name: str) -> Path:
     lines = [f'[workflow]\nname = "{name}"\nvalidation = "none"\n']
     for i in range(TASKS):
@@ -122,7 +106,7 @@ def _login_link(manager_dir: Path, timeout: float = 20) -> str:
     link asked for in between names port 0."""
     deadline = time.monotonic() + timeout
     while True:
-        link = str(_cli_json("dashboard", "--data-dir", str(manager_dir))["url"])
+        link = str(cli_json("dashboard", "--data-dir", str(manager_dir))["url"])
         if not re.match(r"http://[^/]+:0/", link):
             return link
         if time.monotonic() > deadline:
@@ -216,7 +200,7 @@ def run() -> list[Figure]:
             address = wait_for_address(manager, manager_dir)
             workflow = _write_workflow(root / "latency.toml", f"latency-{tag}")
             workflow_id = str(
-                _cli_json("submit", str(workflow), "--data-dir", str(manager_dir))["workflow_id"]
+                cli_json("submit", str(workflow), "--data-dir", str(manager_dir))["workflow_id"]
             )
             link = _login_link(manager_dir)
             base = link.split("/login")[0]

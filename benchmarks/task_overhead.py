@@ -34,7 +34,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.daemons import join_token, start_daemon, stop, wait_for_address
+from benchmarks.daemons import cli, join_token, start_daemon, stop, wait_for_address
 from benchmarks.report import Figure
 
 TASKS = 100
@@ -130,16 +130,6 @@ async def _direct(root: Path, token: str, count: int) -> float:
 # --- the mesh -------------------------------------------------------------------------------
 
 
-def _cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 def _write_workflow(root: Path, token: str) -> Path:
     lines = [f'[workflow]\nname = "ovh-{token}"\n']
     for i in range(TASKS):
@@ -158,7 +148,7 @@ def _write_workflow(root: Path, token: str) -> Path:
 def _wait_for_volunteer(manager_dir: Path, volunteer_id: str) -> None:
     deadline = time.monotonic() + JOIN_TIMEOUT
     while time.monotonic() < deadline:
-        result = _cli("volunteers", "--data-dir", str(manager_dir), "--json")
+        result = cli("volunteers", "--data-dir", str(manager_dir), "--json")
         if result.returncode == 0:
             for volunteer in json.loads(result.stdout):
                 if volunteer.get("id") == volunteer_id and volunteer.get("connected"):
@@ -189,7 +179,7 @@ def _mesh(root: Path, token: str) -> float:
 
         cpu_before = _cpu_seconds(manager), _cpu_seconds(volunteer)
         began = time.perf_counter()
-        result = _cli(
+        result = cli(
             "submit", str(workflow), "--data-dir", str(manager_dir), "--wait", "--json",
             timeout=MESH_TIMEOUT,
         )  # fmt: skip

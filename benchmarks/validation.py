@@ -48,7 +48,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.daemons import join_token, start_daemon, stop, wait_for_address
+from benchmarks.daemons import cli, cli_json, join_token, start_daemon, stop, wait_for_address
 from benchmarks.report import Figure
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,23 +75,6 @@ RUN_TIMEOUT = 300.0
 
 
 # --- a pool of real daemons ---------------------------------------------------------------
-
-
-def _cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def _cli_json(*args: str) -> Any:
-    result = _cli(*args, "--json")
-    if result.returncode != 0:
-        raise RuntimeError(f"node {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
-    return json.loads(result.stdout)
 
 
 @dataclass
@@ -141,7 +124,7 @@ class Pool:
         raise RuntimeError(f"volunteers did not all join within {JOIN_TIMEOUT:g} s")
 
     def listing(self) -> list[dict[str, Any]]:
-        result = _cli("volunteers", "--data-dir", str(self.manager_dir), "--json")
+        result = cli("volunteers", "--data-dir", str(self.manager_dir), "--json")
         return list(json.loads(result.stdout)) if result.returncode == 0 else []
 
     def trust_of(self, node_id: str) -> dict[str, Any]:
@@ -153,7 +136,7 @@ class Pool:
     def submit(self, workflow: Path, expected: int) -> tuple[str, float]:
         """Runs `node submit --wait`; returns the workflow id and the wall time."""
         began = time.perf_counter()
-        result = _cli(
+        result = cli(
             "submit", str(workflow), "--data-dir", str(self.manager_dir), "--wait", "--json",
             timeout=RUN_TIMEOUT,
         )  # fmt: skip
@@ -175,7 +158,7 @@ class Pool:
         return str(reply["workflow_id"]), elapsed
 
     def status(self, workflow_id: str) -> dict[str, Any]:
-        status: dict[str, Any] = _cli_json(
+        status: dict[str, Any] = cli_json(
             "status", workflow_id, "--data-dir", str(self.manager_dir)
         )
         return status

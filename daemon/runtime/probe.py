@@ -20,9 +20,9 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon.children import start_module
 from daemon.transport.caps import IMAGES
 
 if TYPE_CHECKING:
@@ -41,8 +41,6 @@ START_SECONDS = 20.0
 MAX_ANSWER_BYTES = 1 << 20
 # What is kept of the child's stderr, to say why it failed.
 STDERR_TAIL_BYTES = 4096
-# Where `daemon` is importable from, for a child started from any working directory.
-_SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ProbeError(Exception):
@@ -77,22 +75,8 @@ async def ask(arguments: Sequence[str], seconds: float) -> Any:
     """The child's answer to the question `arguments`; ProbeError saying why there is none.
     The child is killed when it takes over `seconds`, says more than
     MAX_ANSWER_BYTES, or the caller is cancelled."""
-    path = os.environ.get("PYTHONPATH")
-    environment = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(_SOURCE_ROOT), *([path] if path else [])]),
-    }
     try:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            __name__,
-            *arguments,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=environment,
-        )
+        process = await start_module(__name__, *arguments, stdin=asyncio.subprocess.DEVNULL)
     except OSError as error:
         raise ProbeError(
             f"cannot start {sys.executable} to ask Docker ({error}); check that the Python "

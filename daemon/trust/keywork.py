@@ -15,20 +15,17 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import sys
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from daemon.children import start_module
 from daemon.errors import NodeError
 from daemon.trust.facts import CertificateFacts
 
 # Starting Python and importing `cryptography` takes ~0.2 s; a loaded machine may take more.
 REPLY_TIMEOUT_SECONDS = 60.0
 EXIT_TIMEOUT_SECONDS = 5.0
-# Where `daemon` is importable from, for a child started from any working directory.
-_SOURCE_ROOT = Path(__file__).resolve().parents[2]
 # What is kept of the child's stderr, to say why it failed.
 STDERR_TAIL_BYTES = 4096
 
@@ -43,21 +40,8 @@ class KeyWorker:
         self._stderr_reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> KeyWorker:
-        path = os.environ.get("PYTHONPATH")
-        environment = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(_SOURCE_ROOT), *([path] if path else [])]),
-        }
         try:
-            self._process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                __name__,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=environment,
-            )
+            self._process = await start_module(__name__, stdin=asyncio.subprocess.PIPE)
         except OSError as error:
             raise NodeError(
                 f"cannot start {sys.executable} to make this node's key ({error}); check that "
