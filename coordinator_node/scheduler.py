@@ -17,7 +17,11 @@ Rules:
 - An accepted task is `fetching` (inputs and image on their way, or fetched ahead and
   waiting for a slot) until its volunteer says it started, then `running`; an older
   volunteer never says so, and its task is `running` from acceptance. Both are held: room,
-  leases, cancels, retries and a lost volunteer treat them alike.
+  leases, cancels, retries and a lost volunteer treat them alike. Progress is passed on
+  but starts nothing: a volunteer says no more tasks run than it has slots, so one started
+  beyond them reports progress while still `fetching` (the manager shows it so too). A
+  volunteer says again, on each new session, which of its tasks started: word heard before
+  a crash but not saved is heard again.
 - A volunteer that is lost takes its tasks back to the queue; after `max_attempts` offers a
   task fails. A task that fails by itself is run again `retries` times, then fails.
 - Copies of one task (validation by replication: `TaskSpec.replica_of`) run on distinct

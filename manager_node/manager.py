@@ -492,12 +492,8 @@ class WorkflowManager:
         forward: TaskEvent | None = None
         if kind is EventKind.FETCHING:
             validation.fetching(number, event.volunteer_id, event.attempt)
-            # The task shows the furthest any copy got: one running outranks this one.
-            if not any(c.state is CopyState.RUNNING for c in validation.copies):
-                forward = event
         elif kind is EventKind.RUNNING:
             validation.running(number, event.volunteer_id, event.attempt)
-            forward = event
         elif kind is EventKind.PROGRESS:
             forward = event
         elif kind in (EventKind.DECLINED, EventKind.REQUEUED):
@@ -522,6 +518,12 @@ class WorkflowManager:
         if forward is not None:
             changed += self._forward(run, replace(forward, task_id=task.task_id))
         changed += await self._carry_out(run, task, decision, event)
+        shown: str = kind
+        # Whichever copy moved (held, handed back, ended with another still to check it),
+        # the task stands as its copies do now.
+        if run.follow_copies(task):
+            changed.append(task)
+            shown = task.status.value
         self._track([task])
         if not changed:
             # Only the copy moved: its record, and the event as followed.
@@ -533,7 +535,7 @@ class WorkflowManager:
             event.sequence,
             (run.workflow_id, now.value) if not run.finished else None,
         )
-        await self._publish(run, task.task_id, kind, task.message)
+        await self._publish(run, task.task_id, shown, task.message)
         await self._hand_over_ready(run)
         if run.finished:
             await self._finish(run)

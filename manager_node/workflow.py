@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import assert_never
 
 from daemon.models import EventKind, FileRef, TaskEvent, TaskResult, WorkflowCounts
-from manager_node.validation import Validation
+from manager_node.validation import Copy, CopyState, Validation
 from workflows.graph import OnFailure, UpstreamInput
 
 
@@ -40,6 +40,26 @@ class TaskStatus(StrEnum):
 
 
 _FINISHED = {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.SKIPPED}
+# How far a replicated task got, from the furthest of its copies that go on (see
+# `copies_phase`), furthest first.
+_COPY_PHASES = (
+    (CopyState.RUNNING, TaskStatus.RUNNING),
+    (CopyState.FETCHING, TaskStatus.FETCHING),
+    (CopyState.QUEUED, TaskStatus.QUEUED),
+)
+
+
+def copies_phase(validation: Validation) -> tuple[TaskStatus, Copy] | None:
+    """How a replicated task stands while its copies go, and the copy that says so:
+    running while any copy runs, else fetching while a volunteer holds one, else queued
+    while one waits for a volunteer. Copies that ended count for nothing here: one that
+    completed and waits for another to check it leaves the task waiting on that other.
+    None when no copy goes on (its verdict is what the task waits for)."""
+    for state, status in _COPY_PHASES:
+        for copy in validation.copies:
+            if copy.state is state:
+                return status, copy
+    return None
 
 
 def workflow_counts(counts: Mapping[str, int]) -> WorkflowCounts:
@@ -193,6 +213,15 @@ class WorkflowRun:
         task = self.tasks.get(event.task_id)
         if task is None or task.status.finished:
             return None
+        if event.kind == EventKind.PROGRESS:
+            # Progress moves no task between phases, as at the coordinator: a volunteer says
+            # a task runs only while it says no more run than it has slots (see
+            # volunteer_node.worker.RunningWord), so a task started beyond them reports
+            # progress while it is still `fetching` there, and is so here too.
+            if not task.status.held:
+                return None  # of an attempt handed back since
+            task.percent = event.percent
+            return Applied(task, ())
         task.attempts = max(task.attempts, event.attempt)
         if event.volunteer_id:
             task.volunteer_id = event.volunteer_id
@@ -200,25 +229,18 @@ class WorkflowRun:
         # Exhaustive: a kind added to EventKind and not handled here fails the type check.
         match event.kind:
             case EventKind.QUEUED | EventKind.OFFERED:
-                self._set_status(task, TaskStatus.QUEUED)
-                task.percent = 0.0
+                self._move(task, TaskStatus.QUEUED)
             case EventKind.DECLINED | EventKind.REQUEUED | EventKind.UNSCHEDULABLE:
-                self._set_status(task, TaskStatus.QUEUED)
-                task.percent = 0.0
+                self._move(task, TaskStatus.QUEUED)
                 task.message = f"{event.kind}: {event.message}"
             case EventKind.FETCHING:
-                self._set_status(task, TaskStatus.FETCHING)
-                task.percent = 0.0
+                self._move(task, TaskStatus.FETCHING)
                 task.message = ""
             case EventKind.RUNNING:
-                self._set_status(task, TaskStatus.RUNNING)
+                self._move(task, TaskStatus.RUNNING)
                 task.message = ""
             case EventKind.PROGRESS:
-                if task.status is TaskStatus.RUNNING:
-                    task.percent = event.percent
-                    return Applied(task, ())
-                self._set_status(task, TaskStatus.RUNNING)
-                task.percent = event.percent
+                pass  # handled before: progress moves no task between phases
             case EventKind.COMPLETED:
                 task.result = event.result
                 if outputs_verified:
@@ -244,16 +266,50 @@ class WorkflowRun:
 
     def reopen(self, task: WorkflowTask, message: str) -> bool:
         """A completed task runs again (its result is in doubt) if no task that depends on
-        it has started; returns whether it does."""
+        it has started; returns whether it does. It is queued: it waits for the copy that
+        checks it, and its copies move it on from there (see follow_copies)."""
         if self.cancelled or task.status is not TaskStatus.COMPLETED:
             return False
         if any(d.status is not TaskStatus.WAITING for d in self._dependents[task.name]):
             return False  # its outputs were read already: too late to take them back
-        self._set_status(task, TaskStatus.RUNNING)
+        self._set_status(task, TaskStatus.QUEUED)
         task.outputs = ()
         task.percent = 0.0
         task.message = message
         return True
+
+    def follow_copies(self, task: WorkflowTask) -> bool:
+        """A replicated task not decided yet stands as its copies do (see copies_phase),
+        with the volunteer of the copy that says so when one holds it: the one place its
+        phase is worked out, whichever copy moved and in whatever order their events came.
+        Returns whether the task changed."""
+        validation = task.validation
+        if validation is None or task.status.finished:
+            return False
+        phase = copies_phase(validation)
+        if phase is None:
+            return False
+        status, copy = phase
+        before = (task.status, task.volunteer_id, task.attempts)
+        if status.held and status is not task.status:
+            task.message = ""  # why it waited (declined, handed back) is over
+        self._set_status(task, status)
+        if copy.state.held:
+            task.volunteer_id = copy.volunteer_id
+            task.attempts = max(task.attempts, copy.attempt)
+        if status is not TaskStatus.RUNNING:
+            task.percent = 0.0
+        return (task.status, task.volunteer_id, task.attempts) != before
+
+    def _move(self, task: WorkflowTask, status: TaskStatus) -> None:
+        """The task is queued again, held or started, as an event says; a replicated task
+        stands as its copies do instead, whichever copy the event was about."""
+        if task.validation is not None:
+            self.follow_copies(task)
+        else:
+            self._set_status(task, status)
+        if task.status is not TaskStatus.RUNNING:
+            task.percent = 0.0
 
     def fail(self, task: WorkflowTask, message: str) -> list[WorkflowTask]:
         """Ends a task that cannot run, and what its failure ends downstream; returns every

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Protocol
@@ -69,7 +70,9 @@ class CoordinatorLink:
         self._handler = handler
         self._default_heartbeat = heartbeat_seconds
         # Outlives sessions: what could not be sent before a stream broke goes on the next.
-        self._outgoing: asyncio.Queue[coordinator_pb2.VolunteerMessage] = asyncio.Queue()
+        self._outgoing: deque[coordinator_pb2.VolunteerMessage] = deque()
+        # Set when a message is queued or a session ends: wakes the session's sender.
+        self._wakeup = asyncio.Event()
         self._backoff = backoff or Backoff()
         self.connected_to: str | None = None
         self._leaving = False
@@ -159,14 +162,25 @@ class CoordinatorLink:
         await ended.wait()
 
     def _send(self, **kind: Any) -> None:
-        self._outgoing.put_nowait(coordinator_pb2.VolunteerMessage(**kind))
+        self._outgoing.append(coordinator_pb2.VolunteerMessage(**kind))
+        self._wakeup.set()
 
     async def _drain(
-        self, first: coordinator_pb2.VolunteerMessage
+        self, first: coordinator_pb2.VolunteerMessage, over: Callable[[], bool]
     ) -> AsyncIterator[coordinator_pb2.VolunteerMessage]:
+        """`first`, then what is queued, while the stream is open (`over()` false). grpc
+        goes on pulling from this generator after the stream ended and drops what it
+        gets, so a message is taken off the queue only for an open stream; else it stays
+        queued for the next session. (The first word queued after a stream broke, such as
+        that a task started, said again on reconnecting, was lost that way.)"""
         yield first
         while True:
-            message = await self._outgoing.get()
+            while not self._outgoing and not over():
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if over():
+                return
+            message = self._outgoing.popleft()
             yield message
             if message.WhichOneof("kind") == "goodbye":
                 return  # the last word: the coordinator ends the session in turn
@@ -184,7 +198,9 @@ class CoordinatorLink:
         self._session_ended = asyncio.Event()
         try:
             stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-            call = stub.VolunteerSession(self._drain(register))
+            # The sender asks the call itself whether it ended (its `over`): our side hears
+            # of it only later.
+            call = stub.VolunteerSession(self._drain(register, lambda: call.done()))
             try:
                 first = await call.read()
             except grpc.aio.AioRpcError as error:
@@ -212,6 +228,7 @@ class CoordinatorLink:
         finally:
             self.board.coordinator = ""
             await channel.close()
+            self._wakeup.set()  # the sender of this session sees it is over, and ends
             self._session_ended.set()
             self._session_ended = None
 

@@ -171,6 +171,10 @@ class TaskWorker:
     # --- what the coordinator says ----------------------------------------------------------
 
     async def on_connected(self) -> None:
+        # A coordinator that crashed between hearing that a task started and saving it
+        # (or a word lost with the old stream) still has it `fetching`: said again, it is
+        # `running` there too; said to a coordinator that knew, it changes nothing.
+        self._said_running.say_again()
         for result in await self._store.unacknowledged_results():
             self.reporter.send_result(result)
 
@@ -526,13 +530,14 @@ class RunningWord:
 
     def __init__(self, slots: int) -> None:
         self._slots = slots
-        self._said: set[str] = set()
+        # Tasks said to run, and how to say it again (see say_again).
+        self._said: dict[str, Callable[[], None]] = {}
         # Tasks started and not said yet, in the order they started: how to say each.
         self._unsaid: dict[str, Callable[[], None]] = {}
 
     def started(self, task_id: str, say: Callable[[], None]) -> None:
         if len(self._said) < self._slots:
-            self._said.add(task_id)
+            self._said[task_id] = say
             say()
         else:
             self._unsaid[task_id] = say
@@ -540,13 +545,18 @@ class RunningWord:
     def ended(self, task_id: str) -> None:
         """Its result is sent, or it was called off: it runs here no more."""
         self._unsaid.pop(task_id, None)
-        if task_id not in self._said:
+        if self._said.pop(task_id, None) is None:
             return
-        self._said.discard(task_id)
         if self._unsaid:
             waiting = next(iter(self._unsaid))
-            self._said.add(waiting)
-            self._unsaid.pop(waiting)()
+            say = self._said[waiting] = self._unsaid.pop(waiting)
+            say()
+
+    def say_again(self) -> None:
+        """Says again of every task said to run that it does (a new session); those not
+        said yet wait for their turn as before."""
+        for say in list(self._said.values()):
+            say()
 
 
 def _make_output_dir(path: Path) -> None:

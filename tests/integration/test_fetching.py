@@ -6,6 +6,7 @@ seen fetching, then running once the slot frees, and no more tasks run than ther
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -20,10 +21,12 @@ from daemon.transport import convert
 from daemon.transport.channels import open_sync_channel
 from tests.integration.harness import (
     POLL_SECONDS,
+    Daemon,
     Daemons,
     cli_json,
     run_cli,
     start_split_pool,
+    wait_until,
 )
 from tests.trust import admin_credential
 
@@ -189,3 +192,52 @@ def test_a_task_held_for_a_busy_slot_is_fetching_then_running(
         "cancelled": 0,
         "total": TASKS,
     }
+
+
+def coordinator_states(coordinator: Daemon, workflow_id: str) -> list[str]:
+    """The coordinator's own word on the workflow's tasks, from its store."""
+    path = coordinator.data_dir / "coordinator.db"
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+        rows = db.execute("SELECT state FROM tasks WHERE workflow_id = ?", [workflow_id])
+        return [state for (state,) in rows]
+
+
+def test_a_start_the_coordinator_lost_in_a_crash_is_said_again_when_its_volunteer_reconnects(
+    daemons: Daemons, tmp_path: Path, worker_image: str
+) -> None:
+    """The coordinator is killed while a task runs and comes back from a store that has it
+    `fetching`, as when it crashed between hearing that the task started and saving that:
+    the volunteer, reconnecting, says again that it runs, and the coordinator has it
+    running long before its result."""
+    pool = start_split_pool(daemons)
+    (coordinator,) = [d for d in daemons.started if d.data_dir.name == "coordinator"]
+    address = pool.manager.address()
+    workflow = tmp_path / "long.toml"
+    workflow.write_text(
+        '[workflow]\nname = "long"\nvalidation = "none"\n\n[[tasks]]\nname = "t"\n'
+        'command = ["sh", "-c", "sleep 90; echo done > /output/out.txt"]\n'
+        'outputs = ["out.txt"]\n'
+    )
+    workflow_id = str(cli_json("submit", str(workflow), "--manager", address)["workflow_id"])
+    try:
+        wait_until(
+            lambda: coordinator_states(coordinator, workflow_id) == ["running"],
+            90,
+            "the task to start",
+        )
+        coordinator.kill()
+        with sqlite3.connect(coordinator.data_dir / "coordinator.db") as db:
+            db.execute("UPDATE tasks SET state = 'fetching' WHERE workflow_id = ?", [workflow_id])
+        args = [pool.coordinator_address if a == "127.0.0.1:0" else a for a in coordinator.args]
+        restarted = daemons.start("coordinator", *args, data_dir=coordinator.data_dir)
+        assert restarted.address() == pool.coordinator_address
+
+        def told() -> str | None:
+            (state,) = coordinator_states(restarted, workflow_id)
+            return state if state != "fetching" else None
+
+        # Before its result (90 s on): only the volunteer's word can have moved it.
+        assert wait_until(told, 45, "the coordinator to hear the task runs") == "running"
+        assert cli_json("status", workflow_id, "--manager", address)["counts"]["running"] == 1
+    finally:
+        run_cli("cancel", workflow_id, "--manager", address)

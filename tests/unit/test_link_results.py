@@ -26,7 +26,7 @@ def test_a_result_over_the_edge_caps_is_sent_as_a_failure_naming_the_cap() -> No
     )
     many = tuple(FileRef(f"f{i}", "0" * 64, 1) for i in range(DEFAULT_ITEMS + 1))
     link.send_result(TaskResult("wf.t", 1, 0, "", outputs=many))
-    sent = link._outgoing.get_nowait().result
+    sent = link._outgoing.popleft().result
     assert sent.error == (
         "its result is too large to report: TaskResult.outputs holds 10,001 entries; at most 10,000"
     )

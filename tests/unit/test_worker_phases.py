@@ -176,6 +176,47 @@ async def test_a_task_held_for_the_busy_slot_is_accepted_and_starts_only_when_th
         await store.close()
 
 
+async def test_a_new_session_hears_again_which_tasks_run_and_not_of_one_fetched_ahead(
+    tmp_path: Path,
+) -> None:
+    """A coordinator that crashed after hearing that a task started but before saving it
+    would keep it `fetching` till its result: the volunteer says it again as it reconnects
+    (the coordinator ignores word it had)."""
+    store = VolunteerStore(tmp_path)
+    await store.open()
+    runtime = GatedRuntime()
+    worker = TaskWorker(
+        WorkerConfig(tmp_path / "tasks", OwnerLimits(max_concurrent_tasks=1)),
+        store,
+        NoTransfers(),
+        runtime,
+        resources=lambda: Resources(4, 8192, 10_000, docker_available=True),
+        image_id=no_image,
+    )
+    said = Said()
+    worker.attach(said)
+    try:
+        await worker.on_offer(task("a"))
+        await worker.on_offer(task("b"))
+        first = await said.until("started")
+        second = "b" if first == "a" else "a"
+        await until_ready(store, second)
+        said.words.clear()
+        await worker.on_connected()
+        assert said.words == [("started", first)], "the fetched-ahead one is not running"
+        runtime.gate(first).set()
+        await said.until("started", second)
+        said.words.clear()
+        await worker.on_connected()
+        # The first ended: its result, not acknowledged yet, is what is said of it.
+        assert said.words == [("started", second), ("result", first)]
+    finally:
+        for gate in runtime.release.values():
+            gate.set()
+        await worker.stop()
+        await store.close()
+
+
 def test_a_task_started_while_the_slots_are_said_taken_is_said_when_one_is_given_back() -> None:
     word = RunningWord(slots=2)
     said: list[str] = []
@@ -191,3 +232,18 @@ def test_a_task_started_while_the_slots_are_said_taken_is_said_when_one_is_given
     assert said == ["a", "b", "c"]
     word.started("e", lambda: said.append("e"))
     assert said == ["a", "b", "c", "e"]
+
+
+def test_saying_again_names_the_tasks_said_to_run_only() -> None:
+    word = RunningWord(slots=1)
+    said: list[str] = []
+    for task_id in ("a", "b"):
+        word.started(task_id, functools.partial(said.append, task_id))
+    word.say_again()
+    assert said == ["a", "a"], "b waits for a slot to be said to run"
+    word.ended("a")
+    word.say_again()
+    assert said == ["a", "a", "b", "b"]
+    word.ended("b")
+    word.say_again()
+    assert said == ["a", "a", "b", "b"]

@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from daemon.models import EventKind, FileRef, TaskEvent, TaskResult, WorkflowCounts
+from manager_node.validation import Validation, copy_id
 from manager_node.workflow import (
     TaskStatus,
     WorkflowRun,
@@ -16,6 +17,7 @@ from manager_node.workflow import (
     workflow_counts,
 )
 from workflows.graph import OnFailure, UpstreamInput
+from workflows.validation_policy import Mode, ValidationPolicy
 
 
 def event(task_id: str, kind: str, **fields: object) -> TaskEvent:
@@ -360,7 +362,8 @@ def test_a_completed_task_reopens_only_while_nothing_read_its_outputs() -> None:
     )
     assert a.status is TaskStatus.COMPLETED
     assert run.reopen(a, "re-checked")
-    assert (a.status, a.message) == (TaskStatus.RUNNING, "re-checked")
+    # Nothing runs it yet: it waits for the copy that checks it.
+    assert (a.status, a.message) == (TaskStatus.QUEUED, "re-checked")
     assert run.take_ready() == []  # b waits for a again
     run.apply(
         TaskEvent("wf.a", "wf", EventKind.COMPLETED, at=2.0, result=TaskResult("wf.a", 2, 0, ""))
@@ -368,3 +371,118 @@ def test_a_completed_task_reopens_only_while_nothing_read_its_outputs() -> None:
     assert [t.name for t in run.take_ready()] == ["b"]
     assert b.status is TaskStatus.QUEUED
     assert not run.reopen(a, "too late"), "b started: a's outputs were read"
+
+
+def test_progress_of_a_fetching_task_leaves_it_fetching_as_the_coordinator_does() -> None:
+    run = diamond()
+    run.take_ready()
+    run.apply(event("wf.a", "fetching", attempt=1, volunteer_id="v1"))
+    applied = run.apply(event("wf.a", "progress", attempt=1, volunteer_id="v1", percent=30.0))
+    assert applied is not None
+    assert applied.changed == (), "only its progress moved: nothing to save"
+    task = run.tasks["wf.a"]
+    assert task.status is TaskStatus.FETCHING
+    assert (run.counts()["fetching"], run.counts()["running"]) == (1, 0)
+    run.apply(event("wf.a", "running", attempt=1, volunteer_id="v1"))
+    assert (task.status, task.percent) == (TaskStatus.RUNNING, 30.0), "its progress so far"
+    assert run.apply(event("wf.b", "progress", attempt=1, percent=5.0)) is None
+    assert run.tasks["wf.b"].status is TaskStatus.WAITING, "progress starts nothing"
+
+
+# --- a replicated task stands as its copies do --------------------------------------------
+
+ADAPTIVE = ValidationPolicy(mode=Mode.ADAPTIVE, quorum=2, max_copies=4)
+QUORUM = ValidationPolicy(mode=Mode.QUORUM, replicas=2, quorum=2, max_copies=4)
+
+
+def replicated(policy: ValidationPolicy) -> tuple[WorkflowRun, WorkflowTask, Validation]:
+    """A workflow of one replicated task, handed over: its first copies are queued."""
+    task = WorkflowTask("wf.r", "r", validation=Validation("wf.r", policy))
+    run = WorkflowRun.of("wf", [task])
+    run.take_ready()
+    assert task.validation is not None
+    task.validation.start()
+    return run, task, task.validation
+
+
+def copy_result(number: int) -> TaskResult:
+    return TaskResult(copy_id("wf.r", number), 1, 0, "", (), 10.0, 12.0)
+
+
+def test_a_replicated_task_waits_queued_while_its_answer_waits_for_a_check() -> None:
+    run, task, validation = replicated(ADAPTIVE)
+    validation.fetching(1, "v1", 1)
+    assert run.follow_copies(task)
+    assert (task.status, task.volunteer_id) == (TaskStatus.FETCHING, "v1")
+    validation.running(1, "v1", 1)
+    assert run.follow_copies(task)
+    assert (task.status, task.volunteer_id) == (TaskStatus.RUNNING, "v1")
+    decision = validation.completed(1, "v1", copy_result(1), 0, trusted=False, spot_check=False)
+    assert decision.submit == (2,), "an untrusted volunteer's answer is checked"
+    assert run.follow_copies(task)
+    # Nothing runs it: it waits for its check.
+    assert (task.status, task.volunteer_id) == (TaskStatus.QUEUED, "v1")
+    assert (run.counts()["running"], run.counts()["queued"]) == (0, 1)
+    assert not run.follow_copies(task), "asked again: nothing moved"
+    validation.fetching(2, "v2", 1)
+    assert run.follow_copies(task)
+    assert (task.status, task.volunteer_id) == (TaskStatus.FETCHING, "v2")
+    validation.running(2, "v2", 1)
+    assert run.follow_copies(task)
+    assert (task.status, task.volunteer_id) == (TaskStatus.RUNNING, "v2")
+
+
+def test_a_running_copy_outranks_a_fetching_one_whatever_order_their_events_come_in() -> None:
+    run, task, validation = replicated(QUORUM)
+    validation.fetching(1, "v1", 1)
+    validation.running(1, "v1", 1)
+    validation.fetching(2, "v2", 1)  # after the first runs
+    run.follow_copies(task)
+    assert (task.status, task.volunteer_id) == (TaskStatus.RUNNING, "v1")
+    # The first copy's volunteer is lost: its event, passed on for its message, moves the
+    # task no further than its copies say.
+    validation.handed_back(1)
+    lost = event("wf.r", "requeued", attempt=1, volunteer_id="v1", message="volunteer lost")
+    assert run.apply(lost) is not None
+    assert (task.status, task.volunteer_id) == (TaskStatus.FETCHING, "v2")
+    assert task.message == "requeued: volunteer lost"
+    validation.running(2, "v2", 1)
+    assert run.follow_copies(task)
+    assert task.status is TaskStatus.RUNNING
+    assert task.message == "", "it runs again: why it went back is over"
+
+
+def test_a_later_copy_handed_back_leaves_no_task_fetching_that_nobody_holds() -> None:
+    run, task, validation = replicated(ADAPTIVE)
+    validation.running(1, "v1", 1)
+    validation.completed(1, "v1", copy_result(1), 0, trusted=False, spot_check=False)
+    validation.fetching(2, "v2", 1)
+    run.follow_copies(task)
+    assert (task.status, task.volunteer_id) == (TaskStatus.FETCHING, "v2")
+    validation.handed_back(2)  # its volunteer declined or was lost
+    assert run.follow_copies(task)
+    assert (task.status, task.volunteer_id) == (TaskStatus.QUEUED, "v2")
+    assert run.counts()["fetching"] == 0
+
+
+def test_progress_of_a_copy_moves_its_task_no_further_than_its_copies() -> None:
+    run, task, validation = replicated(ADAPTIVE)
+    validation.fetching(1, "v1", 1)
+    run.follow_copies(task)
+    progress = event("wf.r", "progress", attempt=1, volunteer_id="v1", percent=50.0)
+    assert run.apply(progress) is not None
+    assert task.status is TaskStatus.FETCHING
+
+
+def test_a_decided_task_is_not_moved_by_a_copy_still_going() -> None:
+    run, task, validation = replicated(ValidationPolicy(mode=Mode.QUORUM, replicas=3))
+    for number in (1, 2, 3):
+        validation.running(number, f"v{number}", 1)
+    for number in (1, 2):
+        decision = validation.completed(
+            number, f"v{number}", copy_result(number), 0, trusted=False, spot_check=False
+        )
+    assert decision.accept is not None, "two of three agreed"
+    run.apply(event("wf.r", "completed", attempt=1, result=copy_result(1)))
+    assert not run.follow_copies(task), "the third copy runs on, judged when it ends"
+    assert task.status is TaskStatus.COMPLETED
