@@ -590,8 +590,9 @@ def _add_workflow_parsers(commands: Any) -> None:
         action="store_true",
         help="print what the running task wrote so far, then what it writes, until it ends "
         "(exit 0 only if it completed); a task not started is waited for, an ended one's log "
-        "printed. TASK of a replicated task follows its first copy until the task ends; "
-        "TASK~N follows copy N until that copy ends",
+        "printed. Joining a running attempt, live output starts within 32 s (what it wrote "
+        "before: --attempt N once it ends). TASK of a replicated task follows its first copy "
+        "until the task ends; TASK~N follows copy N until that copy ends",
     )
     _add_target_arguments(logs, "manager")
     logs.set_defaults(handler=_on_target(_lazy("workflows", "logs")))

@@ -1,11 +1,15 @@
 """Running attempts' output as their volunteers push it, and those who follow it
 (`vcnode logs -f`, like `nomad alloc logs -f`).
 
-Each running attempt that wrote something has a tail here: the newest TAIL_BYTES of each
-stream, fewer when many attempts run (all tails together stay within BUDGET_BYTES), dropped
-when the attempt ends. A follower reads a tail from where it is, then waits for the next
-push; when the attempt ends it prints the rest from the log stored with the result, and it
-ends when its task does. A follower is one waiting coroutine and a count: one that goes away
+Each running attempt whose volunteer pushed output has a tail here: the newest TAIL_BYTES of
+each stream, fewer when many attempts run, dropped when the attempt ends. All tails together
+never hold more than BUDGET_BYTES: a push that would go over trims the largest tails first
+(their oldest bytes), down to a fair share at most. A volunteer pushes output only while
+someone follows its task (a push's answer says whether anyone does); while nobody does it
+asks every PROBE_SECONDS, so a follower arriving mid-attempt is told live output may take
+that long to start. A follower reads a tail from where it is, then waits for the next push;
+when the attempt ends it prints the rest from the log stored with the result, and it ends
+when its task does. A follower is one waiting coroutine and a count: one that goes away
 leaves nothing behind.
 """
 
@@ -13,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +30,11 @@ BUDGET_BYTES = 256 * 1024 * 1024  # of every tail together
 # A follower looks again this often even when told nothing (a change no hook reports).
 RECHECK_SECONDS = 5.0
 PIECE_BYTES = 1024 * 1024
+# How often a volunteer nobody follows asks whether someone does now: volunteer_node's
+# live_logs.py holds the same number (a test pins it), and why it is what it is. A follower
+# who arrives mid-attempt sees live output within a question and a push of it.
+PROBE_SECONDS = 30.0
+LIVE_WITHIN_SECONDS = PROBE_SECONDS + 2.0
 
 
 @dataclass
@@ -64,6 +75,7 @@ class LiveTail:
     task_id: str
     attempt: int
     volunteer_id: str
+    serial: int  # which tail it is, for the budget's heap (each tail has its own)
     streams: dict[str, _Stream] = field(default_factory=lambda: {s: _Stream() for s in STREAMS})
     # Its volunteer sent its last bytes: each stream's `end` is all it wrote.
     final: bool = False
@@ -73,6 +85,24 @@ class LiveTail:
     @property
     def size(self) -> int:
         return sum(len(stream.data) for stream in self.streams.values())
+
+    def shrink(self, count: int) -> None:
+        """Drops the oldest `count` bytes, from the largest streams first."""
+        while count > 0:
+            streams = sorted(self.streams.values(), key=lambda stream: -len(stream.data))
+            top = len(streams[0].data)
+            largest = [stream for stream in streams if len(stream.data) == top]
+            below = max((len(s.data) for s in streams if len(s.data) < top), default=0)
+            room = (top - below) * len(largest)
+            if room < count:
+                for stream in largest:
+                    stream.trim(below)
+                count -= room
+                continue
+            each, extra = divmod(count, len(largest))
+            for number, stream in enumerate(largest):
+                stream.trim(top - each - (number < extra))
+            return
 
 
 @dataclass
@@ -84,6 +114,8 @@ class _Slot:
     tail: LiveTail | None = None
     followers: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # The attempt (and its volunteer) last told someone follows: it pushes every second.
+    told: tuple[int, str] | None = None
 
     def notify(self) -> None:
         self.changed.set()
@@ -138,14 +170,14 @@ class Unit:
 @dataclass(frozen=True)
 class Source:
     """The manager's side of a follow: what stands now, an ended attempt's stored stream
-    (None when no log of it arrived), and the pieces that show a unit that ended before
-    anything of it was followed."""
+    (None when no log of it arrived; a Note when it cannot be shown), and the pieces that
+    show a unit that ended before anything of it was followed."""
 
     task_id: str
     name: str
     stream: str
     now: Callable[[], Awaitable[Unit]]
-    stored: Callable[[int], Awaitable[bytes | None]]
+    stored: Callable[[int], Awaitable[bytes | Note | None]]
     last: Callable[[], Awaitable[Sequence[Piece]]]
 
 
@@ -156,6 +188,11 @@ class LiveLogs:
         self._slots: dict[str, _Slot] = {}  # by task (or copy) id
         self._tails = 0
         self.held_bytes = 0
+        # The tails by size, largest first: (-size, serial, task id) of each tail each time
+        # its size changed. An entry whose tail has another size by now, or is gone, is
+        # stale: skipped when met, all dropped when they outnumber the tails.
+        self._by_size: list[tuple[int, int, str]] = []
+        self._serials = itertools.count(1)
         self._closed = False
 
     # --- what volunteers push and the manager says ------------------------------------------
@@ -175,25 +212,70 @@ class LiveLogs:
         tail = slot.tail if slot is not None else None
         if tail is None or (tail.attempt, tail.volunteer_id) != (attempt, volunteer_id):
             if not any(chunk.data for chunk in chunks):
-                return slot is not None and slot.followers > 0  # nothing to keep
+                # Nothing to keep: a question whether anyone follows (or an end).
+                return self._answer(slot, attempt, volunteer_id)
             if slot is None:
                 slot = self._slots[task_id] = _Slot(workflow_id)
             if tail is not None:  # an attempt the manager has not yet heard ended
                 self._end(slot)
-            tail = slot.tail = LiveTail(task_id, attempt, volunteer_id)
+            tail = slot.tail = LiveTail(task_id, attempt, volunteer_id, next(self._serials))
             self._tails += 1
         assert slot is not None
+        if not chunks and not final:
+            return self._answer(slot, attempt, volunteer_id)
         before = tail.size
-        # A fair share of the budget for each running attempt, within TAIL_BYTES a stream.
-        cap = min(self._tail_bytes, self._budget // (len(STREAMS) * self._tails))
+        cap = self._fair_share()
         for chunk in chunks:
             stream = tail.streams[chunk.stream]
             stream.add(chunk.offset, chunk.data)
             stream.trim(cap)
         tail.final = tail.final or final
         self.held_bytes += tail.size - before
+        self._sized(tail)
+        self._within_budget()
         slot.notify()
-        return slot.followers > 0
+        return self._answer(slot, attempt, volunteer_id)
+
+    @staticmethod
+    def _answer(slot: _Slot | None, attempt: int, volunteer_id: str) -> bool:
+        """Whether someone follows, as told to the attempt's volunteer (and remembered)."""
+        if slot is None:
+            return False
+        followed = slot.followers > 0
+        slot.told = (attempt, volunteer_id) if followed else None
+        return followed
+
+    def _fair_share(self) -> int:
+        """What each stream of each tail may hold: the budget's share, within TAIL_BYTES."""
+        return min(self._tail_bytes, self._budget // (len(STREAMS) * max(self._tails, 1)))
+
+    def _sized(self, tail: LiveTail) -> None:
+        heapq.heappush(self._by_size, (-tail.size, tail.serial, tail.task_id))
+        if len(self._by_size) > 2 * self._tails + 64:
+            self._by_size = [
+                (-slot.tail.size, slot.tail.serial, task_id)
+                for task_id, slot in self._slots.items()
+                if slot.tail is not None
+            ]
+            heapq.heapify(self._by_size)
+
+    def _within_budget(self) -> None:
+        """Trims the largest tails, each to its fair share at most, until all of them hold
+        the budget at most: were every tail within its share, they would."""
+        floor = len(STREAMS) * self._fair_share()
+        while self.held_bytes > self._budget and self._by_size:
+            size, serial, task_id = heapq.heappop(self._by_size)
+            slot = self._slots.get(task_id)
+            tail = slot.tail if slot is not None else None
+            if tail is None or (tail.serial, tail.size) != (serial, -size):
+                continue  # stale
+            cut = min(self.held_bytes - self._budget, tail.size - floor)
+            if cut <= 0:  # the largest is within its share, so all are: cannot happen
+                heapq.heappush(self._by_size, (size, serial, task_id))
+                return
+            tail.shrink(cut)
+            self.held_bytes -= cut
+            self._sized(tail)
 
     def held(self, task_id: str, volunteer_id: str) -> None:
         """`volunteer_id` holds the task (or copy) now ("": nobody): the tail of an attempt
@@ -255,7 +337,7 @@ class LiveLogs:
             while not self._closed:
                 changed = slot.changed  # before looking: a change while we look wakes us
                 unit = await source.now()
-                async for piece in follower.step(unit, slot.tail):
+                async for piece in follower.step(unit, slot.tail, slot.told):
                     yield piece
                 if follower.ended:
                     return
@@ -275,11 +357,16 @@ class _Follower:
         self._tail: LiveTail | None = None
         self._position = 0
         self._done: set[int] = set()  # attempts followed to their end
+        self._first = True  # it has not looked yet
         self.ended = False
         self.moved = False
 
-    async def step(self, unit: Unit, tail: LiveTail | None) -> AsyncIterator[Piece]:
+    async def step(
+        self, unit: Unit, tail: LiveTail | None, told: tuple[int, str] | None
+    ) -> AsyncIterator[Piece]:
+        """`told`: the attempt (and volunteer) last told someone follows."""
         self.moved = False
+        first, self._first = self._first, False
         live = tail if tail is not None and not tail.ended else None
         if self._attempt:
             if self._tail is None and live is not None and live.attempt == self._attempt:
@@ -302,6 +389,14 @@ class _Follower:
             self._tail = live if live is not None and live.attempt == starting else None
             volunteer = live.volunteer_id if live is not None else unit.volunteer_id
             yield AttemptStarted(self._source.task_id, starting, volunteer)
+            # An attempt that started while followed asks a second after its first output,
+            # and is told; one that ran before may have been told nobody follows.
+            if first and unit.running == starting and told != (starting, volunteer):
+                yield Note(
+                    f"live output starts within {LIVE_WITHIN_SECONDS:.0f} s: a volunteer asks "
+                    f"every {PROBE_SECONDS:.0f} s whether anyone follows its task; what "
+                    f"attempt {starting} wrote before is in `--attempt {starting}` once it ends"
+                )
             self.moved = True
             return
         if unit.finished:
@@ -328,6 +423,9 @@ class _Follower:
         stored = await self._source.stored(attempt)
         if stored is None:
             yield Note(f"attempt {attempt} ended and no log of it reached the manager")
+            return
+        if isinstance(stored, Note):
+            yield stored
             return
         position = self._position
         if len(stored) < LOG_BYTES:

@@ -14,7 +14,7 @@ import secrets
 import shutil
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -88,6 +88,9 @@ SPOT_CHECK_SECRET = "spot_check_secret"
 # What a task that asked for no disk may send in all, as the manager counts it (its
 # volunteer holds it to its owner's disk cap besides).
 UNSIZED_OUTPUT_BYTES = 64 * 1024**3
+# Blobs a delete (or an orphan collection) removes per hold of the manager's lock: events
+# wait for one batch at most, never for the whole of a large workflow.
+FREE_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,12 @@ class WorkflowManager:
         # Held shared by submissions (from their first blob to their records) and resumes;
         # exclusively by a delete, which must not remove a blob they are about to refer to.
         self._references = aiorwlock.RWLock()
+        # Blobs a delete or an orphan collection is about to remove (changed under the
+        # lock). Events go on meanwhile: one whose result refers to such a blob (the same
+        # log line in another workflow, say) takes it out (see _arrived); and while an
+        # orphan collection decides, `_referred` notes what events came to refer to.
+        self._freeing: set[str] = set()
+        self._referred: set[str] | None = None
 
     async def open(self) -> None:
         secret = await self._store.meta(SPOT_CHECK_SECRET)
@@ -438,7 +447,12 @@ class WorkflowManager:
 
     async def _arrived(self, refs: Sequence[FileRef], carried: dict[str, bytes]) -> list[FileRef]:
         """Those of `refs` that are here whole, once the bytes carried inline are stored
-        (together: the store syncs blobs published at once in one round)."""
+        (together: the store syncs blobs published at once in one round). Called under the
+        lock, by an event about to refer to them: a delete under way keeps them."""
+        shas = {ref.sha256 for ref in refs}
+        self._freeing -= shas
+        if self._referred is not None:
+            self._referred |= shas
         await asyncio.gather(*(self._blobs.put_bytes(content) for content in carried.values()))
         intact = []
         for ref in refs:
@@ -831,16 +845,21 @@ class WorkflowManager:
         inputs uploaded for a submission that never came, outputs of attempts that never
         reported. Returns how many it deleted."""
         async with self._references.writer:  # no submission may refer to one meanwhile
-            referenced = await self._store.referenced_blobs()
-            cutoff = time.time() - older_than_seconds
-            orphans = [
-                blob.sha256
-                for blob in await self._blobs.held()
-                if blob.sha256 not in referenced and blob.modified < cutoff
-            ]
-            async with self._lock:
-                self._shareable -= set(orphans)
-            deleted = await self._blobs.delete_many(orphans)
+            async with self._lock:  # no event is half way through referring to one
+                self._referred = set()
+            try:
+                referenced = await self._store.referenced_blobs()
+                cutoff = time.time() - older_than_seconds
+                orphans = {
+                    blob.sha256
+                    for blob in await self._blobs.held()
+                    if blob.sha256 not in referenced and blob.modified < cutoff
+                }
+                async with self._lock:
+                    self._freeing = orphans - self._referred
+            finally:
+                self._referred = None
+            deleted = [sha256 for sha256, here in await self._free() if here]
         if deleted:
             log.info("deleted %d blobs nothing refers to", len(deleted))
         return len(deleted)
@@ -849,7 +868,7 @@ class WorkflowManager:
         """Forgets an ended workflow and frees the blobs only it used (its inputs, outputs
         and results); files other workflows use stay. Refused while it is going."""
         # Exclusive of submissions and resumes (they refer to blobs), not of events: the
-        # blobs of a large workflow take seconds to remove.
+        # blobs of a large workflow take seconds to remove (see _free).
         async with self._references.writer:
             async with self._lock:
                 if workflow_id in self._runs:
@@ -859,14 +878,15 @@ class WorkflowManager:
                     )
                 if await self._store.workflow_state(workflow_id) is None:
                     raise NotFoundError(f"no workflow {workflow_id!r} on this manager")
-                freed = await self._store.blobs_only_of(workflow_id)
-                self._shareable -= {ref.sha256 for ref in freed}
+                freeing = await self._store.blobs_only_of(workflow_id)
+                sizes = {ref.sha256: ref.size for ref in freeing}
+                self._freeing = set(sizes)
             # Blobs before records: a crash in between leaves a delete to run again, never
             # blobs that nothing refers to.
-            await self._blobs.delete_many([ref.sha256 for ref in freed])
+            freed = [sha256 for sha256, _ in await self._free()]
             await self._store.forget_workflow(workflow_id)
             await asyncio.to_thread(shutil.rmtree, self._workdir / workflow_id, True)
-        deleted = Deleted(workflow_id, len(freed), sum(ref.size for ref in freed))
+        deleted = Deleted(workflow_id, len(freed), sum(sizes[sha256] for sha256 in freed))
         log.info(
             "workflow %s deleted: %d blobs, %.1f MiB freed",
             workflow_id,
@@ -874,6 +894,24 @@ class WorkflowManager:
             deleted.freed_bytes / 2**20,
         )
         return deleted
+
+    async def _free(self) -> list[tuple[str, bool]]:
+        """Deletes the blobs in `_freeing`, FREE_BATCH at a time, each batch under the lock:
+        an event that came to refer to one of them meanwhile took it out of `_freeing`
+        first, and no event refers to one while its batch goes. Returns each blob it let go
+        of, and whether it was here. The caller holds the references' writer lock."""
+        let_go: list[tuple[str, bool]] = []
+        try:
+            while self._freeing:
+                async with self._lock:
+                    count = min(FREE_BATCH, len(self._freeing))
+                    chosen = [self._freeing.pop() for _ in range(count)]
+                    self._shareable -= set(chosen)
+                    here = set(await self._blobs.delete_many(chosen))
+                let_go += [(sha256, sha256 in here) for sha256 in chosen]
+        finally:
+            self._freeing = set()
+        return let_go
 
     async def resume(self, workflow_id: str) -> Submitted:
         """Runs again what did not complete of an ended workflow; the tasks that did keep
@@ -964,7 +1002,7 @@ class WorkflowManager:
         attempt; without one, in the result that stands, else in its latest attempt."""
         return await self._logs.task_log(workflow_id, task, stream, attempt)
 
-    def follow_log(self, workflow_id: str, task: str, stream: str) -> AsyncIterator[Piece]:
+    def follow_log(self, workflow_id: str, task: str, stream: str) -> AsyncGenerator[Piece, None]:
         """The task's log as it is written, until the task ends (see task_logs)."""
         return self._logs.follow(workflow_id, task, stream)
 

@@ -59,7 +59,7 @@ class ManagerRole:
 
     def register(self, server: grpc.aio.Server) -> None:
         manager_pb2_grpc.add_ManagerServiceServicer_to_server(
-            ManagerServicer(self.manager, self._store), server
+            ManagerServicer(self.manager, self._store, self._context.policy), server
         )
         add_transfer_service(server, self._transfers)
 

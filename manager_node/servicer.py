@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any, assert_never
 
 import grpc
@@ -10,18 +13,39 @@ import grpc
 from daemon.errors import NodeError, NotFoundError
 from daemon.rpc.v1 import common_pb2, manager_pb2, manager_pb2_grpc
 from daemon.transport import convert
-from daemon.transport.access import current_caller
+from daemon.transport.access import AccessPolicy, Caller, current_caller
 from daemon.transport.errors import maps_errors, status_for
 from manager_node.live_logs import AttemptStarted, Data, Ended, Note, Piece, Skipped
 from manager_node.manager import WorkflowManager
 from manager_node.ownership import check_may_see, may_see
 from manager_node.store import ManagerStore
 
+# The rule's name for FollowTaskLog (daemon/transport/access.py), asked again while it goes.
+FOLLOW_METHOD = (
+    f"/{manager_pb2.DESCRIPTOR.services_by_name['ManagerService'].full_name}/FollowTaskLog"
+)
+# A follow asks the rule again with each piece it sends, and this often while none goes: a
+# person revoked meanwhile stops following within it, not when the task ends.
+FOLLOW_RECHECK_SECONDS = 2.0
+# Follows one person (or node) keeps open at once: each is a coroutine and a slot here.
+FOLLOWS_PER_CALLER = 16
+
+Refusal = tuple[grpc.StatusCode, str]
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
 
 class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
-    def __init__(self, manager: WorkflowManager, store: ManagerStore) -> None:
+    def __init__(self, manager: WorkflowManager, store: ManagerStore, policy: AccessPolicy) -> None:
         self._manager = manager
         self._store = store
+        self._policy = policy
+        self._follows: Counter[str] = Counter()  # open follows by who follows
 
     async def _own(self, workflow_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Raises unless the caller may see and act on the workflow: its owner, an admin, or
@@ -88,13 +112,41 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
             manager_pb2.FollowTaskLogRequest, manager_pb2.TaskLogPiece
         ],
     ) -> AsyncIterator[manager_pb2.TaskLogPiece]:
+        caller = current_caller()
         try:
             await self._own(request.workflow_id, context)
-            pieces = self._manager.follow_log(request.workflow_id, request.task, request.stream)
-            async for piece in pieces:
-                yield _piece_to_proto(piece)
+            with self._counted(caller):
+                pieces = self._manager.follow_log(request.workflow_id, request.task, request.stream)
+
+                def refusal() -> Refusal | None:
+                    return self._policy.refusal(FOLLOW_METHOD, caller)
+
+                async for piece in _while_allowed(pieces, refusal):
+                    yield _piece_to_proto(piece)
         except NodeError as error:
             await context.abort(status_for(error), str(error))
+        except _Refused as refused:
+            await context.abort(refused.code, refused.message)
+
+    @contextlib.contextmanager
+    def _counted(self, caller: Caller) -> Iterator[None]:
+        """One more follow of `caller`'s, refused beyond FOLLOWS_PER_CALLER."""
+        identity = caller.identity
+        # A person's follows count together, whichever of their credentials they use.
+        who = (identity.user or identity.node_id) if identity is not None else ""
+        if self._follows[who] >= FOLLOWS_PER_CALLER:
+            raise _Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{caller.describe()} follows {FOLLOWS_PER_CALLER} task logs at once already: "
+                "end one (Ctrl-C its `vcnode logs -f`) before following another",
+            )
+        self._follows[who] += 1
+        try:
+            yield
+        finally:
+            self._follows[who] -= 1
+            if not self._follows[who]:
+                del self._follows[who]
 
     @maps_errors
     async def PushTaskLog(
@@ -224,6 +276,39 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         return manager_pb2.ListWorkflowsReply(
             workflows=[convert.workflow_status_to_proto(w) for w in workflows]
         )
+
+
+async def _while_allowed(
+    pieces: AsyncGenerator[Piece, None], refusal: Callable[[], Refusal | None]
+) -> AsyncIterator[Piece]:
+    """`pieces`, for as long as `refusal` says nothing: asked before each piece goes, and
+    every FOLLOW_RECHECK_SECONDS while none comes; raises _Refused when it says something."""
+
+    async def next_piece() -> Piece | None:
+        return await anext(pieces, None)
+
+    waiting: asyncio.Task[Piece | None] | None = None
+    try:
+        while True:
+            if waiting is None:
+                waiting = asyncio.get_running_loop().create_task(next_piece())
+            # Not wait_for: a timeout must not cancel the follow half way through a piece.
+            done, _ = await asyncio.wait({waiting}, timeout=FOLLOW_RECHECK_SECONDS)
+            refused = refusal()
+            if refused is not None:
+                raise _Refused(*refused)
+            if not done:
+                continue
+            piece, waiting = waiting.result(), None
+            if piece is None:
+                return
+            yield piece
+    finally:
+        if waiting is not None and not waiting.done():
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+        await pieces.aclose()  # the follow lets go of its task at once
 
 
 def _piece_to_proto(piece: Piece) -> manager_pb2.TaskLogPiece:

@@ -10,7 +10,7 @@ first copy for `--attempt` and for following.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
 from daemon.errors import InvalidInputError, NotFoundError
@@ -211,15 +211,23 @@ class TaskLogs:
             note = "; ".join(filter(None, [said, note]))
             return TaskLog(source, name, state, b"", note, attempt, numbers)
         content = await self._read(refs[0])
+        if content is None:
+            note = "; ".join(filter(None, [note, _gone(attempt)]))
+            content = b""
         return TaskLog(source, name, state, content, note, attempt, numbers)
 
-    async def _read(self, ref: FileRef) -> bytes:
-        path = await self._blobs.path(ref.sha256)
-        return await asyncio.to_thread(path.read_bytes)
+    async def _read(self, ref: FileRef) -> bytes | None:
+        """The log's bytes; None when its blob is gone (a store before 0009 did not refer to
+        the logs of a task's earlier results, and collected them as orphans)."""
+        try:
+            path = await self._blobs.path(ref.sha256)
+            return await asyncio.to_thread(path.read_bytes)
+        except (NotFoundError, FileNotFoundError):  # gone, or gone as we read it
+            return None
 
     # --- following ------------------------------------------------------------------------
 
-    async def follow(self, workflow_id: str, task: str, stream: str) -> AsyncIterator[Piece]:
+    async def follow(self, workflow_id: str, task: str, stream: str) -> AsyncGenerator[Piece, None]:
         """The task's (or copy's) log as it is written, until it ends."""
         _check_stream(stream)
         unit = await self.unit(workflow_id, task)
@@ -234,11 +242,14 @@ class TaskLogs:
             error = ended.task.error if unit.number == 1 else ""
             return Unit(0, "", True, ended.state, error)
 
-        async def stored(attempt: int) -> bytes | None:
+        async def stored(attempt: int) -> bytes | Note | None:
             for found in await self._store.attempts(unit.task_id):
                 if found.attempt == attempt:
                     refs = [ref for ref in found.logs if ref.name == stream]
-                    return await self._read(refs[0]) if refs else b""
+                    if not refs:
+                        return b""
+                    content = await self._read(refs[0])
+                    return content if content is not None else Note(_gone(attempt))
             return None
 
         async def last() -> Sequence[Piece]:
@@ -255,6 +266,11 @@ class TaskLogs:
         source = Source(unit.task_id, unit.name, stream, now, stored, last)
         async for piece in self._live.follow(workflow_id, source):
             yield piece
+
+
+def _gone(attempt: int) -> str:
+    said = f"the log of attempt {attempt}" if attempt else "this log"
+    return f"{said} is no longer kept on this manager"
 
 
 def _check_stream(stream: str) -> None:

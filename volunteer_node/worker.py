@@ -257,8 +257,9 @@ class TaskWorker:
             # than we run, so the next one is ready the moment a slot frees). Nothing else
             # happens inside the slot: between two containers, every millisecond counts
             # (word that it runs, `fetching` no more, only joins the link's queue).
-            # What it writes goes to the manager as it comes (`vcnode logs -f`); the last of
-            # it once the slot is free again.
+            # What it writes goes to the manager as it comes while someone follows it
+            # (`vcnode logs -f`; volunteer_node/live_logs.py), the last of it once the slot
+            # is free again.
             async with (
                 pushing(task.task_id, task.attempt, self._push_log_of(task)) as live,
                 self._slots,

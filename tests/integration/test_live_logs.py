@@ -1,6 +1,7 @@
 """`vcnode logs -f` and `--attempt` on real daemons with real sandboxed processes: a running
 task's lines reach its follower before it ends, every attempt's log is kept (and freed with
-its workflow), and only a task's volunteer pushes its log and only its owner follows it."""
+its workflow), and only a task's volunteer pushes its log and only its owner follows it: for
+as long as the node's rule lets them, 16 follows at a time."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import re
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from daemon.rpc.v1 import manager_pb2
 from daemon.transport.channels import open_sync_channel
-from daemon.trust.credentials import USER
+from daemon.trust.credentials import USER, Credential
 from tests.integration.harness import (
     NO_DOCKER,
     Daemon,
@@ -28,7 +30,7 @@ from tests.integration.harness import (
     start_pool,
     wait_until,
 )
-from tests.trust import credential
+from tests.trust import admin_credential, credential
 
 pytestmark = pytest.mark.integration
 
@@ -348,7 +350,9 @@ def test_only_the_running_volunteer_pushes_a_log_and_only_its_owner_follows_it(
             "refused: PushTaskLogRequest.chunks holds 3 entries; at most 2",
         )
 
-    # Its owner follows it: the volunteer's own line, none of the forged ones.
+    # Its owner follows it: the volunteer's own line, none of the forged ones. She comes
+    # once the attempt runs, when its volunteer may have been told nobody follows (then it
+    # asks again within 30 s): she is told how long live output may take.
     follower = Follower(workflow_id, "wait", "--manager", address, env=alice)
     try:
         wait_until(lambda: follower.out == "hello\n", 60, "the task's line")
@@ -357,6 +361,7 @@ def test_only_the_running_volunteer_pushes_a_log_and_only_its_owner_follows_it(
     finally:
         follower.kill()
     assert (exit_code, out) == (0, "hello\n"), err
+    assert "(live output starts within 32 s: a volunteer asks every 30 s" in err
 
 
 @pytest.mark.docker
@@ -411,3 +416,88 @@ def test_each_copy_of_a_replicated_task_has_its_own_attempts(
     no_copy = run_cli("logs", workflow_id, "one~3", *data)
     assert no_copy.returncode == 1
     assert "task one has no copy 3: its copies are 1 to 2" in no_copy.stderr
+
+
+def follow_call(channel: grpc.Channel, workflow_id: str, task: str) -> Any:
+    """A FollowTaskLog stream, read piece by piece (`next`), ended by `cancel`."""
+    request = manager_pb2.FollowTaskLogRequest(workflow_id=workflow_id, task=task, stream="stdout")
+    follow = channel.unary_stream(
+        "/vcnode.v1.ManagerService/FollowTaskLog",
+        request_serializer=manager_pb2.FollowTaskLogRequest.SerializeToString,
+        response_deserializer=manager_pb2.TaskLogPiece.FromString,
+    )
+    return follow(request, timeout=FOLLOW_SECONDS)
+
+
+FOLLOW_SECONDS = 60.0
+
+
+def test_a_person_revoked_while_following_is_cut_off(daemons: Daemons, tmp_path: Path) -> None:
+    manager, [volunteer] = start_pool(daemons, "--allow-process-runtime", env=NO_DOCKER)
+    data = ["--data-dir", str(manager.data_dir)]
+    token = cli_json("token", "create", "--role", "user", "--name", "mallory", *data)
+    config_home = tmp_path / "mallory"
+    mallory = {**os.environ, "XDG_CONFIG_HOME": str(config_home)}
+    login = run_cli("login", token["token"], env=mallory)
+    assert login.returncode == 0, login.stderr
+    workflow_id = submit(manager, tmp_path, WAIT, env=mallory)
+    wait_until(lambda: output_of(volunteer, f"{workflow_id}.wait"), 30, "the task to run")
+    saved = Credential.load(config_home / "vcnode", USER)
+    assert saved is not None
+    with open_sync_channel(manager.address(), saved) as channel:
+        follow = follow_call(channel, workflow_id, "wait")
+        assert next(follow).WhichOneof("kind") == "attempt"  # she follows it
+        revoked = run_cli("token", "revoke", token["token_id"], *data)
+        assert revoked.returncode == 0, revoked.stderr
+        # The task runs on and says nothing more: her follow ends all the same.
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in follow:
+                pass
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED, ended.value.details()
+    assert "was revoked from this cluster" in (ended.value.details() or "")
+    assert task_state(manager, workflow_id, "wait") == "running"
+
+
+def test_a_person_follows_at_most_16_logs_at_once(daemons: Daemons, tmp_path: Path) -> None:
+    manager, [volunteer] = start_pool(daemons, "--allow-process-runtime", env=NO_DOCKER)
+    address = manager.address()
+    workflow_id = submit(manager, tmp_path, WAIT, env=person(tmp_path, "carol"))
+    wait_until(lambda: output_of(volunteer, f"{workflow_id}.wait"), 30, "the task to run")
+    # Another credential of hers: the cap is the person's, not the certificate's.
+    carol = credential(["user"], user="carol")
+    with (
+        open_sync_channel(address, carol) as channel,
+        open_sync_channel(address, admin_credential()) as admin,
+    ):
+        follows = [follow_call(channel, workflow_id, "wait") for _ in range(16)]
+        try:
+            for follow in follows:
+                assert next(follow).WhichOneof("kind") == "attempt"
+            with pytest.raises(grpc.RpcError) as refused:
+                next(follow_call(channel, workflow_id, "wait"))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert refused.value.details() == (
+                "user carol (user) follows 16 task logs at once already: end one (Ctrl-C its "
+                "`vcnode logs -f`) before following another"
+            )
+            # Her follows hold back nobody else.
+            theirs = follow_call(admin, workflow_id, "wait")
+            assert next(theirs).WhichOneof("kind") == "attempt"
+            theirs.cancel()
+            # One of hers ends: she may follow again.
+            follows.pop().cancel()
+
+            def admitted() -> Any:
+                again = follow_call(channel, workflow_id, "wait")
+                try:
+                    next(again)
+                except grpc.RpcError as error:
+                    if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
+                    return None
+                return again
+
+            follows.append(wait_until(admitted, 30, "a follow to be admitted again"))
+        finally:
+            for follow in follows:
+                follow.cancel()

@@ -219,8 +219,8 @@ class PushTaskLogReply(_message.Message):
 
     FOLLOWED_FIELD_NUMBER: _builtins.int
     followed: _builtins.bool
-    """Someone follows the task now: the volunteer pushes every second rather than now and
-    then.
+    """Someone follows the task now: the volunteer pushes its output every second; else it
+    sends none and only asks again (an empty push) every 30 s.
     """
     def __init__(
         self,
