@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import importlib
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -28,6 +29,9 @@ from daemon.transport.channels import Dial
 from daemon.version import VERSION
 
 CALL_TIMEOUT_SECONDS = 5.0
+# --log-file: rotated so that a donor's disk never fills with logs (60 MiB at most).
+LOG_FILE_MAX_BYTES = 10 * 2**20
+LOG_FILE_BACKUPS = 5
 T = TypeVar("T")
 
 
@@ -42,6 +46,18 @@ def _add_daemon_parser(commands: Any) -> None:
             "Run a node. Settings: flags > VCNODE_* environment > --config file > defaults."
         ),
     )
+    _add_setting_arguments(parser)
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings and where each came from, then exit",
+    )
+    parser.set_defaults(handler=_run_daemon)
+
+
+def _add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """The daemon's settings: `daemon` runs with them, `service install` writes them into
+    the service's config file."""
     parser.add_argument(
         "--role",
         dest="roles",
@@ -117,6 +133,13 @@ def _add_daemon_parser(commands: Any) -> None:
         help="text (default), or json: one object per line (time, level, logger, message)",
     )
     parser.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="log to this file instead of stderr (for hosts without journald), rotated at "
+        f"{LOG_FILE_MAX_BYTES // 2**20} MiB with {LOG_FILE_BACKUPS} old files kept (PATH.1 ... "
+        f"PATH.{LOG_FILE_BACKUPS})",
+    )
+    parser.add_argument(
         "--http",
         metavar="HOST:PORT",
         help="serve the web dashboard and Prometheus /metrics here (off by default); "
@@ -148,12 +171,26 @@ def _add_daemon_parser(commands: Any) -> None:
         const=True,
         help="pull a task's image from its registry when it is not here",
     )
-    parser.add_argument(
-        "--print-config",
-        action="store_true",
-        help="print the effective settings and where each came from, then exit",
+    limits.add_argument(
+        "--allow-managers",
+        dest="limits.allow_managers",
+        metavar="ID,...",
+        help="take tasks only from these managers (their node ids); default: any",
     )
-    parser.set_defaults(handler=_run_daemon)
+    limits.add_argument(
+        "--allow-users",
+        dest="limits.allow_users",
+        metavar="NAME,...",
+        help="take only tasks of workflows these users submitted (as their managers say); "
+        "default: anyone's",
+    )
+    limits.add_argument(
+        "--allow-images",
+        dest="limits.allow_images",
+        metavar="PATTERN,...",
+        help="run only these images: fnmatch patterns on the image name (vcnode/*) or "
+        "sha256: image IDs; default: any",
+    )
 
 
 def _resolve_config(args: argparse.Namespace) -> tuple[config_module.NodeConfig, dict[str, str]]:
@@ -169,8 +206,26 @@ def _keep_numpy_out() -> None:
     sys.modules.setdefault("numpy", None)  # type: ignore[arg-type]
 
 
-def configure_logging(level: str, log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(
+    level: str,
+    log_format: str,
+    log_file: Path | None = None,
+    max_bytes: int = LOG_FILE_MAX_BYTES,
+) -> None:
+    handler: logging.Handler
+    if log_file is None:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.handlers.RotatingFileHandler(
+                log_file, maxBytes=max_bytes, backupCount=LOG_FILE_BACKUPS, encoding="utf-8"
+            )
+        except OSError as error:
+            raise NodeError(
+                f"cannot write the log file {log_file}: {error.strerror or error}; "
+                "pick a writable path for --log-file (or VCNODE_LOG_FILE, log_file)"
+            ) from None
     if log_format == "json":
         handler.setFormatter(JsonLogFormatter())
     else:
@@ -185,7 +240,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
         return 0
     if "manager" not in config.roles:
         _keep_numpy_out()
-    configure_logging(config.log_level, config.log_format)
+    configure_logging(config.log_level, config.log_format, config.log_file)
     from daemon.app import Node  # the daemon's imports (zeroconf, roles) only for it
 
     node = Node(config)
@@ -631,6 +686,52 @@ def _add_workflow_parsers(commands: Any) -> None:
     listing.set_defaults(handler=_on_target(_lazy("workflows", "list_workflows")))
 
 
+def _add_service_parser(commands: Any) -> None:
+    service = commands.add_parser(
+        "service",
+        help="run the daemon as a systemd service on this machine: install, status, uninstall",
+    )
+    actions = service.add_subparsers(dest="action", metavar="ACTION", required=True)
+    install = actions.add_parser(
+        "install",
+        help="write the daemon's config and a systemd unit, then enable and start it",
+        description="Writes the settings given (the daemon's flags) to a TOML config file "
+        "(/etc/vcnode/daemon.toml, data in /var/lib/vcnode; with --user "
+        "$XDG_CONFIG_HOME/vcnode/daemon.toml, data in $XDG_DATA_HOME/vcnode) and a unit, "
+        "vcnode.service, that runs `daemon --config` on it and restarts it on failure; logs "
+        "go to journald. Where systemd is not running, the files are written and the "
+        "command says how to run the daemon instead. Different existing files are replaced "
+        "only with --force.",
+    )
+    _add_setting_arguments(install)
+    install.add_argument(
+        "--force", action="store_true", help="replace an existing unit or config file"
+    )
+    install.set_defaults(handler=_lazy("service", "install"))
+    uninstall = actions.add_parser(
+        "uninstall",
+        help="stop and disable the service, remove its unit and config (keeps the data dir)",
+    )
+    uninstall.set_defaults(handler=_lazy("service", "uninstall"))
+    status = actions.add_parser(
+        "status", help="the service's state in systemd and the daemon's own `vcnode status`"
+    )
+    status.set_defaults(handler=_lazy("service", "status"))
+    for parser in (install, uninstall, status):
+        parser.add_argument(
+            "--user",
+            action="store_true",
+            help="a user unit (systemctl --user) in your XDG dirs instead of a system one",
+        )
+        parser.add_argument(
+            "--root",
+            type=Path,
+            metavar="DIR",
+            help="write and read the files under DIR as if it were / and leave systemd "
+            "alone (for building images, and tests)",
+        )
+
+
 def _lazy(module: str, name: str) -> Callable[..., Any]:
     """A command's function from cli.MODULE, imported when that command runs:
     each command loads only what it uses, so the CLI starts faster."""
@@ -668,6 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vcnode {VERSION}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_daemon_parser(commands)
+    _add_service_parser(commands)
     _add_client_parsers(commands)
     _add_workflow_parsers(commands)
     from cli.demo import add_demo_parser

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from coordinator_node.dispatch_queue import DispatchQueue
-from daemon.capacity import capacity_problem, held_tasks
+from daemon.capacity import capacity_problem, coordinator_allow_problem, held_tasks
 from daemon.models import (
     EventKind,
     OwnerLimits,
@@ -185,9 +185,12 @@ def replica_problem(spec: TaskSpec) -> str | None:
     return f"task {spec.task_id[:80]!r} cannot be a copy of {spec.replica_of[:80]!r}"
 
 
-def unfit_reason(request: TaskSpec, candidate: Candidate) -> str | None:
-    """Why this volunteer can never run this task, or None if it can."""
+def unfit_reason(request: TaskSpec, candidate: Candidate, manager_id: str) -> str | None:
+    """Why this volunteer can never run this task, or None if it can. `manager_id` is the
+    manager that submitted it, as its certificate proved (never the spec's word): the
+    volunteer's allow_managers is checked against it."""
     shortfall = capacity_problem(request, candidate.resources, candidate.limits)
+    shortfall = shortfall or coordinator_allow_problem(request, candidate.limits, manager_id)
     return shortfall.message if shortfall is not None else None
 
 
@@ -623,7 +626,7 @@ class Scheduler:
         """Whether this volunteer could run the task, room aside (`apart`: `_apart(task)`)."""
         return (
             volunteer_id not in task.distrusted
-            and unfit_reason(task.spec, self._candidates[volunteer_id]) is None
+            and unfit_reason(task.spec, self._candidates[volunteer_id], task.manager_id) is None
             and self._kept_apart(task, volunteer_id, apart) is None
         )
 
@@ -729,7 +732,7 @@ class Scheduler:
     def _why_not(self, task: ScheduledTask, candidate: Candidate) -> str:
         if candidate.volunteer_id in task.distrusted:
             return "its result for it was refused"
-        unfit = unfit_reason(task.spec, candidate)
+        unfit = unfit_reason(task.spec, candidate, task.manager_id)
         if unfit is not None:
             return unfit
         apart = self._kept_apart(task, candidate.volunteer_id, self._apart(task))

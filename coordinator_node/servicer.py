@@ -177,8 +177,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         seen = addresses.peer_host(context.peer())
         if seen is not None and not addresses.is_loopback(seen):
             manager_address = addresses.filled(manager_address, seen)
+        # The manager named in each task is the caller, whatever the spec says: a manager
+        # never passes for another (volunteers' allow_managers rest on it).
         specs = [
-            replace(convert.task_spec_from_proto(task), manager_address=manager_address)
+            replace(
+                convert.task_spec_from_proto(task),
+                manager_address=manager_address,
+                manager_id=request.manager_id,
+            )
             for task in request.tasks
         ]
         for spec in specs:

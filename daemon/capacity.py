@@ -3,7 +3,9 @@ coordinator's matching and the volunteer's own decision, so both say the same th
 
 from __future__ import annotations
 
+import fnmatch
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from daemon.models import OwnerLimits, Resources, TaskSpec
@@ -67,3 +69,71 @@ def capacity_problem(task: TaskSpec, resources: Resources, limits: OwnerLimits) 
     if not (resources.docker_available or limits.allow_process_runtime):
         return Shortfall("runtime", RUNTIME_MISSING)
     return None
+
+
+# An image ID as `docker image inspect` gives it: an allow_images entry of this form is
+# matched against image IDs, any other entry against the image reference.
+DIGEST_PREFIX = "sha256:"
+
+
+def is_digest(entry: str) -> bool:
+    return entry.startswith(DIGEST_PREFIX)
+
+
+def image_allowed(image: str, image_ids: Iterable[str], allowed: Iterable[str]) -> bool:
+    """Whether an allow_images list lets this image run: a pattern (fnmatch, case-sensitive:
+    `vcnode/*`, `ghcr.io/lab/tool:*`) matches the reference as the task names it, a
+    `sha256:` entry equals one of `image_ids`."""
+    ids = set(image_ids)
+    return any(
+        entry in ids if is_digest(entry) else fnmatch.fnmatchcase(image, entry) for entry in allowed
+    )
+
+
+def allow_problem(
+    task: TaskSpec, limits: OwnerLimits, manager_id: str, image_id: str | None
+) -> Shortfall | None:
+    """Why the owner's allow-lists refuse this task, or None.
+
+    `manager_id` must be what the coordinator authenticated (the certificate of the manager
+    that submitted the task), never what a manager wrote in a spec. The task's `user` is
+    the manager's word: it authenticated whoever submitted the workflow, and a volunteer
+    that allows a manager trusts it for that. `image_id` is the image
+    ID that will run: the one the task pins (the volunteer runs no other), else the one the
+    volunteer has under that name; None when unknown. Digest entries cannot be checked
+    against an unknown ID: the coordinator (which never knows it) then lets the volunteer
+    decide, and the volunteer, which resolves it, declines.
+    """
+    if limits.allow_managers and manager_id not in limits.allow_managers:
+        return Shortfall(
+            "manager",
+            f"manager {manager_id or '(unknown)'} is not in this volunteer's allow_managers",
+        )
+    if limits.allow_users and task.user not in limits.allow_users:
+        # The manager's word: it authenticated the person who submitted the workflow.
+        return Shortfall(
+            "user",
+            f"user {task.user or '(none: a node submitted it)'} is not in this volunteer's "
+            "allow_users",
+        )
+    if limits.allow_images:
+        running = task.image_id or image_id
+        if not image_allowed(task.image, [running] if running else [], limits.allow_images):
+            return Shortfall("image", f"image {task.image} is not in this volunteer's allow_images")
+    return None
+
+
+def coordinator_allow_problem(
+    task: TaskSpec, limits: OwnerLimits, manager_id: str
+) -> Shortfall | None:
+    """`allow_problem` as far as the coordinator can tell, not knowing volunteers' images:
+    a task pinning no image ID may still match a digest entry there."""
+    problem = allow_problem(task, limits, manager_id, None)
+    if (
+        problem is not None
+        and problem.resource == "image"
+        and not task.image_id
+        and any(is_digest(entry) for entry in limits.allow_images)
+    ):
+        return None
+    return problem

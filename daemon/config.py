@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.capacity import MAX_SLOTS
+from daemon.capacity import DIGEST_PREFIX, MAX_SLOTS, is_digest
 from daemon.errors import ConfigError
 from daemon.models import OwnerLimits
 from daemon.toml_values import toml_value
+from daemon.trust.pki import is_label, is_owner_name
 from daemon.trust.tokens import JoinToken
 
 ROLES = ("coordinator", "volunteer", "manager")
@@ -52,6 +53,8 @@ class NodeConfig:
     log_level: str = "INFO"
     # text, or json: one object per line for log shippers.
     log_format: str = "text"
+    # Where the log goes instead of stderr (hosts without journald); rotated (cli/main.py).
+    log_file: Path | None = None
     # Where the web dashboard and /metrics listen; None keeps them off (and unimported).
     http: str | None = None
 
@@ -207,6 +210,60 @@ def _parse_log_level(value: Any) -> str:
     return text
 
 
+# Entries an allow-list may hold: an owner's list, not a registry's.
+MAX_ALLOW_ENTRIES = 256
+
+
+def _parse_list(value: Any, what: str) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"expected a list of {what} (a TOML list, or comma-separated)")
+    entries = list(dict.fromkeys(item.strip() for item in items if item.strip()))
+    if len(entries) > MAX_ALLOW_ENTRIES:
+        raise ValueError(f"at most {MAX_ALLOW_ENTRIES} entries, got {len(entries)}")
+    return entries
+
+
+def _parse_allow_managers(value: Any) -> tuple[str, ...]:
+    entries = _parse_list(value, "manager node ids")
+    for entry in entries:
+        if not is_label(entry):
+            raise ValueError(
+                f"{entry!r} is not a manager's node id (lowercase letters, digits and '-'; "
+                "`vcnode status` on the manager shows it)"
+            )
+    return tuple(entries)
+
+
+def _parse_allow_users(value: Any) -> tuple[str, ...]:
+    entries = _parse_list(value, "user names")
+    for entry in entries:
+        if not is_owner_name(entry):
+            raise ValueError(
+                f"{entry!r} is not a user name (a lowercase letter, then up to 31 lowercase "
+                "letters, digits or '-', as in their certificate)"
+            )
+    return tuple(entries)
+
+
+def _parse_allow_images(value: Any) -> tuple[str, ...]:
+    entries = _parse_list(value, "image patterns or sha256: image IDs")
+    for entry in entries:
+        if is_digest(entry):
+            digest = entry.removeprefix(DIGEST_PREFIX)
+            if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+                raise ValueError(
+                    f"{entry!r} is not an image ID: expected sha256: and 64 lowercase hex "
+                    "digits, as `docker image inspect --format {{.Id}}` prints"
+                )
+        elif len(entry) > 255 or any(c.isspace() for c in entry):
+            raise ValueError(
+                f"{entry!r} is not an image pattern: expected a reference with * and ? "
+                "wildcards (e.g. vcnode/* or ghcr.io/lab/tool:1.*), at most 255 characters"
+            )
+    return tuple(entries)
+
+
 # name -> parser. The same names are used as TOML keys, as VCNODE_<NAME> variables and
 # (with '-' for '_') as flags.
 SETTINGS: dict[str, Callable[[Any], Any]] = {
@@ -221,6 +278,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "heartbeat_seconds": _parse_positive_float,
     "log_level": _parse_log_level,
     "log_format": _parse_log_format,
+    "log_file": lambda value: Path(str(value)).expanduser(),
     "http": _parse_address,
     "token": _parse_token,
     "join_listen": _parse_address,
@@ -233,6 +291,9 @@ LIMIT_SETTINGS: dict[str, Callable[[Any], Any]] = {
     "allow_network": _parse_bool,
     "allow_process_runtime": _parse_bool,
     "allow_pull": _parse_bool,
+    "allow_managers": _parse_allow_managers,
+    "allow_images": _parse_allow_images,
+    "allow_users": _parse_allow_users,
 }
 # Flags whose name differs from their setting's.
 FLAG_NAMES = {"roles": "role", "heartbeat_seconds": "heartbeat", "mdns": "no-mdns"}

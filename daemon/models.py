@@ -19,6 +19,19 @@ class OwnerLimits:
     # Pull a task's image from its registry when it is not here (network traffic the
     # owner pays for, so off unless asked).
     allow_pull: bool = False
+    # Allow-lists; empty allows all. Managers by node id (the `<id>.id.vcnode` name of
+    # their certificate, as the coordinator authenticated it). Images by fnmatch pattern on
+    # the image reference, or a `sha256:` image ID (see daemon/capacity.py: allow_problem).
+    allow_managers: tuple[str, ...] = ()
+    allow_images: tuple[str, ...] = ()
+    # Users by their certificate's user name, as the task's manager says it (TaskSpec.user).
+    allow_users: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Stores read them back from JSON as lists: kept tuples, so limits stay hashable
+        # and compare equal to what was saved.
+        for name in ("allow_managers", "allow_images", "allow_users"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
 
 @dataclass(frozen=True)
@@ -188,6 +201,9 @@ class TaskSpec:
     # copies of it, which may not run this one.
     replica_of: str = ""
     avoid_volunteers: tuple[str, ...] = ()
+    # Who submitted the workflow (their certificate's user name; empty when a node did),
+    # as its manager says: volunteers' allow_users trust the manager for it.
+    user: str = ""
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from daemon.supervision import Supervisor
 from daemon.task_files import LOG_PURPOSE, outputs_problem
 from daemon.transfer.blobstore import BlobStore
 from daemon.transport.access import PEOPLE, Caller
+from daemon.trust.pki import is_owner_name
 from manager_node.comparison import answer_of
 from manager_node.coordinator_client import CoordinatorClient
 from manager_node.holders import Holders, holder_of
@@ -291,6 +292,8 @@ class WorkflowManager:
     ) -> Submitted:
         prepared = await self._builder.prepare(workflow, files, inline)
         workflow_id, tasks, inputs = prepared.workflow_id, prepared.tasks, prepared.inputs
+        if is_owner_name(owner):  # a person, not "node <id>": volunteers' allow_users
+            tasks = [replace(new, spec=replace(new.spec, user=owner)) for new in tasks]
         await self._store.create_workflow(
             workflow_id,
             workflow.name,

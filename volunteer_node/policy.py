@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from daemon.capacity import capacity_problem, held_tasks
+from daemon.capacity import allow_problem, capacity_problem, held_tasks
 from daemon.models import OwnerLimits, Resources, TaskSpec
 
 
@@ -30,6 +30,11 @@ def decline_reason(task: TaskSpec, situation: Situation) -> str | None:
     if situation.running >= most:
         return f"busy: holding {situation.running} of {most} tasks"
     shortfall = capacity_problem(task, situation.resources, situation.limits)
+    # The offer's manager_id is the coordinator's word (the certificate of the manager that
+    # submitted the task), not the manager's: the coordinator sets it on every offer.
+    shortfall = shortfall or allow_problem(
+        task, situation.limits, task.manager_id, situation.image_id
+    )
     if shortfall is not None:
         return shortfall.message
     if situation.runtime is None:

@@ -17,6 +17,8 @@ DEFAULT_ITEMS = 10_000  # entries of a list or a map
 INLINE_FILE_BYTES = 256 * 1024
 INPUT_FILES = 100_000  # a folder of inputs
 IMAGES = 1_000  # image tags a volunteer reports (it reports at most these)
+# Entries of an owner's allow-list (daemon/config.py takes at most 256).
+ALLOW_ENTRIES = 256
 # What a volunteer pushes of a running task's stream at once (`vcnode logs -f`); it keeps
 # the newest bytes when more came, and says how many it skipped.
 LOG_PUSH_BYTES = 64 * 1024
@@ -28,6 +30,10 @@ TEXT: dict[str, int] = {
     "vcnode.v1.Register.cluster": 64,
     "vcnode.v1.Register.version": 64,
     "vcnode.v1.Resources.images": 512,
+    "vcnode.v1.OwnerLimits.allow_managers": 128,
+    "vcnode.v1.OwnerLimits.allow_images": 512,
+    "vcnode.v1.OwnerLimits.allow_users": 64,
+    "vcnode.v1.TaskSpec.user": 64,
     # A workflow file may be as large as a message may be.
     "vcnode.v1.SubmitWorkflowRequest.workflow_toml": 16 * 1024 * 1024,
     "vcnode.v1.InlineFile.content": INLINE_FILE_BYTES,
@@ -37,6 +43,9 @@ TEXT: dict[str, int] = {
 }
 ITEMS: dict[str, int] = {
     "vcnode.v1.Resources.images": IMAGES,
+    "vcnode.v1.OwnerLimits.allow_managers": ALLOW_ENTRIES,
+    "vcnode.v1.OwnerLimits.allow_images": ALLOW_ENTRIES,
+    "vcnode.v1.OwnerLimits.allow_users": ALLOW_ENTRIES,
     "vcnode.v1.SubmitTasksRequest.tasks": 1_000,  # a manager sends 500 at a time
     "vcnode.v1.ReportVerdictsRequest.verdicts": 1_000,  # and verdicts 500 at a time
     "vcnode.v1.TaskSpec.avoid_volunteers": 64,  # copies of one task: a handful

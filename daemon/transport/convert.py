@@ -63,6 +63,9 @@ def limits_to_proto(limits: OwnerLimits) -> common_pb2.OwnerLimits:
         allow_network=limits.allow_network,
         allow_process_runtime=limits.allow_process_runtime,
         allow_pull=limits.allow_pull,
+        allow_managers=limits.allow_managers,
+        allow_images=limits.allow_images,
+        allow_users=limits.allow_users,
     )
 
 
@@ -75,6 +78,9 @@ def limits_from_proto(message: common_pb2.OwnerLimits) -> OwnerLimits:
         allow_network=message.allow_network,
         allow_process_runtime=message.allow_process_runtime,
         allow_pull=message.allow_pull,
+        allow_managers=tuple(message.allow_managers),
+        allow_images=tuple(message.allow_images),
+        allow_users=tuple(message.allow_users),
     )
 
 
@@ -272,6 +278,7 @@ def task_spec_to_proto(spec: TaskSpec) -> common_pb2.TaskSpec:
         inline_inputs=[inline_blob_to_proto(blob) for blob in spec.inline_inputs],
         replica_of=spec.replica_of,
         avoid_volunteers=list(spec.avoid_volunteers),
+        user=spec.user,
     )
 
 
@@ -301,6 +308,7 @@ def task_spec_from_proto(message: common_pb2.TaskSpec) -> TaskSpec:
         inline_inputs=tuple(inline_blob_from_proto(blob) for blob in message.inline_inputs),
         replica_of=message.replica_of,
         avoid_volunteers=tuple(message.avoid_volunteers),
+        user=message.user,
     )
 
 

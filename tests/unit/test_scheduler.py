@@ -211,17 +211,17 @@ def test_task_no_volunteer_can_hold_is_reported_unschedulable_once() -> None:
 
 def test_owner_limits_are_respected_in_matching() -> None:
     capped = volunteer("v1", memory_mb=16384, max_memory_mb=512)
-    assert unfit_reason(spec("t", memory_mb=1024), capped) == (
+    assert unfit_reason(spec("t", memory_mb=1024), capped, "m") == (
         "not enough memory: needs 1024 MiB, may use 512"
     )
-    assert unfit_reason(spec("t", network=True), volunteer("v1")) == (
+    assert unfit_reason(spec("t", network=True), volunteer("v1"), "m") == (
         "network not allowed by the owner"
     )
-    assert unfit_reason(spec("t", network=True), volunteer("v1", allow_network=True)) is None
+    assert unfit_reason(spec("t", network=True), volunteer("v1", allow_network=True), "m") is None
     no_docker = Candidate(
         "v1", Resources(cpu_cores=2, memory_mb=4096, disk_free_mb=1000), OwnerLimits()
     )
-    assert "no Docker engine" in (unfit_reason(spec("t"), no_docker) or "")
+    assert "no Docker engine" in (unfit_reason(spec("t"), no_docker, "m") or "")
 
 
 def test_cancel_stops_running_tasks_and_drops_queued_ones() -> None:

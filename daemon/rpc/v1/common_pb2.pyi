@@ -68,6 +68,9 @@ class OwnerLimits(_message.Message):
     ALLOW_NETWORK_FIELD_NUMBER: _builtins.int
     ALLOW_PROCESS_RUNTIME_FIELD_NUMBER: _builtins.int
     ALLOW_PULL_FIELD_NUMBER: _builtins.int
+    ALLOW_MANAGERS_FIELD_NUMBER: _builtins.int
+    ALLOW_IMAGES_FIELD_NUMBER: _builtins.int
+    ALLOW_USERS_FIELD_NUMBER: _builtins.int
     max_cpus: _builtins.int
     max_memory_mb: _builtins.int
     max_disk_mb: _builtins.int
@@ -76,6 +79,19 @@ class OwnerLimits(_message.Message):
     allow_process_runtime: _builtins.bool
     allow_pull: _builtins.bool
     """Pull a task's image from its registry when the volunteer lacks it."""
+    @_builtins.property
+    def allow_managers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Allow-lists, empty for all: managers by node id, images by fnmatch pattern on the
+        reference or by sha256: image ID. The coordinator filters offers with them; the
+        volunteer checks again.
+        """
+
+    @_builtins.property
+    def allow_images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def allow_users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Users by the name their certificate gives, as the task's manager says."""
+
     def __init__(
         self,
         *,
@@ -86,10 +102,13 @@ class OwnerLimits(_message.Message):
         allow_network: _builtins.bool = ...,
         allow_process_runtime: _builtins.bool = ...,
         allow_pull: _builtins.bool = ...,
+        allow_managers: _abc.Iterable[_builtins.str] | None = ...,
+        allow_images: _abc.Iterable[_builtins.str] | None = ...,
+        allow_users: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_network", b"allow_network", "allow_process_runtime", b"allow_process_runtime", "allow_pull", b"allow_pull", "max_concurrent_tasks", b"max_concurrent_tasks", "max_cpus", b"max_cpus", "max_disk_mb", b"max_disk_mb", "max_memory_mb", b"max_memory_mb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_images", b"allow_images", "allow_managers", b"allow_managers", "allow_network", b"allow_network", "allow_process_runtime", b"allow_process_runtime", "allow_pull", b"allow_pull", "allow_users", b"allow_users", "max_concurrent_tasks", b"max_concurrent_tasks", "max_cpus", b"max_cpus", "max_disk_mb", b"max_disk_mb", "max_memory_mb", b"max_memory_mb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -229,6 +248,7 @@ class TaskSpec(_message.Message):
     MANAGER_ID_FIELD_NUMBER: _builtins.int
     REPLICA_OF_FIELD_NUMBER: _builtins.int
     AVOID_VOLUNTEERS_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     workflow_id: _builtins.str
     image: _builtins.str
@@ -257,6 +277,11 @@ class TaskSpec(_message.Message):
     """Validation by replication: the task this one is a copy of (its own id for the first
     copy). The coordinator never places two copies of one task on one volunteer, nor on
     two volunteers of one owner.
+    """
+    user: _builtins.str
+    """The person who submitted the task's workflow (their certificate's user name), as its
+    manager says: a volunteer's allow_users trusts the manager for it. Empty when a node
+    submitted it.
     """
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -296,10 +321,11 @@ class TaskSpec(_message.Message):
         manager_id: _builtins.str = ...,
         replica_of: _builtins.str = ...,
         avoid_volunteers: _abc.Iterable[_builtins.str] | None = ...,
+        user: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "avoid_volunteers", b"avoid_volunteers", "command", b"command", "image", b"image", "image_from_manager", b"image_from_manager", "image_id", b"image_id", "inline_inputs", b"inline_inputs", "inputs", b"inputs", "manager_address", b"manager_address", "manager_id", b"manager_id", "network", b"network", "outputs", b"outputs", "replica_of", b"replica_of", "resources", b"resources", "retries", b"retries", "run", b"run", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "avoid_volunteers", b"avoid_volunteers", "command", b"command", "image", b"image", "image_from_manager", b"image_from_manager", "image_id", b"image_id", "inline_inputs", b"inline_inputs", "inputs", b"inputs", "manager_address", b"manager_address", "manager_id", b"manager_id", "network", b"network", "outputs", b"outputs", "replica_of", b"replica_of", "resources", b"resources", "retries", b"retries", "run", b"run", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "user", b"user", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
