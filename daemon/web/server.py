@@ -194,6 +194,13 @@ class DashboardServer:
         return web.FileResponse(static_dir() / "index.html")
 
     async def _login(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+            # Another site sent the browser here: it would log its visitor in as whoever
+            # owns the code (login CSRF). A link opened from `vcnode dashboard` says "none".
+            raise _error(
+                web.HTTPForbidden,
+                "a login link works only when opened directly (paste it into the address bar)",
+            )
         viewer = self._codes.redeem(request.query.get("code", ""))
         if viewer is None:
             raise _error(

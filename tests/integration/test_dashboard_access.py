@@ -87,6 +87,19 @@ def test_a_user_sees_only_their_own_workflows_and_cannot_open_anothers(
     address = manager.address()
     alice, base = _log_in_as(address, "alice")
 
+    # A link another site sends a browser to logs nobody in (login CSRF), and stays unused.
+    with open_sync_channel(address, credential(["user"], user="mallory")) as channel:
+        reply = node_pb2_grpc.NodeServiceStub(channel).OpenDashboard(
+            node_pb2.OpenDashboardRequest(), timeout=5
+        )
+    planted = urllib.request.Request(
+        base + reply.login_path, headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(planted, timeout=5)
+    assert refused.value.code == 403
+    assert Browser().get(base + reply.login_path)[0] == 200  # opened directly, it works
+
     assert alice.get(base + "/api/whoami")[1]["owner"] == "alice"
     assert alice.get(base + "/api/workflows") == (200, [])
     status, body = alice.get(f"{base}/api/workflows/{theirs}")
