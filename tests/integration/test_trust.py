@@ -1153,7 +1153,10 @@ def test_a_coordinator_of_another_ca_announced_in_our_cluster_is_never_followed(
     real = start_coordinator(daemons, cluster, name="real")
     real_address = real.address()
     wait_until(lambda: connected(real_address, volunteer.node_id), 20, "the volunteer to join")
-    assert f"at {real_address} (heartbeat every" in volunteer.log
+    # The coordinator counts it connected as it sends the welcome; the volunteer says it has
+    # joined once the welcome arrives.
+    joined = f"at {real_address} (heartbeat every"
+    wait_until(lambda: joined in volunteer.log, 10, "the volunteer to say it joined")
     assert volunteers_of(fake) == []
     assert f"volunteer {volunteer.node_id}" not in fake.log
 
