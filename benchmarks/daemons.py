@@ -94,3 +94,22 @@ def cli_json(*args: str) -> Any:
     if result.returncode != 0:
         raise RuntimeError(f"vcnode {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
     return json.loads(result.stdout)
+
+
+def completed(result: subprocess.CompletedProcess[str], expected: int) -> dict[str, Any]:
+    """The reply of `vcnode submit --wait --json`; raises unless all `expected` tasks
+    completed, naming a few that did not."""
+    try:
+        reply: dict[str, Any] = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(
+            f"node submit exited {result.returncode} without JSON: {result.stderr[-2000:]}"
+        ) from None
+    done = reply.get("counts", {}).get("completed")
+    if result.returncode != 0 or reply.get("state") != "completed" or done != expected:
+        bad = [t for t in reply.get("tasks", []) if t.get("state") != "completed"][:5]
+        raise RuntimeError(
+            f"workflow {reply.get('workflow_id')} ended {reply.get('state')!r} with "
+            f"{done} of {expected} tasks completed (exit {result.returncode}); e.g. {bad}"
+        )
+    return reply

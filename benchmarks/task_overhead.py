@@ -34,7 +34,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.daemons import cli, join_token, start_daemon, stop, wait_for_address
+from benchmarks.daemons import cli, completed, join_token, start_daemon, stop, wait_for_address
 from benchmarks.report import Figure
 
 TASKS = 100
@@ -184,7 +184,7 @@ def _mesh(root: Path, token: str) -> float:
             timeout=MESH_TIMEOUT,
         )  # fmt: skip
         elapsed = time.perf_counter() - began
-        _check_completed(result)
+        completed(result, TASKS)
         print(
             f"task_overhead: daemon CPU for {TASKS} tasks: coordinator+manager "
             f"{_cpu_seconds(manager) - cpu_before[0]:.2f} s, volunteer "
@@ -213,22 +213,6 @@ def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-
-
-def _check_completed(result: subprocess.CompletedProcess[str]) -> None:
-    try:
-        reply = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        raise RuntimeError(
-            f"node submit exited {result.returncode} without JSON: {result.stderr[-2000:]}"
-        ) from None
-    completed = reply.get("counts", {}).get("completed")
-    if result.returncode != 0 or reply.get("state") != "completed" or completed != TASKS:
-        bad = [t for t in reply.get("tasks", []) if t.get("state") != "completed"][:5]
-        raise RuntimeError(
-            f"workflow {reply.get('workflow_id')} ended {reply.get('state')!r} with "
-            f"{completed} of {TASKS} tasks completed (exit {result.returncode}); e.g. {bad}"
-        )
 
 
 def _keep_logs(root: Path) -> None:

@@ -48,7 +48,15 @@ from typing import Any
 
 import psutil
 
-from benchmarks.daemons import cli, cli_json, join_token, start_daemon, stop, wait_for_address
+from benchmarks.daemons import (
+    cli,
+    cli_json,
+    completed,
+    join_token,
+    start_daemon,
+    stop,
+    wait_for_address,
+)
 from benchmarks.report import Figure
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,20 +149,7 @@ class Pool:
             timeout=RUN_TIMEOUT,
         )  # fmt: skip
         elapsed = time.perf_counter() - began
-        try:
-            reply = json.loads(result.stdout)
-        except json.JSONDecodeError:
-            raise RuntimeError(
-                f"node submit exited {result.returncode} without JSON: {result.stderr[-2000:]}"
-            ) from None
-        completed = reply.get("counts", {}).get("completed")
-        if result.returncode != 0 or reply.get("state") != "completed" or completed != expected:
-            bad = [t for t in reply.get("tasks", []) if t.get("state") != "completed"][:5]
-            raise RuntimeError(
-                f"workflow {reply.get('workflow_id')} ended {reply.get('state')!r} with "
-                f"{completed} of {expected} tasks completed (exit {result.returncode}); "
-                f"e.g. {bad}"
-            )
+        reply = completed(result, expected)
         return str(reply["workflow_id"]), elapsed
 
     def status(self, workflow_id: str) -> dict[str, Any]:
