@@ -145,7 +145,8 @@ def test_a_vouched_token_with_an_owner_says_both_in_the_certificate_and_a_renewa
     again.address()
     wait_until(lambda: held(again).expires_at > short.expires_at, 15, "the renewal")
     assert held(again).identity == said
-    assert "renewed this node's certificate" in again.log
+    # Said once the new certificate is saved, which the wait above may see first.
+    wait_until(lambda: "renewed this node's certificate" in again.log, 15, "the renewal's word")
 
 
 def test_a_vouched_or_owned_token_for_a_manager_is_refused_with_what_to_do(
