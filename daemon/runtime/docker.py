@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,18 @@ import aiohttp
 
 from daemon.runtime.image_archive import untagged_copy
 from daemon.runtime.spec import (
+    FreezableDeadline,
     LogBuffer,
     OutputCallback,
     OutputWatch,
     ProgressCallback,
     RunResult,
     RunSpec,
+    StartedCallback,
     failure_for_exit,
     tail,
 )
+from daemon.runtime.usage import UsageMeter, find_usage_files, read_usage
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,8 @@ EXPORT_CHUNK_BYTES = 1 << 20
 PULL_TIMEOUT_SECONDS = 1800.0
 # When a running container's output starts being relayed (`vcnode logs -f`).
 FOLLOW_AFTER_SECONDS = 1.0
+# How often a running container's CPU time and memory are read (they are gone once it exits).
+USAGE_POLL_SECONDS = 1.0
 
 
 class ImageMissingError(Exception):
@@ -111,6 +117,54 @@ async def _follow(container: Any, on_output: OutputCallback, name: str) -> None:
         log.debug("stopped following the %s of %s: %s", name, container.id, error)
 
 
+async def _measure(container_id: str, meter: UsageMeter) -> None:
+    """Reads a running container's figures into `meter` once a second, until cancelled or
+    its cgroup is gone; never at all when it cannot be found (the figures stay unknown)."""
+    meter.files = await asyncio.to_thread(find_usage_files, container_id)
+    if not meter.files.found:
+        log.debug("no cgroup found for container %s: its usage stays unknown", container_id)
+        return
+    while (reading := await asyncio.to_thread(read_usage, meter.files)) is not None:
+        meter.add(reading)
+        await asyncio.sleep(USAGE_POLL_SECONDS)
+
+
+async def _last_measure(measuring: asyncio.Task[None], meter: UsageMeter) -> None:
+    """Stops the once-a-second reads and reads once more, if the cgroup is still there."""
+    measuring.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await measuring
+    if meter.files.found and (reading := await asyncio.to_thread(read_usage, meter.files)):
+        meter.add(reading)
+
+
+async def _set_paused(container: Any, paused: bool) -> bool:
+    """Pauses (or unpauses) a container; True if it is running and paused (or not) as
+    asked now. A container that exited, was removed or was already so as we asked is no
+    error: Docker's word for it (409, 404, or 500 "not paused") is checked against its
+    state."""
+    try:
+        await (container.pause() if paused else container.unpause())
+        return True
+    except aiodocker.DockerError as error:
+        log.debug("%s %s: %s", "pausing" if paused else "unpausing", container.id, error)
+    try:
+        state = (await container.show())["State"]
+    except aiodocker.DockerError:
+        return False
+    return bool(state.get("Running")) and bool(state.get("Paused")) == paused
+
+
+@dataclass
+class _Live:
+    """A run whose container is up: what `freeze` and `thaw` act on."""
+
+    container: Any
+    deadline: FreezableDeadline = field(default_factory=FreezableDeadline)
+    # One freeze or thaw at a time: their Docker calls must not cross.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 class DockerRuntime:
     name = "docker"
     isolated = True
@@ -119,6 +173,8 @@ class DockerRuntime:
         """`owner`: the volunteer id its containers are labelled with."""
         self._owner = owner
         self._docker: aiodocker.Docker | None = None
+        # Runs in progress whose container is up, by run id.
+        self._live: dict[str, _Live] = {}
 
     def _client(self) -> aiodocker.Docker:
         if self._docker is None:
@@ -187,8 +243,57 @@ class DockerRuntime:
         finally:
             await asyncio.to_thread(copy.unlink, True)
 
+    async def freeze(self, run_id: str) -> bool:
+        """`docker pause` of the run's container; its timeout stands still meanwhile."""
+        live = self._live.get(run_id)
+        if live is None:
+            return False
+        # Shielded: a caller cancelled midway must not leave a paused container whose
+        # timeout still runs.
+        return await asyncio.shield(self._freeze(run_id, live))
+
+    async def _freeze(self, run_id: str, live: _Live) -> bool:
+        async with live.lock:
+            if self._live.get(run_id) is not live:
+                return False  # it ended while we waited for the lock
+            if live.deadline.frozen:
+                return True
+            if not await _set_paused(live.container, paused=True):
+                return False
+            live.deadline.freeze()
+            return True
+
+    async def thaw(self, run_id: str) -> bool:
+        """`docker unpause` of the run's container; its timeout runs on, moved by the time
+        it was frozen."""
+        live = self._live.get(run_id)
+        if live is None:
+            return False
+        return await asyncio.shield(self._thaw(run_id, live))
+
+    async def _thaw(self, run_id: str, live: _Live) -> bool:
+        async with live.lock:
+            if self._live.get(run_id) is not live:
+                return False
+            if not live.deadline.frozen:
+                return True
+            thawed = await _set_paused(live.container, paused=False)
+            # Its clock runs again even when Docker would not unpause it: a container stuck
+            # paused must still meet its timeout rather than hold its slot for ever.
+            live.deadline.thaw()
+            return thawed
+
+    def _forget(self, run_id: str, live: _Live) -> None:
+        if self._live.get(run_id) is live:
+            del self._live[run_id]
+
     async def run(
-        self, spec: RunSpec, on_progress: ProgressCallback, on_output: OutputCallback | None = None
+        self,
+        spec: RunSpec,
+        on_progress: ProgressCallback,
+        on_output: OutputCallback | None = None,
+        *,
+        on_started: StartedCallback | None = None,
     ) -> RunResult:
         try:
             container = await self._client().containers.create(
@@ -208,8 +313,15 @@ class DockerRuntime:
         loop = asyncio.get_running_loop()
         progress = loop.create_task(watch.run())
         following: list[asyncio.Task[None]] = []
+        meter = UsageMeter()
+        measuring: asyncio.Task[None] | None = None
+        live = _Live(container)
         try:
             await container.start()
+            self._live[spec.run_id] = live
+            measuring = loop.create_task(_measure(container.id, meter))
+            if on_started is not None:
+                on_started()
             if on_output is not None:
                 following = [
                     loop.create_task(_follow(container, on_output, name))
@@ -218,11 +330,14 @@ class DockerRuntime:
             failure = ""
             exit_code: int | None = None
             try:
-                async with asyncio.timeout(spec.timeout_seconds):
-                    exit_code = (await container.wait()).get("StatusCode")
+                async with asyncio.timeout(spec.timeout_seconds) as timeout:
+                    with live.deadline.governing(timeout):
+                        exit_code = (await container.wait()).get("StatusCode")
             except TimeoutError:
                 await stop()
                 failure = f"timed out after {spec.timeout_seconds:g} s (killed)"
+            self._forget(spec.run_id, live)
+            await _last_measure(measuring, meter)
             await watch.check_after_exit()
             failure = watch.overflow or failure
             finished_at = time.time()
@@ -249,10 +364,14 @@ class DockerRuntime:
                 stderr=stderr.content,
                 stdout_cut=stdout.cut,
                 stderr_cut=stderr.cut,
+                cpu_seconds=meter.cpu_seconds,
+                peak_memory_mb=meter.peak_memory_mb,
             )
         finally:
+            self._forget(spec.run_id, live)
             # What the followers had not relayed yet is in the stored log (`_log`).
-            for task in (progress, *following):
+            running = [task for task in (progress, measuring, *following) if task is not None]
+            for task in running:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from daemon.runtime import probe
-from daemon.runtime.spec import OutputCallback, ProgressCallback, RunResult, RunSpec
+from daemon.runtime.spec import (
+    OutputCallback,
+    ProgressCallback,
+    RunResult,
+    RunSpec,
+    StartedCallback,
+)
 
 if TYPE_CHECKING:
     from daemon.runtime.docker import DockerRuntime
@@ -54,9 +60,21 @@ class DockerOnDemand:
         await self.runtime.load_image(archive, image_id, scratch)
 
     async def run(
-        self, spec: RunSpec, on_progress: ProgressCallback, on_output: OutputCallback | None = None
+        self,
+        spec: RunSpec,
+        on_progress: ProgressCallback,
+        on_output: OutputCallback | None = None,
+        *,
+        on_started: StartedCallback | None = None,
     ) -> RunResult:
-        return await self.runtime.run(spec, on_progress, on_output)
+        return await self.runtime.run(spec, on_progress, on_output, on_started=on_started)
+
+    async def freeze(self, run_id: str) -> bool:
+        # No runtime made yet: no task ran, so none runs (and aiodocker stays unimported).
+        return self._runtime is not None and await self._runtime.freeze(run_id)
+
+    async def thaw(self, run_id: str) -> bool:
+        return self._runtime is not None and await self._runtime.thaw(run_id)
 
     async def close(self) -> None:
         if self._runtime is not None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import stat
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -51,6 +52,9 @@ class RunResult:
     stderr: bytes = b""
     stdout_cut: bool = False
     stderr_cut: bool = False
+    # What the task used (`vcnode history`); None when the runtime could not tell.
+    cpu_seconds: float | None = None
+    peak_memory_mb: float | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -60,6 +64,8 @@ class RunResult:
 ProgressCallback = Callable[[float], None]
 # Told each piece a running task writes, as it comes: ("stdout" or "stderr", its bytes).
 OutputCallback = Callable[[str, bytes], None]
+# Told once the task is up: from then on until it ends, `freeze` and `thaw` reach it.
+StartedCallback = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -78,11 +84,83 @@ class Runtime(Protocol):
     isolated: bool
 
     async def run(
-        self, spec: RunSpec, on_progress: ProgressCallback, on_output: OutputCallback | None = None
+        self,
+        spec: RunSpec,
+        on_progress: ProgressCallback,
+        on_output: OutputCallback | None = None,
+        *,
+        on_started: StartedCallback | None = None,
     ) -> RunResult:
-        """Runs to completion (or timeout); cancelling the caller stops the run. With
-        `on_output`, what the task writes is told as it comes, too."""
+        """Runs to completion (or timeout); cancelling the caller stops the run, frozen or
+        not. With `on_output`, what the task writes is told as it comes, too. Time the run
+        spends frozen does not count against its timeout."""
         ...
+
+    async def freeze(self, run_id: str) -> bool:
+        """Freezes the running task of that `RunSpec.run_id` (the owner wants their machine
+        back for a while). True if it is frozen now (or already was); False if no such run
+        is in progress: not started yet, or ended. Safe to call at any moment."""
+        ...
+
+    async def thaw(self, run_id: str) -> bool:
+        """Lets a frozen task run on. True if it runs now (or never was frozen); False if
+        no such run is in progress."""
+        ...
+
+
+class FreezableDeadline:
+    """A run's wall-clock timeout that stands still while the run is frozen: the time it
+    was held is added to it on thaw, so a task is not killed for the owner's pause."""
+
+    def __init__(self) -> None:
+        self._timeout: asyncio.Timeout | None = None
+        self.frozen = False
+        # While held: when it was due, and since when it is held (loop time).
+        self._held: tuple[float, float] | None = None
+
+    @contextlib.contextmanager
+    def governing(self, timeout: asyncio.Timeout) -> Iterator[None]:
+        """Within the block, `freeze` and `thaw` move `timeout` (an entered one)."""
+        self._timeout = timeout
+        if self.frozen:  # frozen before its clock started
+            self._hold()
+        try:
+            yield
+        finally:
+            self._timeout = None
+            self._held = None
+
+    def freeze(self) -> None:
+        if not self.frozen:
+            self.frozen = True
+            self._hold()
+
+    def thaw(self) -> None:
+        if not self.frozen:
+            return
+        self.frozen = False
+        held, self._held = self._held, None
+        if held is None or not self._movable(self._timeout):
+            return
+        due, since = held
+        assert self._timeout is not None
+        self._timeout.reschedule(due + asyncio.get_running_loop().time() - since)
+
+    def _hold(self) -> None:
+        timeout = self._timeout
+        if not self._movable(timeout) or self._held is not None:
+            return
+        assert timeout is not None
+        due = timeout.when()
+        if due is None:
+            return
+        self._held = (due, asyncio.get_running_loop().time())
+        timeout.reschedule(None)
+
+    @staticmethod
+    def _movable(timeout: asyncio.Timeout | None) -> bool:
+        # An expired timeout is already cancelling the run: too late to hold it.
+        return timeout is not None and not timeout.expired()
 
 
 # The stderr line said with a failure is cut to this many characters.
