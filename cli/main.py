@@ -114,6 +114,13 @@ def _add_setting_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {config_module.DEFAULT_HEARTBEAT_SECONDS:g})",
     )
     parser.add_argument(
+        "--pause-grace",
+        dest="pause_grace_seconds",
+        metavar="SECONDS",
+        help="how long `vcnode pause` may freeze a volunteer's tasks before it hands them "
+        f"back to the pool (default {config_module.DEFAULT_PAUSE_GRACE_SECONDS:g})",
+    )
+    parser.add_argument(
         "--token",
         metavar="TOKEN",
         help="join the cluster with this token (`vcnode token create` on the coordinator's "
@@ -378,6 +385,11 @@ async def _status(args: argparse.Namespace) -> int:
     info, peer_reply = await _call(address, "node", ask)
     resources = convert.resources_from_proto(info.resources)
     peers = [convert.peer_from_proto(p) for p in peer_reply.peers]
+    work = None
+    if "volunteer" in info.roles:
+        from cli import owner  # its owner's view: what runs and what stops it, when local
+
+        work = await owner.local_work(Path(info.data_dir))
     if args.json:
         views.print_json(
             {
@@ -404,6 +416,7 @@ async def _status(args: argparse.Namespace) -> int:
                     "gpus": resources.gpus,
                 },
                 "peers": [views.peer_json(p) for p in peers],
+                **({"work": owner.work_json(work)} if work is not None else {}),
             }
         )
         return 0
@@ -423,13 +436,17 @@ async def _status(args: argparse.Namespace) -> int:
         f"{resources.disk_free_mb / 1024:.1f} GiB free disk, {resources.gpus} GPUs"
     )
     print(f"mdns      {'on' if info.mdns else 'off'}")
+    if work is not None:
+        print(f"limits    {owner.limits_text(work)}")
+        print()
+        print(owner.describe(work))
     print()
     print(views.peers_table(peers) if info.mdns else "peers     (mDNS is off on this node)")
     return 0
 
 
 def _add_trust_parsers(commands: Any) -> None:
-    from cli.trust import parse_duration
+    from cli.durations import parse_duration
 
     token = commands.add_parser("token", help="join tokens: who may join the cluster (admins)")
     actions = token.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -549,7 +566,7 @@ def _add_client_parsers(commands: Any) -> None:
 
 
 def _add_workflow_parsers(commands: Any) -> None:
-    from cli.trust import parse_duration
+    from cli.durations import parse_duration
 
     submit = commands.add_parser("submit", help="split a workflow into tasks and run them")
     submit.add_argument(
@@ -773,8 +790,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_parsers(commands)
     _add_workflow_parsers(commands)
     from cli.demo import add_demo_parser
+    from cli.history import add_parser as add_history_parser
+    from cli.owner import add_parsers as add_owner_parsers
 
     add_demo_parser(commands)
+    add_history_parser(commands)
+    add_owner_parsers(commands)
     return parser
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import time
 import uuid
 
@@ -18,22 +17,6 @@ from daemon.trust.join import join_cluster
 from daemon.trust.tokens import JoinToken
 
 CALL_TIMEOUT_SECONDS = 10.0
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in `90`, `30m`, `24h` or `7d`."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"expected a duration such as 30m, 24h or 7d, not {text!r}"
-        )
-    seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
-    if seconds <= 0:
-        # 0 on the wire means "the default": a token of no lifetime must not live a day.
-        raise argparse.ArgumentTypeError(f"a token must live longer than 0 s, not {text!r}")
-    return seconds
 
 
 def _token_json(info: trust_pb2.TokenInfo) -> dict[str, object]:

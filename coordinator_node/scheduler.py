@@ -383,8 +383,10 @@ class Scheduler:
     def declined(
         self, volunteer_id: str, task_id: str, attempt: int, reason: str, now: float
     ) -> list[Instruction]:
+        """A "no" to an offer, or a task the volunteer held handed back (its owner drained
+        or paused it): either way it goes elsewhere at once, and no attempt is lost."""
         task = self.tasks.get(task_id)
-        if not self._is_current(task, volunteer_id, attempt, TaskState.OFFERED):
+        if not self._is_current(task, volunteer_id, attempt, TaskState.OFFERED, *_HELD):
             return []
         assert task is not None
         self._release(task)

@@ -24,6 +24,7 @@ ROLES = ("coordinator", "volunteer", "manager")
 PROTOCOL_VERSION = 1
 DEFAULT_CLUSTER = "default"
 DEFAULT_HEARTBEAT_SECONDS = 5.0
+DEFAULT_PAUSE_GRACE_SECONDS = 600.0
 COORDINATOR_PORT = 7450
 # The coordinator's plaintext port for join requests (daemon/trust/join.py).
 JOIN_PORT = 7449
@@ -44,6 +45,9 @@ class NodeConfig:
     mdns: bool = True
     mdns_interfaces: tuple[str, ...] = ()
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    # How long a volunteer's pause (or an owner's rule) may freeze its tasks before it hands
+    # them back to the pool to run elsewhere.
+    pause_grace_seconds: float = DEFAULT_PAUSE_GRACE_SECONDS
     # A join token (`vcnode token create`): needed once, for the first start.
     token: str | None = None
     # Where a coordinator takes join requests; by default the listen host, port 7449 next
@@ -276,6 +280,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "mdns": _parse_bool,
     "mdns_interfaces": _parse_interfaces,
     "heartbeat_seconds": _parse_positive_float,
+    "pause_grace_seconds": _parse_positive_float,
     "log_level": _parse_log_level,
     "log_format": _parse_log_format,
     "log_file": lambda value: Path(str(value)).expanduser(),
@@ -296,7 +301,12 @@ LIMIT_SETTINGS: dict[str, Callable[[Any], Any]] = {
     "allow_users": _parse_allow_users,
 }
 # Flags whose name differs from their setting's.
-FLAG_NAMES = {"roles": "role", "heartbeat_seconds": "heartbeat", "mdns": "no-mdns"}
+FLAG_NAMES = {
+    "roles": "role",
+    "heartbeat_seconds": "heartbeat",
+    "pause_grace_seconds": "pause-grace",
+    "mdns": "no-mdns",
+}
 ENV_NAMES = {
     **{ENV_PREFIX + name.upper(): name for name in SETTINGS},
     **{ENV_PREFIX + name.upper(): f"limits.{name}" for name in LIMIT_SETTINGS},

@@ -14,6 +14,7 @@ from daemon.errors import ConfigError, NodeError, RejectedError
 from daemon.models import Load, Registration
 from daemon.resources import measure_load, measure_resources, probe_docker
 from daemon.roles import RoleContext
+from daemon.rpc.v1 import control_pb2_grpc
 from daemon.runtime.image_archive import ImageArchiveError
 from daemon.runtime.on_demand import DockerOnDemand
 from daemon.runtime.probe import ProbeError
@@ -21,7 +22,9 @@ from daemon.runtime.process import ProcessRuntime
 from daemon.runtime.process import unavailable as sandbox_unavailable
 from daemon.runtime.spec import Runtime
 from daemon.supervision import Supervisor
+from daemon.transport.local_socket import ControlServer
 from volunteer_node.blobs import BlobTransfers
+from volunteer_node.control import OwnerControlServicer
 from volunteer_node.image_ids import ImageIds
 from volunteer_node.link import CoordinatorLink
 from volunteer_node.store import VolunteerStore
@@ -58,6 +61,7 @@ class VolunteerRole:
         self.link: CoordinatorLink | None = None
         self._supervisor = Supervisor(context.on_fatal)
         self._link_task: asyncio.Task[None] | None = None
+        self._control: ControlServer | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         """The volunteer serves nothing of its own: it only dials out."""
@@ -103,7 +107,11 @@ class VolunteerRole:
                 "will decline every task"
             )
         self.worker = TaskWorker(
-            WorkerConfig(tasks_dir=self._context.data_dir / "tasks", limits=limits),
+            WorkerConfig(
+                tasks_dir=self._context.data_dir / "tasks",
+                limits=limits,
+                hold_grace_seconds=self._context.config.pause_grace_seconds,
+            ),
             self._store,
             self._transfers,
             runtime,
@@ -160,6 +168,24 @@ class VolunteerRole:
         self._link_task = self._supervisor.spawn(
             self.link.run(), "coordinator link", on_crash=self._on_link_crash
         )
+        await self._serve_owner_control()
+
+    async def _serve_owner_control(self) -> None:
+        """`vcnode pause`, `resume` and `drain` reach us on the data dir's control socket."""
+        worker, link = self.worker, self.link
+        assert worker is not None
+        assert link is not None
+        servicer = OwnerControlServicer(
+            worker,
+            coordinator=lambda: link.connected_to or "",
+            hold_grace_seconds=self._context.config.pause_grace_seconds,
+        )
+        self._control = ControlServer(
+            self._context.data_dir,
+            self._context.identity.node_id,
+            lambda server: control_pb2_grpc.add_OwnerControlServicer_to_server(servicer, server),
+        )
+        await self._control.start()
 
     def _on_link_crash(self, error: BaseException) -> None:
         if isinstance(error, RejectedError):
@@ -192,6 +218,8 @@ class VolunteerRole:
         return measure_load(running)
 
     async def stop(self) -> None:
+        if self._control is not None:
+            await self._control.stop()
         # Tasks first, then goodbye: the coordinator offers them elsewhere at once instead
         # of after missed heartbeats.
         if self.worker is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from daemon.models import TaskResult, TaskSpec
 from daemon.store import PlainDatabase, PlainMigration, codecs
+from volunteer_node.history import COLUMNS, Outcome, RanTask, select_since, to_row
 
 
 def _initial_schema(db: sqlite3.Connection) -> None:
@@ -48,9 +49,39 @@ def _initial_schema(db: sqlite3.Connection) -> None:
     )
 
 
+def _history_table(db: sqlite3.Connection) -> None:
+    """One compact row per attempt that ended here (volunteer_node/history.py: RanTask): it
+    outlives the pruning of `tasks` and `outbox` rows, so `vcnode history` reaches further."""
+    db.execute(
+        """CREATE TABLE history (
+            task_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            workflow_id TEXT NOT NULL,
+            manager_id TEXT NOT NULL,
+            user TEXT NOT NULL,
+            image TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            error TEXT NOT NULL,
+            exit_code INTEGER,
+            received_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL NOT NULL,
+            cpu_seconds REAL,
+            peak_memory_mb REAL,
+            bytes_in INTEGER NOT NULL,
+            bytes_out INTEGER NOT NULL,
+            PRIMARY KEY (task_id, attempt)
+        )"""
+    )
+    db.execute("CREATE INDEX history_finished_at ON history (finished_at)")
+
+
 # Plain sqlite3: the volunteer's few statements need nothing of sqlite-utils, whose imports
 # would cost every volunteer ~4 MiB (daemon/store/database.py).
-MIGRATIONS = (PlainMigration("volunteer/0001_initial", _initial_schema),)
+MIGRATIONS = (
+    PlainMigration("volunteer/0001_initial", _initial_schema),
+    PlainMigration("volunteer/0002_history", _history_table),
+)
 
 
 class AttemptState(StrEnum):
@@ -60,10 +91,16 @@ class AttemptState(StrEnum):
     READY = "ready"  # everything is here: it runs, or waits for a slot to run
     FINISHED = "finished"  # ended with a result (in the outbox until acknowledged)
     CANCELLED = "cancelled"  # by its coordinator, or as the volunteer stopped
+    HANDED_BACK = "handed back"  # given back to the pool: drained, or paused too long
     ABANDONED = "abandoned"  # the volunteer's process died while it ran
 
 
-_ENDED = (AttemptState.FINISHED, AttemptState.CANCELLED, AttemptState.ABANDONED)
+_ENDED = (
+    AttemptState.FINISHED,
+    AttemptState.CANCELLED,
+    AttemptState.HANDED_BACK,
+    AttemptState.ABANDONED,
+)
 
 
 class VolunteerStore:
@@ -101,15 +138,37 @@ class VolunteerStore:
 
         await self.database.run(write)
 
+    async def set_state(self, key: tuple[str, int], state: AttemptState) -> None:
+        """Where an attempt recorded already stands now."""
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE tasks SET state = ?, updated_at = ? WHERE id = ? AND attempt = ?",
+                (state.value, time.time(), *key),
+            )
+
+        await self.database.run(write)
+
     async def abandon_unfinished(self) -> int:
         """After a restart: runs that were in progress died with the old process."""
 
+        now = time.time()
+        ended = tuple(state.value for state in _ENDED)
+
         def write(db: sqlite3.Connection) -> int:
-            cursor = db.execute(
-                "UPDATE tasks SET state = ?, updated_at = ? WHERE state NOT IN (?, ?, ?)",
-                (AttemptState.ABANDONED.value, time.time(), *(state.value for state in _ENDED)),
+            cut_short = db.execute(
+                "SELECT spec, received_at FROM tasks WHERE state NOT IN (?, ?, ?, ?)", ended
+            ).fetchall()
+            # Each is in the owner's history too: it ran here, and ended with the process.
+            for spec_json, received_at in cut_short:
+                _insert_history(
+                    db, _abandoned(codecs.task_spec_from_json(spec_json), received_at, now)
+                )
+            db.execute(
+                "UPDATE tasks SET state = ?, updated_at = ? WHERE state NOT IN (?, ?, ?, ?)",
+                (AttemptState.ABANDONED.value, now, *ended),
             )
-            return int(cursor.rowcount)
+            return len(cut_short)
 
         return await self.database.run(write)
 
@@ -155,3 +214,41 @@ class VolunteerStore:
             return [r for r in (codecs.task_result_from_json(row[0]) for row in rows) if r]
 
         return await self.database.read(read)
+
+    async def record_ran(self, entry: RanTask) -> None:
+        """Keeps what an ended attempt was and cost; recording it again replaces it."""
+
+        await self.database.run(lambda db: _insert_history(db, entry))
+
+    async def history(self, since: float) -> list[RanTask]:
+        """The attempts that ended at or after `since`, in the order they ended."""
+        return await self.database.read(lambda db: select_since(db, since))
+
+
+def _insert_history(db: sqlite3.Connection, entry: RanTask) -> None:
+    db.execute(
+        f"INSERT OR REPLACE INTO history ({', '.join(COLUMNS)}) "
+        f"VALUES ({', '.join('?' * len(COLUMNS))})",
+        to_row(entry),
+    )
+
+
+def _abandoned(spec: TaskSpec, received_at: float, now: float) -> RanTask:
+    return RanTask(
+        task_id=spec.task_id,
+        attempt=spec.attempt,
+        workflow_id=spec.workflow_id,
+        manager_id=spec.manager_id,
+        user=spec.user,
+        image=spec.image,
+        outcome=Outcome.ABANDONED,
+        error="the volunteer's process ended while it ran",
+        exit_code=None,
+        received_at=received_at,
+        started_at=None,
+        finished_at=now,
+        cpu_seconds=None,
+        peak_memory_mb=None,
+        bytes_in=0,
+        bytes_out=0,
+    )

@@ -1,10 +1,12 @@
 """Runs the tasks a volunteer accepts: fetch inputs, run, upload outputs, report. Small
 inputs come inside the offer and small outputs go inside the result (daemon/inline.py).
 
-One asyncio task per accepted offer, kept in `_pipelines` until it ends; a cancel from the
-coordinator cancels it, and the runtime then kills and removes the container. Results go to
-the store's outbox before they are sent, and stay there until the coordinator acknowledges
-them, so neither a broken stream nor a restart loses one.
+What to do and when is decided by the volunteer's lifecycle, a pure state machine
+(volunteer_node/lifecycle.py); this module is its I/O shell. One asyncio task (a pipeline)
+per accepted offer, kept in `_pipelines` until it ends; when the lifecycle calls an attempt
+off, its pipeline is cancelled, and the runtime then kills and removes the container.
+Results go to the store's outbox before they are sent, and stay there until the
+coordinator acknowledges them, so neither a broken stream nor a restart loses one.
 
 Everything a peer names is checked before it touches the disk: input and output names are
 plain file names, and outputs are read only if they are regular files (a task could leave a
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -29,12 +32,35 @@ from typing import Protocol
 
 from daemon import inline
 from daemon.backoff import Backoff
-from daemon.capacity import task_slots
 from daemon.errors import NodeError, UnreachableError
 from daemon.models import FileRef, InlineBlob, OwnerLimits, Resources, TaskResult, TaskSpec
 from daemon.runtime.spec import LOG_BYTES, RunResult, RunSpec, Runtime
 from daemon.task_files import LOG_PURPOSE, PROGRESS_FILE, file_name_problem
 from volunteer_node.blobs import ManagerPeer
+from volunteer_node.history import Outcome, RanTask
+from volunteer_node.lifecycle import (
+    DEFAULT_HOLD_GRACE_SECONDS,
+    OWNER_HOLD,
+    AttemptKey,
+    CallOff,
+    Fetch,
+    Freeze,
+    Hold,
+    Instruction,
+    LifecycleView,
+    Run,
+    SaveAccepted,
+    SaveAcknowledged,
+    SaveCalledOff,
+    SaveReady,
+    SaveResult,
+    SendAccept,
+    SendDecline,
+    SendResult,
+    SendStarted,
+    Thaw,
+    VolunteerLifecycle,
+)
 from volunteer_node.live_logs import LogPush, PushLog, pushing
 from volunteer_node.policy import Situation, decline_reason
 from volunteer_node.store import AttemptState, VolunteerStore
@@ -115,9 +141,15 @@ class WorkerConfig:
     # How long a task's outputs wait for a manager nobody can reach before the attempt
     # fails (and the task runs again elsewhere, or fails for good, with that reason).
     upload_patience_seconds: float = UPLOAD_PATIENCE_SECONDS
+    # How long a pause (or an owner's rule) may freeze tasks before they are handed back.
+    hold_grace_seconds: float = DEFAULT_HOLD_GRACE_SECONDS
 
 
 class TaskWorker:
+    """The I/O shell of the volunteer's lifecycle (volunteer_node/lifecycle.py): turns what
+    the coordinator, each attempt's pipeline and the owner say into stimuli, and carries out
+    the instructions that come back, one batch at a time, in order."""
+
     def __init__(
         self,
         config: WorkerConfig,
@@ -129,6 +161,7 @@ class TaskWorker:
         load_image: Callable[[Path, str], Awaitable[None]] | None = None,
         pull_image: Callable[[str], Awaitable[None]] | None = None,
         push_log: Callable[[ManagerPeer, LogPush], Awaitable[bool]] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """`push_log`: sends a running task's new output to its manager (see live_logs)."""
         self._config = config
@@ -140,14 +173,23 @@ class TaskWorker:
         self._load_image = load_image
         self._pull_image = pull_image
         self._push_log = push_log
+        self._clock = clock
         # One image load at a time: two tasks of a new image must not both load it.
         self._image_lock = asyncio.Lock()
         self._reporter: Reporter | None = None
-        self._pipelines: dict[str, asyncio.Task[None]] = {}
-        self._stopping = False
-        self._slots = asyncio.Semaphore(task_slots(config.limits))
-        self._said_running = RunningWord(task_slots(config.limits))
-        self._unacknowledged: set[tuple[str, int]] = set()
+        self._machine = VolunteerLifecycle(
+            config.limits, hold_grace_seconds=config.hold_grace_seconds
+        )
+        # Instructions are carried out one batch at a time, in the order the stimuli came:
+        # a thaw must never overtake the freeze before it.
+        self._steps = asyncio.Lock()
+        self._pipelines: dict[AttemptKey, asyncio.Task[None]] = {}
+        # Set by `Run`: the attempt's turn to start its container.
+        self._turns: dict[AttemptKey, asyncio.Event] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._ticks: set[asyncio.Task[None]] = set()
+        # What each attempt in progress used, for its history record.
+        self._ledgers: dict[AttemptKey, Ledger] = {}
 
     def attach(self, reporter: Reporter) -> None:
         self._reporter = reporter
@@ -161,12 +203,14 @@ class TaskWorker:
         abandoned = await self._store.abandon_unfinished()
         if abandoned:
             log.warning("%d task runs were cut short by a restart", abandoned)
-        for result in await self._store.unacknowledged_results():
-            self._unacknowledged.add((result.task_id, result.attempt))
+        self._machine.restore(await self._store.unacknowledged_results())
 
     def running_task_ids(self) -> tuple[str, ...]:
-        """Tasks the coordinator should keep with us: running, or with a result in flight."""
-        return tuple(sorted(set(self._pipelines) | {tid for tid, _ in self._unacknowledged}))
+        """Tasks the coordinator should keep with us: held, or with a result in flight."""
+        return self._machine.task_ids()
+
+    def view(self) -> LifecycleView:
+        return self._machine.view()
 
     # --- what the coordinator says ----------------------------------------------------------
 
@@ -174,105 +218,232 @@ class TaskWorker:
         # A coordinator that crashed between hearing that a task started and saving it
         # (or a word lost with the old stream) still has it `fetching`: said again, it is
         # `running` there too; said to a coordinator that knew, it changes nothing.
-        self._said_running.say_again()
-        for result in await self._store.unacknowledged_results():
-            self.reporter.send_result(result)
+        await self._step(self._machine.connected())
 
     async def on_offer(self, task: TaskSpec) -> None:
+        unfit = None if self._machine.refusal(task) else await self._unfit(task)
+        await self._step(self._machine.offered(task, unfit))
+
+    async def _unfit(self, task: TaskSpec) -> str | None:
         runtime_name = self._runtime.name if self._runtime else None
         image_id = await self._local_image(task) if runtime_name == "docker" else None
         situation = Situation(
             resources=self._resources(),
             limits=self._config.limits,
-            running=len(self._pipelines),
+            running=self._machine.held_count(),
             runtime=runtime_name,
             image_id=image_id,
         )
-        reason = "this volunteer is stopping" if self._stopping else decline_reason(task, situation)
-        if reason is None and task.task_id in self._pipelines:
-            reason = "already running this task"
-        if reason is not None:
-            log.info("declined %s (attempt %d): %s", task.task_id, task.attempt, reason)
-            self.reporter.send_decline(task.task_id, task.attempt, reason)
-            return
-        await self._store.record_task(task, AttemptState.ACCEPTED)
-        self.reporter.send_accept(task.task_id, task.attempt)
-        pipeline = asyncio.get_running_loop().create_task(self._pipeline(task))
-        self._pipelines[task.task_id] = pipeline
-        pipeline.add_done_callback(lambda _: self._ended(task.task_id))
-
-    def _ended(self, task_id: str) -> None:
-        """Its pipeline is over: its result was sent (or it was called off)."""
-        self._pipelines.pop(task_id, None)
-        self._said_running.ended(task_id)
+        return decline_reason(task, situation)
 
     async def on_cancel(self, task_id: str, reason: str) -> None:
-        pipeline = self._pipelines.get(task_id)
-        if pipeline is not None:
-            log.info("cancelling %s: %s", task_id, reason)
-            pipeline.cancel()
+        await self._step(self._machine.cancel(task_id, reason))
 
     async def on_result_ack(self, task_id: str, attempt: int) -> None:
-        self._unacknowledged.discard((task_id, attempt))
-        await self._store.acknowledge(task_id, attempt)
+        await self._step(self._machine.acknowledged((task_id, attempt)))
+
+    # --- what the owner says ----------------------------------------------------------------
+
+    async def pause(self, seconds: float | None = None) -> None:
+        """Freezes running tasks and takes no new ones, for `seconds` or until resumed."""
+        now = self._clock()
+        until = now + seconds if seconds is not None else math.inf
+        reason = "paused by owner" + (f" until {_clock_time(until)}" if seconds else "")
+        await self._step(self._machine.hold(Hold(OWNER_HOLD, reason, until, since=now)))
+
+    async def resume(self) -> None:
+        await self._step(self._machine.resume())
+
+    async def drain(self) -> None:
+        await self._step(self._machine.drain())
+
+    # --- carrying out -----------------------------------------------------------------------
+
+    async def _step(self, instructions: list[Instruction]) -> None:
+        async with self._steps:
+            freezing: list[Awaitable[None]] = []
+            for instruction in instructions:
+                if isinstance(instruction, Freeze | Thaw):
+                    # Every container of one batch at once: a pause must be quick.
+                    freezing.append(self._freeze(instruction))
+                    continue
+                await self._carry_out(instruction)
+            await asyncio.gather(*freezing)
+        self._arm_timer()
+
+    async def _carry_out(self, instruction: Instruction) -> None:
+        match instruction:
+            case SendAccept(key):
+                self.reporter.send_accept(*key)
+            case SendDecline(key, reason):
+                log.info("declined %s (attempt %d): %s", *key, reason)
+                self.reporter.send_decline(*key, reason)
+            case SendStarted(key):
+                self.reporter.send_started(*key)
+            case SendResult(result):
+                self.reporter.send_result(result)
+            case Fetch(task):
+                key = (task.task_id, task.attempt)
+                self._turns[key] = asyncio.Event()
+                self._ledgers[key] = Ledger(received_at=self._clock())
+                pipeline = asyncio.get_running_loop().create_task(self._pipeline(task))
+                self._pipelines[key] = pipeline
+            case Run(key):
+                if (turn := self._turns.get(key)) is not None:
+                    turn.set()
+            case CallOff(key, reason):
+                log.info("calling off %s (attempt %d): %s", *key, reason)
+                if (called_off := self._pipelines.get(key)) is not None:
+                    called_off.cancel()
+            case SaveAccepted(task):
+                await self._store.record_task(task, AttemptState.ACCEPTED)
+            case SaveReady(key):
+                await self._store.set_state(key, AttemptState.READY)
+            case SaveResult(result, manager_address):
+                await self._store.save_result(result, manager_address)
+            case SaveCalledOff(key, _reason, handed_back):
+                state = AttemptState.HANDED_BACK if handed_back else AttemptState.CANCELLED
+                await self._store.set_state(key, state)
+            case SaveAcknowledged(key):
+                await self._store.acknowledge(*key)
+
+    async def _freeze(self, instruction: Freeze | Thaw) -> None:
+        attempt = self._machine.attempts.get(instruction.key)
+        if attempt is None or self._runtime is None:
+            return
+        name = run_id(attempt.task)
+        try:
+            if isinstance(instruction, Freeze):
+                # False: its container is not up yet; `container_started` freezes it then.
+                await self._runtime.freeze(name)
+            else:
+                await self._runtime.thaw(name)
+        except Exception:  # a container we cannot freeze must not stop the volunteer
+            log.exception("could not %s task %s", type(instruction).__name__.lower(), name)
+
+    def _arm_timer(self) -> None:
+        """Wakes `tick` when a hold ends or outlasts its grace; no timer while none is on
+        (an idle volunteer wakes for nothing)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self._machine.next_deadline()
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, deadline - self._clock())
+        self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        tick = asyncio.get_running_loop().create_task(self._step(self._machine.tick(self._clock())))
+        self._ticks.add(tick)
+        tick.add_done_callback(self._ticks.discard)
 
     # --- one task ---------------------------------------------------------------------------
 
     async def _pipeline(self, task: TaskSpec) -> None:
+        """One attempt, from fetching its inputs to its result; tells the lifecycle of each
+        step, and that it is over however it ends (called off: cancelled)."""
+        key = (task.task_id, task.attempt)
         workdir = self._config.tasks_dir / run_id(task)
         try:
-            result = await self._attempt(task, workdir)
-        except Exception as error:  # a bug here must still end the attempt with a result
-            log.exception("task %s (attempt %d) broke the volunteer", task.task_id, task.attempt)
-            result = TaskResult(
-                task_id=task.task_id,
-                attempt=task.attempt,
-                exit_code=-1,
-                error=f"volunteer error: {error!r}",
+            try:
+                result = await self._attempt(task, workdir)
+            except Exception as error:  # a bug here must still end the attempt with a result
+                log.exception("task %s (attempt %d) broke the volunteer", *key)
+                result = TaskResult(
+                    task_id=task.task_id,
+                    attempt=task.attempt,
+                    exit_code=-1,
+                    error=f"volunteer error: {error!r}",
+                )
+            finally:
+                await asyncio.shield(asyncio.to_thread(shutil.rmtree, workdir, True))
+            # Shielded: the lifecycle has it in the outbox now; it must be saved and sent.
+            await asyncio.shield(self._step(self._machine.finished(result)))
+            log.info(
+                "task %s (attempt %d) %s",
+                *key,
+                "completed" if result.succeeded else f"failed: {result.error}",
             )
+            await self._record(task, result=result)
         except asyncio.CancelledError:
-            await asyncio.shield(self._store.record_task(task, AttemptState.CANCELLED))
+            await asyncio.shield(self._record(task, result=None))
             raise
         finally:
-            await asyncio.to_thread(shutil.rmtree, workdir, True)
-        await self._store.save_result(result, task.manager_address)
-        self._unacknowledged.add((result.task_id, result.attempt))
-        self.reporter.send_result(result)
-        log.info(
-            "task %s (attempt %d) %s",
-            task.task_id,
-            task.attempt,
-            "completed" if result.succeeded else f"failed: {result.error}",
+            self._pipelines.pop(key, None)
+            self._turns.pop(key, None)
+            self._ledgers.pop(key, None)
+            # Shielded: a pipeline called off must still give its slot back.
+            await asyncio.shield(self._step(self._machine.ended(key)))
+
+    async def _record(self, task: TaskSpec, result: TaskResult | None) -> None:
+        """What the attempt was and cost, for `vcnode history` (None: it was called off)."""
+        key = (task.task_id, task.attempt)
+        ledger = self._ledgers.get(key) or Ledger(received_at=self._clock())
+        attempt = self._machine.attempts.get(key)
+        run = ledger.run
+        if result is not None:
+            outcome = Outcome.COMPLETED if result.succeeded else Outcome.FAILED
+            error, exit_code = result.error, result.exit_code
+            sent = [*result.outputs, *result.logs]
+            ledger.bytes_out = sum(ref.size for ref in sent)
+        else:
+            why = attempt.called_off if attempt is not None else "called off"
+            handed_back = attempt is not None and attempt.handed_back
+            outcome = Outcome.HANDED_BACK if handed_back else Outcome.CANCELLED
+            error, exit_code = why, None
+        entry = RanTask(
+            task_id=task.task_id,
+            attempt=task.attempt,
+            workflow_id=task.workflow_id,
+            manager_id=task.manager_id,
+            user=task.user,
+            image=task.image,
+            outcome=outcome,
+            error=error,
+            exit_code=exit_code,
+            received_at=ledger.received_at,
+            started_at=run.started_at if run is not None else None,
+            finished_at=self._clock(),
+            cpu_seconds=run.cpu_seconds if run is not None else None,
+            peak_memory_mb=run.peak_memory_mb if run is not None else None,
+            bytes_in=ledger.bytes_in,
+            bytes_out=ledger.bytes_out,
         )
+        try:
+            await self._store.record_ran(entry)
+        except Exception:  # the record is for the owner: losing one must not lose the task
+            log.exception("could not record task %s (attempt %d) in the history", *key)
 
     async def _attempt(self, task: TaskSpec, workdir: Path) -> TaskResult:
         assert self._runtime is not None
+        key = (task.task_id, task.attempt)
         input_dir, output_dir = workdir / "input", workdir / "output"
         try:
             await self._fetch_inputs(task, input_dir, copy=not self._runtime.isolated)
             await self._ensure_image(task)
             await asyncio.to_thread(_make_output_dir, output_dir)
-            await self._store.record_task(task, AttemptState.READY)
-            # Inputs are here; the container waits for a free slot (we hold one task more
-            # than we run, so the next one is ready the moment a slot frees). Nothing else
-            # happens inside the slot: between two containers, every millisecond counts
-            # (word that it runs, `fetching` no more, only joins the link's queue).
-            # What it writes goes to the manager as it comes while someone follows it
-            # (`vcnode logs -f`; volunteer_node/live_logs.py), the last of it once the slot
-            # is free again.
-            async with (
-                pushing(task.task_id, task.attempt, self._push_log_of(task)) as live,
-                self._slots,
-            ):
-                self._said_running.started(
-                    task.task_id,
-                    lambda: self.reporter.send_started(task.task_id, task.attempt),
-                )
-                run = await self._runtime.run(
-                    self._run_spec(task, input_dir, output_dir),
-                    self._progress(task),
-                    live.write if live is not None else None,
-                )
+            # Inputs are here; the container waits for its turn (we hold one task more than
+            # we run, so the next one is ready the moment a slot frees). Nothing else
+            # happens between the turn and the container: between two containers, every
+            # millisecond counts. What it writes goes to the manager as it comes while
+            # someone follows it (`vcnode logs -f`; volunteer_node/live_logs.py), the last
+            # of it once the slot is free again.
+            async with pushing(task.task_id, task.attempt, self._push_log_of(task)) as live:
+                await self._step(self._machine.fetched(key))
+                await self._turns[key].wait()
+                try:
+                    run = await self._runtime.run(
+                        self._run_spec(task, input_dir, output_dir),
+                        self._progress(task),
+                        live.write if live is not None else None,
+                        on_started=self._started_callback(key),
+                    )
+                finally:
+                    await asyncio.shield(self._step(self._machine.run_ended(key)))
+                self._ledger(task).run = run
             outputs = Outputs()
             error = run.failure
             if run.succeeded:
@@ -289,6 +460,23 @@ class TaskWorker:
             inline_outputs=logs.inline,
             log_note=note,
         )
+
+    def _ledger(self, task: TaskSpec) -> Ledger:
+        key = (task.task_id, task.attempt)
+        return self._ledgers.setdefault(key, Ledger(received_at=self._clock()))
+
+    def _started_callback(self, key: AttemptKey) -> Callable[[], None]:
+        """Told by the runtime as the container starts: a hold that came while it was
+        starting freezes it now."""
+
+        def started() -> None:
+            step = asyncio.get_running_loop().create_task(
+                self._step(self._machine.container_started(key))
+            )
+            self._ticks.add(step)
+            step.add_done_callback(self._ticks.discard)
+
+        return started
 
     async def _deliver_logs(
         self, task: TaskSpec, log_dir: Path, run: RunResult, outputs: Outputs
@@ -382,6 +570,7 @@ class TaskWorker:
                 archive = await stack.enter_async_context(
                     self._transfers.fetched(ManagerPeer.of(task), ref)
                 )
+                self._ledger(task).bytes_in += ref.size
             except NodeError as error:
                 raise TaskFailedError(f"could not fetch image {task.image}: {error}") from None
             try:
@@ -440,6 +629,7 @@ class TaskWorker:
             if ref.sha256 in carried
         ]
         await asyncio.to_thread(_write_files, input_dir, small)
+        self._ledger(task).bytes_in += sum(ref.size for ref in task.inputs)
         for ref in task.inputs:
             if ref.sha256 in carried:
                 continue
@@ -513,56 +703,34 @@ class TaskWorker:
 
     async def stop(self) -> None:
         """Stops every task (their containers are killed and removed) and takes no more."""
-        self._stopping = True
-        for pipeline in list(self._pipelines.values()):
-            pipeline.cancel()
+        await self._step(self._machine.stop())
         for pipeline in list(self._pipelines.values()):
             with contextlib.suppress(asyncio.CancelledError):
                 await pipeline
+        if self._timer is not None:
+            self._timer.cancel()
+        for tick in list(self._ticks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await tick
 
 
-class RunningWord:
-    """When the coordinator hears that a task runs here: as its container starts, unless as
-    many tasks as there are slots are said to run already. A task is said to run until its
-    result is sent, and the slot frees as its container ends, before its outputs are
-    delivered: the next task starts at once but is said to run only once that result is
-    sent (still `fetching` meanwhile), so the pool never counts more tasks running here
-    than there are slots."""
-
-    def __init__(self, slots: int) -> None:
-        self._slots = slots
-        # Tasks said to run, and how to say it again (see say_again).
-        self._said: dict[str, Callable[[], None]] = {}
-        # Tasks started and not said yet, in the order they started: how to say each.
-        self._unsaid: dict[str, Callable[[], None]] = {}
-
-    def started(self, task_id: str, say: Callable[[], None]) -> None:
-        if len(self._said) < self._slots:
-            self._said[task_id] = say
-            say()
-        else:
-            self._unsaid[task_id] = say
-
-    def ended(self, task_id: str) -> None:
-        """Its result is sent, or it was called off: it runs here no more."""
-        self._unsaid.pop(task_id, None)
-        if self._said.pop(task_id, None) is None:
-            return
-        if self._unsaid:
-            waiting = next(iter(self._unsaid))
-            say = self._said[waiting] = self._unsaid.pop(waiting)
-            say()
-
-    def say_again(self) -> None:
-        """Says again of every task said to run that it does (a new session); those not
-        said yet wait for their turn as before."""
-        for say in list(self._said.values()):
-            say()
+def _clock_time(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch))
 
 
 def _make_output_dir(path: Path) -> None:
     path.mkdir(parents=True)
     path.chmod(0o777)  # the container runs as nobody
+
+
+@dataclass
+class Ledger:
+    """What one attempt in progress has used so far."""
+
+    received_at: float
+    bytes_in: int = 0
+    bytes_out: int = 0
+    run: RunResult | None = None
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,16 @@ from daemon.trust.pki import Identity
 STRANGER = "stranger"  # anyone, even without a certificate
 MEMBER = "member"  # anyone with a certificate of the cluster
 SELF = "self"  # this node's own certificate: the local CLI of whoever may read its key
+# On the owner-only Unix socket in the data dir (daemon/transport/local_socket.py): only the
+# user running the daemon, and root, can open it.
+LOCAL_OWNER = "local owner"
 
 _NODE = "/vcnode.v1.NodeService/"
 _COORDINATOR = "/vcnode.v1.CoordinatorService/"
 _MANAGER = "/vcnode.v1.ManagerService/"
 _TRANSFER = "/vcnode.v1.TransferService/"
 _TRUST = "/vcnode.v1.TrustService/"
+_CONTROL = "/vcnode.v1.OwnerControl/"
 
 PEOPLE = frozenset({"user", "admin", SELF})
 # The web dashboard's requests pass the same rule, under these names (daemon/web/server.py).
@@ -68,6 +72,10 @@ RULES: dict[str, frozenset[str]] = {
     _TRANSFER + "Download": PEOPLE | {"volunteer"},
     _TRANSFER + "Upload": PEOPLE | {"volunteer"},
     _TRANSFER + "Stat": PEOPLE | {"volunteer"},
+    **{
+        _CONTROL + name: frozenset({LOCAL_OWNER})
+        for name in ("Pause", "Resume", "Drain", "GetWork")
+    },
     _TRUST + "Join": frozenset({STRANGER}),
     _TRUST + "Renew": frozenset({MEMBER}),
     _TRUST + "CreateToken": frozenset({"admin", SELF}),
@@ -88,6 +96,7 @@ RULES: dict[str, frozenset[str]] = {
 _WHO = {
     MEMBER: "any member of the cluster",
     SELF: "this node's owner",
+    LOCAL_OWNER: "the machine's owner, on the node's control socket",
     "admin": "an admin",
     "user": "a person's credential (`vcnode login TOKEN`)",
     "volunteer": "a volunteer",
@@ -102,9 +111,14 @@ class Caller:
 
     identity: Identity | None
     is_self: bool = False
+    # Came through the owner-only control socket (no certificate there: the file's
+    # permissions are the proof).
+    is_local_owner: bool = False
 
     @property
     def kinds(self) -> frozenset[str]:
+        if self.is_local_owner:
+            return frozenset({STRANGER, LOCAL_OWNER})
         if self.identity is None:
             return frozenset({STRANGER})
         kinds = {STRANGER, MEMBER, *self.identity.roles}
@@ -133,6 +147,8 @@ class Caller:
 
     def describe(self) -> str:
         identity = self.identity
+        if self.is_local_owner:
+            return "the machine's owner (control socket)"
         if identity is None:
             return "a caller without a certificate of this cluster"
         kinds = ", ".join(sorted(identity.roles)) or "no role"
@@ -170,8 +186,13 @@ class AccessPolicy:
         node_id: str,
         own_certificates: Callable[[], Iterable[bytes]] = tuple,
         rules: dict[str, frozenset[str]] = RULES,
+        *,
+        local_socket: bool = False,
     ) -> None:
+        """`local_socket`: the policy of the owner-only control socket, whose callers are
+        the machine's owner; elsewhere a local (plaintext) caller is a stranger."""
         self.node_id = node_id
+        self._local_socket = local_socket
         # This node's own certificates (PEM; LiveCredential.own_certificates): a caller
         # presenting one of them is this node's owner.
         self._own_certificates = own_certificates
@@ -186,7 +207,10 @@ class AccessPolicy:
         the caller holds the key of the certificate it presented, so a caller presenting one
         of this node's own certificates, byte for byte, holds this node's key."""
         auth = context.auth_context()
-        if auth.get("transport_security_type") != [b"ssl"]:
+        security = auth.get("transport_security_type")
+        if security == [b"local"] and self._local_socket:
+            return Caller(None, is_local_owner=True)
+        if security != [b"ssl"]:
             return Caller(None)
         names = auth.get("x509_subject_alternative_name", [])
         identity = Identity.from_names(name.decode(errors="replace") for name in names)
@@ -204,7 +228,7 @@ class AccessPolicy:
         allowed = self._rules.get(method)
         if allowed is None:
             return grpc.StatusCode.UNIMPLEMENTED, f"no method {method} here"
-        if caller.identity is None and STRANGER not in allowed:
+        if caller.identity is None and not caller.is_local_owner and STRANGER not in allowed:
             return grpc.StatusCode.UNAUTHENTICATED, (
                 "this port takes only join requests: dial the node's main port with a "
                 "certificate of its cluster"

@@ -246,9 +246,12 @@ class SplitPool:
     coordinator_address: str
 
 
-def start_split_pool(daemons: Daemons, volunteers: int = 1) -> SplitPool:
-    """Coordinator, manager and volunteers as daemons of their own on loopback, explicit
-    addresses, in a cluster of their own; returns once every volunteer joined."""
+def start_split_pool(
+    daemons: Daemons, volunteers: int = 1, volunteer_args: tuple[str, ...] = ()
+) -> SplitPool:
+    """Coordinator, manager and volunteers (each with `volunteer_args` too) as daemons of
+    their own on loopback, explicit addresses, in a cluster of their own; returns once every
+    volunteer joined."""
     common = ["--cluster", unique_cluster(), "--heartbeat", "0.5", "--no-mdns"]
     coordinator = daemons.start(
         "coordinator", "--role", "coordinator", "--listen", "127.0.0.1:0", *common
@@ -257,11 +260,11 @@ def start_split_pool(daemons: Daemons, volunteers: int = 1) -> SplitPool:
     manager_args = ["--role", "manager", "--coordinator", coordinator_address, *common]
     manager = daemons.start("manager", *manager_args, "--listen", "127.0.0.1:0")
     manager.address()
-    volunteer_args = ["--role", "volunteer", "--listen", "127.0.0.1:0"]
-    volunteer_args += ["--coordinator", coordinator_address, *common]
+    volunteer_command = ["--role", "volunteer", "--listen", "127.0.0.1:0", *volunteer_args]
+    volunteer_command += ["--coordinator", coordinator_address, *common]
     # The first keeps the name "volunteer" (tests read its data dir by it).
     names = ["volunteer", *(f"volunteer-{i}" for i in range(1, volunteers))]
-    started = [daemons.start(name, *volunteer_args) for name in names]
+    started = [daemons.start(name, *volunteer_command) for name in names]
     ids = {v.address() and v.node_id for v in started}
     wait_until(lambda: ids <= set(list_volunteers(coordinator_address)), 15, "join")
     return SplitPool(manager, manager_args, started[0], started, coordinator_address)

@@ -24,7 +24,14 @@ from cryptography.x509.oid import NameOID
 from coordinator_node.membership import JoinRefused, Membership, TokenProblem, token_problem
 from coordinator_node.membership_store import MIGRATIONS, MembershipStore
 from daemon.errors import ConfigError
-from daemon.rpc.v1 import coordinator_pb2, manager_pb2, node_pb2, transfer_pb2, trust_pb2
+from daemon.rpc.v1 import (
+    control_pb2,
+    coordinator_pb2,
+    manager_pb2,
+    node_pb2,
+    transfer_pb2,
+    trust_pb2,
+)
 from daemon.store import Database
 from daemon.transport.access import DASHBOARD_RULE, METRICS_RULE, RULES, AccessPolicy, Caller
 from daemon.trust import pki
@@ -214,7 +221,7 @@ def every_rpc() -> set[str]:
     from grpc_health.v1 import health_pb2
     from grpc_reflection.v1alpha import reflection_pb2
 
-    modules = (node_pb2, coordinator_pb2, manager_pb2, transfer_pb2, trust_pb2)
+    modules = (node_pb2, coordinator_pb2, manager_pb2, transfer_pb2, trust_pb2, control_pb2)
     return {
         f"/{service.full_name}/{method.name}"
         for module in (*modules, health_pb2, reflection_pb2)
@@ -254,6 +261,32 @@ def test_a_stranger_may_call_join_and_nothing_else(method: str) -> None:
         assert refused is not None
         assert refused[0] == grpc.StatusCode.UNAUTHENTICATED
         assert refused[1].startswith("this port takes only join requests")
+
+
+CONTROL = sorted(m for m in every_rpc() if m.startswith("/vcnode.v1.OwnerControl/"))
+LOCAL_OWNER = Caller(None, is_local_owner=True)
+
+
+@pytest.mark.parametrize("method", CONTROL)
+def test_the_owners_control_is_for_the_control_socket_only(method: str) -> None:
+    """Not even the node's own certificate or an admin may pause a volunteer over the
+    network: only whoever can open the owner-only socket."""
+    policy = AccessPolicy(OWN_ID)
+    for someone in (caller("admin"), caller("volunteer", node_id=OWN_ID), caller("user")):
+        refused = policy.refusal(method, someone)
+        assert refused is not None
+        assert refused[0] == grpc.StatusCode.PERMISSION_DENIED
+        assert "the machine's owner, on the node's control socket" in refused[1]
+    assert policy.refusal(method, LOCAL_OWNER) is None
+
+
+@pytest.mark.parametrize("method", sorted(every_rpc() - set(CONTROL)))
+def test_the_control_socket_reaches_nothing_but_the_owners_control(method: str) -> None:
+    refused = AccessPolicy(OWN_ID, local_socket=True).refusal(method, LOCAL_OWNER)
+    if method in OPEN_TO_STRANGERS:
+        assert refused is None
+    else:
+        assert refused is not None
 
 
 def test_a_method_without_a_rule_is_refused_to_everyone() -> None:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from daemon.models import (
@@ -24,7 +23,7 @@ from daemon.models import (
 from daemon.runtime.spec import OutputCallback, ProgressCallback, RunResult, RunSpec
 from volunteer_node.blobs import ManagerPeer
 from volunteer_node.store import AttemptState, VolunteerStore
-from volunteer_node.worker import RunningWord, TaskWorker, WorkerConfig
+from volunteer_node.worker import TaskWorker, WorkerConfig
 
 WAIT_SECONDS = 10.0
 
@@ -87,11 +86,20 @@ class GatedRuntime:
         spec: RunSpec,
         on_progress: ProgressCallback,
         on_output: OutputCallback | None = None,
+        on_started: Callable[[], None] | None = None,
     ) -> RunResult:
         task_id = spec.run_id.split(".")[0]
         self.ran.append(task_id)
+        if on_started is not None:
+            on_started()
         await self.gate(task_id).wait()
         return RunResult(0, "", "", "", 1.0, 2.0)
+
+    async def freeze(self, run_id: str) -> bool:
+        return False
+
+    async def thaw(self, run_id: str) -> bool:
+        return False
 
 
 class NoTransfers:
@@ -215,35 +223,3 @@ async def test_a_new_session_hears_again_which_tasks_run_and_not_of_one_fetched_
             gate.set()
         await worker.stop()
         await store.close()
-
-
-def test_a_task_started_while_the_slots_are_said_taken_is_said_when_one_is_given_back() -> None:
-    word = RunningWord(slots=2)
-    said: list[str] = []
-    for task_id in ("a", "b", "c", "d"):
-        word.started(task_id, functools.partial(said.append, task_id))
-    assert said == ["a", "b"]
-    word.ended("d")  # it ended before it was said to run: nobody hears of it
-    word.ended("b")
-    assert said == ["a", "b", "c"]
-    word.ended("x")  # never started here
-    word.ended("a")
-    word.ended("c")
-    assert said == ["a", "b", "c"]
-    word.started("e", lambda: said.append("e"))
-    assert said == ["a", "b", "c", "e"]
-
-
-def test_saying_again_names_the_tasks_said_to_run_only() -> None:
-    word = RunningWord(slots=1)
-    said: list[str] = []
-    for task_id in ("a", "b"):
-        word.started(task_id, functools.partial(said.append, task_id))
-    word.say_again()
-    assert said == ["a", "a"], "b waits for a slot to be said to run"
-    word.ended("a")
-    word.say_again()
-    assert said == ["a", "a", "b", "b"]
-    word.ended("b")
-    word.say_again()
-    assert said == ["a", "a", "b", "b"]

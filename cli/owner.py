@@ -1,0 +1,231 @@
+"""`vcnode pause`, `resume` and `drain`: the machine's owner controls the volunteer running
+on it, through the control socket in its data dir (no certificate: the socket's permissions
+say who may)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+
+from cli.durations import parse_duration
+from daemon.config import default_data_dir
+from daemon.errors import AccessDeniedError, InvalidInputError, NodeError, UnreachableError
+from daemon.rpc.v1 import control_pb2, control_pb2_grpc
+from daemon.transport import convert
+from daemon.transport.local_socket import ControlSocketError, open_control_channel, socket_path
+
+CALL_TIMEOUT_SECONDS = 10.0
+DRAIN_POLL_SECONDS = 0.5
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pause = commands.add_parser(
+        "pause",
+        help="freeze this volunteer's tasks and take no new ones (its owner's command)",
+        description="Freezes the running task containers (docker pause) and declines new "
+        "offers with the reason 'paused by owner', until `vcnode resume` or the end of "
+        "--for. A pause longer than the volunteer's --pause-grace hands its tasks back to "
+        "the pool, to run elsewhere.",
+    )
+    pause.add_argument(
+        "--for", dest="seconds", type=parse_duration, metavar="DURATION",
+        help="end the pause by itself after DURATION (90s, 30m, 2h, 1h30m)",
+    )  # fmt: skip
+    _add_data_dir(pause)
+    pause.set_defaults(handler=_command(_pause))
+    resume = commands.add_parser(
+        "resume", help="end a pause or a drain: frozen tasks go on, new ones are taken"
+    )
+    _add_data_dir(resume)
+    resume.set_defaults(handler=_command(_resume))
+    drain = commands.add_parser(
+        "drain",
+        help="take no new tasks and let the running ones finish (before maintenance)",
+        description="Declines new offers, hands back the tasks that have not started, and "
+        "lets the running ones finish; it stays drained until `vcnode resume`.",
+    )
+    drain.add_argument(
+        "--wait", action="store_true", help="return once the running tasks have finished"
+    )
+    _add_data_dir(drain)
+    drain.set_defaults(handler=_command(_drain))
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"the volunteer's data dir (default {default_data_dir()}, else an installed "
+        "service's)",
+    )
+
+
+if TYPE_CHECKING:
+    Stub = control_pb2_grpc.OwnerControlAsyncStub
+
+
+def _command(
+    action: Callable[[Stub, argparse.Namespace], Awaitable[control_pb2.VolunteerWork]],
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return asyncio.run(_call(action, args))
+
+    return run
+
+
+async def _call(
+    action: Callable[[Stub, argparse.Namespace], Awaitable[control_pb2.VolunteerWork]],
+    args: argparse.Namespace,
+) -> int:
+    data_dir = args.data_dir or volunteer_data_dir()
+    try:
+        channel = open_control_channel(data_dir)
+    except ControlSocketError as error:
+        raise (AccessDeniedError if error.not_the_owner else UnreachableError)(str(error)) from None
+    async with channel:
+        try:
+            stub: Stub = control_pb2_grpc.OwnerControlStub(channel)
+            work = await action(stub, args)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidInputError(error.details() or "refused") from None
+            why = error.details() or error.code().name
+            raise NodeError(f"the volunteer of {data_dir} did not answer: {why}") from None
+    print(describe(work))
+    return 0
+
+
+def volunteer_data_dir() -> Path:
+    """Where the volunteer on this machine keeps its data when no --data-dir is given: the
+    default data dir, else that of an installed service (`vcnode service install`), system
+    then user; the default when none has a control socket (its error then says so)."""
+    from cli.service import installed_data_dir, layout
+
+    candidates = [default_data_dir()]
+    for user in (False, True):
+        candidates.append(installed_data_dir(layout(user, None, os.environ)))
+    for candidate in candidates:
+        if os.path.lexists(socket_path(candidate)):
+            return candidate
+    return candidates[0]
+
+
+async def _pause(stub: Stub, args: argparse.Namespace) -> control_pb2.VolunteerWork:
+    request = control_pb2.PauseRequest(seconds=args.seconds or 0.0)
+    return await stub.Pause(request, timeout=CALL_TIMEOUT_SECONDS)
+
+
+async def _resume(stub: Stub, args: argparse.Namespace) -> control_pb2.VolunteerWork:
+    return await stub.Resume(control_pb2.ResumeRequest(), timeout=CALL_TIMEOUT_SECONDS)
+
+
+async def _drain(stub: Stub, args: argparse.Namespace) -> control_pb2.VolunteerWork:
+    work = await stub.Drain(control_pb2.DrainRequest(), timeout=CALL_TIMEOUT_SECONDS)
+    if not args.wait:
+        return work
+    said = ""
+    while work.draining and work.attempts:
+        line = f"waiting for {_tasks(work.attempts)}"
+        if line != said:
+            print(line, flush=True)
+            said = line
+        await asyncio.sleep(DRAIN_POLL_SECONDS)  # polls the daemon's state until drained
+        work = await stub.GetWork(control_pb2.GetWorkRequest(), timeout=CALL_TIMEOUT_SECONDS)
+    return work
+
+
+async def local_work(data_dir: Path) -> control_pb2.VolunteerWork | None:
+    """What the volunteer of `data_dir` does, from its control socket; None when this user
+    cannot reach it (a node on another host, or run by another user)."""
+    try:
+        channel = open_control_channel(data_dir)
+    except ControlSocketError:
+        return None
+    async with channel:
+        stub: Stub = control_pb2_grpc.OwnerControlStub(channel)
+        try:
+            return await stub.GetWork(control_pb2.GetWorkRequest(), timeout=CALL_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError:
+            return None
+
+
+def work_json(work: control_pb2.VolunteerWork) -> dict[str, object]:
+    return {
+        "holds": [
+            {"name": h.name, "reason": h.reason, "since": h.since, "until": h.until or None}
+            for h in work.holds
+        ],
+        "draining": work.draining,
+        "tasks": [
+            {
+                "task_id": a.task_id,
+                "attempt": a.attempt,
+                "workflow_id": a.workflow_id,
+                "phase": a.phase,
+            }
+            for a in work.attempts
+        ],
+        "unacknowledged_results": work.unacknowledged,
+        "slots": work.slots,
+        "limits": dataclasses.asdict(convert.limits_from_proto(work.limits)),
+    }
+
+
+def limits_text(work: control_pb2.VolunteerWork) -> str:
+    limits = convert.limits_from_proto(work.limits)
+    caps = [
+        f"{work.slots} task{'s' if work.slots != 1 else ''} at once",
+        f"{limits.max_cpus} CPUs" if limits.max_cpus else "",
+        f"{limits.max_memory_mb} MiB" if limits.max_memory_mb else "",
+        f"{limits.max_disk_mb} MiB of disk" if limits.max_disk_mb else "",
+        "network allowed" if limits.allow_network else "",
+        "pulls allowed" if limits.allow_pull else "",
+        f"managers {', '.join(limits.allow_managers)}" if limits.allow_managers else "",
+        f"users {', '.join(limits.allow_users)}" if limits.allow_users else "",
+        f"images {', '.join(limits.allow_images)}" if limits.allow_images else "",
+    ]
+    return ", ".join(cap for cap in caps if cap)
+
+
+def describe(work: control_pb2.VolunteerWork) -> str:
+    """What the volunteer does now, in the owner's words."""
+    lines = []
+    for hold in work.holds:
+        line = hold.reason
+        if hold.until == 0 and hold.name == "owner":
+            line += " (until `vcnode resume`)"
+        if work.attempts:
+            handed = hold.since + work.hold_grace_seconds
+            line += f"; its tasks are handed back at {_clock(handed)} unless resumed"
+        lines.append(line)
+    if work.draining:
+        lines.append(
+            "draining: takes no new tasks until `vcnode resume`"
+            + ("" if work.attempts else "; drained (no task left)")
+        )
+    if work.stopping:
+        lines.append("stopping")
+    if not lines:
+        lines.append(f"working: takes tasks (holds up to {work.held_most}, runs {work.slots})")
+    lines.append(f"tasks: {_tasks(work.attempts) if work.attempts else 'none'}")
+    if work.unacknowledged:
+        lines.append(f"results waiting for the coordinator: {work.unacknowledged}")
+    lines.append(f"coordinator: {work.coordinator or 'none (looking for one)'}")
+    return "\n".join(lines)
+
+
+def _tasks(attempts: Iterable[control_pb2.HeldAttempt]) -> str:
+    return ", ".join(f"{a.task_id} ({a.phase})" for a in attempts)
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M", time.localtime(epoch))

@@ -1,0 +1,281 @@
+"""The volunteer's lifecycle as a pure state machine: each rule of volunteer_node/lifecycle.py
+driven by stimuli, checked on the instructions that come back (no network, no clock)."""
+
+from __future__ import annotations
+
+import math
+
+from daemon.models import OwnerLimits, ResourceRequest, TaskResult, TaskSpec
+from volunteer_node.lifecycle import (
+    OWNER_HOLD,
+    CallOff,
+    Fetch,
+    Freeze,
+    Hold,
+    Instruction,
+    Run,
+    SaveAccepted,
+    SaveAcknowledged,
+    SaveCalledOff,
+    SaveReady,
+    SaveResult,
+    SendAccept,
+    SendDecline,
+    SendResult,
+    SendStarted,
+    Thaw,
+    VolunteerLifecycle,
+)
+
+GRACE = 600.0
+
+
+def task(task_id: str, attempt: int = 1) -> TaskSpec:
+    return TaskSpec(
+        task_id, "wf", "vcnode/worker:1", ("true",), ResourceRequest(), 60, attempt=attempt,
+        manager_address="10.0.0.2:7451", manager_id="manager-1",
+    )  # fmt: skip
+
+
+def result(task_id: str, attempt: int = 1) -> TaskResult:
+    return TaskResult(task_id, attempt, 0, "")
+
+
+def lifecycle(slots: int = 1) -> VolunteerLifecycle:
+    return VolunteerLifecycle(OwnerLimits(max_concurrent_tasks=slots), hold_grace_seconds=GRACE)
+
+
+def kinds(instructions: list[Instruction]) -> list[str]:
+    return [type(i).__name__ for i in instructions]
+
+
+def accepted(machine: VolunteerLifecycle, *task_ids: str) -> None:
+    for task_id in task_ids:
+        assert kinds(machine.offered(task(task_id), None)) == [
+            "SaveAccepted",
+            "SendAccept",
+            "Fetch",
+        ]
+
+
+def pause(
+    machine: VolunteerLifecycle, now: float = 0.0, until: float = math.inf
+) -> list[Instruction]:
+    return machine.hold(Hold(OWNER_HOLD, "paused by owner", until, since=now))
+
+
+def test_an_offer_that_fits_is_saved_then_accepted_then_fetched() -> None:
+    machine = lifecycle()
+    spec = task("a")
+    assert machine.offered(spec, None) == [SaveAccepted(spec), SendAccept(("a", 1)), Fetch(spec)]
+    assert machine.task_ids() == ("a",)
+
+
+def test_an_offer_is_declined_with_the_first_reason_that_applies() -> None:
+    machine = lifecycle(slots=1)
+    assert machine.offered(task("x"), "not enough memory") == [
+        SendDecline(("x", 1), "not enough memory")
+    ]
+    accepted(machine, "a")
+    assert machine.offered(task("a"), None) == [], "the same offer twice: said yes already"
+    assert machine.offered(task("a", attempt=2), None) == [
+        SendDecline(("a", 2), "already running this task")
+    ], "a later attempt of a task held is refused"
+    accepted(machine, "b")  # the one fetched ahead
+    assert machine.offered(task("c"), None) == [SendDecline(("c", 1), "busy: holding 2 of 2 tasks")]
+    assert machine.held_count() == 2
+
+
+def test_ready_tasks_start_in_turn_as_slots_free_and_no_more_than_the_slots_are_said_to_run() -> (
+    None
+):
+    machine = lifecycle(slots=1)
+    accepted(machine, "a", "b")
+    assert machine.fetched(("b", 1)) == [SaveReady(("b", 1)), Run(("b", 1)), SendStarted(("b", 1))]
+    assert machine.fetched(("a", 1)) == [SaveReady(("a", 1))], "the one slot is taken"
+    # b's container ends: the slot frees and a starts, but b is said to run until its
+    # result is sent, so a is not said to run yet.
+    assert machine.run_ended(("b", 1)) == [Run(("a", 1))]
+    assert machine.finished(result("b")) == [
+        SaveResult(result("b"), "10.0.0.2:7451"),
+        SendResult(result("b")),
+        SendStarted(("a", 1)),
+    ]
+    assert machine.ended(("b", 1)) == [], "its pipeline ends after its result: nothing more"
+
+
+def test_a_task_that_starts_while_the_slots_are_said_taken_is_said_when_one_is_given_back() -> None:
+    machine = lifecycle(slots=2)
+    accepted(machine, "a", "b", "c")
+    for key in (("a", 1), ("b", 1), ("c", 1)):
+        machine.fetched(key)
+    assert machine.run_ended(("a", 1)) == [Run(("c", 1))], "c starts, not said to run"
+    assert machine.cancel("c", "cancelled")[0] == CallOff(("c", 1), "cancelled")
+    assert machine.run_ended(("c", 1)) == []
+    assert machine.ended(("c", 1)) == [], "it ended before it was said to run: nobody hears"
+    assert kinds(machine.finished(result("a"))) == ["SaveResult", "SendResult"]
+    accepted(machine, "d")
+    assert machine.fetched(("d", 1)) == [SaveReady(("d", 1)), Run(("d", 1)), SendStarted(("d", 1))]
+    assert machine.connected() == [
+        SendStarted(("b", 1)),
+        SendStarted(("d", 1)),
+        SendResult(result("a")),
+    ]
+
+
+def test_a_new_session_hears_again_what_runs_and_every_result_not_acknowledged() -> None:
+    machine = lifecycle(slots=1)
+    machine.restore([result("old", 3)])
+    accepted(machine, "a", "b")
+    machine.fetched(("a", 1))
+    machine.fetched(("b", 1))
+    assert machine.connected() == [SendStarted(("a", 1)), SendResult(result("old", 3))]
+    machine.run_ended(("a", 1))
+    machine.finished(result("a"))
+    assert machine.connected() == [
+        SendStarted(("b", 1)),
+        SendResult(result("old", 3)),
+        SendResult(result("a")),
+    ], "results are sent again on every session until acknowledged"
+    assert machine.acknowledged(("old", 3)) == [SaveAcknowledged(("old", 3))]
+    assert machine.acknowledged(("old", 3)) == [], "a second acknowledgement changes nothing"
+    assert machine.connected() == [SendStarted(("b", 1)), SendResult(result("a"))]
+    assert machine.task_ids() == ("a", "b"), "a result in flight keeps its task with us"
+
+
+def test_cancel_while_fetching_calls_the_attempt_off_and_its_late_steps_change_nothing() -> None:
+    machine = lifecycle(slots=1)
+    accepted(machine, "a", "b")
+    machine.fetched(("b", 1))
+    assert machine.cancel("a", "workflow deleted") == [
+        CallOff(("a", 1), "workflow deleted"),
+        SaveCalledOff(("a", 1), "workflow deleted", False),
+    ]
+    assert machine.cancel("a", "again") == [], "called off once"
+    assert machine.fetched(("a", 1)) == [], "a fetch finishing after the cancel starts nothing"
+    assert machine.finished(result("a")) == [], "nor is a result of it sent"
+    assert machine.ended(("a", 1)) == []
+    assert machine.task_ids() == ("b",)
+    assert machine.offered(task("a", attempt=2), None)[1] == SendAccept(("a", 2))
+
+
+def test_a_running_task_called_off_holds_its_slot_until_its_container_is_gone() -> None:
+    machine = lifecycle(slots=1)
+    accepted(machine, "a", "b")
+    machine.fetched(("a", 1))
+    machine.fetched(("b", 1))
+    machine.cancel("a", "cancelled")
+    assert machine.run_ended(("a", 1)) == [Run(("b", 1))], "its container is gone: b's turn"
+    assert machine.ended(("a", 1)) == [SendStarted(("b", 1))]
+
+
+def test_pause_freezes_running_tasks_declines_offers_and_starts_nothing_until_resumed() -> None:
+    machine = lifecycle(slots=2)
+    accepted(machine, "a", "b", "c")
+    machine.fetched(("a", 1))
+    machine.fetched(("b", 1))
+    assert pause(machine) == [Freeze(("a", 1)), Freeze(("b", 1))]
+    assert machine.offered(task("d"), None) == [SendDecline(("d", 1), "paused by owner")]
+    assert machine.fetched(("c", 1)) == [SaveReady(("c", 1))], "nothing starts while paused"
+    assert machine.run_ended(("a", 1)) == [], "a frozen task that ends frees its slot, still paused"
+    assert machine.resume() == [Thaw(("b", 1)), Run(("c", 1))]
+    machine.finished(result("a"))
+    assert machine.offered(task("d"), None)[1] == SendAccept(("d", 1))
+
+
+def test_a_container_starting_as_the_pause_comes_is_frozen_once_it_is_up() -> None:
+    machine = lifecycle()
+    accepted(machine, "a")
+    machine.fetched(("a", 1))  # its turn: the container is being created
+    pause(machine)
+    assert machine.container_started(("a", 1)) == [Freeze(("a", 1))]
+    machine.resume()
+    assert machine.container_started(("a", 1)) == [], "running: nothing to do"
+
+
+def test_a_pause_for_a_while_ends_by_itself() -> None:
+    machine = lifecycle()
+    accepted(machine, "a")
+    machine.fetched(("a", 1))
+    pause(machine, now=100.0, until=400.0)
+    assert machine.next_deadline() == 400.0, "the end comes before the grace"
+    assert machine.tick(399.0) == []
+    assert machine.tick(400.0) == [Thaw(("a", 1))]
+    assert machine.holds == {}
+    assert machine.next_deadline() is None, "nothing to wake for"
+
+
+def test_a_hold_longer_than_the_grace_hands_back_every_task_but_those_delivering() -> None:
+    machine = lifecycle(slots=2)
+    accepted(machine, "a", "b", "c")
+    machine.fetched(("a", 1))
+    machine.fetched(("b", 1))
+    machine.run_ended(("b", 1))  # b delivers its outputs: it is as good as done
+    pause(machine, now=0.0)
+    assert machine.next_deadline() == GRACE
+    assert machine.tick(GRACE - 1) == []
+    reason = "paused by owner for over 10 min"
+    handed = machine.tick(GRACE)
+    assert handed == [
+        CallOff(("a", 1), reason),
+        SaveCalledOff(("a", 1), reason, True),
+        SendDecline(("a", 1), reason),
+        CallOff(("c", 1), reason),
+        SaveCalledOff(("c", 1), reason, True),
+        SendDecline(("c", 1), reason),
+    ]
+    assert machine.tick(GRACE + 1) == [], "handed back once"
+    assert machine.next_deadline() is None, "only a delivery is left, which no hold stops"
+
+
+def test_a_second_pause_keeps_the_first_ones_start_for_the_grace() -> None:
+    machine = lifecycle()
+    pause(machine, now=0.0, until=1000.0)
+    pause(machine, now=500.0, until=2000.0)
+    (hold,) = machine.holds.values()
+    assert (hold.since, hold.until) == (0.0, 2000.0)
+
+
+def test_drain_hands_back_what_has_not_started_and_lets_the_running_task_finish() -> None:
+    machine = lifecycle(slots=1)
+    accepted(machine, "a", "b")
+    machine.fetched(("a", 1))
+    reason = "its owner is draining the volunteer"
+    assert machine.drain() == [
+        CallOff(("b", 1), reason),
+        SaveCalledOff(("b", 1), reason, True),
+        SendDecline(("b", 1), reason),
+    ]
+    declined = machine.offered(task("c"), None)
+    assert kinds(declined) == ["SendDecline"]
+    assert "draining" in declined[0].reason  # type: ignore[union-attr]
+    machine.run_ended(("a", 1))
+    assert kinds(machine.finished(result("a"))) == ["SaveResult", "SendResult"]
+    assert machine.view().draining and machine.held_count() == 1, "b is still being stopped"
+    machine.ended(("b", 1))
+    assert machine.held_count() == 0
+    assert machine.resume() == []
+    assert kinds(machine.offered(task("c"), None)) == ["SaveAccepted", "SendAccept", "Fetch"]
+
+
+def test_stop_calls_everything_off_and_keeps_the_outbox() -> None:
+    machine = lifecycle()
+    accepted(machine, "a")
+    machine.fetched(("a", 1))
+    machine.restore([result("old")])
+    assert kinds(machine.stop()) == ["CallOff", "SaveCalledOff"]
+    assert machine.offered(task("b"), None) == [SendDecline(("b", 1), "this volunteer is stopping")]
+    assert machine.run_ended(("a", 1)) == [], "nothing starts while stopping"
+    assert machine.task_ids() == ("a", "old")
+
+
+def test_the_view_shows_holds_phases_and_what_waits_for_acknowledgement() -> None:
+    machine = lifecycle(slots=1)
+    accepted(machine, "a", "b")
+    machine.fetched(("a", 1))
+    pause(machine, now=5.0, until=50.0)
+    machine.cancel("b", "cancelled")
+    view = machine.view()
+    assert [h.reason for h in view.holds] == ["paused by owner"]
+    assert [(a.task_id, a.phase) for a in view.attempts] == [("a", "frozen"), ("b", "stopping")]
+    assert (view.slots, view.held_most, view.unacknowledged) == (1, 2, 0)

@@ -1,0 +1,108 @@
+"""The owner's control of a running volunteer (`vcnode pause`, `resume`, `drain`), served on
+the data dir's control socket (daemon/transport/local_socket.py). Converts, calls the
+worker, and says what the volunteer now does."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import grpc
+
+from daemon.rpc.v1 import control_pb2, control_pb2_grpc
+from daemon.transport import convert
+from volunteer_node.lifecycle import LifecycleView
+
+# The longest pause one call may ask for: a year is "until resumed" in all but name.
+MAX_PAUSE_SECONDS = 366 * 24 * 3600.0
+
+
+class Controlled(Protocol):
+    """The volunteer's worker, as far as its owner's control goes."""
+
+    async def pause(self, seconds: float | None = None) -> None: ...
+
+    async def resume(self) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def view(self) -> LifecycleView: ...
+
+
+Context = grpc.aio.ServicerContext[Any, control_pb2.VolunteerWork]
+
+
+class OwnerControlServicer(control_pb2_grpc.OwnerControlServicer):
+    def __init__(
+        self,
+        worker: Controlled,
+        coordinator: Any,
+        hold_grace_seconds: float,
+    ) -> None:
+        """`coordinator`: a callable giving the address of the coordinator in session."""
+        self._worker = worker
+        self._coordinator = coordinator
+        self._grace = hold_grace_seconds
+
+    async def Pause(
+        self, request: control_pb2.PauseRequest, context: Context
+    ) -> control_pb2.VolunteerWork:
+        seconds = request.seconds
+        if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_PAUSE_SECONDS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a pause lasts from 1 s to {MAX_PAUSE_SECONDS / 86400:g} days "
+                "(or, with no --for, until resumed)",
+            )
+        await self._worker.pause(seconds or None)
+        return self._work()
+
+    async def Resume(
+        self, request: control_pb2.ResumeRequest, context: Context
+    ) -> control_pb2.VolunteerWork:
+        await self._worker.resume()
+        return self._work()
+
+    async def Drain(
+        self, request: control_pb2.DrainRequest, context: Context
+    ) -> control_pb2.VolunteerWork:
+        await self._worker.drain()
+        return self._work()
+
+    async def GetWork(
+        self, request: control_pb2.GetWorkRequest, context: Context
+    ) -> control_pb2.VolunteerWork:
+        return self._work()
+
+    def _work(self) -> control_pb2.VolunteerWork:
+        return work_to_proto(self._worker.view(), self._coordinator(), self._grace)
+
+
+def work_to_proto(
+    view: LifecycleView, coordinator: str, hold_grace_seconds: float
+) -> control_pb2.VolunteerWork:
+    return control_pb2.VolunteerWork(
+        holds=[
+            control_pb2.WorkHold(
+                name=hold.name,
+                reason=hold.reason,
+                until=hold.until if math.isfinite(hold.until) else 0.0,
+                since=hold.since,
+            )
+            for hold in view.holds
+        ],
+        draining=view.draining,
+        stopping=view.stopping,
+        attempts=[
+            control_pb2.HeldAttempt(
+                task_id=a.task_id, attempt=a.attempt, workflow_id=a.workflow_id, phase=a.phase
+            )
+            for a in view.attempts
+        ],
+        unacknowledged=view.unacknowledged,
+        slots=view.slots,
+        held_most=view.held_most,
+        coordinator=coordinator,
+        hold_grace_seconds=hold_grace_seconds,
+        limits=convert.limits_to_proto(view.limits),
+    )
