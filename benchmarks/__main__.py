@@ -9,6 +9,7 @@ from benchmarks import (
     dashboard,
     discovery,
     idle,
+    owner_pause,
     scheduler,
     task_overhead,
     tls_handshake,
@@ -39,6 +40,9 @@ BENCHMARKS: dict[str, Callable[[], list[Figure]]] = {
     "dashboard_update_latency": dashboard.run,
     "dashboard_update_latency_p90": dashboard.run,
     "dashboard_update_ratio": dashboard.run,
+    "owner_pause_latency": owner_pause.run,
+    "owner_pause_ratio": owner_pause.run,
+    "owner_resume_latency": owner_pause.run,
 }
 
 

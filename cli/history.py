@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from cli import views
+from cli.durations import parse_duration
+from cli.local_volunteer import volunteer_data_dir
 from daemon.config import default_data_dir
 from volunteer_node.history import (
     DayTotal,
@@ -53,6 +56,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _since(text: str) -> float:
     try:
+        return time.time() - parse_duration(text)  # 7d, 12h, 1h30m: as long ago
+    except argparse.ArgumentTypeError:
+        pass
+    try:
         return parse_since(text)
     except ValueError as error:
         # argparse shows only an ArgumentTypeError's own words (and exits 2).
@@ -60,7 +67,7 @@ def _since(text: str) -> float:
 
 
 def show_history(args: argparse.Namespace) -> int:
-    data_dir: Path = args.data_dir or default_data_dir()
+    data_dir: Path = args.data_dir or volunteer_data_dir(VolunteerStore.FILE_NAME)
     entries = read_history(data_dir / VolunteerStore.FILE_NAME, args.since)
     if args.json:
         views.print_json(history_json(entries))

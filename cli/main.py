@@ -390,6 +390,8 @@ async def _status(args: argparse.Namespace) -> int:
         from cli import owner  # its owner's view: what runs and what stops it, when local
 
         work = await owner.local_work(Path(info.data_dir))
+        if work is not None and work.node_id != info.node_id:
+            work = None  # another host's node whose data dir has the same path as one here
     if args.json:
         views.print_json(
             {

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from cli import views
 from cli.durations import parse_duration
+from cli.local_volunteer import volunteer_data_dir
 from daemon.config import default_data_dir
 from daemon.errors import AccessDeniedError, InvalidInputError, NodeError, UnreachableError
 from daemon.rpc.v1 import control_pb2, control_pb2_grpc
 from daemon.transport import convert
-from daemon.transport.local_socket import ControlSocketError, open_control_channel, socket_path
+from daemon.transport.local_socket import SOCKET_NAME, ControlSocketError, open_control_channel
 
 CALL_TIMEOUT_SECONDS = 10.0
 DRAIN_POLL_SECONDS = 0.5
@@ -86,7 +88,7 @@ async def _call(
     action: Callable[[Stub, argparse.Namespace], Awaitable[control_pb2.VolunteerWork]],
     args: argparse.Namespace,
 ) -> int:
-    data_dir = args.data_dir or volunteer_data_dir()
+    data_dir = args.data_dir or volunteer_data_dir(SOCKET_NAME)
     try:
         channel = open_control_channel(data_dir)
     except ControlSocketError as error:
@@ -102,21 +104,6 @@ async def _call(
             raise NodeError(f"the volunteer of {data_dir} did not answer: {why}") from None
     print(describe(work))
     return 0
-
-
-def volunteer_data_dir() -> Path:
-    """Where the volunteer on this machine keeps its data when no --data-dir is given: the
-    default data dir, else that of an installed service (`vcnode service install`), system
-    then user; the default when none has a control socket (its error then says so)."""
-    from cli.service import installed_data_dir, layout
-
-    candidates = [default_data_dir()]
-    for user in (False, True):
-        candidates.append(installed_data_dir(layout(user, None, os.environ)))
-    for candidate in candidates:
-        if os.path.lexists(socket_path(candidate)):
-            return candidate
-    return candidates[0]
 
 
 async def _pause(stub: Stub, args: argparse.Namespace) -> control_pb2.VolunteerWork:
@@ -200,13 +187,16 @@ def describe(work: control_pb2.VolunteerWork) -> str:
     """What the volunteer does now, in the owner's words."""
     lines = []
     for hold in work.holds:
-        line = hold.reason
-        if hold.until == 0 and hold.name == "owner":
-            line += " (until `vcnode resume`)"
-        if work.attempts:
-            handed = hold.since + work.hold_grace_seconds
-            line += f"; its tasks are handed back at {_clock(handed)} unless resumed"
-        lines.append(line)
+        until_resumed = hold.until == 0 and hold.name == "owner"
+        lines.append(hold.reason + (" (until `vcnode resume`)" if until_resumed else ""))
+    held = [a for a in work.attempts if a.phase not in ("delivering", "stopping")]
+    if work.holds and held:
+        # As the volunteer does it: the grace runs from the first hold, and ends with the
+        # last; a pause that ends first hands nothing back.
+        handed = min(h.since for h in work.holds) + work.hold_grace_seconds
+        ends = max(h.until or math.inf for h in work.holds)
+        if time.time() < handed < ends:
+            lines.append(f"its tasks go back to the pool at {views.clock(handed)} unless resumed")
     if work.draining:
         lines.append(
             "draining: takes no new tasks until `vcnode resume`"
@@ -225,7 +215,3 @@ def describe(work: control_pb2.VolunteerWork) -> str:
 
 def _tasks(attempts: Iterable[control_pb2.HeldAttempt]) -> str:
     return ", ".join(f"{a.task_id} ({a.phase})" for a in attempts)
-
-
-def _clock(epoch: float) -> str:
-    return time.strftime("%H:%M", time.localtime(epoch))

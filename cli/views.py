@@ -121,7 +121,7 @@ def volunteers_table(volunteers: Sequence[Volunteer]) -> str:
             f"{v.load.cpu_percent:.0f}% cpu, {v.load.running_tasks} tasks",
             runtime_of(v),
             trust_of(v),
-            v.state.value,
+            f"{v.state.value} (no tasks)" if v.connected and v.load.unavailable else v.state.value,
             ago(v.last_seen),
         ]
         for v in volunteers
@@ -133,7 +133,21 @@ def volunteers_table(volunteers: Sequence[Volunteer]) -> str:
         table_text += f"\n{v.volunteer_id[:8]} is blocklisted: {v.trust.blocklist_reason}"
     if blocked:
         table_text += "\n(an admin lifts it: vcnode volunteers --clear-trust ID)"
+    for v in volunteers:
+        if v.connected and v.load.unavailable:
+            until = (
+                f" (until {clock(v.load.unavailable_until)})" if v.load.unavailable_until else ""
+            )
+            table_text += f"\n{v.volunteer_id[:8]} takes no tasks: {v.load.unavailable}{until}"
     return table_text
+
+
+def clock(epoch: float) -> str:
+    """A time today as HH:MM, another day's as YYYY-MM-DD HH:MM (local time)."""
+    moment = time.localtime(epoch)
+    if time.strftime("%Y-%m-%d", moment) == time.strftime("%Y-%m-%d"):
+        return time.strftime("%H:%M", moment)
+    return time.strftime("%Y-%m-%d %H:%M", moment)
 
 
 def explanation_text(explanation: TaskExplanation) -> str:

@@ -166,6 +166,15 @@ class Pool:
                 log.info("volunteer %s is back", volunteer.volunteer_id)
                 running = self._scheduler.running_on(volunteer.volunteer_id)
                 await self._admit(volunteer, running, now)
+            elif previous is not None and previous.load.unavailable != load.unavailable:
+                log.info(
+                    "volunteer %s %s",
+                    volunteer.volunteer_id,
+                    f"takes no tasks: {load.unavailable}" if load.unavailable else "takes tasks",
+                )
+                if not self._trust.is_blocklisted(volunteer.volunteer_id):
+                    candidate = self._candidate(volunteer)
+                    await self._execute(self._scheduler.volunteer_changed(candidate, now))
 
     async def depart(self, session: PoolSession, reason: str) -> None:
         """The volunteer said goodbye: its tasks are offered elsewhere now."""
@@ -408,6 +417,7 @@ class Pool:
             volunteer.limits,
             volunteer.owner,
             probation=trust.on_probation,
+            unavailable=volunteer.load.unavailable,
         )
 
     def _with_trust(self, event: TaskEvent) -> TaskEvent:

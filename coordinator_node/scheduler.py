@@ -78,6 +78,9 @@ class Candidate:
     # replicated task only when it holds none and its last result was judged (or
     # PROBATION_PATIENCE passed), so a cheat is caught after `blocklist_after` results.
     probation: bool = False
+    # Why it takes no task now, whatever the task (its owner paused or drained it): it is
+    # offered nothing until that ends, rather than asked and refused again and again.
+    unavailable: str = ""
 
     @property
     def capacity(self) -> int:
@@ -304,7 +307,8 @@ class Scheduler:
         return self._dispatch(now)
 
     def volunteer_changed(self, candidate: Candidate, now: float) -> list[Instruction]:
-        """What matching knows of a connected volunteer changed (its probation ended)."""
+        """What matching knows of a connected volunteer changed (its probation ended, its
+        owner paused or resumed it)."""
         if candidate.volunteer_id not in self._candidates:
             return []
         self._candidates[candidate.volunteer_id] = candidate
@@ -392,6 +396,9 @@ class Scheduler:
         self._release(task)
         self._set_state(task, TaskState.QUEUED)
         task.declined_at[volunteer_id] = now
+        # A "no" (an owner's pause, a full machine) is no failed attempt: it must not use
+        # up the budget the task has for volunteers that fail it.
+        task.attempt_base += 1
         return [
             SaveTask(task),
             self._event(task, EventKind.DECLINED, now, volunteer_id=volunteer_id, message=reason),
@@ -660,6 +667,7 @@ class Scheduler:
             vid: free
             for vid, candidate in self._candidates.items()
             if (free := candidate.capacity - len(self._assigned.get(vid, ()))) > 0
+            and not candidate.unavailable
         }
         waiting: list[ScheduledTask] = []
         while room and (task := self._queue.pop_front()) is not None:
@@ -732,6 +740,8 @@ class Scheduler:
         )
 
     def _why_not(self, task: ScheduledTask, candidate: Candidate) -> str:
+        if candidate.unavailable:
+            return candidate.unavailable
         if candidate.volunteer_id in task.distrusted:
             return "its result for it was refused"
         unfit = unfit_reason(task.spec, candidate, task.manager_id)

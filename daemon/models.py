@@ -49,6 +49,11 @@ class Load:
     cpu_percent: float = 0.0
     memory_percent: float = 0.0
     running_tasks: int = 0
+    # Why it takes no task now, whatever the task ("" when it takes tasks): its owner
+    # paused or drained it, or one of the owner's rules holds it; and until when (0: until
+    # lifted).
+    unavailable: str = ""
+    unavailable_until: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,16 @@ def measure_resources(
     )
 
 
-def measure_load(running_tasks: int) -> Load:
+def measure_load(running_tasks: int, unavailable: tuple[str, float] = ("", 0.0)) -> Load:
+    """`unavailable`: why the volunteer takes no task now ("" when it takes tasks), and
+    until when (0: until lifted)."""
     # cpu_percent(None) compares with the previous call: no blocking sample.
     return Load(
         cpu_percent=psutil.cpu_percent(None),
         memory_percent=psutil.virtual_memory().percent,
         running_tasks=running_tasks,
+        unavailable=unavailable[0],
+        unavailable_until=unavailable[1],
     )
 
 

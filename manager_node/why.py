@@ -37,6 +37,8 @@ def _reason(spec: TaskSpec, volunteer: Volunteer, declined: Mapping[str, str]) -
         return f"{volunteer.state.value}: not connected"
     if volunteer.trust.blocklisted:
         return "blocklisted: its results disagreed with other volunteers'"
+    if volunteer.load.unavailable:
+        return f"takes no tasks now: {volunteer.load.unavailable}"
     shortfall = capacity_problem(spec, volunteer.resources, volunteer.limits)
     shortfall = shortfall or image_shortfall(spec, volunteer)
     if shortfall is None:

@@ -5,6 +5,7 @@ worker, and says what the volunteer now does."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
@@ -36,10 +37,12 @@ class OwnerControlServicer(control_pb2_grpc.OwnerControlServicer):
     def __init__(
         self,
         worker: Controlled,
-        coordinator: Any,
+        coordinator: Callable[[], str],
         hold_grace_seconds: float,
+        node_id: str,
     ) -> None:
-        """`coordinator`: a callable giving the address of the coordinator in session."""
+        """`coordinator`: the address of the coordinator in session ("" when none)."""
+        self._node_id = node_id
         self._worker = worker
         self._coordinator = coordinator
         self._grace = hold_grace_seconds
@@ -75,7 +78,9 @@ class OwnerControlServicer(control_pb2_grpc.OwnerControlServicer):
         return self._work()
 
     def _work(self) -> control_pb2.VolunteerWork:
-        return work_to_proto(self._worker.view(), self._coordinator(), self._grace)
+        work = work_to_proto(self._worker.view(), self._coordinator(), self._grace)
+        work.node_id = self._node_id
+        return work
 
 
 def work_to_proto(

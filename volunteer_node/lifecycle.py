@@ -44,6 +44,7 @@ from daemon.models import OwnerLimits, TaskResult, TaskSpec
 # How long a hold may freeze tasks before it hands them back to the pool.
 DEFAULT_HOLD_GRACE_SECONDS = 10 * 60.0
 OWNER_HOLD = "owner"
+DRAINING = "draining: its owner lets the running tasks finish and takes no new ones"
 
 AttemptKey = tuple[str, int]
 
@@ -175,6 +176,21 @@ class SaveAcknowledged:
     key: AttemptKey
 
 
+@dataclass(frozen=True)
+class SaveOwnerState:
+    """The owner's pause and drain outlive a restart: a machine its owner paused must not
+    go back to work because it rebooted."""
+
+    pause: Hold | None
+    draining: bool
+
+
+@dataclass(frozen=True)
+class SendAvailability:
+    """Whether the volunteer takes tasks changed (a hold, a drain): tell the coordinator
+    now, so it stops offering (or starts again) without waiting for a heartbeat."""
+
+
 Instruction = (
     SendAccept
     | SendDecline
@@ -190,6 +206,8 @@ Instruction = (
     | SaveResult
     | SaveCalledOff
     | SaveAcknowledged
+    | SaveOwnerState
+    | SendAvailability
 )
 
 
@@ -244,7 +262,7 @@ class VolunteerLifecycle:
         if (hold := self.first_hold()) is not None:
             return hold.reason
         if self.draining:
-            return "draining: its owner lets the running tasks finish and takes no new ones"
+            return DRAINING
         if any(key[0] == task.task_id for key in self.attempts):
             return "already running this task"
         most = held_tasks(self.limits)
@@ -318,8 +336,11 @@ class VolunteerLifecycle:
         """The attempt ended with a result (whatever step it reached)."""
         key = (result.task_id, result.attempt)
         attempt = self.attempts.pop(key, None)
-        if attempt is None or attempt.called_off:
+        if attempt is None:
             return []
+        if attempt.called_off:
+            # Nobody wants its result; but it ran, and said so: its word and room go.
+            return self._forget_started(key) + self._start_ready()
         self.outbox[key] = result
         out: list[Instruction] = [
             SaveResult(result, attempt.task.manager_address),
@@ -347,24 +368,44 @@ class VolunteerLifecycle:
         for attempt in self._held(lambda a: a.phase is Phase.RUNNING):
             attempt.phase = Phase.FROZEN
             out.append(Freeze(attempt.key))
-        return out
+        return out + self._availability_changed(hold.name)
 
     def lift(self, name: str) -> list[Instruction]:
-        if self.holds.pop(name, None) is None or self.holds:
+        if self.holds.pop(name, None) is None:
             return []
-        return self._thaw_all() + self._start_ready()
+        out = [] if self.holds else self._thaw_all() + self._start_ready()
+        return out + self._availability_changed(name)
 
     def resume(self) -> list[Instruction]:
         """The owner's word: the pause and a drain both end (the owner's rules stay)."""
-        self.draining = False
-        return self.lift(OWNER_HOLD) or self._start_ready()
+        drained, self.draining = self.draining, False
+        out = self.lift(OWNER_HOLD)
+        if drained and not out:
+            out = self._start_ready() + self._availability_changed(OWNER_HOLD)
+        return out
 
     def drain(self) -> list[Instruction]:
         self.draining = True
         out: list[Instruction] = []
         for attempt in self._held(lambda a: a.phase in _NOT_STARTED):
             out += self._call_off(attempt, "its owner is draining the volunteer", handed_back=True)
-        return out
+        return out + self._availability_changed(OWNER_HOLD)
+
+    def restore_owner_state(self, pause: Hold | None, draining: bool, now: float) -> None:
+        """After a restart: the owner's pause (unless it ran out) and drain, as saved."""
+        self.draining = draining
+        if pause is not None and pause.until > now:
+            self.holds[OWNER_HOLD] = pause
+
+    def availability(self) -> tuple[str, float]:
+        """Why this volunteer takes no task now, whatever the task ("" when it takes
+        tasks), and until when (0: until lifted): what the coordinator is told."""
+        if (hold := self.first_hold()) is not None:
+            ends = max(h.until for h in self.holds.values())
+            return hold.reason, ends if math.isfinite(ends) else 0.0
+        if self.draining:
+            return DRAINING, 0.0
+        return "", 0.0
 
     def stop(self) -> list[Instruction]:
         """The daemon stops: every attempt is called off; results stay in the outbox."""
@@ -437,6 +478,12 @@ class VolunteerLifecycle:
     def _held(self, which: Callable[[Attempt], bool]) -> Iterator[Attempt]:
         """Attempts not called off that `which` picks (a snapshot: callers change them)."""
         return iter([a for a in list(self.attempts.values()) if not a.called_off and which(a)])
+
+    def _availability_changed(self, hold_name: str) -> list[Instruction]:
+        out: list[Instruction] = []
+        if hold_name == OWNER_HOLD:
+            out.append(SaveOwnerState(self.holds.get(OWNER_HOLD), self.draining))
+        return [*out, SendAvailability()]
 
     def _call_off(self, attempt: Attempt, reason: str, *, handed_back: bool) -> list[Instruction]:
         attempt.called_off = reason

@@ -280,9 +280,12 @@ class CoordinatorLink:
                 record.blocklist_reason,
             )
 
+    def send_heartbeat(self) -> None:
+        self._send(heartbeat=coordinator_pb2.Heartbeat(load=convert.load_to_proto(self._load())))
+
     async def _heartbeat_forever(self, interval: float) -> None:
+        # At once: whether we take tasks (paused, draining) is in it.
+        self.send_heartbeat()
         while True:
             await asyncio.sleep(interval)
-            self._send(
-                heartbeat=coordinator_pb2.Heartbeat(load=convert.load_to_proto(self._load()))
-            )
+            self.send_heartbeat()

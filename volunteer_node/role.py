@@ -179,6 +179,7 @@ class VolunteerRole:
             worker,
             coordinator=lambda: link.connected_to or "",
             hold_grace_seconds=self._context.config.pause_grace_seconds,
+            node_id=self._context.identity.node_id,
         )
         self._control = ControlServer(
             self._context.data_dir,
@@ -214,8 +215,9 @@ class VolunteerRole:
         )
 
     def _load(self) -> Load:
-        running = len(self.worker.running_task_ids()) if self.worker else 0
-        return measure_load(running)
+        if self.worker is None:
+            return measure_load(0)
+        return measure_load(len(self.worker.running_task_ids()), self.worker.availability())
 
     async def stop(self) -> None:
         if self._control is not None:

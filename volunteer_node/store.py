@@ -3,14 +3,18 @@ results not yet delivered to their manager."""
 
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
 import time
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from daemon.models import TaskResult, TaskSpec
 from daemon.store import PlainDatabase, PlainMigration, codecs
 from volunteer_node.history import COLUMNS, Outcome, RanTask, select_since, to_row
+from volunteer_node.lifecycle import Hold
 
 
 def _initial_schema(db: sqlite3.Connection) -> None:
@@ -78,9 +82,21 @@ def _history_table(db: sqlite3.Connection) -> None:
 
 # Plain sqlite3: the volunteer's few statements need nothing of sqlite-utils, whose imports
 # would cost every volunteer ~4 MiB (daemon/store/database.py).
+def _owner_state_table(db: sqlite3.Connection) -> None:
+    # One row: the owner's pause (JSON of a lifecycle Hold, NULL when none) and drain.
+    db.execute(
+        """CREATE TABLE owner_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            pause TEXT,
+            draining INTEGER NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS = (
     PlainMigration("volunteer/0001_initial", _initial_schema),
     PlainMigration("volunteer/0002_history", _history_table),
+    PlainMigration("volunteer/0003_owner_state", _owner_state_table),
 )
 
 
@@ -215,6 +231,29 @@ class VolunteerStore:
 
         return await self.database.read(read)
 
+    async def save_owner_state(self, pause: Hold | None, draining: bool) -> None:
+        """The owner's pause and drain, kept across restarts."""
+        saved = None if pause is None else json.dumps(_hold_data(pause))
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO owner_state (id, pause, draining) VALUES (1, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET pause = excluded.pause, "
+                "draining = excluded.draining",
+                (saved, int(draining)),
+            )
+
+        await self.database.run(write)
+
+    async def owner_state(self) -> tuple[Hold | None, bool]:
+        def read(db: sqlite3.Connection) -> tuple[Hold | None, bool]:
+            row = db.execute("SELECT pause, draining FROM owner_state WHERE id = 1").fetchone()
+            if row is None:
+                return None, False
+            return (_hold_of(json.loads(row[0])) if row[0] else None), bool(row[1])
+
+        return await self.database.read(read)
+
     async def record_ran(self, entry: RanTask) -> None:
         """Keeps what an ended attempt was and cost; recording it again replaces it."""
 
@@ -251,4 +290,20 @@ def _abandoned(spec: TaskSpec, received_at: float, now: float) -> RanTask:
         peak_memory_mb=None,
         bytes_in=0,
         bytes_out=0,
+    )
+
+
+def _hold_data(hold: Hold) -> dict[str, object]:
+    # JSON has no infinity: a pause until resumed is saved with no end.
+    until = hold.until if math.isfinite(hold.until) else None
+    return {"name": hold.name, "reason": hold.reason, "until": until, "since": hold.since}
+
+
+def _hold_of(data: dict[str, Any]) -> Hold:
+    until = data.get("until")
+    return Hold(
+        str(data["name"]),
+        str(data["reason"]),
+        math.inf if until is None else float(until),
+        float(data.get("since", 0.0)),
     )

@@ -52,9 +52,11 @@ from volunteer_node.lifecycle import (
     SaveAccepted,
     SaveAcknowledged,
     SaveCalledOff,
+    SaveOwnerState,
     SaveReady,
     SaveResult,
     SendAccept,
+    SendAvailability,
     SendDecline,
     SendResult,
     SendStarted,
@@ -68,6 +70,10 @@ from volunteer_node.store import AttemptState, VolunteerStore
 log = logging.getLogger(__name__)
 
 UPLOAD_RETRY_MAX_SECONDS = 30.0
+# A container Docker does not freeze or thaw within this is left as it is, and said so.
+FREEZE_TIMEOUT_SECONDS = 30.0
+# How often a wait for a wall-clock deadline (a pause's end) looks at the clock again.
+WALL_CLOCK_CHECK_SECONDS = 60.0
 UPLOAD_PATIENCE_SECONDS = 30 * 60.0
 
 
@@ -104,6 +110,9 @@ class Reporter(Protocol):
     def send_progress(self, task_id: str, attempt: int, percent: float) -> None: ...
 
     def send_result(self, result: TaskResult) -> None: ...
+
+    def send_heartbeat(self) -> None:
+        """Now: whether we take tasks changed (see SendAvailability)."""
 
 
 class TaskFailedError(Exception):
@@ -180,9 +189,16 @@ class TaskWorker:
         self._machine = VolunteerLifecycle(
             config.limits, hold_grace_seconds=config.hold_grace_seconds
         )
-        # Instructions are carried out one batch at a time, in the order the stimuli came:
-        # a thaw must never overtake the freeze before it.
-        self._steps = asyncio.Lock()
+        # Instructions are carried out by one task, a batch at a time, in the order the
+        # stimuli came (a thaw must never overtake the freeze before it), and whole even
+        # when whoever caused them is cancelled (an owner's Ctrl-C): the lifecycle has
+        # moved on already, and what it said must happen.
+        self._batches: asyncio.Queue[tuple[list[Instruction], asyncio.Future[None]]] = (
+            asyncio.Queue()
+        )
+        self._carrying: asyncio.Task[None] | None = None
+        self._pending = 0  # batches queued or being carried out
+        self._stopped = False
         self._pipelines: dict[AttemptKey, asyncio.Task[None]] = {}
         # Set by `Run`: the attempt's turn to start its container.
         self._turns: dict[AttemptKey, asyncio.Event] = {}
@@ -204,6 +220,11 @@ class TaskWorker:
         if abandoned:
             log.warning("%d task runs were cut short by a restart", abandoned)
         self._machine.restore(await self._store.unacknowledged_results())
+        pause, draining = await self._store.owner_state()
+        self._machine.restore_owner_state(pause, draining, self._clock())
+        reason, _ = self._machine.availability()
+        if reason:
+            log.warning("as its owner left it: %s (`vcnode resume` ends it)", reason)
 
     def running_task_ids(self) -> tuple[str, ...]:
         """Tasks the coordinator should keep with us: held, or with a result in flight."""
@@ -211,6 +232,10 @@ class TaskWorker:
 
     def view(self) -> LifecycleView:
         return self._machine.view()
+
+    def availability(self) -> tuple[str, float]:
+        """Why no task is taken now ("" when tasks are), and until when (0: lifted)."""
+        return self._machine.availability()
 
     # --- what the coordinator says ----------------------------------------------------------
 
@@ -260,16 +285,36 @@ class TaskWorker:
     # --- carrying out -----------------------------------------------------------------------
 
     async def _step(self, instructions: list[Instruction]) -> None:
-        async with self._steps:
+        """Has `instructions` carried out, in order after those before; returns once they
+        were (a caller cancelled meanwhile stops waiting, not them)."""
+        # Nothing to do still waits for what was asked before: a second `vcnode resume`
+        # returns once the first one's thaw is done.
+        if instructions or self._pending:
+            done = asyncio.get_running_loop().create_future()
+            self._pending += 1
+            self._batches.put_nowait((instructions, done))
+            if self._carrying is None:
+                self._carrying = asyncio.get_running_loop().create_task(self._carry_forever())
+            await asyncio.shield(done)
+        self._arm_timer()
+
+    async def _carry_forever(self) -> None:
+        while True:
+            instructions, done = await self._batches.get()
             freezing: list[Awaitable[None]] = []
             for instruction in instructions:
                 if isinstance(instruction, Freeze | Thaw):
                     # Every container of one batch at once: a pause must be quick.
                     freezing.append(self._freeze(instruction))
                     continue
-                await self._carry_out(instruction)
+                try:
+                    await self._carry_out(instruction)
+                except Exception:  # one that fails (a full disk) must not skip the rest
+                    log.exception("could not carry out %r", instruction)
             await asyncio.gather(*freezing)
-        self._arm_timer()
+            self._pending -= 1
+            if not done.done():
+                done.set_result(None)
 
     async def _carry_out(self, instruction: Instruction) -> None:
         match instruction:
@@ -306,32 +351,43 @@ class TaskWorker:
                 await self._store.set_state(key, state)
             case SaveAcknowledged(key):
                 await self._store.acknowledge(*key)
+            case SaveOwnerState(pause, draining):
+                await self._store.save_owner_state(pause, draining)
+            case SendAvailability():
+                self.reporter.send_heartbeat()
 
     async def _freeze(self, instruction: Freeze | Thaw) -> None:
         attempt = self._machine.attempts.get(instruction.key)
         if attempt is None or self._runtime is None:
             return
         name = run_id(attempt.task)
+        what = type(instruction).__name__.lower()
         try:
-            if isinstance(instruction, Freeze):
-                # False: its container is not up yet; `container_started` freezes it then.
-                await self._runtime.freeze(name)
-            else:
-                await self._runtime.thaw(name)
+            async with asyncio.timeout(FREEZE_TIMEOUT_SECONDS):
+                if isinstance(instruction, Freeze):
+                    # False: its container is not up yet; `container_started` freezes it then.
+                    await self._runtime.freeze(name)
+                else:
+                    await self._runtime.thaw(name)
+        except TimeoutError:
+            log.error("could not %s task %s: no answer within %g s", what, name,
+                      FREEZE_TIMEOUT_SECONDS)  # fmt: skip
         except Exception:  # a container we cannot freeze must not stop the volunteer
-            log.exception("could not %s task %s", type(instruction).__name__.lower(), name)
+            log.exception("could not %s task %s", what, name)
 
     def _arm_timer(self) -> None:
         """Wakes `tick` when a hold ends or outlasts its grace; no timer while none is on
-        (an idle volunteer wakes for nothing)."""
+        (an idle volunteer wakes for nothing). Deadlines are wall-clock times and the
+        loop's clock stops while the machine sleeps: a long wait wakes every minute to look
+        at the wall clock again."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         deadline = self._machine.next_deadline()
-        if deadline is None:
+        if deadline is None or self._stopped:
             return
         loop = asyncio.get_running_loop()
-        delay = max(0.0, deadline - self._clock())
+        delay = min(max(0.0, deadline - self._clock()), WALL_CLOCK_CHECK_SECONDS)
         self._timer = loop.call_at(loop.time() + delay, self._on_timer)
 
     def _on_timer(self) -> None:
@@ -405,8 +461,9 @@ class TaskWorker:
             error=error,
             exit_code=exit_code,
             received_at=ledger.received_at,
-            started_at=run.started_at if run is not None else None,
-            finished_at=self._clock(),
+            started_at=run.started_at if run is not None else ledger.started_at,
+            # When its container ended (not its outputs' delivery); now if it was stopped.
+            finished_at=run.finished_at if run is not None else self._clock(),
             cpu_seconds=run.cpu_seconds if run is not None else None,
             peak_memory_mb=run.peak_memory_mb if run is not None else None,
             bytes_in=ledger.bytes_in,
@@ -444,6 +501,11 @@ class TaskWorker:
                 finally:
                     await asyncio.shield(self._step(self._machine.run_ended(key)))
                 self._ledger(task).run = run
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    # Called off as it ended, and the runtime's clean-up took the cancel:
+                    # this attempt must not go on to deliver anything.
+                    raise asyncio.CancelledError
             outputs = Outputs()
             error = run.failure
             if run.succeeded:
@@ -470,6 +532,8 @@ class TaskWorker:
         starting freezes it now."""
 
         def started() -> None:
+            if (ledger := self._ledgers.get(key)) is not None:
+                ledger.started_at = self._clock()
             step = asyncio.get_running_loop().create_task(
                 self._step(self._machine.container_started(key))
             )
@@ -629,7 +693,9 @@ class TaskWorker:
             if ref.sha256 in carried
         ]
         await asyncio.to_thread(_write_files, input_dir, small)
-        self._ledger(task).bytes_in += sum(ref.size for ref in task.inputs)
+        self._ledger(task).bytes_in += sum(
+            ref.size for ref in task.inputs if ref.sha256 not in carried
+        )
         for ref in task.inputs:
             if ref.sha256 in carried:
                 continue
@@ -704,14 +770,17 @@ class TaskWorker:
     async def stop(self) -> None:
         """Stops every task (their containers are killed and removed) and takes no more."""
         await self._step(self._machine.stop())
-        for pipeline in list(self._pipelines.values()):
-            with contextlib.suppress(asyncio.CancelledError):
-                await pipeline
+        if self._pipelines:
+            # Not `await pipeline`: that would swallow a cancel of stop() itself.
+            await asyncio.wait(list(self._pipelines.values()))
+        self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
-        for tick in list(self._ticks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await tick
+        if self._ticks:
+            await asyncio.wait(list(self._ticks))
+        if self._carrying is not None:
+            self._carrying.cancel()
+            await asyncio.wait([self._carrying])
 
 
 def _clock_time(epoch: float) -> str:
@@ -728,6 +797,8 @@ class Ledger:
     """What one attempt in progress has used so far."""
 
     received_at: float
+    # When its container started (told by the runtime), and how it ended if it did.
+    started_at: float | None = None
     bytes_in: int = 0
     bytes_out: int = 0
     run: RunResult | None = None

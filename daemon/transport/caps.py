@@ -34,6 +34,8 @@ TEXT: dict[str, int] = {
     "vcnode.v1.OwnerLimits.allow_images": 512,
     "vcnode.v1.OwnerLimits.allow_users": 64,
     "vcnode.v1.TaskSpec.user": 64,
+    # Why a volunteer takes no task now: shown in every listing of the pool.
+    "vcnode.v1.Load.unavailable": 256,
     # A workflow file may be as large as a message may be.
     "vcnode.v1.SubmitWorkflowRequest.workflow_toml": 16 * 1024 * 1024,
     "vcnode.v1.InlineFile.content": INLINE_FILE_BYTES,

@@ -89,6 +89,8 @@ def load_to_proto(load: Load) -> common_pb2.Load:
         cpu_percent=load.cpu_percent,
         memory_percent=load.memory_percent,
         running_tasks=load.running_tasks,
+        unavailable=load.unavailable,
+        unavailable_until=load.unavailable_until,
     )
 
 
@@ -97,6 +99,8 @@ def load_from_proto(message: common_pb2.Load) -> Load:
         cpu_percent=message.cpu_percent,
         memory_percent=message.memory_percent,
         running_tasks=message.running_tasks,
+        unavailable=message.unavailable,
+        unavailable_until=message.unavailable_until,
     )
 
 

@@ -63,15 +63,14 @@ class ControlServer:
         if not _short_enough(target):
             self._private_dir = Path(tempfile.mkdtemp(prefix="vcnode-control-"))
             target = self._private_dir / SOCKET_NAME
-        old_umask = os.umask(0o177)  # the socket is born 0600: no moment open to others
-        try:
-            bound = self._server.add_secure_port(
-                f"unix:{target}", grpc.local_server_credentials(grpc.LocalConnectionType.UDS)
-            )
-        finally:
-            os.umask(old_umask)
+        bound = self._server.add_secure_port(
+            f"unix:{target}", grpc.local_server_credentials(grpc.LocalConnectionType.UDS)
+        )
         if not bound:
             raise ControlSocketError(f"could not serve the owner's control socket at {target}")
+        # Its directory (the data dir, or the private one) is 0700 already: nobody else
+        # could reach it between its making and this.
+        target.chmod(0o600)
         if target != self._link:
             self._link.symlink_to(target)
         await self._server.start()
@@ -92,7 +91,13 @@ def open_control_channel(data_dir: Path) -> grpc.aio.Channel:
     link = socket_path(data_dir)
     try:
         target = Path(os.path.realpath(link)) if link.is_symlink() else link
-        os.stat(target)
+        if os.stat(target).st_uid != os.stat(data_dir).st_uid:
+            # A link left by a crash into the temporary dir, where anyone may make a socket
+            # of that name: only one of the data dir's owner is the volunteer's.
+            raise ControlSocketError(
+                f"{target} is not the volunteer's control socket (another user owns it): "
+                "restart the volunteer to make a new one"
+            )
     except FileNotFoundError:
         raise ControlSocketError(
             f"no volunteer is running with data dir {data_dir} (no {SOCKET_NAME} there): "

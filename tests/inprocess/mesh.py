@@ -31,6 +31,7 @@ from coordinator_node.store import CoordinatorStore
 from daemon.errors import NodeError
 from daemon.models import (
     FileRef,
+    Load,
     OwnerLimits,
     Registration,
     Resources,
@@ -123,8 +124,13 @@ class Goodbye:
     reason: str
 
 
+@dataclass(frozen=True)
+class Heartbeat:
+    load: Load
+
+
 # A volunteer's word to its coordinator, and the coordinator's to its volunteer.
-Up = Accept | Started | Decline | Progress | Result | Goodbye
+Up = Accept | Started | Decline | Progress | Result | Goodbye | Heartbeat
 Down = Outgoing
 Message = Up | Down
 
@@ -133,7 +139,7 @@ def about(message: Message) -> str:
     """The task a message is about ("" for those about none)."""
     if isinstance(message, SendOffer):
         return message.task.task_id
-    if isinstance(message, TrustRecord | Goodbye):
+    if isinstance(message, TrustRecord | Goodbye | Heartbeat):
         return ""
     return message.task_id
 
@@ -394,6 +400,13 @@ class InProcessLink:
     def send_result(self, result: TaskResult) -> None:
         self._queue(Result(result))
 
+    def send_heartbeat(self) -> None:
+        """Whether the volunteer takes tasks, as the real link's heartbeat says it."""
+        running = len(self._worker.running_task_ids())
+        self._queue(
+            Heartbeat(Load(running_tasks=running, unavailable=self._worker.availability()[0]))
+        )
+
     def _queue(self, message: Up) -> None:
         self._outgoing.append(message)
         self._wakeup.set()
@@ -494,6 +507,8 @@ class InProcessLink:
             await pool.progressed(session, message.task_id, message.attempt, message.percent)
         elif isinstance(message, Result):
             await pool.finished(session, message.result)
+        elif isinstance(message, Heartbeat):
+            await pool.heartbeat(session, message.load)
         else:
             await pool.depart(session, message.reason)
             self._goodbye_heard.set()

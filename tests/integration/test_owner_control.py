@@ -53,6 +53,12 @@ def task_states(manager: Daemon, workflow_id: str) -> dict[str, str]:
     return {task["name"]: task["state"] for task in status["tasks"]}
 
 
+def why(manager: Daemon, workflow_id: str, task: str) -> dict[str, list[str]]:
+    explained = cli_json("status", workflow_id, "--why", task, "--manager", manager.address())
+    [entry] = explained["tasks"]
+    return {group["reason"]: group["volunteer_ids"] for group in entry["groups"]}
+
+
 def row_when(
     manager: Daemon, workflow_id: str, check: Callable[[dict[str, Any]], bool]
 ) -> Callable[[], dict[str, Any] | None]:
@@ -98,19 +104,21 @@ def test_pause_freezes_the_running_container_and_resume_lets_it_complete(
     shown = owner(volunteer, "status")
     assert shown.returncode == 0, shown.stderr
     assert "paused by owner (until `vcnode resume`)" in shown.stdout, shown.stdout
-    assert "t0 (frozen)" in shown.stdout and "limits    1 task at once" in shown.stdout
+    assert "t0 (frozen)" in shown.stdout
+    assert "limits    1 task at once" in shown.stdout
     work = cli_json("status", "--data-dir", str(volunteer.data_dir))["work"]
     assert [h["reason"] for h in work["holds"]] == ["paused by owner"], work
     assert [t["phase"] for t in work["tasks"]] == ["frozen"], work
 
-    # While paused, a new task is declined with the owner's reason and stays queued.
+    # The coordinator heard it: it offers the paused volunteer nothing, and says why.
+    listed = run_cli("volunteers", "--coordinator", pool.coordinator_address)
+    assert f"{volunteer.node_id[:8]} takes no tasks: paused by owner" in listed.stdout, listed
     other = submit(manager, workflow(tmp_path, "waits", tasks=1, steps=1))
-    row = wait_until(
-        row_when(manager, other, lambda row: "paused by owner" in row["error"]),
-        30,
-        "the new task to be declined",
+    explained = wait_until(
+        lambda: why(manager, other, "t0"), 30, "the new task's reasons to be known"
     )
-    assert row["state"] == "queued", row
+    assert explained == {"takes no tasks now: paused by owner": [volunteer.node_id]}
+    assert task_states(manager, other)["t0"] == "queued"
     assert task_states(manager, workflow_id)["t0"] == "running", "a frozen task still runs"
 
     resumed = owner(volunteer, "resume")
@@ -136,7 +144,7 @@ def test_a_pause_longer_than_the_grace_hands_the_task_back_to_run_again(
 
     paused = owner(volunteer, "pause")
     assert paused.returncode == 0, paused.stderr
-    assert "handed back at" in paused.stdout, paused.stdout
+    assert "its tasks go back to the pool at" in paused.stdout, paused.stdout
     # Past the grace: its container goes, and the task goes back to the pool.
     wait_until(lambda: not containers(volunteer), 30, "the frozen container to be removed")
     row = wait_until(

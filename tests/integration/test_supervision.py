@@ -131,7 +131,7 @@ async def test_a_crash_in_mdns_refresh_stops_the_node_saying_why(
 async def test_a_crash_in_a_volunteers_heartbeats_stops_the_node_saying_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken_load(running_tasks: int) -> Load:
+    def broken_load(running_tasks: int, unavailable: tuple[str, float] = ("", 0.0)) -> Load:
         raise RuntimeError("no /proc/stat")
 
     monkeypatch.setattr(volunteer_role, "measure_load", broken_load)

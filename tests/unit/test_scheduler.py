@@ -143,6 +143,40 @@ def test_a_decliner_is_asked_again_only_after_a_cooldown() -> None:
     assert offers(scheduler.tick(now=32)) == [("v1", "t1", 2)]
 
 
+def test_a_task_handed_back_goes_elsewhere_at_once() -> None:
+    """A volunteer whose owner drains or pauses it declines a task it holds already."""
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1")], now=0)
+    scheduler.accepted("v1", "t1", 1, now=1, says_started=True)
+    scheduler.started("v1", "t1", 1, now=2)
+    scheduler.volunteer_joined(volunteer("v2"), [], now=3)
+    out = scheduler.declined("v1", "t1", 1, "its owner is draining the volunteer", now=4)
+    assert messages(out, "declined") == ["its owner is draining the volunteer"]
+    assert offers(out) == [("v2", "t1", 2)]
+    assert scheduler.running_on("v1") == set()
+
+
+def test_declines_and_hand_backs_do_not_use_up_a_tasks_attempts() -> None:
+    scheduler = Scheduler(max_attempts=2)
+    scheduler.volunteer_joined(volunteer("v1"), [], now=0)
+    scheduler.submit(MANAGER, [spec("t1")], now=0)
+    now, attempt = 0.0, 1
+    for _ in range(5):  # a paused volunteer says no every time it is asked
+        scheduler.declined("v1", "t1", attempt, "paused by owner", now=now)
+        now += 31
+        [(_, _, attempt)] = offers(scheduler.tick(now=now))
+    for _ in range(2):  # then takes it, and hands it back
+        scheduler.accepted("v1", "t1", attempt, now=now, says_started=True)
+        scheduler.declined("v1", "t1", attempt, "paused by owner for over 10 min", now=now)
+        now += 31
+        [(_, _, attempt)] = offers(scheduler.tick(now=now))
+    scheduler.accepted("v1", "t1", attempt, now=now)
+    out = scheduler.volunteer_lost("v1", now=now)
+    assert messages(out, "failed") == [], "one lost attempt of two allowed"
+    assert state_of(scheduler, "t1") is TaskState.QUEUED
+
+
 def test_unanswered_offer_times_out_and_goes_elsewhere() -> None:
     scheduler = Scheduler(offer_timeout=5)
     scheduler.volunteer_joined(volunteer("v1"), [], now=0)

@@ -7,6 +7,7 @@ import math
 
 from daemon.models import OwnerLimits, ResourceRequest, TaskResult, TaskSpec
 from volunteer_node.lifecycle import (
+    DRAINING,
     OWNER_HOLD,
     CallOff,
     Fetch,
@@ -17,9 +18,11 @@ from volunteer_node.lifecycle import (
     SaveAccepted,
     SaveAcknowledged,
     SaveCalledOff,
+    SaveOwnerState,
     SaveReady,
     SaveResult,
     SendAccept,
+    SendAvailability,
     SendDecline,
     SendResult,
     SendStarted,
@@ -174,11 +177,24 @@ def test_pause_freezes_running_tasks_declines_offers_and_starts_nothing_until_re
     accepted(machine, "a", "b", "c")
     machine.fetched(("a", 1))
     machine.fetched(("b", 1))
-    assert pause(machine) == [Freeze(("a", 1)), Freeze(("b", 1))]
+    hold = Hold(OWNER_HOLD, "paused by owner", math.inf, since=0.0)
+    assert pause(machine) == [
+        Freeze(("a", 1)),
+        Freeze(("b", 1)),
+        SaveOwnerState(hold, draining=False),
+        SendAvailability(),
+    ]
+    assert machine.availability() == ("paused by owner", 0.0)
     assert machine.offered(task("d"), None) == [SendDecline(("d", 1), "paused by owner")]
     assert machine.fetched(("c", 1)) == [SaveReady(("c", 1))], "nothing starts while paused"
     assert machine.run_ended(("a", 1)) == [], "a frozen task that ends frees its slot, still paused"
-    assert machine.resume() == [Thaw(("b", 1)), Run(("c", 1))]
+    assert machine.resume() == [
+        Thaw(("b", 1)),
+        Run(("c", 1)),
+        SaveOwnerState(None, draining=False),
+        SendAvailability(),
+    ]
+    assert machine.availability() == ("", 0.0)
     machine.finished(result("a"))
     assert machine.offered(task("d"), None)[1] == SendAccept(("d", 1))
 
@@ -200,7 +216,8 @@ def test_a_pause_for_a_while_ends_by_itself() -> None:
     pause(machine, now=100.0, until=400.0)
     assert machine.next_deadline() == 400.0, "the end comes before the grace"
     assert machine.tick(399.0) == []
-    assert machine.tick(400.0) == [Thaw(("a", 1))]
+    assert machine.availability() == ("paused by owner", 400.0)
+    assert machine.tick(400.0) == [Thaw(("a", 1)), SaveOwnerState(None, False), SendAvailability()]
     assert machine.holds == {}
     assert machine.next_deadline() is None, "nothing to wake for"
 
@@ -245,7 +262,10 @@ def test_drain_hands_back_what_has_not_started_and_lets_the_running_task_finish(
         CallOff(("b", 1), reason),
         SaveCalledOff(("b", 1), reason, True),
         SendDecline(("b", 1), reason),
+        SaveOwnerState(None, draining=True),
+        SendAvailability(),
     ]
+    assert machine.availability() == (DRAINING, 0.0)
     declined = machine.offered(task("c"), None)
     assert kinds(declined) == ["SendDecline"]
     assert "draining" in declined[0].reason  # type: ignore[union-attr]
@@ -254,7 +274,7 @@ def test_drain_hands_back_what_has_not_started_and_lets_the_running_task_finish(
     assert machine.view().draining and machine.held_count() == 1, "b is still being stopped"
     machine.ended(("b", 1))
     assert machine.held_count() == 0
-    assert machine.resume() == []
+    assert machine.resume() == [SaveOwnerState(None, draining=False), SendAvailability()]
     assert kinds(machine.offered(task("c"), None)) == ["SaveAccepted", "SendAccept", "Fetch"]
 
 
@@ -279,3 +299,43 @@ def test_the_view_shows_holds_phases_and_what_waits_for_acknowledgement() -> Non
     assert [h.reason for h in view.holds] == ["paused by owner"]
     assert [(a.task_id, a.phase) for a in view.attempts] == [("a", "frozen"), ("b", "stopping")]
     assert (view.slots, view.held_most, view.unacknowledged) == (1, 2, 0)
+
+
+def test_a_result_of_an_attempt_called_off_is_dropped_but_its_word_and_room_go() -> None:
+    """A runtime may end a run normally although it was cancelled (its clean-up took the
+    cancel): the result is not sent, and the next task is still said to run."""
+    machine = lifecycle(slots=1)
+    accepted(machine, "a", "b")
+    machine.fetched(("a", 1))
+    machine.fetched(("b", 1))
+    machine.cancel("a", "cancelled")
+    machine.run_ended(("a", 1))  # b takes the slot, not said to run: a still is
+    assert machine.finished(result("a")) == [SendStarted(("b", 1))]
+    assert machine.ended(("a", 1)) == []
+    assert machine.outbox == {}
+    assert machine.connected() == [SendStarted(("b", 1))], "a is said to run no more"
+
+
+def test_the_owners_pause_and_drain_come_back_after_a_restart_unless_the_pause_ran_out() -> None:
+    machine = lifecycle()
+    pause_until = Hold(OWNER_HOLD, "paused by owner until 12:00", until=500.0, since=10.0)
+    machine.restore_owner_state(pause_until, draining=True, now=100.0)
+    assert machine.availability() == ("paused by owner until 12:00", 500.0)
+    assert machine.offered(task("a"), None) == [
+        SendDecline(("a", 1), "paused by owner until 12:00")
+    ]
+    assert machine.next_deadline() == 500.0
+    again = lifecycle()
+    again.restore_owner_state(pause_until, draining=False, now=600.0)
+    assert again.holds == {}, "a pause that ran out while the volunteer was down is over"
+    assert again.availability() == ("", 0.0)
+
+
+def test_a_rule_lifted_while_the_owner_pause_stays_thaws_nothing() -> None:
+    machine = lifecycle()
+    accepted(machine, "a")
+    machine.fetched(("a", 1))
+    pause(machine)
+    machine.hold(Hold("schedule", "outside its hours", 900.0, since=1.0))
+    assert machine.lift("schedule") == [SendAvailability()], "still paused by its owner"
+    assert machine.frozen() == [("a", 1)]

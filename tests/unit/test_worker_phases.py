@@ -54,6 +54,9 @@ class Said:
     def send_result(self, result: TaskResult) -> None:
         self._say("result", result.task_id)
 
+    def send_heartbeat(self) -> None:
+        self._say("heartbeat", "")
+
     async def until(self, word: str, task_id: str = "") -> str:
         """Waits until `word` was said of `task_id` (of any task if ""); returns the task."""
 

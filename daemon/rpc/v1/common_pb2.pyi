@@ -123,19 +123,29 @@ class Load(_message.Message):
     CPU_PERCENT_FIELD_NUMBER: _builtins.int
     MEMORY_PERCENT_FIELD_NUMBER: _builtins.int
     RUNNING_TASKS_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_UNTIL_FIELD_NUMBER: _builtins.int
     cpu_percent: _builtins.float
     memory_percent: _builtins.float
     running_tasks: _builtins.int
+    unavailable: _builtins.str
+    """Why the volunteer takes no task now, whatever the task (its owner paused or drained
+    it, or one of the owner's rules holds it); empty when it takes tasks.
+    """
+    unavailable_until: _builtins.float
+    """When that ends by itself (epoch seconds); 0 until lifted."""
     def __init__(
         self,
         *,
         cpu_percent: _builtins.float = ...,
         memory_percent: _builtins.float = ...,
         running_tasks: _builtins.int = ...,
+        unavailable: _builtins.str = ...,
+        unavailable_until: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "memory_percent", b"memory_percent", "running_tasks", b"running_tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "memory_percent", b"memory_percent", "running_tasks", b"running_tasks", "unavailable", b"unavailable", "unavailable_until", b"unavailable_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

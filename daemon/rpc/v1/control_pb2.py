@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from daemon.rpc.v1 import common_pb2 as daemon_dot_rpc_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x61\x65mon/rpc/v1/control.proto\x12\tvcnode.v1\x1a\x1a\x64\x61\x65mon/rpc/v1/common.proto\"\x1f\n\x0cPauseRequest\x12\x0f\n\x07seconds\x18\x01 \x01(\x01\"\x0f\n\rResumeRequest\"\x0e\n\x0c\x44rainRequest\"\x10\n\x0eGetWorkRequest\"F\n\x08WorkHold\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05until\x18\x03 \x01(\x01\x12\r\n\x05since\x18\x04 \x01(\x01\"S\n\x0bHeldAttempt\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0bworkflow_id\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\"\x94\x02\n\rVolunteerWork\x12\"\n\x05holds\x18\x01 \x03(\x0b\x32\x13.vcnode.v1.WorkHold\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\x12\x10\n\x08stopping\x18\x03 \x01(\x08\x12(\n\x08\x61ttempts\x18\x04 \x03(\x0b\x32\x16.vcnode.v1.HeldAttempt\x12\x16\n\x0eunacknowledged\x18\x05 \x01(\x05\x12\r\n\x05slots\x18\x06 \x01(\x05\x12\x11\n\theld_most\x18\x07 \x01(\x05\x12\x13\n\x0b\x63oordinator\x18\x08 \x01(\t\x12\x1a\n\x12hold_grace_seconds\x18\t \x01(\x01\x12&\n\x06limits\x18\n \x01(\x0b\x32\x16.vcnode.v1.OwnerLimits2\x84\x02\n\x0cOwnerControl\x12:\n\x05Pause\x12\x17.vcnode.v1.PauseRequest\x1a\x18.vcnode.v1.VolunteerWork\x12<\n\x06Resume\x12\x18.vcnode.v1.ResumeRequest\x1a\x18.vcnode.v1.VolunteerWork\x12:\n\x05\x44rain\x12\x17.vcnode.v1.DrainRequest\x1a\x18.vcnode.v1.VolunteerWork\x12>\n\x07GetWork\x12\x19.vcnode.v1.GetWorkRequest\x1a\x18.vcnode.v1.VolunteerWorkb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x61\x65mon/rpc/v1/control.proto\x12\tvcnode.v1\x1a\x1a\x64\x61\x65mon/rpc/v1/common.proto\"\x1f\n\x0cPauseRequest\x12\x0f\n\x07seconds\x18\x01 \x01(\x01\"\x0f\n\rResumeRequest\"\x0e\n\x0c\x44rainRequest\"\x10\n\x0eGetWorkRequest\"F\n\x08WorkHold\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05until\x18\x03 \x01(\x01\x12\r\n\x05since\x18\x04 \x01(\x01\"S\n\x0bHeldAttempt\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0bworkflow_id\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\"\xa5\x02\n\rVolunteerWork\x12\"\n\x05holds\x18\x01 \x03(\x0b\x32\x13.vcnode.v1.WorkHold\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\x12\x10\n\x08stopping\x18\x03 \x01(\x08\x12(\n\x08\x61ttempts\x18\x04 \x03(\x0b\x32\x16.vcnode.v1.HeldAttempt\x12\x16\n\x0eunacknowledged\x18\x05 \x01(\x05\x12\r\n\x05slots\x18\x06 \x01(\x05\x12\x11\n\theld_most\x18\x07 \x01(\x05\x12\x13\n\x0b\x63oordinator\x18\x08 \x01(\t\x12\x1a\n\x12hold_grace_seconds\x18\t \x01(\x01\x12&\n\x06limits\x18\n \x01(\x0b\x32\x16.vcnode.v1.OwnerLimits\x12\x0f\n\x07node_id\x18\x0b \x01(\t2\x84\x02\n\x0cOwnerControl\x12:\n\x05Pause\x12\x17.vcnode.v1.PauseRequest\x1a\x18.vcnode.v1.VolunteerWork\x12<\n\x06Resume\x12\x18.vcnode.v1.ResumeRequest\x1a\x18.vcnode.v1.VolunteerWork\x12:\n\x05\x44rain\x12\x17.vcnode.v1.DrainRequest\x1a\x18.vcnode.v1.VolunteerWork\x12>\n\x07GetWork\x12\x19.vcnode.v1.GetWorkRequest\x1a\x18.vcnode.v1.VolunteerWorkb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,7 +45,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELDATTEMPT']._serialized_start=226
   _globals['_HELDATTEMPT']._serialized_end=309
   _globals['_VOLUNTEERWORK']._serialized_start=312
-  _globals['_VOLUNTEERWORK']._serialized_end=588
-  _globals['_OWNERCONTROL']._serialized_start=591
-  _globals['_OWNERCONTROL']._serialized_end=851
+  _globals['_VOLUNTEERWORK']._serialized_end=605
+  _globals['_OWNERCONTROL']._serialized_start=608
+  _globals['_OWNERCONTROL']._serialized_end=868
 # @@protoc_insertion_point(module_scope)

@@ -161,6 +161,7 @@ class VolunteerWork(_message.Message):
     COORDINATOR_FIELD_NUMBER: _builtins.int
     HOLD_GRACE_SECONDS_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
     draining: _builtins.bool
     stopping: _builtins.bool
     unacknowledged: _builtins.int
@@ -171,6 +172,8 @@ class VolunteerWork(_message.Message):
     """The coordinator it is in session with ("" when none)."""
     hold_grace_seconds: _builtins.float
     """How long a hold may freeze tasks before they are handed back (seconds)."""
+    node_id: _builtins.str
+    """The node answering (`vcnode status` checks it asked the same node over the network)."""
     @_builtins.property
     def holds(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkHold]: ...
     @_builtins.property
@@ -192,10 +195,11 @@ class VolunteerWork(_message.Message):
         coordinator: _builtins.str = ...,
         hold_grace_seconds: _builtins.float = ...,
         limits: _common_pb2.OwnerLimits | None = ...,
+        node_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "coordinator", b"coordinator", "draining", b"draining", "held_most", b"held_most", "hold_grace_seconds", b"hold_grace_seconds", "holds", b"holds", "limits", b"limits", "slots", b"slots", "stopping", b"stopping", "unacknowledged", b"unacknowledged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "coordinator", b"coordinator", "draining", b"draining", "held_most", b"held_most", "hold_grace_seconds", b"hold_grace_seconds", "holds", b"holds", "limits", b"limits", "node_id", b"node_id", "slots", b"slots", "stopping", b"stopping", "unacknowledged", b"unacknowledged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
