@@ -41,7 +41,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from coordinator_node.dispatch_queue import DispatchQueue
-from daemon.capacity import capacity_problem, coordinator_allow_problem, held_tasks
+from daemon.capacity import (
+    capacity_problem,
+    coordinator_allow_problem,
+    fit_together,
+    held_tasks,
+    needs_of,
+)
 from daemon.models import (
     EventKind,
     OwnerLimits,
@@ -680,6 +686,7 @@ class Scheduler:
                 if now - task.declined_at.get(vid, -math.inf) >= DECLINE_COOLDOWN_SECONDS
                 and self._could_run(task, vid, apart)
                 and not self._held_back(task, vid, now)
+                and self._caps_leave_room(vid)
             ]
             if not ready:
                 if any(self._could_run(task, vid, apart) for vid in self._candidates):
@@ -727,6 +734,16 @@ class Scheduler:
         for task in waiting:
             self._queue.add(task)
         return out
+
+    def _caps_leave_room(self, volunteer_id: str) -> bool:
+        """Whether the owner's whole-machine caps let the volunteer hold one task more: as
+        it decides it (the tasks it holds must be able to run together; the next one is
+        fetched ahead), so it is not offered what it would decline."""
+        limits = self._candidates[volunteer_id].limits
+        if not (limits.max_cpus or limits.max_memory_mb):
+            return True
+        held = [self.tasks.get(task_id) for task_id in self._assigned.get(volunteer_id, ())]
+        return fit_together((needs_of(t.spec, limits) for t in held if t is not None), limits)
 
     def _unschedulable(self, task: ScheduledTask, now: float) -> Publish:
         reasons = sorted(

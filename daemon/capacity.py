@@ -137,3 +137,44 @@ def coordinator_allow_problem(
     ):
         return None
     return problem
+
+
+# --- the owner's caps as the whole machine's ------------------------------------------------
+# `max_cpus` and `max_memory_mb` bound what all the tasks running at once use together, not
+# each task: three tasks of 1 CPU under a 2-CPU cap run two at a time. A volunteer holds
+# tasks that can all run together, and one more fetched ahead; the coordinator offers it no
+# more than that, and the volunteer starts a task only beside what runs within them.
+
+
+@dataclass(frozen=True)
+class Needs:
+    cpus: float
+    memory_mb: int
+
+
+def needs_of(task: TaskSpec, limits: OwnerLimits) -> Needs:
+    """What the task's container is given: its CPUs (1 unless it asks), never more than the
+    owner's cap (as its run spec says), and the memory it asks for."""
+    cpus = task.resources.cpus or 1.0
+    if limits.max_cpus:
+        cpus = min(cpus, limits.max_cpus)
+    return Needs(cpus, task.resources.memory_mb)
+
+
+def fit_together(needs: Iterable[Needs], limits: OwnerLimits) -> bool:
+    """Whether tasks of these needs may all run at once under the owner's caps."""
+    listed = list(needs)
+    cpus = sum(need.cpus for need in listed)
+    memory = sum(need.memory_mb for need in listed)
+    # A hair of slack: 0.1 + 0.2 CPUs must fit a 0.3 cap.
+    if limits.max_cpus and cpus > limits.max_cpus + 1e-9:
+        return False
+    return not (limits.max_memory_mb and memory > limits.max_memory_mb)
+
+
+def caps_text(limits: OwnerLimits) -> str:
+    caps = [
+        f"{limits.max_cpus} CPU{'s' if limits.max_cpus != 1 else ''}" if limits.max_cpus else "",
+        f"{limits.max_memory_mb} MiB" if limits.max_memory_mb else "",
+    ]
+    return " and ".join(cap for cap in caps if cap)

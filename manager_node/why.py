@@ -71,5 +71,8 @@ def _listed(names: Sequence[str], most: int = 3) -> str:
 
 def why_fetching(volunteer_id: str) -> list[ReasonGroup]:
     """Why a task its volunteer accepted is not running yet."""
-    reason = "holds it: fetching its inputs (and image), or waiting there for a free slot"
+    reason = (
+        "holds it: fetching its inputs (and image), or waiting there for a free slot (or "
+        "room within its owner's caps)"
+    )
     return [ReasonGroup(reason, (volunteer_id,))]

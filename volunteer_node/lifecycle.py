@@ -16,6 +16,10 @@ One attempt's life:
 Rules:
 - It holds as many tasks as its slots plus one fetched ahead (daemon.capacity.held_tasks);
   READY tasks start in the order they became ready, as slots free.
+- The owner's `max_cpus` and `max_memory_mb` bound all the tasks running at once together
+  (daemon/capacity.py): a task starts only beside what runs within them, and an
+  offer is declined when the tasks held could not all run together, but for one fetched
+  ahead.
 - A slot is held by a RUNNING or FROZEN attempt, and by one called off until its pipeline
   is over (its container is being killed): never more containers than slots.
 - "It runs" is said of at most as many tasks as there are slots (see `_say_started`), and
@@ -38,7 +42,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from daemon.capacity import held_tasks, task_slots
+from daemon.capacity import caps_text, fit_together, held_tasks, needs_of, task_slots
 from daemon.models import OwnerLimits, TaskResult, TaskSpec
 
 # How long a hold may freeze tasks before it hands them back to the pool.
@@ -268,7 +272,19 @@ class VolunteerLifecycle:
         most = held_tasks(self.limits)
         if len(self.attempts) >= most:
             return f"busy: holding {len(self.attempts)} of {most} tasks"
-        return None
+        return self._caps_taken()
+
+    def _caps_taken(self) -> str | None:
+        """Whether the owner's whole-machine caps leave room to hold one task more: the
+        tasks held (delivering ones aside) must be able to run together, and the next one
+        is fetched ahead, to run when one of them ends."""
+        held = [a for a in self._held(lambda a: a.phase is not Phase.DELIVERING)]
+        if fit_together((needs_of(a.task, self.limits) for a in held), self.limits):
+            return None
+        return (
+            f"busy: its owner's caps ({caps_text(self.limits)} for all its tasks) are taken "
+            f"by the {len(held)} tasks it holds"
+        )
 
     def offered(self, task: TaskSpec, unfit: str | None) -> list[Instruction]:
         """`unfit`: why the task cannot run here (resources, allow-lists, image), from the
@@ -499,10 +515,19 @@ class VolunteerLifecycle:
     def _start_ready(self) -> list[Instruction]:
         if self.holds or self.stopping:
             return []
-        in_slot = sum(1 for a in self.attempts.values() if a.phase in _IN_SLOT)
+        # Called off but not gone yet: its container still holds its share.
+        running = [
+            needs_of(a.task, self.limits) for a in self.attempts.values() if a.phase in _IN_SLOT
+        ]
         ready = sorted(self._held(lambda a: a.phase is Phase.READY), key=lambda a: a.ready_order)
         out: list[Instruction] = []
-        for attempt in ready[: max(0, self.slots - in_slot)]:
+        for attempt in ready:
+            need = needs_of(attempt.task, self.limits)
+            # In turn: one that must wait for room keeps those behind it waiting too, or a
+            # large task would wait for ever behind small ones.
+            if len(running) >= self.slots or not fit_together([*running, need], self.limits):
+                break
+            running.append(need)
             attempt.phase = Phase.RUNNING
             out.append(Run(attempt.key))
             out += self._say_started(attempt.key)

@@ -148,8 +148,9 @@ def test_a_task_held_for_a_busy_slot_is_fetching_then_running(
         why = run_cli("status", workflow_id, "--why", fetched, "--manager", address)
         assert why.returncode == 0, why.stderr
         assert f"task {fetched} (fetching)" in why.stdout
-        assert "holds it: fetching its inputs (and image), or waiting there for a free slot" in (
-            why.stdout
+        assert (
+            "holds it: fetching its inputs (and image), or waiting there for a free slot (or "
+            "room within its owner's caps)" in (why.stdout)
         )
 
         # The slot frees: the task fetched ahead starts, and another is fetched behind it.

@@ -177,6 +177,18 @@ def test_declines_and_hand_backs_do_not_use_up_a_tasks_attempts() -> None:
     assert state_of(scheduler, "t1") is TaskState.QUEUED
 
 
+def test_a_volunteer_is_offered_no_more_than_its_owners_caps_let_it_run_and_one_ahead() -> None:
+    """`--max-cpus 1 --max-memory-mb 300 --max-concurrent-tasks 3` bounds the machine: one
+    task of 1 CPU and 256 MiB runs at a time, one more is fetched ahead."""
+    scheduler = Scheduler()
+    scheduler.volunteer_joined(volunteer("v1", slots=3, max_cpus=1, max_memory_mb=300), [], now=0)
+    out = scheduler.submit(MANAGER, [spec("t1"), spec("t2"), spec("t3")], now=0)
+    assert offers(out) == [("v1", "t1", 1), ("v1", "t2", 1)]
+    scheduler.accepted("v1", "t1", 1, now=1)
+    scheduler.accepted("v1", "t2", 1, now=1)
+    assert offers(scheduler.finished("v1", ok("t1", 1), now=2)) == [("v1", "t3", 1)]
+
+
 def test_unanswered_offer_times_out_and_goes_elsewhere() -> None:
     scheduler = Scheduler(offer_timeout=5)
     scheduler.volunteer_joined(volunteer("v1"), [], now=0)

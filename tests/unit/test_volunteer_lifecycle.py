@@ -4,11 +4,13 @@ driven by stimuli, checked on the instructions that come back (no network, no cl
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from daemon.models import OwnerLimits, ResourceRequest, TaskResult, TaskSpec
 from volunteer_node.lifecycle import (
     DRAINING,
     OWNER_HOLD,
+    AttemptView,
     CallOff,
     Fetch,
     Freeze,
@@ -271,7 +273,8 @@ def test_drain_hands_back_what_has_not_started_and_lets_the_running_task_finish(
     assert "draining" in declined[0].reason  # type: ignore[union-attr]
     machine.run_ended(("a", 1))
     assert kinds(machine.finished(result("a"))) == ["SaveResult", "SendResult"]
-    assert machine.view().draining and machine.held_count() == 1, "b is still being stopped"
+    assert machine.view().draining
+    assert machine.held_count() == 1, "b is still being stopped"
     machine.ended(("b", 1))
     assert machine.held_count() == 0
     assert machine.resume() == [SaveOwnerState(None, draining=False), SendAvailability()]
@@ -339,3 +342,36 @@ def test_a_rule_lifted_while_the_owner_pause_stays_thaws_nothing() -> None:
     machine.hold(Hold("schedule", "outside its hours", 900.0, since=1.0))
     assert machine.lift("schedule") == [SendAvailability()], "still paused by its owner"
     assert machine.frozen() == [("a", 1)]
+
+
+def test_the_owners_caps_bound_all_the_tasks_running_at_once_not_each() -> None:
+    """`--max-cpus 1 --max-memory-mb 300 --max-concurrent-tasks 3`: three tasks of 1 CPU
+    and 256 MiB each ran at once (3 CPUs, 768 MiB); now they run one at a time, and the
+    volunteer holds no more than it can run together but for one fetched ahead."""
+    limits = OwnerLimits(max_cpus=1, max_memory_mb=300, max_concurrent_tasks=3)
+    machine = VolunteerLifecycle(limits, hold_grace_seconds=GRACE)
+    accepted(machine, "a", "b")
+    assert machine.offered(task("c"), None) == [
+        SendDecline(
+            ("c", 1), "busy: its owner's caps (1 CPU and 300 MiB for all its tasks) are taken "
+            "by the 2 tasks it holds",
+        )
+    ]  # fmt: skip
+    assert machine.fetched(("a", 1)) == [SaveReady(("a", 1)), Run(("a", 1)), SendStarted(("a", 1))]
+    assert machine.fetched(("b", 1)) == [SaveReady(("b", 1))], "no room beside a"
+    assert machine.run_ended(("a", 1)) == [Run(("b", 1)), SendStarted(("b", 1))]
+
+
+def test_tasks_that_fit_together_under_the_caps_run_together_in_turn() -> None:
+    limits = OwnerLimits(max_cpus=4, max_memory_mb=1000, max_concurrent_tasks=3)
+    machine = VolunteerLifecycle(limits, hold_grace_seconds=GRACE)
+    big = replace(task("big"), resources=ResourceRequest(cpus=3, memory_mb=512))
+    for spec in (task("a"), big, task("c")):
+        assert kinds(machine.offered(spec, None)) == ["SaveAccepted", "SendAccept", "Fetch"]
+    for key in (("a", 1), ("big", 1), ("c", 1)):
+        machine.fetched(key)
+    assert [i for i in machine.view().attempts if i.phase == "running"] == [
+        AttemptView("a", 1, "wf", "running"),
+        AttemptView("big", 1, "wf", "running"),
+    ], "1 + 3 CPUs, 256 + 512 MiB: both fit; c (1 CPU more) waits, in turn"
+    assert machine.run_ended(("a", 1)) == [Run(("c", 1)), SendStarted(("c", 1))]
