@@ -1,8 +1,14 @@
 """idle_rss and idle_cpu: a volunteer daemon joined to a coordinator (with a join token, over
-mutual TLS), doing nothing, for 30 s."""
+mutual TLS), doing nothing, for 30 s.
+
+IDLE_VOLUNTEER_ARGS adds daemon flags to the volunteer alone, e.g. the owner's rules:
+`IDLE_VOLUNTEER_ARGS="--schedule-hours 08:00-20:00 --schedule-idle-minutes 5
+--schedule-max-other-load 50" make bench BENCH=idle_rss`."""
 
 from __future__ import annotations
 
+import os
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -13,6 +19,7 @@ from benchmarks.daemons import join_token, start_daemon, stop, wait_for_address
 from benchmarks.report import Figure
 
 WINDOW_SECONDS = 30.0
+VOLUNTEER_ARGS_VARIABLE = "IDLE_VOLUNTEER_ARGS"
 SETTLE_SECONDS = 3.0
 
 
@@ -25,8 +32,9 @@ def run() -> list[Figure]:
         try:
             wait_for_address(coordinator, Path(root) / "coordinator")
             token = join_token(Path(root) / "coordinator")
+            extra = shlex.split(os.environ.get(VOLUNTEER_ARGS_VARIABLE, ""))
             volunteer = start_daemon(
-                Path(root) / "volunteer", "--role", "volunteer", "--token", token, *common
+                Path(root) / "volunteer", "--role", "volunteer", "--token", token, *common, *extra
             )
             wait_for_address(volunteer, Path(root) / "volunteer")
             process = psutil.Process(volunteer.pid)

@@ -158,6 +158,13 @@ def _add_setting_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--max-disk-mb", dest="limits.max_disk_mb", metavar="MB")
     limits.add_argument("--max-concurrent-tasks", dest="limits.max_concurrent_tasks", metavar="N")
     limits.add_argument(
+        "--cpu-throttle-percent",
+        dest="limits.cpu_throttle_percent",
+        metavar="PERCENT",
+        help="let each task's container use at most this share of the CPUs it is given "
+        "(Docker's CPU quota; the process runtime cannot); default: all of them",
+    )
+    limits.add_argument(
         "--allow-network",
         dest="limits.allow_network",
         action="store_const",
@@ -198,11 +205,48 @@ def _add_setting_arguments(parser: argparse.ArgumentParser) -> None:
         help="run only these images: fnmatch patterns on the image name (vcnode/*) or "
         "sha256: image IDs; default: any",
     )
+    rules = parser.add_argument_group(
+        "owner's rules (volunteer): when tasks run; [schedule] in a config file"
+    )
+    rules.add_argument(
+        "--schedule-days",
+        dest="schedule.days",
+        metavar="DAYS",
+        help="days tasks may run: mon-fri, mon,wed,fri or sat-mon; a day's window is the one "
+        "that starts that day (default: every day)",
+    )
+    rules.add_argument(
+        "--schedule-hours",
+        dest="schedule.hours",
+        metavar="HH:MM-HH:MM",
+        help="local hours tasks may run, past midnight too (18:00-08:00); outside them "
+        "running tasks are frozen (default: all day)",
+    )
+    rules.add_argument(
+        "--schedule-idle-minutes",
+        dest="schedule.idle_minutes",
+        metavar="N",
+        help="run only once nobody has used the machine for N minutes, as systemd-logind "
+        "tells (0, the default: off)",
+    )
+    rules.add_argument(
+        "--schedule-max-other-load",
+        dest="schedule.max_other_load",
+        metavar="PERCENT",
+        help="stop tasks while other processes use over PERCENT of the CPUs, go on below "
+        "80%% of it (0, the default: off)",
+    )
+    rules.add_argument(
+        "--schedule-on-battery",
+        dest="schedule.on_battery",
+        action="store_const",
+        const=True,
+        help="run tasks on battery too (default: on mains power only)",
+    )
 
 
 def _resolve_config(args: argparse.Namespace) -> tuple[config_module.NodeConfig, dict[str, str]]:
-    flag_names = [*config_module.SETTINGS, *(f"limits.{n}" for n in config_module.LIMIT_SETTINGS)]
-    flags = {name: getattr(args, name, None) for name in flag_names}
+    flags = {name: getattr(args, name, None) for name in config_module.flag_settings()}
     return config_module.resolve(flags, os.environ, args.config)
 
 
@@ -250,12 +294,14 @@ def _run_daemon(args: argparse.Namespace) -> int:
     configure_logging(config.log_level, config.log_format, config.log_file)
     from daemon.app import Node  # the daemon's imports (zeroconf, roles) only for it
 
-    node = Node(config)
+    # A reload reads the configuration again from the same flags, environment and file.
+    node = Node(config, read_config=lambda: _resolve_config(args)[0])
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, node.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, node.request_reload)
         await node.run()
 
     asyncio.run(serve())

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
@@ -59,6 +59,17 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     _add_data_dir(drain)
     drain.set_defaults(handler=_command(_drain))
+    config = commands.add_parser("config", help="the running volunteer's configuration")
+    actions = config.add_subparsers(dest="action", metavar="ACTION", required=True)
+    reload = actions.add_parser(
+        "reload",
+        help="read the config file again and apply it without a restart (as SIGHUP does)",
+        description="Applies at once the owner's limits, the [schedule] rules, the pause "
+        "grace and the log level; says which other settings changed and wait for a restart. "
+        "A config with an error is refused and the one in use stays.",
+    )
+    _add_data_dir(reload)
+    reload.set_defaults(handler=_command(_reload, show=_reloaded))
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -75,19 +86,26 @@ if TYPE_CHECKING:
     Stub = control_pb2_grpc.OwnerControlAsyncStub
 
 
+Reply = TypeVar("Reply", control_pb2.VolunteerWork, control_pb2.ReloadConfigReply)
+
+
 def _command(
-    action: Callable[[Stub, argparse.Namespace], Awaitable[control_pb2.VolunteerWork]],
+    action: Callable[[Stub, argparse.Namespace], Awaitable[Reply]],
+    show: Callable[[Reply], str] | None = None,
 ) -> Callable[[argparse.Namespace], int]:
+    """`show`: the reply in words (what the volunteer does now, by default)."""
+
     def run(args: argparse.Namespace) -> int:
-        return asyncio.run(_call(action, args))
+        reply = asyncio.run(_call(action, args))
+        print(show(reply) if show is not None else describe(reply))  # type: ignore[arg-type]
+        return 0
 
     return run
 
 
 async def _call(
-    action: Callable[[Stub, argparse.Namespace], Awaitable[control_pb2.VolunteerWork]],
-    args: argparse.Namespace,
-) -> int:
+    action: Callable[[Stub, argparse.Namespace], Awaitable[Reply]], args: argparse.Namespace
+) -> Reply:
     data_dir = args.data_dir or volunteer_data_dir(SOCKET_NAME)
     try:
         channel = open_control_channel(data_dir)
@@ -96,14 +114,20 @@ async def _call(
     async with channel:
         try:
             stub: Stub = control_pb2_grpc.OwnerControlStub(channel)
-            work = await action(stub, args)
+            return await action(stub, args)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidInputError(error.details() or "refused") from None
             why = error.details() or error.code().name
             raise NodeError(f"the volunteer of {data_dir} did not answer: {why}") from None
-    print(describe(work))
-    return 0
+
+
+async def _reload(stub: Stub, args: argparse.Namespace) -> control_pb2.ReloadConfigReply:
+    return await stub.ReloadConfig(control_pb2.ReloadConfigRequest(), timeout=CALL_TIMEOUT_SECONDS)
+
+
+def _reloaded(reply: control_pb2.ReloadConfigReply) -> str:
+    return f"reloaded: {reply.summary}"
 
 
 async def _pause(stub: Stub, args: argparse.Namespace) -> control_pb2.VolunteerWork:

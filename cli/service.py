@@ -148,6 +148,8 @@ def render_unit(
         "[Service]",
         "Type=exec",
         f"ExecStart={exec_start}",
+        # `systemctl reload vcnode`: the daemon reads its config again (daemon/reload.py).
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         f"RestartSec={RESTART_SECONDS}s",
     ]
@@ -202,26 +204,34 @@ def _system_hardening(data_dir: Path, log_file: Path | None) -> list[str]:
     return lines
 
 
-def render_config(settings: Mapping[str, Any], limits: Mapping[str, Any]) -> str:
+def render_config(
+    settings: Mapping[str, Any],
+    limits: Mapping[str, Any],
+    schedule: Mapping[str, Any] | None = None,
+) -> str:
     lines = [
         "# vcnode daemon settings, read by the service (`vcnode daemon --config THIS_FILE`).",
-        "# Keys as in `vcnode daemon --help` (--max-cpus: [limits] max_cpus); restart the",
-        "# service after a change.",
+        "# Keys as in `vcnode daemon --help` (--max-cpus: [limits] max_cpus, --schedule-hours:",
+        "# [schedule] hours). After a change, `sudo systemctl reload vcnode` (or `vcnode config",
+        "# reload`) applies the limits, [schedule] and the pause grace; other keys need a restart.",
     ]
     lines += [f"{name} = {toml_value(value)}" for name, value in settings.items()]
     if limits:
         lines += ["", "[limits]"]
         lines += [f"{name} = {toml_value(value)}" for name, value in limits.items()]
+    if schedule:
+        lines += ["", "[schedule]"]
+        lines += [f"{name} = {toml_value(value)}" for name, value in schedule.items()]
     return "\n".join(lines) + "\n"
 
 
 def _given_settings(
     args: argparse.Namespace, place: Layout
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The daemon settings given as flags, checked as the daemon will check them; the data
-    dir and a relative --log-file made absolute (the service runs from /)."""
-    names = [*config_module.SETTINGS, *(f"limits.{n}" for n in config_module.LIMIT_SETTINGS)]
-    flags = {name: getattr(args, name, None) for name in names}
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The daemon settings given as flags (top-level, [limits], [schedule]), checked as the
+    daemon will check them; the data dir and a relative --log-file made absolute (the
+    service runs from /)."""
+    flags = {name: getattr(args, name, None) for name in config_module.flag_settings()}
     given = {name for name, value in flags.items() if value is not None}
     if args.config is not None:
         given |= set(config_module.read_config_file(args.config))
@@ -238,7 +248,12 @@ def _given_settings(
         for name in config_module.LIMIT_SETTINGS
         if f"limits.{name}" in given
     }
-    return settings, limits
+    schedule = {
+        name: config_module.schedule_value(name, node.schedule)
+        for name in config_module.SCHEDULE_SETTINGS
+        if f"schedule.{name}" in given
+    }
+    return settings, limits, schedule
 
 
 def _plain(value: Any) -> Any:
@@ -300,12 +315,12 @@ def _how_to_run(place: Layout, command: Sequence[str], log_file: Path | None) ->
 
 def install(args: argparse.Namespace) -> int:
     place = _layout(args)
-    settings, limits = _given_settings(args, place)
+    settings, limits, schedule = _given_settings(args, place)
     data_dir = Path(settings["data_dir"])
     log_file = Path(settings["log_file"]) if "log_file" in settings else None
     command = daemon_command()
     unit_text = render_unit(place, command, data_dir, log_file, systemd_version())
-    config_text = render_config(settings, limits)
+    config_text = render_config(settings, limits, schedule)
     unit_path, config_path = place.on_disk(place.unit), place.on_disk(place.config)
 
     wanted = {unit_path: unit_text, config_path: config_text}

@@ -28,6 +28,7 @@ from daemon.errors import AccessDeniedError, NotFoundError, RejectedError
 from daemon.models import (
     EventKind,
     Load,
+    OwnerLimits,
     Registration,
     TaskEvent,
     TaskResult,
@@ -153,11 +154,14 @@ class Pool:
             self._scheduler.volunteer_joined(self._candidate(volunteer), running_task_ids, now)
         )
 
-    async def heartbeat(self, session: PoolSession, load: Load) -> None:
+    async def heartbeat(
+        self, session: PoolSession, load: Load, limits: OwnerLimits | None = None
+    ) -> None:
+        """`limits`: the owner's, changed since the session began (a config reload)."""
         async with self._lock:
             previous = self._registry.get(session.token.volunteer_id)
             now = time.time()
-            volunteer = self._registry.heartbeat(session.token, load, now)
+            volunteer = self._registry.heartbeat(session.token, load, now, limits)
             if volunteer is None:
                 return
             came_back = previous is not None and previous.state is not VolunteerState.ONLINE
@@ -166,11 +170,14 @@ class Pool:
                 log.info("volunteer %s is back", volunteer.volunteer_id)
                 running = self._scheduler.running_on(volunteer.volunteer_id)
                 await self._admit(volunteer, running, now)
-            elif previous is not None and previous.load.unavailable != load.unavailable:
+            elif previous is not None and (
+                previous.load.unavailable != load.unavailable or previous.limits != volunteer.limits
+            ):
                 log.info(
-                    "volunteer %s %s",
+                    "volunteer %s %s%s",
                     volunteer.volunteer_id,
                     f"takes no tasks: {load.unavailable}" if load.unavailable else "takes tasks",
+                    "; its owner changed its limits" if previous.limits != volunteer.limits else "",
                 )
                 if not self._trust.is_blocklisted(volunteer.volunteer_id):
                     candidate = self._candidate(volunteer)

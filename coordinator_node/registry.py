@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from daemon.models import Load, Registration, Volunteer, VolunteerState
+from daemon.models import Load, OwnerLimits, Registration, Volunteer, VolunteerState
 
 
 @dataclass(frozen=True)
@@ -97,12 +97,17 @@ class VolunteerRegistry:
     def is_current(self, token: SessionToken) -> bool:
         return self._generations.get(token.volunteer_id) == token.generation
 
-    def heartbeat(self, token: SessionToken, load: Load, now: float) -> Volunteer | None:
-        """Returns the updated record, or None if the token belongs to a replaced session."""
+    def heartbeat(
+        self, token: SessionToken, load: Load, now: float, limits: OwnerLimits | None = None
+    ) -> Volunteer | None:
+        """Returns the updated record, or None if the token belongs to a replaced session.
+        `limits`: the owner changed them since the session began."""
         if not self.is_current(token):
             return None
+        known = self._volunteers[token.volunteer_id]
         volunteer = replace(
-            self._volunteers[token.volunteer_id],
+            known,
+            limits=limits if limits is not None else known.limits,
             load=load,
             last_seen=now,
             state=VolunteerState.ONLINE,

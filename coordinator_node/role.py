@@ -12,6 +12,7 @@ from coordinator_node.scheduler import Scheduler
 from coordinator_node.servicer import CoordinatorServicer
 from coordinator_node.store import CoordinatorStore
 from coordinator_node.trust_servicer import TrustServicer
+from daemon.config import NodeConfig
 from daemon.errors import ConfigError
 from daemon.roles import RoleContext
 from daemon.rpc.v1 import coordinator_pb2_grpc, trust_pb2_grpc
@@ -65,6 +66,9 @@ class CoordinatorRole:
 
     async def start(self, address: str, advertised: str) -> None:
         pass
+
+    async def reconfigure(self, config: NodeConfig) -> None:
+        """Nothing of a reloaded configuration applies here while running."""
 
     async def stop(self) -> None:
         await self.pool.stop()

@@ -113,7 +113,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> None:
         kind = message.WhichOneof("kind")
         if kind == "heartbeat":
-            await self._pool.heartbeat(session, convert.load_from_proto(message.heartbeat.load))
+            heartbeat = message.heartbeat
+            limits = (
+                convert.limits_from_proto(heartbeat.limits)
+                if heartbeat.HasField("limits")
+                else None
+            )
+            await self._pool.heartbeat(session, convert.load_from_proto(heartbeat.load), limits)
         elif kind == "accept":
             accept = message.accept
             await self._pool.accepted(session, accept.task_id, accept.attempt, accept.says_started)

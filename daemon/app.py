@@ -25,6 +25,7 @@ from daemon.discovery.peers import PeerTable
 from daemon.errors import ConfigError, NodeError
 from daemon.models import NodeIdentity
 from daemon.node_servicer import NodeServicer
+from daemon.reload import Reloaded, compare
 from daemon.resources import measure_resources
 from daemon.roles import ROLE_SERVICES, START_ORDER, Role, RoleContext, create_role
 from daemon.rpc.v1 import node_pb2_grpc
@@ -74,15 +75,51 @@ def validate(config: NodeConfig) -> None:
 
 
 class Node:
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(
+        self, config: NodeConfig, read_config: Callable[[], NodeConfig] | None = None
+    ) -> None:
+        """`read_config`: reads the configuration again, from where it first came (flags,
+        environment, file), for a reload (SIGHUP, `vcnode config reload`)."""
         validate(config)
         self.config = config
+        self._read_config = read_config
+        self._roles: list[Role] = []
+        self._reloads: set[asyncio.Task[None]] = set()
+        # One reload at a time: two SIGHUPs in a row apply in turn.
+        self._reloading = asyncio.Lock()
         self._stop = asyncio.Event()
         self._fatal: NodeError | None = None
         self.address: str | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def request_reload(self) -> None:
+        """SIGHUP: read the configuration again and apply what can change while running."""
+        reload = asyncio.get_running_loop().create_task(self._reload_logged())
+        self._reloads.add(reload)
+        reload.add_done_callback(self._reloads.discard)
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except NodeError as error:
+            log.error("reload refused, the configuration in use stays: %s", error)
+
+    async def reload(self) -> Reloaded:
+        """Reads the configuration again; applies the live settings (daemon/reload.py) to
+        the running roles; raises ConfigError, changing nothing, when it is wrong."""
+        if self._read_config is None:
+            raise ConfigError("this daemon has no configuration source to read again")
+        async with self._reloading:
+            read = await asyncio.to_thread(self._read_config)
+            validate(read)
+            self.config, reloaded = compare(self.config, read)
+            logging.getLogger().setLevel(self.config.log_level)
+            for role in self._roles:
+                await role.reconfigure(self.config)
+            log.info("reloaded the configuration: %s", reloaded.describe())
+            return reloaded
 
     def _on_fatal(self, error: NodeError) -> None:
         if self._fatal is None:
@@ -204,8 +241,10 @@ class Node:
                 trust,
                 policy,
                 join_addresses,
+                reload=self.reload,
             )
             roles: list[Role] = [create_role(name, context) for name in identity.roles]
+            self._roles = roles
             door = (
                 DashboardDoor(
                     SessionSigner.for_data_dir(data_dir.path),

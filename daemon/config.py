@@ -7,8 +7,9 @@ from, so an error can say exactly which file, variable or flag is wrong.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,168 @@ ENV_PREFIX = "VCNODE_"
 LOG_FORMATS = ("text", "json")
 
 
+# --- the owner's rules (volunteer): the [schedule] table ----------------------------------
+# What they mean and how they are applied: volunteer_node/rules.py. The settings live here,
+# with the other settings, so the config can be read without the volunteer's modules.
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_FULL_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+ALL_DAYS: frozenset[int] = frozenset(range(7))
+MINUTES_PER_DAY = 24 * 60
+_HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+@dataclass(frozen=True)
+class Hours:
+    """A daily window of wall-clock time: from `start` for `length` minutes (1 to a day)."""
+
+    start: int  # minutes after midnight, 0-1439
+    end: int  # minutes after midnight, 0-1440; at or before `start`: the next day's
+
+    @property
+    def length(self) -> int:
+        return (self.end - self.start) % MINUTES_PER_DAY or MINUTES_PER_DAY
+
+    @property
+    def all_day(self) -> bool:
+        return self.length == MINUTES_PER_DAY and self.start == 0
+
+    def __str__(self) -> str:
+        return f"{_hhmm(self.start)}-{_hhmm(self.end)}"
+
+
+def _hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+ALL_DAY = Hours(0, MINUTES_PER_DAY)
+
+
+@dataclass(frozen=True)
+class OwnerRules:
+    """The [schedule] table: when a volunteer's owner lets tasks run. The default stops
+    work on battery only."""
+
+    days: frozenset[int] = ALL_DAYS  # 0 is monday, as date.weekday()
+    hours: Hours = ALL_DAY
+    idle_minutes: int = 0  # 0: off
+    max_other_load: float = 0.0  # percent of the machine's CPUs; 0: off
+    on_battery: bool = False
+
+    @property
+    def has_schedule(self) -> bool:
+        return self.days != ALL_DAYS or not self.hours.all_day
+
+    def schedule_text(self) -> str:
+        """As the reasons say it: mon-fri 18:00-08:00, sat-sun, 18:00-08:00; "" for none."""
+        parts = [] if self.days == ALL_DAYS else [days_text(self.days)]
+        return " ".join(parts + ([] if self.hours.all_day else [str(self.hours)]))
+
+
+def _weekday(name: str) -> int:
+    word = name.strip().lower()
+    if word in WEEKDAYS:
+        return WEEKDAYS.index(word)
+    if word in _FULL_WEEKDAYS:
+        return _FULL_WEEKDAYS.index(word)
+    raise ValueError(f"unknown day {name.strip()!r}; days are {', '.join(WEEKDAYS)}")
+
+
+def parse_days(value: Any) -> frozenset[int]:
+    """Days as a TOML list or a comma-separated text, each a day or a range (`mon-fri`; a
+    range may wrap the week: `fri-mon`)."""
+    if isinstance(value, frozenset | set):
+        if not value <= ALL_DAYS:
+            raise ValueError(f"expected weekday numbers 0-6, got {sorted(value)}")
+        items: list[str] = [WEEKDAYS[day] for day in value]
+    elif isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        items = [part for item in value for part in item.split(",")]
+    else:
+        raise ValueError(f'expected days such as mon-fri or ["mon", "wed"], got {value!r}')
+    days: set[int] = set()
+    for item in (item for item in items if item.strip()):
+        first, dash, last = item.partition("-")
+        if not dash:
+            days.add(_weekday(first))
+            continue
+        start, end = _weekday(first), _weekday(last)
+        days.update((start + step) % 7 for step in range((end - start) % 7 + 1))
+    if not days:
+        raise ValueError("no day given; for every day leave days out, or give mon-sun")
+    return frozenset(days)
+
+
+def parse_hours(value: Any) -> Hours:
+    """A window of local time, HH:MM-HH:MM; the end may be 24:00, or at or before the start
+    for a window that runs past midnight."""
+    if isinstance(value, Hours):
+        return value
+    found = _HOURS.match(str(value))
+    if found is None:
+        raise ValueError(f"expected HH:MM-HH:MM (e.g. 18:00-08:00), got {value!r}")
+    start_h, start_m, end_h, end_m = (int(group) for group in found.groups())
+    if start_h > 23 or start_m > 59 or end_m > 59 or end_h > 24 or (end_h == 24 and end_m):
+        raise ValueError(f"not a time of day in {value!r} (00:00 to 23:59, or 24:00 to end)")
+    start, end = start_h * 60 + start_m, end_h * 60 + end_m
+    if start == end:
+        raise ValueError(f"{value!r} is an empty window; for all day give 00:00-24:00")
+    return Hours(start, end)
+
+
+def parse_load_percent(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a percentage, got {value!r}")
+    try:
+        number = float(str(value).strip().removesuffix("%"))
+    except ValueError:
+        raise ValueError(f"expected a percentage of the machine's CPUs, got {value!r}") from None
+    if not 0 <= number < 100:
+        raise ValueError(f"expected a percentage below 100 (0 turns it off), got {value!r}")
+    return number
+
+
+def days_text(days: Collection[int]) -> str:
+    """Days as a person writes them (mon-fri, mon,wed,fri, fri-mon): runs of days as
+    ranges, from the first day after a gap (so a run over the weekend stays one)."""
+    chosen = sorted(set(days))
+    if not chosen:
+        return "no day"
+    if len(chosen) == 7:
+        return "mon-sun"
+    first = next(day for day in range(7) if day in chosen and (day - 1) % 7 not in chosen)
+    runs: list[list[int]] = []
+    for step in range(7):
+        day = (first + step) % 7
+        if day not in chosen:
+            continue
+        if runs and (runs[-1][-1] + 1) % 7 == day:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    texts = [
+        WEEKDAYS[run[0]] if len(run) == 1 else f"{WEEKDAYS[run[0]]}-{WEEKDAYS[run[-1]]}"
+        for run in sorted(runs, key=lambda run: run[0])
+    ]
+    return ",".join(texts)
+
+
+def day_names(days: Collection[int]) -> list[str]:
+    """For a TOML list: ["mon", "tue", ...] in week order."""
+    return [WEEKDAYS[day] for day in sorted(set(days))]
+
+
+def schedule_value(name: str, rules: OwnerRules) -> Any:
+    """A [schedule] setting as TOML writes it (days as names, hours as HH:MM-HH:MM)."""
+    value = getattr(rules, name)
+    if name == "days":
+        return day_names(value)
+    if name == "hours":
+        return str(value)
+    return value
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     roles: tuple[str, ...]
@@ -54,6 +217,8 @@ class NodeConfig:
     # to the default 7450 and any free port otherwise.
     join_listen: str | None = None
     limits: OwnerLimits = field(default_factory=OwnerLimits)
+    # The volunteer owner's rules that stop work by themselves (hours, idle, load, battery).
+    schedule: OwnerRules = field(default_factory=OwnerRules)
     log_level: str = "INFO"
     # text, or json: one object per line for log shippers.
     log_format: str = "text"
@@ -147,6 +312,13 @@ def _parse_non_negative_int(value: Any) -> int:
         raise ValueError(f"expected a whole number, got {value!r}") from None
     if number < 0:
         raise ValueError(f"must be 0 or more, got {value!r}")
+    return number
+
+
+def _parse_percent(value: Any) -> int:
+    number = _parse_non_negative_int(value)
+    if number > 100:
+        raise ValueError(f"a percentage from 1 to 100 (0: no throttle), got {value!r}")
     return number
 
 
@@ -293,12 +465,21 @@ LIMIT_SETTINGS: dict[str, Callable[[Any], Any]] = {
     "max_memory_mb": _parse_non_negative_int,
     "max_disk_mb": _parse_non_negative_int,
     "max_concurrent_tasks": _parse_slots,
+    "cpu_throttle_percent": _parse_percent,
     "allow_network": _parse_bool,
     "allow_process_runtime": _parse_bool,
     "allow_pull": _parse_bool,
     "allow_managers": _parse_allow_managers,
     "allow_images": _parse_allow_images,
     "allow_users": _parse_allow_users,
+}
+# The [schedule] table; flags --schedule-<name>, variables VCNODE_SCHEDULE_<NAME>.
+SCHEDULE_SETTINGS: dict[str, Callable[[Any], Any]] = {
+    "days": parse_days,
+    "hours": parse_hours,
+    "idle_minutes": _parse_non_negative_int,
+    "max_other_load": parse_load_percent,
+    "on_battery": _parse_bool,
 }
 # Flags whose name differs from their setting's.
 FLAG_NAMES = {
@@ -310,6 +491,7 @@ FLAG_NAMES = {
 ENV_NAMES = {
     **{ENV_PREFIX + name.upper(): name for name in SETTINGS},
     **{ENV_PREFIX + name.upper(): f"limits.{name}" for name in LIMIT_SETTINGS},
+    **{f"{ENV_PREFIX}SCHEDULE_{name.upper()}": f"schedule.{name}" for name in SCHEDULE_SETTINGS},
     ENV_PREFIX + "ROLE": "roles",
     ENV_PREFIX + "HEARTBEAT": "heartbeat_seconds",
 }
@@ -322,7 +504,7 @@ class Sourced:
 
 
 def read_config_file(path: Path) -> dict[str, Sourced]:
-    """Flattens a TOML config file (top-level settings and a [limits] table)."""
+    """Flattens a TOML config file (top-level settings, a [limits] and a [schedule] table)."""
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -341,13 +523,22 @@ def read_config_file(path: Path) -> dict[str, Sourced]:
                         f"known: {', '.join(LIMIT_SETTINGS)}"
                     )
                 layer[f"limits.{limit_key}"] = Sourced(limit_value, f"{path} (limits.{limit_key})")
+        elif key == "schedule" and isinstance(value, dict):
+            for rule_key, rule_value in value.items():
+                if rule_key not in SCHEDULE_SETTINGS:
+                    raise ConfigError(
+                        f"config file {path}: unknown key 'schedule.{rule_key}'; "
+                        f"known: {', '.join(SCHEDULE_SETTINGS)}"
+                    )
+                layer[f"schedule.{rule_key}"] = Sourced(rule_value, f"{path} (schedule.{rule_key})")
         elif key == "role":
             layer["roles"] = Sourced(value, f"{path} (role)")
         elif key in SETTINGS:
             layer[key] = Sourced(value, f"{path} ({key})")
         else:
             raise ConfigError(
-                f"config file {path}: unknown key {key!r}; known: {', '.join(SETTINGS)}, [limits]"
+                f"config file {path}: unknown key {key!r}; known: {', '.join(SETTINGS)}, "
+                "[limits], [schedule]"
             )
     return layer
 
@@ -358,6 +549,24 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, Sourced]:
         for name, value in environ.items()
         if name in ENV_NAMES
     }
+
+
+def flag_name(setting: str) -> str:
+    """The flag of a setting (without --): max-cpus for limits.max_cpus, schedule-hours
+    for schedule.hours."""
+    if setting in FLAG_NAMES:
+        return FLAG_NAMES[setting]
+    table, _, name = setting.rpartition(".")
+    return ("schedule-" if table == "schedule" else "") + name.replace("_", "-")
+
+
+def flag_settings() -> list[str]:
+    """Every setting a flag may give: SETTINGS, then limits.* and schedule.*."""
+    return [
+        *SETTINGS,
+        *(f"limits.{name}" for name in LIMIT_SETTINGS),
+        *(f"schedule.{name}" for name in SCHEDULE_SETTINGS),
+    ]
 
 
 def resolve(
@@ -374,9 +583,7 @@ def resolve(
         config_file = Path(environ["VCNODE_CONFIG"])
     file_layer = read_config_file(config_file) if config_file else {}
     flag_layer = {
-        name: Sourced(
-            value, f"flag --{FLAG_NAMES.get(name, name.removeprefix('limits.').replace('_', '-'))}"
-        )
+        name: Sourced(value, f"flag --{flag_name(name)}")
         for name, value in flags.items()
         if value is not None
     }
@@ -385,11 +592,12 @@ def resolve(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for name, sourced in merged.items():
-        parser = (
-            LIMIT_SETTINGS[name.removeprefix("limits.")]
-            if name.startswith("limits.")
-            else SETTINGS[name]
-        )
+        if name.startswith("limits."):
+            parser = LIMIT_SETTINGS[name.removeprefix("limits.")]
+        elif name.startswith("schedule."):
+            parser = SCHEDULE_SETTINGS[name.removeprefix("schedule.")]
+        else:
+            parser = SETTINGS[name]
         try:
             values[name] = parser(sourced.value)
         except ValueError as error:
@@ -410,9 +618,17 @@ def resolve(
             if name.startswith("limits.")
         }
     )
+    schedule = OwnerRules(
+        **{
+            name.removeprefix("schedule."): value
+            for name, value in values.items()
+            if name.startswith("schedule.")
+        }
+    )
     config = NodeConfig(
-        **{name: value for name, value in values.items() if not name.startswith("limits.")},
+        **{name: value for name, value in values.items() if "." not in name},
         limits=limits,
+        schedule=schedule,
     )
     for name in ("data_dir", "listen", "cluster", "mdns", "heartbeat_seconds"):
         sources.setdefault(name, "default")
@@ -435,4 +651,10 @@ def render(config: NodeConfig, sources: Mapping[str, str]) -> str:
     for name in LIMIT_SETTINGS:
         value = getattr(config.limits, name)
         lines.append(f"{name} = {toml_value(value)}  # {sources.get('limits.' + name, 'default')}")
+    lines.append("")
+    lines.append("[schedule]")
+    for name in SCHEDULE_SETTINGS:
+        value = schedule_value(name, config.schedule)
+        source = sources.get("schedule." + name, "default")
+        lines.append(f"{name} = {toml_value(value)}  # {source}")
     return "\n".join(lines) + "\n"

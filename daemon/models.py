@@ -26,6 +26,10 @@ class OwnerLimits:
     allow_images: tuple[str, ...] = ()
     # Users by their certificate's user name, as the task's manager says it (TaskSpec.user).
     allow_users: tuple[str, ...] = ()
+    # The share of each CPU a task's container may use, in percent (0: all of it): BOINC's
+    # "use at most N% of CPU time", kept by Docker's CPU quota. The volunteer's own: the
+    # coordinator matches on CPUs, not on their speed.
+    cpu_throttle_percent: int = 0
 
     def __post_init__(self) -> None:
         # Stores read them back from JSON as lists: kept tuples, so limits stay hashable

@@ -8,7 +8,7 @@ imports another. `make lint` holds the code to that (import-linter, in pyproject
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +19,7 @@ from daemon.config import NodeConfig
 from daemon.discovery.directory import PeerDirectory
 from daemon.errors import NodeError
 from daemon.models import NodeIdentity
+from daemon.reload import Reloaded
 from daemon.status_board import StatusBoard
 from daemon.transport.access import AccessPolicy
 from daemon.trust.bootstrap import NodeTrust
@@ -57,6 +58,9 @@ class RoleContext:
     join_addresses: tuple[str, ...] = ()
     # What the roles tell the node's owner about themselves (`vcnode status`).
     board: StatusBoard = field(default_factory=StatusBoard)
+    # Reads the configuration again and applies what can change while running (the owner's
+    # `vcnode config reload`); None when nothing can.
+    reload: Callable[[], Awaitable[Reloaded]] | None = None
 
 
 class Role(Protocol):
@@ -78,6 +82,9 @@ class Role(Protocol):
 
     async def stop(self) -> None:
         """Ends background work and long-lived streams; the server still answers."""
+
+    async def reconfigure(self, config: NodeConfig) -> None:
+        """The configuration was read again (daemon/reload.py): apply its live settings."""
 
     async def close(self) -> None:
         """Flushes and closes state; called after the server stopped."""

@@ -8,6 +8,7 @@ import logging
 
 import grpc
 
+from daemon.config import NodeConfig
 from daemon.roles import RoleContext
 from daemon.rpc.v1 import manager_pb2_grpc
 from daemon.supervision import Supervisor
@@ -118,6 +119,9 @@ class ManagerRole:
                 await self._store.set_meta(REVOKED_META, json.dumps(sorted(latest)))
                 self._revoked = latest
             await asyncio.sleep(2 * self._context.config.heartbeat_seconds)  # a period
+
+    async def reconfigure(self, config: NodeConfig) -> None:
+        """Nothing of a reloaded configuration applies here while running."""
 
     async def stop(self) -> None:
         await self._supervisor.stop()  # event following and merges

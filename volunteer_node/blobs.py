@@ -67,6 +67,11 @@ class BlobTransfers:
         # being found in the cache and being pinned.
         self._room = asyncio.Lock()
 
+    def set_quota(self, quota_bytes: int) -> None:
+        """The owner changed the cache's cap (a config reload): the next fetch makes room
+        under the new one, evicting what was used least recently."""
+        self.store.max_blob_bytes = self.store.quota_bytes = quota_bytes
+
     async def open(self) -> None:
         await self.store.open()
         self._index.load((blob.sha256, blob.size) for blob in await self.store.held())

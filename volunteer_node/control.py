@@ -5,11 +5,13 @@ worker, and says what the volunteer now does."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import grpc
 
+from daemon.errors import ConfigError
+from daemon.reload import Reloaded
 from daemon.rpc.v1 import control_pb2, control_pb2_grpc
 from daemon.transport import convert
 from volunteer_node.lifecycle import LifecycleView
@@ -38,14 +40,15 @@ class OwnerControlServicer(control_pb2_grpc.OwnerControlServicer):
         self,
         worker: Controlled,
         coordinator: Callable[[], str],
-        hold_grace_seconds: float,
         node_id: str,
+        reload: Callable[[], Awaitable[Reloaded]] | None = None,
     ) -> None:
-        """`coordinator`: the address of the coordinator in session ("" when none)."""
+        """`coordinator`: the address of the coordinator in session ("" when none);
+        `reload`: reads the daemon's configuration again (daemon/app.py Node.reload)."""
         self._node_id = node_id
         self._worker = worker
         self._coordinator = coordinator
-        self._grace = hold_grace_seconds
+        self._reload = reload
 
     async def Pause(
         self, request: control_pb2.PauseRequest, context: Context
@@ -77,15 +80,33 @@ class OwnerControlServicer(control_pb2_grpc.OwnerControlServicer):
     ) -> control_pb2.VolunteerWork:
         return self._work()
 
+    async def ReloadConfig(
+        self,
+        request: control_pb2.ReloadConfigRequest,
+        context: grpc.aio.ServicerContext[Any, control_pb2.ReloadConfigReply],
+    ) -> control_pb2.ReloadConfigReply:
+        if self._reload is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "this daemon has no configuration to re-read"
+            )
+        assert self._reload is not None
+        try:
+            reloaded = await self._reload()
+        except ConfigError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return control_pb2.ReloadConfigReply(
+            applied=reloaded.applied,
+            needs_restart=reloaded.needs_restart,
+            summary=reloaded.describe(),
+        )
+
     def _work(self) -> control_pb2.VolunteerWork:
-        work = work_to_proto(self._worker.view(), self._coordinator(), self._grace)
+        work = work_to_proto(self._worker.view(), self._coordinator())
         work.node_id = self._node_id
         return work
 
 
-def work_to_proto(
-    view: LifecycleView, coordinator: str, hold_grace_seconds: float
-) -> control_pb2.VolunteerWork:
+def work_to_proto(view: LifecycleView, coordinator: str) -> control_pb2.VolunteerWork:
     return control_pb2.VolunteerWork(
         holds=[
             control_pb2.WorkHold(
@@ -108,6 +129,6 @@ def work_to_proto(
         slots=view.slots,
         held_most=view.held_most,
         coordinator=coordinator,
-        hold_grace_seconds=hold_grace_seconds,
+        hold_grace_seconds=view.hold_grace_seconds,
         limits=convert.limits_to_proto(view.limits),
     )

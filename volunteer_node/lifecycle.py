@@ -235,6 +235,7 @@ class LifecycleView:
     slots: int
     held_most: int
     limits: OwnerLimits
+    hold_grace_seconds: float
 
 
 @dataclass
@@ -407,6 +408,13 @@ class VolunteerLifecycle:
             out += self._call_off(attempt, "its owner is draining the volunteer", handed_back=True)
         return out + self._availability_changed(OWNER_HOLD)
 
+    def reconfigure(self, limits: OwnerLimits, hold_grace_seconds: float) -> list[Instruction]:
+        """The owner changed the limits or the grace (a config reload): more slots or room
+        start what waits; fewer let what runs finish."""
+        self.limits = limits
+        self.hold_grace_seconds = hold_grace_seconds
+        return self._start_ready()
+
     def restore_owner_state(self, pause: Hold | None, draining: bool, now: float) -> None:
         """After a restart: the owner's pause (unless it ran out) and drain, as saved."""
         self.draining = draining
@@ -487,6 +495,7 @@ class VolunteerLifecycle:
             slots=self.slots,
             held_most=held_tasks(self.limits),
             limits=self.limits,
+            hold_grace_seconds=self.hold_grace_seconds,
         )
 
     # --- inside -----------------------------------------------------------------------------

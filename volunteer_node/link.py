@@ -20,7 +20,7 @@ from daemon.backoff import Backoff
 from daemon.discovery.directory import PeerDirectory
 from daemon.discovery.finder import CoordinatorFinder
 from daemon.errors import AccessDeniedError, RejectedError
-from daemon.models import Load, Registration, TaskResult, TaskSpec, TrustRecord
+from daemon.models import Load, OwnerLimits, Registration, TaskResult, TaskSpec, TrustRecord
 from daemon.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from daemon.status_board import StatusBoard
 from daemon.supervision import run_together
@@ -60,13 +60,18 @@ class CoordinatorLink:
         heartbeat_seconds: float,
         backoff: Backoff | None = None,
         board: StatusBoard | None = None,
+        limits: Callable[[], OwnerLimits] | None = None,
     ) -> None:
+        """`limits`: the owner's limits now; heartbeats carry them once they differ from
+        those the session registered with."""
         # Where the owner's `vcnode status` reads our coordinator and its trust in us.
         self.board = board or StatusBoard()
         self._finder = CoordinatorFinder(explicit_address, directory)
         self._credential = credential
         self._registration = registration
         self._load = load
+        self._limits = limits
+        self._registered_limits: OwnerLimits | None = None
         self._handler = handler
         self._default_heartbeat = heartbeat_seconds
         # Outlives sessions: what could not be sent before a stream broke goes on the next.
@@ -190,6 +195,7 @@ class CoordinatorLink:
     async def _run_session(self, address: str) -> None:
         """One session, until the stream ends; sets `connected_to` once welcomed."""
         registration = await self._registration()
+        self._registered_limits = registration.limits
         register = coordinator_pb2.VolunteerMessage(
             register=convert.registration_to_proto(registration)
         )
@@ -281,7 +287,11 @@ class CoordinatorLink:
             )
 
     def send_heartbeat(self) -> None:
-        self._send(heartbeat=coordinator_pb2.Heartbeat(load=convert.load_to_proto(self._load())))
+        heartbeat = coordinator_pb2.Heartbeat(load=convert.load_to_proto(self._load()))
+        if self._limits is not None and (limits := self._limits()) != self._registered_limits:
+            # The owner changed them since we registered: the coordinator matches on them.
+            heartbeat.limits.CopyFrom(convert.limits_to_proto(limits))
+        self._send(heartbeat=heartbeat)
 
     async def _heartbeat_forever(self, interval: float) -> None:
         # At once: whether we take tasks (paused, draining) is in it.

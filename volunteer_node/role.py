@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from daemon.config import NodeConfig
 from daemon.errors import ConfigError, NodeError, RejectedError
 from daemon.models import Load, Registration
 from daemon.resources import measure_load, measure_resources, probe_docker
@@ -27,6 +28,7 @@ from volunteer_node.blobs import BlobTransfers
 from volunteer_node.control import OwnerControlServicer
 from volunteer_node.image_ids import ImageIds
 from volunteer_node.link import CoordinatorLink
+from volunteer_node.rule_watch import CpuMeter, Probes, RuleWatch, docker_task_containers
 from volunteer_node.store import VolunteerStore
 from volunteer_node.worker import TaskWorker, WorkerConfig
 
@@ -59,6 +61,9 @@ class VolunteerRole:
         self._image_ids = ImageIds(self._image_id)
         self.worker: TaskWorker | None = None
         self.link: CoordinatorLink | None = None
+        # The owner's rules (hours, idle, load, battery); a config reload calls
+        # `rules.reconfigure(new_config.schedule)`.
+        self.rules: RuleWatch | None = None
         self._supervisor = Supervisor(context.on_fatal)
         self._link_task: asyncio.Task[None] | None = None
         self._control: ControlServer | None = None
@@ -100,6 +105,7 @@ class VolunteerRole:
             log.warning(
                 "no Docker engine: tasks will run as processes in a bubblewrap sandbox, as "
                 "the owner allowed (--allow-process-runtime); limits are rlimits, not cgroups"
+                + ("; --cpu-throttle-percent does not apply" if limits.cpu_throttle_percent else "")
             )
         else:
             log.warning(
@@ -163,8 +169,17 @@ class VolunteerRole:
             handler=self.worker,
             heartbeat_seconds=config.heartbeat_seconds,
             board=self._context.board,
+            limits=lambda: self._limits,
         )
         self.worker.attach(self.link)
+        # Before the link runs: a volunteer outside its hours must not take the first offer.
+        containers = docker_task_containers(self._context.identity.node_id)
+        self.rules = RuleWatch(
+            self.worker,
+            config.schedule,
+            probes=Probes(other_load=CpuMeter(containers if self._docker else None)),
+        )
+        await self.rules.start()
         self._link_task = self._supervisor.spawn(
             self.link.run(), "coordinator link", on_crash=self._on_link_crash
         )
@@ -178,8 +193,8 @@ class VolunteerRole:
         servicer = OwnerControlServicer(
             worker,
             coordinator=lambda: link.connected_to or "",
-            hold_grace_seconds=self._context.config.pause_grace_seconds,
             node_id=self._context.identity.node_id,
+            reload=self._context.reload,
         )
         self._control = ControlServer(
             self._context.data_dir,
@@ -187,6 +202,20 @@ class VolunteerRole:
             lambda server: control_pb2_grpc.add_OwnerControlServicer_to_server(servicer, server),
         )
         await self._control.start()
+
+    async def reconfigure(self, config: NodeConfig) -> None:
+        """The owner's limits, pause grace and rules, read again (a config reload): they
+        apply at once, and the coordinator hears of the limits at the next heartbeat, sent
+        now."""
+        configured = config.limits
+        self._limits = replace(configured, max_disk_mb=configured.max_disk_mb or DEFAULT_CACHE_MB)
+        self._transfers.set_quota(self._limits.max_disk_mb * MIB)
+        if self.worker is not None:
+            await self.worker.reconfigure(self._limits, config.pause_grace_seconds)
+        if self.rules is not None:
+            await self.rules.reconfigure(config.schedule)
+        if self.link is not None:
+            self.link.send_heartbeat()
 
     def _on_link_crash(self, error: BaseException) -> None:
         if isinstance(error, RejectedError):
@@ -220,6 +249,8 @@ class VolunteerRole:
         return measure_load(len(self.worker.running_task_ids()), self.worker.availability())
 
     async def stop(self) -> None:
+        if self.rules is not None:
+            await self.rules.stop()
         if self._control is not None:
             await self._control.stop()
         # Tasks first, then goodbye: the coordinator offers them elsewhere at once instead

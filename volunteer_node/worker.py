@@ -276,6 +276,20 @@ class TaskWorker:
         reason = "paused by owner" + (f" until {_clock_time(until)}" if seconds else "")
         await self._step(self._machine.hold(Hold(OWNER_HOLD, reason, until, since=now)))
 
+    async def hold(self, hold: Hold) -> None:
+        """Stops work for one of the owner's rules (volunteer_node/rule_watch.py), as a
+        pause does: running tasks freeze, offers are declined with `hold.reason`."""
+        await self._step(self._machine.hold(hold))
+
+    async def lift(self, name: str) -> None:
+        """Ends the hold of that name; work goes on once no hold is left."""
+        await self._step(self._machine.lift(name))
+
+    async def reconfigure(self, limits: OwnerLimits, hold_grace_seconds: float) -> None:
+        """The owner's limits or pause grace changed (a config reload)."""
+        self._config = replace(self._config, limits=limits, hold_grace_seconds=hold_grace_seconds)
+        await self._step(self._machine.reconfigure(limits, hold_grace_seconds))
+
     async def resume(self) -> None:
         await self._step(self._machine.resume())
 
@@ -654,6 +668,8 @@ class TaskWorker:
         cpus = task.resources.cpus or 1.0
         if limits.max_cpus:
             cpus = min(cpus, limits.max_cpus)
+        if limits.cpu_throttle_percent:
+            cpus *= limits.cpu_throttle_percent / 100
         return RunSpec(
             run_id=run_id(task),
             # By ID when it pins one: what runs is that image, whatever the tag names here.

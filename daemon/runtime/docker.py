@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,8 @@ import aiohttp
 
 from daemon.runtime.image_archive import untagged_copy
 from daemon.runtime.spec import (
-    FreezableDeadline,
+    LiveRun,
+    LiveRuns,
     LogBuffer,
     OutputCallback,
     OutputWatch,
@@ -155,16 +155,6 @@ async def _set_paused(container: Any, paused: bool) -> bool:
     return bool(state.get("Running")) and bool(state.get("Paused")) == paused
 
 
-@dataclass
-class _Live:
-    """A run whose container is up: what `freeze` and `thaw` act on."""
-
-    container: Any
-    deadline: FreezableDeadline = field(default_factory=FreezableDeadline)
-    # One freeze or thaw at a time: their Docker calls must not cross.
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
 class DockerRuntime:
     name = "docker"
     isolated = True
@@ -174,7 +164,7 @@ class DockerRuntime:
         self._owner = owner
         self._docker: aiodocker.Docker | None = None
         # Runs in progress whose container is up, by run id.
-        self._live: dict[str, _Live] = {}
+        self._live: LiveRuns[Any] = LiveRuns()
 
     def _client(self) -> aiodocker.Docker:
         if self._docker is None:
@@ -245,47 +235,12 @@ class DockerRuntime:
 
     async def freeze(self, run_id: str) -> bool:
         """`docker pause` of the run's container; its timeout stands still meanwhile."""
-        live = self._live.get(run_id)
-        if live is None:
-            return False
-        # Shielded: a caller cancelled midway must not leave a paused container whose
-        # timeout still runs.
-        return await asyncio.shield(self._freeze(run_id, live))
-
-    async def _freeze(self, run_id: str, live: _Live) -> bool:
-        async with live.lock:
-            if self._live.get(run_id) is not live:
-                return False  # it ended while we waited for the lock
-            if live.deadline.frozen:
-                return True
-            if not await _set_paused(live.container, paused=True):
-                return False
-            live.deadline.freeze()
-            return True
+        return await self._live.freeze(run_id, lambda c: _set_paused(c, paused=True))
 
     async def thaw(self, run_id: str) -> bool:
         """`docker unpause` of the run's container; its timeout runs on, moved by the time
         it was frozen."""
-        live = self._live.get(run_id)
-        if live is None:
-            return False
-        return await asyncio.shield(self._thaw(run_id, live))
-
-    async def _thaw(self, run_id: str, live: _Live) -> bool:
-        async with live.lock:
-            if self._live.get(run_id) is not live:
-                return False
-            if not live.deadline.frozen:
-                return True
-            thawed = await _set_paused(live.container, paused=False)
-            # Its clock runs again even when Docker would not unpause it: a container stuck
-            # paused must still meet its timeout rather than hold its slot for ever.
-            live.deadline.thaw()
-            return thawed
-
-    def _forget(self, run_id: str, live: _Live) -> None:
-        if self._live.get(run_id) is live:
-            del self._live[run_id]
+        return await self._live.thaw(run_id, lambda c: _set_paused(c, paused=False))
 
     async def run(
         self,
@@ -315,10 +270,10 @@ class DockerRuntime:
         following: list[asyncio.Task[None]] = []
         meter = UsageMeter()
         measuring: asyncio.Task[None] | None = None
-        live = _Live(container)
+        live: LiveRun[Any] | None = None
         try:
             await container.start()
-            self._live[spec.run_id] = live
+            live = self._live.add(spec.run_id, container)
             measuring = loop.create_task(_measure(container.id, meter))
             if on_started is not None:
                 on_started()
@@ -336,7 +291,7 @@ class DockerRuntime:
             except TimeoutError:
                 await stop()
                 failure = f"timed out after {spec.timeout_seconds:g} s (killed)"
-            self._forget(spec.run_id, live)
+            self._live.remove(spec.run_id, live)
             await _last_measure(measuring, meter)
             await watch.check_after_exit()
             failure = watch.overflow or failure
@@ -368,7 +323,8 @@ class DockerRuntime:
                 peak_memory_mb=meter.peak_memory_mb,
             )
         finally:
-            self._forget(spec.run_id, live)
+            if live is not None:
+                self._live.remove(spec.run_id, live)
             # What the followers had not relayed yet is in the stored log (`_log`).
             running = [task for task in (progress, measuring, *following) if task is not None]
             for task in running:

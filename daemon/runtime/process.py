@@ -32,12 +32,13 @@ import shutil
 import signal
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from daemon.capacity import MAX_SLOTS
 from daemon.runtime.spec import (
-    FreezableDeadline,
+    LiveRun,
+    LiveRuns,
     LogBuffer,
     OutputCallback,
     OutputWatch,
@@ -236,15 +237,6 @@ def thaw_tree(root: int) -> bool:
     return True
 
 
-@dataclass
-class _Live:
-    """A run whose process is up: what `freeze` and `thaw` act on."""
-
-    process: asyncio.subprocess.Process
-    deadline: FreezableDeadline = field(default_factory=FreezableDeadline)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
 class ProcessRuntime:
     name = "process"
     isolated = False  # rlimits, not cgroups; and inputs are copies, never the cache's files
@@ -252,7 +244,7 @@ class ProcessRuntime:
     def __init__(self) -> None:
         self._free_uids = list(reversed(TASK_UIDS))
         # Runs in progress whose process is up, by run id.
-        self._live: dict[str, _Live] = {}
+        self._live: LiveRuns[asyncio.subprocess.Process] = LiveRuns()
 
     async def run(
         self,
@@ -273,39 +265,12 @@ class ProcessRuntime:
 
     async def freeze(self, run_id: str) -> bool:
         """SIGSTOP to every process of the run; its timeout stands still meanwhile."""
-        live = self._live.get(run_id)
-        if live is None:
-            return False
-        return await asyncio.shield(self._freeze(run_id, live))
-
-    async def _freeze(self, run_id: str, live: _Live) -> bool:
-        async with live.lock:
-            if self._live.get(run_id) is not live:
-                return False
-            if live.deadline.frozen:
-                return True
-            if not await asyncio.to_thread(freeze_tree, live.process.pid):
-                return False
-            live.deadline.freeze()
-            return True
+        return await self._live.freeze(run_id, lambda p: asyncio.to_thread(freeze_tree, p.pid))
 
     async def thaw(self, run_id: str) -> bool:
         """SIGCONT to every process of the run; its timeout runs on, moved by the time it
         was frozen."""
-        live = self._live.get(run_id)
-        if live is None:
-            return False
-        return await asyncio.shield(self._thaw(run_id, live))
-
-    async def _thaw(self, run_id: str, live: _Live) -> bool:
-        async with live.lock:
-            if self._live.get(run_id) is not live:
-                return False
-            if not live.deadline.frozen:
-                return True
-            thawed = await asyncio.to_thread(thaw_tree, live.process.pid)
-            live.deadline.thaw()
-            return thawed
+        return await self._live.thaw(run_id, lambda p: asyncio.to_thread(thaw_tree, p.pid))
 
     async def _run(
         self,
@@ -342,13 +307,11 @@ class ProcessRuntime:
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group, so a timeout kills the tree
         )
-        live = _Live(process)
-        self._live[spec.run_id] = live
+        live = self._live.add(spec.run_id, process)
         try:
             result = await self._wait(spec, on_progress, scratch, on_output, on_started, live)
         finally:
-            if self._live.get(spec.run_id) is live:
-                del self._live[spec.run_id]
+            self._live.remove(spec.run_id, live)
         return replace(result, started_at=started_at)
 
     async def _wait(
@@ -358,9 +321,9 @@ class ProcessRuntime:
         scratch: Path,
         on_output: OutputCallback | None,
         on_started: StartedCallback | None,
-        live: _Live,
+        live: LiveRun[asyncio.subprocess.Process],
     ) -> RunResult:
-        process = live.process
+        process = live.handle
 
         async def stop() -> None:
             self._kill_group(process)

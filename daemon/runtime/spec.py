@@ -10,7 +10,7 @@ import stat
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from daemon.task_files import PROGRESS_FILE
 
@@ -161,6 +161,79 @@ class FreezableDeadline:
     def _movable(timeout: asyncio.Timeout | None) -> bool:
         # An expired timeout is already cancelling the run: too late to hold it.
         return timeout is not None and not timeout.expired()
+
+
+Handle = TypeVar("Handle")
+
+
+@dataclass
+class LiveRun(Generic[Handle]):
+    """A run whose task is up (its container, its process): what freeze and thaw act on."""
+
+    handle: Handle
+    deadline: FreezableDeadline = field(default_factory=FreezableDeadline)
+    # One freeze or thaw at a time: their calls must not cross.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class LiveRuns(Generic[Handle]):
+    """A runtime's runs in progress, by run id, and freezing and thawing them: shielded (a
+    caller cancelled midway must not leave a frozen task whose timeout still runs), one at
+    a time per run, and a run that ended meanwhile is left alone."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, LiveRun[Handle]] = {}
+
+    def add(self, run_id: str, handle: Handle) -> LiveRun[Handle]:
+        live = LiveRun(handle)
+        self._live[run_id] = live
+        return live
+
+    def remove(self, run_id: str, live: LiveRun[Handle]) -> None:
+        if self._live.get(run_id) is live:
+            del self._live[run_id]
+
+    async def freeze(self, run_id: str, stop: Callable[[Handle], Awaitable[bool]]) -> bool:
+        """`stop(handle)` freezes the task (False: it ended); its timeout stands still."""
+        live = self._live.get(run_id)
+        if live is None:
+            return False
+        return await asyncio.shield(self._freeze(run_id, live, stop))
+
+    async def _freeze(
+        self, run_id: str, live: LiveRun[Handle], stop: Callable[[Handle], Awaitable[bool]]
+    ) -> bool:
+        async with live.lock:
+            if self._live.get(run_id) is not live:
+                return False  # it ended while we waited for the lock
+            if live.deadline.frozen:
+                return True
+            if not await stop(live.handle):
+                return False
+            live.deadline.freeze()
+            return True
+
+    async def thaw(self, run_id: str, go_on: Callable[[Handle], Awaitable[bool]]) -> bool:
+        """`go_on(handle)` lets the task run on; its timeout runs on, moved by the time it
+        was frozen."""
+        live = self._live.get(run_id)
+        if live is None:
+            return False
+        return await asyncio.shield(self._thaw(run_id, live, go_on))
+
+    async def _thaw(
+        self, run_id: str, live: LiveRun[Handle], go_on: Callable[[Handle], Awaitable[bool]]
+    ) -> bool:
+        async with live.lock:
+            if self._live.get(run_id) is not live:
+                return False
+            if not live.deadline.frozen:
+                return True
+            thawed = await go_on(live.handle)
+            # Its clock runs again even when the task would not go on: one stuck frozen must
+            # still meet its timeout rather than hold its slot for ever.
+            live.deadline.thaw()
+            return thawed
 
 
 # The stderr line said with a failure is cut to this many characters.

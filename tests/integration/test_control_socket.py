@@ -29,6 +29,9 @@ class Answering(control_pb2_grpc.OwnerControlServicer):
 
     Pause = Resume = Drain = GetWork
 
+    async def ReloadConfig(self, request: Any, context: Any) -> control_pb2.ReloadConfigReply:
+        return control_pb2.ReloadConfigReply()
+
 
 def data_dir(root: Path, depth: int) -> Path:
     path = root.joinpath(*(["d" * 20] * depth))

@@ -49,6 +49,7 @@ def test_system_unit_runs_the_daemon_on_its_config_restarts_it_and_lets_it_stop(
     place = _system()
     lines = _lines(render_unit(place, ["/opt/vc/bin/vcnode"], SYSTEM_DATA_DIR))
     assert "ExecStart=/opt/vc/bin/vcnode daemon --config /etc/vcnode/daemon.toml" in lines
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in lines
     assert "Restart=on-failure" in lines
     assert "RestartSec=5s" in lines
     assert "RestartPreventExitStatus=2" in lines, "bad settings (exit 2) must not loop"

@@ -86,5 +86,5 @@ def test_a_fetching_task_names_the_volunteer_that_holds_it() -> None:
     assert explanation_text(explained) == (
         "task t (fetching)\n"
         "  1 volunteer: holds it: fetching its inputs (and image), or waiting there for a "
-        "free slot (voluntee)"
+        "free slot (or room within its owner's caps) (voluntee)"
     )

@@ -54,6 +54,11 @@ class OwnerControlStub:
                 request_serializer=daemon_dot_rpc_dot_v1_dot_control__pb2.GetWorkRequest.SerializeToString,
                 response_deserializer=daemon_dot_rpc_dot_v1_dot_control__pb2.VolunteerWork.FromString,
                 _registered_method=True)
+        self.ReloadConfig = channel.unary_unary(
+                '/vcnode.v1.OwnerControl/ReloadConfig',
+                request_serializer=daemon_dot_rpc_dot_v1_dot_control__pb2.ReloadConfigRequest.SerializeToString,
+                response_deserializer=daemon_dot_rpc_dot_v1_dot_control__pb2.ReloadConfigReply.FromString,
+                _registered_method=True)
 
 
 class OwnerControlServicer:
@@ -87,6 +92,14 @@ class OwnerControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadConfig(self, request, context):
+        """Reads the daemon's configuration again and applies what can change while it runs
+        (the owner's limits and rules, the pause grace, the log level), as SIGHUP does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OwnerControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +122,11 @@ def add_OwnerControlServicer_to_server(servicer, server):
                     servicer.GetWork,
                     request_deserializer=daemon_dot_rpc_dot_v1_dot_control__pb2.GetWorkRequest.FromString,
                     response_serializer=daemon_dot_rpc_dot_v1_dot_control__pb2.VolunteerWork.SerializeToString,
+            ),
+            'ReloadConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadConfig,
+                    request_deserializer=daemon_dot_rpc_dot_v1_dot_control__pb2.ReloadConfigRequest.FromString,
+                    response_serializer=daemon_dot_rpc_dot_v1_dot_control__pb2.ReloadConfigReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +237,33 @@ class OwnerControl:
             '/vcnode.v1.OwnerControl/GetWork',
             daemon_dot_rpc_dot_v1_dot_control__pb2.GetWorkRequest.SerializeToString,
             daemon_dot_rpc_dot_v1_dot_control__pb2.VolunteerWork.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vcnode.v1.OwnerControl/ReloadConfig',
+            daemon_dot_rpc_dot_v1_dot_control__pb2.ReloadConfigRequest.SerializeToString,
+            daemon_dot_rpc_dot_v1_dot_control__pb2.ReloadConfigReply.FromString,
             options,
             channel_credentials,
             insecure,

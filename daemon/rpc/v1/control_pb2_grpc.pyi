@@ -42,6 +42,10 @@ class OwnerControlStub:
     """Takes no new tasks and hands back those not started; running ones finish."""
     GetWork: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetWorkRequest, _control_pb2.VolunteerWork]
     """What the volunteer is doing, and what stops it from working."""
+    ReloadConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.ReloadConfigRequest, _control_pb2.ReloadConfigReply]
+    """Reads the daemon's configuration again and applies what can change while it runs
+    (the owner's limits and rules, the pause grace, the log level), as SIGHUP does.
+    """
 
 @_typing.type_check_only
 class OwnerControlAsyncStub(OwnerControlStub):
@@ -54,6 +58,10 @@ class OwnerControlAsyncStub(OwnerControlStub):
     """Takes no new tasks and hands back those not started; running ones finish."""
     GetWork: _aio.UnaryUnaryMultiCallable[_control_pb2.GetWorkRequest, _control_pb2.VolunteerWork]  # type: ignore[assignment]
     """What the volunteer is doing, and what stops it from working."""
+    ReloadConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.ReloadConfigRequest, _control_pb2.ReloadConfigReply]  # type: ignore[assignment]
+    """Reads the daemon's configuration again and applies what can change while it runs
+    (the owner's limits and rules, the pause grace, the log level), as SIGHUP does.
+    """
 
 class OwnerControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -87,5 +95,15 @@ class OwnerControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.VolunteerWork, _abc.Awaitable[_control_pb2.VolunteerWork]]:
         """What the volunteer is doing, and what stops it from working."""
+
+    @_abc_1.abstractmethod
+    def ReloadConfig(
+        self,
+        request: _control_pb2.ReloadConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ReloadConfigReply, _abc.Awaitable[_control_pb2.ReloadConfigReply]]:
+        """Reads the daemon's configuration again and applies what can change while it runs
+        (the owner's limits and rules, the pause grace, the log level), as SIGHUP does.
+        """
 
 def add_OwnerControlServicer_to_server(servicer: OwnerControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -215,19 +215,25 @@ class Heartbeat(_message.Message):
 
     LOAD_FIELD_NUMBER: _builtins.int
     RUNNING_TASK_IDS_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def load(self) -> _common_pb2.Load: ...
     @_builtins.property
     def running_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def limits(self) -> _common_pb2.OwnerLimits:
+        """Set when the owner changed the limits since the session began (a config reload)."""
+
     def __init__(
         self,
         *,
         load: _common_pb2.Load | None = ...,
         running_task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        limits: _common_pb2.OwnerLimits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["load", b"load"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "load", b"load"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["load", b"load", "running_task_ids", b"running_task_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "load", b"load", "running_task_ids", b"running_task_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
