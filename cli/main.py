@@ -285,6 +285,9 @@ def configure_logging(
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
+    # A reload asked before the daemon can take one (`systemctl reload` as it starts) must
+    # not end it: SIGHUP's default is to exit, which systemd counts as a clean stop.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config, sources = _resolve_config(args)
     if args.print_config:
         sys.stdout.write(config_module.render(config, sources))

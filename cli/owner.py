@@ -70,6 +70,16 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     _add_data_dir(reload)
     reload.set_defaults(handler=_command(_reload, show=_reloaded))
+    cache = commands.add_parser("cache", help="the volunteer's cache of inputs and images")
+    actions = cache.add_subparsers(dest="action", metavar="ACTION", required=True)
+    clear = actions.add_parser(
+        "clear",
+        help="remove every cached input and image archive no task is using now",
+        description="Frees the disk the volunteer keeps fetched inputs and image archives on "
+        "(at most --max-disk-mb): what running tasks use stays; later tasks fetch again.",
+    )
+    _add_data_dir(clear)
+    clear.set_defaults(handler=_command(_clear_cache, show=_cleared))
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +96,12 @@ if TYPE_CHECKING:
     Stub = control_pb2_grpc.OwnerControlAsyncStub
 
 
-Reply = TypeVar("Reply", control_pb2.VolunteerWork, control_pb2.ReloadConfigReply)
+Reply = TypeVar(
+    "Reply",
+    control_pb2.VolunteerWork,
+    control_pb2.ReloadConfigReply,
+    control_pb2.ClearCacheReply,
+)
 
 
 def _command(
@@ -128,6 +143,18 @@ async def _reload(stub: Stub, args: argparse.Namespace) -> control_pb2.ReloadCon
 
 def _reloaded(reply: control_pb2.ReloadConfigReply) -> str:
     return f"reloaded: {reply.summary}"
+
+
+async def _clear_cache(stub: Stub, args: argparse.Namespace) -> control_pb2.ClearCacheReply:
+    return await stub.ClearCache(control_pb2.ClearCacheRequest(), timeout=CALL_TIMEOUT_SECONDS)
+
+
+def _cleared(reply: control_pb2.ClearCacheReply) -> str:
+    kept = f"; {views.size(reply.left_bytes)} kept for running tasks" if reply.left_bytes else ""
+    return (
+        f"cleared {reply.blobs} cached blob{'s' if reply.blobs != 1 else ''}, "
+        f"{views.size(reply.freed_bytes)} freed{kept} (cap {views.size(reply.quota_bytes)})"
+    )
 
 
 async def _pause(stub: Stub, args: argparse.Namespace) -> control_pb2.VolunteerWork:
@@ -198,6 +225,9 @@ def limits_text(work: control_pb2.VolunteerWork) -> str:
         f"{limits.max_cpus} CPUs" if limits.max_cpus else "",
         f"{limits.max_memory_mb} MiB" if limits.max_memory_mb else "",
         f"{limits.max_disk_mb} MiB of disk" if limits.max_disk_mb else "",
+        f"each task at most {limits.cpu_throttle_percent}% of its CPUs"
+        if limits.cpu_throttle_percent
+        else "",
         "network allowed" if limits.allow_network else "",
         "pulls allowed" if limits.allow_pull else "",
         f"managers {', '.join(limits.allow_managers)}" if limits.allow_managers else "",

@@ -212,8 +212,8 @@ def render_config(
     lines = [
         "# vcnode daemon settings, read by the service (`vcnode daemon --config THIS_FILE`).",
         "# Keys as in `vcnode daemon --help` (--max-cpus: [limits] max_cpus, --schedule-hours:",
-        "# [schedule] hours). After a change, `sudo systemctl reload vcnode` (or `vcnode config",
-        "# reload`) applies the limits, [schedule] and the pause grace; other keys need a restart.",
+        "# [schedule] hours). After a change, `vcnode config reload` (or `systemctl reload",
+        "# vcnode`) applies the limits, [schedule] and the pause grace; other keys need a restart.",
     ]
     lines += [f"{name} = {toml_value(value)}" for name, value in settings.items()]
     if limits:

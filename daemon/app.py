@@ -87,6 +87,8 @@ class Node:
         self._reloads: set[asyncio.Task[None]] = set()
         # One reload at a time: two SIGHUPs in a row apply in turn.
         self._reloading = asyncio.Lock()
+        # Set once the roles started: a reload before would change a config they never saw.
+        self._serving = False
         self._stop = asyncio.Event()
         self._fatal: NodeError | None = None
         self.address: str | None = None
@@ -111,6 +113,8 @@ class Node:
         the running roles; raises ConfigError, changing nothing, when it is wrong."""
         if self._read_config is None:
             raise ConfigError("this daemon has no configuration source to read again")
+        if not self._serving:
+            raise ConfigError("the daemon is still starting: reload once it serves")
         async with self._reloading:
             read = await asyncio.to_thread(self._read_config)
             validate(read)
@@ -311,6 +315,7 @@ class Node:
 
             for role in roles:
                 await role.start(self.address, advertised)
+            self._serving = True
             await operations.serving()
             # First on the way down: probes see NOT_SERVING while the roles wind down.
             stack.push_async_callback(operations.stopping)

@@ -15,12 +15,15 @@ from daemon.config import NodeConfig
 
 # Settings a running daemon takes as they change.
 LIVE = frozenset({"limits", "pause_grace_seconds", "log_level", "schedule"})
+# Limits that decided what the daemon opened at its start (the process runtime, chosen
+# when there is no Docker engine): they wait for the next start like the others.
+LIMITS_AT_START = frozenset({"allow_process_runtime"})
 
 
 @dataclass(frozen=True)
 class Reloaded:
-    """What a re-read found: settings applied now, and settings that wait for a restart
-    (`limits.max_cpus`, `listen`, ...)."""
+    """What a re-read found: settings applied now (`limits.max_cpus`, `schedule.hours`,
+    ...), and settings that wait for a restart (`listen`, `roles`, ...)."""
 
     applied: tuple[str, ...] = ()
     needs_restart: tuple[str, ...] = ()
@@ -60,7 +63,14 @@ def compare(running: NodeConfig, read: NodeConfig) -> tuple[NodeConfig, Reloaded
         changed = _changed(field.name, old, new)
         if not changed:
             continue
-        if field.name in LIVE:
+        if field.name == "limits":
+            at_start = {name: getattr(old, name) for name in LIMITS_AT_START}
+            live["limits"] = dataclasses.replace(new, **at_start)
+            for name in changed:
+                (waiting if name.removeprefix("limits.") in LIMITS_AT_START else applied).append(
+                    name
+                )
+        elif field.name in LIVE:
             live[field.name] = new
             applied += changed
         elif field.name != "token":  # used once, to join: nothing to apply

@@ -18,7 +18,7 @@ import grpc
 from daemon.errors import NotFoundError
 from daemon.models import FileRef, TaskSpec
 from daemon.rpc.v1 import manager_pb2, manager_pb2_grpc
-from daemon.transfer.blobstore import BlobStore
+from daemon.transfer.blobstore import BlobStore, StoreUsage
 from daemon.transfer.client import download, upload
 from daemon.transfer.hashing import sha256_file
 from daemon.transfer.servicer import UPLOADS_PER_PEER
@@ -51,6 +51,14 @@ class ManagerPeer:
         return cls(task.manager_address, task.manager_id)
 
 
+@dataclass(frozen=True)
+class CacheCleared:
+    blobs: int
+    freed_bytes: int
+    # What is left: blobs tasks are using, within the cap.
+    left: StoreUsage
+
+
 class BlobTransfers:
     def __init__(self, root: Path, quota_bytes: int, credential: LiveCredential) -> None:
         self._credential = credential
@@ -71,6 +79,18 @@ class BlobTransfers:
         """The owner changed the cache's cap (a config reload): the next fetch makes room
         under the new one, evicting what was used least recently."""
         self.store.max_blob_bytes = self.store.quota_bytes = quota_bytes
+
+    async def clear(self) -> CacheCleared:
+        """`vcnode cache clear`: removes every cached blob no task is using now (inputs
+        being fetched or handed to a task stay), and broken partial fetches."""
+        before = await self.store.usage()
+        async with self._room:
+            removed = await self.store.free_up(before.quota_bytes + 1, self._index.victims())
+        for sha256 in removed:
+            self._index.forget(sha256)
+        after = await self.store.usage()
+        log.info("cache cleared by its owner: %d blobs removed", len(removed))
+        return CacheCleared(len(removed), before.used_bytes - after.used_bytes, after)
 
     async def open(self) -> None:
         await self.store.open()

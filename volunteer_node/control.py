@@ -4,6 +4,7 @@ worker, and says what the volunteer now does."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ from daemon.errors import ConfigError
 from daemon.reload import Reloaded
 from daemon.rpc.v1 import control_pb2, control_pb2_grpc
 from daemon.transport import convert
+from volunteer_node.blobs import CacheCleared
 from volunteer_node.lifecycle import LifecycleView
 
 # The longest pause one call may ask for: a year is "until resumed" in all but name.
@@ -42,6 +44,7 @@ class OwnerControlServicer(control_pb2_grpc.OwnerControlServicer):
         coordinator: Callable[[], str],
         node_id: str,
         reload: Callable[[], Awaitable[Reloaded]] | None = None,
+        clear_cache: Callable[[], Awaitable[CacheCleared]] | None = None,
     ) -> None:
         """`coordinator`: the address of the coordinator in session ("" when none);
         `reload`: reads the daemon's configuration again (daemon/app.py Node.reload)."""
@@ -49,6 +52,7 @@ class OwnerControlServicer(control_pb2_grpc.OwnerControlServicer):
         self._worker = worker
         self._coordinator = coordinator
         self._reload = reload
+        self._clear_cache = clear_cache
 
     async def Pause(
         self, request: control_pb2.PauseRequest, context: Context
@@ -91,13 +95,30 @@ class OwnerControlServicer(control_pb2_grpc.OwnerControlServicer):
             )
         assert self._reload is not None
         try:
-            reloaded = await self._reload()
+            # Whole even if the owner gives up waiting (Ctrl-C): half a reload is worse.
+            reloaded = await asyncio.shield(self._reload())
         except ConfigError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         return control_pb2.ReloadConfigReply(
             applied=reloaded.applied,
             needs_restart=reloaded.needs_restart,
             summary=reloaded.describe(),
+        )
+
+    async def ClearCache(
+        self,
+        request: control_pb2.ClearCacheRequest,
+        context: grpc.aio.ServicerContext[Any, control_pb2.ClearCacheReply],
+    ) -> control_pb2.ClearCacheReply:
+        if self._clear_cache is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this volunteer has no cache")
+        assert self._clear_cache is not None
+        cleared = await asyncio.shield(self._clear_cache())
+        return control_pb2.ClearCacheReply(
+            blobs=cleared.blobs,
+            freed_bytes=cleared.freed_bytes,
+            left_bytes=cleared.left.used_bytes,
+            quota_bytes=cleared.left.quota_bytes,
         )
 
     def _work(self) -> control_pb2.VolunteerWork:

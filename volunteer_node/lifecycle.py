@@ -38,7 +38,7 @@ Rules:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -408,12 +408,28 @@ class VolunteerLifecycle:
             out += self._call_off(attempt, "its owner is draining the volunteer", handed_back=True)
         return out + self._availability_changed(OWNER_HOLD)
 
-    def reconfigure(self, limits: OwnerLimits, hold_grace_seconds: float) -> list[Instruction]:
-        """The owner changed the limits or the grace (a config reload): more slots or room
-        start what waits; fewer let what runs finish."""
+    def reconfigure(
+        self,
+        limits: OwnerLimits,
+        hold_grace_seconds: float,
+        unfit: Mapping[AttemptKey, str] | None = None,
+    ) -> list[Instruction]:
+        """The owner changed the limits or the grace (a config reload). What runs finishes;
+        a task not started that the new limits no longer allow (`unfit`: why, from the
+        shell's look at the machine), or that no longer fits the caps even alone, is handed
+        back, or it would wait for ever and hold up those behind it; more slots or room
+        start what waits."""
         self.limits = limits
         self.hold_grace_seconds = hold_grace_seconds
-        return self._start_ready()
+        unfit = unfit or {}
+        out: list[Instruction] = []
+        for attempt in self._held(lambda a: a.phase in _NOT_STARTED):
+            why = unfit.get(attempt.key)
+            if why is None and not fit_together([needs_of(attempt.task, limits)], limits):
+                why = f"its owner's caps are now {caps_text(limits)} for all its tasks"
+            if why is not None:
+                out += self._call_off(attempt, f"its owner's new limits: {why}", handed_back=True)
+        return out + self._start_ready()
 
     def restore_owner_state(self, pause: Hold | None, draining: bool, now: float) -> None:
         """After a restart: the owner's pause (unless it ran out) and drain, as saved."""

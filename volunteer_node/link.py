@@ -177,7 +177,10 @@ class CoordinatorLink:
         goes on pulling from this generator after the stream ended and drops what it
         gets, so a message is taken off the queue only for an open stream; else it stays
         queued for the next session. (The first word queued after a stream broke, such as
-        that a task started, said again on reconnecting, was lost that way.)"""
+        that a task started, said again on reconnecting, was lost that way.) Heartbeats
+        queued while no session was open are stale (their load, the limits they carry):
+        they are dropped, and the session sends a fresh one as it opens."""
+        self._outgoing = deque(m for m in self._outgoing if m.WhichOneof("kind") != "heartbeat")
         yield first
         while True:
             while not self._outgoing and not over():

@@ -195,6 +195,7 @@ class VolunteerRole:
             coordinator=lambda: link.connected_to or "",
             node_id=self._context.identity.node_id,
             reload=self._context.reload,
+            clear_cache=self._transfers.clear,
         )
         self._control = ControlServer(
             self._context.data_dir,

@@ -41,10 +41,14 @@ softirq; not steal, which is another VM's) minus the volunteer's own over the sa
 as a share of all CPU time in it. The volunteer's own is its process tree (the daemon and its
 descendants: the process runtime's sandboxes, with what they reaped) and, while tasks run in
 Docker, its task containers' cgroup CPU time (daemon/runtime/usage.py; the containers found
-by their owner label). When a running container's cgroup cannot be read its use cannot be
-told from the owner's, so the rule waits rather than take the volunteer's own tasks for the
-owner's work (which would freeze and thaw them every minute). The rule holds above
-max_other_load and lifts below RESUME_LOAD_SHARE of it (rules.py): no flapping at the line.
+by their owner label, running or paused: a task frozen by a hold and thawed is the same
+container, not a new one). When a container's cgroup cannot be read its use cannot be told
+from the owner's, so the rule waits rather than take the volunteer's own tasks for the
+owner's work (which would freeze and thaw them every minute). Nor is an interval judged in
+which the set of task containers changed: one that ended took its CPU time since the last
+look with it (a 4-CPU task ending mid-interval would read as the owner's load), and one that
+appeared may have run before it was listed. The rule holds above max_other_load and lifts
+below RESUME_LOAD_SHARE of it (rules.py): no flapping at the line.
 
 Battery: psutil.sensors_battery(); no battery, or one whose plug state cannot be read, never
 holds.
@@ -92,7 +96,8 @@ LOGIND_PROPERTIES = ("Id", "Class", "Type", "IdleHint", "IdleSinceHint")
 GRAPHICAL_TYPES = ("x11", "wayland", "mir")
 # Sessions nobody sits at: a user's service manager, cron and the like.
 UNATTENDED_CLASSES = ("background", "manager", "none")
-RUNNING_PHASE = "running"
+# An attempt's phases (lifecycle.AttemptView.phase) in which it may have a container.
+CONTAINER_PHASES = ("running", "frozen", "stopping")
 
 
 class HoldTarget(Protocol):
@@ -251,8 +256,10 @@ class CpuSample:
     busy: float
     total: float
     own: Mapping[str, float]
-    # Running task containers whose use could not be read.
+    # Task containers whose use could not be read.
     unknown: tuple[str, ...] = ()
+    # Task containers listed but gone before their use was read: their last moments are lost.
+    ended: tuple[str, ...] = ()
 
 
 TREE = "tree"
@@ -262,14 +269,19 @@ _IDLE_FIELDS = ("idle", "iowait", "steal")
 
 def other_share(before: CpuSample, after: CpuSample) -> float | None:
     """Percent of all CPU time between the samples that went to other processes; None when
-    it cannot be told (no time passed, or a task's use is unknown)."""
+    it cannot be told: no time passed, a task's use is unknown, or the task containers
+    changed between the samples."""
     total = after.total - before.total
-    if total <= 0 or after.unknown:
+    if total <= 0 or after.unknown or after.ended:
+        return None
+    # A container gone since `before` took its time since then with it, and one new in
+    # `after` may have run unseen before it was listed: either way a wrong figure, and a
+    # wrong one freezes or thaws tasks, while none leaves them as they are.
+    if before.own.keys() != after.own.keys():
         return None
     busy = max(0.0, after.busy - before.busy)
-    # A source gone since `before` (a task that ended) took its last moments with it; a
-    # new one counts from its start. Each is at least 0: a counter never goes back.
-    own = sum(max(0.0, seconds - before.own.get(key, 0.0)) for key, seconds in after.own.items())
+    # Each at least 0: a counter never goes back.
+    own = sum(max(0.0, seconds - before.own[key]) for key, seconds in after.own.items())
     # /proc/stat counts in ticks, the two sums a tick apart at most: never over 100%.
     return min(100.0, 100.0 * max(0.0, busy - min(own, busy)) / total)
 
@@ -288,8 +300,8 @@ def _tree_seconds(me: psutil.Process) -> float:
 
 class CpuMeter:
     """Other processes' share of the machine's CPUs since the last look (see the module's
-    text); `task_containers` lists the ids of the volunteer's running task containers
-    (Docker), None when tasks run without Docker."""
+    text); `task_containers` lists the ids of the volunteer's task containers, running or
+    paused (Docker), None when tasks run without Docker."""
 
     def __init__(
         self,
@@ -304,13 +316,14 @@ class CpuMeter:
         self._last_at = 0.0  # monotonic
         self._said_unknown = False
 
-    async def __call__(self, tasks_running: bool) -> float | None:
+    async def __call__(self, tasks_started: bool) -> float | None:
         """None for the first look (the baseline), and for one within `min_window` of the
-        last (the baseline stays)."""
+        last (the baseline stays). `tasks_started`: whether any task may have a container
+        (running, frozen or being stopped); without, Docker is not asked."""
         if self._last is not None and time.monotonic() - self._last_at < self._min_window:
             return None
         ids: Sequence[str] = ()
-        if tasks_running and self._task_containers is not None:
+        if tasks_started and self._task_containers is not None:
             try:
                 async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
                     ids = await self._task_containers()
@@ -342,28 +355,30 @@ class CpuMeter:
         total = busy + sum(getattr(times, name, 0.0) for name in _IDLE_FIELDS)
         own = {TREE: _tree_seconds(self._me)}
         unknown: list[str] = []
+        ended: list[str] = []
         self._files = {cid: self._usage_files(cid) for cid in container_ids}
         for cid, files in self._files.items():
             reading = read_usage(files) if files.cpu else None
             if reading is not None and reading.cpu_seconds is not None:
                 own[cid] = reading.cpu_seconds
             elif reading is None and files.cpu:
-                continue  # it ended between the listing and now
+                ended.append(cid)  # between the listing and now
             else:
                 unknown.append(cid)
-        return CpuSample(busy, total, own, tuple(unknown))
+        return CpuSample(busy, total, own, tuple(unknown), tuple(ended))
 
 
 def docker_task_containers(owner: str) -> Callable[[], Awaitable[list[str]]]:
-    """Lists the running containers labelled as this volunteer's tasks. Called only while
-    tasks run in Docker, when the runtime has imported aiodocker already."""
+    """Lists the containers labelled as this volunteer's tasks, running or paused (frozen
+    by a hold: listed all along, a thawed one is not taken for a new one). Called only
+    while tasks run in Docker, when the runtime has imported aiodocker already."""
 
     async def listed() -> list[str]:
         import aiodocker
 
         from daemon.runtime.docker import OWNER_LABEL
 
-        filters = {"label": [f"{OWNER_LABEL}={owner}"], "status": ["running"]}
+        filters = {"label": [f"{OWNER_LABEL}={owner}"], "status": ["running", "paused"]}
         async with aiodocker.Docker() as docker:
             containers = await docker.containers.list(filters=filters)
         return [str(container.id) for container in containers]
@@ -392,12 +407,17 @@ class Probes:
     # Blocking (called in a thread).
     battery: Callable[[], bool | None] = on_battery
     idle_seconds: Callable[[], Awaitable[float | None]] = field(default_factory=LogindIdle)
-    # Told whether tasks run now.
+    # Told whether any task may have a container now (running, frozen or being stopped).
     other_load: Callable[[bool], Awaitable[float | None]] = field(default_factory=CpuMeter)
     zone: Callable[[], tzinfo] = local_zone
 
 
 # --- the watch ----------------------------------------------------------------------------
+
+
+def _say_if_failed(configuration: asyncio.Task[None]) -> None:
+    if not configuration.cancelled() and (error := configuration.exception()) is not None:
+        log.error("could not apply the owner's rules", exc_info=error)
 
 
 class RuleWatch:
@@ -424,6 +444,12 @@ class RuleWatch:
         self._timer: asyncio.TimerHandle | None = None
         self._poller: asyncio.Task[None] | None = None
         self._checks: set[asyncio.Task[None]] = set()
+        # Configurations under way, each a task of its own: one whose caller is cancelled (a
+        # reload's RPC cut short) goes on to its end rather than leave the rules unwatched.
+        self._configurations: set[asyncio.Task[None]] = set()
+        # One configuration at a time: two at once (a reload while the watch starts) would
+        # each make a poller.
+        self._configuring = asyncio.Lock()
         # One verdict at a time: the schedule's timer and the poller must not cross.
         self._judging = asyncio.Lock()
         self._running = False
@@ -443,18 +469,25 @@ class RuleWatch:
         return self._timer is not None
 
     async def start(self) -> None:
+        """Applies the rules; done even if the caller is cancelled meanwhile."""
         self._running = True
-        await self._configure()
+        await self._configure_to_the_end()
 
     async def reconfigure(self, rules: OwnerRules) -> None:
+        """Applies `rules` in place of the last; done even if the caller is cancelled
+        meanwhile (the caller's await then ends at once, the configuration goes on)."""
         self._rules = rules
         if self._running:
-            await self._configure()
+            await self._configure_to_the_end()
 
     async def stop(self) -> None:
         self._running = False
         self._disarm()
-        pending = [task for task in (self._poller, *self._checks) if task is not None]
+        pending = [
+            task
+            for task in (self._poller, *self._checks, *self._configurations)
+            if task is not None
+        ]
         self._poller = None
         for task in pending:
             task.cancel()
@@ -463,30 +496,62 @@ class RuleWatch:
 
     # --- inside -----------------------------------------------------------------------------
 
+    async def _configure_to_the_end(self) -> None:
+        configuration = asyncio.get_running_loop().create_task(self._configure())
+        self._configurations.add(configuration)
+        configuration.add_done_callback(self._configurations.discard)
+        try:
+            await asyncio.shield(configuration)
+        except asyncio.CancelledError:
+            caller = asyncio.current_task()
+            if configuration.cancelled() and not (caller is not None and caller.cancelling()):
+                return  # stop() ended it: a stopped watch has nothing to apply
+            # The caller is gone: nobody else would hear of a failure.
+            configuration.add_done_callback(_say_if_failed)
+            raise
+
     async def _configure(self) -> None:
-        self._disarm()
+        async with self._configuring:
+            self._disarm()
+            await self._end_poller()
+            rules = self._rules
+            try:
+                if rules.has_schedule:
+                    self._zone = await asyncio.to_thread(self._probes.zone)
+                battery: bool | None = None
+                if not rules.on_battery:
+                    battery = await asyncio.to_thread(self._probes.battery)
+                self._battery_present = battery is not None
+                # Facts of rules now off are forgotten: turned on again, they are measured
+                # afresh.
+                self._facts = Facts(
+                    on_battery=battery,
+                    idle_seconds=self._facts.idle_seconds if rules.idle_minutes else None,
+                    other_load=self._facts.other_load if rules.max_other_load else None,
+                )
+                self._idle_due = 0.0
+                await self._measure(battery=False)
+                await self._judge()
+            finally:
+                # Whatever broke off the configuration (a probe that raised), the rules stay
+                # watched; unless the watch stopped, or the loop is tearing its tasks down.
+                this = asyncio.current_task()
+                if not (this is not None and this.cancelling()):
+                    self._arm()
+                    self._start_poller(rules)
+
+    async def _end_poller(self) -> None:
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.cancel()
+            await asyncio.wait([poller])
+
+    def _start_poller(self, rules: OwnerRules) -> None:
+        """The poller `rules` need, if any, in place of any other, while the watch runs."""
         if self._poller is not None:
             self._poller.cancel()
-            await asyncio.wait([self._poller])
             self._poller = None
-        rules = self._rules
-        if rules.has_schedule:
-            self._zone = await asyncio.to_thread(self._probes.zone)
-        battery: bool | None = None
-        if not rules.on_battery:
-            battery = await asyncio.to_thread(self._probes.battery)
-        self._battery_present = battery is not None
-        # Facts of rules now off are forgotten: turned on again, they are measured afresh.
-        self._facts = Facts(
-            on_battery=battery,
-            idle_seconds=self._facts.idle_seconds if rules.idle_minutes else None,
-            other_load=self._facts.other_load if rules.max_other_load else None,
-        )
-        self._idle_due = 0.0
-        await self._measure(battery=False)
-        await self._judge()
-        self._arm()
-        if rules.idle_minutes or rules.max_other_load or self._battery_present:
+        if self._running and (rules.idle_minutes or rules.max_other_load or self._battery_present):
             self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
 
     async def _poll_forever(self) -> None:
@@ -507,8 +572,9 @@ class RuleWatch:
                 self._idle_due = loop.time() + IDLE_CHECK_SECONDS - 1.0
                 facts = replace(facts, idle_seconds=await self._probes.idle_seconds())
             if rules.max_other_load:
-                running = any(a.phase == RUNNING_PHASE for a in self._worker.view().attempts)
-                facts = replace(facts, other_load=await self._probes.other_load(running))
+                attempts = self._worker.view().attempts
+                started = any(a.phase in CONTAINER_PHASES for a in attempts)
+                facts = replace(facts, other_load=await self._probes.other_load(started))
         except Exception:  # a probe that breaks must not end the watch
             log.exception("could not look at the machine for the owner's rules")
         self._facts = facts

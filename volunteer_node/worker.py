@@ -70,6 +70,8 @@ from volunteer_node.store import AttemptState, VolunteerStore
 log = logging.getLogger(__name__)
 
 UPLOAD_RETRY_MAX_SECONDS = 30.0
+# The least share of a CPU a container may be given (Docker: 1 ms of each 100 ms period).
+MIN_CPUS = 0.01
 # A container Docker does not freeze or thaw within this is left as it is, and said so.
 FREEZE_TIMEOUT_SECONDS = 30.0
 # How often a wait for a wall-clock deadline (a pause's end) looks at the clock again.
@@ -249,13 +251,15 @@ class TaskWorker:
         unfit = None if self._machine.refusal(task) else await self._unfit(task)
         await self._step(self._machine.offered(task, unfit))
 
-    async def _unfit(self, task: TaskSpec) -> str | None:
+    async def _unfit(self, task: TaskSpec, *, counting_it: bool = True) -> str | None:
+        """Why the task cannot run here now (resources, limits, allow-lists, image);
+        `counting_it` False for a task held already: how many are held is no reason then."""
         runtime_name = self._runtime.name if self._runtime else None
         image_id = await self._local_image(task) if runtime_name == "docker" else None
         situation = Situation(
             resources=self._resources(),
             limits=self._config.limits,
-            running=self._machine.held_count(),
+            running=self._machine.held_count() if counting_it else 0,
             runtime=runtime_name,
             image_id=image_id,
         )
@@ -286,9 +290,19 @@ class TaskWorker:
         await self._step(self._machine.lift(name))
 
     async def reconfigure(self, limits: OwnerLimits, hold_grace_seconds: float) -> None:
-        """The owner's limits or pause grace changed (a config reload)."""
+        """The owner's limits or pause grace changed (a config reload): held tasks that
+        have not started are checked again against the new limits (allow-lists, network,
+        images, caps)."""
         self._config = replace(self._config, limits=limits, hold_grace_seconds=hold_grace_seconds)
-        await self._step(self._machine.reconfigure(limits, hold_grace_seconds))
+        unfit: dict[AttemptKey, str] = {}
+        for view in self._machine.view().attempts:
+            attempt = self._machine.attempts.get((view.task_id, view.attempt))
+            if attempt is None or view.phase not in ("fetching", "ready"):
+                continue
+            # Not its own place among those held: it holds one already.
+            if (why := await self._unfit(attempt.task, counting_it=False)) is not None:
+                unfit[attempt.key] = why
+        await self._step(self._machine.reconfigure(limits, hold_grace_seconds, unfit))
 
     async def resume(self) -> None:
         await self._step(self._machine.resume())
@@ -668,8 +682,13 @@ class TaskWorker:
         cpus = task.resources.cpus or 1.0
         if limits.max_cpus:
             cpus = min(cpus, limits.max_cpus)
+        timeout = float(task.timeout_seconds)
         if limits.cpu_throttle_percent:
-            cpus *= limits.cpu_throttle_percent / 100
+            share = limits.cpu_throttle_percent / 100
+            # Docker refuses a CPU quota under 1 ms per 100 ms period.
+            cpus = max(MIN_CPUS, cpus * share)
+            # Slowed by its owner, not by itself: its time runs as slowly.
+            timeout /= share
         return RunSpec(
             run_id=run_id(task),
             # By ID when it pins one: what runs is that image, whatever the tag names here.
@@ -679,7 +698,7 @@ class TaskWorker:
             output_dir=output_dir,
             cpus=cpus,
             memory_mb=task.resources.memory_mb,
-            timeout_seconds=float(task.timeout_seconds),
+            timeout_seconds=timeout,
             network=task.network and limits.allow_network,
             # What it asked for, within what its owner gives (the cache's cap: 20 GiB unset).
             output_mb=min(task.resources.disk_mb or limits.max_disk_mb, limits.max_disk_mb),

@@ -74,7 +74,7 @@ RULES: dict[str, frozenset[str]] = {
     _TRANSFER + "Stat": PEOPLE | {"volunteer"},
     **{
         _CONTROL + name: frozenset({LOCAL_OWNER})
-        for name in ("Pause", "Resume", "Drain", "GetWork", "ReloadConfig")
+        for name in ("Pause", "Resume", "Drain", "GetWork", "ReloadConfig", "ClearCache")
     },
     _TRUST + "Join": frozenset({STRANGER}),
     _TRUST + "Renew": frozenset({MEMBER}),

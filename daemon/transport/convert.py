@@ -66,6 +66,7 @@ def limits_to_proto(limits: OwnerLimits) -> common_pb2.OwnerLimits:
         allow_managers=limits.allow_managers,
         allow_images=limits.allow_images,
         allow_users=limits.allow_users,
+        cpu_throttle_percent=limits.cpu_throttle_percent,
     )
 
 
@@ -81,6 +82,8 @@ def limits_from_proto(message: common_pb2.OwnerLimits) -> OwnerLimits:
         allow_managers=tuple(message.allow_managers),
         allow_images=tuple(message.allow_images),
         allow_users=tuple(message.allow_users),
+        # Whatever a peer says: 0-100 is all that means anything.
+        cpu_throttle_percent=min(100, max(0, message.cpu_throttle_percent)),
     )
 
 

@@ -32,6 +32,9 @@ class Answering(control_pb2_grpc.OwnerControlServicer):
     async def ReloadConfig(self, request: Any, context: Any) -> control_pb2.ReloadConfigReply:
         return control_pb2.ReloadConfigReply()
 
+    async def ClearCache(self, request: Any, context: Any) -> control_pb2.ClearCacheReply:
+        return control_pb2.ClearCacheReply()
+
 
 def data_dir(root: Path, depth: int) -> Path:
     path = root.joinpath(*(["d" * 20] * depth))

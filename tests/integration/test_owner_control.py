@@ -220,6 +220,9 @@ def test_only_the_user_running_the_volunteer_may_open_its_control_socket(
     assert stranger.returncode == 13, stranger.stderr
     # The owner can; a data dir without a volunteer says so.
     assert owner(volunteer, "pause", "--for", "1h").returncode == 0
+    cleared = owner(volunteer, "cache", "clear")
+    assert cleared.returncode == 0, cleared.stderr
+    assert cleared.stdout.strip() == "cleared 0 cached blobs, 0 bytes freed (cap 20.0 GiB)"
     empty = tmp_path / "nothing-here"
     empty.mkdir()
     missing = run_cli("resume", "--data-dir", str(empty))

@@ -176,3 +176,25 @@ async def test_inputs_come_only_from_the_manager_the_offer_names(tmp_path: Path)
     finally:
         await cache.close()
     assert await cache.store.has(a.sha256)
+
+
+async def test_clearing_the_cache_removes_all_but_what_a_task_is_using(tmp_path: Path) -> None:
+    """`vcnode cache clear`, as the owner's control socket calls it."""
+    manager, (a, b, c) = await manager_blobs(tmp_path / "manager", 3)
+    cache = BlobTransfers(tmp_path / "volunteer", quota_bytes=64 * MiB, credential=volunteer())
+    await cache.open()
+    try:
+        async with serving(TransferServicer(manager, AllowAll())) as address:
+            await fetch(cache, address, b)
+            await fetch(cache, address, c)
+            async with cache.fetched(manager_at(address), a) as in_use:
+                cleared = await cache.clear()
+                assert (cleared.blobs, cleared.freed_bytes) == (2, b.size + c.size)
+                assert cleared.left.used_bytes == a.size, "the blob a task uses stays"
+                assert await held(cache, [a, b, c]) == [True, False, False]
+                assert hashlib.sha256(in_use.read_bytes()).hexdigest() == a.sha256
+            assert (await cache.clear()).blobs == 1, "once no task uses it, it goes too"
+            await fetch(cache, address, b)  # and a later task fetches again
+    finally:
+        await cache.close()
+        await manager.close()

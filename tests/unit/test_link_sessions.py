@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from daemon.models import Load, Registration
+from daemon.models import Load, OwnerLimits, Registration
 from daemon.rpc.v1 import coordinator_pb2
 from daemon.trust.credentials import LiveCredential
 from tests.trust import credential
@@ -62,3 +62,29 @@ async def test_an_open_session_sends_what_is_queued_in_order() -> None:
     coordinator.send_started("wf.a", 1)
     assert (await anext(sender)).WhichOneof("kind") == "accept"
     assert (await anext(sender)).WhichOneof("kind") == "started"
+
+
+async def test_heartbeats_queued_with_no_session_open_are_dropped_as_the_next_one_opens() -> None:
+    """They hold a stale load, and limits the owner may have changed back since: a
+    coordinator taking them after the registration would keep the wrong ones."""
+    limits = OwnerLimits(max_concurrent_tasks=3)
+    coordinator = CoordinatorLink(
+        explicit_address="127.0.0.1:9",
+        directory=None,
+        credential=LiveCredential(credential(["volunteer"])),
+        registration=no_registration,
+        load=Load,
+        handler=None,  # type: ignore[arg-type]
+        heartbeat_seconds=5,
+        limits=lambda: limits,
+    )
+    coordinator._registered_limits = OwnerLimits(max_concurrent_tasks=1)
+    coordinator.send_heartbeat()  # offline, carrying 3 slots
+    coordinator.send_started("wf.t", 1)
+    limits = OwnerLimits(max_concurrent_tasks=1)
+    coordinator.send_heartbeat()
+    sender = coordinator._drain(REGISTER, lambda: False)
+    assert await anext(sender) == REGISTER
+    sent = await anext(sender)
+    assert sent.WhichOneof("kind") == "started", "what matters still goes"
+    assert not coordinator._outgoing, "no stale heartbeat left to send"

@@ -48,3 +48,12 @@ def test_a_reread_that_changes_nothing_says_so_and_the_token_is_never_news() -> 
     now, reloaded = compare(RUNNING, replace(RUNNING, token="used-once"))
     assert now == RUNNING
     assert reloaded.describe() == "the configuration is unchanged"
+
+
+def test_allowing_the_process_runtime_waits_for_a_restart_the_rest_of_the_limits_do_not() -> None:
+    read = replace(RUNNING, limits=OwnerLimits(allow_process_runtime=True, max_cpus=2))
+    now, reloaded = compare(RUNNING, read)
+    assert now.limits == OwnerLimits(max_cpus=2), "the runtime was chosen at the start"
+    assert reloaded == Reloaded(
+        applied=("limits.max_cpus",), needs_restart=("limits.allow_process_runtime",)
+    )

@@ -2,7 +2,10 @@
 lifecycle: it holds and lifts as the machine changes (the battery through a monkeypatched
 psutil.sensors_battery, idle and load through fake probes), applies new rules at once, costs
 nothing with no rule set, asks the idle source at most once a minute, and wakes for the
-schedule's boundary by itself; plus its probes' pure parts (logind's answer, CPU shares)."""
+schedule's boundary by itself; a reload cut short, or one crossing start or stop, leaves the
+rules watched by one poller, and none once stopped; plus its probes' pure parts (logind's
+answer, CPU shares) and, on a real Docker engine, the task containers the load rule counts
+as the volunteer's own."""
 
 from __future__ import annotations
 
@@ -11,10 +14,13 @@ import logging
 import math
 import os
 import stat
+import subprocess
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from zoneinfo import ZoneInfo
@@ -23,9 +29,16 @@ import psutil
 import pytest
 
 from daemon.models import OwnerLimits, Resources
+from daemon.runtime.docker import OWNER_LABEL
 from tests.unit.test_worker_phases import GatedRuntime, NoTransfers, Said, no_image, task
 from volunteer_node import rule_watch
-from volunteer_node.lifecycle import OWNER_HOLD, Hold, LifecycleView, VolunteerLifecycle
+from volunteer_node.lifecycle import (
+    OWNER_HOLD,
+    AttemptView,
+    Hold,
+    LifecycleView,
+    VolunteerLifecycle,
+)
 from volunteer_node.rule_watch import (
     TREE,
     CpuMeter,
@@ -33,6 +46,7 @@ from volunteer_node.rule_watch import (
     LogindIdle,
     Probes,
     RuleWatch,
+    docker_task_containers,
     local_zone,
     machine_idle_seconds,
     other_share,
@@ -324,6 +338,111 @@ async def test_stop_ends_its_checks(quick: None) -> None:
     assert len(looks) == count
 
 
+def pollers() -> list[asyncio.Task[object]]:
+    """The watches' pollers running in this loop."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__name__", "") == "_poll_forever"
+    ]
+
+
+class SlowIdle:
+    """An idle source that answers `seconds` only once let (loginctl taking its time)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def __call__(self) -> float | None:
+        self.asked.set()
+        await self.answer.wait()
+        return self.seconds
+
+    def probes(self) -> Probes:
+        return Probes(battery=no_battery, idle_seconds=self, other_load=answers(None), zone=utc)
+
+
+def utc() -> timezone:
+    return UTC
+
+
+async def test_a_stop_during_a_reconfigure_leaves_no_poller_behind() -> None:
+    idle = SlowIdle(math.inf)
+    watch = RuleWatch(Worker(), OwnerRules(), probes=idle.probes())
+    await watch.start()
+    reloading = asyncio.create_task(watch.reconfigure(OwnerRules(idle_minutes=5)))
+    await asyncio.wait_for(idle.asked.wait(), WAIT_SECONDS)
+    await watch.stop()
+    idle.answer.set()
+    await asyncio.wait_for(reloading, WAIT_SECONDS)  # ends quietly: nothing left to apply
+    left = pollers()
+    for poller in left:
+        poller.cancel()
+    assert left == []
+    assert not watch.polling
+    assert not watch.timed
+
+
+async def test_a_reconfigure_while_the_watch_starts_leaves_one_poller() -> None:
+    idle = SlowIdle(math.inf)
+    watch = RuleWatch(Worker(), OwnerRules(idle_minutes=5), probes=idle.probes())
+    starting = asyncio.create_task(watch.start())
+    await asyncio.wait_for(idle.asked.wait(), WAIT_SECONDS)
+    reloading = asyncio.create_task(watch.reconfigure(OwnerRules(idle_minutes=10)))
+    await eventually(lambda: watch.rules.idle_minutes == 10, "the reload to begin")
+    idle.answer.set()
+    await asyncio.wait_for(asyncio.gather(starting, reloading), WAIT_SECONDS)
+    running = pollers()
+    await watch.stop()
+    left = pollers()
+    for poller in left:
+        poller.cancel()
+    assert (len(running), left) == (1, [])
+
+
+async def test_a_reconfigure_whose_caller_is_cancelled_still_applies_the_rules() -> None:
+    idle = SlowIdle(0.0)  # someone at the keyboard
+    hours = parse_hours("18:00-08:00")
+    worker = Worker()
+    watch = RuleWatch(worker, OwnerRules(hours=hours), probes=idle.probes())
+    await watch.start()
+    assert watch.timed
+    reloading = asyncio.create_task(watch.reconfigure(OwnerRules(hours=hours, idle_minutes=5)))
+    await asyncio.wait_for(idle.asked.wait(), WAIT_SECONDS)
+    reloading.cancel()  # `vcnode config reload` cut short: its RPC handler cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await reloading
+    idle.answer.set()
+    try:
+        await eventually(lambda: watch.timed and watch.polling, "the timer and the poller")
+        assert IDLE_HOLD in worker.holds(), "the new rule applied"
+    finally:
+        await watch.stop()
+
+
+async def test_a_probe_that_fails_while_reconfiguring_leaves_the_rules_watched() -> None:
+    broken = False
+
+    def battery() -> bool | None:
+        if broken:
+            raise RuntimeError("no /sys here")
+        return None
+
+    probes = Probes(battery=battery, idle_seconds=answers(math.inf), zone=fixed_zone)
+    rules = OwnerRules(hours=parse_hours("18:00-08:00"), idle_minutes=5)
+    watch = RuleWatch(Worker(), rules, probes=probes, clock=lambda: SATURDAY_NOON)
+    await watch.start()
+    broken = True
+    try:
+        with pytest.raises(RuntimeError):
+            await watch.reconfigure(replace(rules, idle_minutes=10))
+        assert (watch.timed, watch.polling) == (True, True)
+    finally:
+        await watch.stop()
+
+
 # --- idle: logind -------------------------------------------------------------------------
 
 NOW = 1_700_000_000.0
@@ -442,9 +561,6 @@ def test_the_volunteers_own_use_is_not_counted_as_other_load() -> None:
     after = sample(160, 1100, [(TREE, 12), ("c1", 80)])
     # 60 busy seconds of 100, 2 + 30 of them the volunteer's.
     assert other_share(before, after) == pytest.approx(28.0)
-    # A task that started since: all of its time is its own; one that ended: gone.
-    after_new = sample(160, 1100, [(TREE, 12), ("c2", 40)])
-    assert other_share(before, after_new) == pytest.approx(18.0)
     # Never below 0, never more than the busy time taken away.
     assert other_share(before, sample(110, 1100, [(TREE, 12), ("c1", 99)])) == 0.0
 
@@ -456,11 +572,69 @@ def test_no_share_without_time_or_with_a_task_whose_use_is_unknown() -> None:
     assert other_share(before, unknown) is None
 
 
-async def a_share(meter: CpuMeter) -> float:
+def test_no_share_over_an_interval_in_which_the_task_containers_changed() -> None:
+    # 4 CPUs over 30 s: 120 CPU-seconds. A 4-CPU task ran 25 s of them (100) and ended; the
+    # owner did nothing. Its container gone, those 100 s would read as 83% other load.
+    before = sample(1000, 10_000, [(TREE, 5), ("task", 400)])
+    assert other_share(before, sample(1100, 10_120, [(TREE, 5)])) is None
+    # One that appeared may have run, unlisted, before this interval (all its time since its
+    # start would be taken off, hiding the owner's load).
+    appeared = sample(1100, 10_120, [(TREE, 5), ("task", 500), ("new", 3000)])
+    assert other_share(before, appeared) is None
+    # One listed but gone before it was read: its last moments are lost too.
+    short = CpuSample(1100, 10_120, {TREE: 5.0, "task": 500.0}, ended=("short",))
+    assert other_share(before, short) is None
+    # The same containers at both looks: a figure (the owner's 12 s of CPU: 10%).
+    assert other_share(before, sample(1112, 10_120, [(TREE, 5), ("task", 500)])) == (
+        pytest.approx(10.0)
+    )
+
+
+async def test_the_load_probe_is_told_of_tasks_whose_containers_are_frozen_or_stopping() -> None:
+    told: list[bool] = []
+
+    async def load(tasks_started: bool) -> float | None:
+        told.append(tasks_started)
+        return None
+
+    class WorkerWith(Worker):
+        def __init__(self, phase: str) -> None:
+            super().__init__()
+            self.phase = phase
+
+        def view(self) -> LifecycleView:
+            attempt = AttemptView("t", 1, "w", self.phase)
+            return replace(super().view(), attempts=(attempt,))
+
+    probes = Probes(battery=no_battery, other_load=load, zone=fixed_zone)
+    phases = ("running", "frozen", "stopping", "fetching", "ready", "delivering")
+    for phase in phases:
+        watch = RuleWatch(WorkerWith(phase), OwnerRules(max_other_load=25), probes=probes)
+        await watch.start()
+        await watch.stop()
+    # A frozen task's container is listed all along: thawed, it is not taken for a new one.
+    assert told == [True, True, True, False, False, False]
+
+
+def total_cpu_seconds() -> float:
+    return sum(psutil.cpu_times())
+
+
+async def a_tick_passes() -> None:
+    """Until /proc/stat counts on from now: a look after it has time to judge by."""
+    start = total_cpu_seconds()
+    deadline = time.monotonic() + WAIT_SECONDS
+    while total_cpu_seconds() <= start:
+        if time.monotonic() > deadline:
+            raise AssertionError("/proc/stat did not count on")
+        await asyncio.sleep(0.01)
+
+
+async def a_share(meter: CpuMeter, tasks_started: bool = False) -> float:
     """The meter's next figure once a tick of /proc/stat passed since its last look (two
     looks within one tick have no time between them, and give none)."""
     deadline = time.monotonic() + WAIT_SECONDS
-    while (share := await meter(False)) is None:
+    while (share := await meter(tasks_started)) is None:
         if time.monotonic() > deadline:
             raise AssertionError("the meter gave no figure")
         await asyncio.sleep(0.01)
@@ -499,6 +673,70 @@ async def test_a_task_container_without_a_cgroup_leaves_the_load_unknown(
     assert sum("no cgroup found" in r.getMessage() for r in caplog.records) == 1
     # Not running: the containers are not asked about, and the figure comes back.
     assert 0.0 <= await a_share(meter) <= 100.0
+
+
+def docker(*arguments: str) -> str:
+    done = subprocess.run(["docker", *arguments], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def labelled(owner: str) -> list[str]:
+    return ["--network", "none", "--label", f"{OWNER_LABEL}={owner}"]
+
+
+def remove_labelled(*owners: str) -> None:
+    for owner in owners:
+        listed = docker("ps", "-aq", "--no-trunc", "--filter", f"label={OWNER_LABEL}={owner}")
+        for container in listed.split():
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
+
+
+@pytest.mark.docker
+async def test_the_task_containers_are_the_volunteers_running_and_paused_ones(
+    worker_image: str,
+) -> None:
+    owner, stranger = f"test-{uuid.uuid4().hex[:12]}", f"test-{uuid.uuid4().hex[:12]}"
+    try:
+        run = ["run", "-d", *labelled(owner), worker_image, "sleep", "300"]
+        running = await asyncio.to_thread(docker, *run)
+        frozen = await asyncio.to_thread(docker, *run)
+        await asyncio.to_thread(docker, "pause", frozen)
+        await asyncio.to_thread(docker, "create", *labelled(owner), worker_image, "true")
+        await asyncio.to_thread(
+            docker, "run", "-d", *labelled(stranger), worker_image, "sleep", "300"
+        )
+        listed = docker_task_containers(owner)
+        assert sorted(await listed()) == sorted([running, frozen])
+        # Looked at while frozen and again once thawed, the same container: a figure, not
+        # the wait a new one calls for.
+        meter = CpuMeter(listed, min_window=0.0)
+        assert await meter(True) is None, "a baseline first"
+        await asyncio.to_thread(docker, "unpause", frozen)
+        await a_tick_passes()
+        assert await meter(True) is not None
+    finally:
+        await asyncio.to_thread(remove_labelled, owner, stranger)
+
+
+@pytest.mark.docker
+async def test_no_load_figure_over_a_look_in_which_a_task_container_ended(
+    worker_image: str,
+) -> None:
+    owner = f"test-{uuid.uuid4().hex[:12]}"
+    busy = ["run", "-d", *labelled(owner), worker_image, "sh", "-c", "while :; do :; done"]
+    try:
+        task_container = await asyncio.to_thread(docker, *busy)
+        meter = CpuMeter(docker_task_containers(owner), min_window=0.0)
+        assert await meter(True) is None, "a baseline first"
+        assert 0.0 <= await a_share(meter, tasks_started=True) <= 100.0
+        # The task ends between two looks: its CPU time since the last went with it.
+        await asyncio.to_thread(docker, "rm", "-f", task_container)
+        await a_tick_passes()
+        assert await meter(True) is None
+        # From there on, without it: figures again.
+        assert 0.0 <= await a_share(meter, tasks_started=True) <= 100.0
+    finally:
+        await asyncio.to_thread(remove_labelled, owner)
 
 
 # --- the time zone ------------------------------------------------------------------------
@@ -548,6 +786,8 @@ async def test_the_worker_declines_offers_outside_its_hours_and_takes_them_once_
         runtime,
         resources=lambda: Resources(4, 8192, 10_000, docker_available=True),
         image_id=no_image,
+        # The watch's saturday: by today's clock the hold would have ended in 2024.
+        clock=lambda: SATURDAY_NOON,
     )
     said = Said()
     worker.attach(said)

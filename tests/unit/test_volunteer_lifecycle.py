@@ -375,3 +375,35 @@ def test_tasks_that_fit_together_under_the_caps_run_together_in_turn() -> None:
         AttemptView("big", 1, "wf", "running"),
     ], "1 + 3 CPUs, 256 + 512 MiB: both fit; c (1 CPU more) waits, in turn"
     assert machine.run_ended(("a", 1)) == [Run(("c", 1)), SendStarted(("c", 1))]
+
+
+def test_a_reload_hands_back_held_tasks_the_new_limits_no_longer_allow_and_lets_runners_run() -> (
+    None
+):
+    limits = OwnerLimits(max_memory_mb=1024, max_concurrent_tasks=1)
+    machine = VolunteerLifecycle(limits, hold_grace_seconds=GRACE)
+    big = replace(task("big"), resources=ResourceRequest(memory_mb=512))
+    small = replace(task("small"), resources=ResourceRequest(memory_mb=64))
+    for spec in (big, small):
+        machine.offered(spec, None)
+    machine.fetched(("big", 1))  # it runs
+    reason = "its owner's new limits: its owner's caps are now 256 MiB for all its tasks"
+    lowered = OwnerLimits(max_memory_mb=256, max_concurrent_tasks=1)
+    assert machine.reconfigure(lowered, GRACE) == [], "what runs finishes; small fits alone"
+    assert machine.reconfigure(lowered, GRACE, {("small", 1): "image x is not allowed"}) == [
+        CallOff(("small", 1), "its owner's new limits: image x is not allowed"),
+        SaveCalledOff(("small", 1), "its owner's new limits: image x is not allowed", True),
+        SendDecline(("small", 1), "its owner's new limits: image x is not allowed"),
+    ]
+    again = VolunteerLifecycle(limits, hold_grace_seconds=GRACE)
+    for spec in (small, big):
+        again.offered(spec, None)
+    again.fetched(("small", 1))
+    again.fetched(("big", 1))  # waits behind small: one slot
+    out = again.reconfigure(lowered, 60.0)
+    assert out == [
+        CallOff(("big", 1), reason),
+        SaveCalledOff(("big", 1), reason, True),
+        SendDecline(("big", 1), reason),
+    ], "a task that can never fit again would hold up every task behind it"
+    assert again.hold_grace_seconds == 60.0

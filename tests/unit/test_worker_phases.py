@@ -10,6 +10,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from daemon.models import (
@@ -226,3 +227,24 @@ async def test_a_new_session_hears_again_which_tasks_run_and_not_of_one_fetched_
             gate.set()
         await worker.stop()
         await store.close()
+
+
+def test_a_throttled_task_gets_its_share_of_the_cpu_never_below_dockers_least_and_more_time(
+    tmp_path: Path,
+) -> None:
+    def run_spec(percent: int, cpus: float) -> tuple[float, float]:
+        worker = TaskWorker(
+            WorkerConfig(tmp_path / "tasks", OwnerLimits(cpu_throttle_percent=percent)),
+            VolunteerStore(tmp_path),
+            NoTransfers(),
+            GatedRuntime(),
+            resources=lambda: Resources(4, 8192, 10_000, docker_available=True),
+            image_id=no_image,
+        )
+        spec = replace(task("t"), resources=ResourceRequest(cpus=cpus))
+        made = worker._run_spec(spec, tmp_path / "in", tmp_path / "out")
+        return made.cpus, made.timeout_seconds
+
+    assert run_spec(0, 2.0) == (2.0, 60.0)
+    assert run_spec(25, 2.0) == (0.5, 240.0), "a quarter of the CPUs, four times the time"
+    assert run_spec(1, 0.5) == (0.01, 6000.0), "Docker refuses less than 0.01 of a CPU"

@@ -71,6 +71,7 @@ class OwnerLimits(_message.Message):
     ALLOW_MANAGERS_FIELD_NUMBER: _builtins.int
     ALLOW_IMAGES_FIELD_NUMBER: _builtins.int
     ALLOW_USERS_FIELD_NUMBER: _builtins.int
+    CPU_THROTTLE_PERCENT_FIELD_NUMBER: _builtins.int
     max_cpus: _builtins.int
     max_memory_mb: _builtins.int
     max_disk_mb: _builtins.int
@@ -79,6 +80,8 @@ class OwnerLimits(_message.Message):
     allow_process_runtime: _builtins.bool
     allow_pull: _builtins.bool
     """Pull a task's image from its registry when the volunteer lacks it."""
+    cpu_throttle_percent: _builtins.int
+    """The share of each CPU a task's container may use, in percent (0: all of it)."""
     @_builtins.property
     def allow_managers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Allow-lists, empty for all: managers by node id, images by fnmatch pattern on the
@@ -105,10 +108,11 @@ class OwnerLimits(_message.Message):
         allow_managers: _abc.Iterable[_builtins.str] | None = ...,
         allow_images: _abc.Iterable[_builtins.str] | None = ...,
         allow_users: _abc.Iterable[_builtins.str] | None = ...,
+        cpu_throttle_percent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_images", b"allow_images", "allow_managers", b"allow_managers", "allow_network", b"allow_network", "allow_process_runtime", b"allow_process_runtime", "allow_pull", b"allow_pull", "allow_users", b"allow_users", "max_concurrent_tasks", b"max_concurrent_tasks", "max_cpus", b"max_cpus", "max_disk_mb", b"max_disk_mb", "max_memory_mb", b"max_memory_mb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_images", b"allow_images", "allow_managers", b"allow_managers", "allow_network", b"allow_network", "allow_process_runtime", b"allow_process_runtime", "allow_pull", b"allow_pull", "allow_users", b"allow_users", "cpu_throttle_percent", b"cpu_throttle_percent", "max_concurrent_tasks", b"max_concurrent_tasks", "max_cpus", b"max_cpus", "max_disk_mb", b"max_disk_mb", "max_memory_mb", b"max_memory_mb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,31 +25,35 @@ _sym_db = _symbol_database.Default()
 from daemon.rpc.v1 import common_pb2 as daemon_dot_rpc_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x61\x65mon/rpc/v1/control.proto\x12\tvcnode.v1\x1a\x1a\x64\x61\x65mon/rpc/v1/common.proto\"\x15\n\x13ReloadConfigRequest\"L\n\x11ReloadConfigReply\x12\x0f\n\x07\x61pplied\x18\x01 \x03(\t\x12\x15\n\rneeds_restart\x18\x02 \x03(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\"\x1f\n\x0cPauseRequest\x12\x0f\n\x07seconds\x18\x01 \x01(\x01\"\x0f\n\rResumeRequest\"\x0e\n\x0c\x44rainRequest\"\x10\n\x0eGetWorkRequest\"F\n\x08WorkHold\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05until\x18\x03 \x01(\x01\x12\r\n\x05since\x18\x04 \x01(\x01\"S\n\x0bHeldAttempt\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0bworkflow_id\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\"\xa5\x02\n\rVolunteerWork\x12\"\n\x05holds\x18\x01 \x03(\x0b\x32\x13.vcnode.v1.WorkHold\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\x12\x10\n\x08stopping\x18\x03 \x01(\x08\x12(\n\x08\x61ttempts\x18\x04 \x03(\x0b\x32\x16.vcnode.v1.HeldAttempt\x12\x16\n\x0eunacknowledged\x18\x05 \x01(\x05\x12\r\n\x05slots\x18\x06 \x01(\x05\x12\x11\n\theld_most\x18\x07 \x01(\x05\x12\x13\n\x0b\x63oordinator\x18\x08 \x01(\t\x12\x1a\n\x12hold_grace_seconds\x18\t \x01(\x01\x12&\n\x06limits\x18\n \x01(\x0b\x32\x16.vcnode.v1.OwnerLimits\x12\x0f\n\x07node_id\x18\x0b \x01(\t2\xd2\x02\n\x0cOwnerControl\x12:\n\x05Pause\x12\x17.vcnode.v1.PauseRequest\x1a\x18.vcnode.v1.VolunteerWork\x12<\n\x06Resume\x12\x18.vcnode.v1.ResumeRequest\x1a\x18.vcnode.v1.VolunteerWork\x12:\n\x05\x44rain\x12\x17.vcnode.v1.DrainRequest\x1a\x18.vcnode.v1.VolunteerWork\x12>\n\x07GetWork\x12\x19.vcnode.v1.GetWorkRequest\x1a\x18.vcnode.v1.VolunteerWork\x12L\n\x0cReloadConfig\x12\x1e.vcnode.v1.ReloadConfigRequest\x1a\x1c.vcnode.v1.ReloadConfigReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x61\x65mon/rpc/v1/control.proto\x12\tvcnode.v1\x1a\x1a\x64\x61\x65mon/rpc/v1/common.proto\"\x13\n\x11\x43learCacheRequest\"^\n\x0f\x43learCacheReply\x12\r\n\x05\x62lobs\x18\x01 \x01(\x05\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x03\x12\x12\n\nleft_bytes\x18\x03 \x01(\x03\x12\x13\n\x0bquota_bytes\x18\x04 \x01(\x03\"\x15\n\x13ReloadConfigRequest\"L\n\x11ReloadConfigReply\x12\x0f\n\x07\x61pplied\x18\x01 \x03(\t\x12\x15\n\rneeds_restart\x18\x02 \x03(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\"\x1f\n\x0cPauseRequest\x12\x0f\n\x07seconds\x18\x01 \x01(\x01\"\x0f\n\rResumeRequest\"\x0e\n\x0c\x44rainRequest\"\x10\n\x0eGetWorkRequest\"F\n\x08WorkHold\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05until\x18\x03 \x01(\x01\x12\r\n\x05since\x18\x04 \x01(\x01\"S\n\x0bHeldAttempt\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0bworkflow_id\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\"\xa5\x02\n\rVolunteerWork\x12\"\n\x05holds\x18\x01 \x03(\x0b\x32\x13.vcnode.v1.WorkHold\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\x12\x10\n\x08stopping\x18\x03 \x01(\x08\x12(\n\x08\x61ttempts\x18\x04 \x03(\x0b\x32\x16.vcnode.v1.HeldAttempt\x12\x16\n\x0eunacknowledged\x18\x05 \x01(\x05\x12\r\n\x05slots\x18\x06 \x01(\x05\x12\x11\n\theld_most\x18\x07 \x01(\x05\x12\x13\n\x0b\x63oordinator\x18\x08 \x01(\t\x12\x1a\n\x12hold_grace_seconds\x18\t \x01(\x01\x12&\n\x06limits\x18\n \x01(\x0b\x32\x16.vcnode.v1.OwnerLimits\x12\x0f\n\x07node_id\x18\x0b \x01(\t2\x9a\x03\n\x0cOwnerControl\x12:\n\x05Pause\x12\x17.vcnode.v1.PauseRequest\x1a\x18.vcnode.v1.VolunteerWork\x12<\n\x06Resume\x12\x18.vcnode.v1.ResumeRequest\x1a\x18.vcnode.v1.VolunteerWork\x12:\n\x05\x44rain\x12\x17.vcnode.v1.DrainRequest\x1a\x18.vcnode.v1.VolunteerWork\x12>\n\x07GetWork\x12\x19.vcnode.v1.GetWorkRequest\x1a\x18.vcnode.v1.VolunteerWork\x12L\n\x0cReloadConfig\x12\x1e.vcnode.v1.ReloadConfigRequest\x1a\x1c.vcnode.v1.ReloadConfigReply\x12\x46\n\nClearCache\x12\x1c.vcnode.v1.ClearCacheRequest\x1a\x1a.vcnode.v1.ClearCacheReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'daemon.rpc.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RELOADCONFIGREQUEST']._serialized_start=70
-  _globals['_RELOADCONFIGREQUEST']._serialized_end=91
-  _globals['_RELOADCONFIGREPLY']._serialized_start=93
-  _globals['_RELOADCONFIGREPLY']._serialized_end=169
-  _globals['_PAUSEREQUEST']._serialized_start=171
-  _globals['_PAUSEREQUEST']._serialized_end=202
-  _globals['_RESUMEREQUEST']._serialized_start=204
-  _globals['_RESUMEREQUEST']._serialized_end=219
-  _globals['_DRAINREQUEST']._serialized_start=221
-  _globals['_DRAINREQUEST']._serialized_end=235
-  _globals['_GETWORKREQUEST']._serialized_start=237
-  _globals['_GETWORKREQUEST']._serialized_end=253
-  _globals['_WORKHOLD']._serialized_start=255
-  _globals['_WORKHOLD']._serialized_end=325
-  _globals['_HELDATTEMPT']._serialized_start=327
-  _globals['_HELDATTEMPT']._serialized_end=410
-  _globals['_VOLUNTEERWORK']._serialized_start=413
-  _globals['_VOLUNTEERWORK']._serialized_end=706
-  _globals['_OWNERCONTROL']._serialized_start=709
-  _globals['_OWNERCONTROL']._serialized_end=1047
+  _globals['_CLEARCACHEREQUEST']._serialized_start=70
+  _globals['_CLEARCACHEREQUEST']._serialized_end=89
+  _globals['_CLEARCACHEREPLY']._serialized_start=91
+  _globals['_CLEARCACHEREPLY']._serialized_end=185
+  _globals['_RELOADCONFIGREQUEST']._serialized_start=187
+  _globals['_RELOADCONFIGREQUEST']._serialized_end=208
+  _globals['_RELOADCONFIGREPLY']._serialized_start=210
+  _globals['_RELOADCONFIGREPLY']._serialized_end=286
+  _globals['_PAUSEREQUEST']._serialized_start=288
+  _globals['_PAUSEREQUEST']._serialized_end=319
+  _globals['_RESUMEREQUEST']._serialized_start=321
+  _globals['_RESUMEREQUEST']._serialized_end=336
+  _globals['_DRAINREQUEST']._serialized_start=338
+  _globals['_DRAINREQUEST']._serialized_end=352
+  _globals['_GETWORKREQUEST']._serialized_start=354
+  _globals['_GETWORKREQUEST']._serialized_end=370
+  _globals['_WORKHOLD']._serialized_start=372
+  _globals['_WORKHOLD']._serialized_end=442
+  _globals['_HELDATTEMPT']._serialized_start=444
+  _globals['_HELDATTEMPT']._serialized_end=527
+  _globals['_VOLUNTEERWORK']._serialized_start=530
+  _globals['_VOLUNTEERWORK']._serialized_end=823
+  _globals['_OWNERCONTROL']._serialized_start=826
+  _globals['_OWNERCONTROL']._serialized_end=1236
 # @@protoc_insertion_point(module_scope)

@@ -59,6 +59,11 @@ class OwnerControlStub:
                 request_serializer=daemon_dot_rpc_dot_v1_dot_control__pb2.ReloadConfigRequest.SerializeToString,
                 response_deserializer=daemon_dot_rpc_dot_v1_dot_control__pb2.ReloadConfigReply.FromString,
                 _registered_method=True)
+        self.ClearCache = channel.unary_unary(
+                '/vcnode.v1.OwnerControl/ClearCache',
+                request_serializer=daemon_dot_rpc_dot_v1_dot_control__pb2.ClearCacheRequest.SerializeToString,
+                response_deserializer=daemon_dot_rpc_dot_v1_dot_control__pb2.ClearCacheReply.FromString,
+                _registered_method=True)
 
 
 class OwnerControlServicer:
@@ -100,6 +105,13 @@ class OwnerControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClearCache(self, request, context):
+        """Removes every cached input and image archive no task is using now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OwnerControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +139,11 @@ def add_OwnerControlServicer_to_server(servicer, server):
                     servicer.ReloadConfig,
                     request_deserializer=daemon_dot_rpc_dot_v1_dot_control__pb2.ReloadConfigRequest.FromString,
                     response_serializer=daemon_dot_rpc_dot_v1_dot_control__pb2.ReloadConfigReply.SerializeToString,
+            ),
+            'ClearCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearCache,
+                    request_deserializer=daemon_dot_rpc_dot_v1_dot_control__pb2.ClearCacheRequest.FromString,
+                    response_serializer=daemon_dot_rpc_dot_v1_dot_control__pb2.ClearCacheReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +281,33 @@ class OwnerControl:
             '/vcnode.v1.OwnerControl/ReloadConfig',
             daemon_dot_rpc_dot_v1_dot_control__pb2.ReloadConfigRequest.SerializeToString,
             daemon_dot_rpc_dot_v1_dot_control__pb2.ReloadConfigReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vcnode.v1.OwnerControl/ClearCache',
+            daemon_dot_rpc_dot_v1_dot_control__pb2.ClearCacheRequest.SerializeToString,
+            daemon_dot_rpc_dot_v1_dot_control__pb2.ClearCacheReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,8 @@ class OwnerControlStub:
     """Reads the daemon's configuration again and applies what can change while it runs
     (the owner's limits and rules, the pause grace, the log level), as SIGHUP does.
     """
+    ClearCache: _grpc.UnaryUnaryMultiCallable[_control_pb2.ClearCacheRequest, _control_pb2.ClearCacheReply]
+    """Removes every cached input and image archive no task is using now."""
 
 @_typing.type_check_only
 class OwnerControlAsyncStub(OwnerControlStub):
@@ -62,6 +64,8 @@ class OwnerControlAsyncStub(OwnerControlStub):
     """Reads the daemon's configuration again and applies what can change while it runs
     (the owner's limits and rules, the pause grace, the log level), as SIGHUP does.
     """
+    ClearCache: _aio.UnaryUnaryMultiCallable[_control_pb2.ClearCacheRequest, _control_pb2.ClearCacheReply]  # type: ignore[assignment]
+    """Removes every cached input and image archive no task is using now."""
 
 class OwnerControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -105,5 +109,13 @@ class OwnerControlServicer(metaclass=_abc_1.ABCMeta):
         """Reads the daemon's configuration again and applies what can change while it runs
         (the owner's limits and rules, the pause grace, the log level), as SIGHUP does.
         """
+
+    @_abc_1.abstractmethod
+    def ClearCache(
+        self,
+        request: _control_pb2.ClearCacheRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ClearCacheReply, _abc.Awaitable[_control_pb2.ClearCacheReply]]:
+        """Removes every cached input and image archive no task is using now."""
 
 def add_OwnerControlServicer_to_server(servicer: OwnerControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
