@@ -724,7 +724,9 @@ async def list_workflows(peer: Dial, args: argparse.Namespace) -> int:
         )
     workflows = [convert.workflow_status_from_proto(w) for w in reply.workflows]
     if args.json:
-        views.print_json([_status_json(w) for w in workflows])
+        # Counts only: a workflow's tasks are `vcnode status WF --json`.
+        listed = [{k: v for k, v in _status_json(w).items() if k != "tasks"} for w in workflows]
+        views.print_json(listed)
         return 0
     if not workflows:
         print("no workflows on this manager yet")

@@ -268,9 +268,11 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         ],
     ) -> manager_pb2.ListWorkflowsReply:
         caller = current_caller()
+        # Counts, not tasks: a list of every task of every workflow outgrew a message at a
+        # few hundred thousand tasks (`vcnode status WF` pages a workflow's own). Oldest first.
         workflows = [
             workflow
-            for workflow in await self._store.workflows()
+            for workflow in reversed(await self._store.summaries())
             if may_see(workflow.owner, caller)
         ]
         return manager_pb2.ListWorkflowsReply(

@@ -76,6 +76,8 @@ def test_users_see_and_act_on_their_own_workflows_only(daemons: Daemons, tmp_pat
     # The admin (here: the CLI of the coordinator's host) sees everyone's, owner shown.
     [listed] = cli_json("workflows", "--data-dir", str(manager.data_dir))
     assert listed["owner"] == "alice"
+    assert "tasks" not in listed, "a list carries each workflow's counts, not its tasks"
+    assert listed["counts"]["total"] >= 1
     cancelled = run_cli("cancel", workflow_id, "--manager", address, env=alice)
     assert cancelled.returncode == 0, cancelled.stderr
 
