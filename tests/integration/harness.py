@@ -64,6 +64,13 @@ def cli_json(*args: str) -> Any:
     return json.loads(result.stdout)
 
 
+def why_waiting(manager: Daemon, workflow_id: str, task: str) -> dict[str, list[str]]:
+    """`vcnode status WF --why TASK` as {reason: volunteer ids}."""
+    explained = cli_json("status", workflow_id, "--why", task, "--manager", manager.address())
+    [entry] = explained["tasks"]
+    return {group["reason"]: group["volunteer_ids"] for group in entry["groups"]}
+
+
 @dataclass
 class Daemon:
     """One `node daemon` child process with its own data dir and log file."""

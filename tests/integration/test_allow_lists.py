@@ -26,6 +26,7 @@ from tests.integration.harness import (
     start_pool,
     unique_cluster,
     wait_until,
+    why_waiting,
 )
 from tests.trust import credential
 
@@ -50,12 +51,6 @@ def workflow(tmp_path: Path, name: str, images: dict[str, str]) -> Path:
 def tasks_of(manager: Daemon, workflow_id: str) -> dict[str, dict[str, Any]]:
     status = cli_json("status", workflow_id, "--data-dir", str(manager.data_dir))
     return {task["name"]: task for task in status["tasks"]}
-
-
-def why(manager: Daemon, workflow_id: str, task: str) -> dict[str, list[str]]:
-    explained = cli_json("status", workflow_id, "--why", task, "--data-dir", str(manager.data_dir))
-    [entry] = explained["tasks"]
-    return {group["reason"]: group["volunteer_ids"] for group in entry["groups"]}
 
 
 def submit(manager: Daemon, path: Path) -> str:
@@ -85,7 +80,7 @@ def test_a_volunteer_runs_only_the_images_it_allows(daemons: Daemons, tmp_path: 
     )
 
     def declined() -> dict[str, list[str]] | None:
-        reasons = why(manager, workflow_id, "y")
+        reasons = why_waiting(manager, workflow_id, "y")
         return reasons if any(r.startswith("declined it") for r in reasons) else None
 
     reasons = wait_until(declined, 30, "the digest-only volunteer to decline y")
@@ -224,7 +219,7 @@ def test_a_volunteer_runs_only_the_workflows_of_the_users_it_allows(
         lambda: tasks_of(manager, alices)["t"]["state"] == "completed", 60, "alice's to complete"
     )
     assert tasks_of(manager, bobs)["t"]["state"] == "queued"
-    assert why(manager, bobs, "t") == {
+    assert why_waiting(manager, bobs, "t") == {
         "user bob is not in this volunteer's allow_users": [volunteer.node_id]
     }
     assert bobs not in volunteer.log

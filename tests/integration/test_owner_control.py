@@ -23,6 +23,7 @@ from tests.integration.harness import (
     run_cli,
     start_split_pool,
     wait_until,
+    why_waiting,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -51,12 +52,6 @@ def submit(manager: Daemon, path: Path) -> str:
 def task_states(manager: Daemon, workflow_id: str) -> dict[str, str]:
     status = cli_json("status", workflow_id, "--manager", manager.address())
     return {task["name"]: task["state"] for task in status["tasks"]}
-
-
-def why(manager: Daemon, workflow_id: str, task: str) -> dict[str, list[str]]:
-    explained = cli_json("status", workflow_id, "--why", task, "--manager", manager.address())
-    [entry] = explained["tasks"]
-    return {group["reason"]: group["volunteer_ids"] for group in entry["groups"]}
 
 
 def row_when(
@@ -115,7 +110,7 @@ def test_pause_freezes_the_running_container_and_resume_lets_it_complete(
     assert f"{volunteer.node_id[:8]} takes no tasks: paused by owner" in listed.stdout, listed
     other = submit(manager, workflow(tmp_path, "waits", tasks=1, steps=1))
     explained = wait_until(
-        lambda: why(manager, other, "t0"), 30, "the new task's reasons to be known"
+        lambda: why_waiting(manager, other, "t0"), 30, "the new task's reasons to be known"
     )
     assert explained == {"takes no tasks now: paused by owner": [volunteer.node_id]}
     assert task_states(manager, other)["t0"] == "queued"

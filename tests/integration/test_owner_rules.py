@@ -20,6 +20,7 @@ from tests.integration.harness import (
     run_cli,
     start_split_pool,
     wait_until,
+    why_waiting,
 )
 
 pytestmark = pytest.mark.integration
@@ -55,12 +56,6 @@ def task_row(manager: Daemon, workflow_id: str) -> dict[str, str]:
     return dict(row)
 
 
-def why(manager: Daemon, workflow_id: str) -> dict[str, list[str]]:
-    explained = cli_json("status", workflow_id, "--why", "t0", "--manager", manager.address())
-    [entry] = explained["tasks"]
-    return {group["reason"]: group["volunteer_ids"] for group in entry["groups"]}
-
-
 def test_outside_its_hours_a_volunteer_takes_no_task_and_says_until_when(
     daemons: Daemons, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -94,7 +89,9 @@ def test_outside_its_hours_a_volunteer_takes_no_task_and_says_until_when(
 
     # A task waits, and the user asking why is told.
     workflow_id = submit(manager, workflow(tmp_path))
-    explained = wait_until(lambda: why(manager, workflow_id), 30, "the task's reasons")
+    explained = wait_until(
+        lambda: why_waiting(manager, workflow_id, "t0"), 30, "the task's reasons"
+    )
     assert explained == {f"takes no tasks now: {reason}": [vid]}
     assert task_row(manager, workflow_id)["state"] == "queued"
 
